@@ -1,0 +1,8 @@
+"""The data model: ChunkManifest, ManifestArray, ManifestGroup, ManifestStore."""
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.store import ManifestStore
+
+__all__ = ["ChunkManifest", "ManifestArray", "ManifestGroup", "ManifestStore"]

@@ -1,0 +1,152 @@
+"""Helpers around zarr v3 ``ArrayV3Metadata``: building, reshaping, comparing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata
+
+#: Codecs whose configuration depends on the number of dimensions.
+NDIM_DEPENDENT_CODECS = frozenset({"transpose", "sharding_indexed"})
+
+#: Fields two arrays must share to be combined into one.
+COMBINE_FIELDS = ("data_type", "chunk_shape", "codecs", "fill_value")
+
+
+def as_array_metadata(metadata: ArrayV3Metadata | dict[str, Any]) -> ArrayV3Metadata:
+    """Accept zarr v3 array metadata as the object or its ``zarr.json`` dict."""
+    if isinstance(metadata, ArrayV3Metadata):
+        return metadata
+    if isinstance(metadata, dict):
+        document = {"zarr_format": 3, "node_type": "array", **metadata}
+        return ArrayV3Metadata.from_dict(document)
+    raise TypeError(f"metadata must be zarr ArrayV3Metadata or its dict, not {type(metadata).__name__}")
+
+
+def create_array_metadata(
+    *,
+    shape: Sequence[int],
+    chunk_shape: Sequence[int],
+    dtype: Any,
+    codecs: Iterable[Any] | None = None,
+    fill_value: Any = None,
+    dimension_names: Sequence[str | None] | None = None,
+    attributes: dict[str, Any] | None = None,
+    chunk_key_separator: str = "/",
+) -> ArrayV3Metadata:
+    """Build v3 metadata for a regularly chunked array (default codecs: ``bytes`` only).
+
+    ``codecs`` are zarr codec objects or their dicts, in zarr v3 order
+    (array->array filters, the array->bytes serializer, bytes->bytes compressors).
+    """
+    from zarr.core.dtype import get_data_type_from_native_dtype
+
+    zdtype = get_data_type_from_native_dtype(np.dtype(dtype))
+    if codecs is None:
+        codecs = [{"name": "bytes", "configuration": {"endian": "little"}}] if np.dtype(dtype).itemsize > 1 else [{"name": "bytes"}]
+    if fill_value is None:
+        fill_value = zdtype.default_scalar()
+    return ArrayV3Metadata(
+        shape=tuple(int(s) for s in shape),
+        data_type=zdtype,
+        chunk_grid={"name": "regular", "configuration": {"chunk_shape": tuple(int(c) for c in chunk_shape)}},
+        chunk_key_encoding={"name": "default", "configuration": {"separator": chunk_key_separator}},
+        fill_value=fill_value,
+        codecs=list(codecs),
+        attributes=attributes or {},
+        dimension_names=tuple(dimension_names) if dimension_names is not None else None,
+    )
+
+
+def chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
+    """Shape of one stored chunk (the outer chunk: a whole shard when sharded)."""
+    grid = metadata.chunk_grid
+    if not isinstance(grid, RegularChunkGridMetadata):
+        raise NotImplementedError(f"only regular chunk grids are supported, got {type(grid).__name__}")
+    return tuple(int(c) for c in grid.chunk_shape)
+
+
+def chunk_grid_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
+    """Number of chunks along each axis."""
+    return tuple(math.ceil(s / c) for s, c in zip(metadata.shape, chunk_shape(metadata)))
+
+
+def replace_metadata(
+    metadata: ArrayV3Metadata,
+    *,
+    shape: Sequence[int] | None = None,
+    chunk_shape: Sequence[int] | None = None,
+    dimension_names: Sequence[str | None] | None | type[...] = ...,
+    attributes: dict[str, Any] | None = None,
+) -> ArrayV3Metadata:
+    """A copy of ``metadata`` with some fields replaced."""
+    document = metadata.to_dict()
+    if shape is not None:
+        document["shape"] = tuple(int(s) for s in shape)
+    if chunk_shape is not None:
+        document["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": tuple(int(c) for c in chunk_shape)}}
+    if dimension_names is not ...:
+        document["dimension_names"] = tuple(dimension_names) if dimension_names is not None else None
+    if attributes is not None:
+        document["attributes"] = attributes
+    return ArrayV3Metadata.from_dict(document)
+
+
+def codec_names(metadata: ArrayV3Metadata) -> list[str]:
+    return [c["name"] if isinstance(c, dict) else c for c in (codec.to_dict() for codec in metadata.codecs)]
+
+
+def check_ndim_change_allowed(metadata: ArrayV3Metadata, operation: str) -> None:
+    """Changing the number of dimensions is only safe when no codec depends on it."""
+    bad = NDIM_DEPENDENT_CODECS.intersection(c.get("name") for c in (codec.to_dict() for codec in metadata.codecs))
+    if bad:
+        raise NotImplementedError(
+            f"{operation} changes the number of dimensions, but codec {sorted(bad)[0]!r} is configured for "
+            f"{len(metadata.shape)} dimensions; load the variable or use .to_dask_array() instead"
+        )
+
+
+def combine_fields(metadata: ArrayV3Metadata) -> dict[str, Any]:
+    """The metadata fields that must agree for arrays to be combined, JSON-comparable."""
+    document = metadata.to_dict()
+    return {
+        "data_type": document["data_type"],
+        "chunk_shape": tuple(chunk_shape(metadata)),
+        "codecs": tuple(_freeze(c) for c in document["codecs"]),
+        "fill_value": _freeze(document["fill_value"]),
+    }
+
+
+def check_combinable(metadatas: Sequence[ArrayV3Metadata], operation: str, ignore_axis: int | None = None) -> None:
+    """Raise ``ValueError`` naming the first field that differs between arrays."""
+    first = combine_fields(metadatas[0])
+    for i, metadata in enumerate(metadatas[1:], start=1):
+        other = combine_fields(metadata)
+        for field in COMBINE_FIELDS:
+            if first[field] != other[field]:
+                raise ValueError(
+                    f"cannot {operation}: {field} differs between array 0 ({_show(first[field])}) "
+                    f"and array {i} ({_show(other[field])})"
+                )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _show(value: Any) -> str:
+    def thaw(v):
+        if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
+            return {k: thaw(x) for k, x in v}
+        if isinstance(v, tuple):
+            return [thaw(x) for x in v]
+        return v
+
+    return repr(thaw(value))
