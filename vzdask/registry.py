@@ -306,8 +306,9 @@ class ObjectStoreRegistry:
                 else:
                     store = HTTPStore.from_url(prefix)
             except Exception as exc:
+                first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise self._missing(
-                    url, f"obstore could not build a store for {prefix!r}: {exc}"
+                    url, f"obstore could not build a store for {prefix!r}: {first_line}"
                 ) from exc
             return prefix, store
         if scheme == "memory":
