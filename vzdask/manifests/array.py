@@ -7,9 +7,11 @@ import operator
 from typing import Any
 
 import numpy as np
+from dask.base import DaskMethodsMixin
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from vzdask.manifests.manifest import ChunkManifest
+from vzdask.registry import ObjectStoreRegistry
 from vzdask.manifests.metadata import (
     as_array_metadata,
     check_ndim_change_allowed,
@@ -19,7 +21,13 @@ from vzdask.manifests.metadata import (
 )
 
 
-class ManifestArray:
+def _threaded_get(dsk, keys, **kwargs):
+    import dask.threaded
+
+    return dask.threaded.get(dsk, keys, **kwargs)
+
+
+class ManifestArray(DaskMethodsMixin):
     """An immutable virtual array: what it is (metadata) and where its chunks are (manifest).
 
     Parameters
@@ -28,19 +36,33 @@ class ManifestArray:
         Zarr v3 array metadata with a regular chunk grid.
     chunkmanifest : ChunkManifest
         One entry per chunk; its shape must equal the chunk grid's shape.
+    registry : ObjectStoreRegistry, optional
+        Where virtual chunks are read from when the array is computed or
+        persisted; defaults to ``ObjectStoreRegistry.default()``.
 
     Notes
     -----
     Combining (``np.concatenate``, ``np.stack``, ``np.expand_dims``,
     ``np.broadcast_to``) and chunk-aligned indexing work on the references
-    alone and keep inlined and missing chunks as they are. Anything that would
-    need the values raises an error that says why.
+    alone and keep inlined and missing chunks as they are.
+
+    A ManifestArray is a dask collection: ``compute()`` reads and decodes it
+    into numpy, ``persist()`` returns a ManifestArray whose every chunk is
+    inlined (the source's encoded bytes, untouched), ``to_dask_array()`` gives
+    a ``dask.array.Array`` for analysis. Each task covers a block of chunks of
+    about ``vzdask.task-bytes`` decoded bytes (dask config, default 64 MiB).
     """
 
-    __slots__ = ("_metadata", "_manifest")
+    __slots__ = ("_metadata", "_manifest", "_registry", "_source", "_name")
     __array_priority__ = 100
 
-    def __init__(self, metadata: ArrayV3Metadata | dict[str, Any], chunkmanifest: ChunkManifest) -> None:
+    def __init__(
+        self,
+        metadata: ArrayV3Metadata | dict[str, Any],
+        chunkmanifest: ChunkManifest,
+        *,
+        registry: ObjectStoreRegistry | None = None,
+    ) -> None:
         metadata = as_array_metadata(metadata)
         if not isinstance(chunkmanifest, ChunkManifest):
             raise TypeError(f"chunkmanifest must be a ChunkManifest, not {type(chunkmanifest).__name__}")
@@ -53,8 +75,13 @@ class ManifestArray:
                     f"manifest has chunk grid {chunkmanifest.shape} but an array of shape {tuple(metadata.shape)} "
                     f"with chunks {chunk_shape(metadata)} has chunk grid {grid}"
                 )
+        if registry is not None and not isinstance(registry, ObjectStoreRegistry):
+            raise TypeError(f"registry must be an ObjectStoreRegistry, not {type(registry).__name__}")
         self._metadata = metadata
         self._manifest = chunkmanifest
+        self._registry = registry if registry is not None else ObjectStoreRegistry.default()
+        self._source: tuple[str, dict] | None = None  # persisted blocks not yet gathered
+        self._name: str | None = None
 
     # -- description --------------------------------------------------------
 
@@ -64,7 +91,14 @@ class ManifestArray:
 
     @property
     def manifest(self) -> ChunkManifest:
+        """The chunk references; gathers persisted chunks from the cluster first if needed."""
+        if self._source is not None:
+            self._gather_in_place()
         return self._manifest
+
+    @property
+    def registry(self) -> ObjectStoreRegistry:
+        return self._registry
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,10 +140,21 @@ class ManifestArray:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"ManifestArray<shape={self.shape}, dtype={self.dtype}, chunks={self.chunk_shape}, {self._manifest!r}>"
+        if self._source is not None:
+            c = self._counts()
+            where = f"persisted, not gathered: {c['inlined']} inlined, {c['missing']} missing chunks"
+        else:
+            where = repr(self._manifest)
+        return f"ManifestArray<shape={self.shape}, dtype={self.dtype}, chunks={self.chunk_shape}, {where}>"
+
+    def _counts(self) -> dict[str, int]:
+        counts = self._manifest.count()
+        if self._source is not None:  # everything that is not missing is inlined once gathered
+            return {"virtual": 0, "inlined": counts["virtual"] + counts["inlined"], "missing": counts["missing"]}
+        return counts
 
     def _repr_inline_(self, max_width: int) -> str:
-        counts = self._manifest.count()
+        counts = self._counts()
         text = f"ManifestArray<{counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing chunks>"
         return text[:max_width]
 
@@ -118,37 +163,80 @@ class ManifestArray:
         return (
             isinstance(other, ManifestArray)
             and self._metadata.to_dict() == other._metadata.to_dict()
-            and self._manifest == other._manifest
+            and self.manifest == other.manifest
         )
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(
-            "a ManifestArray holds references to chunks, not values; read it through "
-            "xr.open_zarr(ManifestStore(...)) or zarr.open_group, or load the variable with loadable_variables"
+            "a ManifestArray holds references to chunks, not values: use .compute() to load it into numpy "
+            "(or .to_dask_array() for a lazy dask array)"
         )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        raise TypeError(
-            f"cannot apply {getattr(ufunc, '__name__', ufunc)!r} to a ManifestArray: it holds references, "
-            "not values; load the variable first"
-        )
+        """Elementwise math hands off to the dask array view (lazy; ``.compute()`` it)."""
+        inputs = tuple(x.to_dask_array() if isinstance(x, ManifestArray) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def _elementwise(op):  # noqa: N805 - builds the arithmetic operators below
+        def method(self, *others):
+            others = tuple(x.to_dask_array() if isinstance(x, ManifestArray) else x for x in others)
+            return op(self.to_dask_array(), *others)
+
+        method.__name__ = f"__{op.__name__.strip('_')}__"
+        method.__doc__ = "Elementwise, through the dask array view (lazy)."
+        return method
+
+    __add__ = _elementwise(operator.add)
+    __radd__ = _elementwise(lambda a, b: b + a)
+    __sub__ = _elementwise(operator.sub)
+    __rsub__ = _elementwise(lambda a, b: b - a)
+    __mul__ = _elementwise(operator.mul)
+    __rmul__ = _elementwise(lambda a, b: b * a)
+    __truediv__ = _elementwise(operator.truediv)
+    __rtruediv__ = _elementwise(lambda a, b: b / a)
+    __floordiv__ = _elementwise(operator.floordiv)
+    __pow__ = _elementwise(operator.pow)
+    __mod__ = _elementwise(operator.mod)
+    __neg__ = _elementwise(operator.neg)
+    __abs__ = _elementwise(operator.abs)
+    __lt__ = _elementwise(operator.lt)
+    __le__ = _elementwise(operator.le)
+    __gt__ = _elementwise(operator.gt)
+    __ge__ = _elementwise(operator.ge)
+    del _elementwise
 
     def __array_function__(self, func, types, args, kwargs):
         from vzdask.manifests.array_api import HANDLED_FUNCTIONS
 
         handler = HANDLED_FUNCTIONS.get(func)
         if handler is None:
-            raise TypeError(
-                f"{func.__module__}.{func.__name__} is not supported on a ManifestArray; supported: "
-                + ", ".join(sorted(f.__name__ for f in HANDLED_FUNCTIONS))
-            )
+            # Anything that needs values: hand off to the dask array view.
+            import dask.array as da
+
+            def to_dask(x):
+                if isinstance(x, ManifestArray):
+                    return x.to_dask_array()
+                if isinstance(x, (list, tuple)):
+                    return type(x)(to_dask(v) for v in x)
+                return x
+
+            dask_func = getattr(da, func.__name__, None)
+            if dask_func is None:
+                raise TypeError(
+                    f"{func.__module__}.{func.__name__} is not supported on a ManifestArray nor on its dask "
+                    "view; use .compute() first"
+                )
+            return dask_func(*to_dask(args), **{k: to_dask(v) for k, v in kwargs.items()})
         return handler(*args, **kwargs)
 
     # -- reference-only transformations -------------------------------------
 
     def rename_paths(self, new) -> ManifestArray:
         """A copy whose virtual chunk urls are renamed (see ``ChunkManifest.rename_paths``)."""
-        return ManifestArray(self._metadata, self._manifest.rename_paths(new))
+        return self._with(self._metadata, self.manifest.rename_paths(new))
+
+    def _with(self, metadata: ArrayV3Metadata, manifest: ChunkManifest) -> ManifestArray:
+        return ManifestArray(metadata, manifest, registry=self._registry)
 
     def __getitem__(self, key) -> ManifestArray:
         """Chunk-aligned indexing: slices on chunk boundaries, integers where the chunk size is 1, ``None``, ``...``."""
@@ -161,7 +249,131 @@ class ManifestArray:
             chunk_shape=chunks,
             dimension_names=dims if self._metadata.dimension_names is not None else None,
         )
-        return ManifestArray(metadata, self._manifest[grid_key])
+        return self._with(metadata, self.manifest[grid_key])
+
+    # -- dask collection -----------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """Deterministic dask name: a token of metadata, manifest contents and registry."""
+        if self._source is not None:
+            return self._source[0]
+        if self._name is None:
+            from dask.base import tokenize
+
+            token = tokenize(self._metadata.to_buffer_dict(_PROTOTYPE())["zarr.json"].to_bytes(), self._manifest,
+                             self._registry)
+            self._name = f"manifestarray-{token}"
+        return self._name
+
+    @property
+    def layout(self):
+        """How the chunk grid is cut into task blocks (see ``vzdask.graph.BlockLayout``)."""
+        from vzdask.graph import BlockLayout
+
+        return BlockLayout.for_array(self._manifest.shape, math.prod(self.chunk_shape) * self.dtype.itemsize)
+
+    def _keys(self, name: str | None = None) -> list[tuple]:
+        name = name or self.name
+        return [(name, *index) for index in self.layout.indices()]
+
+    def __dask_graph__(self):
+        from dask.highlevelgraph import HighLevelGraph
+
+        if self._source is not None:
+            name, tasks = self._source
+            return HighLevelGraph({name: dict(tasks)}, {name: set()})
+        from vzdask.graph import FetchTasks
+
+        return HighLevelGraph({self.name: FetchTasks(self.name, self._manifest, self._registry, self.layout)},
+                              {self.name: set()})
+
+    def __dask_keys__(self) -> list[tuple]:
+        return self._keys()
+
+    def __dask_layers__(self) -> tuple[str]:
+        return (self.name,)
+
+    def __dask_tokenize__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def __dask_optimize__(dsk, keys, **kwargs):
+        return dsk  # one independent task per block: nothing to fuse or cull
+
+    __dask_scheduler__ = staticmethod(_threaded_get)
+
+    def __dask_postcompute__(self):
+        from vzdask.codecs import codec_key
+        from vzdask.graph import assemble
+
+        return _assemble_results, (assemble, codec_key(self._metadata), self.shape, self.layout)
+
+    def __dask_postpersist__(self):
+        return self._rebuild, ()
+
+    def _rebuild(self, dsk, *, rename=None) -> ManifestArray:
+        """After ``persist``: a ManifestArray whose chunks are all inlined (or pending on a cluster)."""
+        from vzdask.graph import EncodedBlock, blocks_to_manifest
+
+        name = self.name
+        if rename:
+            name = rename.get(name, name)
+        keys = self._keys(name)
+        values = [dsk[k] for k in keys]
+        base = self._with(self._metadata, self._manifest)
+        if all(isinstance(v, EncodedBlock) for v in values):
+            return self._with(self._metadata, blocks_to_manifest(self._manifest, self.layout, values))
+        base._source = (name, dict(zip(keys, values)))
+        return base
+
+    def _gather_in_place(self) -> None:
+        from vzdask.graph import blocks_to_manifest
+
+        name, tasks = self._source
+        keys = self._keys(name)
+        futures = [tasks[k] for k in keys]
+        client = getattr(futures[0], "client", None) if futures else None
+        if client is not None and all(hasattr(f, "key") and hasattr(f, "result") for f in futures):
+            blocks = client.gather(futures)
+        else:
+            blocks = _threaded_get(dict(tasks), keys)
+        self._manifest = blocks_to_manifest(self._manifest, self.layout, blocks)
+        self._source = None
+        self._name = None
+
+    def gather(self) -> ManifestArray:
+        """Bring persisted chunks from the cluster into this process; returns a plain inlined ManifestArray."""
+        return self._with(self._metadata, self.manifest)
+
+    @property
+    def is_gathered(self) -> bool:
+        """False while persisted chunks are still held by the cluster (futures)."""
+        return self._source is None
+
+    def to_dask_array(self, chunks=None):
+        """A ``dask.array.Array`` whose tasks fetch and decode the chunks directly.
+
+        Parameters
+        ----------
+        chunks : optional
+            Dask chunks; by default the task blocks (whole native chunks, about
+            ``vzdask.task-bytes`` each). Anything ``dask.array`` accepts works;
+            blocks that cut native chunks read the covering chunks and slice.
+        """
+        from vzdask.graph import dask_array_from_manifest_array
+
+        return dask_array_from_manifest_array(self, chunks)
+
+
+def _PROTOTYPE():
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+def _assemble_results(results, assemble, codec_key, shape, layout):
+    return assemble(list(results), codec_key, shape, layout)
 
 
 def _chunk_aligned_key(array: ManifestArray, key):

@@ -44,7 +44,7 @@ def chunk_key(index: Sequence[int]) -> str:
 def parse_chunk_key(key: str) -> tuple[int, ...]:
     """Parse ``"0.3"``, ``"0/3"``, ``"c/0/3"`` or ``"0_3"`` into ``(0, 3)``."""
     parts = [p for p in _KEY_SPLIT.split(key) if p != ""]
-    if not parts or (key and key[0] == "-"):
+    if not parts or "-" in key:
         raise ValueError(f"chunk key {key!r} is not a chunk index such as '0.1'")
     return tuple(int(p) for p in parts)
 
@@ -125,6 +125,10 @@ class ChunkManifest:
             if not isinstance(entry, Mapping):
                 raise ValueError(f"chunk {key!r}: entry {entry!r} is not a dict with 'path'/'offset'/'length' or 'data'")
             if "data" in entry:
+                if "path" in entry:
+                    raise ValueError(
+                        f"chunk {key!r}: has both a path and inlined data; a chunk is either virtual or inlined"
+                    )
                 inlined[index] = _as_bytes(entry["data"], key)
                 continue
             try:

@@ -116,16 +116,21 @@ class ManifestStore(Store):
             return ("group" if isinstance(node, ManifestGroup) else "array", path, node)
         if not isinstance(node, ManifestArray) or not rest:
             return None
+        chunk_part = "/".join(rest)
+        encoding = node.metadata.chunk_key_encoding
+        grid = node.manifest.shape
         try:
-            index = node.metadata.chunk_key_encoding.decode_chunk_key("/".join(rest))
+            index = () if len(grid) == 0 else tuple(int(i) for i in encoding.decode_chunk_key(chunk_part))
         except Exception:
             return None
-        grid = node.manifest.shape
-        if len(index) == 0 and len(grid) == 0:
-            return ("chunk", node, ())
         if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid)):
             return None
-        return ("chunk", node, tuple(index))
+        # Only the canonical key names a chunk: zarr's decoders also accept
+        # aliases such as "c/01", "zzz/1" or "+1", and a 0-d array's key is
+        # "c" (default) or "0" (v2).
+        if encoding.encode_chunk_key(index) != chunk_part:
+            return None
+        return ("chunk", node, index)
 
     def _metadata_document(self, kind: str, path: str, node: Any) -> bytes:
         cached = self._metadata_cache.get(path)

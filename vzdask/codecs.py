@@ -1,0 +1,108 @@
+"""Decode and encode single chunks with zarr's own codec pipeline.
+
+A ``ChunkCodec`` is built from the part of an array's metadata that decoding
+depends on (dtype, chunk shape, fill value, codecs), serialised as JSON; the
+JSON *value* is the cache key, so equal metadata share one codec chain in each
+process and nothing is keyed by ``id()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+
+from vzdask.manifests.metadata import chunk_shape
+
+
+def codec_key(metadata: ArrayV3Metadata) -> str:
+    """JSON of a one-chunk array with this metadata's dtype, codecs and fill value."""
+    document = metadata.to_dict()
+    shape = chunk_shape(metadata)
+    minimal = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": list(shape),
+        "data_type": document["data_type"],
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": document["fill_value"],
+        "codecs": list(document["codecs"]),
+    }
+    return json.dumps(minimal, sort_keys=True, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot serialise {value!r} in codec metadata")
+
+
+class ChunkCodec:
+    """Decode/encode whole chunks of one array through zarr's codec chain."""
+
+    def __init__(self, key: str) -> None:
+        metadata = ArrayV3Metadata.from_dict(json.loads(key))
+        self.chunk_shape: tuple[int, ...] = chunk_shape(metadata)
+        self.dtype: np.dtype = metadata.data_type.to_native_dtype()
+        self.fill_value = metadata.fill_value
+        self._prototype = default_buffer_prototype()
+        self._spec = ArraySpec(
+            shape=self.chunk_shape,
+            dtype=metadata.data_type,
+            fill_value=metadata.fill_value,
+            config=ArrayConfig(order="C", write_empty_chunks=True),
+            prototype=self._prototype,
+        )
+        codecs = evolve_codecs(metadata.codecs, self._spec)
+        try:
+            self._transform: ChunkTransform | None = ChunkTransform(codecs=codecs)
+        except TypeError:  # a codec without a synchronous path: use the async pipeline
+            self._transform = None
+            self._pipeline = BatchedCodecPipeline.from_codecs(codecs)
+
+    def decode(self, data) -> np.ndarray:
+        """Encoded bytes (any buffer) -> the chunk as a numpy array of the full chunk shape."""
+        buffer = self._prototype.buffer.from_array_like(np.frombuffer(data, dtype=np.uint8))
+        if self._transform is not None:
+            decoded = self._transform.decode_chunk(buffer, self._spec)
+        else:
+            (decoded,) = sync(self._pipeline.decode([(buffer, self._spec)]))
+        array = decoded.as_numpy_array()
+        if array.shape != self.chunk_shape:
+            array = array.reshape(self.chunk_shape)
+        return array
+
+    def encode(self, array: np.ndarray) -> bytes:
+        """A full chunk as a numpy array -> its encoded bytes."""
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        if array.shape != self.chunk_shape:
+            raise ValueError(f"chunk has shape {array.shape}, expected {self.chunk_shape}")
+        nd = self._prototype.nd_buffer.from_numpy_array(array)
+        if self._transform is not None:
+            encoded = self._transform.encode_chunk(nd, self._spec)
+        else:
+            (encoded,) = sync(self._pipeline.encode([(nd, self._spec)]))
+        return encoded.to_bytes()
+
+    def fill_chunk(self) -> np.ndarray:
+        return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def codec_for_key(key: str) -> ChunkCodec:
+    return ChunkCodec(key)
+
+
+def codec_for(metadata: ArrayV3Metadata) -> ChunkCodec:
+    """The (cached) codec chain for an array's metadata."""
+    return codec_for_key(codec_key(metadata))
