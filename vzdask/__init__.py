@@ -1,5 +1,6 @@
 """vzdask: virtual Zarr datasets over archival files, every virtual array a dask collection."""
 
+from vzdask import accessor as _accessor  # noqa: F401  (registers ds.vz)
 from vzdask.manifests import ChunkManifest, ManifestArray, ManifestGroup, ManifestStore
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.registry import ObjectStoreRegistry

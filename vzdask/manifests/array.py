@@ -7,6 +7,7 @@ import operator
 from typing import Any
 
 import numpy as np
+import dask.threaded
 from dask.base import DaskMethodsMixin
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
@@ -21,10 +22,7 @@ from vzdask.manifests.metadata import (
 )
 
 
-def _threaded_get(dsk, keys, **kwargs):
-    import dask.threaded
-
-    return dask.threaded.get(dsk, keys, **kwargs)
+_threaded_get = dask.threaded.get
 
 
 class ManifestArray(DaskMethodsMixin):
@@ -350,6 +348,10 @@ class ManifestArray(DaskMethodsMixin):
     def is_gathered(self) -> bool:
         """False while persisted chunks are still held by the cluster (futures)."""
         return self._source is None
+
+    def rechunk(self, chunks, **kwargs):
+        """A dask array with these chunks (what ``Dataset.chunk`` calls); reads at that chunking directly."""
+        return self.to_dask_array(chunks=chunks)
 
     def to_dask_array(self, chunks=None):
         """A ``dask.array.Array`` whose tasks fetch and decode the chunks directly.
