@@ -430,7 +430,8 @@ class ChunkManifest:
         ``func`` must only move, drop or repeat entries (slice, transpose,
         expand_dims, broadcast_to, ...), never compute new values.
         """
-        parts = [np.ascontiguousarray(func(a)) for a in (self._state, self._path_index, self._offsets, self._lengths)]
+        # np.asarray(order="C") rather than np.ascontiguousarray, which turns a 0-d grid into shape (1,)
+        parts = [np.asarray(func(a), order="C") for a in (self._state, self._path_index, self._offsets, self._lengths)]
         return ChunkManifest._from_parts(*parts, self._urls, self._inline)._compacted()
 
     def __getitem__(self, key) -> ChunkManifest:
@@ -450,7 +451,8 @@ class ChunkManifest:
             position += len(m._inline)
         state = np.concatenate([m._state for m in manifests], axis=axis)
         path_index = np.concatenate(
-            [np.where(m._path_index >= 0, remap[m._path_index], -1).astype(np.int32) for m, remap in zip(manifests, url_maps)],
+            # remap gets a trailing -1 so that -1 (not virtual) maps to -1, even when a url table is empty
+            [np.append(remap, -1).astype(np.int32)[m._path_index] for m, remap in zip(manifests, url_maps)],
             axis=axis,
         )
         offsets = np.concatenate(
@@ -562,9 +564,10 @@ def _fill_inlined(inlined, shape, state, offsets, lengths) -> bytes:
         arr = np.asarray(inlined, dtype=object)
         if arr.shape != shape:
             raise ValueError(f"inlined has shape {arr.shape} but paths has shape {shape}")
-        items = [(tuple(int(i) for i in ix), arr[ix]) for ix in zip(*np.nonzero(np.not_equal(arr, None)))]
         if not shape:
             items = [((), arr[()])] if arr[()] is not None else []
+        else:
+            items = [(tuple(int(i) for i in ix), arr[ix]) for ix in zip(*np.nonzero(np.not_equal(arr, None)))]
     parts, position = [], 0
     for index, data in items:
         key = chunk_key(index)

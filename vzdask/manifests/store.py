@@ -203,6 +203,18 @@ class ManifestStore(Store):
             return bool(resolved[1].manifest.states[resolved[2]] != 0)
         return True
 
+    async def getsize(self, key: str) -> int:
+        """Size of a value, from the manifest for chunks (no read: zarr's default fetches the whole chunk)."""
+        resolved = self._resolve(key)
+        if resolved is None:
+            raise FileNotFoundError(key)
+        kind, a, b = resolved
+        if kind != "chunk":
+            return len(self._metadata_document(kind, a, b))
+        if a.manifest.states[b] == 0:
+            raise FileNotFoundError(key)
+        return int(a.manifest.lengths[b])
+
     # -- listing -------------------------------------------------------------
 
     def _all_keys(self) -> Iterable[str]:

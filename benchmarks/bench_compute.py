@@ -1,0 +1,401 @@
+"""Read speed of a virtual dataset: ManifestArray.compute against the usual ways.
+
+Run by hand (not collected by pytest)::
+
+    .venv/bin/python benchmarks/bench_compute.py [--files 100] [--runs 5]
+
+It writes ``--files`` netCDF4-like HDF5 files (one float32 variable each,
+gzip + shuffle, native chunks of 64 KiB decoded) under ``benchmarks/_data``,
+builds manifests straight from h5py's chunk index and reads the same chunks
+four ways, page cache warm, median of ``--runs``:
+
+(a) ``ManifestArray.compute()``, dask's threaded scheduler on every core;
+(b) ``xr.open_zarr(ManifestStore(group))[var].compute()``;
+(c) kerchunk references (built here from the manifest) through fsspec's
+    ReferenceFileSystem, ``xr.open_dataset(engine="zarr", chunks={})``;
+(d) the single-thread floor: ``os.pread`` + ``zlib.decompress`` + numcodecs
+    shuffle decode per chunk, in a plain loop, into a preallocated array.
+
+It also times building the graph of a 1,000,000-chunk ManifestArray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "_data"
+VAR = "tas"
+PER_FILE = (24, 180, 360)
+CHUNKS = (1, 90, 180)
+LEVEL = 4  # netCDF's usual deflate level
+
+
+# -- data --------------------------------------------------------------------
+
+
+def make_files(n: int) -> list[Path]:
+    """``n`` HDF5 files shaped like netCDF4 output (dimension scales + one variable)."""
+    import h5py
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    nt, ny, nx = PER_FILE
+    lat = np.linspace(-89.5, 89.5, ny, dtype=np.float32)
+    lon = np.linspace(0.5, 359.5, nx, dtype=np.float32)
+    base = (288.0 - 30.0 * np.sin(np.deg2rad(lat))[:, None] ** 2 + 5.0 * np.cos(np.deg2rad(lon))[None, :]).astype(np.float32)
+    paths = []
+    for i in range(n):
+        path = DATA / f"tas_{i:04d}.nc"
+        paths.append(path)
+        if path.exists():
+            continue
+        rng = np.random.default_rng(i)
+        noise = rng.normal(0.0, 1.5, size=PER_FILE).astype(np.float32)
+        values = np.round(base[None] + noise + np.float32(i % 12), 2).astype(np.float32)  # 0.01 K resolution
+        tmp = path.with_suffix(".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["Conventions"] = "CF-1.8"
+            time_ = f.create_dataset("time", data=np.arange(i * nt, (i + 1) * nt, dtype=np.float64))
+            time_.attrs["units"] = "hours since 2000-01-01"
+            lat_ = f.create_dataset("lat", data=lat)
+            lon_ = f.create_dataset("lon", data=lon)
+            for scale, name in ((time_, "time"), (lat_, "lat"), (lon_, "lon")):
+                scale.make_scale(name)
+            var = f.create_dataset(
+                VAR, data=values, chunks=CHUNKS, compression="gzip", compression_opts=LEVEL, shuffle=True
+            )
+            for axis, scale in enumerate((time_, lat_, lon_)):
+                var.dims[axis].attach_scale(scale)
+            var.attrs["units"] = "K"
+        tmp.rename(path)
+    return paths
+
+
+def chunk_index(path: Path) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, tuple[str, ...], int]:
+    """``(grid, offsets, lengths)`` of the variable's chunks, from h5py's chunk index."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        ds = f[VAR]
+        shape, chunks = ds.shape, ds.chunks
+        itemsize = ds.dtype.itemsize
+        plist = ds.id.get_create_plist()
+        filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))  # pipeline order
+        grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
+        offsets = np.zeros(grid, np.uint64)
+        lengths = np.zeros(grid, np.uint64)
+        masks = []
+
+        def visit(info):
+            index = tuple(o // c for o, c in zip(info.chunk_offset, chunks))
+            offsets[index] = info.byte_offset
+            lengths[index] = info.size
+            masks.append(info.filter_mask)
+
+        ds.id.chunk_iter(visit)
+    if any(masks):
+        raise ValueError(f"{path}: some chunks skipped a filter (filter_mask != 0); not handled here")
+    return grid, offsets, lengths, filters, itemsize
+
+
+def build_manifest_array(paths: list[Path]):
+    """One ManifestArray per file (zarr v3: bytes + numcodecs Shuffle + Zlib), concatenated along time."""
+    import zarr.codecs
+    from h5py import h5z
+
+    from vzdask.manifests.array import ManifestArray
+    from vzdask.manifests.manifest import ChunkManifest
+    from vzdask.manifests.metadata import create_array_metadata
+
+    arrays = []
+    for path in paths:
+        grid, offsets, lengths, filters, itemsize = chunk_index(path)
+        if filters != (h5z.FILTER_SHUFFLE, h5z.FILTER_DEFLATE):
+            raise ValueError(f"{path}: filter pipeline {filters}, expected shuffle then deflate")
+        metadata = create_array_metadata(
+            shape=PER_FILE,
+            chunk_shape=CHUNKS,
+            dtype="float32",
+            codecs=[
+                zarr.codecs.BytesCodec(endian="little"),
+                zarr.codecs.Shuffle(elementsize=itemsize),
+                zarr.codecs.Zlib(level=LEVEL),
+            ],
+            fill_value=np.float32("nan"),
+            dimension_names=("time", "lat", "lon"),
+            attributes={"units": "K"},
+        )
+        manifest = ChunkManifest.from_arrays(
+            paths=np.full(grid, "file://" + str(path.resolve()), dtype=object), offsets=offsets, lengths=lengths
+        )
+        arrays.append(ManifestArray(metadata, manifest))
+    return np.concatenate(arrays, axis=0)
+
+
+def kerchunk_refs(array) -> dict:
+    """A kerchunk (zarr v2) reference set for the same chunks: filters shuffle, compressor zlib."""
+    import json
+
+    manifest = array.manifest
+    refs = {
+        ".zgroup": json.dumps({"zarr_format": 2}),
+        f"{VAR}/.zarray": json.dumps(
+            {
+                "zarr_format": 2,
+                "shape": list(array.shape),
+                "chunks": list(array.chunk_shape),
+                "dtype": "<f4",
+                "fill_value": "NaN",
+                "order": "C",
+                "filters": [{"id": "shuffle", "elementsize": 4}],
+                "compressor": {"id": "zlib", "level": LEVEL},
+                "dimension_separator": ".",
+            }
+        ),
+        f"{VAR}/.zattrs": json.dumps({"_ARRAY_DIMENSIONS": ["time", "lat", "lon"], "units": "K"}),
+    }
+    urls = manifest.urls
+    path_index = manifest.path_index
+    offsets, lengths = manifest.offsets, manifest.lengths
+    for index in np.ndindex(manifest.shape):
+        url = urls[path_index[index]].removeprefix("file://")
+        refs[f"{VAR}/" + ".".join(map(str, index))] = [url, int(offsets[index]), int(lengths[index])]
+    return {"version": 1, "refs": refs}
+
+
+def floor_plan(array) -> list[tuple[int, int, int, tuple[slice, ...]]]:
+    """``(fd index, offset, length, region)`` per chunk, C order: what the floor loop reads."""
+    manifest = array.manifest
+    plan = []
+    for index in np.ndindex(manifest.shape):
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunk_shape))
+        plan.append((int(manifest.path_index[index]), int(manifest.offsets[index]), int(manifest.lengths[index]), region))
+    return plan
+
+
+# -- the four readers --------------------------------------------------------
+
+
+def read_floor(array, plan, fds) -> np.ndarray:
+    """(d): one thread, pread + inflate + unshuffle per chunk into a preallocated array."""
+    from numcodecs import Shuffle
+
+    unshuffle = Shuffle(elementsize=4).decode
+    out = np.empty(array.shape, np.float32)
+    chunk = CHUNKS
+    for fd_index, offset, length, region in plan:
+        raw = os.pread(fds[fd_index], length, offset)
+        out[region] = np.frombuffer(unshuffle(zlib.decompress(raw)), np.float32).reshape(chunk)
+    return out
+
+
+def read_manifest_compute(array) -> np.ndarray:
+    """(a)."""
+    return array.compute()
+
+
+def read_xarray_store(array) -> np.ndarray:
+    """(b)."""
+    import xarray as xr
+
+    from vzdask.manifests.group import ManifestGroup
+    from vzdask.manifests.store import ManifestStore
+
+    store = ManifestStore(ManifestGroup(arrays={VAR: array}))
+    ds = xr.open_zarr(store, consolidated=False, zarr_format=3)
+    return ds[VAR].compute().values
+
+
+def read_kerchunk(refs) -> np.ndarray:
+    """(c)."""
+    import fsspec
+    import xarray as xr
+
+    fs = fsspec.filesystem("reference", fo=refs)
+    ds = xr.open_dataset(fs.get_mapper(""), engine="zarr", chunks={}, consolidated=False, zarr_format=2)
+    return ds[VAR].compute().values
+
+
+def timed(fn, *args, runs: int, expected: np.ndarray | None, label: str) -> float:
+    """Median seconds of ``runs`` calls after one untimed warm-up that is checked against ``expected``."""
+    result = fn(*args)
+    if expected is not None and not np.array_equal(result, expected, equal_nan=True):
+        raise AssertionError(f"{label}: values differ from h5py's")
+    del result
+    times = []
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - start)
+        del result
+    print(f"  {label:<34} runs: {', '.join(f'{t:.3f}' for t in times)}", file=sys.stderr)
+    return statistics.median(times)
+
+
+# -- graph construction ------------------------------------------------------
+
+
+def graph_benchmark(runs: int) -> dict[str, float]:
+    """Graph building for a 1,000,000-chunk ManifestArray (references only, nothing is read)."""
+    import zarr.codecs
+
+    from vzdask.manifests.array import ManifestArray
+    from vzdask.manifests.manifest import ChunkManifest
+    from vzdask.manifests.metadata import create_array_metadata
+
+    nfiles = 1000
+    grid = (250_000, 2, 2)
+    per_file = grid[0] // nfiles
+    urls = np.array([f"s3://bucket/run/tas_{i:05d}.nc" for i in range(nfiles)], dtype=object)
+    paths = np.broadcast_to(np.repeat(urls, per_file)[:, None, None], grid)
+    lengths = np.full(grid, 30_000, np.uint64)
+    offsets = (np.arange(np.prod(grid), dtype=np.uint64).reshape(grid) % np.uint64(per_file * 4)) * np.uint64(30_000)
+    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+    metadata = create_array_metadata(
+        shape=tuple(g * c for g, c in zip(grid, CHUNKS)),
+        chunk_shape=CHUNKS,
+        dtype="float32",
+        codecs=[zarr.codecs.BytesCodec(endian="little"), zarr.codecs.Shuffle(elementsize=4), zarr.codecs.Zlib(level=LEVEL)],
+        fill_value=np.float32("nan"),
+        dimension_names=("time", "lat", "lon"),
+    )
+    out: dict[str, float] = {}
+
+    def best(label, fn):
+        times = []
+        for _ in range(runs):
+            array = ManifestArray(metadata, manifest)  # fresh: no cached name
+            gc.collect()
+            start = time.perf_counter()
+            value = fn(array)
+            times.append(time.perf_counter() - start)
+        out[label] = statistics.median(times)
+        return value
+
+    graph = best("__dask_graph__()", lambda a: a.__dask_graph__())
+    ntasks = best("materialise (len(dict(graph)))", lambda a: len(dict(a.__dask_graph__())))
+    best("to_dask_array() (task blocks)", lambda a: a.to_dask_array())
+    native_runs = max(1, min(runs, 3))
+    times = []
+    for _ in range(native_runs):
+        array = ManifestArray(metadata, manifest)
+        gc.collect()
+        start = time.perf_counter()
+        darr = array.to_dask_array(chunks=CHUNKS)
+        times.append(time.perf_counter() - start)
+    out["to_dask_array(chunks=native)"] = statistics.median(times)
+    out["_tasks"] = ntasks
+    out["_native_tasks"] = darr.npartitions
+    out["_graph_layers"] = len(graph.layers)
+    return out
+
+
+# -- main --------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default="abcdg", help="which parts to run: a, b, c, d, g (graph)")
+    args = parser.parse_args(argv)
+
+    import dask
+    import h5py
+    import numcodecs
+    import xarray
+    import zarr
+
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, dask {dask.__version__}, zarr {zarr.__version__}, "
+        f"numcodecs {numcodecs.__version__}, xarray {xarray.__version__}, h5py {h5py.__version__}; "
+        f"{os.cpu_count()} cores"
+    )
+    start = time.perf_counter()
+    paths = make_files(args.files)
+    print(f"data: {len(paths)} files in {DATA} ({time.perf_counter() - start:.1f} s to make/check)")
+
+    start = time.perf_counter()
+    array = build_manifest_array(paths)
+    print(
+        f"manifest: {array!r} built in {time.perf_counter() - start:.2f} s; "
+        f"{array.nbytes / 2**20:.0f} MiB decoded, {array.manifest.stored_bytes / 2**20:.0f} MiB stored "
+        f"(ratio {array.nbytes / array.manifest.stored_bytes:.2f}); layout blocks {array.layout.block} "
+        f"-> {len(array.__dask_keys__())} tasks"
+    )
+
+    # Expected values straight from h5py (and warms the page cache).
+    expected = np.empty(array.shape, np.float32)
+    for i, path in enumerate(paths):
+        with h5py.File(path, "r") as f:
+            expected[i * PER_FILE[0] : (i + 1) * PER_FILE[0]] = f[VAR][...]
+
+    results: dict[str, float] = {}
+    fds = [os.open(u.removeprefix("file://"), os.O_RDONLY) for u in array.manifest.urls]
+    try:
+        if "d" in args.only:
+            plan = floor_plan(array)
+            results["(d) floor: pread+zlib+shuffle, 1 thread"] = timed(
+                read_floor, array, plan, fds, runs=args.runs, expected=expected, label="(d) floor"
+            )
+        if "a" in args.only:
+            results["(a) ManifestArray.compute()"] = timed(
+                read_manifest_compute, array, runs=args.runs, expected=expected, label="(a) ManifestArray.compute()"
+            )
+        if "b" in args.only:
+            results["(b) xr.open_zarr(ManifestStore)"] = timed(
+                read_xarray_store, array, runs=args.runs, expected=expected, label="(b) open_zarr(ManifestStore)"
+            )
+        if "c" in args.only:
+            refs = kerchunk_refs(array)
+            results["(c) kerchunk + fsspec + xarray"] = timed(
+                read_kerchunk, refs, runs=args.runs, expected=expected, label="(c) kerchunk"
+            )
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+    if results:
+        floor = next((v for k, v in results.items() if k.startswith("(d)")), None)
+        a = next((v for k, v in results.items() if k.startswith("(a)")), None)
+        print()
+        print(f"{'method':<44} {'seconds':>8} {'/ floor':>8} {'(a) faster by':>14} {'MB/s':>8}")
+        for label, seconds in results.items():
+            ratio = f"{seconds / floor:8.2f}" if floor else f"{'-':>8}"
+            speedup = f"{seconds / a:13.1f}x" if a and not label.startswith(("(a)", "(d)")) else f"{'':>14}"
+            print(f"{label:<44} {seconds:8.3f} {ratio} {speedup} {array.nbytes / 1e6 / seconds:8.0f}")
+        print()
+        print("targets: (a) <= 0.75 x floor; (a) >= 5x faster than (b) and (c)")
+        if floor and a:
+            print(f"  (a)/floor = {a / floor:.2f}  [{'met' if a <= 0.75 * floor else 'MISSED'}]")
+        for key in ("(b)", "(c)"):
+            other = next((v for k, v in results.items() if k.startswith(key)), None)
+            if a and other:
+                print(f"  {key}/(a) = {other / a:.1f}x  [{'met' if other >= 5 * a else 'MISSED'}]")
+
+    if "g" in args.only:
+        print()
+        g = graph_benchmark(args.runs)
+        print(
+            f"graph of a 1,000,000-chunk ManifestArray ({g['_tasks']} fetch tasks; "
+            f"{g['_native_tasks']} tasks at native chunking), median of {args.runs}:"
+        )
+        for label, seconds in g.items():
+            if not label.startswith("_"):
+                print(f"  {label:<36} {seconds:8.3f} s")
+        full = g["__dask_graph__()"] + g["materialise (len(dict(graph)))"]
+        print(f"target: graph construction <= 2 s  [{'met' if g['materialise (len(dict(graph)))'] <= 2 else 'MISSED'}]")
+        del full
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Parsers: ``parser(url, registry) -> ManifestStore``, configured in the constructor.
+
+Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
+``detect_parser`` picks one from a file's first bytes.
+"""
+
+from __future__ import annotations
+
+from vzdask.parsers.common import ObstoreFile, ParseError
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None):
+    """Choose a parser from the first bytes of ``url``; error naming the url and what was found."""
+    head = ObstoreFile(url, registry).read_range(0, 8)
+    if head.startswith(HDF5_SIGNATURE):
+        from vzdask.parsers.hdf5 import HDFParser
+
+        return HDFParser(inline=inline, group=group)
+    if head[:4] in (b"CDF\x01", b"CDF\x02", b"CDF\x05"):
+        try:
+            from vzdask.parsers.netcdf3 import NetCDF3Parser
+        except ImportError as err:  # pragma: no cover - parser not built yet
+            raise ParseError(f"{url}: netCDF3 file, but the netCDF3 parser is not available ({err})") from err
+        return NetCDF3Parser(inline=inline)
+    shown = head[:8]
+    raise ParseError(
+        f"{url}: unrecognised file format (first bytes {shown!r}); expected HDF5/netCDF4 or netCDF3"
+        if head
+        else f"{url}: empty file; nothing to virtualize"
+    )
+
+
+__all__ = ["InlinePolicy", "ObstoreFile", "ParseError", "detect_parser"]

@@ -1,0 +1,161 @@
+"""The xarray layer: virtual Datasets from ManifestStores and from files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import xarray as xr
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.store import ManifestStore
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+Parser = Callable[[str, ObjectStoreRegistry], ManifestStore]
+
+
+def dimension_names(name: str, array: ManifestArray) -> tuple[str, ...]:
+    """The array's dimension names; arrays without them get xarray-style ``phony_dim_N`` names."""
+    dims = array.dimension_names
+    if dims is None or any(d is None for d in dims):
+        raise ValueError(
+            f"variable {name!r} has no dimension names; parsers must name every dimension "
+            "(plain HDF5 datasets get phony_dim_N names)"
+        )
+    return tuple(dims)
+
+
+def coordinate_names(group: ManifestGroup) -> set[str]:
+    """Dimension coordinates plus variables named in a CF ``coordinates`` attribute."""
+    names = set()
+    for name, array in group.arrays.items():
+        dims = array.dimension_names or ()
+        if tuple(dims) == (name,):
+            names.add(name)
+        coords = array.metadata.attributes.get("coordinates")
+        if isinstance(coords, str):
+            names.update(c for c in coords.split() if c in group.arrays)
+    return names
+
+
+def to_virtual_dataset(
+    store: ManifestStore,
+    *,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+) -> xr.Dataset:
+    """A Dataset whose variables wrap ManifestArrays, except ``loadable_variables`` (loaded, indexed).
+
+    ``loadable_variables`` defaults to the dimension coordinates, so xarray can
+    build indexes and combine by coordinates; loaded variables are CF-decoded
+    as ``xr.open_dataset`` would. Virtual variables keep their CF attributes
+    (``scale_factor``, ``_FillValue``, ``units``...) undecoded, so writers
+    pass them on.
+    """
+    node = store.group[group] if group else store.group
+    if not isinstance(node, ManifestGroup):
+        raise ValueError(f"{group!r} is an array, not a group")
+    drop = set(drop_variables or ())
+    names = [n for n in node.arrays if n not in drop]
+    coords = coordinate_names(node)
+    if loadable_variables is None:
+        loadable = {n for n in names if tuple(node.arrays[n].dimension_names or ()) == (n,)}
+    else:
+        loadable = set(loadable_variables)
+        unknown = loadable - set(names)
+        if unknown:
+            raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
+
+    loaded = {}
+    if loadable:
+        kwargs = {} if decode_times is None else {"decode_times": decode_times}
+        ds = xr.open_zarr(
+            store,
+            group=group,
+            consolidated=False,
+            zarr_format=3,
+            chunks=None,
+            drop_variables=[n for n in node.arrays if n not in loadable],
+            **kwargs,
+        )
+        loaded = {name: ds.variables[name].load() for name in loadable}
+
+    variables = {}
+    for name in names:
+        if name in loaded:
+            variables[name] = loaded[name]
+            continue
+        array = node.arrays[name]
+        attrs = {k: v for k, v in array.metadata.attributes.items() if k != "_FillValue"}
+        fill = array.metadata.attributes.get("_FillValue")
+        if fill is not None:
+            attrs["_FillValue"] = fill
+        variables[name] = xr.Variable(dimension_names(name, array), array, attrs=attrs)
+        variables[name].encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
+
+    coord_vars = {n: v for n, v in variables.items() if n in coords}
+    data_vars = {n: v for n, v in variables.items() if n not in coords}
+    return xr.Dataset(data_vars, coords=coord_vars, attrs=dict(node.attributes))
+
+
+def open_virtual_dataset(
+    url: str,
+    *,
+    parser: Parser | None = None,
+    registry: ObjectStoreRegistry | None = None,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+    inline: InlinePolicy | None = None,
+) -> xr.Dataset:
+    """Open one file (or reference set) as a virtual Dataset.
+
+    Parameters
+    ----------
+    url : str
+        Local path or ``file://``, ``s3://``, ``http(s)://``, ``memory://`` url.
+    parser : callable, optional
+        ``parser(url, registry) -> ManifestStore``; detected from the file's
+        first bytes when omitted.
+    registry : ObjectStoreRegistry, optional
+        Defaults to one that creates stores for common url schemes on demand.
+    group : str, optional
+        Open this group of the file.
+    drop_variables : iterable of str, optional
+    loadable_variables : iterable of str, optional
+        Variables to load into numpy (for indexing); default: dimension coordinates.
+    decode_times : bool, optional
+        Passed to xarray when decoding loaded variables.
+    inline : InlinePolicy, optional
+        Which chunks the (detected) parser inlines into the manifest.
+    """
+    from vzdask.parsers import detect_parser
+
+    url = _as_url(url)
+    registry = registry if registry is not None else ObjectStoreRegistry.default()
+    if parser is None:
+        parser = detect_parser(url, registry, inline=inline, group=group)
+    elif inline is not None:
+        raise ValueError("pass inline= to the parser's constructor when giving parser=")
+    store = parser(url, registry)
+    return to_virtual_dataset(
+        store,
+        group=group if not getattr(parser, "group", None) else None,
+        drop_variables=drop_variables,
+        loadable_variables=loadable_variables,
+        decode_times=decode_times,
+    )
+
+
+def _as_url(url: str) -> str:
+    import os
+
+    url = os.fspath(url)
+    if "://" not in url:
+        return "file://" + os.path.abspath(url)
+    return url
+
