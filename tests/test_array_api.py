@@ -429,13 +429,6 @@ def test_round_trip_of_split_and_concatenate():
 # =========================================================================== #
 
 
-# array.py::_chunk_aligned_key tests `Ellipsis in key`, which compares an ndarray
-# element with == and raises "truth value of an array is ambiguous".
-NDARRAY_KEY_BUG = pytest.mark.xfail(
-    raises=ValueError, strict=True, reason="array.py: `Ellipsis in key` on an ndarray index (reported to the lead)"
-)
-
-
 @pytest.fixture
 def array2d() -> ManifestArray:
     """Shape (6, 5), chunks (2, 3): grid (3, 2), last column of chunks partial."""
@@ -454,13 +447,8 @@ def array2d() -> ManifestArray:
         ((0,), IndexError, r"axis 0: an integer index needs chunk size 1 along that axis, but it is 2"),
         ((slice(None), 1), IndexError, r"axis 1: an integer index needs chunk size 1 along that axis, but it is 3"),
         (([0, 1],), IndexError, r"axis 0: index of type list is not supported"),
-        pytest.param(
-            (slice(None), np.array([0, 3])),
-            IndexError,
-            r"axis 1: index of type ndarray is not supported",
-            marks=NDARRAY_KEY_BUG,
-        ),
-        pytest.param((np.ones(6, bool),), IndexError, r"axis 0: index of type ndarray is not supported", marks=NDARRAY_KEY_BUG),
+        ((slice(None), np.array([0, 3])), IndexError, r"axis 1: index of type ndarray is not supported"),
+        ((np.ones(6, bool),), IndexError, r"axis 0: index of type ndarray is not supported"),
         ((slice(None), slice(None), slice(None)), IndexError, r"too many indices for a 2-d array"),
         ((Ellipsis, Ellipsis), IndexError, r"single ellipsis"),
     ],

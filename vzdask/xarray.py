@@ -8,6 +8,7 @@ import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.metadata import decode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -89,10 +90,7 @@ def to_virtual_dataset(
             variables[name] = loaded[name]
             continue
         array = node.arrays[name]
-        attrs = {k: v for k, v in array.metadata.attributes.items() if k != "_FillValue"}
-        fill = array.metadata.attributes.get("_FillValue")
-        if fill is not None:
-            attrs["_FillValue"] = fill
+        attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
         variables[name] = xr.Variable(dimension_names(name, array), array, attrs=attrs)
         variables[name].encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
 

@@ -51,7 +51,7 @@ class ManifestArray(DaskMethodsMixin):
     about ``vzdask.task-bytes`` decoded bytes (dask config, default 64 MiB).
     """
 
-    __slots__ = ("_metadata", "_manifest", "_registry", "_source", "_name")
+    __slots__ = ("_metadata", "_manifest", "_registry", "_source", "_name", "_layout")
     __array_priority__ = 100
 
     def __init__(
@@ -79,7 +79,8 @@ class ManifestArray(DaskMethodsMixin):
         self._manifest = chunkmanifest
         self._registry = registry if registry is not None else ObjectStoreRegistry.default()
         self._source: tuple[str, dict] | None = None  # persisted blocks not yet gathered
-        self._name: str | None = None
+        self._name: tuple[tuple[int, ...], str] | None = None  # (layout.block, name)
+        self._layout = None  # the BlockLayout persisted blocks were made with (fixed until gathered)
 
     # -- description --------------------------------------------------------
 
@@ -253,22 +254,29 @@ class ManifestArray(DaskMethodsMixin):
 
     @property
     def name(self) -> str:
-        """Deterministic dask name: a token of metadata, manifest contents and registry."""
+        """Deterministic dask name: a token of metadata, manifest contents, registry and block layout.
+
+        The layout is part of the name because a key ``(name, i, j)`` means a
+        different block under a different ``vzdask.task-bytes``.
+        """
         if self._source is not None:
             return self._source[0]
-        if self._name is None:
+        block = self.layout.block
+        if self._name is None or self._name[0] != block:
             from dask.base import tokenize
 
             token = tokenize(self._metadata.to_buffer_dict(_PROTOTYPE())["zarr.json"].to_bytes(), self._manifest,
-                             self._registry)
-            self._name = f"manifestarray-{token}"
-        return self._name
+                             self._registry, block)
+            self._name = (block, f"manifestarray-{token}")
+        return self._name[1]
 
     @property
     def layout(self):
         """How the chunk grid is cut into task blocks (see ``vzdask.graph.BlockLayout``)."""
         from vzdask.graph import BlockLayout
 
+        if self._layout is not None:  # persisted, not gathered: the blocks already made
+            return self._layout
         return BlockLayout.for_array(self._manifest.shape, math.prod(self.chunk_shape) * self.dtype.itemsize)
 
     def _keys(self, name: str | None = None) -> list[tuple]:
@@ -323,6 +331,7 @@ class ManifestArray(DaskMethodsMixin):
         if all(isinstance(v, EncodedBlock) for v in values):
             return self._with(self._metadata, blocks_to_manifest(self._manifest, self.layout, values))
         base._source = (name, dict(zip(keys, values)))
+        base._layout = self.layout
         return base
 
     def _gather_in_place(self) -> None:
@@ -339,6 +348,7 @@ class ManifestArray(DaskMethodsMixin):
         self._manifest = blocks_to_manifest(self._manifest, self.layout, blocks)
         self._source = None
         self._name = None
+        self._layout = None
 
     def gather(self) -> ManifestArray:
         """Bring persisted chunks from the cluster into this process; returns a plain inlined ManifestArray."""
@@ -387,8 +397,8 @@ def _chunk_aligned_key(array: ManifestArray, key):
     consumed = sum(1 for k in key if k is not None and k is not Ellipsis)
     if consumed > array.ndim:
         raise IndexError(f"too many indices for a {array.ndim}-d array")
-    if Ellipsis in key:
-        at = key.index(Ellipsis)
+    at = next((i for i, k in enumerate(key) if k is Ellipsis), None)
+    if at is not None:
         key = key[:at] + (slice(None),) * (array.ndim - consumed) + key[at + 1 :]
     else:
         key = key + (slice(None),) * (array.ndim - consumed)

@@ -49,6 +49,7 @@ def create_array_metadata(
         codecs = [{"name": "bytes", "configuration": {"endian": "little"}}] if np.dtype(dtype).itemsize > 1 else [{"name": "bytes"}]
     if fill_value is None:
         fill_value = zdtype.default_scalar()
+    attributes = encode_cf_fill_value(attributes or {}, np.dtype(dtype))
     return ArrayV3Metadata(
         shape=tuple(int(s) for s in shape),
         data_type=zdtype,
@@ -59,6 +60,26 @@ def create_array_metadata(
         attributes=attributes or {},
         dimension_names=tuple(dimension_names) if dimension_names is not None else None,
     )
+
+
+def encode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
+    """Store a CF ``_FillValue`` attribute the way xarray's zarr backend expects (base64 for floats)."""
+    value = attributes.get("_FillValue")
+    if value is None or isinstance(value, (str, bytes, list)) or dtype.kind not in "biufc":
+        return dict(attributes)
+    from xarray.backends.zarr import FillValueCoder
+
+    return {**attributes, "_FillValue": FillValueCoder.encode(value, dtype)}
+
+
+def decode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
+    """The inverse of ``encode_cf_fill_value``: the plain number, as ``xr.open_dataset`` shows it."""
+    value = attributes.get("_FillValue")
+    if value is None or dtype.kind not in "biufc":
+        return dict(attributes)
+    from xarray.backends.zarr import FillValueCoder
+
+    return {**attributes, "_FillValue": dtype.type(FillValueCoder.decode(value, dtype)).item()}
 
 
 def chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
@@ -93,10 +114,6 @@ def replace_metadata(
     if attributes is not None:
         document["attributes"] = attributes
     return ArrayV3Metadata.from_dict(document)
-
-
-def codec_names(metadata: ArrayV3Metadata) -> list[str]:
-    return [c["name"] if isinstance(c, dict) else c for c in (codec.to_dict() for codec in metadata.codecs)]
 
 
 def check_ndim_change_allowed(metadata: ArrayV3Metadata, operation: str) -> None:

@@ -80,15 +80,22 @@ def _parse_group(h5group, url: str, registry: ObjectStoreRegistry) -> ManifestGr
 
     arrays, groups = {}, {}
     phony: dict[int, str] = {}
+    datasets = {}
+    sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
     for name, obj in h5group.items():
         if isinstance(obj, h5py.Group):
             groups[name] = _parse_group(obj, url, registry)
         elif isinstance(obj, h5py.Dataset):
+            dims = _dimension_names(obj, phony)
+            for dim, size in zip(dims, obj.shape):
+                sizes[dim] = max(sizes.get(dim, 0), int(size))
             if obj.attrs.get("CLASS") == b"DIMENSION_SCALE" and bytes(obj.attrs.get("NAME", b"")).startswith(
                 NETCDF_DIMENSION_ONLY
             ):
                 continue  # a netCDF dimension without a variable
-            arrays[name] = _parse_dataset(obj, name, url, registry, phony)
+            datasets[name] = (obj, dims)
+    for name, (obj, dims) in datasets.items():
+        arrays[name] = _parse_dataset(obj, dims, tuple(sizes[d] for d in dims), url, registry)
     return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(h5group.attrs, url, h5group.name))
 
 
@@ -108,19 +115,18 @@ def _dimension_names(dset, phony: dict[int, str]) -> list[str]:
     return names
 
 
-def _parse_dataset(dset, name: str, url: str, registry, phony: dict[int, str]) -> ManifestArray:
+def _parse_dataset(dset, dims: list[str], shape: tuple[int, ...], url: str, registry) -> ManifestArray:
+    """One dataset; ``shape`` may exceed the dataset's along unlimited dimensions (read as fill)."""
     import h5py
 
     where = f"{url}: variable {dset.name!r}"
     dtype = dset.dtype
-    dims = _dimension_names(dset, phony)
     attrs = _attributes(dset.attrs, url, dset.name)
     if dtype.kind not in "biufc" and dtype.kind != "M" or dtype.names is not None:
         return _inline_whole(dset, where, dims, attrs, registry)
 
     plist = dset.id.get_create_plist()
     layout = plist.get_layout()
-    shape = tuple(int(s) for s in dset.shape)
     fill = dset.fillvalue
     fill = fill.item() if hasattr(fill, "item") else fill
     codecs = _codecs(plist, dtype, where)

@@ -1,0 +1,190 @@
+"""HDFParser: netCDF4 and plain HDF5 files, compared with xarray/h5py reading the originals."""
+
+from __future__ import annotations
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL
+from vzdask.parsers import ParseError
+from vzdask.parsers.hdf5 import HDFParser
+from vzdask.policy import InlinePolicy
+from vzdask.xarray import open_virtual_dataset
+
+RNG = np.random.default_rng(42)
+
+
+@pytest.fixture(scope="module")
+def netcdf4_file(tmp_path_factory):
+    """A netCDF4 file with CF encodings, several layouts and a subgroup."""
+    path = tmp_path_factory.mktemp("hdf") / "sample.nc"
+    tas = (RNG.random((6, 30, 40)) * 1000).astype("i2")
+    tas[0, 0, :5] = -999
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.title = "sample"
+        nc.createDimension("time", None)
+        nc.createDimension("lat", 30)
+        nc.createDimension("lon", 40)
+        time = nc.createVariable("time", "f8", ("time",))
+        time.units = "days since 2000-01-01"
+        time.calendar = "standard"
+        time[:] = np.arange(6)
+        lat = nc.createVariable("lat", "f4", ("lat",))
+        lat[:] = np.linspace(-10, 10, 30)
+        lat.units = "degrees_north"
+        v = nc.createVariable("tas", "i2", ("time", "lat", "lon"), zlib=True, shuffle=True,
+                              chunksizes=(1, 16, 16), fill_value=-999)
+        v.scale_factor = 0.01
+        v.add_offset = 273.0
+        v.units = "K"
+        v[:] = tas
+        big = nc.createVariable("big_endian", "f8", ("lat", "lon"), contiguous=True, endian="big")
+        big[:] = RNG.random((30, 40))
+        sparse = nc.createVariable("sparse", "f4", ("time", "lat", "lon"), chunksizes=(1, 30, 40), fill_value=-1.0)
+        sparse[2] = 5.0  # only one chunk allocated: the rest are missing
+        checked = nc.createVariable("checked", "f4", ("lat", "lon"), fletcher32=True, zlib=True, chunksizes=(10, 10))
+        checked[:] = RNG.random((30, 40)).astype("f4")
+        sub = nc.createGroup("sub")
+        sub.createDimension("n", 7)
+        sv = sub.createVariable("values", "u1", ("n",))
+        sv[:] = np.arange(7, dtype="u1")
+        sub.note = "in a group"
+    return path
+
+
+def test_netcdf4_values_and_cf_decoding_match_xarray(netcdf4_file):
+    vds = open_virtual_dataset(netcdf4_file)
+    assert set(vds.vz.virtual_variables) == {"tas", "big_endian", "sparse", "checked"}
+    assert vds.attrs["title"] == "sample"
+    assert vds.tas.attrs["scale_factor"] == 0.01 and vds.tas.attrs["units"] == "K"
+    assert "_Netcdf4Dimid" not in vds.tas.attrs and "DIMENSION_LIST" not in vds.tas.attrs
+    expected = xr.open_dataset(netcdf4_file)
+    decoded = xr.decode_cf(vds.vz.compute())
+    xr.testing.assert_allclose(decoded, expected)
+    assert decoded.tas.attrs["units"] == "K"
+    # undecoded values are the raw integers in the file
+    raw = xr.open_dataset(netcdf4_file, mask_and_scale=False)
+    np.testing.assert_array_equal(vds.tas.data.compute(), raw.tas.values)
+
+
+def test_chunk_layouts_become_the_right_states(netcdf4_file):
+    vds = open_virtual_dataset(netcdf4_file)
+    sparse = vds.sparse.data.manifest
+    assert sparse.shape == (6, 1, 1)
+    assert list(sparse.states.ravel()) == [MISSING, MISSING, VIRTUAL, MISSING, MISSING, MISSING]
+    values = vds.sparse.data.compute()
+    assert (values[2] == 5.0).all() and (values[[0, 1, 3, 4, 5]] == -1.0).all()
+    big = vds.big_endian.data
+    assert big.manifest.shape == (1, 1) and big.manifest.states[0, 0] == VIRTUAL
+    assert big.metadata.to_dict()["codecs"][0]["configuration"]["endian"] == "big"
+    with h5py.File(netcdf4_file) as f:
+        np.testing.assert_array_equal(big.compute(), f["big_endian"][()])
+        # chunk references are HDF5's own chunk index
+        info = f["tas"].id.get_chunk_info_by_coord((1, 16, 0))
+        assert vds.tas.data.manifest.entry((1, 1, 0))[2:] == (info.byte_offset, info.size)
+
+
+def test_group_and_phony_dimensions(netcdf4_file, tmp_path):
+    vds = open_virtual_dataset(netcdf4_file, group="sub")
+    assert vds.attrs["note"] == "in a group"
+    np.testing.assert_array_equal(vds["values"].data.compute(), np.arange(7))
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a", data=np.arange(12.0).reshape(3, 4), chunks=(1, 4), compression="gzip")
+        f.create_dataset("b", data=np.arange(3), compression="gzip", shuffle=True)
+        f.create_dataset("scalar", data=3.5)
+    plain = open_virtual_dataset(path)
+    assert plain.a.dims == ("phony_dim_0", "phony_dim_1") and plain.b.dims == ("phony_dim_0",)
+    loaded = plain.vz.compute()
+    np.testing.assert_array_equal(loaded.a.values, np.arange(12.0).reshape(3, 4))
+    np.testing.assert_array_equal(loaded.b.values, np.arange(3))
+    assert float(loaded.scalar.values) == 3.5
+
+
+def test_compact_and_string_datasets_are_inlined(tmp_path):
+    path = tmp_path / "compact.h5"
+    with h5py.File(path, "w") as f:
+        space = h5py.h5s.create_simple((4,))
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_layout(h5py.h5d.COMPACT)
+        dsid = h5py.h5d.create(f.id, b"compact", h5py.h5t.NATIVE_INT32, space, plist)
+        h5py.Dataset(dsid)[...] = np.array([1, 2, 3, 4], "i4")
+        f.create_dataset("names", data=np.array(["alpha", "beta"], dtype=h5py.string_dtype()))
+    vds = open_virtual_dataset(path)
+    for name in ("compact", "names"):
+        assert vds[name].data.manifest.count()["inlined"] == 1
+    loaded = vds.vz.compute()
+    np.testing.assert_array_equal(loaded.compact.values, [1, 2, 3, 4])
+    assert list(loaded.names.values) == ["alpha", "beta"]
+
+
+def test_inline_policy_rules_inline_exactly_the_chosen_chunks(netcdf4_file):
+    with open(netcdf4_file, "rb") as fh:
+        raw = fh.read()
+    reference = open_virtual_dataset(netcdf4_file).tas.data.manifest
+    threshold = int(np.median(reference.lengths))
+    vds = open_virtual_dataset(netcdf4_file, inline=InlinePolicy(max_chunk_bytes=threshold))
+    manifest = vds.tas.data.manifest
+    lengths = manifest.lengths
+    assert ((manifest.states == INLINED) == (lengths <= threshold)).all()
+    assert (manifest.states == INLINED).any() and (manifest.states == VIRTUAL).any()
+    for index in zip(*np.nonzero(manifest.states == INLINED)):
+        _, _, offset, length = reference.entry(index)
+        assert manifest.inlined_data(index) == raw[offset : offset + length]
+    np.testing.assert_array_equal(vds.tas.data.compute(), reference_values(netcdf4_file))
+
+    by_name = open_virtual_dataset(netcdf4_file, inline=InlinePolicy(variables=["checked"]), loadable_variables=[])
+    assert by_name.checked.data.manifest.count() == {"virtual": 0, "inlined": 12, "missing": 0}
+    assert by_name.tas.data.manifest.count()["inlined"] == 0
+
+    coords = open_virtual_dataset(netcdf4_file, inline=InlinePolicy(coordinates=True), loadable_variables=[])
+    assert coords.lat.data.manifest.count()["inlined"] == 1 and coords.time.data.manifest.count()["inlined"] == 1
+    assert coords.tas.data.manifest.count()["inlined"] == 0
+    # inlined and loaded are independent: lat is inlined but still virtual here
+    np.testing.assert_allclose(coords.lat.data.compute(), np.linspace(-10, 10, 30).astype("f4"))
+
+    predicate = InlinePolicy(predicate=lambda name, array: name == "big_endian")
+    assert open_virtual_dataset(netcdf4_file, inline=predicate).big_endian.data.manifest.count()["inlined"] == 1
+
+
+def reference_values(path):
+    with h5py.File(path) as f:
+        return f["tas"][()]
+
+
+def test_remote_hdf5_on_s3(netcdf4_file, s3_bucket, s3_env):
+    bucket, client = s3_bucket
+    client.upload_file(str(netcdf4_file), bucket, "data/sample.nc")
+    remote = open_virtual_dataset(f"s3://{bucket}/data/sample.nc")
+    local = open_virtual_dataset(netcdf4_file)
+    assert remote.tas.data.manifest.urls == (f"s3://{bucket}/data/sample.nc",)
+    np.testing.assert_array_equal(remote.tas.data.compute(), local.tas.data.compute())
+    np.testing.assert_array_equal(remote.lat.values, local.lat.values)
+
+
+def test_bad_inputs_name_the_file(tmp_path, netcdf4_file):
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(netcdf4_file.read_bytes()[:3000])
+    with pytest.raises(ParseError, match="truncated.nc"):
+        open_virtual_dataset(truncated)
+    random = tmp_path / "random.bin"
+    random.write_bytes(RNG.bytes(4096))
+    with pytest.raises(ParseError, match=r"random.bin: unrecognised file format"):
+        open_virtual_dataset(random)
+    empty = tmp_path / "empty.nc"
+    empty.write_bytes(b"")
+    with pytest.raises(ParseError, match=r"empty.nc: empty file"):
+        open_virtual_dataset(empty)
+    with pytest.raises(FileNotFoundError, match="missing.nc"):
+        open_virtual_dataset(tmp_path / "missing.nc")
+
+
+def test_unsupported_filter_names_variable_and_way_out(tmp_path):
+    path = tmp_path / "lzf.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("squeezed", data=np.arange(100.0), chunks=(10,), compression="lzf")
+    with pytest.raises(ParseError, match=r"lzf.h5: variable '/squeezed': HDF5 filter 'lzf'.*drop_variables"):
+        HDFParser()(f"file://{path}", __import__("vzdask").ObjectStoreRegistry())
