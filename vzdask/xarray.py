@@ -94,9 +94,11 @@ def to_virtual_dataset(
         variables[name] = xr.Variable(dimension_names(name, array), array, attrs=attrs)
         variables[name].encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
 
-    coord_vars = {n: v for n, v in variables.items() if n in coords}
     data_vars = {n: v for n, v in variables.items() if n not in coords}
-    return xr.Dataset(data_vars, coords=coord_vars, attrs=dict(node.attributes))
+    # Loaded coordinates get indexes; virtual ones must not (an index would load them).
+    indexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n in loaded})
+    unindexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n not in loaded}, indexes={})
+    return xr.Dataset(data_vars, coords=indexed.merge(unindexed).coords, attrs=dict(node.attributes))
 
 
 def open_virtual_dataset(
