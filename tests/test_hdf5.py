@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hdf5plugin  # noqa: F401  (registers the filters before h5py writes with them)
 import h5py
 import netCDF4
 import numpy as np
@@ -188,3 +189,34 @@ def test_unsupported_filter_names_variable_and_way_out(tmp_path):
         f.create_dataset("squeezed", data=np.arange(100.0), chunks=(10,), compression="lzf")
     with pytest.raises(ParseError, match=r"lzf.h5: variable '/squeezed': HDF5 filter 'lzf'.*drop_variables"):
         HDFParser()(f"file://{path}", __import__("vzdask").ObjectStoreRegistry())
+
+
+@pytest.mark.parametrize("name", ["Blosc", "Zstd", "BZip2"])
+def test_hdf5plugin_filters_decode_to_the_same_values(tmp_path, name):
+    path = tmp_path / f"{name}.h5"
+    data = np.round(RNG.random((40, 300)) * 100).astype("f4")  # compressible: every chunk gets filtered
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=data, chunks=(20, 100), **getattr(hdf5plugin, name)())
+    vds = open_virtual_dataset(path)
+    np.testing.assert_array_equal(vds.v.data.compute(), data)
+    assert vds.v.data.manifest.count()["virtual"] == 6
+
+
+def test_plain_hdf5_with_shuffle_fletcher_and_fill(tmp_path):
+    path = tmp_path / "filters.h5"
+    data = np.arange(200, dtype=">i4").reshape(10, 20)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=data, chunks=(4, 8), compression="gzip", shuffle=True, fletcher32=True)
+        f.create_dataset("empty", shape=(8,), dtype="f8", chunks=(4,), fillvalue=7.5)
+    vds = open_virtual_dataset(path)
+    np.testing.assert_array_equal(vds.v.data.compute(), data)
+    assert vds.empty.data.manifest.count() == {"virtual": 0, "inlined": 0, "missing": 2}
+    np.testing.assert_array_equal(vds.empty.data.compute(), np.full(8, 7.5))
+
+
+def test_chunk_stored_without_its_filters_is_a_clear_error(tmp_path):
+    path = tmp_path / "skipped.h5"
+    with h5py.File(path, "w") as f:  # blosc leaves tiny incompressible chunks unfiltered (HDF5 filter mask)
+        f.create_dataset("noise", data=RNG.random((4, 4)).astype("f4"), chunks=(2, 2), **hdf5plugin.Blosc())
+    with pytest.raises(ParseError, match=r"skipped.h5: variable '/noise': chunk \(0, 0\) skipped some filters"):
+        open_virtual_dataset(path)
