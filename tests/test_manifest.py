@@ -190,6 +190,32 @@ def test_from_arrays_agrees_with_dict_constructor(spec, inlined_as_dict):
 
 
 @fast
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(URLS + ("", None, "/data/b.nc")), st.integers(1, 120)), min_size=1, max_size=12
+    )
+)
+def test_from_arrays_with_long_runs_of_one_url(runs):
+    """Parsers emit a file's chunks together: runs of equal paths, with gaps of missing chunks."""
+    paths = np.array([p for p, n in runs for _ in range(n)], dtype=object)
+    n = paths.size
+    offsets = np.arange(n, dtype=np.int64) * 10
+    lengths = np.full(n, 10)
+    m = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+    expected = {}
+    for i, p in enumerate(paths):
+        if p:
+            url = "file:///data/b.nc" if p == "/data/b.nc" else p
+            expected[str(i)] = {"path": url, "offset": 10 * i, "length": 10}
+    assert m.dict() == expected
+    assert m == ChunkManifest(expected, shape=(n,))
+    assert len(m.urls) == len({e["path"] for e in expected.values()})
+    # the same paths as a numpy string array
+    strings = np.array(["" if p is None else p for p in paths], dtype=str)
+    assert ChunkManifest.from_arrays(paths=strings, offsets=offsets, lengths=lengths) == m
+
+
+@fast
 @given(manifest_specs())
 def test_equality_ignores_key_order_and_url_table_order(spec):
     shape, entries, separator = spec

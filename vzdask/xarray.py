@@ -70,19 +70,7 @@ def to_virtual_dataset(
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
 
-    loaded = {}
-    if loadable:
-        kwargs = {} if decode_times is None else {"decode_times": decode_times}
-        ds = xr.open_zarr(
-            store,
-            group=group,
-            consolidated=False,
-            zarr_format=3,
-            chunks=None,
-            drop_variables=[n for n in node.arrays if n not in loadable],
-            **kwargs,
-        )
-        loaded = {name: ds.variables[name].load() for name in loadable}
+    loaded = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times)
 
     variables = {}
     for name in names:
@@ -90,15 +78,32 @@ def to_virtual_dataset(
             variables[name] = loaded[name]
             continue
         array = node.arrays[name]
-        attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
-        variables[name] = xr.Variable(dimension_names(name, array), array, attrs=attrs)
-        variables[name].encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
+        variables[name] = _variable(name, array, array)
 
     data_vars = {n: v for n, v in variables.items() if n not in coords}
     # Loaded coordinates get indexes; virtual ones must not (an index would load them).
     indexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n in loaded})
     unindexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n not in loaded}, indexes={})
     return xr.Dataset(data_vars, coords=indexed.merge(unindexed).coords, attrs=dict(node.attributes))
+
+
+def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
+    attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
+    return xr.Variable(dimension_names(name, array), data, attrs=attrs,
+                       encoding={"dtype": array.dtype, "chunks": array.chunk_shape})
+
+
+def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None) -> dict[str, xr.Variable]:
+    """Read these arrays (one dask pass, in this thread) and CF-decode them as ``xr.open_dataset`` would."""
+    if not arrays:
+        return {}
+    import dask
+
+    values = dask.compute(*arrays.values(), scheduler="sync")
+    raw = {name: _variable(name, array, value) for (name, array), value in zip(arrays.items(), values)}
+    kwargs = {} if decode_times is None else {"decode_times": decode_times}
+    decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
+    return dict(decoded)
 
 
 def open_virtual_dataset(
