@@ -15,6 +15,9 @@ from vzdask.registry import ObjectStoreRegistry
 
 Parser = Callable[[str, ObjectStoreRegistry], ManifestStore]
 
+#: ``Variable.encoding`` key under which a loaded variable keeps the ManifestArray it was read from.
+MANIFEST_ENCODING_KEY = "vzdask_manifest_array"
+
 
 def dimension_names(name: str, array: ManifestArray) -> tuple[str, ...]:
     """The array's dimension names; arrays without them get xarray-style ``phony_dim_N`` names."""
@@ -103,6 +106,9 @@ def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None)
     raw = {name: _variable(name, array, value) for (name, array), value in zip(arrays.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
+    for name, array in arrays.items():
+        # Loading is for indexing only: writers still write the stored form (references or inlined bytes).
+        decoded[name].encoding[MANIFEST_ENCODING_KEY] = array
     return dict(decoded)
 
 
