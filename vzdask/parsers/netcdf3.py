@@ -284,7 +284,9 @@ def parse_header(file: ObstoreFile, url: str | None = None) -> Header:
                 )
         dims = [dimensions[d] for d in dimids]
         if any(d.is_record for d in dims[1:]):
-            raise ParseError(f"{url}: corrupt netCDF3 header: variable {name!r} has the unlimited dimension after the first")
+            raise ParseError(
+                f"{url}: corrupt netCDF3 header: variable {name!r} has the unlimited dimension after the first"
+            )
         var_attrs = r.attributes(repr(name))
         code = r.nc_type(f"variable {name!r}")
         vsize = r.non_neg(f"vsize of {name!r}")
@@ -348,6 +350,28 @@ def _layout(header: Header, url: str) -> None:
                 f"{url}: truncated netCDF3 file: the data of variable {v.name!r} ends at byte {end}, "
                 f"but the file has {header.file_size} bytes"
             )
+    _check_overlaps(header, url)
+
+
+def _check_overlaps(header: Header, url: str) -> None:
+    """Fixed-size variables must not overlap each other or the record section (netCDF-C rejects such files)."""
+    extents = sorted(
+        (v.begin, v.begin + v.slab_bytes, v.name) for v in header.variables if not v.is_record and v.slab_bytes
+    )
+    if header.numrecs and header.recsize:
+        start = min(v.begin for v in header.variables if v.is_record)
+        extents.append((start, start + header.numrecs * header.recsize, "record data"))
+        extents.sort()
+    for (_, end, first), (begin, _, second) in zip(extents, extents[1:]):
+        if begin < end:
+            raise ParseError(
+                f"{url}: corrupt netCDF3 file: the data of {_describe(first)} (ending at byte {end}) overlaps "
+                f"{_describe(second)} (starting at byte {begin})"
+            )
+
+
+def _describe(name: str) -> str:
+    return "the record variables" if name == "record data" else f"variable {name!r}"
 
 
 # --------------------------------------------------------------------------- #
@@ -366,6 +390,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _fill_value(var: Variable) -> Any:
+    """The variable's ``_FillValue`` (as a native scalar) or the netCDF default fill value."""
     fill = var.attributes.get("_FillValue")
     if var.nc_type == 2:
         if isinstance(fill, str) and len(fill.encode()) == 1:
@@ -388,7 +413,7 @@ def variable_array(var: Variable, header: Header, url: str, registry: ObjectStor
             # xarray's zarr backend cannot decode a bytes _FillValue (char variables): the
             # zarr fill_value holds it. Numbers go in plain; create_array_metadata encodes them.
             if var.nc_type != 2 and not isinstance(value, str) and np.size(value):
-                attributes[key] = np.asarray(value).ravel()[0].item()
+                attributes[key] = _fill_value(var).item()
         else:
             attributes[key] = _json_value(value)
 

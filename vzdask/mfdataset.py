@@ -1,0 +1,253 @@
+"""Many files into one virtual Dataset: parse in parallel, check CF encodings, combine.
+
+With a ``distributed.Client`` the files are parsed on the workers and
+combined there too (a tree of combine tasks over batches of files), so only
+the final virtual dataset and each file's small CF signature reach the client.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import xarray as xr
+
+from vzdask.combine import cf_signature, check_cf_compatible
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+#: Files combined by one task in the tree reduction on a cluster.
+COMBINE_BATCH = 16
+
+
+class FileOpenError(RuntimeError):
+    """A file of a multi-file open could not be parsed; the message names it."""
+
+
+def expand_paths(paths: str | os.PathLike | Sequence) -> list:
+    """A glob string, a path, a list of paths or a nested list (for nested combine) -> list of url strings."""
+    if isinstance(paths, (str, os.PathLike)):
+        text = os.fspath(paths)
+        if "://" in text and not text.startswith("file://"):
+            if any(c in text for c in "*?["):
+                raise ValueError(f"glob patterns are only expanded for local paths, got {text!r}; list the urls")
+            return [text]
+        local = text[len("file://"):] if text.startswith("file://") else text
+        matches = sorted(glob.glob(os.path.expanduser(local))) if any(c in local for c in "*?[") else [local]
+        if not matches:
+            raise FileNotFoundError(f"no files match {text!r}")
+        return matches
+    out = []
+    for item in paths:
+        out.append(expand_paths(item) if isinstance(item, (list, tuple)) else os.fspath(item))
+    if not out:
+        raise ValueError("no files given")
+    return out
+
+
+def _flatten(nested) -> list[str]:
+    return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
+
+
+def _open_one(path: str, options: dict[str, Any]) -> tuple[xr.Dataset, dict]:
+    """Parse one file (runs on a worker): the virtual dataset and its CF signature."""
+    from vzdask.xarray import open_virtual_dataset
+
+    preprocess = options.pop("preprocess", None)
+    try:
+        ds = open_virtual_dataset(path, **options)
+        if preprocess is not None:
+            ds = preprocess(ds)
+    except Exception as err:
+        raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {err}") from err
+    return ds, cf_signature(ds)
+
+
+def _combine(datasets: list, combine: str, concat_dim, kwargs: dict) -> xr.Dataset:
+    if combine == "nested":
+        return xr.combine_nested(datasets, concat_dim=concat_dim, **kwargs)
+    return xr.combine_by_coords(datasets, **kwargs)
+
+
+def _combine_batch(combine: str, concat_dim, kwargs: dict, *datasets) -> xr.Dataset:
+    """One node of the tree reduction (a worker task)."""
+    return _combine(list(datasets), combine, concat_dim, kwargs)
+
+
+def _dataset_of(result):
+    return result[0]
+
+
+def _signature_of(result):
+    return result[1]
+
+
+def open_virtual_mfdataset(
+    paths,
+    *,
+    concat_dim: str | Sequence[str | None] | None = None,
+    combine: str = "by_coords",
+    parser: Callable | None = None,
+    registry: ObjectStoreRegistry | None = None,
+    loadable_variables=None,
+    inline: InlinePolicy | None = None,
+    drop_variables=None,
+    decode_times: bool | None = None,
+    preprocess: Callable[[xr.Dataset], xr.Dataset] | None = None,
+    parallel=None,
+    data_vars: str | list[str] = "all",
+    coords: str | list[str] = "minimal",
+    compat: str = "override",
+    join: str = "outer",
+    combine_attrs: str = "override",
+    progress: bool = False,
+) -> xr.Dataset:
+    """Open many files as one virtual Dataset, in the spirit of ``xr.open_mfdataset``.
+
+    Parameters
+    ----------
+    paths : str, path, list or nested list
+        A glob string, a list of paths/urls, or a nested list for ``combine="nested"``.
+    concat_dim, combine, data_vars, coords, compat, join, combine_attrs
+        As in ``xr.open_mfdataset``. The defaults never compare virtual values
+        (``coords="minimal"``, ``compat="override"``): that would read them.
+    parser, registry, loadable_variables, inline, drop_variables, decode_times
+        As in ``open_virtual_dataset``, for every file.
+    preprocess : callable, optional
+        Applied to each file's virtual dataset before combining.
+    parallel : None, "threads", "processes", distributed.Client or True
+        Where files are parsed. ``None``: here, one after another. ``True``:
+        the active dask client if there is one, else processes. With a client
+        the files are also combined on the cluster.
+    progress : bool
+        Show a progress bar while parsing.
+
+    Raises
+    ------
+    FileOpenError
+        Naming the file that failed to parse.
+    vzdask.combine.CFEncodingMismatchError
+        When a virtual variable's CF encoding differs between files.
+    """
+    if combine not in ("by_coords", "nested"):
+        raise ValueError(f"combine must be 'by_coords' or 'nested', got {combine!r}")
+    if combine == "nested" and concat_dim is None:
+        raise ValueError("combine='nested' needs concat_dim")
+    nested = expand_paths(paths)
+    files = _flatten(nested) if any(isinstance(p, list) for p in nested) else list(nested)
+    if any(isinstance(p, list) for p in nested) and combine != "nested":
+        raise ValueError("a nested list of paths needs combine='nested'")
+    options = {
+        "parser": parser, "registry": registry, "loadable_variables": loadable_variables, "inline": inline,
+        "drop_variables": drop_variables, "decode_times": decode_times, "preprocess": preprocess,
+    }
+    kwargs = {"data_vars": data_vars, "coords": coords, "compat": compat, "join": join,
+              "combine_attrs": combine_attrs}
+    client = _resolve_client(parallel)
+    if client is not None:
+        return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress)
+
+    results = _parse_locally(files, options, parallel, progress)
+    check_cf_compatible([(path, signature) for path, (_, signature) in zip(files, results)])
+    datasets = iter(ds for ds, _ in results)
+    arranged = _arrange(nested, datasets)
+    combined = _combine(arranged, combine, concat_dim, kwargs)
+    return combined
+
+
+def _arrange(nested, datasets):
+    """Put datasets into the shape of the (possibly nested) path list."""
+    return [(_arrange(item, datasets) if isinstance(item, list) else next(datasets)) for item in nested]
+
+
+def _resolve_client(parallel):
+    if parallel is None or parallel is False or parallel in ("threads", "processes", "serial"):
+        return None
+    if parallel is True:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            return None
+    if hasattr(parallel, "submit") and hasattr(parallel, "gather"):
+        return parallel
+    raise ValueError(f"parallel must be None, 'threads', 'processes', True or a distributed.Client, not {parallel!r}")
+
+
+def _parse_locally(files, options, parallel, progress):
+    import dask
+    from dask import delayed
+
+    if parallel is True:
+        parallel = "processes"
+    scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
+    tasks = [delayed(_open_one, pure=False)(path, dict(options)) for path in files]
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(dask.compute(*tasks, scheduler=scheduler))
+    return list(dask.compute(*tasks, scheduler=scheduler))
+
+
+def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress):
+    """Parse on the workers, check CF signatures here, combine as a tree on the workers."""
+    from distributed import wait
+
+    parsed = client.map(_open_one, files, options=dict(options), pure=False)
+    signatures = client.map(_signature_of, parsed)
+    datasets = client.map(_dataset_of, parsed)
+    if progress:
+        from distributed import progress as show_progress
+
+        show_progress(parsed)
+    wait(parsed)
+    failed = [f for f in parsed if f.status == "error"]
+    if failed:
+        raise failed[0].exception()
+    check_cf_compatible(list(zip(files, client.gather(signatures))))
+
+    by_file = iter(datasets)
+    if combine == "nested" and any(isinstance(p, list) for p in nested):
+        # a grid: combine each innermost list on a worker, then the rows
+        dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
+        future = _tree_nested(client, _arrange(nested, by_file), dims, kwargs)
+    else:
+        future = _tree(client, list(by_file), combine, concat_dim, kwargs)
+    result = future.result()
+    del parsed, signatures, datasets
+    return result
+
+
+def _tree(client, futures, combine, concat_dim, kwargs):
+    """Combine ordered futures in batches of ``COMBINE_BATCH`` until one is left (all on the workers)."""
+    level = list(futures)
+    while True:
+        level = [
+            client.submit(_combine_batch, combine, concat_dim, kwargs, *level[i : i + COMBINE_BATCH], pure=False)
+            for i in range(0, len(level), COMBINE_BATCH)
+        ]
+        if len(level) == 1:
+            return level[0]
+
+
+def _tree_nested(client, grid, dims, kwargs):
+    if not isinstance(grid, list):
+        return grid
+    inner = [_tree_nested(client, item, dims[1:], kwargs) for item in grid]
+    return _tree(client, inner, "nested", dims[0], kwargs)
+
+
+def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
+    """Many files as an ordinary dask-backed Dataset for analysis.
+
+    Parses once, then every task reads byte ranges and decodes them: no h5py
+    or file handles at read time, so it runs on workers that only have
+    obstore. Default dask chunks are whole native chunks grouped to about
+    ``vzdask.task-bytes``; small coordinate variables are loaded.
+    Keyword arguments are those of ``open_virtual_mfdataset``.
+    """
+    return open_virtual_mfdataset(paths, **kwargs).vz.to_dask(chunks=chunks)
