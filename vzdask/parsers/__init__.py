@@ -15,6 +15,15 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None):
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found."""
+    from vzdask.parsers.kerchunk import is_kerchunk_parquet
+    from vzdask.parsers.zarr import ZarrParser, is_zarr_store
+
+    if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
+        from vzdask.parsers.kerchunk import KerchunkParquetParser
+
+        return KerchunkParquetParser(inline=inline, group=group)
+    if is_zarr_store(url, registry):  # a directory/prefix with zarr.json, .zgroup or .zarray
+        return ZarrParser(inline=inline, group=group)
     head = ObstoreFile(url, registry).read_range(0, 8)
     if head.startswith(HDF5_SIGNATURE):
         from vzdask.parsers.hdf5 import HDFParser
@@ -26,9 +35,14 @@ def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePoli
         except ImportError as err:  # pragma: no cover - parser not built yet
             raise ParseError(f"{url}: netCDF3 file, but the netCDF3 parser is not available ({err})") from err
         return NetCDF3Parser(inline=inline)
+    if head.lstrip()[:1] in (b"{", b""):
+        from vzdask.parsers.kerchunk import KerchunkJSONParser, looks_like_kerchunk_json
+
+        if head and looks_like_kerchunk_json(ObstoreFile(url, registry).read_range(0, 4096)):
+            return KerchunkJSONParser(inline=inline, group=group)
     shown = head[:8]
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {shown!r}); expected HDF5/netCDF4 or netCDF3"
+        f"{url}: unrecognised file format (first bytes {shown!r}); expected HDF5/netCDF4, netCDF3, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
     )

@@ -1,0 +1,513 @@
+"""ZarrParser: Zarr v2 and v3 stores (consolidated or not) as virtual datasets.
+
+Metadata documents are read through obstore; chunks are found by *listing*
+each array's prefix (one paginated list per array, all arrays concurrently),
+so every chunk object becomes a virtual reference ``(url, 0, size)`` and
+chunks that were never written stay missing. A sharded v3 array is referenced
+one shard object at a time: its chunk grid is the shard grid and the sharding
+codec stays in the metadata, so whole shards decode through zarr.
+
+Zarr v2 metadata (``.zarray``/``.zattrs``) is converted to v3: numcodecs
+filters and compressor become zarr v3 codecs, ``order='F'`` a transpose codec,
+``_ARRAY_DIMENSIONS`` the dimension names, and the v2 ``fill_value`` also a CF
+``_FillValue`` attribute, because that is how xarray reads v2 stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import obstore
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.metadata import chunk_grid_shape, create_array_metadata
+from vzdask.manifests.store import ManifestStore
+from vzdask.parsers.common import ParseError, finish
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+V3_DOC = "zarr.json"
+V2_ARRAY, V2_GROUP, V2_ATTRS, V2_CONSOLIDATED = ".zarray", ".zgroup", ".zattrs", ".zmetadata"
+DIMENSION_KEY = "_ARRAY_DIMENSIONS"
+
+#: numcodecs codecs that turn objects into bytes: the v3 serializer instead of ``bytes``.
+OBJECT_CODECS = frozenset({"vlen-utf8", "vlen-bytes"})
+#: numcodecs config keys that hold a numpy dtype (made little-endian in v3, see ``_v2_codecs``).
+DTYPE_KEYS = ("dtype", "astype", "decode_dtype", "encode_dtype")
+#: Where a numcodecs array->array filter says what dtype it outputs.
+OUTPUT_DTYPE_KEYS = ("astype", "encode_dtype")
+BLOSC_SHUFFLE = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+
+
+def is_zarr_store(url: str, registry: ObjectStoreRegistry) -> bool:
+    """True if ``url`` holds a ``zarr.json``, ``.zgroup`` or ``.zarray`` (concurrent heads)."""
+    try:
+        store, path = registry.resolve(url.rstrip("/"))
+    except (ValueError, TypeError):
+        return False
+
+    async def exists(name: str) -> bool:
+        try:
+            await obstore.head_async(store, _join(path, name))
+            return True
+        except Exception:
+            return False
+
+    async def any_exists() -> bool:
+        return any(await asyncio.gather(*(exists(n) for n in (V3_DOC, V2_GROUP, V2_ARRAY))))
+
+    from vzdask.graph import _run_async
+
+    return _run_async(any_exists())
+
+
+class ZarrParser:
+    """Parse Zarr v2/v3 stores (directories or object-store prefixes) into ManifestStores.
+
+    Parameters
+    ----------
+    inline : InlinePolicy, optional
+        Which chunks to copy into the manifest.
+    group : str, optional
+        Parse only this subgroup (``"a/b"``) of the store.
+    consolidated : bool, optional
+        Use consolidated metadata (``.zmetadata``, or ``consolidated_metadata``
+        in the root ``zarr.json``) to find the arrays: ``None`` (default) uses
+        it when present, ``False`` ignores it, ``True`` requires it.
+    """
+
+    def __init__(
+        self, *, inline: InlinePolicy | None = None, group: str | None = None, consolidated: bool | None = None
+    ) -> None:
+        self.inline = inline
+        self.group = group.strip("/") if group else None
+        self.consolidated = consolidated
+
+    def __repr__(self) -> str:
+        return f"ZarrParser(inline={self.inline!r}, group={self.group!r})"
+
+    def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        from vzdask.graph import _run_async
+
+        url = url.rstrip("/")
+        store, root = registry.resolve(url)
+        reader = _Reader(url, store, root, registry, self.consolidated)
+        group = _run_async(reader.parse(self.group or ""))
+        return finish(group, registry, self.inline)
+
+
+# --------------------------------------------------------------------------- #
+# the hierarchy: which nodes exist and their metadata documents
+# --------------------------------------------------------------------------- #
+@dataclass
+class _Node:
+    """One node's metadata, in either format; ``path`` is relative to the store root."""
+
+    path: str
+    kind: str  # "array" | "group"
+    zarr_format: int
+    document: dict  # zarr.json, or .zarray / .zgroup
+    attributes: dict = field(default_factory=dict)  # v2 .zattrs (v3: inside ``document``)
+    children: dict[str, _Node] = field(default_factory=dict)
+
+
+class _Reader:
+    def __init__(self, url: str, store, root: str, registry: ObjectStoreRegistry, consolidated: bool | None):
+        self.url = url
+        self.store = store
+        self.root = root
+        self.registry = registry
+        self.consolidated = consolidated
+
+    def where(self, path: str) -> str:
+        return f"{self.url}/{path}" if path else self.url
+
+    async def parse(self, group: str) -> ManifestGroup:
+        top = await self.read_node(group, None, required=True)
+        if top.kind == "group":
+            tree = None
+            if self.consolidated is not False:
+                tree = await self.consolidated_tree(group, top)
+            if tree is None:
+                if self.consolidated:
+                    raise ParseError(f"{self.where(group)}: consolidated=True but the store has no consolidated metadata")
+                await self.walk(top)
+            else:
+                top = tree
+        else:  # the url (or group=) names an array: a group holding just it
+            name = (group or self.url).rstrip("/").rsplit("/", 1)[-1]
+            top = _Node(group, "group", top.zarr_format, {}, children={name: top})
+        return await self.build(top)
+
+    # -- metadata documents ------------------------------------------------ #
+    async def get_json(self, path: str, name: str, *, required_error=None) -> dict | None:
+        """A JSON document, or None if it does not exist."""
+        key = _join(_join(self.root, path), name)
+        try:
+            raw = await obstore.get_async(self.store, key)
+            data = await raw.bytes_async()
+        except FileNotFoundError:
+            return None
+        except Exception as err:
+            if required_error is not None:  # probing the top node: an unreadable path is "not a store"
+                required_error.append(str(err).splitlines()[0])
+                return None
+            raise OSError(f"cannot read {self.where(_join(path, name))}: {str(err).splitlines()[0]}") from err
+        try:
+            document = json.loads(bytes(data))
+        except ValueError as err:
+            raise ParseError(f"{self.where(_join(path, name))}: not valid JSON ({err})") from err
+        if not isinstance(document, dict):
+            raise ParseError(f"{self.where(_join(path, name))}: expected a JSON object, got {type(document).__name__}")
+        return document
+
+    async def read_node(self, path: str, zarr_format: int | None, *, required: bool = False) -> _Node | None:
+        """The node at ``path``: v3 ``zarr.json`` or v2 ``.zarray``/``.zgroup`` (+ ``.zattrs``)."""
+        errors: list[str] | None = [] if required else None
+        names = {3: (V3_DOC,), 2: (V2_ARRAY, V2_GROUP, V2_ATTRS)}.get(zarr_format, (V3_DOC, V2_ARRAY, V2_GROUP, V2_ATTRS))
+        docs = dict(zip(names, await asyncio.gather(*(self.get_json(path, n, required_error=errors) for n in names))))
+        if docs.get(V3_DOC) is not None:
+            document = docs[V3_DOC]
+            kind = document.get("node_type")
+            if document.get("zarr_format") != 3 or kind not in ("array", "group"):
+                raise ParseError(
+                    f"{self.where(_join(path, V3_DOC))}: not zarr v3 metadata "
+                    f"(zarr_format={document.get('zarr_format')!r}, node_type={kind!r})"
+                )
+            return _Node(path, kind, 3, document)
+        attributes = docs.get(V2_ATTRS) or {}
+        if docs.get(V2_ARRAY) is not None:
+            return _Node(path, "array", 2, docs[V2_ARRAY], attributes)
+        if docs.get(V2_GROUP) is not None:
+            return _Node(path, "group", 2, docs[V2_GROUP], attributes)
+        if required:
+            what = f"no group {path!r} in the Zarr store {self.url}" if path else f"{self.url}: not a Zarr store"
+            if path and await self.read_node("", None) is None:
+                what = f"{self.url}: not a Zarr store"
+            detail = f" ({errors[0]})" if errors else ""
+            raise ParseError(f"{what}: no zarr.json, .zgroup or .zarray found at {self.where(path)}{detail}")
+        return None
+
+    async def consolidated_tree(self, path: str, top: _Node) -> _Node | None:
+        """The tree from consolidated metadata (the store root's, else the group's), or None if there is none."""
+        nodes = None
+        for base in ("", path) if path else ("",):
+            nodes = await self.consolidated_nodes(base, top if base == path else None, top.zarr_format)
+            if nodes is not None:
+                break
+        if nodes is None:
+            return None
+        # rebuild the tree below ``path`` (the top node's own document comes from ``top``)
+        prefix = path + "/" if path else ""
+        tree = _Node(top.path, "group", top.zarr_format, top.document, top.attributes)
+        for key in sorted(k for k in nodes if k.startswith(prefix) and k != path):
+            parent, _, name = key.rpartition("/")
+            parent_node = tree if parent == path else _find(tree, parent[len(prefix):])
+            if parent_node is None or parent_node.kind != "group":
+                continue  # orphan entry (its parent is not a group): ignore like zarr does
+            parent_node.children[name] = nodes[key]
+        return tree
+
+    async def consolidated_nodes(self, base: str, node: _Node | None, zarr_format: int) -> dict[str, _Node] | None:
+        """Nodes (by path from the store root) in the consolidated metadata of the group at ``base``."""
+        nodes = {}
+        if zarr_format == 3:
+            node = node or await self.read_node(base, 3)
+            consolidated = node.document.get("consolidated_metadata") if node is not None else None
+            if not isinstance(consolidated, dict) or not isinstance(consolidated.get("metadata"), dict):
+                return None
+            for key, document in consolidated["metadata"].items():
+                kind = document.get("node_type") if isinstance(document, dict) else None
+                if kind not in ("array", "group"):
+                    raise ParseError(f"{self.where(base)}: consolidated metadata for {key!r} is not a zarr v3 node")
+                full = _join(base, key.strip("/"))
+                nodes[full] = _Node(full, kind, 3, document)
+            return nodes
+        document = await self.get_json(base, V2_CONSOLIDATED)
+        if document is None or not isinstance(document.get("metadata"), dict):
+            return None
+        docs = document["metadata"]
+        for key, value in docs.items():
+            node_path, _, name = key.rpartition("/")
+            if name in (V2_ARRAY, V2_GROUP) and node_path:
+                kind = "array" if name == V2_ARRAY else "group"
+                full = _join(base, node_path)
+                nodes[full] = _Node(full, kind, 2, value, docs.get(_join(node_path, V2_ATTRS)) or {})
+        return nodes
+
+    async def walk(self, node: _Node) -> None:
+        """Fill ``node.children`` by listing the group's prefix (one level) and reading each child."""
+        listing = await obstore.list_with_delimiter_async(self.store, _join(self.root, node.path) or None)
+        start = len(self.root) + 1 if self.root else 0
+        children = [p[start:].strip("/") for p in listing["common_prefixes"]]
+        found = await asyncio.gather(*(self.read_node(c, node.zarr_format) for c in children))
+        groups = []
+        for child in found:
+            if child is None:
+                continue  # a directory that is not a zarr node
+            node.children[child.path.rsplit("/", 1)[-1]] = child
+            if child.kind == "group":
+                groups.append(child)
+        await asyncio.gather(*(self.walk(g) for g in groups))
+
+    # -- building manifests ---------------------------------------------- #
+    async def build(self, node: _Node) -> ManifestGroup:
+        arrays = {name: child for name, child in node.children.items() if child.kind == "array"}
+        groups = {name: child for name, child in node.children.items() if child.kind == "group"}
+        metadatas = {name: self.array_metadata(child) for name, child in arrays.items()}
+        listed = await asyncio.gather(*(self.list_chunks(child) for child in arrays.values()))
+        built = {
+            name: self.array(child, metadatas[name], objects)
+            for (name, child), objects in zip(arrays.items(), listed)
+        }
+        subgroups = dict(zip(groups, await asyncio.gather(*(self.build(g) for g in groups.values()))))
+        if node.zarr_format == 3:
+            attributes = dict(node.document.get("attributes") or {})
+        else:
+            attributes = dict(node.attributes)
+        try:
+            return ManifestGroup(arrays=built, groups=subgroups, attributes=attributes)
+        except ValueError as err:
+            raise ParseError(f"{self.where(node.path)}: {err}") from err
+
+    async def list_chunks(self, node: _Node) -> list[tuple[str, int]]:
+        """``(key relative to the array, size)`` of every object under the array's prefix."""
+        prefix = _join(self.root, node.path)
+        try:
+            pages = obstore.list(self.store, prefix or None, chunk_size=1000)
+            out = []
+            async for page in pages:
+                start = len(prefix) + 1 if prefix else 0
+                out.extend((meta["path"][start:], int(meta["size"])) for meta in page)
+        except Exception as err:
+            raise OSError(f"cannot list the chunks of {self.where(node.path)}: {str(err).splitlines()[0]}") from err
+        return out
+
+    def array_metadata(self, node: _Node):
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        where = f"{self.url}: variable {node.path!r}"
+        if node.zarr_format == 2:  # v2 chunk keys in the source; the v3 metadata uses the default encoding
+            return _v2_to_v3(node.document, node.attributes, where)
+        document = dict(node.document)
+        attributes = dict(document.get("attributes") or {})
+        if document.get("dimension_names") is None and isinstance(attributes.get(DIMENSION_KEY), list):
+            document["dimension_names"] = attributes.pop(DIMENSION_KEY)
+            document["attributes"] = attributes
+        if document.get("dimension_names") is None and document.get("shape") == []:
+            document["dimension_names"] = []  # a scalar: no dimensions to name
+        if document.get("storage_transformers"):
+            raise ParseError(f"{where}: storage transformers {document['storage_transformers']!r} are not supported")
+        try:
+            metadata = ArrayV3Metadata.from_dict(document)
+            chunk_grid_shape(metadata)
+        except NotImplementedError as err:
+            raise ParseError(f"{where}: {err}") from err
+        except Exception as err:
+            raise ParseError(f"{where}: invalid or unsupported zarr.json: {err}") from err
+        encoding = metadata.chunk_key_encoding.to_dict()
+        name = encoding["name"]
+        if name not in ("default", "v2"):
+            raise ParseError(f"{where}: unknown chunk key encoding {name!r}")
+        separator = (encoding.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
+        return metadata, (name, separator)
+
+    def array(self, node: _Node, described, objects: list[tuple[str, int]]) -> ManifestArray:
+        """The ManifestArray of one array node: ``described`` is ``(metadata, (key encoding, separator))``."""
+        metadata, (name, separator) = described
+        where = f"{self.url}: variable {node.path!r}"
+        grid = chunk_grid_shape(metadata)
+        paths = np.full(grid, "", dtype=object)
+        lengths = np.zeros(grid, dtype=np.uint64)
+        empty = {}
+        base = self.where(node.path)
+        for key, size in objects:
+            index = _decode_key(key, name, separator, grid)
+            if index is None:
+                continue  # metadata documents, stray files, chunks beyond a shrunk shape
+            if size == 0:  # not a valid encoded chunk: inline it so decoding fails loudly
+                empty[index] = b""
+                continue
+            paths[index] = f"{base}/{key}"
+            lengths[index] = size
+        try:
+            manifest = ChunkManifest.from_arrays(
+                paths=paths, offsets=np.zeros(grid, dtype=np.uint64), lengths=lengths, inlined=empty or None
+            )
+        except ValueError as err:
+            raise ParseError(f"{where}: {err}") from err
+        return ManifestArray(metadata, manifest, registry=self.registry)
+
+
+def _find(tree: _Node, path: str) -> _Node | None:
+    node = tree
+    for part in path.split("/"):
+        node = node.children.get(part)
+        if node is None:
+            return None
+    return node
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix and name else prefix or name
+
+
+def _decode_key(key: str, encoding: str, separator: str, grid: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The grid index of a chunk object key, or None if the key is not a chunk of this grid."""
+    if encoding == "default":
+        if key == "c":
+            parts: list[str] = []
+        elif key.startswith("c" + separator):
+            parts = key[2:].split(separator)
+        else:
+            return None
+    else:
+        parts = key.split(separator)
+        if not grid and parts == ["0"]:
+            return ()
+    if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
+        return None
+    index = tuple(int(p) for p in parts)
+    if any(i >= n for i, n in zip(index, grid)):
+        return None
+    return index
+
+
+# --------------------------------------------------------------------------- #
+# Zarr v2 -> v3 metadata
+# --------------------------------------------------------------------------- #
+def _v2_to_v3(zarray: dict, zattrs: dict, where: str):
+    """Convert ``.zarray`` + ``.zattrs`` to ArrayV3Metadata (codecs, fill value, dims, attributes)."""
+    from zarr.core.metadata.v2 import ArrayV2Metadata
+
+    if zarray.get("zarr_format") != 2:
+        raise ParseError(f"{where}: .zarray has zarr_format {zarray.get('zarr_format')!r}, expected 2")
+    filters = list(zarray.get("filters") or [])
+    compressor = zarray.get("compressor")
+    for config in filters + ([compressor] if compressor else []):
+        if not isinstance(config, dict) or not isinstance(config.get("id"), str):
+            raise ParseError(f"{where}: codec configuration {config!r} has no 'id'")
+    object_filters = [f for f in filters if f["id"] in OBJECT_CODECS]
+    try:  # zarr parses the dtype and fill value; codecs are converted below
+        v2 = ArrayV2Metadata.from_dict({**zarray, "compressor": None, "filters": object_filters or None})
+    except Exception as err:
+        raise ParseError(f"{where}: invalid .zarray: {err}") from err
+    dtype = v2.dtype.to_native_dtype()
+    native = dtype.newbyteorder("=") if dtype.byteorder == ">" else dtype
+    if dtype.kind == "O" and not object_filters:
+        raise ParseError(f"{where}: object dtype without an object codec (vlen-utf8/vlen-bytes) cannot be read")
+    if native.kind == "O":
+        native = np.dtypes.StringDType() if object_filters[0]["id"] == "vlen-utf8" else np.dtype("O")
+
+    shape = tuple(int(s) for s in v2.shape)
+    codecs = _v2_codecs(filters, compressor, dtype, v2.order, len(shape), where)
+
+    attributes = dict(zattrs)
+    dims = attributes.pop(DIMENSION_KEY, None)
+    if dims is not None and (not isinstance(dims, list) or len(dims) != len(shape)):
+        raise ParseError(f"{where}: {DIMENSION_KEY} {dims!r} does not match the array's {len(shape)} dimensions")
+    fill = v2.fill_value
+    fill = fill.item() if isinstance(fill, np.generic) else fill
+    # xarray reads a v2 array's fill_value as its CF _FillValue: keep that meaning
+    if fill is not None and "_FillValue" not in attributes and (dtype.kind in "biufc" or dtype.kind == "U"):
+        attributes["_FillValue"] = fill
+    try:
+        return create_array_metadata(
+            shape=shape,
+            chunk_shape=tuple(int(c) for c in v2.chunks),
+            dtype=native,
+            codecs=codecs,
+            fill_value=fill,
+            dimension_names=dims,
+            attributes=attributes,  # create_array_metadata encodes _FillValue for xarray
+        ), ("v2", v2.dimension_separator or ".")
+    except Exception as err:
+        raise ParseError(f"{where}: cannot express the v2 array in zarr v3: {err}") from err
+
+
+def _v2_codecs(filters: list[dict], compressor: dict | None, dtype: np.dtype, order: str, ndim: int, where: str):
+    """zarr v3 codecs for numcodecs ``filters`` + ``compressor`` of a v2 array of ``dtype``."""
+    import numcodecs
+    from zarr.abc.codec import ArrayArrayCodec, BytesBytesCodec
+    from zarr.codecs import BytesCodec, TransposeCodec, VLenBytesCodec, VLenUTF8Codec
+
+    array_codecs: list[Any] = []
+    bytes_codecs: list[Any] = []
+    serializer: Any = None
+    output = dtype  # dtype of the array the serializer sees
+    if order == "F" and ndim > 1:
+        array_codecs.append(TransposeCodec(order=tuple(range(ndim - 1, -1, -1))))
+    elif order not in ("C", "F"):
+        raise ParseError(f"{where}: unknown memory order {order!r}")
+
+    for role, config in [("filter", f) for f in filters] + ([("compressor", compressor)] if compressor else []):
+        codec_id = config["id"]
+        if codec_id in OBJECT_CODECS:
+            serializer = VLenUTF8Codec() if codec_id == "vlen-utf8" else VLenBytesCodec()
+            continue
+        try:
+            numcodecs.get_codec(dict(config))
+        except Exception as err:
+            raise ParseError(
+                f"{where}: unknown or unavailable codec id {codec_id!r} ({role}): "
+                f"{err.__class__.__name__}: {str(err).splitlines()[0]}"
+            ) from err
+        codec = _v3_codec(config, dtype, where)
+        if isinstance(codec, ArrayArrayCodec):
+            if bytes_codecs or serializer is not None:
+                raise ParseError(f"{where}: array filter {codec_id!r} after a bytes codec cannot be expressed in zarr v3")
+            array_codecs.append(codec)
+            for key in OUTPUT_DTYPE_KEYS:
+                if config.get(key):
+                    output = np.dtype(config[key])
+        elif isinstance(codec, BytesBytesCodec):
+            bytes_codecs.append(codec)
+        else:
+            raise ParseError(f"{where}: codec {codec_id!r} ({role}) is neither a filter nor a compressor here")
+    if serializer is None:
+        big = output.byteorder == ">" or (output.byteorder == "=" and sys.byteorder == "big")
+        multibyte = output.itemsize > 1 and output.byteorder != "|"
+        serializer = BytesCodec(endian=("big" if big else "little") if multibyte else None)
+    return [*array_codecs, serializer, *bytes_codecs]
+
+
+def _v3_codec(config: dict, dtype: np.dtype, where: str):
+    """One numcodecs config as a zarr v3 codec: native where one exists, else zarr's numcodecs wrapper."""
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+    from zarr.registry import get_codec_class
+
+    codec_id = config["id"]
+    options = {k: v for k, v in config.items() if k != "id"}
+    if codec_id == "gzip":
+        return GzipCodec(level=int(options.get("level", 1)))
+    if codec_id == "zstd":
+        return ZstdCodec(level=int(options.get("level", 0)), checksum=bool(options.get("checksum", False)))
+    if codec_id == "blosc":
+        shuffle = int(options.get("shuffle", 1))
+        if shuffle == -1:  # numcodecs AUTOSHUFFLE
+            shuffle = 2 if dtype.itemsize == 1 else 1
+        if shuffle not in BLOSC_SHUFFLE:
+            raise ParseError(f"{where}: blosc shuffle {shuffle!r} is not one of -1, 0, 1, 2")
+        return BloscCodec(
+            cname=options.get("cname", "lz4"),
+            clevel=int(options.get("clevel", 5)),
+            shuffle=BLOSC_SHUFFLE[shuffle],
+            typesize=max(dtype.itemsize, 1),
+            blocksize=int(options.get("blocksize", 0)),
+        )
+    # numcodecs filters run on arrays of the native byte order in v3 (after ``bytes`` decodes)
+    for key in DTYPE_KEYS:
+        if isinstance(options.get(key), str) and np.dtype(options[key]).byteorder == ">":
+            options[key] = np.dtype(options[key]).newbyteorder("<").str
+    try:
+        cls = get_codec_class(f"numcodecs.{codec_id}")
+    except KeyError as err:
+        raise ParseError(f"{where}: numcodecs codec id {codec_id!r} has no zarr v3 equivalent") from err
+    return cls(**options)
