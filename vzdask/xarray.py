@@ -22,6 +22,8 @@ MANIFEST_ENCODING_KEY = "vzdask_manifest_array"
 def dimension_names(name: str, array: ManifestArray) -> tuple[str, ...]:
     """The array's dimension names; arrays without them get xarray-style ``phony_dim_N`` names."""
     dims = array.dimension_names
+    if dims is None and array.ndim == 0:
+        return ()
     if dims is None or any(d is None for d in dims):
         raise ValueError(
             f"variable {name!r} has no dimension names; parsers must name every dimension "
