@@ -8,7 +8,9 @@ from __future__ import annotations
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 # =========================================================================== #
@@ -119,3 +121,149 @@ def set_s3_env(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> dict[str, s
 def s3_env(monkeypatch, s3_server) -> dict[str, str]:
     """AWS_* env vars set (for this test only) so obstore talks to moto."""
     return set_s3_env(monkeypatch, s3_server)
+
+
+# =========================================================================== #
+# Virtual arrays over real zarr chunk files, and a distributed cluster
+# (used by test_dask_collection.py and test_xarray_dask.py)
+# =========================================================================== #
+
+
+def zarr_codec_kwargs(codec: str, itemsize: int) -> dict:
+    """``zarr.create_array`` keyword arguments for a named codec pipeline."""
+    import zarr.codecs as zc
+
+    return {
+        "bytes": {"compressors": None},
+        "bytes-big-endian": {"serializer": zc.BytesCodec(endian="big"), "compressors": None},
+        "zlib": {"compressors": [zc.Zlib(level=6)]},
+        "shuffle-zlib": {"compressors": [zc.Shuffle(elementsize=itemsize), zc.Zlib(level=1)]},
+        "zstd": {"compressors": [zc.ZstdCodec(level=3)]},
+        "blosc": {"compressors": [zc.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]},
+    }[codec]
+
+
+def mixed_states(index: tuple[int, ...]) -> str:
+    """Virtual, inlined and missing chunks spread over the grid (edge chunks get each state)."""
+    return ("virtual", "inlined", "missing")[sum(index) % 3]
+
+
+@dataclass
+class VirtualCase:
+    """A ManifestArray over chunk files zarr-python wrote, and what it must read as."""
+
+    array: object  # ManifestArray
+    expected: np.ndarray  # the source values, fill value where a chunk is missing
+    raw: dict  # chunk index -> the encoded bytes zarr wrote for it
+    states: dict  # chunk index -> "virtual" | "inlined" | "missing"
+    urls: dict  # chunk index -> url of the file a virtual chunk points into
+    metadata_json: Path  # the zarr.json zarr wrote
+
+    def store(self, name: str = "v"):
+        from vzdask import ManifestGroup, ManifestStore
+
+        return ManifestStore(ManifestGroup(arrays={name: self.array}))
+
+
+@pytest.fixture
+def make_virtual(tmp_path):
+    """Factory: write ``data`` with zarr-python, return a :class:`VirtualCase` over its chunk files.
+
+    ``make_virtual(data, chunks, codec="zstd", fill_value=None, state_of=mixed_states,
+    packed=False, name="v", dimension_names=None, attributes=None)``. With
+    ``packed=True`` every chunk is copied, after a header, into one file
+    (``<name>.pack``) and virtual chunks point into it at their offsets;
+    otherwise each virtual chunk is zarr's own chunk file.
+    """
+    import zarr
+    from zarr.storage import LocalStore
+
+    from vzdask import ChunkManifest, ManifestArray
+
+    def make(
+        data,
+        chunks,
+        *,
+        codec="zstd",
+        fill_value=None,
+        state_of=mixed_states,
+        packed=False,
+        name="v",
+        dimension_names=None,
+        attributes=None,
+    ):
+        data = np.asarray(data)
+        zarray = zarr.create_array(
+            LocalStore(tmp_path),
+            name=name,
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            fill_value=fill_value,
+            dimension_names=dimension_names or tuple(f"d{i}" for i in range(data.ndim)),
+            attributes=attributes,
+            config={"write_empty_chunks": True},
+            **zarr_codec_kwargs(codec, data.dtype.itemsize),
+        )
+        zarray[...] = data
+        grid = tuple(-(-s // c) for s, c in zip(data.shape, zarray.chunks))
+        indices = list(np.ndindex(*grid))
+        raw = {ix: (tmp_path / name / zarray.metadata.encode_chunk_key(ix)).read_bytes() for ix in indices}
+        positions = {ix: (0, len(raw[ix])) for ix in indices}
+        files = {ix: tmp_path / name / zarray.metadata.encode_chunk_key(ix) for ix in indices}
+        if packed:
+            pack = tmp_path / f"{name}.pack"
+            position = 16
+            with open(pack, "wb") as f:
+                f.write(b"PACKED-HEADER-16")
+                for ix in indices:
+                    f.write(raw[ix])
+                    positions[ix] = (position, len(raw[ix]))
+                    files[ix] = pack
+                    position += len(raw[ix])
+        paths = np.full(grid, "", dtype=object)
+        offsets = np.zeros(grid, dtype=np.uint64)
+        lengths = np.zeros(grid, dtype=np.uint64)
+        inlined, states, urls = {}, {}, {}
+        expected = data.copy()
+        fill = zarray.metadata.fill_value
+        for ix in indices:
+            state = states[ix] = state_of(ix)
+            if state == "virtual":
+                urls[ix] = paths[ix] = files[ix].as_uri()
+                offsets[ix], lengths[ix] = positions[ix]
+            elif state == "inlined":
+                inlined[ix] = raw[ix]
+            else:
+                expected[tuple(slice(i * c, (i + 1) * c) for i, c in zip(ix, zarray.chunks))] = fill
+        manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined or None)
+        return VirtualCase(
+            ManifestArray(zarray.metadata, manifest), expected, raw, states, urls, tmp_path / name / "zarr.json"
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A 2-worker ``distributed.LocalCluster`` (processes) and its Client, for the whole session.
+
+    The Client is not made the global default; use the ``dask_client`` fixture,
+    which makes it the scheduler for one test only.
+    """
+    import warnings
+
+    distributed = pytest.importorskip("distributed")
+    with warnings.catch_warnings():
+        # the (unused) HTTP server moves off port 8787 when another session holds it
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture
+def dask_client(dask_cluster):
+    """The session's distributed Client, acting as dask's scheduler during this test."""
+    with dask_cluster.as_current():
+        yield dask_cluster

@@ -219,8 +219,11 @@ class ManifestArray(DaskMethodsMixin):
                     return type(x)(to_dask(v) for v in x)
                 return x
 
-            dask_func = getattr(da, func.__name__, None)
-            if dask_func is None:
+            # numpy.fft.fft -> dask.array.fft.fft, numpy.linalg.norm -> dask.array.linalg.norm
+            submodule = func.__module__.split(".")[1] if func.__module__.startswith("numpy.") else ""
+            namespace = getattr(da, submodule, da) if submodule in ("fft", "linalg") else da
+            dask_func = getattr(namespace, func.__name__, None)
+            if not callable(dask_func):
                 raise TypeError(
                     f"{func.__module__}.{func.__name__} is not supported on a ManifestArray nor on its dask "
                     "view; use .compute() first"
