@@ -75,3 +75,19 @@ class VirtualDatasetAccessor:
         return self._replace(
             {name: self._ds.variables[name]._data.to_dask_array(chunks=chunks) for name in self.virtual_variables}
         )
+
+    def to_icechunk(self, store_or_session, *, group=None, mode="w", append_dim=None, commit=None):
+        """Write to an Icechunk session or store; see ``vzdask.writers.icechunk.write_icechunk``."""
+        from vzdask.writers.icechunk import write_icechunk
+
+        return write_icechunk(
+            self._ds, store_or_session, group=group, mode=mode, append_dim=append_dim, commit=commit
+        )
+
+    def to_kerchunk(self, path=None, *, format="dict", record_size=100_000, categorical_threshold=10):
+        """Write as kerchunk references (dict, JSON or Parquet); see ``vzdask.writers.kerchunk.to_kerchunk``."""
+        from vzdask.writers.kerchunk import to_kerchunk
+
+        return to_kerchunk(
+            self._ds, path, format=format, record_size=record_size, categorical_threshold=categorical_threshold
+        )

@@ -1,0 +1,1 @@
+"""Writers: turn virtual datasets into reference formats (Icechunk, kerchunk)."""

@@ -1,0 +1,514 @@
+"""Write virtual datasets into an Icechunk repository.
+
+Every chunk goes in as what it is:
+
+* **virtual** -> an Icechunk virtual reference; one ``set_virtual_refs_arr``
+  call per array (flat numpy columns, no Python object per chunk);
+* **inlined** -> a native Icechunk chunk holding the manifest's encoded bytes
+  as they are (never decoded and re-encoded);
+* **missing** -> nothing: it reads as the fill value.
+
+Variables an xarray Dataset holds in memory (loaded coordinates, numpy or dask
+data) become ordinary zarr arrays, written by ``icechunk.xarray.to_icechunk``.
+A virtual array's ``zarr.json`` is its own zarr v3 metadata, so readers get
+the codecs and the CF attributes the parser found.
+
+Nothing is committed unless ``commit="message"`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import INLINED, VIRTUAL
+from vzdask.manifests.metadata import encode_cf_fill_value
+from vzdask.manifests.store import ManifestStore
+
+if TYPE_CHECKING:
+    import icechunk
+    import xarray as xr
+
+Mode = Literal["w", "w-", "a"]
+MODES = ("w", "w-", "a")
+
+#: Icechunk only accepts zarr's default ``c/0/1`` chunk keys; the encoding is a
+#: storage detail, so arrays are written with it whatever their source used.
+CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
+
+#: Attributes that must agree between the stored array and appended data:
+#: a difference would silently turn appended values into other numbers.
+CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
+
+_WRITES_IN_FLIGHT = 256  # native chunk writes awaited together
+_SAFE = ":@!$&'()*+,;=-._~"  # characters an Icechunk location may hold unescaped
+
+
+def write_icechunk(
+    data: xr.Dataset | ManifestGroup | ManifestStore,
+    store_or_session: icechunk.Session | icechunk.IcechunkStore,
+    *,
+    group: str | None = None,
+    mode: Mode = "w",
+    append_dim: str | None = None,
+    commit: str | None = None,
+) -> str | None:
+    """Write a virtual Dataset (or ManifestGroup) into an Icechunk session.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, ManifestGroup or ManifestStore
+        ManifestArray variables are written as references (virtual chunks)
+        and native chunks (inlined chunks); other variables as native zarr
+        arrays through ``icechunk.xarray.to_icechunk``.
+    store_or_session : icechunk.Session or icechunk.IcechunkStore
+        A writable session (``repo.writable_session("main")``) or its store.
+    group : str, optional
+        Group path to write to; the root by default.
+    mode : {"w", "w-", "a"}
+        ``"w"`` replaces the group, ``"w-"`` fails if it exists, ``"a"`` adds
+        or replaces variables, or appends along ``append_dim``.
+    append_dim : str, optional
+        With ``mode="a"``: grow existing arrays along this dimension. Dtype,
+        codecs, chunk shape, fill value, CF encoding attributes and the other
+        dimensions must agree, and the stored length must be a multiple of
+        the chunk size.
+    commit : str, optional
+        Commit with this message and return the snapshot id; otherwise the
+        changes stay uncommitted in the session (returns ``None``).
+
+    Raises
+    ------
+    ValueError
+        Before anything is written: a virtual url is not covered by a virtual
+        chunk container of the repository (the message lists the prefixes and
+        shows how to add them), ``mode="w-"`` and the group exists, or the
+        data cannot be appended (the message names what differs).
+
+    Notes
+    -----
+    Group attributes are replaced by the written ones (as ``to_zarr`` does).
+    With ``mode="a"``, written variables replace stored ones of the same name;
+    with ``append_dim``, those with that dimension are appended instead.
+    In-memory variables are appended by xarray, which also rewrites a partial
+    last chunk; virtual ones need the stored length to fill whole chunks.
+
+    Arrays persisted on a distributed cluster (``not array.is_gathered``) are
+    gathered into this process first.
+    """
+    if isinstance(data, (ManifestGroup, ManifestStore)):
+        return write_manifest_group(
+            data, store_or_session, group=group, mode=mode, append_dim=append_dim, commit=commit
+        )
+    import xarray as xr
+
+    if not isinstance(data, xr.Dataset):
+        raise TypeError(f"expected an xarray.Dataset, ManifestGroup or ManifestStore, not {type(data).__name__}")
+    return _write(_dataset_node(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
+
+
+def write_manifest_group(
+    data: ManifestGroup | ManifestStore,
+    store_or_session: icechunk.Session | icechunk.IcechunkStore,
+    *,
+    group: str | None = None,
+    mode: Mode = "w",
+    append_dim: str | None = None,
+    commit: str | None = None,
+) -> str | None:
+    """Write a ManifestGroup (or a ManifestStore's group) and its subgroups, without xarray.
+
+    Same parameters and behaviour as ``write_icechunk``; arrays' metadata and
+    attributes are written as they are in the group (zarr-encoded).
+    """
+    if isinstance(data, ManifestStore):
+        data = data.group
+    if not isinstance(data, ManifestGroup):
+        raise TypeError(f"expected a ManifestGroup or ManifestStore, not {type(data).__name__}")
+    return _write(_manifest_group_node(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
+
+
+# -- what to write ------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """One group to write: its virtual arrays (final metadata), in-memory variables and subgroups."""
+
+    path: str  # "" is the root
+    attributes: dict[str, Any]
+    arrays: dict[str, ManifestArray]
+    loaded: Any = None  # an xarray.Dataset of in-memory variables, or None
+    groups: list[_Node] = field(default_factory=list)
+
+    def walk(self) -> Iterator[_Node]:
+        yield self
+        for child in self.groups:
+            yield from child.walk()
+
+    def array_paths(self) -> Iterator[tuple[str, ManifestArray]]:
+        for name, array in self.arrays.items():
+            yield _join(self.path, name), array
+
+
+def _manifest_group_node(group: ManifestGroup, path: str) -> _Node:
+    arrays = {name: _for_icechunk(array) for name, array in group.arrays.items()}
+    children = [_manifest_group_node(sub, _join(path, name)) for name, sub in group.groups.items()]
+    return _Node(path, dict(group.attributes), arrays, groups=children)
+
+
+def _dataset_node(ds: xr.Dataset, path: str) -> _Node:
+    from xarray.backends.zarr import encode_zarr_attr_value
+    from xarray.conventions import encode_dataset_coordinates
+
+    # xarray's own CF step: non-index coordinates are named in ``coordinates`` attributes.
+    variables, attributes = encode_dataset_coordinates(ds)
+    arrays = {}
+    for name, var in variables.items():
+        array = var._data
+        if not isinstance(array, ManifestArray):
+            continue
+        attrs = encode_cf_fill_value(dict(var.attrs), array.dtype)
+        arrays[name] = _for_icechunk(
+            array,
+            attributes={k: encode_zarr_attr_value(v) for k, v in attrs.items()},
+            dimension_names=tuple(str(d) for d in var.dims),
+        )
+    in_memory = [name for name in ds.variables if name not in arrays]
+    loaded = ds.drop_vars(list(arrays)) if in_memory else None
+    attributes = {k: encode_zarr_attr_value(v) for k, v in attributes.items()}
+    return _Node(path, attributes, arrays, loaded=loaded)
+
+
+def _for_icechunk(array: ManifestArray, *, attributes=None, dimension_names=None) -> ManifestArray:
+    """The array with Icechunk's chunk key encoding (and new attributes/dimension names), gathered."""
+    if not array.is_gathered:
+        array = array.gather()
+    document = array.metadata.to_dict()
+    document["chunk_key_encoding"] = CHUNK_KEY_ENCODING
+    if attributes is not None:
+        document["attributes"] = attributes
+    if dimension_names is not None:
+        document["dimension_names"] = dimension_names
+    return ManifestArray(ArrayV3Metadata.from_dict(document), array.manifest, registry=array.registry)
+
+
+# -- the write ------------------------------------------------------------------
+
+
+def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, commit: str | None) -> str | None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if append_dim is not None and mode != "a":
+        raise ValueError(f"append_dim={append_dim!r} needs mode='a', got mode={mode!r}")
+    session, store = _session_and_store(store_or_session)
+    nodes = list(root.walk())
+
+    # Everything that can fail is checked before the first write.
+    _check_containers(nodes, session.config)
+    existed = _exists(store, root.path)
+    if mode == "w-" and existed:
+        raise ValueError(
+            f"group {root.path or '/'!r} already exists in the Icechunk store; "
+            "use mode='w' to replace it or mode='a' to add to it"
+        )
+    appends: dict[str, dict[str, Any]] = {}
+    if append_dim is not None:
+        appends = _check_appends(nodes, store, append_dim)
+
+    if mode in ("w", "w-"):
+        zarr.create_group(store, path=root.path, overwrite=True, zarr_format=3)
+    for node in nodes:
+        zarr.open_group(store, path=node.path, mode="a", zarr_format=3)
+    for node in nodes:
+        if node.loaded is not None:
+            _write_loaded(node, session, store, append_dim)
+        for path, array in node.array_paths():
+            if path in appends:
+                _append_array(store, path, array, appends[path], append_dim)
+            else:
+                _write_array(store, path, array, replace=mode == "a")
+        zarr.open_group(store, path=node.path, mode="r+", zarr_format=3).attrs.put(node.attributes)
+    if commit is not None:
+        return session.commit(commit)
+    return None
+
+
+def _session_and_store(obj) -> tuple[icechunk.Session, icechunk.IcechunkStore]:
+    import icechunk
+
+    if isinstance(obj, icechunk.Session):
+        session, store = obj, obj.store
+    elif isinstance(obj, icechunk.IcechunkStore):
+        session, store = obj.session, obj
+    else:
+        raise TypeError(
+            f"expected an icechunk Session or IcechunkStore, not {type(obj).__name__}; "
+            "e.g. repo.writable_session('main')"
+        )
+    if session.read_only:
+        raise ValueError("the Icechunk session is read-only; write through repo.writable_session(branch)")
+    return session, store
+
+
+def _write_array(store, path: str, array: ManifestArray, *, replace: bool) -> None:
+    if replace and _exists(store, path):
+        sync(store.delete_dir(path))
+    _set(store, f"{path}/zarr.json", _metadata_bytes(array.metadata))
+    _write_chunks(store, path, array, grid_offset=None)
+
+
+def _append_array(store, path: str, array: ManifestArray, existing: dict[str, Any], dim: str) -> None:
+    axis = array.dimension_names.index(dim)
+    stored = int(existing["shape"][axis])
+    chunk = array.chunk_shape[axis]
+    document = dict(existing)
+    document["shape"] = [stored + array.shape[axis] if i == axis else int(s) for i, s in enumerate(existing["shape"])]
+    _set(store, f"{path}/zarr.json", json.dumps(document).encode())
+    grid_offset = tuple(stored // chunk if i == axis else 0 for i in range(array.ndim))
+    _write_chunks(store, path, array, grid_offset=grid_offset)
+
+
+def _write_chunks(store, path: str, array: ManifestArray, grid_offset: tuple[int, ...] | None) -> None:
+    """Virtual chunks as references (one call), inlined chunks as native chunks; missing: nothing."""
+    manifest = array.manifest
+    states = manifest.states
+    virtual = states == VIRTUAL
+    if virtual.any():
+        table = np.array([""] + [icechunk_location(u) for u in manifest.urls], dtype=object)
+        locations = table[manifest.path_index.ravel() + 1].tolist()
+        offsets = np.ascontiguousarray(manifest.offsets.ravel(), dtype=np.uint64)
+        lengths = np.ascontiguousarray(np.where(virtual, manifest.lengths, 0).ravel(), dtype=np.uint64)
+        failed = store.set_virtual_refs_arr(
+            path, manifest.shape, locations, offsets, lengths, validate_containers=True, arr_offset=grid_offset
+        )
+        if failed:
+            raise ValueError(
+                f"Icechunk rejected {len(failed)} virtual reference(s) of {path!r}, e.g. chunk {failed[0]}"
+            )
+    inlined = np.argwhere(states == INLINED)
+    if len(inlined):
+        shift = np.asarray(grid_offset if grid_offset is not None else (0,) * array.ndim, dtype=np.int64)
+        encode = array.metadata.encode_chunk_key
+        items = (
+            (f"{path}/{encode(tuple(int(i) for i in index + shift))}", manifest.entry(tuple(index))[1])
+            for index in inlined
+        )
+        sync(_set_many(store, items))
+
+
+async def _set_many(store, items) -> None:
+    prototype = default_buffer_prototype()
+    pending = []
+    for key, data in items:
+        pending.append(store.set(key, prototype.buffer.from_bytes(data)))
+        if len(pending) >= _WRITES_IN_FLIGHT:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+
+
+def _write_loaded(node: _Node, session, store, append_dim: str | None) -> None:
+    """In-memory variables through xarray's zarr encoding (appending those already stored)."""
+    from icechunk.xarray import to_icechunk
+
+    ds = node.loaded
+    stored_with_dim = [
+        name
+        for name, var in ds.variables.items()
+        if append_dim in var.dims and _exists(store, _join(node.path, str(name)))
+    ]
+    to_icechunk(ds, session, group=node.path or None, mode="a", append_dim=append_dim if stored_with_dim else None)
+
+
+# -- checks ---------------------------------------------------------------------
+
+
+def _check_containers(nodes: list[_Node], config) -> None:
+    """Every virtual url must fall under a virtual chunk container of the repository."""
+    prefixes = [c.url_prefix for c in (config.virtual_chunk_containers or {}).values()]
+    uncovered: dict[str, set[str]] = {}
+    for node in nodes:
+        for path, array in node.array_paths():
+            manifest = array.manifest
+            used = np.unique(manifest.path_index[manifest.states == VIRTUAL])
+            for i in used:
+                location = icechunk_location(manifest.urls[int(i)])
+                if not any(location.startswith(p) for p in prefixes):
+                    uncovered.setdefault(_suggested_prefix(location), set()).add(path)
+    if not uncovered:
+        return
+    lines = [
+        "no virtual chunk container of the Icechunk repository covers these url prefixes "
+        "(nothing was written):"
+    ]
+    for prefix, paths in sorted(uncovered.items()):
+        lines.append(f"  {prefix}  (used by {', '.join(sorted(paths))})")
+    prefix = sorted(uncovered)[0]
+    store_expr, credential_expr = _container_example(prefix)
+    lines += [
+        "Add a container for each prefix to the repository config and authorise it, e.g.:",
+        "    config = repo.config",
+        f"    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer({prefix!r}, {store_expr}))",
+        "    repo = repo.reopen(config=config, authorize_virtual_chunk_access=icechunk.containers_credentials(",
+        f"        {{{prefix!r}: {credential_expr}}}))",
+        "    repo.save_config()  # keep the container in the repository",
+        "then write through a new repo.writable_session(...).",
+    ]
+    if prefixes:
+        lines.append(f"Containers configured now: {', '.join(sorted(prefixes))}")
+    raise ValueError("\n".join(lines))
+
+
+def _suggested_prefix(location: str) -> str:
+    """The file's directory (``file://``) or the bucket/host: a prefix to make a container for.
+
+    Icechunk 2.3 matches container prefixes against the percent-encoded location
+    when writing but against the decoded one when reading, so a prefix that
+    needs percent-encoding works for one of the two only: stop at the last
+    directory that needs none.
+    """
+    parts = urlsplit(location)
+    if parts.scheme != "file":
+        return f"{parts.scheme}://{parts.netloc}/"
+    kept = []
+    for part in posixpath.dirname(parts.path).split("/")[1:]:
+        if not part or quote(unquote(part), safe=_SAFE) != unquote(part):
+            break
+        kept.append(part)
+    return "file:///" + "".join(p + "/" for p in kept)
+
+
+def _container_example(prefix: str) -> tuple[str, str]:
+    scheme = urlsplit(prefix).scheme
+    if scheme == "file":
+        store = f"icechunk.local_filesystem_store({urlsplit(prefix).path!r})"
+        return store, "icechunk.credentials.LocalFileSystemAccess"
+    if scheme in ("s3", "s3a"):
+        return "icechunk.s3_store(region=...)", "icechunk.s3_from_env_credentials()"
+    if scheme in ("gs", "gcs"):
+        return "icechunk.gcs_store()", "icechunk.gcs_from_env_credentials()"
+    if scheme in ("http", "https"):
+        return "icechunk.http_store()", "icechunk.credentials.HttpAccess"
+    return "icechunk.storage.azure_store(account=...)", "icechunk.azure_from_env_credentials()"
+
+
+def _check_appends(nodes: list[_Node], store, dim: str) -> dict[str, dict[str, Any]]:
+    """The stored ``zarr.json`` of every virtual array that grows along ``dim``; errors name what differs."""
+    found = any(dim in (a.dimension_names or ()) for node in nodes for a in node.arrays.values()) or any(
+        dim in node.loaded.dims for node in nodes if node.loaded is not None
+    )
+    if not found:
+        raise ValueError(f"append_dim {dim!r} is not a dimension of any variable being written")
+    targets = {}
+    for node in nodes:
+        for path, array in node.array_paths():
+            dims = tuple(array.dimension_names or ())
+            if dim not in dims:
+                continue
+            existing = _read_json(store, f"{path}/zarr.json")
+            if existing is None:
+                continue  # a new array: written whole
+            if existing.get("node_type") != "array":
+                raise ValueError(f"cannot append to {path!r}: it is a group in the store, not an array")
+            _check_append(path, array, existing, dim)
+            targets[path] = existing
+    return targets
+
+
+def _check_append(path: str, array: ManifestArray, existing: dict[str, Any], dim: str) -> None:
+    new = json.loads(_metadata_bytes(array.metadata))
+    where = f"cannot append {path!r} along {dim!r}"
+    old_dims = tuple(existing.get("dimension_names") or ())
+    new_dims = tuple(array.dimension_names)
+    if old_dims != new_dims:
+        raise ValueError(f"{where}: dimensions differ: stored {old_dims}, new {new_dims}")
+    old_chunks = tuple(existing["chunk_grid"]["configuration"]["chunk_shape"])
+    checks = [
+        ("dtype", existing["data_type"], new["data_type"]),
+        ("codecs", existing["codecs"], new["codecs"]),
+        ("chunk shape", old_chunks, tuple(array.chunk_shape)),
+        ("fill value", existing.get("fill_value"), new.get("fill_value")),
+    ]
+    for name, old, value in checks:
+        if old != value:
+            raise ValueError(f"{where}: {name} differs: stored {_show(old)}, new {_show(value)}")
+    axis = new_dims.index(dim)
+    for i, d in enumerate(new_dims):
+        if i != axis and int(existing["shape"][i]) != array.shape[i]:
+            raise ValueError(
+                f"{where}: size of dimension {d!r} differs: stored {existing['shape'][i]}, new {array.shape[i]}"
+            )
+    old_attrs, new_attrs = existing.get("attributes") or {}, new.get("attributes") or {}
+    for key in CF_ENCODING_ATTRIBUTES:
+        if old_attrs.get(key) != new_attrs.get(key):
+            raise ValueError(
+                f"{where}: attribute {key!r} differs: stored {old_attrs.get(key)!r}, new {new_attrs.get(key)!r} "
+                "(the appended values would be decoded with the stored one)"
+            )
+    stored, chunk = int(existing["shape"][axis]), old_chunks[axis]
+    if stored % chunk:
+        raise ValueError(
+            f"{where}: the stored length {stored} is not a multiple of the chunk size {chunk}, so the "
+            "appended chunks cannot start on a chunk boundary (the last stored chunk is partial). Load the "
+            f"variable (loadable_variables=[{path.rsplit('/', 1)[-1]!r}, ...]) to append its values natively, "
+            f"or append only to stores whose length along {dim!r} is a multiple of {chunk}"
+        )
+
+
+# -- small helpers --------------------------------------------------------------
+
+
+def icechunk_location(url: str) -> str:
+    """A vzdask url as an Icechunk location: object keys are literal in vzdask, percent-encoded in Icechunk."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("http", "https"):
+        return url  # a query string is part of an http url
+    return scheme + sep + quote(rest, safe=_SAFE + "/")
+
+
+def _normalize_path(group: str | None) -> str:
+    if group is None:
+        return ""
+    parts = [p for p in str(group).split("/") if p]
+    return "/".join(parts)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+def _exists(store, path: str) -> bool:
+    return sync(store.exists(_join(path, "zarr.json")))
+
+
+def _read_json(store, key: str) -> dict[str, Any] | None:
+    buffer = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else json.loads(buffer.to_bytes())
+
+
+def _metadata_bytes(metadata: ArrayV3Metadata) -> bytes:
+    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def _set(store, key: str, data: bytes) -> None:
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        value = tuple(value) if all(not isinstance(v, (dict, list)) for v in value) else value
+    return repr(value)
