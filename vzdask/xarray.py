@@ -94,8 +94,10 @@ def to_virtual_dataset(
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
     attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
-    return xr.Variable(dimension_names(name, array), data, attrs=attrs,
-                       encoding={"dtype": array.dtype, "chunks": array.chunk_shape})
+    encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
+    if "coordinates" in attrs:  # as xr.open_dataset does: CF coordinates become encoding
+        encoding["coordinates"] = attrs.pop("coordinates")
+    return xr.Variable(dimension_names(name, array), data, attrs=attrs, encoding=encoding)
 
 
 def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None) -> dict[str, xr.Variable]:
