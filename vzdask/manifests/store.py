@@ -176,18 +176,16 @@ class ManifestStore(Store):
         if stop <= start:
             return prototype.buffer.from_bytes(b"")
         store, path = self._registry.resolve(url)
+        # _resolve only accepts canonical keys, so the key ends with the encoded chunk key.
+        array_path = key[: len(key) - len(array.metadata.encode_chunk_key(index))].rstrip("/")
+        where = f"chunk {chunk_key(index)} of {array_path!r} from {url} (bytes {offset + start}..{offset + stop})"
         try:
             data = await obstore.get_range_async(store, path, start=offset + start, length=stop - start)
         except Exception as err:
-            raise OSError(
-                f"reading chunk {chunk_key(index)} of {key.rsplit('/', 1)[0] if '/' in key else key!r} "
-                f"from {url} (bytes {offset + start}..{offset + stop}): {err}"
-            ) from err
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise OSError(f"reading {where}: {first_line}") from err
         if len(data) != stop - start:
-            raise OSError(
-                f"reading chunk {chunk_key(index)} from {url}: expected {stop - start} bytes at offset "
-                f"{offset + start}, got {len(data)} (is the file truncated?)"
-            )
+            raise OSError(f"reading {where}: got {len(data)} bytes, expected {stop - start} (is the file truncated?)")
         return prototype.buffer.from_array_like(np.frombuffer(data, dtype=np.uint8))
 
     async def get_partial_values(
