@@ -335,13 +335,20 @@ class ChunkManifest:
 
     def dict(self) -> dict[str, dict[str, Any]]:
         """Kerchunk-style dict: ``{"0.1": {"path", "offset", "length"} | {"data"}}``; missing chunks omitted."""
+        present = np.nonzero(self._state.ravel())[0]
+        indices = np.unravel_index(present, self.shape) if self.ndim else ()
+        keys = [".".join(map(str, ix)) for ix in zip(*(i.tolist() for i in indices))] if self.ndim else ["0"] * len(present)
+        states = self._state.ravel()[present].tolist()
+        paths = self._path_index.ravel()[present].tolist()
+        offsets = self._offsets.ravel()[present].tolist()
+        lengths = self._lengths.ravel()[present].tolist()
+        view = memoryview(self._inline)
         out: dict[str, dict[str, Any]] = {}
-        for index in zip(*np.nonzero(self._state)) if self.ndim else ([()] if self._state[()] else []):
-            kind = self.entry(index)
-            if kind[0] == "virtual":
-                out[chunk_key(index)] = {"path": kind[1], "offset": kind[2], "length": kind[3]}
+        for key, state, path, offset, length in zip(keys, states, paths, offsets, lengths):
+            if state == VIRTUAL:
+                out[key] = {"path": self._urls[path], "offset": offset, "length": length}
             else:
-                out[chunk_key(index)] = {"data": kind[1]}
+                out[key] = {"data": bytes(view[offset : offset + length])}
         return out
 
     def __len__(self) -> int:
