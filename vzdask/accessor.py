@@ -71,9 +71,13 @@ class VirtualDatasetAccessor:
 
         The result is an ordinary dask-backed Dataset: ``compute``, ``chunk``,
         arithmetic and ``apply_ufunc(..., dask="parallelized")`` all work.
+        ``chunks`` is as for ``ManifestArray.to_dask_array``, or a dict keyed
+        by dimension name (as ``xr.open_mfdataset`` takes).
         """
+        variables = self._ds.variables
         return self._replace(
-            {name: self._ds.variables[name]._data.to_dask_array(chunks=chunks) for name in self.virtual_variables}
+            {name: variables[name]._data.to_dask_array(chunks=_axis_chunks(chunks, variables[name].dims))
+             for name in self.virtual_variables}
         )
 
     def to_icechunk(self, store_or_session, *, group=None, mode="w", append_dim=None, commit=None):
@@ -91,3 +95,10 @@ class VirtualDatasetAccessor:
         return to_kerchunk(
             self._ds, path, format=format, record_size=record_size, categorical_threshold=categorical_threshold
         )
+
+
+def _axis_chunks(chunks: Any, dims: tuple) -> Any:
+    """A ``{dimension name: chunks}`` dict (xarray style) -> ``{axis: chunks}`` for one variable; else unchanged."""
+    if isinstance(chunks, dict) and any(isinstance(k, str) for k in chunks):
+        return {dims.index(d): c for d, c in chunks.items() if d in dims}
+    return chunks

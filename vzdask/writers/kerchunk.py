@@ -1,0 +1,538 @@
+"""Write virtual datasets as kerchunk references: a dict, a JSON file or fsspec's Parquet layout.
+
+Reference spec version 1 with zarr v2 metadata (see ``vzdask.zarr_v2``):
+
+* ``.zgroup``/``.zattrs`` per group, ``.zarray``/``.zattrs`` per array
+  (``_ARRAY_DIMENSIONS`` names the dimensions); nested groups are key prefixes;
+* a virtual chunk is ``[url, offset, length]``;
+* an inlined chunk is ``"base64:..."`` of its exact encoded bytes;
+* a missing chunk has no key.
+
+Parquet output follows fsspec's ``LazyReferenceMapper`` layout: a directory
+with ``.zmetadata`` (``{"metadata": {key: document}, "record_size": N}``)
+and, per array, ``<array path>/refs.<i>.parq`` with columns ``path``
+(string, null unless virtual), ``offset`` and ``size`` (int64) and ``raw``
+(binary, null unless inlined). Row ``j`` of file ``i`` is the chunk whose
+flat C-order index in the chunk grid is ``i * N + j``; a missing chunk is a
+row with null ``path`` and null ``raw``. The files are written from the
+manifests' numpy arrays, record by record, never through a dict of refs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest, chunk_key
+from vzdask.manifests.metadata import create_array_metadata, decode_cf_fill_value
+from vzdask.manifests.store import ManifestStore
+from vzdask.zarr_v2 import v2_array_metadata, v2_group_attributes
+
+FORMATS = ("dict", "json", "parquet")
+
+
+@dataclass
+class _ArrayNode:
+    path: str  # "sub/group/name"
+    array: ManifestArray  # the stored form: references and inlined encoded chunks
+    attributes: dict[str, Any]  # plain CF attributes (a numeric _FillValue)
+    dimension_names: tuple[str, ...] | None
+
+
+@dataclass
+class _Plan:
+    groups: list[tuple[str, dict[str, Any]]]  # (path, attributes); the root is ""
+    arrays: list[_ArrayNode]
+
+
+def to_kerchunk(
+    obj: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    format: str = "dict",
+    record_size: int = 100_000,
+    categorical_threshold: int = 10,
+) -> dict[str, Any] | None:
+    """Write a virtual dataset, ManifestGroup or ManifestStore as kerchunk references.
+
+    Parameters
+    ----------
+    obj : xarray.Dataset, ManifestGroup or ManifestStore
+        In a Dataset, virtual variables are written as their references;
+        loaded variables that still hold their ManifestArray (in
+        ``encoding["vzdask_manifest_array"]``) and whose values came from it
+        are written in that stored form; any other variable (numpy, dask) is
+        CF-encoded as ``xarray.to_zarr`` would and written inline, one chunk
+        per ``encoding["chunks"]`` block (or one chunk).
+    path : str or path-like, optional
+        Output file (``json``) or directory (``parquet``). Local paths only
+        (``file://`` urls are accepted). Not used for ``dict``.
+    format : {"dict", "json", "parquet"}
+    record_size : int
+        Parquet: references per ``refs.<i>.parq`` file.
+    categorical_threshold : int
+        Parquet: a record's ``path`` column is dictionary-encoded (read back
+        as categorical) when it has more than this many references per
+        distinct url, as fsspec does.
+
+    Returns
+    -------
+    dict or None
+        ``{"version": 1, "refs": {...}}`` for ``format="dict"`` (metadata
+        documents as JSON strings, as kerchunk makes them); ``None`` otherwise.
+
+    Notes
+    -----
+    Output is atomic: everything is written under a temporary name beside
+    ``path`` (``.{name}.tmp-<uuid>``) and moved into place at the end, so an
+    error leaves any previous output untouched and no temporary files.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    if format != "dict" and path is None:
+        raise ValueError(f"format={format!r} needs a path to write to")
+    if format == "dict" and path is not None:
+        raise ValueError("format='dict' returns the references; pass format='json' or 'parquet' to write a file")
+    if not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1:
+        raise ValueError(f"record_size must be a positive int, got {record_size!r}")
+
+    plan = _plan(obj)
+    separator = "." if format == "parquet" else None
+    metadata = _metadata_documents(plan, separator)
+    if format == "dict":
+        refs: dict[str, Any] = {key: _dumps(doc) for key, doc in metadata.items()}
+        for node, zarray in _array_documents(plan, metadata):
+            refs.update(_chunk_refs(node, zarray["dimension_separator"]))
+        return {"version": 1, "refs": refs}
+
+    target = _local_path(path)
+    if format == "json":
+        _atomic_file(target, lambda f: _write_json(f, plan, metadata))
+    else:
+        _atomic_directory(target, lambda d: _write_parquet(d, plan, metadata, record_size, categorical_threshold))
+    return None
+
+
+# --------------------------------------------------------------------------- #
+# What to write: groups, arrays in their stored form, plain attributes
+# --------------------------------------------------------------------------- #
+def _plan(obj: Any) -> _Plan:
+    if isinstance(obj, ManifestStore):
+        obj = obj.group
+    if isinstance(obj, ManifestGroup):
+        groups = [(path, dict(group.attributes)) for path, group in obj.walk_groups()]
+        arrays = []
+        for path, array in obj.walk_arrays():
+            attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
+            dims = tuple(array.dimension_names) if array.dimension_names is not None else None
+            arrays.append(_ArrayNode(path, array, attrs, dims))
+        return _Plan(groups, arrays)
+    import xarray as xr
+
+    if isinstance(obj, xr.Dataset):
+        return _plan_from_dataset(obj)
+    raise TypeError(f"to_kerchunk takes an xarray.Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}")
+
+
+def _plan_from_dataset(ds) -> _Plan:
+    coordinates, global_coordinates = _coordinates_attributes(ds)
+    arrays = []
+    for name, var in ds.variables.items():
+        name = str(name)
+        if not name or "/" in name or name.startswith(".z") or name == "zarr.json":
+            raise ValueError(f"variable name {name!r} cannot be a zarr v2 array name")
+        array, attrs = _stored_form(name, var)
+        if name in coordinates:
+            attrs = {**attrs, "coordinates": coordinates[name]}
+        arrays.append(_ArrayNode(name, array, attrs, tuple(str(d) for d in var.dims)))
+    attrs = dict(ds.attrs)
+    if global_coordinates:
+        attrs.setdefault("coordinates", global_coordinates)
+    return _Plan([("", attrs)], arrays)
+
+
+def _coordinates_attributes(ds) -> tuple[dict[str, str], str]:
+    """CF ``coordinates`` attributes for non-dimension coordinates, as ``xarray.to_zarr`` writes them."""
+    non_dim = [str(c) for c in ds.coords if c not in ds.dims]
+    if not non_dim:
+        return {}, ""
+    out, used = {}, set()
+    for name, var in ds.data_vars.items():
+        if "coordinates" in var.attrs:
+            used.update(str(var.attrs["coordinates"]).split())
+            continue
+        if "coordinates" in var.encoding:
+            out[str(name)] = str(var.encoding["coordinates"])
+            used.update(out[str(name)].split())
+            continue
+        mine = [c for c in non_dim if set(ds[c].dims) <= set(var.dims)]
+        if mine:
+            out[str(name)] = " ".join(mine)
+            used.update(mine)
+    orphans = " ".join(c for c in non_dim if c not in used)
+    return out, orphans
+
+
+def _stored_form(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
+    """The ManifestArray to write for a Dataset variable, and its plain attributes."""
+    from vzdask.xarray import MANIFEST_ENCODING_KEY
+
+    data = var._data
+    if isinstance(data, ManifestArray):
+        if data.ndim != var.ndim:
+            raise ValueError(f"variable {name!r}: {var.ndim} dimensions but its ManifestArray has {data.ndim}")
+        return data, dict(var.attrs)
+    stored = var.encoding.get(MANIFEST_ENCODING_KEY)
+    if isinstance(stored, ManifestArray) and _values_came_from(name, var, stored):
+        attrs = decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype)
+        return stored, {**attrs, **var.attrs}
+    return _encode_inline(name, var)
+
+
+def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
+    """True if decoding ``stored`` gives exactly the loaded variable's values (one read of ``stored``)."""
+    import xarray as xr
+
+    if tuple(var.shape) != stored.shape:
+        return False
+    try:
+        raw = xr.Variable(var.dims, stored.compute(),
+                          attrs=decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype))
+        kind = var.dtype.kind
+        decoded = xr.conventions.decode_cf_variable(
+            name, raw, decode_times=kind in "MO", decode_timedelta=kind == "m"
+        )
+        ours, theirs = np.asarray(decoded.values), np.asarray(var.values)
+        if ours.dtype != theirs.dtype:
+            return False
+        return bool(np.array_equal(ours, theirs, equal_nan=kind in "fcmM"))
+    except Exception:  # anything undecodable: re-encode the values instead
+        return False
+
+
+def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
+    """CF-encode a loaded variable as ``to_zarr`` would and hold its chunks inlined (zarr-encoded)."""
+    import xarray as xr
+
+    from vzdask.codecs import codec_for
+    from vzdask.xarray import MANIFEST_ENCODING_KEY
+
+    var = var.copy(deep=False)
+    var.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
+    encoded = xr.conventions.encode_cf_variable(var, name=name)
+    values = np.asarray(encoded.values)
+    attrs = dict(encoded.attrs)
+    codecs = None
+    fill = attrs.get("_FillValue")
+    if values.dtype.kind in "OUT":
+        values = values.astype(np.dtypes.StringDType())
+        codecs = [{"name": "vlen-utf8"}]
+        fill = ""
+    elif values.dtype.kind not in "biufcSMm":
+        raise ValueError(f"variable {name!r}: dtype {values.dtype} cannot be written to kerchunk references")
+    if values.dtype.byteorder == ">":
+        values = values.astype(values.dtype.newbyteorder("<"))
+    shape = values.shape
+    chunks = _encoding_chunks(var.encoding.get("chunks"), shape)
+    metadata = create_array_metadata(
+        shape=shape, chunk_shape=chunks, dtype=values.dtype, codecs=codecs,
+        fill_value=fill if values.dtype.kind in "biufc" else None,
+        dimension_names=tuple(str(d) for d in var.dims),
+    )
+    codec = codec_for(metadata)
+    grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
+    inlined = {}
+    for index in np.ndindex(*grid):
+        block = values[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunks))]
+        if block.shape != chunks:
+            padded = np.full(chunks, codec.fill_value, dtype=values.dtype)
+            padded[tuple(slice(0, s) for s in block.shape)] = block
+            block = padded
+        inlined[index] = codec.encode(block)
+    manifest = ChunkManifest.from_arrays(
+        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64),
+        lengths=np.zeros(grid, np.uint64), inlined=inlined or None,
+    )
+    return ManifestArray(metadata, manifest), attrs
+
+
+def _encoding_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    whole = tuple(max(int(s), 1) for s in shape)
+    if chunks is None:
+        return whole
+    try:
+        chunks = tuple(int(c) for c in chunks)
+    except (TypeError, ValueError):
+        return whole
+    if len(chunks) != len(shape) or any(c < 1 for c in chunks):
+        return whole
+    return tuple(min(c, w) for c, w in zip(chunks, whole))
+
+
+# --------------------------------------------------------------------------- #
+# Metadata documents and chunk references
+# --------------------------------------------------------------------------- #
+def _metadata_documents(plan: _Plan, separator: str | None) -> dict[str, dict[str, Any]]:
+    """Every ``.zgroup``/``.zattrs``/``.zarray`` document, by key; all errors surface here, before writing."""
+    documents: dict[str, dict[str, Any]] = {}
+    for path, attributes in plan.groups:
+        prefix = f"{path}/" if path else ""
+        documents[f"{prefix}.zgroup"] = {"zarr_format": 2}
+        attrs = v2_group_attributes(attributes, f"group {path or '/'!r}")
+        if attrs:
+            documents[f"{prefix}.zattrs"] = attrs
+    for node in plan.arrays:
+        missing = node.array.manifest.count()["missing"] > 0
+        zarray, zattrs = v2_array_metadata(
+            node.array.metadata, name=node.path, attributes=node.attributes,
+            dimension_names=node.dimension_names, missing_chunks=missing, dimension_separator=separator,
+        )
+        documents[f"{node.path}/.zarray"] = zarray
+        if zattrs:
+            documents[f"{node.path}/.zattrs"] = zattrs
+    _check_json(documents)
+    return documents
+
+
+def _check_json(documents: Mapping[str, Any]) -> None:
+    for key, document in documents.items():
+        try:
+            json.dumps(document)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{key}: not JSON-serialisable: {err}") from None
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _array_documents(plan: _Plan, metadata: Mapping[str, dict]) -> Iterator[tuple[_ArrayNode, dict]]:
+    for node in plan.arrays:
+        yield node, metadata[f"{node.path}/.zarray"]
+
+
+def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
+    """``(key, [url, offset, length] | "base64:...")`` for every chunk that is not missing."""
+    manifest = node.array.manifest
+    state = manifest.states.reshape(-1)
+    present = np.flatnonzero(state)
+    if not present.size:
+        return
+    if manifest.ndim:
+        columns = np.unravel_index(present, manifest.shape)
+        names = [separator.join(map(str, ix)) for ix in zip(*(c.tolist() for c in columns))]
+    else:
+        names = [chunk_key(())]
+    urls = manifest.urls
+    kinds = state[present].tolist()
+    codes = manifest.path_index.reshape(-1)[present].tolist()
+    positions = _stored_offsets(manifest).reshape(-1)[present].tolist()
+    sizes = manifest.lengths.reshape(-1)[present].tolist()
+    buffer = memoryview(manifest.inline_buffer)
+    prefix = node.path + "/"
+    for name, kind, code, position, size in zip(names, kinds, codes, positions, sizes):
+        if kind == VIRTUAL:
+            yield prefix + name, [urls[code], position, size]
+        else:
+            yield prefix + name, "base64:" + base64.b64encode(buffer[position : position + size]).decode("ascii")
+
+
+def _stored_offsets(manifest: ChunkManifest) -> np.ndarray:
+    """Offsets of virtual chunks in their files and of inlined chunks in ``inline_buffer``.
+
+    ``ChunkManifest.offsets`` zeroes the inlined ones, so this reads the
+    manifest's own array (read-only use).
+    """
+    return manifest._offsets
+
+
+# --------------------------------------------------------------------------- #
+# JSON
+# --------------------------------------------------------------------------- #
+def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
+    f.write('{"version":1,"refs":{')
+    first = True
+    for key, document in metadata.items():
+        f.write(("" if first else ",") + json.dumps(key) + ":" + json.dumps(_dumps(document)))
+        first = False
+    for node, zarray in _array_documents(plan, metadata):
+        batch = []
+        for key, value in _chunk_refs(node, zarray["dimension_separator"]):
+            batch.append(json.dumps(key) + ":" + json.dumps(value, separators=(",", ":")))
+            if len(batch) >= 10_000:
+                f.write(("" if first else ",") + ",".join(batch))
+                first, batch = False, []
+        if batch:
+            f.write(("" if first else ",") + ",".join(batch))
+            first = False
+    f.write("}}")
+
+
+# --------------------------------------------------------------------------- #
+# Parquet (fsspec LazyReferenceMapper layout)
+# --------------------------------------------------------------------------- #
+def _write_parquet(
+    directory: Path, plan: _Plan, metadata: Mapping[str, dict], record_size: int, categorical_threshold: int
+) -> None:
+    for node in plan.arrays:
+        _write_parquet_array(directory / node.path, node.array.manifest, record_size, categorical_threshold)
+    document = {"metadata": dict(metadata), "record_size": record_size}
+    (directory / ".zmetadata").write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
+
+
+def _write_parquet_array(directory: Path, manifest: ChunkManifest, record_size: int, categorical_threshold: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = manifest.nchunks
+    if n == 0:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    state = manifest.states.reshape(-1)
+    codes = manifest.path_index.reshape(-1)
+    positions = _stored_offsets(manifest).reshape(-1)
+    sizes = manifest.lengths.reshape(-1)
+    urls = pa.array(manifest.urls, type=pa.string())
+    buffer = manifest.inline_buffer
+    for record, start in enumerate(range(0, n, record_size)):
+        stop = min(start + record_size, n)
+        s = state[start:stop]
+        virtual = s == VIRTUAL
+        inlined = s == INLINED
+        table = pa.Table.from_arrays(
+            [
+                _path_column(codes[start:stop], virtual, urls, categorical_threshold),
+                pa.array(np.where(virtual, positions[start:stop], 0).astype(np.int64), type=pa.int64()),
+                pa.array(np.where(virtual, sizes[start:stop], 0).astype(np.int64), type=pa.int64()),
+                _raw_column(inlined, positions[start:stop], sizes[start:stop], buffer),
+            ],
+            names=["path", "offset", "size", "raw"],
+        )
+        pq.write_table(table, directory / f"refs.{record}.parq", compression="zstd", write_statistics=False)
+
+
+def _path_column(codes: np.ndarray, virtual: np.ndarray, urls, categorical_threshold: int):
+    import pyarrow as pa
+
+    m = codes.size
+    count = int(np.count_nonzero(virtual))
+    if not count:
+        return pa.nulls(m, type=pa.string())
+    used_codes = codes[virtual]
+    counts = np.bincount(used_codes, minlength=len(urls))
+    used = np.flatnonzero(counts)
+    remap = np.zeros(len(urls), dtype=np.int32)
+    remap[used] = np.arange(used.size, dtype=np.int32)
+    indices = pa.array(np.where(virtual, remap[np.maximum(codes, 0)], 0).astype(np.int32), mask=~virtual)
+    dictionary = urls.take(pa.array(used, type=pa.int64()))
+    if count / used.size > categorical_threshold:
+        return pa.DictionaryArray.from_arrays(indices, dictionary)
+    return dictionary.take(indices)
+
+
+def _raw_column(inlined: np.ndarray, positions: np.ndarray, sizes: np.ndarray, buffer: bytes):
+    import pyarrow as pa
+
+    m = inlined.size
+    rows = np.flatnonzero(inlined)
+    if not rows.size:
+        return pa.nulls(m, type=pa.binary())
+    starts = positions[rows].astype(np.int64)
+    lengths = sizes[rows].astype(np.int64)
+    total = int(lengths.sum())
+    large = total >= 2**31
+    ends = np.zeros(m + 1, dtype=np.int64)
+    ends[1:] = np.cumsum(np.where(inlined, sizes, 0).astype(np.int64))
+    view = memoryview(buffer)
+    if rows.size == 1 or np.array_equal(starts[1:], starts[:-1] + lengths[:-1]):
+        data = view[int(starts[0]) : int(starts[0]) + total]  # already in row order: no copy
+    else:
+        data = b"".join(view[a : a + b] for a, b in zip(starts.tolist(), lengths.tolist()))
+    validity = np.packbits(inlined, bitorder="little")
+    return pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(),
+        m,
+        [pa.py_buffer(validity), pa.py_buffer(ends if large else ends.astype(np.int32)), pa.py_buffer(data)],
+        null_count=m - rows.size,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Atomic local output
+# --------------------------------------------------------------------------- #
+def _local_path(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = text.decode()
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise ValueError(f"to_kerchunk writes local paths only, not {text!r}")
+    return Path(text).expanduser().absolute()
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex}"
+
+
+def _atomic_file(target: Path, write) -> None:
+    """Write through ``write(file)`` into a temporary sibling, then ``os.replace`` it onto ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _sibling(target, "tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_directory(target: Path, write) -> None:
+    """Write through ``write(directory)`` into a temporary sibling directory, then swap it in.
+
+    An existing ``target`` is renamed to a backup, the new directory renamed
+    into place and the backup removed; if the swap fails the backup is put back.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _sibling(target, "tmp")
+    temporary.mkdir()
+    try:
+        write(temporary)
+        if not os.path.lexists(target):
+            os.rename(temporary, target)
+            return
+        backup = _sibling(target, "bak")
+        os.rename(target, backup)
+        try:
+            os.rename(temporary, target)
+        except BaseException:
+            os.rename(backup, target)
+            raise
+        _remove(backup)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["to_kerchunk"]
