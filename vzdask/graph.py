@@ -136,7 +136,7 @@ def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBl
     inlined = np.nonzero(flat_states == INLINED)[0]
     if inlined.size:
         buffer = memoryview(part.inline_buffer)
-        starts = np.asarray(part._offsets).ravel()
+        starts = np.asarray(part.offsets).ravel()
         for position in inlined.tolist():
             start = int(starts[position])
             pieces[position] = buffer[start : start + int(lengths.flat[position])]
@@ -220,37 +220,83 @@ def decode_into(
     ``element_origin`` the array position that ``out[0, 0, ...]`` holds.
     """
     codec = codec_for_key(codec_key)
-    chunks = codec.chunk_shape
+    jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, element_origin, out.shape)
+    for region in fills:
+        out[region] = codec.fill_value
+    _run_jobs(codec, out, jobs, threads)
 
-    def target(index):
-        start = [(g + i) * c - e for g, i, c, e in zip(grid_origin, index, chunks, element_origin)]
-        region = tuple(slice(max(s, 0), min(s + c, n)) for s, c, n in zip(start, chunks, out.shape))
-        inner = tuple(slice(r.start - s, r.stop - s) for r, s in zip(region, start))
-        return region, inner
 
-    missing = block.states == MISSING
-    if missing.any():
-        for index in zip(*np.nonzero(missing)) if missing.ndim else [()]:
-            region, _ = target(index)
-            out[region] = codec.fill_value
+def _chunk_jobs(
+    block: EncodedBlock,
+    chunks: Sequence[int],
+    grid_origin: Sequence[int],
+    element_origin: Sequence[int],
+    out_shape: Sequence[int],
+) -> tuple[list, list]:
+    """What decoding one block into ``out`` takes, worked out with numpy rather than per chunk.
 
-    def one(item):
-        index, data = item
-        region, inner = target(index)
-        try:
-            out[region] = codec.decode(data)[inner]
-        except Exception as err:
-            chunk = tuple(g + i for g, i in zip(grid_origin, index))
-            raise ValueError(f"cannot decode chunk {chunk_key(chunk)} ({len(data)} bytes): {err}") from err
-
-    items = block.chunks()
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(one, items):
-                pass
+    Returns ``(jobs, fills)``: a job ``(chunk index in the grid, encoded bytes,
+    region of out, part of the chunk or None for all of it)`` per non-missing
+    chunk in C order, and the region of ``out`` of each missing chunk.
+    """
+    states = block.states
+    ndim = states.ndim
+    if ndim == 0:
+        grid = np.zeros((1, 0), np.int64)
+        present = np.asarray([states[()] != MISSING])
+        sizes = np.asarray([int(block.lengths[()])], np.int64)
     else:
-        for item in items:
-            one(item)
+        grid = np.indices(states.shape, dtype=np.int64).reshape(ndim, -1).T + np.asarray(grid_origin, np.int64)
+        present = (states != MISSING).ravel()
+        sizes = np.asarray(block.lengths, np.int64).ravel()
+    sizes = np.where(present, sizes, 0)
+    ends = np.cumsum(sizes)
+    chunks_ = np.asarray(chunks, np.int64)
+    start = grid * chunks_ - np.asarray(element_origin, np.int64)
+    stop = start + chunks_
+    limit = np.asarray(out_shape, np.int64)
+    lo = np.clip(start, 0, limit)
+    hi = np.clip(stop, 0, limit)
+    whole = ((lo == start) & (hi == stop)).all(axis=1)
+    lo_l, hi_l, start_l, grid_l = lo.tolist(), hi.tolist(), start.tolist(), grid.tolist()
+    view = memoryview(block.data)
+    jobs, fills = [], []
+    for k, (is_present, end, size, is_whole) in enumerate(
+        zip(present.tolist(), ends.tolist(), sizes.tolist(), whole.tolist())
+    ):
+        region = tuple(map(slice, lo_l[k], hi_l[k])) if ndim else (Ellipsis,)  # out[...]: a 0-d view, not a scalar
+        if not is_present:
+            fills.append(region)
+            continue
+        inner = None if is_whole else tuple(slice(a - s, b - s) for a, b, s in zip(lo_l[k], hi_l[k], start_l[k]))
+        jobs.append((grid_l[k], view[end - size : end], region, inner))
+    return jobs, fills
+
+
+def _decode_jobs(codec, out: np.ndarray, jobs: Sequence) -> None:
+    for index, data, region, inner in jobs:
+        try:
+            codec.decode_into(data, out[region], inner)
+        except Exception as err:
+            raise ValueError(f"cannot decode chunk {chunk_key(index)} ({len(data)} bytes): {err}") from err
+
+
+def _run_jobs(codec, out: np.ndarray, jobs: list, threads: int) -> None:
+    """Decode ``jobs`` into ``out`` on ``threads`` threads (the codecs release the GIL)."""
+    threads = max(1, min(threads, len(jobs)))
+    if threads == 1:
+        _decode_jobs(codec, out, jobs)
+        return
+    # contiguous runs of chunks (neighbouring regions of out), a few per thread for balance
+    step = max(1, -(-len(jobs) // (threads * 8)))
+    batches = [jobs[i : i + step] for i in range(0, len(jobs), step)]
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="vzdask-decode")
+    try:
+        futures = [pool.submit(_decode_jobs, codec, out, batch) for batch in batches]
+        for future in futures:  # in order: the first bad chunk in C order is the one reported
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def load_region(
@@ -285,23 +331,15 @@ def assemble(
     out = np.empty(tuple(shape), dtype=codec.dtype)
     if out.size == 0:
         return out
-    indices = list(layout.indices())
-    threads = max(1, min(len(indices) * 4, _worker_threads()))
-
-    def one(args):
-        index, block = args
-        origin = tuple(i * b for i, b in zip(index, layout.block))
-        decode_into(out, block, codec_key, origin, (0,) * out.ndim, threads=1)
-
-    if threads > 1 and len(indices) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(one, zip(indices, blocks)))
-    elif len(indices) == 1:
-        origin = (0,) * out.ndim
-        decode_into(out, blocks[0], codec_key, origin, origin, threads=threads)
-    else:
-        for args in zip(indices, blocks):
-            one(args)
+    origin = (0,) * out.ndim
+    jobs: list = []
+    for index, block in zip(layout.indices(), blocks):
+        grid_origin = tuple(i * b for i, b in zip(index, layout.block))
+        block_jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, origin, out.shape)
+        for region in fills:
+            out[region] = codec.fill_value
+        jobs.extend(block_jobs)
+    _run_jobs(codec, out, jobs, _worker_threads())
     return out
 
 
@@ -359,6 +397,41 @@ class FetchTasks(Mapping):
         return math.prod(self.layout.nblocks)
 
 
+class LoadTasks(Mapping):
+    """The fetch+decode tasks of ``to_dask_array``, one per output block, made on demand.
+
+    Like ``FetchTasks``: building a dask array over millions of chunks costs
+    nothing until its graph is materialised, and culling (``x[:10]``) only
+    ever makes the tasks it keeps.
+    """
+
+    def __init__(self, name: str, manifest: ChunkManifest, registry: ObjectStoreRegistry, codec_key: str,
+                 native: Sequence[int], chunks: tuple[tuple[int, ...], ...]):
+        self.name, self.manifest, self.registry, self.codec_key = name, manifest, registry, codec_key
+        self.native = tuple(native)
+        self.chunks = chunks
+        self.starts = tuple(_starts(c) for c in chunks)
+
+    def __getitem__(self, key):
+        if not (isinstance(key, tuple) and key and key[0] == self.name and len(key) == len(self.chunks) + 1):
+            raise KeyError(key)
+        index = key[1:]
+        if any(not (isinstance(i, int) and 0 <= i < len(c)) for i, c in zip(index, self.chunks)):
+            raise KeyError(key)
+        region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, self.starts, self.chunks))
+        grid = tuple(
+            slice(r.start // c, -(-r.stop // c)) if r.stop > r.start else slice(0, 0) for r, c in zip(region, self.native)
+        )
+        origin = tuple(g.start for g in grid)
+        return Task(key, load_region, self.manifest[grid], self.registry, self.codec_key, origin, region)
+
+    def __iter__(self):
+        return ((self.name, *index) for index in itertools.product(*(range(len(c)) for c in self.chunks)))
+
+    def __len__(self) -> int:
+        return math.prod(len(c) for c in self.chunks)
+
+
 def dask_array_from_manifest_array(array, chunks=None):
     """``ManifestArray.to_dask_array``: fetch+decode tasks (or decode tasks over persisted blocks)."""
     import dask.array as da
@@ -375,8 +448,9 @@ def dask_array_from_manifest_array(array, chunks=None):
         source_name, tasks = array._source
         name = "decode-" + source_name
         dsk = {}
+        starts = tuple(_starts(c) for c in block_chunks)
         for index in layout.indices():
-            region = _block_region(index, block_chunks)
+            region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, starts, block_chunks))
             origin = tuple(i * b for i, b in zip(index, layout.block))
             dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region)
         graph = HighLevelGraph({name: dsk, source_name: dict(tasks)}, {name: {source_name}, source_name: set()})
@@ -390,21 +464,10 @@ def dask_array_from_manifest_array(array, chunks=None):
     from dask.base import tokenize
 
     name = "load-" + tokenize(array.name, out_chunks)
-    dsk = {}
-    manifest = array.manifest
-    for index in itertools.product(*(range(len(c)) for c in out_chunks)):
-        region = _block_region(index, out_chunks)
-        grid = tuple(slice(r.start // c, -(-r.stop // c)) if r.stop > r.start else slice(0, 0) for r, c in zip(region, native))
-        origin = tuple(g.start for g in grid)
-        dsk[(name, *index)] = Task(
-            (name, *index), load_region, manifest[grid], array.registry, key, origin, region
-        )
-    return da.Array(HighLevelGraph({name: dsk}, {name: set()}), name, out_chunks, meta=meta)
+    tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks)
+    return da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta)
 
 
-def _block_region(index, chunks) -> tuple[slice, ...]:
-    region = []
-    for i, c in zip(index, chunks):
-        start = sum(c[:i])
-        region.append(slice(start, start + c[i]))
-    return tuple(region)
+def _starts(chunks: Sequence[int]) -> list[int]:
+    """Where each block of one axis starts."""
+    return [0, *itertools.accumulate(chunks)][: len(chunks)]

@@ -55,6 +55,7 @@ def _open_one(path: str, options: dict[str, Any]) -> tuple[xr.Dataset, dict]:
     """Parse one file (runs on a worker): the virtual dataset and its CF signature."""
     from vzdask.xarray import open_virtual_dataset
 
+    options = dict(options)  # workers may hand several tasks the same deserialized dict: never mutate it
     preprocess = options.pop("preprocess", None)
     try:
         ds = open_virtual_dataset(path, **options)
@@ -200,26 +201,40 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
     parsed = client.map(_open_one, files, options=dict(options), pure=False)
     signatures = client.map(_signature_of, parsed)
     datasets = client.map(_dataset_of, parsed)
-    if progress:
-        from distributed import progress as show_progress
+    failed: list = []
+    try:
+        # wait/progress find their client through the default; ``client`` need not be it
+        with client.as_current():
+            if progress:
+                from distributed import progress as show_progress
 
-        show_progress(parsed)
-    wait(parsed)
-    failed = [f for f in parsed if f.status == "error"]
-    if failed:
-        raise failed[0].exception()
-    check_cf_compatible(list(zip(files, client.gather(signatures))))
+                show_progress(parsed)
+            wait(parsed)
+        failed = [(path, f) for path, f in zip(files, parsed) if f.status != "finished"]
+        if failed:
+            path, future = failed[0]
+            error = future.exception() if future.status == "error" else None
+            if isinstance(error, FileOpenError):
+                raise error
+            # a lost worker (KilledWorker), a cancelled task...: still name the file
+            raise FileOpenError(f"failed to open {path}: {type(error).__name__}: {error} "
+                                f"(task {future.key!r} {future.status})") from error
+        check_cf_compatible(list(zip(files, client.gather(signatures))))
 
-    by_file = iter(datasets)
-    if combine == "nested" and any(isinstance(p, list) for p in nested):
-        # a grid: combine each innermost list on a worker, then the rows
-        dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
-        future = _tree_nested(client, _arrange(nested, by_file), dims, kwargs)
-    else:
-        future = _tree(client, list(by_file), combine, concat_dim, kwargs)
-    result = future.result()
-    del parsed, signatures, datasets
-    return result
+        by_file = iter(datasets)
+        if combine == "nested" and any(isinstance(p, list) for p in nested):
+            # a grid: combine each innermost list on a worker, then the rows
+            dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
+            root = _tree_nested(client, _arrange(nested, by_file), dims, kwargs)
+        else:
+            root = _tree(client, list(by_file), combine, concat_dim, kwargs)
+        return root.result()
+    finally:
+        # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
+        # last error) holds this frame, and with it every per-file dataset on the workers.
+        for held in (parsed, signatures, datasets, failed):
+            held.clear()
+        by_file = root = future = None  # noqa: F841
 
 
 def _tree(client, futures, combine, concat_dim, kwargs):
@@ -247,7 +262,10 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     Parses once, then every task reads byte ranges and decodes them: no h5py
     or file handles at read time, so it runs on workers that only have
     obstore. Default dask chunks are whole native chunks grouped to about
-    ``vzdask.task-bytes``; small coordinate variables are loaded.
+    ``vzdask.task-bytes``; small coordinate variables are loaded. Variables
+    are CF-decoded (lazily) as ``xr.open_mfdataset`` would.
     Keyword arguments are those of ``open_virtual_mfdataset``.
     """
-    return open_virtual_mfdataset(paths, **kwargs).vz.to_dask(chunks=chunks)
+    decode_times = kwargs.get("decode_times")
+    analysis = open_virtual_mfdataset(paths, **kwargs).vz.to_dask(chunks=chunks)
+    return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))

@@ -276,8 +276,8 @@ class ChunkManifest:
 
     @property
     def offsets(self) -> np.ndarray:
-        """Byte offset of each virtual chunk in its file (0 elsewhere)."""
-        return _readonly(np.where(self._state == VIRTUAL, self._offsets, np.uint64(0)))
+        """Where each chunk starts: in its file (virtual), in ``inline_buffer`` (inlined); 0 if missing."""
+        return _readonly(self._offsets)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -286,7 +286,7 @@ class ChunkManifest:
 
     @property
     def inline_buffer(self) -> bytes:
-        """All inlined bytes; inlined chunk ``i`` is ``[offsets[i], offsets[i]+lengths[i])`` of it."""
+        """All inlined bytes; inlined chunk ``i`` is ``inline_buffer[offsets[i] : offsets[i] + lengths[i]]``."""
         return self._inline
 
     def paths(self) -> np.ndarray:

@@ -337,7 +337,7 @@ def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
     urls = manifest.urls
     kinds = state[present].tolist()
     codes = manifest.path_index.reshape(-1)[present].tolist()
-    positions = _stored_offsets(manifest).reshape(-1)[present].tolist()
+    positions = np.asarray(manifest.offsets).reshape(-1)[present].tolist()
     sizes = manifest.lengths.reshape(-1)[present].tolist()
     buffer = memoryview(manifest.inline_buffer)
     prefix = node.path + "/"
@@ -346,15 +346,6 @@ def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
             yield prefix + name, [urls[code], position, size]
         else:
             yield prefix + name, "base64:" + base64.b64encode(buffer[position : position + size]).decode("ascii")
-
-
-def _stored_offsets(manifest: ChunkManifest) -> np.ndarray:
-    """Offsets of virtual chunks in their files and of inlined chunks in ``inline_buffer``.
-
-    ``ChunkManifest.offsets`` zeroes the inlined ones, so this reads the
-    manifest's own array (read-only use).
-    """
-    return manifest._offsets
 
 
 # --------------------------------------------------------------------------- #
@@ -401,7 +392,7 @@ def _write_parquet_array(directory: Path, manifest: ChunkManifest, record_size: 
     directory.mkdir(parents=True, exist_ok=True)
     state = manifest.states.reshape(-1)
     codes = manifest.path_index.reshape(-1)
-    positions = _stored_offsets(manifest).reshape(-1)
+    positions = np.asarray(manifest.offsets).reshape(-1)
     sizes = manifest.lengths.reshape(-1)
     urls = pa.array(manifest.urls, type=pa.string())
     buffer = manifest.inline_buffer
