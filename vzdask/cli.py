@@ -1,0 +1,345 @@
+"""The ``vzdask`` command: virtualize files, describe and validate reference sets.
+
+Exit codes: 0 ok, 1 the work failed, 2 bad usage. Errors are one line;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vzdask", description="Virtual Zarr datasets over archival files.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    v = commands.add_parser("virtualize", help="turn files into kerchunk JSON/Parquet or an Icechunk repository")
+    v.add_argument("paths", nargs="+", help="files, globs or urls (local, s3://, http(s)://)")
+    v.add_argument("-o", "--output", required=True, help="output file (json), directory (parquet, icechunk)")
+    v.add_argument("--format", choices=["json", "parquet", "icechunk"], default=None,
+                   help="default: from the output name (.json, .parq/.parquet, else icechunk)")
+    how = v.add_mutually_exclusive_group()
+    how.add_argument("--concat-dim", help="concatenate the files in the given order along this dimension")
+    how.add_argument("--combine", choices=["by_coords"], help="combine by coordinate values (the default)")
+    v.add_argument("--inline-threshold", type=int, default=None, metavar="BYTES",
+                   help="inline chunks of at most this many stored bytes")
+    v.add_argument("--inline-var", action="append", default=[], metavar="NAME", help="inline every chunk of NAME")
+    v.add_argument("--load-var", action="append", default=None, metavar="NAME",
+                   help="load NAME for indexing (default: dimension coordinates)")
+    v.add_argument("--scheduler", default="threads", help="threads, processes or a dask scheduler ADDRESS")
+    v.add_argument("--workers", type=int, default=None, help="local worker count (threads or processes)")
+    v.add_argument("--progress", dest="progress", action="store_true", default=None)
+    v.add_argument("--no-progress", dest="progress", action="store_false")
+
+    i = commands.add_parser("info", help="summarise a kerchunk JSON/Parquet reference set or an Icechunk repository")
+    i.add_argument("refs")
+
+    c = commands.add_parser("validate", help="check every virtual reference against the object it points to")
+    c.add_argument("refs")
+    c.add_argument("--decode-sample", type=int, default=0, metavar="N", help="also decode N random chunks")
+    c.add_argument("--max-report", type=int, default=20, metavar="N", help="bad references listed (default 20)")
+
+    commands.add_parser("demo", help="what `make demo` runs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return {"virtualize": virtualize, "info": info, "validate": validate, "demo": demo}[args.command](args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:
+        if debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# -- virtualize --------------------------------------------------------------------------
+
+
+def _output_format(args) -> str:
+    if args.format:
+        return args.format
+    name = args.output.rstrip("/").lower()
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".parq", ".parquet")):
+        return "parquet"
+    return "icechunk"
+
+
+def virtualize(args) -> int:
+    from vzdask.mfdataset import expand_paths, open_virtual_mfdataset
+    from vzdask.policy import InlinePolicy
+
+    started = time.perf_counter()
+    fmt = _output_format(args)
+    files = expand_paths(args.paths if len(args.paths) > 1 else args.paths[0])
+    files = [os.path.abspath(f) if "://" not in f else f for f in files]
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    inline = None
+    if args.inline_threshold is not None or args.inline_var:
+        inline = InlinePolicy(max_chunk_bytes=args.inline_threshold, variables=args.inline_var)
+    parallel, client = _parallel(args)
+    try:
+        ds = open_virtual_mfdataset(
+            files,
+            combine="nested" if args.concat_dim else "by_coords",
+            concat_dim=args.concat_dim,
+            loadable_variables=args.load_var,
+            inline=inline,
+            parallel=parallel,
+            progress=progress,
+        )
+        _write(ds, args.output, fmt, files)
+    finally:
+        if client is not None:
+            client.close()
+    print(_summary(ds, files, fmt, args.output, time.perf_counter() - started))
+    return EXIT_OK
+
+
+def _parallel(args):
+    if args.scheduler in ("threads", "processes"):
+        if args.workers:
+            import dask
+
+            dask.config.set(num_workers=args.workers)
+        return args.scheduler, None
+    from distributed import Client
+
+    client = Client(args.scheduler)
+    return client, client
+
+
+def _write(ds, output: str, fmt: str, files: list[str]) -> None:
+    if fmt in ("json", "parquet"):
+        ds.vz.to_kerchunk(output, format=fmt)
+        return
+    import icechunk
+
+    prefixes = sorted({_directory_url(f) for f in files})
+    config = icechunk.RepositoryConfig.default()
+    credentials = {}
+    for prefix in prefixes:
+        scheme = urlsplit(prefix).scheme
+        if scheme != "file":
+            raise UsageError(f"--format icechunk from the command line supports local inputs only, got {prefix}")
+        store = icechunk.local_filesystem_store(urlsplit(prefix).path)
+        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+        credentials[prefix] = icechunk.credentials.LocalFileSystemAccess
+    if os.path.exists(output) and os.listdir(output):
+        raise UsageError(f"{output} exists and is not empty; choose a new directory for the Icechunk repository")
+    repo = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(output), config,
+        authorize_virtual_chunk_access=icechunk.containers_credentials(credentials),
+    )
+    session = repo.writable_session("main")
+    ds.vz.to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
+
+
+def _directory_url(path: str) -> str:
+    url = path if "://" in path else "file://" + os.path.abspath(path)
+    return url.rsplit("/", 1)[0] + "/"
+
+
+def _summary(ds, files, fmt, output, seconds) -> str:
+    counts = {"virtual": 0, "inlined": 0, "missing": 0}
+    referenced = 0
+    for name in ds.vz.virtual_variables:
+        manifest = ds.variables[name].data.manifest
+        for k, n in manifest.count().items():
+            counts[k] += n
+        referenced += int(manifest.lengths[manifest.states == 1].sum())
+    lines = [
+        f"files       {len(files)}",
+        f"variables   {len(ds.variables)} ({len(ds.vz.virtual_variables)} virtual)",
+        f"chunks      {counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing",
+        f"referenced  {_human(referenced)}",
+        f"output      {output} ({fmt})",
+        f"time        {seconds:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# -- reading reference sets -----------------------------------------------------------------
+
+
+def _is_icechunk(path: str) -> bool:
+    local = path[len("file://"):] if path.startswith("file://") else path
+    return "://" not in local and os.path.isdir(local) and any(
+        os.path.exists(os.path.join(local, name)) for name in ("repo", "config.yaml", "refs", "snapshots")
+    ) and not os.path.exists(os.path.join(local, ".zmetadata"))
+
+
+def load_references(refs: str):
+    """A kerchunk JSON/Parquet reference set as a ManifestGroup (parsed by vzdask's own parsers)."""
+    from vzdask import ObjectStoreRegistry
+    from vzdask.parsers import detect_parser
+    from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
+    from vzdask.xarray import _as_url
+
+    url = _as_url(refs)
+    registry = ObjectStoreRegistry()
+    parser = detect_parser(url, registry)
+    if not isinstance(parser, (KerchunkJSONParser, KerchunkParquetParser)):
+        raise UsageError(f"{refs} is not a kerchunk reference set (detected {type(parser).__name__})")
+    return parser(url, registry).group, registry
+
+
+def info(args) -> int:
+    if _is_icechunk(args.refs):
+        print(_icechunk_info(args.refs))
+        return EXIT_OK
+    group, _ = load_references(args.refs)
+    urls = set()
+    lines = [f"reference set {args.refs}"]
+    for path, array in group.walk_arrays():
+        counts = array.manifest.count()
+        urls.update(array.manifest.urls)
+        codecs = ", ".join(c.to_dict()["name"] for c in array.metadata.codecs)
+        dims = ",".join(array.dimension_names or ()) or "-"
+        lines.append(
+            f"  {path}: {array.dtype} {array.shape} dims=({dims}) chunks={array.chunk_shape} codecs=[{codecs}] "
+            f"virtual={counts['virtual']} inlined={counts['inlined']} missing={counts['missing']}"
+        )
+    lines.append(f"files referenced: {len(urls)}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _icechunk_info(path: str) -> str:
+    import icechunk
+    import zarr
+
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path))
+    session = repo.readonly_session("main")
+    root = zarr.open_group(session.store, mode="r")
+    lines = [f"icechunk repository {path} (branch main, snapshot {session.snapshot_id})"]
+    for name, array in sorted(root.arrays(), key=lambda kv: kv[0]):
+        codecs = ", ".join(c.to_dict()["name"] for c in array.metadata.codecs)
+        lines.append(
+            f"  {name}: {array.dtype} {array.shape} chunks={array.chunks} codecs=[{codecs}] "
+            f"initialized={array.nchunks_initialized}/{array.nchunks}"
+        )
+    locations = session.all_virtual_chunk_locations()
+    lines.append(f"files referenced: {len({loc for loc in locations})}")
+    return "\n".join(lines)
+
+
+def validate(args) -> int:
+    import obstore
+
+    group, registry = load_references(args.refs)
+    problems: list[str] = []
+    checked = 0
+    sizes: dict[str, int | Exception] = {}
+    for path, array in group.walk_arrays():
+        manifest = array.manifest
+        virtual = manifest.states == 1
+        if not virtual.any():
+            continue
+        index = np.asarray(manifest.path_index)[virtual]
+        ends = (np.asarray(manifest.offsets) + np.asarray(manifest.lengths))[virtual]
+        where = np.argwhere(virtual)
+        for code in np.unique(index):
+            url = manifest.urls[code]
+            if url not in sizes:
+                try:
+                    store, key = registry.resolve(url)
+                    sizes[url] = int(obstore.head(store, key)["size"])
+                except Exception as err:  # missing object, no permission...
+                    sizes[url] = err
+            mine = index == code
+            checked += int(mine.sum())
+            size = sizes[url]
+            if isinstance(size, Exception):
+                first = ".".join(map(str, where[np.argmax(mine)]))
+                problems.append(f"{path} chunk {first} (+{int(mine.sum()) - 1} more): {url} cannot be read: "
+                                f"{str(size).splitlines()[0]}")
+                continue
+            for row in np.nonzero(mine & (ends > size))[0]:
+                key = ".".join(map(str, where[row]))
+                problems.append(f"{path} chunk {key}: bytes up to {int(ends[row])} but {url} has {size} bytes")
+    decoded = _decode_sample(group, registry, args.decode_sample, problems) if args.decode_sample else 0
+    if problems:
+        for line in problems[: args.max_report]:
+            print(line)
+        more = len(problems) - args.max_report
+        print(f"{len(problems)} bad reference(s)" + (f" ({more} not listed)" if more > 0 else "")
+              + f" among {checked} checked")
+        return EXIT_FAILED
+    print(f"ok: {checked} virtual references in {len(sizes)} files checked"
+          + (f", {decoded} chunks decoded" if decoded else ""))
+    return EXIT_OK
+
+
+def _decode_sample(group, registry, n: int, problems: list[str]) -> int:
+    from vzdask.codecs import codec_for
+    from vzdask.graph import fetch_block
+
+    rng = np.random.default_rng(0)
+    candidates = [(path, array, tuple(ix)) for path, array in group.walk_arrays()
+                  for ix in np.argwhere(array.manifest.states != 0)]
+    picks = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False) if candidates else []
+    done = 0
+    for pick in picks:
+        path, array, index = candidates[int(pick)]
+        key = ".".join(map(str, index))
+        try:
+            part = array.manifest[tuple(slice(i, i + 1) for i in index)]
+            block = fetch_block(part, registry)
+            for _, data in block.chunks():
+                codec_for(array.metadata).decode(data)
+            done += 1
+        except Exception as err:
+            problems.append(f"{path} chunk {key}: cannot be read and decoded: {str(err).splitlines()[0]}")
+    return done
+
+
+def demo(args) -> int:
+    from vzdask.demo import main as run_demo
+
+    return run_demo([])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
