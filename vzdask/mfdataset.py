@@ -186,12 +186,33 @@ def _parse_locally(files, options, parallel, progress):
         parallel = "processes"
     scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
     tasks = [delayed(_open_one, pure=False)(path, dict(options)) for path in files]
+    extra = {}
+    if scheduler == "processes" and dask.config.get("pool", None) is None:
+        extra["pool"] = _process_pool()
     if progress:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
-            return list(dask.compute(*tasks, scheduler=scheduler))
-    return list(dask.compute(*tasks, scheduler=scheduler))
+            return list(dask.compute(*tasks, scheduler=scheduler, **extra))
+    return list(dask.compute(*tasks, scheduler=scheduler, **extra))
+
+
+_POOL = None
+
+
+def _process_pool():
+    """One process pool per session, started once with vzdask imported (a fresh pool costs seconds)."""
+    global _POOL
+    if _POOL is None:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["vzdask.mfdataset", "vzdask.parsers.hdf5", "vzdask.xarray"])
+        _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=context)
+        atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+    return _POOL
 
 
 def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress):
