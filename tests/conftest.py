@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import hdf5plugin  # noqa: F401  (register HDF5 filters in h5py before netCDF4 points HDF5 at its own plugins)
 import numpy as np
 import pytest
 

@@ -30,7 +30,6 @@ import math
 import operator
 import posixpath
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,12 @@ import obstore
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, _factorize_paths
-from vzdask.manifests.metadata import create_array_metadata
+from vzdask.manifests.metadata import chunk_grid_shape, replace_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
+from vzdask.zarr_v2 import v2_to_v3
 
 #: Zarr v2 metadata documents in a reference set.
 METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup"})
@@ -854,42 +854,42 @@ def _assemble(
         array_paths = {p for p in array_paths if p.startswith(within)}
         group_paths = {p for p in group_paths if p == prefix or p.startswith(within)}
 
-    # zarr v2 metadata -> v3 pieces (chunk manifests come later)
-    specs = {}
-    for path in sorted(array_paths):
-        where = f"{source}: variable {path!r}"
-        zarray = documents[_join(path, ".zarray")]
-        zattrs = documents.get(_join(path, ".zattrs"), {})
-        specs[path] = _convert_array(zarray, zattrs, where)
-    infos = {p: _ArrayInfo(p, s.grid, f"{source}: variable {p!r}") for p, s in specs.items()}
+    # zarr v2 metadata -> v3 (chunk manifests come later)
+    metadatas = {
+        path: v2_to_v3(
+            documents[_join(path, ".zarray")], documents.get(_join(path, ".zattrs"), {}),
+            where=f"{source}: variable {path!r}",
+        )
+        for path in sorted(array_paths)
+    }
+    infos = {p: _ArrayInfo(p, chunk_grid_shape(m), f"{source}: variable {p!r}") for p, m in metadatas.items()}
     chunks = load(infos)
     _resolve_references(chunks, infos, registry, source, base, render_url)
 
     arrays_in: dict[str, dict[str, ManifestArray]] = {g: {} for g in group_paths}
     phony: dict[str, dict[int, str]] = {g: {} for g in group_paths}
-    for path, spec in specs.items():
+    for path, metadata in metadatas.items():
         parent, _, name = path.rpartition("/")
-        dims = spec.dimension_names
+        dims = metadata.dimension_names
         if dims is None:
             names = phony[parent]
-            dims = [names.setdefault(size, f"phony_dim_{len(names)}") for size in spec.shape]
+            dims = tuple(names.setdefault(size, f"phony_dim_{len(names)}") for size in metadata.shape)
         elif parent:
-            dims = [d[len(parent) + 1:] if isinstance(d, str) and d.startswith(parent + "/") else d for d in dims]
+            dims = tuple(d.removeprefix(parent + "/") for d in dims)
+        grid = infos[path].grid
         c = chunks[path]
         try:
             manifest = ChunkManifest.from_arrays(
-                paths=c.paths.reshape(spec.grid),
-                offsets=c.offsets.reshape(spec.grid),
-                lengths=c.lengths.reshape(spec.grid),
-                inlined=c.inlined.reshape(spec.grid) if c.inlined is not None else None,
+                paths=c.paths.reshape(grid),
+                offsets=c.offsets.reshape(grid),
+                lengths=c.lengths.reshape(grid),
+                inlined=c.inlined.reshape(grid) if c.inlined is not None else None,
             )
-            metadata_v3 = create_array_metadata(
-                shape=spec.shape, chunk_shape=spec.chunks, dtype=spec.dtype, codecs=spec.codecs,
-                fill_value=spec.fill_value, dimension_names=dims, attributes=spec.attributes,
-            )
+            if dims != metadata.dimension_names:
+                metadata = replace_metadata(metadata, dimension_names=dims)
         except (ValueError, TypeError) as err:
             raise ParseError(f"{source}: variable {path!r}: {err}") from err
-        arrays_in[parent][name] = ManifestArray(metadata_v3, manifest, registry=registry)
+        arrays_in[parent][name] = ManifestArray(metadata, manifest, registry=registry)
 
     built: dict[str, ManifestGroup] = {}
     for path in sorted(group_paths, key=lambda p: -(p.count("/") + bool(p))):
@@ -980,170 +980,3 @@ def _resolve_references(
         if empty.size:
             url = targets[int(codes[empty[0]])]
             raise ParseError(f"{infos[path].where}: whole-file reference to {url}, which is empty")
-
-
-# --------------------------------------------------------------------------- #
-# zarr v2 array metadata -> zarr v3 pieces
-# --------------------------------------------------------------------------- #
-@dataclass
-class _ArraySpec:
-    shape: tuple[int, ...]
-    chunks: tuple[int, ...]
-    grid: tuple[int, ...]
-    dtype: Any  # native numpy dtype (StringDType for vlen-utf8)
-    codecs: list[Any]
-    fill_value: Any
-    dimension_names: list[str] | None
-    attributes: dict[str, Any]
-
-
-def _numcodecs_classes() -> dict[str, type]:
-    import zarr.codecs.numcodecs as wrappers
-
-    classes = {}
-    for name in wrappers.__all__:
-        cls = getattr(wrappers, name)
-        codec_name = getattr(cls, "codec_name", None)
-        if not name.startswith("_") and isinstance(codec_name, str) and codec_name.startswith("numcodecs."):
-            classes[codec_name.removeprefix("numcodecs.")] = cls
-    return classes
-
-
-def _convert_array(zarray: dict, zattrs: dict, where: str) -> _ArraySpec:
-    if zarray.get("zarr_format", 2) != 2:
-        raise ParseError(f"{where}: .zarray has zarr_format {zarray.get('zarr_format')!r}, expected 2")
-    try:
-        shape = tuple(int(s) for s in zarray["shape"])
-        chunks = tuple(int(c) for c in zarray["chunks"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ParseError(f"{where}: .zarray has no valid 'shape' and 'chunks' ({err!r})") from None
-    if len(shape) != len(chunks) or any(c < 1 for c in chunks) or any(s < 0 for s in shape):
-        raise ParseError(f"{where}: .zarray shape {list(shape)} and chunks {list(chunks)} do not match")
-    grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks))
-    dtype = _v2_dtype(zarray.get("dtype"), where)
-    order = zarray.get("order", "C")
-    if order not in ("C", "F"):
-        raise ParseError(f"{where}: .zarray order {order!r} is neither 'C' nor 'F'")
-    separator = zarray.get("dimension_separator", ".")
-    if separator not in (".", "/", None):
-        raise ParseError(f"{where}: .zarray dimension_separator {separator!r} is neither '.' nor '/'")
-    codecs, native = _v2_codecs(zarray, dtype, order, len(shape), where)
-    fill = _v2_fill_value(zarray.get("fill_value"), native, where)
-
-    attributes = dict(zattrs)
-    dims = attributes.pop("_ARRAY_DIMENSIONS", None)
-    if dims is not None:
-        if not isinstance(dims, list) or len(dims) != len(shape) or not all(isinstance(d, str) for d in dims):
-            raise ParseError(f"{where}: _ARRAY_DIMENSIONS {dims!r} does not name the array's {len(shape)} dimension(s)")
-    if "_FillValue" in attributes:
-        attributes["_FillValue"] = _v2_fill_value(attributes["_FillValue"], native, where, attribute=True)
-    elif fill is not None and native.kind in "iufc":
-        # xarray's zarr v2 backend reads the array's fill_value as the CF _FillValue (not for
-        # booleans here: masking would turn them into objects/floats)
-        attributes["_FillValue"] = fill
-    return _ArraySpec(shape, chunks, grid, native, codecs, fill, dims, attributes)
-
-
-def _v2_dtype(spec: Any, where: str) -> np.dtype:
-    try:
-        if isinstance(spec, list):
-            return np.dtype([tuple(field) for field in spec])
-        if not isinstance(spec, str):
-            raise TypeError(f"{spec!r} is not a dtype string")
-        return np.dtype(spec)
-    except (TypeError, ValueError) as err:
-        raise ParseError(f"{where}: .zarray dtype {spec!r} is not a numpy dtype ({err})") from None
-
-
-def _v2_codecs(zarray: dict, dtype: np.dtype, order: str, ndim: int, where: str) -> tuple[list[Any], np.dtype]:
-    import zarr.codecs as zc
-    from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec
-
-    steps = list(zarray.get("filters") or [])
-    if zarray.get("compressor") is not None:
-        steps.append(zarray["compressor"])
-    for step in steps:
-        if not isinstance(step, dict) or not isinstance(step.get("id"), str):
-            raise ParseError(f"{where}: codec {step!r} in .zarray is not a numcodecs config with an 'id'")
-
-    array_array: list[Any] = []
-    if order == "F" and ndim > 1:
-        array_array.append(zc.TransposeCodec(order=tuple(reversed(range(ndim)))))
-    native = dtype
-    if dtype.kind == "O":
-        first = steps.pop(0)["id"] if steps else None
-        if first != "vlen-utf8":
-            raise ParseError(
-                f"{where}: object dtype with codec {first!r}: only 'vlen-utf8' object data (strings) is supported"
-            )
-        serializer: Any = zc.VLenUTF8Codec()
-        native = np.dtypes.StringDType()
-    else:
-        big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
-        if dtype.byteorder in "<>=" and dtype.itemsize > 1:
-            serializer = zc.BytesCodec(endian="big" if big else "little")
-            native = dtype.newbyteorder("<")
-        else:
-            serializer = zc.BytesCodec(endian=None)
-    bytes_bytes: list[Any] = []
-    classes = _numcodecs_classes()
-    for step in steps:
-        codec_id = step["id"]
-        cls = classes.get(codec_id)
-        if cls is None:
-            raise ParseError(
-                f"{where}: codec {codec_id!r} has no zarr v3 equivalent here "
-                f"(supported: {', '.join(sorted(classes))})"
-            )
-        try:
-            codec = cls(**step)
-        except Exception as err:
-            raise ParseError(f"{where}: codec {codec_id!r} configuration {step!r} is invalid: {err}") from err
-        if isinstance(codec, ArrayArrayCodec):
-            if bytes_bytes or not isinstance(serializer, zc.BytesCodec):
-                raise ParseError(f"{where}: array filter {codec_id!r} after a bytes codec cannot be expressed in zarr v3")
-            array_array.append(codec)
-        elif isinstance(codec, ArrayBytesCodec):
-            if bytes_bytes or not isinstance(serializer, zc.BytesCodec):
-                raise ParseError(f"{where}: codec {codec_id!r} needs array input but follows a bytes codec")
-            serializer = codec
-        else:
-            bytes_bytes.append(codec)
-    return [*array_array, serializer, *bytes_bytes], native
-
-
-_SPECIAL_FLOATS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-
-def _v2_fill_value(value: Any, dtype: np.dtype, where: str, attribute: bool = False) -> Any:
-    """A zarr v2 JSON fill value as a Python scalar for ``dtype`` (``None`` stays ``None``)."""
-    what = "_FillValue attribute" if attribute else "fill_value"
-    if value is None:
-        return None
-    kind = dtype.kind
-    try:
-        if kind == "f":
-            if isinstance(value, str):
-                return _SPECIAL_FLOATS[value] if value in _SPECIAL_FLOATS else float(value)
-            return float(value)
-        if kind == "c":
-            if isinstance(value, list) and len(value) == 2:
-                return complex(*(_SPECIAL_FLOATS.get(v, v) if isinstance(v, str) else v for v in value))
-            return complex(value)
-        if kind == "b":
-            return bool(value)
-        if kind in "iu":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"{value} is not an integer")
-            number = int(value)
-            info = np.iinfo(dtype)
-            if not info.min <= number <= info.max:
-                raise ValueError(f"{number} does not fit {dtype}")
-            return number
-        if kind == "S":
-            return base64.b64decode(value) if isinstance(value, str) else bytes(value)
-        if kind in "Mm":
-            return int(value) if not isinstance(value, str) else value
-    except (TypeError, ValueError, KeyError, binascii.Error) as err:
-        raise ParseError(f"{where}: {what} {value!r} is not valid for dtype {dtype} ({err})") from None
-    return value

@@ -7,19 +7,18 @@ chunks that were never written stay missing. A sharded v3 array is referenced
 one shard object at a time: its chunk grid is the shard grid and the sharding
 codec stays in the metadata, so whole shards decode through zarr.
 
-Zarr v2 metadata (``.zarray``/``.zattrs``) is converted to v3: numcodecs
-filters and compressor become zarr v3 codecs, ``order='F'`` a transpose codec,
-``_ARRAY_DIMENSIONS`` the dimension names, and the v2 ``fill_value`` also a CF
-``_FillValue`` attribute, because that is how xarray reads v2 stores.
+Zarr v2 metadata (``.zarray``/``.zattrs``) is converted to v3 by
+``vzdask.zarr_v2.v2_to_v3``: numcodecs filters and compressor become zarr v3
+codecs, ``order='F'`` a transpose codec, ``_ARRAY_DIMENSIONS`` the dimension
+names, and the v2 ``fill_value`` also a CF ``_FillValue`` attribute, because
+that is how xarray reads v2 stores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import obstore
@@ -27,23 +26,15 @@ import obstore
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
-from vzdask.manifests.metadata import chunk_grid_shape, create_array_metadata
+from vzdask.manifests.metadata import chunk_grid_shape
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
+from vzdask.zarr_v2 import DIMENSION_KEY, v2_to_v3
 
 V3_DOC = "zarr.json"
 V2_ARRAY, V2_GROUP, V2_ATTRS, V2_CONSOLIDATED = ".zarray", ".zgroup", ".zattrs", ".zmetadata"
-DIMENSION_KEY = "_ARRAY_DIMENSIONS"
-
-#: numcodecs codecs that turn objects into bytes: the v3 serializer instead of ``bytes``.
-OBJECT_CODECS = frozenset({"vlen-utf8", "vlen-bytes"})
-#: numcodecs config keys that hold a numpy dtype (made little-endian in v3, see ``_v2_codecs``).
-DTYPE_KEYS = ("dtype", "astype", "decode_dtype", "encode_dtype")
-#: Where a numcodecs array->array filter says what dtype it outputs.
-OUTPUT_DTYPE_KEYS = ("astype", "encode_dtype")
-BLOSC_SHUFFLE = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
 
 
 def is_zarr_store(url: str, registry: ObjectStoreRegistry) -> bool:
@@ -295,7 +286,8 @@ class _Reader:
 
         where = f"{self.url}: variable {node.path!r}"
         if node.zarr_format == 2:  # v2 chunk keys in the source; the v3 metadata uses the default encoding
-            return _v2_to_v3(node.document, node.attributes, where)
+            metadata = v2_to_v3(node.document, node.attributes, where=where)
+            return metadata, ("v2", node.document.get("dimension_separator") or ".")
         document = dict(node.document)
         attributes = dict(document.get("attributes") or {})
         if document.get("dimension_names") is None and isinstance(attributes.get(DIMENSION_KEY), list):
@@ -378,136 +370,3 @@ def _decode_key(key: str, encoding: str, separator: str, grid: tuple[int, ...]) 
     if any(i >= n for i, n in zip(index, grid)):
         return None
     return index
-
-
-# --------------------------------------------------------------------------- #
-# Zarr v2 -> v3 metadata
-# --------------------------------------------------------------------------- #
-def _v2_to_v3(zarray: dict, zattrs: dict, where: str):
-    """Convert ``.zarray`` + ``.zattrs`` to ArrayV3Metadata (codecs, fill value, dims, attributes)."""
-    from zarr.core.metadata.v2 import ArrayV2Metadata
-
-    if zarray.get("zarr_format") != 2:
-        raise ParseError(f"{where}: .zarray has zarr_format {zarray.get('zarr_format')!r}, expected 2")
-    filters = list(zarray.get("filters") or [])
-    compressor = zarray.get("compressor")
-    for config in filters + ([compressor] if compressor else []):
-        if not isinstance(config, dict) or not isinstance(config.get("id"), str):
-            raise ParseError(f"{where}: codec configuration {config!r} has no 'id'")
-    object_filters = [f for f in filters if f["id"] in OBJECT_CODECS]
-    try:  # zarr parses the dtype and fill value; codecs are converted below
-        v2 = ArrayV2Metadata.from_dict({**zarray, "compressor": None, "filters": object_filters or None})
-    except Exception as err:
-        raise ParseError(f"{where}: invalid .zarray: {err}") from err
-    dtype = v2.dtype.to_native_dtype()
-    native = dtype.newbyteorder("=") if dtype.byteorder == ">" else dtype
-    if dtype.kind == "O" and not object_filters:
-        raise ParseError(f"{where}: object dtype without an object codec (vlen-utf8/vlen-bytes) cannot be read")
-    if native.kind == "O":
-        native = np.dtypes.StringDType() if object_filters[0]["id"] == "vlen-utf8" else np.dtype("O")
-
-    shape = tuple(int(s) for s in v2.shape)
-    codecs = _v2_codecs(filters, compressor, dtype, v2.order, len(shape), where)
-
-    attributes = dict(zattrs)
-    dims = attributes.pop(DIMENSION_KEY, None)
-    if dims is not None and (not isinstance(dims, list) or len(dims) != len(shape)):
-        raise ParseError(f"{where}: {DIMENSION_KEY} {dims!r} does not match the array's {len(shape)} dimensions")
-    fill = v2.fill_value
-    fill = fill.item() if isinstance(fill, np.generic) else fill
-    # xarray reads a v2 array's fill_value as its CF _FillValue: keep that meaning
-    if fill is not None and "_FillValue" not in attributes and (dtype.kind in "biufc" or dtype.kind == "U"):
-        attributes["_FillValue"] = fill
-    try:
-        return create_array_metadata(
-            shape=shape,
-            chunk_shape=tuple(int(c) for c in v2.chunks),
-            dtype=native,
-            codecs=codecs,
-            fill_value=fill,
-            dimension_names=dims,
-            attributes=attributes,  # create_array_metadata encodes _FillValue for xarray
-        ), ("v2", v2.dimension_separator or ".")
-    except Exception as err:
-        raise ParseError(f"{where}: cannot express the v2 array in zarr v3: {err}") from err
-
-
-def _v2_codecs(filters: list[dict], compressor: dict | None, dtype: np.dtype, order: str, ndim: int, where: str):
-    """zarr v3 codecs for numcodecs ``filters`` + ``compressor`` of a v2 array of ``dtype``."""
-    import numcodecs
-    from zarr.abc.codec import ArrayArrayCodec, BytesBytesCodec
-    from zarr.codecs import BytesCodec, TransposeCodec, VLenBytesCodec, VLenUTF8Codec
-
-    array_codecs: list[Any] = []
-    bytes_codecs: list[Any] = []
-    serializer: Any = None
-    output = dtype  # dtype of the array the serializer sees
-    if order == "F" and ndim > 1:
-        array_codecs.append(TransposeCodec(order=tuple(range(ndim - 1, -1, -1))))
-    elif order not in ("C", "F"):
-        raise ParseError(f"{where}: unknown memory order {order!r}")
-
-    for role, config in [("filter", f) for f in filters] + ([("compressor", compressor)] if compressor else []):
-        codec_id = config["id"]
-        if codec_id in OBJECT_CODECS:
-            serializer = VLenUTF8Codec() if codec_id == "vlen-utf8" else VLenBytesCodec()
-            continue
-        try:
-            numcodecs.get_codec(dict(config))
-        except Exception as err:
-            raise ParseError(
-                f"{where}: unknown or unavailable codec id {codec_id!r} ({role}): "
-                f"{err.__class__.__name__}: {str(err).splitlines()[0]}"
-            ) from err
-        codec = _v3_codec(config, dtype, where)
-        if isinstance(codec, ArrayArrayCodec):
-            if bytes_codecs or serializer is not None:
-                raise ParseError(f"{where}: array filter {codec_id!r} after a bytes codec cannot be expressed in zarr v3")
-            array_codecs.append(codec)
-            for key in OUTPUT_DTYPE_KEYS:
-                if config.get(key):
-                    output = np.dtype(config[key])
-        elif isinstance(codec, BytesBytesCodec):
-            bytes_codecs.append(codec)
-        else:
-            raise ParseError(f"{where}: codec {codec_id!r} ({role}) is neither a filter nor a compressor here")
-    if serializer is None:
-        big = output.byteorder == ">" or (output.byteorder == "=" and sys.byteorder == "big")
-        multibyte = output.itemsize > 1 and output.byteorder != "|"
-        serializer = BytesCodec(endian=("big" if big else "little") if multibyte else None)
-    return [*array_codecs, serializer, *bytes_codecs]
-
-
-def _v3_codec(config: dict, dtype: np.dtype, where: str):
-    """One numcodecs config as a zarr v3 codec: native where one exists, else zarr's numcodecs wrapper."""
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-    from zarr.registry import get_codec_class
-
-    codec_id = config["id"]
-    options = {k: v for k, v in config.items() if k != "id"}
-    if codec_id == "gzip":
-        return GzipCodec(level=int(options.get("level", 1)))
-    if codec_id == "zstd":
-        return ZstdCodec(level=int(options.get("level", 0)), checksum=bool(options.get("checksum", False)))
-    if codec_id == "blosc":
-        shuffle = int(options.get("shuffle", 1))
-        if shuffle == -1:  # numcodecs AUTOSHUFFLE
-            shuffle = 2 if dtype.itemsize == 1 else 1
-        if shuffle not in BLOSC_SHUFFLE:
-            raise ParseError(f"{where}: blosc shuffle {shuffle!r} is not one of -1, 0, 1, 2")
-        return BloscCodec(
-            cname=options.get("cname", "lz4"),
-            clevel=int(options.get("clevel", 5)),
-            shuffle=BLOSC_SHUFFLE[shuffle],
-            typesize=max(dtype.itemsize, 1),
-            blocksize=int(options.get("blocksize", 0)),
-        )
-    # numcodecs filters run on arrays of the native byte order in v3 (after ``bytes`` decodes)
-    for key in DTYPE_KEYS:
-        if isinstance(options.get(key), str) and np.dtype(options[key]).byteorder == ">":
-            options[key] = np.dtype(options[key]).newbyteorder("<").str
-    try:
-        cls = get_codec_class(f"numcodecs.{codec_id}")
-    except KeyError as err:
-        raise ParseError(f"{where}: numcodecs codec id {codec_id!r} has no zarr v3 equivalent") from err
-    return cls(**options)

@@ -37,7 +37,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest, chunk_key
 from vzdask.manifests.metadata import create_array_metadata, decode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
-from vzdask.zarr_v2 import v2_array_metadata, v2_group_attributes
+from vzdask.zarr_v2 import v3_to_v2, v2_group_attributes
 
 FORMATS = ("dict", "json", "parquet")
 
@@ -294,7 +294,7 @@ def _metadata_documents(plan: _Plan, separator: str | None) -> dict[str, dict[st
             documents[f"{prefix}.zattrs"] = attrs
     for node in plan.arrays:
         missing = node.array.manifest.count()["missing"] > 0
-        zarray, zattrs = v2_array_metadata(
+        zarray, zattrs = v3_to_v2(
             node.array.metadata, name=node.path, attributes=node.attributes,
             dimension_names=node.dimension_names, missing_chunks=missing, dimension_separator=separator,
         )
