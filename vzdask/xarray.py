@@ -159,6 +159,7 @@ def open_virtual_dataset(
     store = parser(url, registry)
     return to_virtual_dataset(
         store,
+        # a parser configured with a group already made that group the store's root
         group=group if not getattr(parser, "group", None) else None,
         drop_variables=drop_variables,
         loadable_variables=loadable_variables,

@@ -89,6 +89,12 @@ class ManifestStore(Store):
 
         return ("vzdask.ManifestStore", tokenize(self._group), tokenize(self._registry))
 
+    def to_virtual_dataset(self, **kwargs):
+        """This store as a virtual ``xarray.Dataset``; see ``vzdask.xarray.to_virtual_dataset``."""
+        from vzdask.xarray import to_virtual_dataset
+
+        return to_virtual_dataset(self, **kwargs)
+
     def with_read_only(self, read_only: bool = False) -> ManifestStore:
         if not read_only:
             raise ReadOnlyStoreError("a ManifestStore is always read-only")
