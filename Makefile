@@ -31,7 +31,7 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 $(VENV)/.demo-installed: pyproject.toml $(VPY)
-	$(VPY) -m pip install -q -e .
+	$(VPY) -m pip install -q -e '.[demo]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(VPY)

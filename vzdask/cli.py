@@ -7,11 +7,14 @@ Exit codes: 0 ok, 1 the work failed, 2 bad usage. Errors are one line;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import time
+import traceback
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -27,12 +30,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def quiet_icechunk_logs() -> None:
+    """Show only Icechunk's errors, unless ``ICECHUNK_LOG`` says otherwise.
+
+    Icechunk prints Rust ``WARN`` lines to stderr (e.g. that local storage is
+    not safe for concurrent commits). ``ICECHUNK_LOG`` is read when icechunk
+    is imported; if it is already imported the filter is set directly.
+    """
+    if "ICECHUNK_LOG" in os.environ:
+        return
+    os.environ["ICECHUNK_LOG"] = "error"
+    icechunk = sys.modules.get("icechunk")
+    if icechunk is not None and hasattr(icechunk, "set_logs_filter"):
+        icechunk.set_logs_filter("error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vzdask", description="Virtual Zarr datasets over archival files.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (and Icechunk's warnings)")
+    # ``--debug`` is also accepted after the command (``vzdask info refs.json --debug``)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    v = commands.add_parser("virtualize", help="turn files into kerchunk JSON/Parquet or an Icechunk repository")
+    v = commands.add_parser("virtualize", parents=[common],
+                            help="turn files into kerchunk JSON/Parquet or an Icechunk repository")
     v.add_argument("paths", nargs="+", help="files, globs or urls (local, s3://, http(s)://)")
     v.add_argument("-o", "--output", required=True, help="output file (json), directory (parquet, icechunk)")
     v.add_argument("--format", choices=["json", "parquet", "icechunk"], default=None,
@@ -44,27 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inline chunks of at most this many stored bytes")
     v.add_argument("--inline-var", action="append", default=[], metavar="NAME", help="inline every chunk of NAME")
     v.add_argument("--load-var", action="append", default=None, metavar="NAME",
-                   help="load NAME for indexing (default: dimension coordinates)")
+                   help="load NAME for indexing; replaces the default, the dimension coordinates "
+                        "(combining by coordinates needs every one of them)")
     v.add_argument("--scheduler", default="threads", help="threads, processes or a dask scheduler ADDRESS")
     v.add_argument("--workers", type=int, default=None, help="local worker count (threads or processes)")
     v.add_argument("--progress", dest="progress", action="store_true", default=None)
     v.add_argument("--no-progress", dest="progress", action="store_false")
 
-    i = commands.add_parser("info", help="summarise a kerchunk JSON/Parquet reference set or an Icechunk repository")
+    i = commands.add_parser("info", parents=[common],
+                            help="summarise a kerchunk JSON/Parquet reference set or an Icechunk repository")
     i.add_argument("refs")
 
-    c = commands.add_parser("validate", help="check every virtual reference against the object it points to")
+    c = commands.add_parser("validate", parents=[common],
+                            help="check every virtual reference of a kerchunk reference set against its object")
     c.add_argument("refs")
     c.add_argument("--decode-sample", type=int, default=0, metavar="N", help="also decode N random chunks")
     c.add_argument("--max-report", type=int, default=20, metavar="N", help="bad references listed (default 20)")
 
-    commands.add_parser("demo", help="what `make demo` runs")
+    d = commands.add_parser("demo", parents=[common], help="the end-to-end demo (what `make demo` runs)")
+    d.add_argument("--output", default=None, metavar="DIR", help="keep the files and outputs in DIR")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:
+        quiet_icechunk_logs()
     try:
         args = build_parser().parse_args(argv)
         return {"virtualize": virtualize, "info": info, "validate": validate, "demo": demo}[args.command](args)
@@ -82,6 +110,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def run() -> None:
+    """The console script: ``main()``, then exit at once with its status (see ``exit_now``)."""
+    try:
+        code = main()
+    except Exception:  # --debug: the traceback, then exit 1 as usual
+        traceback.print_exc()
+        code = EXIT_FAILED
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Flush the output and end the process with ``code``, skipping interpreter finalization.
+
+    obstore and Icechunk run Rust (tokio) worker threads that outlive the
+    calls they served; when one is still busy as Python finalizes, the process
+    aborts (SIGABRT/SIGSEGV) after a successful run, now and then (more often
+    on a loaded machine). A command has flushed all it prints by then, so it
+    leaves without finalizing.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
 
 
 # -- virtualize --------------------------------------------------------------------------
@@ -104,24 +162,32 @@ def virtualize(args) -> int:
 
     started = time.perf_counter()
     fmt = _output_format(args)
+    if fmt == "icechunk" and os.path.exists(args.output) and (
+        not os.path.isdir(args.output) or os.listdir(args.output)
+    ):  # checked before any file is parsed
+        raise UsageError(f"{args.output} exists and is not an empty directory; "
+                         "choose a new directory for the Icechunk repository")
     files = expand_paths(args.paths if len(args.paths) > 1 else args.paths[0])
     files = [os.path.abspath(f) if "://" not in f else f for f in files]
+    prefixes = _container_prefixes(files) if fmt == "icechunk" else []
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     inline = None
     if args.inline_threshold is not None or args.inline_var:
         inline = InlinePolicy(max_chunk_bytes=args.inline_threshold, variables=args.inline_var)
     parallel, client = _parallel(args)
     try:
-        ds = open_virtual_mfdataset(
-            files,
-            combine="nested" if args.concat_dim else "by_coords",
-            concat_dim=args.concat_dim,
-            loadable_variables=args.load_var,
-            inline=inline,
-            parallel=parallel,
-            progress=progress,
-        )
-        _write(ds, args.output, fmt, files)
+        # progress bars (dask's, distributed's) write to stdout: keep stdout for the report
+        with contextlib.redirect_stdout(sys.stderr):
+            ds = open_virtual_mfdataset(
+                files,
+                combine="nested" if args.concat_dim else "by_coords",
+                concat_dim=args.concat_dim,
+                loadable_variables=args.load_var,
+                inline=inline,
+                parallel=parallel,
+                progress=progress,
+            )
+        _write(ds, args.output, fmt, files, prefixes)
     finally:
         if client is not None:
             client.close()
@@ -142,35 +208,62 @@ def _parallel(args):
     return client, client
 
 
-def _write(ds, output: str, fmt: str, files: list[str]) -> None:
+def _write(ds, output: str, fmt: str, files: list[str], prefixes: list[str]) -> None:
     if fmt in ("json", "parquet"):
         ds.vz.to_kerchunk(output, format=fmt)
         return
     import icechunk
 
-    prefixes = sorted({_directory_url(f) for f in files})
     config = icechunk.RepositoryConfig.default()
     credentials = {}
     for prefix in prefixes:
-        scheme = urlsplit(prefix).scheme
-        if scheme != "file":
-            raise UsageError(f"--format icechunk from the command line supports local inputs only, got {prefix}")
-        store = icechunk.local_filesystem_store(urlsplit(prefix).path)
+        store = icechunk.local_filesystem_store(unquote(urlsplit(prefix).path))
         config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
         credentials[prefix] = icechunk.credentials.LocalFileSystemAccess
-    if os.path.exists(output) and os.listdir(output):
-        raise UsageError(f"{output} exists and is not empty; choose a new directory for the Icechunk repository")
-    repo = icechunk.Repository.create(
-        icechunk.local_filesystem_storage(output), config,
-        authorize_virtual_chunk_access=icechunk.containers_credentials(credentials),
-    )
-    session = repo.writable_session("main")
-    ds.vz.to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
+    existed = os.path.isdir(output)
+    try:
+        repo = icechunk.Repository.create(
+            icechunk.local_filesystem_storage(output), config,
+            authorize_virtual_chunk_access=icechunk.containers_credentials(credentials),
+        )
+        session = repo.writable_session("main")
+        ds.vz.to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
+    except BaseException:  # leave no half-made repository behind (the directory was new or empty)
+        if existed:
+            for name in os.listdir(output):
+                _remove(os.path.join(output, name))
+        else:
+            _remove(output)
+        raise
 
 
-def _directory_url(path: str) -> str:
-    url = path if "://" in path else "file://" + os.path.abspath(path)
-    return url.rsplit("/", 1)[0] + "/"
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _container_prefixes(files: list[str]) -> list[str]:
+    """The Icechunk virtual chunk container prefixes covering ``files`` (local files only).
+
+    One per directory, or its nearest ancestor whose path needs no
+    percent-encoding (see ``vzdask.writers.icechunk``); nested prefixes are
+    dropped in favour of their ancestors.
+    """
+    from vzdask.writers.icechunk import _suggested_prefix, icechunk_location
+
+    found = set()
+    for path in files:
+        url = path if "://" in path else "file://" + os.path.abspath(path)
+        if urlsplit(url).scheme != "file":
+            raise UsageError(f"--format icechunk from the command line supports local files only, got {url}")
+        found.add(_suggested_prefix(icechunk_location(url)))
+    kept: list[str] = []
+    for prefix in sorted(found):  # an ancestor sorts before its descendants
+        if not any(prefix.startswith(k) for k in kept):
+            kept.append(prefix)
+    return kept
 
 
 def _summary(ds, files, fmt, output, seconds) -> str:
@@ -249,27 +342,51 @@ def info(args) -> int:
 def _icechunk_info(path: str) -> str:
     import icechunk
     import zarr
+    from zarr.core.sync import sync
 
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path))
     session = repo.readonly_session("main")
     root = zarr.open_group(session.store, mode="r")
     lines = [f"icechunk repository {path} (branch main, snapshot {session.snapshot_id})"]
-    for name, array in sorted(root.arrays(), key=lambda kv: kv[0]):
+    arrays = [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+    for name, array in sorted(arrays, key=lambda kv: kv[0]):
         codecs = ", ".join(c.to_dict()["name"] for c in array.metadata.codecs)
+        stored = sync(_count_chunk_keys(session.store, name))
         lines.append(
             f"  {name}: {array.dtype} {array.shape} chunks={array.chunks} codecs=[{codecs}] "
-            f"initialized={array.nchunks_initialized}/{array.nchunks}"
+            f"initialized={stored}/{array.nchunks}"
         )
     locations = session.all_virtual_chunk_locations()
-    lines.append(f"files referenced: {len({loc for loc in locations})}")
+    lines.append(f"files referenced: {len(set(locations))}")
     return "\n".join(lines)
+
+
+async def _count_chunk_keys(store, array_path: str) -> int:
+    """Stored chunks (virtual or native) of an array written with ``c/...`` chunk keys.
+
+    Not ``zarr.Array.nchunks_initialized``: zarr leaves Icechunk's listing
+    iterator (a Rust stream) open, which makes the crashes at interpreter exit
+    described in ``exit_now`` much more frequent when ``main`` runs in-process.
+    """
+    chunk_prefix = f"{array_path}/c/"
+    count = 0
+    async with contextlib.aclosing(store.list_prefix(f"{array_path}/")) as keys:  # Icechunk lists nodes only
+        async for key in keys:
+            count += key.startswith(chunk_prefix)
+    return count
 
 
 def validate(args) -> int:
     import obstore
 
+    if _is_icechunk(args.refs):
+        raise UsageError(f"{args.refs} is an Icechunk repository; validate checks kerchunk JSON/Parquet "
+                         "reference sets (Icechunk does not expose its references' offsets)")
+    if args.max_report < 0 or args.decode_sample < 0:
+        raise UsageError("--max-report and --decode-sample take a number >= 0")
     group, registry = load_references(args.refs)
-    problems: list[str] = []
+    problems: list[str] = []  # one line per bad reference, or per unreadable file of an array
+    bad: dict[str, np.ndarray] = {}  # array path -> mask of bad chunks
     checked = 0
     sizes: dict[str, int | Exception] = {}
     for path, array in group.walk_arrays():
@@ -280,6 +397,7 @@ def validate(args) -> int:
         index = np.asarray(manifest.path_index)[virtual]
         ends = (np.asarray(manifest.offsets) + np.asarray(manifest.lengths))[virtual]
         where = np.argwhere(virtual)
+        mask = np.zeros(manifest.shape, dtype=bool)
         for code in np.unique(index):
             url = manifest.urls[code]
             if url not in sizes:
@@ -292,38 +410,59 @@ def validate(args) -> int:
             checked += int(mine.sum())
             size = sizes[url]
             if isinstance(size, Exception):
-                first = ".".join(map(str, where[np.argmax(mine)]))
-                problems.append(f"{path} chunk {first} (+{int(mine.sum()) - 1} more): {url} cannot be read: "
-                                f"{str(size).splitlines()[0]}")
+                rows = np.nonzero(mine)[0]
+                mask[tuple(where[rows].T)] = True
+                others = f" (+{rows.size - 1} more)" if rows.size > 1 else ""
+                problems.append(f"{path} chunk {_key(where[rows[0]])}{others}: {url} cannot be read: "
+                                f"{_first_line(size)}")
                 continue
             for row in np.nonzero(mine & (ends > size))[0]:
-                key = ".".join(map(str, where[row]))
-                problems.append(f"{path} chunk {key}: bytes up to {int(ends[row])} but {url} has {size} bytes")
-    decoded = _decode_sample(group, registry, args.decode_sample, problems) if args.decode_sample else 0
+                mask[tuple(where[row])] = True
+                problems.append(f"{path} chunk {_key(where[row])}: bytes up to {int(ends[row])} "
+                                f"but {url} has {size} bytes")
+        if mask.any():
+            bad[path] = mask
+    decoded = _decode_sample(group, registry, args.decode_sample, problems, bad) if args.decode_sample else 0
+    n_bad = sum(int(m.sum()) for m in bad.values())
     if problems:
         for line in problems[: args.max_report]:
             print(line)
         more = len(problems) - args.max_report
-        print(f"{len(problems)} bad reference(s)" + (f" ({more} not listed)" if more > 0 else "")
-              + f" among {checked} checked")
+        if more > 0:
+            print(f"... {more} more problem(s) not listed (--max-report {args.max_report})")
+        print(f"{n_bad} bad reference(s) among {checked} checked in {len(sizes)} file(s)"
+              + (f", {decoded} chunks decoded without error" if args.decode_sample else ""))
         return EXIT_FAILED
     print(f"ok: {checked} virtual references in {len(sizes)} files checked"
           + (f", {decoded} chunks decoded" if decoded else ""))
     return EXIT_OK
 
 
-def _decode_sample(group, registry, n: int, problems: list[str]) -> int:
+def _key(index) -> str:
+    return ".".join(str(int(i)) for i in index) or "0"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _decode_sample(group, registry, n: int, problems: list[str], bad: dict[str, np.ndarray]) -> int:
+    """Read and decode up to ``n`` random chunks (virtual or inlined) not already found bad."""
     from vzdask.codecs import codec_for
     from vzdask.graph import fetch_block
 
     rng = np.random.default_rng(0)
-    candidates = [(path, array, tuple(ix)) for path, array in group.walk_arrays()
-                  for ix in np.argwhere(array.manifest.states != 0)]
+    candidates = []
+    for path, array in group.walk_arrays():
+        usable = array.manifest.states != 0
+        if path in bad:
+            usable &= ~bad[path]
+        candidates += [(path, array, tuple(int(i) for i in ix)) for ix in np.argwhere(usable)]
     picks = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False) if candidates else []
     done = 0
     for pick in picks:
         path, array, index = candidates[int(pick)]
-        key = ".".join(map(str, index))
         try:
             part = array.manifest[tuple(slice(i, i + 1) for i in index)]
             block = fetch_block(part, registry)
@@ -331,15 +470,16 @@ def _decode_sample(group, registry, n: int, problems: list[str]) -> int:
                 codec_for(array.metadata).decode(data)
             done += 1
         except Exception as err:
-            problems.append(f"{path} chunk {key}: cannot be read and decoded: {str(err).splitlines()[0]}")
+            bad.setdefault(path, np.zeros(array.manifest.shape, dtype=bool))[index] = True
+            problems.append(f"{path} chunk {_key(index)}: cannot be read and decoded: {_first_line(err)}")
     return done
 
 
 def demo(args) -> int:
     from vzdask.demo import main as run_demo
 
-    return run_demo([])
+    return run_demo([] if args.output is None else ["--output", args.output])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -1,272 +1,385 @@
-"""A self-checking tour of vzdask: ``python -m vzdask.demo`` (what ``make demo`` runs).
+"""The end-to-end demo: ``python -m vzdask.demo`` (what ``make demo`` and ``vzdask demo`` run).
 
-The demo
+On a fresh machine, without network access, the demo
 
-1. writes a few archival-style files: raw little-endian ``.bin`` files
-   (chunks encoded by zarr with only the ``bytes`` codec, concatenated) and
-   zlib-packed files (several zarr-encoded zlib chunks at recorded offsets
-   after a small header);
-2. describes them by hand with ``ChunkManifest.from_arrays``: virtual chunks
-   point into the files, two chunks are inlined (their encoded bytes held in
-   memory) and one chunk is missing (it reads as the fill value);
-3. combines two ManifestArrays with ``np.concatenate`` (references only);
-4. serves the ManifestGroup through a ManifestStore, opens it with
-   ``xr.open_zarr`` and compares every value with the numpy arrays it wrote.
+1. writes a sample collection of netCDF4 files (12 files, each 8 days of a
+   compressed ``tas`` and a CF-packed ``pr`` on a small lat/lon grid);
+2. starts a ``distributed.LocalCluster`` (2 worker processes, 1 thread each);
+3. virtualizes the files in parallel on the cluster
+   (``open_virtual_mfdataset(..., parallel=client)``) with the coordinates
+   inlined (``InlinePolicy(coordinates=True)``);
+4. persists ``pr`` on the cluster (``ds[["pr"]].vz.persist()``): its chunks
+   become inlined bytes, written inline by every writer;
+5. writes kerchunk Parquet references and an Icechunk repository;
+6. reads both back with independent readers (fsspec's ReferenceFileSystem
+   with zarr through xarray; Icechunk with ``xr.open_zarr``) and compares
+   every value with ``xr.open_mfdataset`` of the original files.
 
-It prints ``demo OK`` and returns 0, or prints the mismatch and returns 1.
-Chunks are always encoded by zarr's codec pipeline, never by hand.
+It prints a short report with timings and output locations and ``demo OK``
+(exit status 0), or the mismatches (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from vzdask import ChunkManifest, ManifestArray, ManifestGroup, ManifestStore, create_array_metadata
+#: The sample collection: files, time steps per file, grid.
+N_FILES = 12
+DAYS_PER_FILE = 8
+NLAT, NLON = 24, 48
 
-#: Written at the start of every packed file, so chunk offsets are not zero.
-PACK_HEADER = b"VZDASK-DEMO-PACK"
+#: Names of what the demo writes under its output directory.
+DATA_DIR = "data"
+PARQUET_NAME = "refs.parq"
+ICECHUNK_NAME = "demo.icechunk"
 
-#: Fill value of ``precip``, whose chunk (1, 1, 1) is missing.
-PRECIP_FILL = -9999.0
+PR_FILL = -1  # the packed fill value of pr (int16)
 
-GROUP_ATTRIBUTES = {"title": "vzdask demo", "source": "written by vzdask.demo"}
+
+class MissingDependency(RuntimeError):
+    """An optional dependency the demo needs is not installed."""
 
 
 # --------------------------------------------------------------------------- #
-# encoding (zarr does it) and packing (offsets recorded by us)
+# 1. the sample collection
 # --------------------------------------------------------------------------- #
-def encode_chunks(
-    data: np.ndarray, chunk_shape: tuple[int, ...], compressors: list[Any] | None, fill_value: Any
-) -> tuple[dict[tuple[int, ...], bytes], list[dict[str, Any]]]:
-    """Encode ``data`` chunk by chunk with zarr's codec pipeline.
+def write_collection(directory: Path, n_files: int = N_FILES) -> list[Path]:
+    """Write ``n_files`` netCDF4 files of consecutive 8-day periods into ``directory``.
 
-    Returns the encoded bytes of every chunk, keyed by chunk index, and the
-    codec list (zarr v3 dicts) that decodes them.
+    Each file holds ``time``, ``lat``, ``lon`` coordinates and two variables:
+    ``tas`` (float32, zlib + shuffle, chunks of 4 x 12 x 24) and ``pr``
+    (int16 packed with ``scale_factor``, a ``_FillValue`` and a few masked
+    values, zlib, one chunk per file).
     """
-    import zarr
-    from zarr.codecs import BytesCodec
-    from zarr.storage import MemoryStore
-
-    objects: dict[str, Any] = {}
-    array = zarr.create_array(
-        store=MemoryStore(objects),
-        shape=data.shape,
-        chunks=chunk_shape,
-        dtype=data.dtype,
-        serializer=BytesCodec(endian="little"),
-        compressors=compressors,
-        fill_value=fill_value,
-        config={"write_empty_chunks": True},
-    )
-    array[...] = data
-    grid = tuple(-(-s // c) for s, c in zip(data.shape, chunk_shape))
-    encode_key = array.metadata.chunk_key_encoding.encode_chunk_key
-    chunks = {index: objects[encode_key(index)].to_bytes() for index in np.ndindex(grid)}
-    return chunks, list(array.metadata.to_dict()["codecs"])
-
-
-def pack(path: Path, chunks: dict[tuple[int, ...], bytes], header: bytes = b"") -> dict[tuple[int, ...], tuple[int, int]]:
-    """Write ``header`` then the chunks, in order, to one file; return ``{index: (offset, length)}``."""
-    positions = {}
-    offset = len(header)
-    with open(path, "wb") as f:
-        f.write(header)
-        for index, data in chunks.items():
-            f.write(data)
-            positions[index] = (offset, len(data))
-            offset += len(data)
-    return positions
-
-
-def manifest_for(
-    grid: tuple[int, ...],
-    url: str,
-    positions: dict[tuple[int, ...], tuple[int, int]],
-    inlined: dict[tuple[int, ...], bytes] | None = None,
-) -> ChunkManifest:
-    """Build a manifest with ``from_arrays``; chunks in neither mapping are missing."""
-    paths = np.full(grid, "", dtype=object)
-    offsets = np.zeros(grid, dtype=np.uint64)
-    lengths = np.zeros(grid, dtype=np.uint64)
-    for index, (offset, length) in positions.items():
-        paths[index], offsets[index], lengths[index] = url, offset, length
-    return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined)
-
-
-def _array(data, chunk_shape, codecs, fill_value, dims, attributes, manifest) -> ManifestArray:
-    metadata = create_array_metadata(
-        shape=data.shape,
-        chunk_shape=chunk_shape,
-        dtype=data.dtype,
-        codecs=codecs,
-        fill_value=fill_value,
-        dimension_names=dims,
-        attributes=attributes,
-    )
-    return ManifestArray(metadata, manifest)
-
-
-# --------------------------------------------------------------------------- #
-# the sample dataset
-# --------------------------------------------------------------------------- #
-def build_demo(directory: Path) -> tuple[ManifestGroup, dict[str, np.ndarray]]:
-    """Write the sample files into ``directory`` and describe them by hand.
-
-    Returns the ManifestGroup and the values every variable must read as.
-    """
-    from zarr.codecs import Zlib
-
+    netCDF4 = _require("netCDF4", "writing the sample netCDF4 files")
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(42)
-    nt, ny, nx = 4, 6, 10
-    expected: dict[str, np.ndarray] = {}
-    arrays: dict[str, ManifestArray] = {}
+    lat = np.linspace(-57.5, 57.5, NLAT, dtype=np.float32)
+    lon = np.linspace(0.0, 352.5, NLON, dtype=np.float32)
+    paths = []
+    for k in range(n_files):
+        rng = np.random.default_rng(k)
+        days = np.arange(k * DAYS_PER_FILE, (k + 1) * DAYS_PER_FILE, dtype=np.float64)
+        season = np.cos(2 * np.pi * days / 96.0)[:, None, None]
+        tas = 288.0 - 30.0 * np.abs(lat)[None, :, None] / 60.0 + 5.0 * season
+        tas = (tas + rng.normal(0.0, 1.5, (DAYS_PER_FILE, NLAT, NLON))).astype(np.float32)
+        pr = np.round(rng.gamma(0.8, 3.0, (DAYS_PER_FILE, NLAT, NLON)) * 100).astype(np.int16)
+        pr[rng.random(pr.shape) < 0.02] = PR_FILL  # masked: NaN once decoded
+        path = directory / f"sample_{k:02d}.nc"
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.title = "vzdask demo sample"
+            nc.source = "synthetic, written by vzdask.demo"
+            nc.createDimension("time", None)
+            nc.createDimension("lat", NLAT)
+            nc.createDimension("lon", NLON)
+            t = nc.createVariable("time", "f8", ("time",))
+            t.units = "days since 2000-01-01"
+            t.calendar = "standard"
+            t[:] = days
+            y = nc.createVariable("lat", "f4", ("lat",))
+            y.units = "degrees_north"
+            y[:] = lat
+            x = nc.createVariable("lon", "f4", ("lon",))
+            x.units = "degrees_east"
+            x[:] = lon
+            v = nc.createVariable("tas", "f4", ("time", "lat", "lon"), zlib=True, shuffle=True,
+                                  chunksizes=(4, NLAT // 2, NLON // 2))
+            v.units = "K"
+            v.long_name = "near-surface air temperature"
+            v[:] = tas
+            p = nc.createVariable("pr", "i2", ("time", "lat", "lon"), zlib=True,
+                                  chunksizes=(DAYS_PER_FILE, NLAT, NLON), fill_value=np.int16(PR_FILL))
+            p.units = "mm day-1"
+            p.long_name = "precipitation"
+            # float64: zarr/kerchunk attributes are JSON numbers, so a float32 scale_factor
+            # would decode to float64 there but float32 from netCDF (xarray's to_zarr does the same)
+            p.scale_factor = np.float64(0.01)
+            p.set_auto_maskandscale(False)  # write the packed integers as they are
+            p[:] = pr
+        paths.append(path)
+    return paths
 
-    # Coordinates. time: both chunks inlined. y, x: raw little-endian, one .bin file.
-    time = np.arange(nt, dtype=np.int64) * 24
-    chunks, codecs = encode_chunks(time, (2,), None, 0)
-    arrays["time"] = _array(time, (2,), codecs, 0, ("time",), {"long_name": "hours since start"},
-                            ChunkManifest.from_arrays(paths=["", ""], offsets=[0, 0], lengths=[0, 0], inlined=chunks))
-    expected["time"] = time
 
-    y = np.linspace(45.0, 47.5, ny)
-    x = np.linspace(5.0, 9.5, nx)
-    y_chunks, y_codecs = encode_chunks(y, (ny,), None, 0.0)
-    x_chunks, x_codecs = encode_chunks(x, (5,), None, 0.0)
-    coords_bin = directory / "coords.bin"
-    with open(coords_bin, "wb") as f:  # y's chunk, then x's two chunks
-        y_positions = {}
-        x_positions = {}
-        for positions, chunks in ((y_positions, y_chunks), (x_positions, x_chunks)):
-            for index, data in chunks.items():
-                positions[index] = (f.tell(), len(data))
-                f.write(data)
-    url = coords_bin.resolve().as_uri()
-    arrays["y"] = _array(y, (ny,), y_codecs, 0.0, ("y",), {"units": "degrees_north"}, manifest_for((1,), url, y_positions))
-    arrays["x"] = _array(x, (5,), x_codecs, 0.0, ("x",), {"units": "degrees_east"}, manifest_for((2,), url, x_positions))
-    expected["y"], expected["x"] = y, x
+# --------------------------------------------------------------------------- #
+# 5. the writers' targets
+# --------------------------------------------------------------------------- #
+def container_prefix(data_dir: Path) -> str:
+    """The Icechunk virtual chunk container prefix covering the files in ``data_dir``."""
+    from vzdask.writers.icechunk import _suggested_prefix, icechunk_location
 
-    # temperature: zlib chunks, one packed file per pair of time steps,
-    # joined into one virtual array with np.concatenate (references only).
-    temperature = (15 + 8 * rng.standard_normal((nt, ny, nx))).astype(np.float32)
-    chunk = (2, 3, 5)
-    parts = []
-    for year, t0 in (("2000", 0), ("2001", 2)):
-        part = temperature[t0 : t0 + 2]
-        chunks, codecs = encode_chunks(part, chunk, [Zlib(level=5)], 0.0)
-        path = directory / f"temperature_{year}.zlib"
-        positions = pack(path, chunks, header=PACK_HEADER)
-        manifest = manifest_for((1, 2, 2), path.resolve().as_uri(), positions)
-        parts.append(_array(part, chunk, codecs, 0.0, ("time", "y", "x"), {"units": "degC"}, manifest))
-    arrays["temperature"] = np.concatenate(parts, axis=0)
-    expected["temperature"] = temperature
+    return _suggested_prefix(icechunk_location((data_dir.resolve() / "x.nc").as_uri()))
 
-    # precip: raw little-endian chunks in one .bin file, except two inlined
-    # chunks (bytes in memory) and one missing chunk (reads as the fill value).
-    precip = np.round(rng.gamma(2.0, 1.5, (nt, ny, nx)), 2)
-    chunks, codecs = encode_chunks(precip, chunk, None, PRECIP_FILL)
-    inlined_at, missing_at = [(0, 0, 0), (0, 0, 1)], (1, 1, 1)
-    inlined = {index: chunks.pop(index) for index in inlined_at}
-    del chunks[missing_at]
-    path = directory / "precip.bin"
-    positions = pack(path, chunks)
-    manifest = manifest_for((2, 2, 2), path.resolve().as_uri(), positions, inlined=inlined)
-    arrays["precip"] = _array(precip, chunk, codecs, PRECIP_FILL, ("time", "y", "x"), {"units": "mm"}, manifest)
-    precip_read = precip.copy()
-    precip_read[tuple(slice(i * c, (i + 1) * c) for i, c in zip(missing_at, chunk))] = PRECIP_FILL
-    expected["precip"] = precip_read
 
-    return ManifestGroup(arrays=arrays, attributes=GROUP_ATTRIBUTES), expected
+def _credentials(prefix: str):
+    import icechunk
+
+    return icechunk.containers_credentials({prefix: icechunk.credentials.LocalFileSystemAccess})
+
+
+def create_repository(path: Path, prefix: str):
+    """A new local Icechunk repository with a virtual chunk container for ``prefix`` (file://)."""
+    import icechunk
+    from urllib.parse import unquote, urlsplit
+
+    config = icechunk.RepositoryConfig.default()
+    store = icechunk.local_filesystem_store(unquote(urlsplit(prefix).path))
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+    return icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(path)), config, authorize_virtual_chunk_access=_credentials(prefix)
+    )
+
+
+# --------------------------------------------------------------------------- #
+# 6. independent readers
+# --------------------------------------------------------------------------- #
+@contextmanager
+def _pandas_nulls_as_none() -> Iterator[None]:
+    """Read with pandas' old string inference: fsspec's Parquet reader takes pandas 3's NaN (a null url) for a url."""
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the option is deprecated (pandas 3) and still needed (fsspec 2026.9)
+        try:
+            pd.get_option("future.infer_string")
+        except (KeyError, pd.errors.OptionError):  # a pandas without the option: nothing to do
+            yield
+            return
+        with pd.option_context("future.infer_string", False):
+            yield
+
+
+def read_parquet_references(path: Path):
+    """Open kerchunk Parquet references with fsspec's ReferenceFileSystem and zarr (v2) through xarray."""
+    import fsspec
+    import xarray as xr
+    from fsspec.implementations.reference import LazyReferenceMapper
+
+    with _pandas_nulls_as_none():
+        refs = LazyReferenceMapper(str(path), fs=fsspec.filesystem("file"), engine="pyarrow")
+        fs = fsspec.filesystem("reference", fo=refs)
+        with xr.open_dataset(fs.get_mapper(""), engine="zarr",
+                             backend_kwargs={"consolidated": False, "zarr_format": 2}) as ds:
+            return ds.load()
+
+
+def read_icechunk(path: Path, prefix: str):
+    """Open the Icechunk repository's ``main`` branch with ``xr.open_zarr``."""
+    import icechunk
+    import xarray as xr
+
+    repo = icechunk.Repository.open(
+        icechunk.local_filesystem_storage(str(path)), authorize_virtual_chunk_access=_credentials(prefix)
+    )
+    session = repo.readonly_session("main")
+    with xr.open_zarr(session.store, consolidated=False) as ds:
+        return ds.load()
+
+
+def read_originals(paths: list[Path]):
+    """``xr.open_mfdataset`` of the original files (netCDF4 engine), loaded."""
+    import xarray as xr
+
+    with xr.open_mfdataset([str(p) for p in paths], combine="by_coords", engine="netcdf4") as ds:
+        return ds.load(scheduler="threads")
 
 
 # --------------------------------------------------------------------------- #
 # checking
 # --------------------------------------------------------------------------- #
-def check_dataset(ds, expected: dict[str, np.ndarray]) -> list[str]:
-    """Compare a dataset with the expected values; return one message per problem."""
+def compare(got, expected, label: str) -> list[str]:
+    """Compare every variable of ``expected`` with ``got``; one message per problem, prefixed by ``label``."""
     problems = []
-    for key, value in GROUP_ATTRIBUTES.items():
-        if ds.attrs.get(key) != value:
-            problems.append(f"attribute {key!r}: expected {value!r}, got {ds.attrs.get(key)!r}")
-    for name, want in expected.items():
-        if name not in ds.variables:
-            problems.append(f"{name}: missing from the dataset")
+    for name in expected.variables:
+        if name not in got.variables:
+            problems.append(f"{label}: {name}: missing")
             continue
-        got = ds[name].values
-        if got.dtype != want.dtype or got.shape != want.shape:
-            problems.append(f"{name}: expected {want.dtype} {want.shape}, got {got.dtype} {got.shape}")
+        want, have = expected[name], got[name]
+        if have.dims != want.dims or have.shape != want.shape or have.dtype != want.dtype:
+            problems.append(f"{label}: {name}: expected {want.dtype} {want.dims} {want.shape}, "
+                            f"got {have.dtype} {have.dims} {have.shape}")
             continue
-        bad = got != want
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            problems.append(
-                f"{name}: {int(bad.sum())} of {want.size} values differ; first at {where}: "
-                f"expected {want[where]!r}, got {got[where]!r}"
-            )
-    if ds["temperature"].dims != ("time", "y", "x"):
-        problems.append(f"temperature: expected dims ('time', 'y', 'x'), got {ds['temperature'].dims}")
+        a, b = np.asarray(have.values), np.asarray(want.values)
+        nan_ok = a.dtype.kind in "fcmM"
+        equal = (a == b) | ((a != a) & (b != b)) if nan_ok else a == b
+        if not equal.all():
+            where = tuple(int(i) for i in np.argwhere(~equal)[0])
+            problems.append(f"{label}: {name}: {int((~equal).sum())} of {b.size} values differ; first at {where}: "
+                            f"expected {b[where]!r}, got {a[where]!r}")
+    for key in ("title", "source"):
+        if got.attrs.get(key) != expected.attrs.get(key):
+            problems.append(f"{label}: attribute {key!r}: expected {expected.attrs.get(key)!r}, "
+                            f"got {got.attrs.get(key)!r}")
     return problems
 
 
-def summarize(group: ManifestGroup) -> str:
-    """One line per array: shape, chunks and chunk counts by state."""
-    lines = [f"{'variable':<12} {'shape':<12} {'chunks':<10} {'virtual':>7} {'inlined':>7} {'missing':>7}  files"]
-    for name, array in group.walk_arrays():
-        c = array.manifest.count()
-        files = ", ".join(Path(u).name for u in array.manifest.urls) or "-"
-        lines.append(
-            f"{name:<12} {str(array.shape):<12} {str(array.chunk_shape):<10} "
-            f"{c['virtual']:>7} {c['inlined']:>7} {c['missing']:>7}  {files}"
-        )
-    return "\n".join(lines)
+# --------------------------------------------------------------------------- #
+# the run
+# --------------------------------------------------------------------------- #
+class _Report:
+    """Timed steps, printed as they finish."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def step(self, text: str) -> Iterator[dict[str, str]]:
+        note: dict[str, str] = {}
+        t0 = time.perf_counter()
+        yield note
+        seconds = time.perf_counter() - t0
+        detail = f"  {note['detail']}" if note.get("detail") else ""
+        print(f"  {text:<52} {seconds:6.2f} s{detail}", flush=True)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
-def run(directory: Path) -> int:
-    """Build, open and check the demo dataset in ``directory``; 0 on success."""
+def _chunk_counts(ds) -> str:
+    parts = []
+    for name in ds.vz.virtual_variables:
+        c = ds.variables[name].data.manifest.count()
+        parts.append(f"{name}: {c['virtual']} virtual/{c['inlined']} inlined")
+    return "; ".join(parts)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run(directory: Path, *, n_files: int = N_FILES, keep: bool = True) -> int:
+    """Run the demo with its outputs in ``directory``; 0 when everything read back matches, 1 otherwise.
+
+    ``keep=False`` only changes the report (the caller removes ``directory``).
+    """
+    from vzdask.cli import quiet_icechunk_logs
+
+    quiet_icechunk_logs()
+    _require("icechunk", "writing the Icechunk repository")
+    _require("pyarrow", "writing kerchunk Parquet references")
+    _require("fsspec", "reading the references back")
+    _require("h5py", "parsing netCDF4 files")
+    import dask
     import xarray as xr
+    from distributed import Client, LocalCluster
 
-    group, expected = build_demo(directory)
-    store = ManifestStore(group)
-    with xr.open_zarr(store, consolidated=False, zarr_format=3) as ds:
-        print(f"Sample files in {directory}:")
-        for path in sorted(directory.iterdir()):
-            print(f"  {path.name:<22} {path.stat().st_size:>6} bytes")
-        print()
-        print("Chunk manifests:")
-        print(summarize(group))
-        print()
-        print(ds)
-        print()
-        problems = check_dataset(ds, expected)
+    from vzdask.mfdataset import open_virtual_mfdataset
+    from vzdask.policy import InlinePolicy
+
+    directory = directory.resolve()
+    data_dir = directory / DATA_DIR
+    parquet = directory / PARQUET_NAME
+    repository = directory / ICECHUNK_NAME
+    report = _Report()
+    print(f"vzdask demo: {n_files} netCDF4 files -> virtual dataset -> kerchunk Parquet + Icechunk -> checked")
+
+    with report.step(f"wrote {n_files} netCDF4 files") as note:
+        files = write_collection(data_dir, n_files)
+        note["detail"] = f"{_human(sum(_size(f) for f in files))} in {data_dir}"
+
+    prefix = container_prefix(data_dir)
+    if repository.exists():  # an earlier demo run with the same --output
+        shutil.rmtree(repository)
+    with report.step("started a LocalCluster (2 worker processes)"), warnings.catch_warnings():
+        # without a dashboard the scheduler still serves health checks, on 8787 when free
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        with report.step("virtualized the files in parallel on the cluster") as note:
+            vds = open_virtual_mfdataset(files, parallel=client, inline=InlinePolicy(coordinates=True))
+            note["detail"] = _chunk_counts(vds)
+        with report.step("persisted pr on the cluster (inlined)") as note:
+            persisted = vds[["pr"]].vz.persist()
+            vds = vds.copy()
+            vds["pr"] = persisted["pr"]
+            note["detail"] = _chunk_counts(vds[["pr"]])
+        with report.step("wrote kerchunk Parquet references") as note:
+            vds.vz.to_kerchunk(parquet, format="parquet")
+            note["detail"] = f"{_human(_size(parquet))} in {parquet}"
+        with report.step("wrote an Icechunk repository (committed)") as note:
+            session = create_repository(repository, prefix).writable_session("main")
+            snapshot = vds.vz.to_icechunk(session, commit=f"vzdask demo: {n_files} files")
+            note["detail"] = f"{_human(_size(repository))} in {repository} (snapshot {snapshot})"
+    finally:
+        client.close()
+        cluster.close()
+
+    with dask.config.set(scheduler="threads"):
+        with report.step("opened the originals with xr.open_mfdataset"):
+            expected = read_originals(files)
+        with report.step("read the Parquet references (fsspec + zarr v2)"):
+            from_parquet = read_parquet_references(parquet)
+        with report.step("read the Icechunk repository (icechunk + zarr v3)"):
+            from_icechunk = read_icechunk(repository, prefix)
+        with report.step("compared every value") as note:
+            problems = compare(from_parquet, expected, "kerchunk Parquet")
+            problems += compare(from_icechunk, expected, "Icechunk")
+            n_values = sum(v.size for v in expected.variables.values())
+            note["detail"] = f"{n_values} values of {len(expected.variables)} variables, twice"
+
+    print(f"  {'total':<52} {report.total():6.2f} s")
+    sizes = ", ".join(f"{k}={v}" for k, v in from_icechunk.sizes.items())
+    print(f"dataset: {sizes}; data variables {', '.join(map(str, from_icechunk.data_vars))}")
+    where = "" if keep else " (a temporary directory, removed now: keep the outputs with --output DIR)"
+    print(f"outputs: {directory}{where}")
     if problems:
         print("demo FAILED:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print(f"all {sum(v.size for v in expected.values())} values of {len(expected)} variables match")
     print("demo OK")
     return 0
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _require(module: str, purpose: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependency(
+            f"the demo needs {module} for {purpose}; install the demo extra: pip install -e '.[demo]'"
+        ) from err
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 mismatch)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 mismatch or failure)."""
     parser = argparse.ArgumentParser(prog="python -m vzdask.demo", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--output", type=Path, default=None,
-        help="keep the sample files in this directory (default: a temporary directory, removed afterwards)",
+        help="keep the files and outputs in this directory, replacing an earlier demo's "
+             "(default: a temporary directory, removed afterwards)",
     )
     args = parser.parse_args(argv)
-    if args.output is not None:
-        return run(args.output)
-    with tempfile.TemporaryDirectory(prefix="vzdask-demo-") as tmp:
-        return run(Path(tmp))
+    try:
+        if args.output is not None:
+            return run(args.output)
+        with tempfile.TemporaryDirectory(prefix="vzdask-demo-") as tmp:
+            return run(Path(tmp), keep=False)
+    except MissingDependency as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vzdask.cli import exit_now
+
+    exit_now(main())  # without interpreter finalization: see vzdask.cli.exit_now

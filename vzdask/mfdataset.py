@@ -229,7 +229,7 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             if progress:
                 from distributed import progress as show_progress
 
-                show_progress(parsed)
+                show_progress(parsed, notebook=False)  # a text bar: a widget would need ipywidgets and a display() call
             wait(parsed)
         failed = [(path, f) for path, f in zip(files, parsed) if f.status != "finished"]
         if failed:
