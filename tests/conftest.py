@@ -268,3 +268,28 @@ def dask_client(dask_cluster):
     """The session's distributed Client, acting as dask's scheduler during this test."""
     with dask_cluster.as_current():
         yield dask_cluster
+
+
+# =========================================================================== #
+# Exit: skip interpreter teardown once pytest has reported
+# =========================================================================== #
+# obstore's and icechunk's Rust runtimes keep worker threads that can crash
+# (SIGSEGV/SIGABRT) while CPython finalizes, after every test has passed and
+# the summary is printed. Ending the process right after pytest is done, with
+# pytest's own exit status, keeps that race from turning a green run red.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if _EXIT_STATUS and not hasattr(config, "workerinput"):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
