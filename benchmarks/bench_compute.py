@@ -224,11 +224,26 @@ def read_kerchunk(refs) -> np.ndarray:
     return ds[VAR].compute().values
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat; 0 where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def interleaved(methods: dict, runs: int, expected: np.ndarray) -> dict[str, dict[str, float]]:
     """Run every method once (checked against ``expected``), then ``runs`` rounds, rotating the order.
 
-    Interleaving spreads any load from other processes over all methods alike.
-    Returns median and minimum wall seconds and median CPU seconds (all threads).
+    Interleaving spreads load from other processes over all methods alike.
+    For each run we also record how many cores *other* processes kept busy
+    (machine busy time from /proc/stat minus this process's CPU time, per
+    second of wall time): a 2-thread reader only shows its speed when that is
+    near 0. Returns median and minimum wall seconds, median CPU seconds (all
+    threads) and the median other-process load.
     """
     for label, fn in methods.items():
         result = fn()
@@ -237,19 +252,29 @@ def interleaved(methods: dict, runs: int, expected: np.ndarray) -> dict[str, dic
         del result
     wall: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in methods}
+    others: dict[str, list[float]] = {k: [] for k in methods}
     labels = list(methods)
     for r in range(runs):
         for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             gc.collect()
-            c0, t0 = time.process_time(), time.perf_counter()
+            b0, c0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
             result = methods[label]()
-            wall[label].append(time.perf_counter() - t0)
-            cpu[label].append(time.process_time() - c0)
+            t1, c1, b1 = time.perf_counter(), time.process_time(), _busy_seconds()
+            wall[label].append(t1 - t0)
+            cpu[label].append(c1 - c0)
+            others[label].append(max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0))
             del result
     for label in labels:
-        print(f"  {label:<44} wall: {', '.join(f'{t:.2f}' for t in wall[label])}", file=sys.stderr)
+        runs_text = ", ".join(f"{t:.2f} ({o:.1f})" for t, o in zip(wall[label], others[label]))
+        print(f"  {label:<44} wall s (others' cores): {runs_text}", file=sys.stderr)
     return {
-        k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "cpu": statistics.median(cpu[k])} for k in labels
+        k: {
+            "median": statistics.median(wall[k]),
+            "min": min(wall[k]),
+            "cpu": statistics.median(cpu[k]),
+            "others": statistics.median(others[k]),
+        }
+        for k in labels
     }
 
 
@@ -307,6 +332,37 @@ def graph_benchmark(runs: int) -> dict[str, float]:
 
 
 # -- main --------------------------------------------------------------------
+
+FLOOR = "(d) floor: pread+zlib+shuffle, 1 thread"
+OURS = "(a) ManifestArray.compute()"
+
+
+def print_table(results: dict, nbytes: int, runs: int, load: tuple[float, float]) -> None:
+    floor = results.get(FLOOR, {}).get("median")
+    ours = results.get(OURS, {}).get("median")
+    print()
+    print(f"median of {runs} interleaved runs, page cache warm; load average {load[0]:.1f} before, {load[1]:.1f} after")
+    print(
+        f"{'method':<44} {'seconds':>8} {'min':>7} {'cpu s':>7} {'/ floor':>8} {'(a) faster':>11} {'MB/s':>6} "
+        f"{'others':>7}"
+    )
+    for label, r in results.items():
+        seconds = r["median"]
+        ratio = f"{seconds / floor:8.2f}" if floor else f"{'-':>8}"
+        speedup = f"{seconds / ours:10.1f}x" if ours and label not in (OURS, FLOOR) else f"{'':>11}"
+        print(
+            f"{label:<44} {seconds:8.3f} {r['min']:7.3f} {r['cpu']:7.2f} {ratio} {speedup} "
+            f"{nbytes / 1e6 / seconds:6.0f} {r['others']:7.1f}"
+        )
+    print("(min: fastest run; cpu s: CPU time of all threads; others: cores other processes kept busy meanwhile)")
+    print()
+    print("targets: (a) <= 0.75 x floor; (a) >= 5x faster than (b) and (c)")
+    if floor and ours:
+        print(f"  (a) / floor = {ours / floor:.2f}  [{'met' if ours <= 0.75 * floor else 'MISSED'}]")
+    for label, r in results.items():
+        if ours and label.startswith(("(b)", "(c)")):
+            print(f"  {label[:3]} / (a) = {r['median'] / ours:.1f}x  [{'met' if r['median'] >= 5 * ours else 'MISSED'}]")
+
 
 
 def read_benchmarks(args) -> None:

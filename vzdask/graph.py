@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import dask.config
 import numpy as np
 import obstore
+from obstore.store import LocalStore, MemoryStore
 from dask._task_spec import Task, TaskRef
 from dask.utils import parse_bytes
 
@@ -83,35 +84,76 @@ class BlockLayout:
 # -- fetching ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class EncodedBlock:
     """The encoded bytes of every non-missing chunk of one block, in C order.
 
     ``states`` and ``lengths`` are shaped like the block's part of the chunk
     grid; chunk ``i`` (C order, missing ones skipped) occupies the next
     ``lengths[i]`` bytes of ``data``.
+
+    A block made by ``fetch_block`` keeps each chunk in the buffer it was read
+    into: decoding reads them there, and ``data`` joins them only when asked
+    (``persist``); pickling sends the joined bytes.
     """
 
-    states: np.ndarray
-    lengths: np.ndarray
-    data: bytes
+    __slots__ = ("states", "lengths", "_data", "_pieces", "_size")
+
+    def __init__(self, states: np.ndarray, lengths: np.ndarray, data: bytes) -> None:
+        self.states, self.lengths = states, lengths
+        self._data, self._pieces, self._size = data, None, len(data)
+
+    @classmethod
+    def from_pieces(cls, states: np.ndarray, lengths: np.ndarray, pieces: Sequence) -> EncodedBlock:
+        """A block whose chunks are ``pieces`` (one buffer per non-missing chunk, C order), not yet joined."""
+        block = cls.__new__(cls)
+        block.states, block.lengths = states, lengths
+        block._data, block._pieces = None, tuple(pieces)
+        block._size = sum(memoryview(p).nbytes for p in block._pieces)
+        return block
+
+    @property
+    def data(self) -> bytes:
+        """All chunks' encoded bytes, back to back."""
+        data = self._data
+        if data is None:
+            data = self._data = b"".join(self._pieces)
+        return data
+
+    def _parts(self) -> Sequence:
+        return (self._data,) if self._data is not None else self._pieces
+
+    def _joined(self) -> bytes:
+        return self._data if self._data is not None else b"".join(self._pieces)
+
+    def __reduce__(self):
+        return (EncodedBlock, (self.states, self.lengths, self._joined()))
+
+    def __repr__(self) -> str:
+        return f"EncodedBlock<grid={self.states.shape}, chunks={int(np.count_nonzero(self.states))}, {self._size} bytes>"
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + self.states.nbytes + self.lengths.nbytes
+        return self._size + self.states.nbytes + self.lengths.nbytes
 
     def __sizeof__(self) -> int:  # lets distributed account for worker memory
         return self.nbytes
 
+    def chunk_views(self) -> list:
+        """The encoded bytes of each non-missing chunk in C order (views, no copies)."""
+        pieces = self._pieces
+        if pieces is not None and self._data is None:
+            return [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
+        view = memoryview(self.data)
+        sizes = np.asarray(self.lengths, np.int64)[np.asarray(self.states) != MISSING].ravel()
+        ends = np.cumsum(sizes).tolist()
+        return [view[end - size : end] for end, size in zip(ends, sizes.tolist())]
+
     def chunks(self) -> Iterator[tuple[tuple[int, ...], memoryview]]:
         """``(index within block, encoded bytes)`` of every non-missing chunk."""
-        view = memoryview(self.data)
-        position = 0
         nonmissing = self.states != MISSING
-        for index in zip(*np.nonzero(nonmissing)) if self.states.ndim else ([()] if nonmissing[()] else []):
-            size = int(self.lengths[index])
-            yield tuple(int(i) for i in index), view[position : position + size]
-            position += size
+        indices = zip(*np.nonzero(nonmissing)) if self.states.ndim else ([()] if nonmissing[()] else [])
+        for index, data in zip(indices, self.chunk_views()):
+            yield tuple(int(i) for i in index), data
 
 
 def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBlock:
@@ -140,7 +182,8 @@ def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBl
         for position in inlined.tolist():
             start = int(starts[position])
             pieces[position] = buffer[start : start + int(lengths.flat[position])]
-    return EncodedBlock(states.copy(), lengths.copy(), b"".join(pieces))
+    present = [piece for piece, state in zip(pieces, flat_states.tolist()) if state != MISSING]
+    return EncodedBlock.from_pieces(states.copy(), lengths.copy(), present)
 
 
 def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[list]:
@@ -161,16 +204,20 @@ def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[li
                 )
         return got
 
-    if len(requests) == 1:
-        url, positions, offsets, sizes = requests[0]
-        store, path = registry.resolve(url)
+    def read(url, positions, offsets, sizes, store, path):
         try:
             got = obstore.get_ranges(store, path, starts=offsets.tolist(), lengths=sizes.tolist())
         except BaseException as err:
             if not _is_read_error(err):
                 raise
             raise describe(url, positions, offsets, sizes, err) from err
-        return [check(url, positions, offsets, sizes, got)]
+        return check(url, positions, offsets, sizes, got)
+
+    resolved = [registry.resolve(r[0]) for r in requests]
+    if len(requests) == 1 or all(isinstance(store, _IN_PROCESS_STORES) for store, _ in resolved):
+        # one file, or local disk / memory: nothing to wait for, so no event loop
+        # (gathering coroutines costs three times the CPU of the reads themselves)
+        return [read(*r, *where) for r, where in zip(requests, resolved)]
 
     async def read_all():
         async def one(url, positions, offsets, sizes):
@@ -186,6 +233,9 @@ def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[li
         return await asyncio.gather(*(one(*r) for r in requests))
 
     return _run_async(read_all())
+
+
+_IN_PROCESS_STORES = (LocalStore, MemoryStore)
 
 
 def _is_read_error(err: BaseException) -> bool:
@@ -244,13 +294,9 @@ def _chunk_jobs(
     if ndim == 0:
         grid = np.zeros((1, 0), np.int64)
         present = np.asarray([states[()] != MISSING])
-        sizes = np.asarray([int(block.lengths[()])], np.int64)
     else:
         grid = np.indices(states.shape, dtype=np.int64).reshape(ndim, -1).T + np.asarray(grid_origin, np.int64)
         present = (states != MISSING).ravel()
-        sizes = np.asarray(block.lengths, np.int64).ravel()
-    sizes = np.where(present, sizes, 0)
-    ends = np.cumsum(sizes)
     chunks_ = np.asarray(chunks, np.int64)
     start = grid * chunks_ - np.asarray(element_origin, np.int64)
     stop = start + chunks_
@@ -259,17 +305,15 @@ def _chunk_jobs(
     hi = np.clip(stop, 0, limit)
     whole = ((lo == start) & (hi == stop)).all(axis=1)
     lo_l, hi_l, start_l, grid_l = lo.tolist(), hi.tolist(), start.tolist(), grid.tolist()
-    view = memoryview(block.data)
+    views = iter(block.chunk_views())  # one per present chunk, in the same C order
     jobs, fills = [], []
-    for k, (is_present, end, size, is_whole) in enumerate(
-        zip(present.tolist(), ends.tolist(), sizes.tolist(), whole.tolist())
-    ):
+    for k, (is_present, is_whole) in enumerate(zip(present.tolist(), whole.tolist())):
         region = tuple(map(slice, lo_l[k], hi_l[k])) if ndim else (Ellipsis,)  # out[...]: a 0-d view, not a scalar
         if not is_present:
             fills.append(region)
             continue
         inner = None if is_whole else tuple(slice(a - s, b - s) for a, b, s in zip(lo_l[k], hi_l[k], start_l[k]))
-        jobs.append((grid_l[k], view[end - size : end], region, inner))
+        jobs.append((grid_l[k], next(views), region, inner))
     return jobs, fills
 
 
@@ -363,8 +407,8 @@ def blocks_to_manifest(original: ChunkManifest, layout: BlockLayout, blocks: Seq
         state[where] = np.where(present, INLINED, MISSING)
         lengths[where] = sizes
         offsets[where] = np.where(present, starts, 0)
-        parts.append(block.data)
-        position += len(block.data)
+        parts.extend(block._parts())  # the chunks' own buffers: joined once, here
+        position += block._size
     path_index = np.full(layout.grid, -1, np.int32)
     return ChunkManifest._from_parts(state, path_index, offsets, lengths, (), b"".join(parts))
 
