@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +27,14 @@ def as_array_metadata(metadata: ArrayV3Metadata | dict[str, Any]) -> ArrayV3Meta
     raise TypeError(f"metadata must be zarr ArrayV3Metadata or its dict, not {type(metadata).__name__}")
 
 
+@functools.lru_cache(maxsize=256)
+def _zarr_data_type(dtype: np.dtype):
+    """zarr's data type for a numpy dtype (cached: zarr's lookup scans its whole registry)."""
+    from zarr.core.dtype import get_data_type_from_native_dtype
+
+    return get_data_type_from_native_dtype(dtype)
+
+
 def create_array_metadata(
     *,
     shape: Sequence[int],
@@ -42,9 +51,7 @@ def create_array_metadata(
     ``codecs`` are zarr codec objects or their dicts, in zarr v3 order
     (array->array filters, the array->bytes serializer, bytes->bytes compressors).
     """
-    from zarr.core.dtype import get_data_type_from_native_dtype
-
-    zdtype = get_data_type_from_native_dtype(np.dtype(dtype))
+    zdtype = _zarr_data_type(np.dtype(dtype))
     if codecs is None:
         codecs = [{"name": "bytes", "configuration": {"endian": "little"}}] if np.dtype(dtype).itemsize > 1 else [{"name": "bytes"}]
     if fill_value is None:
