@@ -6,7 +6,7 @@ Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 
 from __future__ import annotations
 
-from vzdask.parsers.common import ObstoreFile, ParseError
+from vzdask.parsers.common import ObstoreFile, ParseError, Parser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -48,4 +48,4 @@ def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePoli
     )
 
 
-__all__ = ["InlinePolicy", "ObstoreFile", "ParseError", "detect_parser"]
+__all__ = ["InlinePolicy", "ObstoreFile", "ParseError", "Parser", "detect_parser"]

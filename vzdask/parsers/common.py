@@ -16,6 +16,29 @@ class ParseError(ValueError):
     """A file that cannot be virtualized; the message names the file and the problem."""
 
 
+class Parser:
+    """Base of the parsers: configured in the constructor, then ``parser(url, registry) -> ManifestStore``.
+
+    Parameters
+    ----------
+    inline : InlinePolicy, optional
+        Which chunks to copy into the manifest while parsing (what the format
+        itself stores inline is always inlined).
+    group : str, optional
+        Parse only this group.
+    """
+
+    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None) -> None:
+        self.inline = inline
+        self.group = group
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(inline={self.inline!r}, group={self.group!r})"
+
+    def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        raise NotImplementedError
+
+
 class ObstoreFile(io.RawIOBase):
     """A read-only, seekable file object over one object, read through obstore in blocks.
 

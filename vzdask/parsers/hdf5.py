@@ -17,7 +17,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ObstoreFile, ParseError, finish
+from vzdask.parsers.common import Parser, ObstoreFile, ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -37,7 +37,7 @@ FILTER_NAMES = {DEFLATE: "deflate", SHUFFLE: "shuffle", FLETCHER32: "fletcher32"
 SMALL_VARIABLE_BYTES = 2**20
 
 
-class HDFParser:
+class HDFParser(Parser):
     """Parse netCDF4/HDF5 files into ManifestStores.
 
     Parameters
@@ -47,13 +47,6 @@ class HDFParser:
     group : str, optional
         Parse only this group of the file.
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None) -> None:
-        self.inline = inline
-        self.group = group
-
-    def __repr__(self) -> str:
-        return f"HDFParser(inline={self.inline!r}, group={self.group!r})"
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         import h5py

@@ -42,7 +42,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, _factorize_paths
 from vzdask.manifests.metadata import chunk_grid_shape, replace_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ParseError, finish
+from vzdask.parsers.common import Parser, ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.zarr_v2 import v2_to_v3
@@ -61,7 +61,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class KerchunkJSONParser:
+class KerchunkJSONParser(Parser):
     """Parse a kerchunk JSON reference set (spec version 0 or 1) into a ManifestStore.
 
     Parameters
@@ -72,13 +72,6 @@ class KerchunkJSONParser:
     group : str, optional
         Parse only this group of the reference set.
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None) -> None:
-        self.inline = inline
-        self.group = group
-
-    def __repr__(self) -> str:
-        return f"KerchunkJSONParser(inline={self.inline!r}, group={self.group!r})"
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         document = _load_json(url, _read_object(url, registry), "reference file")
@@ -99,7 +92,7 @@ class KerchunkJSONParser:
         return finish(group, registry, self.inline)
 
 
-class KerchunkParquetParser:
+class KerchunkParquetParser(Parser):
     """Parse a kerchunk/fsspec Parquet reference directory into a ManifestStore.
 
     The directory holds ``.zmetadata`` (``{"metadata": {...}, "record_size": N}``)
@@ -114,13 +107,6 @@ class KerchunkParquetParser:
     group : str, optional
         Parse only this group of the reference set.
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None) -> None:
-        self.inline = inline
-        self.group = group
-
-    def __repr__(self) -> str:
-        return f"KerchunkParquetParser(inline={self.inline!r}, group={self.group!r})"
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         root = url.rstrip("/")

@@ -28,7 +28,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import chunk_grid_shape
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ParseError, finish
+from vzdask.parsers.common import Parser, ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.zarr_v2 import DIMENSION_KEY, v2_to_v3
@@ -59,7 +59,7 @@ def is_zarr_store(url: str, registry: ObjectStoreRegistry) -> bool:
     return _run_async(any_exists())
 
 
-class ZarrParser:
+class ZarrParser(Parser):
     """Parse Zarr v2/v3 stores (directories or object-store prefixes) into ManifestStores.
 
     Parameters
@@ -77,12 +77,11 @@ class ZarrParser:
     def __init__(
         self, *, inline: InlinePolicy | None = None, group: str | None = None, consolidated: bool | None = None
     ) -> None:
-        self.inline = inline
-        self.group = group.strip("/") if group else None
+        super().__init__(inline=inline, group=group.strip("/") if group else None)
         self.consolidated = consolidated
 
     def __repr__(self) -> str:
-        return f"ZarrParser(inline={self.inline!r}, group={self.group!r})"
+        return f"ZarrParser(inline={self.inline!r}, group={self.group!r}, consolidated={self.consolidated!r})"
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         from vzdask.graph import _run_async
