@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+from vzdask.accessor import VirtualDatasetAccessor
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -210,7 +212,7 @@ def _parallel(args):
 
 def _write(ds, output: str, fmt: str, files: list[str], prefixes: list[str]) -> None:
     if fmt in ("json", "parquet"):
-        ds.vz.to_kerchunk(output, format=fmt)
+        VirtualDatasetAccessor(ds).to_kerchunk(output, format=fmt)
         return
     import icechunk
 
@@ -227,7 +229,7 @@ def _write(ds, output: str, fmt: str, files: list[str], prefixes: list[str]) -> 
             authorize_virtual_chunk_access=icechunk.containers_credentials(credentials),
         )
         session = repo.writable_session("main")
-        ds.vz.to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
+        VirtualDatasetAccessor(ds).to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
     except BaseException:  # leave no half-made repository behind (the directory was new or empty)
         if existed:
             for name in os.listdir(output):
@@ -269,14 +271,14 @@ def _container_prefixes(files: list[str]) -> list[str]:
 def _summary(ds, files, fmt, output, seconds) -> str:
     counts = {"virtual": 0, "inlined": 0, "missing": 0}
     referenced = 0
-    for name in ds.vz.virtual_variables:
+    for name in VirtualDatasetAccessor(ds).virtual_variables:
         manifest = ds.variables[name].data.manifest
         for k, n in manifest.count().items():
             counts[k] += n
         referenced += int(manifest.lengths[manifest.states == 1].sum())
     lines = [
         f"files       {len(files)}",
-        f"variables   {len(ds.variables)} ({len(ds.vz.virtual_variables)} virtual)",
+        f"variables   {len(ds.variables)} ({len(VirtualDatasetAccessor(ds).virtual_variables)} virtual)",
         f"chunks      {counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing",
         f"referenced  {_human(referenced)}",
         f"output      {output} ({fmt})",

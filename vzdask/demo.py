@@ -30,7 +30,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
 import numpy as np
+
+from vzdask.accessor import VirtualDatasetAccessor
 
 #: The sample collection: files, time steps per file, grid.
 N_FILES = 12
@@ -244,7 +247,7 @@ class _Report:
 
 def _chunk_counts(ds) -> str:
     parts = []
-    for name in ds.vz.virtual_variables:
+    for name in VirtualDatasetAccessor(ds).virtual_variables:
         c = ds.variables[name].data.manifest.count()
         parts.append(f"{name}: {c['virtual']} virtual/{c['inlined']} inlined")
     return "; ".join(parts)
@@ -299,16 +302,16 @@ def run(directory: Path, *, n_files: int = N_FILES, keep: bool = True) -> int:
             vds = open_virtual_mfdataset(files, parallel=client, inline=InlinePolicy(coordinates=True))
             note["detail"] = _chunk_counts(vds)
         with report.step("persisted pr on the cluster (inlined)") as note:
-            persisted = vds[["pr"]].vz.persist()
+            persisted = VirtualDatasetAccessor(vds[["pr"]]).persist()
             vds = vds.copy()
             vds["pr"] = persisted["pr"]
             note["detail"] = _chunk_counts(vds[["pr"]])
         with report.step("wrote kerchunk Parquet references") as note:
-            vds.vz.to_kerchunk(parquet, format="parquet")
+            VirtualDatasetAccessor(vds).to_kerchunk(parquet, format="parquet")
             note["detail"] = f"{_human(_size(parquet))} in {parquet}"
         with report.step("wrote an Icechunk repository (committed)") as note:
             session = create_repository(repository, prefix).writable_session("main")
-            snapshot = vds.vz.to_icechunk(session, commit=f"vzdask demo: {n_files} files")
+            snapshot = VirtualDatasetAccessor(vds).to_icechunk(session, commit=f"vzdask demo: {n_files} files")
             note["detail"] = f"{_human(_size(repository))} in {repository} (snapshot {snapshot})"
     finally:
         client.close()

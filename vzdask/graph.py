@@ -515,3 +515,12 @@ def dask_array_from_manifest_array(array, chunks=None):
 def _starts(chunks: Sequence[int]) -> list[int]:
     """Where each block of one axis starts."""
     return [0, *itertools.accumulate(chunks)][: len(chunks)]
+
+
+def read_array(array) -> np.ndarray:
+    """Fetch and decode a whole ManifestArray here, without a dask graph (small arrays: coordinates)."""
+    from vzdask.codecs import codec_key as make_codec_key
+
+    layout = array.layout
+    blocks = [fetch_block(array.manifest[layout.grid_slices(index)], array.registry) for index in layout.indices()]
+    return assemble(blocks, make_codec_key(array.metadata), array.shape, layout)

@@ -14,6 +14,7 @@ from typing import Any
 
 import xarray as xr
 
+from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -288,5 +289,5 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     Keyword arguments are those of ``open_virtual_mfdataset``.
     """
     decode_times = kwargs.get("decode_times")
-    analysis = open_virtual_mfdataset(paths, **kwargs).vz.to_dask(chunks=chunks)
+    analysis = VirtualDatasetAccessor(open_virtual_mfdataset(paths, **kwargs)).to_dask(chunks=chunks)
     return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))

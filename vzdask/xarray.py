@@ -101,13 +101,12 @@ def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
 
 
 def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None) -> dict[str, xr.Variable]:
-    """Read these arrays (one dask pass, in this thread) and CF-decode them as ``xr.open_dataset`` would."""
+    """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would."""
     if not arrays:
         return {}
-    import dask
+    from vzdask.graph import read_array
 
-    values = dask.compute(*arrays.values(), scheduler="sync")
-    raw = {name: _variable(name, array, value) for (name, array), value in zip(arrays.items(), values)}
+    raw = {name: _variable(name, array, read_array(array)) for name, array in arrays.items()}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
     for name, array in arrays.items():
