@@ -99,8 +99,6 @@ class ChunkCodec:
             (encoded,) = sync(self._pipeline.encode([(nd, self._spec)]))
         return encoded.to_bytes()
 
-    def fill_chunk(self) -> np.ndarray:
-        return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
 
 
 @functools.lru_cache(maxsize=512)

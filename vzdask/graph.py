@@ -393,7 +393,7 @@ def _worker_threads() -> int:
     return dask.config.get("num_workers", None) or os.cpu_count() or 1
 
 
-def blocks_to_manifest(original: ChunkManifest, layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> ChunkManifest:
+def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> ChunkManifest:
     """The fully inlined manifest that ``persist`` produces from fetched blocks."""
     state = np.zeros(layout.grid, np.uint8)
     offsets = np.zeros(layout.grid, np.uint64)

@@ -332,7 +332,7 @@ class ManifestArray(DaskMethodsMixin):
         values = [dsk[k] for k in keys]
         base = self._with(self._metadata, self._manifest)
         if all(isinstance(v, EncodedBlock) for v in values):
-            return self._with(self._metadata, blocks_to_manifest(self._manifest, self.layout, values))
+            return self._with(self._metadata, blocks_to_manifest(self.layout, values))
         base._source = (name, dict(zip(keys, values)))
         base._layout = self.layout
         return base
@@ -348,7 +348,7 @@ class ManifestArray(DaskMethodsMixin):
             blocks = client.gather(futures)
         else:
             blocks = _threaded_get(dict(tasks), keys)
-        self._manifest = blocks_to_manifest(self._manifest, self.layout, blocks)
+        self._manifest = blocks_to_manifest(self.layout, blocks)
         self._source = None
         self._name = None
         self._layout = None
