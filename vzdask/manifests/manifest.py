@@ -33,6 +33,9 @@ KNOWN_SCHEMES = frozenset(
 #: Offsets and lengths beyond this (8 PiB) cannot describe a real object.
 MAX_BYTE_POSITION = 2**53
 
+#: Chunk grids up to this many entries factorize their paths without pandas.
+SMALL_GRID = 256
+
 _KEY_SPLIT = re.compile(r"[^0-9]+")
 
 
@@ -532,9 +535,13 @@ def _factorize_paths(paths: np.ndarray) -> tuple[np.ndarray, list[str]]:
     string dtypes, converted to a Python object), which is 3-10x faster than
     factorizing every chunk. Without runs every path is hashed, as before.
     """
+    flat = paths.ravel()
+    if flat.size <= SMALL_GRID:
+        small = _factorize_small(flat)
+        if small is not None:
+            return small[0].reshape(paths.shape), small[1]
     import pandas as pd
 
-    flat = paths.ravel()
     heads = _run_starts(flat)
     values = flat if heads is None else flat[heads]
     if values.dtype.kind != "O":
@@ -548,6 +555,22 @@ def _factorize_paths(paths: np.ndarray) -> tuple[np.ndarray, list[str]]:
         codes = np.where(codes == empty, -1, np.where(codes > empty, codes - 1, codes))
         del uniques[empty]
     return codes.reshape(paths.shape), uniques
+
+
+def _factorize_small(flat: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """``_factorize_paths`` for a few paths, in plain Python (pandas costs ~50 us a call).
+
+    Only for ``str``/``None`` paths; ``None`` (anything else: NaN, numbers...)
+    means "use pandas", so its missing-value rules stay the only ones.
+    """
+    values = flat.tolist()
+    distinct = dict.fromkeys(values)  # first-seen order
+    if not all(type(p) is str or p is None for p in distinct):
+        return None
+    urls = [p for p in distinct if p]
+    code = {p: i for i, p in enumerate(urls)}
+    code[""] = code[None] = -1
+    return np.array([code[p] for p in values], dtype=np.intp), urls
 
 
 def _run_starts(flat: np.ndarray) -> np.ndarray | None:

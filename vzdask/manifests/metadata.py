@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata
+from zarr.core.common import parse_shapelike
+from zarr.core.metadata.common import parse_attributes
+from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata, parse_dimension_names
 
 #: Codecs whose configuration depends on the number of dimensions.
 NDIM_DEPENDENT_CODECS = frozenset({"transpose", "sharding_indexed"})
@@ -50,23 +54,83 @@ def create_array_metadata(
 
     ``codecs`` are zarr codec objects or their dicts, in zarr v3 order
     (array->array filters, the array->bytes serializer, bytes->bytes compressors).
+    A parser makes the same metadata but for shape, names and attributes once
+    per variable of every file, so full construction (parsing and evolving
+    every codec) runs once per distinct dtype/chunks/codecs/fill value and
+    the rest reuse it (see ``_template``).
     """
-    zdtype = _zarr_data_type(np.dtype(dtype))
+    dtype = np.dtype(dtype)
+    zdtype = _zarr_data_type(dtype)
     if codecs is None:
-        codecs = [{"name": "bytes", "configuration": {"endian": "little"}}] if np.dtype(dtype).itemsize > 1 else [{"name": "bytes"}]
+        codecs = [{"name": "bytes", "configuration": {"endian": "little"}}] if dtype.itemsize > 1 else [{"name": "bytes"}]
+    codecs = list(codecs)
     if fill_value is None:
         fill_value = zdtype.default_scalar()
-    attributes = encode_cf_fill_value(attributes or {}, np.dtype(dtype))
+    attributes = encode_cf_fill_value(attributes or {}, dtype)
+    chunks = tuple(int(c) for c in chunk_shape)
+    dimension_names = tuple(dimension_names) if dimension_names is not None else None
+    key = _template_key(dtype, chunks, codecs, fill_value, chunk_key_separator)
+    if key is None:
+        return _full_metadata(shape, zdtype, chunks, fill_value, codecs, attributes, dimension_names,
+                              chunk_key_separator)
+    template = _template(key, zdtype, chunks, fill_value, codecs, chunk_key_separator)
+    metadata = copy.copy(template)
+    object.__setattr__(metadata, "shape", parse_shapelike(shape))
+    object.__setattr__(metadata, "dimension_names", parse_dimension_names(dimension_names))
+    object.__setattr__(metadata, "attributes", parse_attributes(attributes))
+    metadata._validate_metadata()  # ndim of shape, chunks and names agree; codecs accept the shape
+    return metadata
+
+
+def _full_metadata(shape, zdtype, chunks, fill_value, codecs, attributes, dimension_names, separator) -> ArrayV3Metadata:
     return ArrayV3Metadata(
         shape=tuple(int(s) for s in shape),
         data_type=zdtype,
-        chunk_grid={"name": "regular", "configuration": {"chunk_shape": tuple(int(c) for c in chunk_shape)}},
-        chunk_key_encoding={"name": "default", "configuration": {"separator": chunk_key_separator}},
+        chunk_grid={"name": "regular", "configuration": {"chunk_shape": chunks}},
+        chunk_key_encoding={"name": "default", "configuration": {"separator": separator}},
         fill_value=fill_value,
         codecs=list(codecs),
         attributes=attributes or {},
-        dimension_names=tuple(dimension_names) if dimension_names is not None else None,
+        dimension_names=dimension_names,
     )
+
+
+def _template_key(dtype: np.dtype, chunks: tuple[int, ...], codecs: list, fill_value: Any, separator: str):
+    """What full construction depends on besides shape, names and attributes; ``None``: do not reuse.
+
+    Codecs whose configuration depends on the number of dimensions (transpose,
+    sharding) are never reused. The fill value enters by type and repr, so
+    ``0.0``/``-0.0``/NaN and ``1``/``1.0`` stay apart.
+    """
+    documents = []
+    for codec in codecs:
+        document = codec.to_dict() if hasattr(codec, "to_dict") else codec
+        if not isinstance(document, dict) or document.get("name") in NDIM_DEPENDENT_CODECS:
+            return None
+        documents.append(document)
+    try:
+        key = (dtype, chunks, json.dumps(documents, sort_keys=True),
+               type(fill_value).__name__, repr(fill_value), separator)
+        hash(key)
+    except (TypeError, ValueError):
+        return None
+    return key
+
+
+#: Fully constructed metadata per ``_template_key`` (bounded: a few distinct kinds of variable per collection).
+_TEMPLATES: dict[tuple, ArrayV3Metadata] = {}
+_MAX_TEMPLATES = 256
+
+
+def _template(key, zdtype, chunks, fill_value, codecs, separator) -> ArrayV3Metadata:
+    """Full construction for one key (shape: one chunk); callers copy it and set shape, names, attributes."""
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _full_metadata(chunks, zdtype, chunks, fill_value, codecs, None, (None,) * len(chunks), separator)
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    return template
 
 
 def encode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:

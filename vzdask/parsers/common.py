@@ -40,24 +40,42 @@ class Parser:
 
 
 class ObstoreFile(io.RawIOBase):
-    """A read-only, seekable file object over one object, read through obstore in blocks.
+    """A read-only, seekable file object over one object, read through obstore in cached blocks.
 
     h5py and our header parsers read metadata through it, so ``s3://`` and
-    ``http(s)://`` files need no local copy. Blocks are cached: metadata reads
-    are small and scattered.
+    ``http(s)://`` files need no local copy. Metadata reads are small and
+    scattered (h5py makes ~30 per netCDF4 file), and every request costs far
+    more than its bytes, so reads are served from blocks of ``block_size``
+    bytes: opening fetches the first block and learns the object's size in
+    the same request, and a read that misses fetches the missing blocks it
+    spans in one request.
     """
 
     def __init__(self, url: str, registry: ObjectStoreRegistry, block_size: int = 2**16) -> None:
         super().__init__()
         self.url = url
         self._store, self._path = registry.resolve(url)
-        try:
-            self.size = int(obstore.head(self._store, self._path)["size"])
-        except Exception as err:
-            raise FileNotFoundError(f"cannot open {url}: {str(err).splitlines()[0]}") from err
         self._position = 0
         self._block_size = block_size
-        self._blocks: dict[int, bytes] = {}
+        self._blocks: dict[int, memoryview] = {}
+        try:  # the first block and the size in one request
+            first = obstore.get(self._store, self._path, options={"range": (0, block_size)})
+        except Exception as err:  # missing, or empty (a range on an empty object is refused)
+            self.size = self._head_size(err)
+            return
+        self.size = int(first.meta["size"])
+        self._blocks[0] = memoryview(first.bytes())
+        self._check_block(0)
+
+    def _head_size(self, read_error: Exception) -> int:
+        """The size of an object whose first block could not be read: 0 if empty, else raise."""
+        try:
+            size = int(obstore.head(self._store, self._path)["size"])
+        except Exception as err:
+            raise FileNotFoundError(f"cannot open {self.url}: {str(err).splitlines()[0]}") from err
+        if size:
+            raise OSError(f"cannot read {self.url}: {str(read_error).splitlines()[0]}") from read_error
+        return size
 
     def readable(self) -> bool:
         return True
@@ -75,26 +93,70 @@ class ObstoreFile(io.RawIOBase):
 
     def read_range(self, start: int, length: int) -> bytes:
         """Bytes ``[start, start + length)``, clipped at the end of the object."""
+        return bytes(self._view(start, length))
+
+    def readinto(self, buffer) -> int:
+        data = self._view(self._position, len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._position += n
+        return n
+
+    def _view(self, start: int, length: int):
+        """The bytes ``[start, start + length)`` (clipped) as a buffer, fetching missing blocks."""
         stop = min(start + length, self.size)
         if stop <= start:
             return b""
-        first, last = start // self._block_size, (stop - 1) // self._block_size
-        missing = [b for b in range(first, last + 1) if b not in self._blocks]
-        if missing:
-            starts = [b * self._block_size for b in missing]
-            lengths = [min(self._block_size, self.size - s) for s in starts]
-            got = obstore.get_ranges(self._store, self._path, starts=starts, lengths=lengths)
-            for b, data in zip(missing, got):
-                self._blocks[b] = bytes(data)
-        data = b"".join(self._blocks[b] for b in range(first, last + 1))
-        offset = start - first * self._block_size
+        size = self._block_size
+        first, last = start // size, (stop - 1) // size
+        blocks = self._blocks
+        if first == last and first in blocks:  # the common case: one cached block
+            offset = first * size
+            return blocks[first][start - offset : stop - offset]
+        self._fetch([b for b in range(first, last + 1) if b not in blocks])
+        if first == last:
+            offset = first * size
+            return blocks[first][start - offset : stop - offset]
+        data = b"".join(blocks[b] for b in range(first, last + 1))
+        offset = start - first * size
         return data[offset : offset + (stop - start)]
 
-    def readinto(self, buffer) -> int:
-        data = self.read_range(self._position, len(buffer))
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+    def _fetch(self, missing: list[int]) -> None:
+        """Fetch these blocks, each run of consecutive blocks as one range, all in one request."""
+        if not missing:
+            return
+        size = self._block_size
+        runs = [[missing[0], missing[0]]]
+        for b in missing[1:]:
+            if b == runs[-1][1] + 1:
+                runs[-1][1] = b
+            else:
+                runs.append([b, b])
+        starts = [a * size for a, _ in runs]
+        stops = [min((z + 1) * size, self.size) for _, z in runs]
+        try:
+            if len(runs) == 1:  # a plain ranged get: several times cheaper than get_ranges
+                got = [obstore.get(self._store, self._path, options={"range": (starts[0], stops[0])}).bytes()]
+            else:
+                got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops)
+        except Exception as err:
+            raise OSError(f"{self.url}: cannot read bytes {starts[0]}-{stops[-1]}: {str(err).splitlines()[0]}") from err
+        for (a, z), start, data in zip(runs, starts, got):
+            view = memoryview(data)
+            for b in range(a, z + 1):
+                self._blocks[b] = view[b * size - start : (b + 1) * size - start]
+                self._check_block(b)
+
+    def _check_block(self, b: int) -> None:
+        """A block shorter than the size said means the object shrank (truncated while we read it)."""
+        expected = min(self._block_size, self.size - b * self._block_size)
+        if len(self._blocks[b]) != expected:
+            got = len(self._blocks[b])
+            del self._blocks[b]
+            raise OSError(
+                f"{self.url}: short read at byte {b * self._block_size}: got {got} of {expected} bytes "
+                f"(the object is {self.size} bytes long; was it truncated or replaced while being read?)"
+            )
 
 
 def finish(
