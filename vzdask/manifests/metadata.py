@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -109,7 +108,7 @@ def _template_key(dtype: np.dtype, chunks: tuple[int, ...], codecs: list, fill_v
             return None
         documents.append(document)
     try:
-        key = (dtype, chunks, json.dumps(documents, sort_keys=True),
+        key = (dtype, chunks, repr(documents),
                type(fill_value).__name__, repr(fill_value), separator)
         hash(key)
     except (TypeError, ValueError):

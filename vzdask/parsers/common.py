@@ -87,7 +87,10 @@ class ObstoreFile(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        if whence == io.SEEK_SET:  # h5py seeks before every read
+            self._position = offset if offset > 0 else 0
+            return self._position
+        base = {io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
         self._position = max(0, base + offset)
         return self._position
 
@@ -96,7 +99,16 @@ class ObstoreFile(io.RawIOBase):
         return bytes(self._view(start, length))
 
     def readinto(self, buffer) -> int:
-        data = self._view(self._position, len(buffer))
+        start = self._position
+        size = self._block_size
+        block = self._blocks.get(start // size)
+        stop = start + len(buffer)
+        if block is not None and stop <= (start // size + 1) * size and stop <= self.size:  # within one cached block
+            offset = start - start // size * size
+            buffer[:] = block[offset : offset + len(buffer)]
+            self._position = stop
+            return len(buffer)
+        data = self._view(start, len(buffer))
         n = len(data)
         buffer[:n] = data
         self._position += n

@@ -84,9 +84,8 @@ def _parse_group(h5group, url: str, registry: ObjectStoreRegistry) -> ManifestGr
             dims = _dimension_names(obj, keys, is_scale, phony)
             for dim, size in zip(dims, obj.shape):
                 sizes[dim] = max(sizes.get(dim, 0), int(size))
-            if is_scale and obj.attrs.get("CLASS") == b"DIMENSION_SCALE" and bytes(
-                obj.attrs.get("NAME", b"")
-            ).startswith(NETCDF_DIMENSION_ONLY):
+            if (is_scale and "NAME" in keys and bytes(obj.attrs["NAME"]).startswith(NETCDF_DIMENSION_ONLY)
+                    and obj.attrs.get("CLASS") == b"DIMENSION_SCALE"):
                 continue  # a netCDF dimension without a variable
             datasets[name] = (obj, dims, keys)
     for name, (obj, dims, keys) in datasets.items():
@@ -165,16 +164,17 @@ def _parse_dataset(dset, dims: list[str], shape: tuple[int, ...], attrs: dict, u
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
         present = np.zeros(grid, bool)
-        if infos:
-            index = tuple(np.array([i.chunk_offset for i in infos], np.int64).reshape(len(infos), len(chunks)).T
-                          // np.array(chunks, np.int64)[:, None])
-            offsets[index] = [i.byte_offset for i in infos]
-            lengths[index] = [i.size for i in infos]
-            present[index] = True
-            masked = [i for i in infos if i.filter_mask]
-            if masked:
-                first = tuple(o // c for o, c in zip(masked[0].chunk_offset, chunks))
+        if infos:  # one row per chunk: its element offset, then byte offset, size and filter mask
+            table = np.array([(*i.chunk_offset, i.byte_offset, i.size, i.filter_mask) for i in infos], np.uint64)
+            ndim = len(chunks)
+            masked = np.flatnonzero(table[:, ndim + 2])
+            if masked.size:
+                first = tuple(int(o) // c for o, c in zip(table[masked[0], :ndim], chunks))
                 raise ParseError(f"{where}: chunk {first} skipped some filters (filter mask); cannot virtualize it")
+            index = tuple((table[:, :ndim] // np.array(chunks, np.uint64)).T)
+            offsets[index] = table[:, ndim]
+            lengths[index] = table[:, ndim + 1]
+            present[index] = True
         paths = np.where(present, url, "").astype(object)
     else:  # contiguous: one chunk, or missing if never written
         chunks = shape if shape else ()
