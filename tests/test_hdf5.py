@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import hdf5plugin  # noqa: F401  (registers the filters before h5py writes with them)
 import h5py
 import netCDF4
@@ -191,7 +193,7 @@ def test_unsupported_filter_names_variable_and_way_out(tmp_path):
         HDFParser()(f"file://{path}", __import__("vzdask").ObjectStoreRegistry())
 
 
-@pytest.mark.parametrize("name", ["Blosc", "Zstd", "BZip2"])
+@pytest.mark.parametrize("name", ["Blosc", "Zstd", "BZip2", "LZ4"])
 def test_hdf5plugin_filters_decode_to_the_same_values(tmp_path, name):
     path = tmp_path / f"{name}.h5"
     data = np.round(RNG.random((40, 300)) * 100).astype("f4")  # compressible: every chunk gets filtered
@@ -200,6 +202,28 @@ def test_hdf5plugin_filters_decode_to_the_same_values(tmp_path, name):
     vds = open_virtual_dataset(path)
     np.testing.assert_array_equal(vds.v.data.compute(), data)
     assert vds.v.data.manifest.count()["virtual"] == 6
+
+
+def test_lz4_with_shuffle_reads_back_through_kerchunk_references(tmp_path):
+    import fsspec
+
+    from vzdask.writers.kerchunk import to_kerchunk
+
+    path = tmp_path / "lz4.h5"
+    data = np.round(RNG.random((40, 300)) * 100).astype("f4")
+    with h5py.File(path, "w") as f:  # small lz4 blocks: each chunk holds several HDF5 lz4 blocks
+        f.create_dataset("v", data=data, chunks=(20, 100), shuffle=True, **hdf5plugin.LZ4(nbytes=1024))
+    vds = open_virtual_dataset(path)
+    assert [c.to_dict()["name"] for c in vds.v.data.metadata.codecs][-1] == "imagecodecs_lz4h5"
+    np.testing.assert_array_equal(vds.v.data.compute(), data)
+    refs = to_kerchunk(vds)
+    assert json.loads(refs["refs"]["v/.zarray"])["compressor"]["id"] == "imagecodecs_lz4h5"
+    fs = fsspec.filesystem("reference", fo=refs)
+    back = xr.open_dataset(fs.get_mapper(""), engine="zarr", consolidated=False, zarr_format=2)
+    np.testing.assert_array_equal(back.v.values, data)
+    refs_file = tmp_path / "refs.json"
+    refs_file.write_text(json.dumps(refs))
+    np.testing.assert_array_equal(open_virtual_dataset(refs_file, loadable_variables=[]).v.data.compute(), data)
 
 
 def test_plain_hdf5_with_shuffle_fletcher_and_fill(tmp_path):

@@ -18,9 +18,14 @@ from dask.base import is_dask_collection
 from vzdask.manifests.array import ManifestArray
 
 
+@xr.register_dataset_accessor("vzdask")
 @xr.register_dataset_accessor("vz")
 class VirtualDatasetAccessor:
-    """``ds.vz``: work with the ManifestArray variables of a Dataset."""
+    """``ds.vz`` (also ``ds.vzdask``): work with the ManifestArray variables of a Dataset.
+
+    VirtualiZarr registers a ``vz`` accessor too, and the package imported
+    last owns that name; ``ds.vzdask`` is always this one.
+    """
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds

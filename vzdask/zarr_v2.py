@@ -16,6 +16,9 @@ numcodecs array filters           zarr's ``numcodecs.*`` array codecs, their
 ``gzip``, ``zstd``, ``blosc``     zarr's native ``gzip``, ``zstd``, ``blosc``
                                   (``crc32c`` too, v3 -> v2)
 other numcodecs bytes codecs      zarr's ``numcodecs.*`` wrappers
+``imagecodecs_*`` bytes codecs    the ``imagecodecs_*`` zarr codecs of the
+(imagecodecs-numcodecs)           same name (imagecodecs-zarr), e.g. HDF5's
+                                  ``lz4h5`` framing
 ``zfpy``/``pcodec``-like codecs   the array-to-bytes serializer
 ``filters`` + ``compressor``      codecs after the serializer, in order (v3
                                   -> v2: the last is the ``compressor``)
@@ -73,6 +76,8 @@ _NATIVE_BYTES_CODECS = {
     "crc32c": lambda c: {"id": "crc32c"},
 }
 _NUMCODECS_PREFIX = "numcodecs."
+#: imagecodecs names its codecs alike in numcodecs (v2 ids) and zarr v3 (names).
+_IMAGECODECS_PREFIX = "imagecodecs_"
 
 
 # --------------------------------------------------------------------------- #
@@ -282,6 +287,11 @@ def _v3_codec_of(codec_id: str, options: dict[str, Any], dtype: np.dtype) -> Any
             typesize=max(dtype.itemsize, 1),
             blocksize=int(options.get("blocksize", 0)),
         )
+    if codec_id.startswith(_IMAGECODECS_PREFIX):
+        try:
+            return get_codec_class(codec_id).from_dict({"name": codec_id, "configuration": options})
+        except KeyError:
+            return None
     try:
         cls = get_codec_class(_NUMCODECS_PREFIX + codec_id)
     except KeyError:
@@ -362,6 +372,8 @@ def v2_codecs(metadata: ArrayV3Metadata, name: str = "") -> tuple[np.dtype | str
         else:
             if codec_name.startswith(_NUMCODECS_PREFIX):
                 byte_steps.append(_numcodecs_config(codec_name, config))
+            elif codec_name.startswith(_IMAGECODECS_PREFIX):
+                byte_steps.append({"id": codec_name, **config})
             elif codec_name in _NATIVE_BYTES_CODECS:
                 try:
                     byte_steps.append(_NATIVE_BYTES_CODECS[codec_name](config))

@@ -213,12 +213,34 @@ def _codecs(plist, dtype: np.dtype, where: str) -> list[Any]:
             codecs.append(zc.BZ2(level=int(values[0]) if values else 9))
         elif code == BLOSC:
             codecs.append(zc.Blosc())
+        elif code == LZ4:
+            codecs.append(_lz4h5_codec(where))
         else:
             raise ParseError(
-                f"{where}: HDF5 filter {FILTER_NAMES.get(code, code)!r} (id {code}) has no zarr codec here; "
+                f"{where}: HDF5 filter {FILTER_NAMES.get(code, code)!r} (id {code}) has no zarr codec that can "
+                "read its stored chunks; "
                 "drop the variable with drop_variables=[...] or load it with loadable_variables"
             )
     return codecs
+
+
+def _lz4h5_codec(where: str) -> dict[str, Any]:
+    """HDF5's lz4 filter frames its blocks its own way; imagecodecs' ``lz4h5`` zarr codec reads that framing.
+
+    (lzf has no such codec: HDF5 stores bare LZF blocks without their decoded
+    size, which imagecodecs' zarr codec cannot decode, so lzf stays an error.)
+    """
+    from zarr.registry import get_codec_class
+
+    name = "imagecodecs_lz4h5"
+    try:
+        get_codec_class(name)
+    except Exception as err:
+        raise ParseError(
+            f"{where}: HDF5 filter 'lz4' (id {LZ4}) needs the zarr codec {name!r}; "
+            "install it with `pip install imagecodecs-zarr` (included in vzdask[hdf])"
+        ) from err
+    return {"name": name}
 
 
 def _inline_whole(dset, where, dims, attrs, registry, codecs=None) -> ManifestArray:
