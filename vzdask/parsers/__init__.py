@@ -11,12 +11,26 @@ from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
 def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None):
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found."""
     from vzdask.parsers.kerchunk import is_kerchunk_parquet
     from vzdask.parsers.zarr import ZarrParser, is_zarr_store
+
+    # An object with an HDF5 or netCDF3 signature is neither a directory of Parquet references nor a
+    # Zarr prefix: one small read settles it, before the zarr/Parquet probes (several requests each).
+    try:
+        probe = ObstoreFile(url, registry, block_size=8).read_range(0, 8)
+    except Exception:  # not a readable object (a prefix, or missing): the probes below decide and explain
+        probe = b""
+    if probe.startswith(HDF5_SIGNATURE):
+        from vzdask.parsers.hdf5 import HDFParser
+
+        return HDFParser(inline=inline, group=group)
+    if probe[:4] in NETCDF3_SIGNATURES:
+        return _netcdf3_parser(url, inline)
 
     if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
         from vzdask.parsers.kerchunk import KerchunkParquetParser
@@ -29,12 +43,8 @@ def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePoli
         from vzdask.parsers.hdf5 import HDFParser
 
         return HDFParser(inline=inline, group=group)
-    if head[:4] in (b"CDF\x01", b"CDF\x02", b"CDF\x05"):
-        try:
-            from vzdask.parsers.netcdf3 import NetCDF3Parser
-        except ImportError as err:  # pragma: no cover - parser not built yet
-            raise ParseError(f"{url}: netCDF3 file, but the netCDF3 parser is not available ({err})") from err
-        return NetCDF3Parser(inline=inline)
+    if head[:4] in NETCDF3_SIGNATURES:
+        return _netcdf3_parser(url, inline)
     if head.lstrip()[:1] in (b"{", b""):
         from vzdask.parsers.kerchunk import KerchunkJSONParser, looks_like_kerchunk_json
 
@@ -46,6 +56,14 @@ def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePoli
         if head
         else f"{url}: empty file; nothing to virtualize"
     )
+
+
+def _netcdf3_parser(url: str, inline: InlinePolicy | None):
+    try:
+        from vzdask.parsers.netcdf3 import NetCDF3Parser
+    except ImportError as err:  # pragma: no cover - parser not built yet
+        raise ParseError(f"{url}: netCDF3 file, but the netCDF3 parser is not available ({err})") from err
+    return NetCDF3Parser(inline=inline)
 
 
 __all__ = ["InlinePolicy", "ObstoreFile", "ParseError", "Parser", "detect_parser"]

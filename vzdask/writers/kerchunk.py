@@ -27,6 +27,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps does with a str
 from pathlib import Path
 from typing import Any
 
@@ -357,10 +358,18 @@ def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
     for key, document in metadata.items():
         f.write(("" if first else ",") + json.dumps(key) + ":" + json.dumps(_dumps(document)))
         first = False
+    quoted: dict[str, str] = {}  # each url's JSON string, made once
     for node, zarray in _array_documents(plan, metadata):
         batch = []
         for key, value in _chunk_refs(node, zarray["dimension_separator"]):
-            batch.append(json.dumps(key) + ":" + json.dumps(value, separators=(",", ":")))
+            # the bytes json.dumps(..., separators=(",", ":")) writes, without its per-call overhead
+            if isinstance(value, str):
+                batch.append(_quote(key) + ":" + _quote(value))
+                continue
+            url, position, size = value
+            if url not in quoted:
+                quoted[url] = _quote(url)
+            batch.append(f"{_quote(key)}:[{quoted[url]},{position},{size}]")
             if len(batch) >= 10_000:
                 f.write(("" if first else ",") + ",".join(batch))
                 first, batch = False, []
