@@ -179,6 +179,11 @@ def _resolve_client(parallel):
     raise ValueError(f"parallel must be None, 'threads', 'processes', True or a distributed.Client, not {parallel!r}")
 
 
+def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[xr.Dataset, dict]]:
+    """Several files in one task: a process pool then ships one result list per batch, not per file."""
+    return [_open_one(path, options) for path in paths]
+
+
 def _parse_locally(files, options, parallel, progress):
     import dask
     from dask import delayed
@@ -186,8 +191,18 @@ def _parse_locally(files, options, parallel, progress):
     if parallel is True:
         parallel = "processes"
     scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
-    tasks = [delayed(_open_one, pure=False)(path, dict(options)) for path in files]
+    if scheduler == "sync" and not progress:  # one after another here: no graph to build
+        return [_open_one(path, options) for path in files]
     extra = {}
+    if scheduler == "processes" and not progress:
+        # a few batches per worker: each task costs a round trip to a process
+        size = max(1, -(-len(files) // (4 * (os.cpu_count() or 1))))
+        tasks = [delayed(_open_batch, pure=False)(files[i : i + size], dict(options))
+                 for i in range(0, len(files), size)]
+        if dask.config.get("pool", None) is None:
+            extra["pool"] = _process_pool()
+        return [result for batch in dask.compute(*tasks, scheduler=scheduler, **extra) for result in batch]
+    tasks = [delayed(_open_one, pure=False)(path, dict(options)) for path in files]
     if scheduler == "processes" and dask.config.get("pool", None) is None:
         extra["pool"] = _process_pool()
     if progress:
