@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import hdf5plugin  # noqa: F401  (registers the filters before h5py writes with them)
 import h5py
@@ -15,6 +16,7 @@ from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL
 from vzdask.parsers import ParseError
 from vzdask.parsers.hdf5 import HDFParser
 from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import open_virtual_dataset
 
 RNG = np.random.default_rng(42)
@@ -244,3 +246,67 @@ def test_chunk_stored_without_its_filters_is_a_clear_error(tmp_path):
         f.create_dataset("noise", data=RNG.random((4, 4)).astype("f4"), chunks=(2, 2), **hdf5plugin.Blosc())
     with pytest.raises(ParseError, match=r"skipped.h5: variable '/noise': chunk \(0, 0\) skipped some filters"):
         open_virtual_dataset(path)
+
+
+def _dims_by_h5py_api(dset, phony):
+    """The dimension names as h5py's ``dims`` API gives them (the parser reads DIMENSION_LIST itself)."""
+    if dset.ndim == 1 and h5py.h5ds.is_scale(dset.id):
+        return [dset.name.rsplit("/", 1)[-1]]
+    names = []
+    for axis, dim in enumerate(dset.dims):
+        if len(dim):
+            names.append(dim[0].name.rsplit("/", 1)[-1])
+        else:
+            names.append(phony.setdefault(dset.shape[axis], f"phony_dim_{len(phony)}"))
+    return names
+
+
+def test_dimension_names_and_attribute_order_match_h5py(tmp_path):
+    from vzdask.parsers.hdf5 import _attribute_names, _dimension_names
+
+    path = tmp_path / "scales.h5"
+    with h5py.File(path, "w", track_order=True) as f:
+        x = f.create_dataset("x", data=np.arange(4.0))
+        x.make_scale("x")
+        x2 = f.create_dataset("x_alt", data=np.arange(4.0) * 2)
+        x2.make_scale("x_alt")
+        g = f.create_group("grp")
+        y = g.create_dataset("y", data=np.arange(3.0))
+        y.make_scale("y")
+        data = f.create_dataset("data", data=np.zeros((3, 4, 5)), track_order=True)
+        data.dims[1].attach_scale(x2)  # two scales on one axis: the first attached names it
+        data.dims[1].attach_scale(x)
+        data.dims[0].attach_scale(y)  # a scale in another group
+        data.attrs["zeta"], data.attrs["alpha"] = 1, 2  # creation order differs from name order
+        f.create_dataset("grid", data=np.zeros((3, 4))).make_scale("grid")  # a 2-D dimension scale
+        f.create_dataset("plain", data=np.zeros((5, 5)))
+    with h5py.File(path, "r") as f:
+        for name in ("x", "x_alt", "grp/y", "data", "grid", "plain"):
+            dset = f[name]
+            plist = dset.id.get_create_plist()
+            keys = _attribute_names(dset.id, plist)
+            assert keys == list(dset.attrs), name
+            mine, theirs = {}, {}
+            is_scale = "CLASS" in keys and h5py.h5ds.is_scale(dset.id)
+            assert _dimension_names(dset, keys, is_scale, mine) == _dims_by_h5py_api(dset, theirs), name
+            assert mine == theirs
+        assert _dimension_names(f["data"], list(f["data"].attrs), False, {}) == ["y", "x_alt", "phony_dim_0"]
+        assert _attribute_names(f["data"].id, f["data"].id.get_create_plist())[-2:] == ["zeta", "alpha"]
+    store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
+    assert store.group["data"].dimension_names == ("y", "x_alt", "phony_dim_0")
+    assert list(store.group["data"].metadata.attributes) == ["zeta", "alpha"]
+
+
+def test_loaded_coordinate_of_a_file_truncated_after_parsing_is_a_clear_error(tmp_path):
+    from vzdask.xarray import to_virtual_dataset
+
+    path = tmp_path / "coords.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("x", 50_000)
+        nc.createVariable("x", "f8", ("x",))[:] = np.arange(50_000.0)
+    store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
+    np.testing.assert_array_equal(to_virtual_dataset(store)["x"].values, np.arange(50_000.0))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1000)
+    with pytest.raises(OSError, match=r"coords\.nc"):
+        to_virtual_dataset(store)

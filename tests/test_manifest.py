@@ -620,3 +620,99 @@ def test_million_chunk_manifest_is_compact():
     assert m.entry((999, 999)) == ("virtual", urls[999_999 % 100], 999_999 * 4096, 4096)
     assert m.entry((0, 0)) == ("inlined", b"first")
     assert m.entry((0, 97)) is None
+
+
+# --------------------------------------------------------------------------- #
+# small grids factorize their paths without pandas: same codes and url table
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["file:///a.nc"] * 7,
+        ["", "file:///b.nc", None, "file:///a.nc", "file:///b.nc", ""],
+        [None, None],
+        ["s3://x/1.nc", "s3://x/2.nc", "s3://x/1.nc"],
+    ],
+)
+def test_small_grid_factorizing_matches_pandas(paths):
+    import pandas as pd
+
+    from vzdask.manifests.manifest import _factorize_paths, _factorize_small
+
+    arr = np.array(paths, dtype=object)
+    codes, urls = _factorize_paths(arr)
+    assert _factorize_small(arr) is not None  # the pandas-free path is the one taken
+    raw, uniques = pd.factorize(arr, use_na_sentinel=True)
+    expected_urls = [u for u in uniques if u != ""]
+    expected = np.array([-1 if (c < 0 or uniques[c] == "") else expected_urls.index(uniques[c]) for c in raw])
+    assert urls == expected_urls
+    np.testing.assert_array_equal(codes, expected)
+
+
+def test_small_grid_with_non_string_paths_keeps_the_pandas_rules():
+    from vzdask.manifests.manifest import _factorize_small
+
+    arr = np.array(["file:///a.nc", float("nan"), ""], dtype=object)
+    assert _factorize_small(arr) is None  # NaN: pandas decides (a missing value)
+    manifest = ChunkManifest.from_arrays(paths=arr, offsets=[0, 0, 0], lengths=[5, 0, 0])
+    assert manifest.count() == {"virtual": 1, "inlined": 0, "missing": 2}
+    with pytest.raises(ValueError, match=r"chunk 1: path 3 is not a string"):
+        ChunkManifest.from_arrays(paths=np.array(["file:///a.nc", 3], dtype=object), offsets=[0, 0], lengths=[5, 5])
+
+
+# --------------------------------------------------------------------------- #
+# create_array_metadata reuses a per-kind template: identical to full construction
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(shape=(24, 180, 360), chunk_shape=(1, 90, 180), dtype="<f4", fill_value=np.float32(9.96921e36),
+             codecs=[{"name": "bytes", "configuration": {"endian": "little"}}, "shuffle", "zlib"],
+             dimension_names=("time", "lat", "lon"), attributes={"units": "K", "_FillValue": 1.5}),
+        dict(shape=(5,), chunk_shape=(5,), dtype="f8", fill_value=-0.0, dimension_names=("x",)),
+        dict(shape=(5,), chunk_shape=(5,), dtype="f8", fill_value=float("nan")),
+        dict(shape=(3, 4), chunk_shape=(2, 2), dtype="i2", fill_value=-9, dimension_names=None),
+        dict(shape=(0,), chunk_shape=(1,), dtype="u1"),
+        dict(shape=(4, 6), chunk_shape=(2, 3), dtype="f4",
+             codecs=[{"name": "transpose", "configuration": {"order": [1, 0]}},
+                     {"name": "bytes", "configuration": {"endian": "little"}}]),
+    ],
+)
+def test_templated_metadata_equals_full_construction(kwargs):
+    import zarr.codecs as zc
+
+    from vzdask.manifests.metadata import _full_metadata, _zarr_data_type, create_array_metadata, encode_cf_fill_value
+
+    named = {"shuffle": zc.Shuffle(elementsize=4), "zlib": zc.Zlib(level=4)}
+    kwargs = dict(kwargs)
+    if "codecs" in kwargs:
+        kwargs["codecs"] = [named.get(c, c) if isinstance(c, str) else c for c in kwargs["codecs"]]
+    dtype = np.dtype(kwargs["dtype"])
+    zdtype = _zarr_data_type(dtype)
+    codecs = kwargs.get("codecs") or ([{"name": "bytes", "configuration": {"endian": "little"}}]
+                                      if dtype.itemsize > 1 else [{"name": "bytes"}])
+    fill = kwargs.get("fill_value")
+    full = _full_metadata(kwargs["shape"], zdtype, tuple(kwargs["chunk_shape"]),
+                          zdtype.default_scalar() if fill is None else fill, codecs,
+                          encode_cf_fill_value(kwargs.get("attributes") or {}, dtype), kwargs.get("dimension_names"), "/")
+    for _ in range(2):  # the second call comes from the template
+        made = create_array_metadata(**kwargs)
+        assert made.to_dict() == full.to_dict()
+        assert str(made.fill_value) == str(full.fill_value) and np.signbit(made.fill_value) == np.signbit(full.fill_value)
+    other = create_array_metadata(**{**kwargs, "shape": tuple(s * 2 for s in kwargs["shape"])})
+    assert other.shape == tuple(s * 2 for s in kwargs["shape"]) and made.shape == tuple(kwargs["shape"])
+
+
+def test_templated_metadata_still_validates_shape_and_names():
+    from vzdask.manifests.metadata import create_array_metadata
+
+    base = dict(shape=(4, 4), chunk_shape=(2, 2), dtype="f4", dimension_names=("y", "x"))
+    create_array_metadata(**base)
+    with pytest.raises(ValueError, match="dimension_names"):
+        create_array_metadata(**{**base, "dimension_names": ("y",)})
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        create_array_metadata(**{**base, "shape": (4,)})
+    with pytest.raises(ValueError, match="non-negative"):
+        create_array_metadata(**{**base, "shape": (4, -1)})
+    with pytest.raises(TypeError):
+        create_array_metadata(**{**base, "dimension_names": ("y", 3)})

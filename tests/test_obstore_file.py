@@ -1,0 +1,141 @@
+"""ObstoreFile: the block-cached file object h5py and the header parsers read through."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import obstore
+import pytest
+
+from vzdask.parsers.common import ObstoreFile
+from vzdask.registry import ObjectStoreRegistry
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = RNG.integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    return "file://" + str(path), data
+
+
+def count_requests(monkeypatch) -> list:
+    """Record every obstore request (a real LocalStore still answers them)."""
+    calls: list = []
+    for name in ("get", "get_ranges", "head"):
+        real = getattr(obstore, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(obstore, name, counted)
+    return calls
+
+
+def test_reads_across_block_boundaries_and_at_the_end_match_the_bytes(blob):
+    url, data = blob
+    f = ObstoreFile(url, ObjectStoreRegistry.default(), block_size=64)
+    assert f.size == len(data)
+    cases = [(0, 8), (60, 10), (63, 1), (64, 64), (100, 300), (10, 990), (950, 100), (999, 5), (1000, 4), (1200, 3)]
+    for start, length in cases:
+        assert f.read_range(start, length) == data[start : start + length], (start, length)
+    # the file-object protocol h5py uses: seek + readinto, and SEEK_CUR / SEEK_END
+    order = RNG.permutation(len(cases))
+    for i in order:
+        start, length = cases[i]
+        buffer = bytearray(length)
+        f.seek(start)
+        n = f.readinto(memoryview(buffer))
+        expected = data[start : start + length]
+        assert n == len(expected) and bytes(buffer[:n]) == expected
+        assert f.tell() == start + n
+    assert f.seek(-10, io.SEEK_END) == len(data) - 10
+    assert f.read() == data[-10:]
+    f.seek(5)
+    assert f.seek(3, io.SEEK_CUR) == 8 and f.read(4) == data[8:12]
+
+
+def test_first_block_and_size_come_in_one_request_and_blocks_are_fetched_once(blob, monkeypatch):
+    url, data = blob
+    calls = count_requests(monkeypatch)
+    f = ObstoreFile(url, ObjectStoreRegistry.default(), block_size=256)
+    assert calls == ["get"] and f.size == len(data)
+    assert f.read_range(0, 256) == data[:256] and calls == ["get"]  # served from the first block
+    assert f.read_range(200, 700) == data[200:900]  # blocks 1-3: one request for the run
+    assert len(calls) == 2
+    assert f.read_range(300, 600) == data[300:900] and len(calls) == 2  # all cached now
+    assert f.read_range(0, 1000) == data and len(calls) == 2  # block 3 (768-999) came with the run
+    assert sorted(f._blocks) == [0, 1, 2, 3]
+
+
+def test_separate_missing_runs_are_fetched_together(blob, monkeypatch):
+    url, data = blob
+    f = ObstoreFile(url, ObjectStoreRegistry.default(), block_size=100)
+    f.read_range(300, 100)  # block 3 cached: a read of 0-999 now misses the runs 1-2 and 4-9
+    calls = count_requests(monkeypatch)
+    assert f.read_range(0, 1000) == data
+    assert calls == ["get_ranges"]
+
+
+def test_small_empty_and_missing_objects(tmp_path):
+    registry = ObjectStoreRegistry.default()
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"tiny")
+    f = ObstoreFile("file://" + str(small), registry)
+    assert f.size == 4 and f.read_range(0, 100) == b"tiny" and f.read_range(4, 1) == b""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    f = ObstoreFile("file://" + str(empty), registry)
+    assert f.size == 0 and f.read_range(0, 8) == b""
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        ObstoreFile("file://" + str(tmp_path / "missing.bin"), registry)
+
+
+def test_a_file_truncated_while_being_read_is_a_clear_error(blob):
+    url, data = blob
+    f = ObstoreFile(url, ObjectStoreRegistry.default(), block_size=256)
+    path = url[len("file://") :]
+    with open(path, "r+b") as handle:
+        handle.truncate(600)  # block 2 (512-767) is now short, block 3 is gone
+    assert f.read_range(0, 10) == data[:10]  # cached bytes stay right
+    with pytest.raises(OSError, match=r"blob\.bin: short read at byte 512: got 88 of 256 bytes"):
+        f.read_range(520, 10)
+    with pytest.raises(OSError, match=r"blob\.bin"):
+        f.read_range(800, 10)
+    assert 2 not in f._blocks and 3 not in f._blocks  # nothing wrong was cached
+    assert os.path.getsize(path) == 600
+
+
+def test_a_file_signature_decides_before_the_directory_probes(tmp_path, monkeypatch):
+    import h5py
+
+    import vzdask.parsers.kerchunk as kerchunk_parser
+    import vzdask.parsers.zarr as zarr_parser
+    from vzdask.parsers import ParseError, detect_parser
+    from vzdask.parsers.hdf5 import HDFParser
+
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("probed a directory layout for a file with a signature")
+
+    monkeypatch.setattr(zarr_parser, "is_zarr_store", refuse)
+    monkeypatch.setattr(kerchunk_parser, "is_kerchunk_parquet", refuse)
+    registry = ObjectStoreRegistry.default()
+    parser = detect_parser(path.as_uri(), registry, group="g")
+    assert isinstance(parser, HDFParser) and parser.group == "g"
+    # no signature: the probes run (and here they refuse)
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"neither")
+    with pytest.raises(AssertionError, match="probed"):
+        detect_parser(other.as_uri(), registry)
+    monkeypatch.undo()
+    with pytest.raises(ParseError, match=r"other\.bin: unrecognised file format"):
+        detect_parser(other.as_uri(), registry)
