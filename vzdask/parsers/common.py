@@ -99,16 +99,14 @@ class ObstoreFile(io.RawIOBase):
         return bytes(self._view(start, length))
 
     def readinto(self, buffer) -> int:
-        start = self._position
-        size = self._block_size
-        block = self._blocks.get(start // size)
-        stop = start + len(buffer)
-        if block is not None and stop <= (start // size + 1) * size and stop <= self.size:  # within one cached block
-            offset = start - start // size * size
-            buffer[:] = block[offset : offset + len(buffer)]
-            self._position = stop
-            return len(buffer)
-        data = self._view(start, len(buffer))
+        start, n = self._position, len(buffer)
+        b, offset = divmod(start, self._block_size)
+        block = self._blocks.get(b)
+        if block is not None and offset + n <= len(block):  # within one cached block: the usual case
+            buffer[:] = block[offset : offset + n]
+            self._position = start + n
+            return n
+        data = self._view(start, n)
         n = len(data)
         buffer[:n] = data
         self._position += n
@@ -151,7 +149,9 @@ class ObstoreFile(io.RawIOBase):
                 got = [obstore.get(self._store, self._path, options={"range": (starts[0], stops[0])}).bytes()]
             else:
                 got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops)
-        except Exception as err:
+        except BaseException as err:  # obstore raises a Rust panic (a BaseException) for some bad ranges
+            if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
+                raise
             raise OSError(f"{self.url}: cannot read bytes {starts[0]}-{stops[-1]}: {str(err).splitlines()[0]}") from err
         for (a, z), start, data in zip(runs, starts, got):
             view = memoryview(data)
