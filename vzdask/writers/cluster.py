@@ -54,9 +54,7 @@ class HeldBlocks:
 
     def holders(self) -> list[list[str]]:
         """The addresses of the workers holding each block, once persisting is done (empty for a failed block)."""
-        from distributed import wait
-
-        wait(list(self.futures))
+        wait_all(self.futures)
         who_has = self.client.who_has(list(self.futures))
         return [list(who_has.get(f.key, ())) for f in self.futures]
 
@@ -69,17 +67,21 @@ class HeldBlocks:
         return np.unique(owner).tolist()
 
 
+def wait_all(futures: Sequence) -> None:
+    """Wait until every task has finished, failed or been cancelled."""
+    if futures:
+        from distributed import wait
+
+        wait(list(futures))
+
+
 def wait_and_raise(futures: Sequence, describe: Callable[[int], str]) -> None:
     """Wait until every task has finished or failed, then raise for the first failure.
 
     Waiting for all of them first means no task is still writing when the
     caller cleans up after the error.
     """
-    from distributed import wait
-
-    if not futures:
-        return
-    wait(list(futures))
+    wait_all(futures)
     for i, future in enumerate(futures):
         if future.status == "finished":
             continue
@@ -97,4 +99,4 @@ def tree_reduce(client, futures: Sequence, combine: Callable, split_every: int =
     return level[0].result()
 
 
-__all__ = ["HeldBlocks", "tree_reduce", "wait_and_raise"]
+__all__ = ["HeldBlocks", "tree_reduce", "wait_all", "wait_and_raise"]

@@ -44,7 +44,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL, ChunkManifest, chunk_key
 from vzdask.manifests.metadata import create_array_metadata, decode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
-from vzdask.writers.cluster import HeldBlocks, wait_and_raise
+from vzdask.writers.cluster import HeldBlocks, wait_all, wait_and_raise
 from vzdask.zarr_v2 import v3_to_v2, v2_group_attributes
 
 FORMATS = ("dict", "json", "parquet")
@@ -403,9 +403,10 @@ def _write_parquet(
         for node in plan.arrays:
             if node.held is None:
                 _write_parquet_array(directory / node.path, node.array.manifest, record_size, categorical_threshold)
-    finally:
-        # every worker task has stopped before the temporary directory is removed or moved
-        wait_and_raise(tasks, lambda i: names[i])
+    except BaseException:
+        wait_all(tasks)  # no worker still writes when the temporary directory is removed
+        raise
+    wait_and_raise(tasks, lambda i: names[i])
     document = {"metadata": dict(metadata), "record_size": record_size}
     (directory / ".zmetadata").write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
 
@@ -466,7 +467,7 @@ def _submit_held_records(directory: Path, held: HeldBlocks, record_size: int) ->
     n = math.prod(held.layout.grid)
     if n == 0:
         return
-    directory.mkdir(parents=True, exist_ok=True)  # here: a worker never creates directories
+    directory.mkdir(parents=True, exist_ok=True)  # once, here, before any worker writes into it
     indices = list(held.layout.indices())
     for record, start in enumerate(range(0, n, record_size)):
         stop = min(start + record_size, n)
