@@ -242,3 +242,23 @@ def test_parquet_failed_worker_write_leaves_previous_output(files, dask_client, 
     assert snapshot(tmp_path / "out") == before  # byte for byte, no temporary or partial files
     with xr.open_dataset(files["a"]) as expected:
         xr.testing.assert_identical(read_parquet_refs(out), expected.load())
+
+
+def test_parquet_failure_here_waits_for_the_workers_then_leaves_nothing(files, dask_client, tmp_path, monkeypatch):
+    from vzdask.writers import kerchunk as writer
+
+    out = tmp_path / "out" / "refs.parq"
+    open_virtual_dataset(files["a"]).vz.to_kerchunk(str(out), format="parquet")
+    before = snapshot(tmp_path / "out")
+    ds = persist_on_cluster(open_virtual_dataset(files["b"]), ["v", "w"])  # `s` stays virtual: written here
+
+    def failing(directory, *args):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(writer, "_write_parquet_array", failing)
+    with distributed.get_task_stream(dask_client) as stream:
+        with pytest.raises(OSError, match="injected"):
+            ds.vz.to_kerchunk(str(out), format="parquet", record_size=1)
+    records = writing_tasks(stream, "_write_held_record")
+    assert len(records) == 8 + 4  # all of them had finished before the temporary directory was removed
+    assert snapshot(tmp_path / "out") == before
