@@ -58,7 +58,7 @@ def _measure(write) -> tuple[float, int]:
     base = _status("VmRSS")
     start = time.perf_counter()
     write()
-    return time.perf_counter() - start, _status("VmHWM") - base
+    return time.perf_counter() - start, max(0, _status("VmHWM") - base)
 
 
 def main() -> None:
