@@ -155,7 +155,8 @@ def test_icechunk_append_from_the_workers_shifts_the_chunk_grid(files, dask_clie
     open_virtual_dataset(files["a"]).vz.to_icechunk(repo.open().writable_session("main"), commit="a")
     ds = persist_on_cluster(open_virtual_dataset(files["b"]), ["v", "w", "s"])
     session = repo.open().writable_session("main")
-    ds.vz.to_icechunk(session, mode="a", append_dim="time")  # no commit: the merged changes wait in the session
+    # through the session's store, no commit: the merged changes wait in the session
+    ds.vz.to_icechunk(session.store, mode="a", append_dim="time")
     assert session.has_uncommitted_changes and len(repo.snapshots()) == 2
     session.commit("append b")
     expected = xr.concat([xr.open_dataset(files["a"]), xr.open_dataset(files["b"])], dim="time").load()
