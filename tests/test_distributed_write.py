@@ -187,7 +187,10 @@ def test_icechunk_failed_block_commits_nothing(files, dask_client, tmp_path):
 # kerchunk Parquet
 # --------------------------------------------------------------------------- #
 def read_parquet_refs(path: Path) -> xr.Dataset:
-    """fsspec's reference filesystem over the Parquet references, opened by xarray's zarr backend."""
+    """fsspec's reference filesystem over the Parquet references, opened by xarray's zarr backend.
+
+    fsspec reads null ``raw`` values correctly only with pandas' old string inference (as in test_workflow).
+    """
     with pd.option_context("future.infer_string", False), dask.config.set(scheduler="sync"):
         mapper = LazyReferenceMapper(str(path), fs=fsspec.filesystem("file"), engine="pyarrow")
         fs = fsspec.filesystem("reference", fo=mapper, remote_protocol="file")
