@@ -47,7 +47,8 @@ def _repo(path: Path, data: Path):
 
     prefix = f"file://{data.resolve()}/"
     config = icechunk.RepositoryConfig.default()
-    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(str(data.resolve()))))
+    store = icechunk.local_filesystem_store(str(data.resolve()))
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
     credentials = icechunk.containers_credentials({prefix: icechunk.credentials.LocalFileSystemAccess})
     return icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)), config,
                                       authorize_virtual_chunk_access=credentials)
@@ -75,8 +76,8 @@ def main() -> None:
     if len(paths) < args.files:
         raise SystemExit(f"need {args.files} tas_*.nc files in {DATA}; run bench_mfdataset.py first")
     results: dict[tuple[str, str], list[tuple[float, int]]] = {}
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
         virtual = vzdask.open_virtual_mfdataset(paths, parallel=client)
         held = 0
         for _ in range(args.repeats):

@@ -99,7 +99,8 @@ class Repo:
         prefixes = [f"file://{d}/" for d in data_dirs]
         config = icechunk.RepositoryConfig.default()
         for prefix, d in zip(prefixes, data_dirs):
-            config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(str(d))))
+            store = icechunk.local_filesystem_store(str(d))
+            config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
         self.credentials = icechunk.containers_credentials(
             {p: icechunk.credentials.LocalFileSystemAccess for p in prefixes}
         )
@@ -189,7 +190,7 @@ def test_icechunk_failed_block_commits_nothing(files, dask_client, tmp_path):
 def read_parquet_refs(path: Path) -> xr.Dataset:
     """fsspec's reference filesystem over the Parquet references, opened by xarray's zarr backend.
 
-    fsspec reads null ``raw`` values correctly only with pandas' old string inference (as in test_workflow).
+    fsspec's LazyReferenceMapper needs pandas' old string inference for null ``path`` values (as in test_workflow).
     """
     with pd.option_context("future.infer_string", False), dask.config.set(scheduler="sync"):
         mapper = LazyReferenceMapper(str(path), fs=fsspec.filesystem("file"), engine="pyarrow")
