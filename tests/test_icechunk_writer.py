@@ -199,13 +199,14 @@ def test_persisted_variable_is_written_as_native_chunks(files, tmp_path):
     assert_same(repo.read(), xr.open_dataset(files["a"]))
 
 
-def test_persisted_on_a_cluster_is_gathered_then_written(files, tmp_path, dask_client):
+def test_persisted_on_a_cluster_is_written_from_the_workers(files, tmp_path, dask_client):
     repo = Repo(tmp_path / "repo", files["dir"])
     vds = open_virtual_dataset(files["a"])
     persisted = vds[["v"]].vz.persist()
     assert persisted.v.data.is_gathered is False
     vds = vds.assign(v=persisted.v)
     vds.vz.to_icechunk(repo.writable(), commit="from the cluster")
+    assert persisted.v.data.is_gathered is False  # the workers wrote it (tests/test_distributed_write.py)
     ro = repo.open().readonly_session("main")
     assert all(ro.chunk_type("/v", [i, j]) in NATIVE for i in range(2) for j in range(2))
     with dask.config.set(scheduler="sync"):  # read here: no need to ship the session to the workers

@@ -682,12 +682,13 @@ def test_million_chunk_parquet_without_a_dict(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- #
-# Persisted on a distributed cluster: written after gathering
+# Persisted on a distributed cluster: Parquet written by the workers (more in test_distributed_write.py)
 # --------------------------------------------------------------------------- #
 def test_persisted_on_cluster_then_written(nc_path, original, dask_client, tmp_path):
     ds = open_virtual_dataset(nc_path).vz.persist()
     assert not ds.variables["air"]._data.is_gathered
     out = write(ds, "parquet", tmp_path)
+    assert not ds.variables["air"]._data.is_gathered
     refs = decoded_refs(out, "parquet")
     assert all(isinstance(v, bytes) for v in chunk_refs(refs, "air").values())
     xr.testing.assert_identical(open_with_fsspec(out, "parquet"), original[""])

@@ -1,12 +1,15 @@
 """The whole workflow vzdask exists for, on a process-based LocalCluster.
 
 22 files -> open_virtual_mfdataset(parallel=client) -> persist a subset (inline)
--> Icechunk and kerchunk Parquet -> read back with independent readers ->
-values equal ``xr.open_mfdataset`` of the originals.
+-> Icechunk and kerchunk Parquet, the persisted chunks written by the workers
+that hold them -> read back with independent readers -> values equal
+``xr.open_mfdataset`` of the originals.
 """
 
 from __future__ import annotations
 
+import dask
+import distributed
 import icechunk
 import netCDF4
 import numpy as np
@@ -55,15 +58,22 @@ def test_parse_persist_write_and_read_back(collection, dask_client, tmp_path):
 
     ds = open_virtual_mfdataset(paths, parallel=dask_client, inline=InlinePolicy(coordinates=True))
     assert ds.temp.data.manifest.count()["virtual"] == NFILES * 3 * 4
-    # inline by persist: only `flag`, on the workers
-    persisted = ds[["flag"]].vz.persist()
+    # inline by persist: only `flag`, on the workers, one block per file (22 blocks: more than one
+    # merge level of Icechunk forks)
+    with dask.config.set({"vzdask.task-bytes": 3 * 12 * 20 * 2}):
+        persisted = ds[["flag"]].vz.persist()
     flag = persisted.flag.data
     assert not flag.is_gathered  # the bytes are still on the workers
+    assert len(flag.__dask_keys__()) == NFILES
     ds = ds.assign(flag=persisted.flag)
 
-    # kerchunk Parquet, read with fsspec's reference filesystem + zarr
+    # kerchunk Parquet, read with fsspec's reference filesystem + zarr; records of 10 chunks
+    # straddle the persisted blocks (3 chunks each)
     parquet = tmp_path / "refs.parq"
-    ds.vz.to_kerchunk(str(parquet), format="parquet")
+    with distributed.get_task_stream(dask_client) as stream:
+        ds.vz.to_kerchunk(str(parquet), format="parquet", record_size=10)
+    records = [t for t in stream.data if str(t["key"]).startswith("_write_held_record-")]
+    assert len(records) == len(list((parquet / "flag").iterdir())) == 7  # 66 chunks
     with pd.option_context("future.infer_string", False):
         mapper = LazyReferenceMapper(str(parquet), engine="pyarrow")
         import fsspec
@@ -80,7 +90,13 @@ def test_parse_persist_write_and_read_back(collection, dask_client, tmp_path):
     credentials = icechunk.containers_credentials({prefix: icechunk.credentials.LocalFileSystemAccess})
     storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
     repo = icechunk.Repository.create(storage, config, authorize_virtual_chunk_access=credentials)
-    ds.vz.to_icechunk(repo.writable_session("main"), commit="workflow")
+    with distributed.get_task_stream(dask_client) as stream:
+        ds.vz.to_icechunk(repo.writable_session("main"), commit="workflow")
+    writes = [t for t in stream.data if str(t["key"]).startswith("_write_block-")]
+    assert len(writes) == NFILES and {t["worker"] for t in writes} <= set(dask_client.scheduler_info()["workers"])
+    merges = [t for t in stream.data if str(t["key"]).startswith("merge_sessions-")]
+    assert len(merges) == 3 + 1  # the 22 forks merged 8 at a time on the cluster, then the 3 results
+    assert not flag.is_gathered  # neither write brought the bytes here
     reopened = icechunk.Repository.open(storage, authorize_virtual_chunk_access=credentials)
     from_icechunk = xr.open_zarr(reopened.readonly_session("main").store, consolidated=False).compute()
     xr.testing.assert_allclose(from_icechunk[["temp", "flag"]], expected[["temp", "flag"]])

@@ -86,7 +86,10 @@ class VirtualDatasetAccessor:
         )
 
     def to_icechunk(self, store_or_session, *, group=None, mode="w", append_dim=None, commit=None):
-        """Write to an Icechunk session or store; see ``vzdask.writers.icechunk.write_icechunk``."""
+        """Write to an Icechunk session or store; see ``vzdask.writers.icechunk.write_icechunk``.
+
+        Variables persisted on a distributed cluster are written by the workers holding their chunks.
+        """
         from vzdask.writers.icechunk import write_icechunk
 
         return write_icechunk(
@@ -94,7 +97,11 @@ class VirtualDatasetAccessor:
         )
 
     def to_kerchunk(self, path=None, *, format="dict", record_size=100_000, categorical_threshold=10):
-        """Write as kerchunk references (dict, JSON or Parquet); see ``vzdask.writers.kerchunk.to_kerchunk``."""
+        """Write as kerchunk references (dict, JSON or Parquet); see ``vzdask.writers.kerchunk.to_kerchunk``.
+
+        With Parquet, variables persisted on a distributed cluster are written by the workers holding their
+        chunks (the target must be on a filesystem they share).
+        """
         from vzdask.writers.kerchunk import to_kerchunk
 
         return to_kerchunk(

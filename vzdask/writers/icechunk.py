@@ -13,7 +13,16 @@ data) become ordinary zarr arrays, written by ``icechunk.xarray.to_icechunk``.
 A virtual array's ``zarr.json`` is its own zarr v3 metadata, so readers get
 the codecs and the CF attributes the parser found.
 
-Nothing is committed unless ``commit="message"`` is given.
+Arrays persisted on a dask.distributed cluster (``ds.vz.persist()`` on a
+``Client``) are written where their bytes are: the client writes their
+metadata in the session, forks it (``session.fork()``) and submits one task
+per block, which runs on the worker holding the block and writes its chunks
+as native chunks through the fork; the forks come back merged (a tree
+reduction on the cluster) into the session. The bytes never pass through the
+client.
+
+Nothing is committed unless ``commit="message"`` is given; then the client
+makes one commit after everything, including the workers' writes, is merged.
 """
 
 from __future__ import annotations
@@ -29,14 +38,16 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.manifest import INLINED, VIRTUAL
+from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest
 from vzdask.manifests.metadata import encode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
+from vzdask.writers.cluster import HeldBlocks, tree_reduce, wait_and_raise
 
 if TYPE_CHECKING:
     import icechunk
@@ -106,8 +117,14 @@ def write_icechunk(
     In-memory variables are appended by xarray, which also rewrites a partial
     last chunk; virtual ones need the stored length to fill whole chunks.
 
-    Arrays persisted on a distributed cluster (``not array.is_gathered``) are
-    gathered into this process first.
+    Arrays persisted on a distributed cluster (``not array.is_gathered``)
+    are written by the workers that hold their chunks, through a fork of the
+    session merged back here; they stay ungathered. If a worker's write fails
+    (or a persisted block is lost), a ``RuntimeError`` names the array and
+    block and nothing is committed; the session then holds a partial,
+    uncommitted write: discard it (``session.discard_changes()``) or drop the
+    session. Persisted arrays not on a distributed cluster are written from
+    this process.
     """
     if isinstance(data, (ManifestGroup, ManifestStore)):
         return write_manifest_group(
@@ -153,6 +170,7 @@ class _Node:
     arrays: dict[str, ManifestArray]
     loaded: Any = None  # an xarray.Dataset of in-memory variables, or None
     groups: list[_Node] = field(default_factory=list)
+    held: dict[str, HeldBlocks] = field(default_factory=dict)  # arrays whose chunks the workers write
 
     def walk(self) -> Iterator[_Node]:
         yield self
@@ -165,9 +183,11 @@ class _Node:
 
 
 def _manifest_group_node(group: ManifestGroup, path: str) -> _Node:
-    arrays = {name: _for_icechunk(array) for name, array in group.arrays.items()}
-    children = [_manifest_group_node(sub, _join(path, name)) for name, sub in group.groups.items()]
-    return _Node(path, dict(group.attributes), arrays, groups=children)
+    node = _Node(path, dict(group.attributes), {})
+    for name, array in group.arrays.items():
+        _add_array(node, name, array)
+    node.groups = [_manifest_group_node(sub, _join(path, name)) for name, sub in group.groups.items()]
+    return node
 
 
 def _dataset_node(ds: xr.Dataset, path: str) -> _Node:
@@ -176,34 +196,43 @@ def _dataset_node(ds: xr.Dataset, path: str) -> _Node:
 
     # xarray's own CF step: non-index coordinates are named in ``coordinates`` attributes.
     variables, attributes = encode_dataset_coordinates(ds)
-    arrays = {}
+    node = _Node(path, {k: encode_zarr_attr_value(v) for k, v in attributes.items()}, {})
     for name, var in variables.items():
         array = var._data
         if not isinstance(array, ManifestArray):
             continue
         attrs = encode_cf_fill_value(dict(var.attrs), array.dtype)
-        arrays[name] = _for_icechunk(
+        _add_array(
+            node,
+            name,
             array,
             attributes={k: encode_zarr_attr_value(v) for k, v in attrs.items()},
             dimension_names=tuple(str(d) for d in var.dims),
         )
-    in_memory = [name for name in ds.variables if name not in arrays]
-    loaded = ds.drop_vars(list(arrays)) if in_memory else None
-    attributes = {k: encode_zarr_attr_value(v) for k, v in attributes.items()}
-    return _Node(path, attributes, arrays, loaded=loaded)
+    in_memory = [name for name in ds.variables if name not in node.arrays]
+    node.loaded = ds.drop_vars(list(node.arrays)) if in_memory else None
+    return node
 
 
-def _for_icechunk(array: ManifestArray, *, attributes=None, dimension_names=None) -> ManifestArray:
-    """The array with Icechunk's chunk key encoding (and new attributes/dimension names), gathered."""
-    if not array.is_gathered:
-        array = array.gather()
+def _add_array(node: _Node, name: str, array: ManifestArray, *, attributes=None, dimension_names=None) -> None:
+    """Add the array with Icechunk's chunk key encoding (and new attributes/dimension names) to ``node``.
+
+    An array held on a cluster is added with an all-missing manifest (this
+    process holds none of its chunks) and its blocks go to ``node.held``.
+    """
     document = array.metadata.to_dict()
     document["chunk_key_encoding"] = CHUNK_KEY_ENCODING
     if attributes is not None:
         document["attributes"] = attributes
     if dimension_names is not None:
         document["dimension_names"] = dimension_names
-    return ManifestArray(ArrayV3Metadata.from_dict(document), array.manifest, registry=array.registry)
+    metadata = ArrayV3Metadata.from_dict(document)
+    held = HeldBlocks.of(array)
+    if held is None:
+        node.arrays[name] = ManifestArray(metadata, array.manifest, registry=array.registry)
+        return
+    node.arrays[name] = ManifestArray(metadata, ChunkManifest.empty(held.layout.grid), registry=array.registry)
+    node.held[name] = held
 
 
 # -- the write ------------------------------------------------------------------
@@ -233,15 +262,21 @@ def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, com
         zarr.create_group(store, path=root.path, overwrite=True, zarr_format=3)
     for node in nodes:
         zarr.open_group(store, path=node.path, mode="a", zarr_format=3)
+    on_workers = []  # (array path, its blocks, chunk grid offset): written after the client's part
     for node in nodes:
         if node.loaded is not None:
             _write_loaded(node, session, store, append_dim)
-        for path, array in node.array_paths():
+        for name, array in node.arrays.items():
+            path = _join(node.path, name)
             if path in appends:
-                _append_array(store, path, array, appends[path], append_dim)
+                grid_offset = _append_array(store, path, array, appends[path], append_dim)
             else:
-                _write_array(store, path, array, replace=mode == "a")
+                grid_offset = _write_array(store, path, array, replace=mode == "a")
+            if name in node.held:
+                on_workers.append((path, node.held[name], grid_offset))
         zarr.open_group(store, path=node.path, mode="r+", zarr_format=3).attrs.put(node.attributes)
+    if on_workers:
+        _write_on_workers(session, on_workers)
     if commit is not None:
         return session.commit(commit)
     return None
@@ -264,14 +299,17 @@ def _session_and_store(obj) -> tuple[icechunk.Session, icechunk.IcechunkStore]:
     return session, store
 
 
-def _write_array(store, path: str, array: ManifestArray, *, replace: bool) -> None:
+def _write_array(store, path: str, array: ManifestArray, *, replace: bool) -> tuple[int, ...]:
+    """Write the array's metadata and chunks; returns where its chunk grid starts (the origin)."""
     if replace and _exists(store, path):
         sync(store.delete_dir(path))
     _set(store, f"{path}/zarr.json", _metadata_bytes(array.metadata))
     _write_chunks(store, path, array, grid_offset=None)
+    return (0,) * array.ndim
 
 
-def _append_array(store, path: str, array: ManifestArray, existing: dict[str, Any], dim: str) -> None:
+def _append_array(store, path: str, array: ManifestArray, existing: dict[str, Any], dim: str) -> tuple[int, ...]:
+    """Grow the stored array and write the new chunks after it; returns where they start in its chunk grid."""
     axis = array.dimension_names.index(dim)
     stored = int(existing["shape"][axis])
     chunk = array.chunk_shape[axis]
@@ -280,6 +318,7 @@ def _append_array(store, path: str, array: ManifestArray, existing: dict[str, An
     _set(store, f"{path}/zarr.json", json.dumps(document).encode())
     grid_offset = tuple(stored // chunk if i == axis else 0 for i in range(array.ndim))
     _write_chunks(store, path, array, grid_offset=grid_offset)
+    return grid_offset
 
 
 def _write_chunks(store, path: str, array: ManifestArray, grid_offset: tuple[int, ...] | None) -> None:
@@ -321,6 +360,37 @@ async def _set_many(store, items) -> None:
     await asyncio.gather(*pending)
 
 
+def _write_on_workers(session, arrays: list[tuple[str, HeldBlocks, tuple[int, ...]]]) -> None:
+    """Write held blocks' chunks from the workers holding them, through a fork merged back into ``session``.
+
+    One task per block, pinned (loosely) to the block's worker; the returned
+    forks are merged on the cluster and the result merged here.
+    """
+    from icechunk.distributed import merge_sessions
+
+    fork = session.fork()
+    client = arrays[0][1].client
+    tasks, names = [], []
+    for path, held, grid_offset in arrays:
+        for index, future, where in zip(held.layout.indices(), held.futures, held.holders()):
+            origin = tuple(o + s for o, s in zip(held.origin(index), grid_offset))
+            pinned = {"workers": where, "allow_other_workers": True} if where else {}
+            tasks.append(client.submit(_write_block, fork, path, origin, future, pure=False, **pinned))
+            names.append(f"writing block {index} of {path!r} to Icechunk")
+    wait_and_raise(tasks, lambda i: f"{names[i]} (nothing was committed)")
+    session.merge(tree_reduce(client, tasks, merge_sessions))
+
+
+def _write_block(fork, path: str, origin: tuple[int, ...], block) -> Any:
+    """On a worker: one persisted block's chunks as native chunks of ``path``, written through ``fork``."""
+    encode = DefaultChunkKeyEncoding(separator="/").encode_chunk_key  # CHUNK_KEY_ENCODING
+    items = (
+        (f"{path}/{encode(tuple(o + i for o, i in zip(origin, index)))}", data) for index, data in block.chunks()
+    )
+    sync(_set_many(fork.store, items))
+    return fork
+
+
 def _write_loaded(node: _Node, session, store, append_dim: str | None) -> None:
     """In-memory variables through xarray's zarr encoding (appending those already stored)."""
     from icechunk.xarray import to_icechunk
@@ -343,7 +413,7 @@ def _check_containers(nodes: list[_Node], config) -> None:
     uncovered: dict[str, set[str]] = {}
     for node in nodes:
         for path, array in node.array_paths():
-            manifest = array.manifest
+            manifest = array.manifest  # held arrays' placeholders are all missing: nothing virtual
             used = np.unique(manifest.path_index[manifest.states == VIRTUAL])
             for i in used:
                 location = icechunk_location(manifest.urls[int(i)])

@@ -16,6 +16,13 @@ and, per array, ``<array path>/refs.<i>.parq`` with columns ``path``
 flat C-order index in the chunk grid is ``i * N + j``; a missing chunk is a
 row with null ``path`` and null ``raw``. The files are written from the
 manifests' numpy arrays, record by record, never through a dict of refs.
+
+Arrays persisted on a dask.distributed cluster are written to Parquet by the
+workers: one task per record, depending on the persisted blocks that hold
+its chunks, writes that ``refs.<i>.parq`` into the temporary directory, so
+the inlined bytes never pass through the client (which writes
+``.zmetadata`` and moves the directory into place). The JSON and dict
+formats gather such arrays into this process.
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ import numpy as np
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest, chunk_key
+from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL, ChunkManifest, chunk_key
 from vzdask.manifests.metadata import create_array_metadata, decode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
+from vzdask.writers.cluster import HeldBlocks, wait_all, wait_and_raise
 from vzdask.zarr_v2 import v3_to_v2, v2_group_attributes
 
 FORMATS = ("dict", "json", "parquet")
@@ -49,6 +57,7 @@ class _ArrayNode:
     array: ManifestArray  # the stored form: references and inlined encoded chunks
     attributes: dict[str, Any]  # plain CF attributes (a numeric _FillValue)
     dimension_names: tuple[str, ...] | None
+    held: HeldBlocks | None = None  # the array's persisted blocks, if a distributed cluster holds them
 
 
 @dataclass
@@ -98,6 +107,14 @@ def to_kerchunk(
     Output is atomic: everything is written under a temporary name beside
     ``path`` (``.{name}.tmp-<uuid>``) and moved into place at the end, so an
     error leaves any previous output untouched and no temporary files.
+
+    With ``format="parquet"``, arrays persisted on a distributed cluster
+    (``not array.is_gathered``) are written by the workers that hold their
+    chunks and stay ungathered. The workers write into the temporary
+    directory beside ``path``, so ``path`` must be on a filesystem they share
+    with this process (as on a ``LocalCluster``). A failed worker write (or a
+    lost persisted block) raises ``RuntimeError`` naming the array and
+    record, after every task has stopped; the output is left as it was.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
@@ -137,7 +154,7 @@ def _plan(obj: Any) -> _Plan:
         for path, array in obj.walk_arrays():
             attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
             dims = tuple(array.dimension_names) if array.dimension_names is not None else None
-            arrays.append(_ArrayNode(path, array, attrs, dims))
+            arrays.append(_ArrayNode(path, array, attrs, dims, HeldBlocks.of(array)))
         return _Plan(groups, arrays)
     import xarray as xr
 
@@ -156,7 +173,7 @@ def _plan_from_dataset(ds) -> _Plan:
         array, attrs = _stored_form(name, var)
         if name in coordinates:
             attrs = {**attrs, "coordinates": coordinates[name]}
-        arrays.append(_ArrayNode(name, array, attrs, tuple(str(d) for d in var.dims)))
+        arrays.append(_ArrayNode(name, array, attrs, tuple(str(d) for d in var.dims), HeldBlocks.of(array)))
     attrs = dict(ds.attrs)
     if global_coordinates:
         attrs.setdefault("coordinates", global_coordinates)
@@ -294,7 +311,7 @@ def _metadata_documents(plan: _Plan, separator: str | None) -> dict[str, dict[st
         if attrs:
             documents[f"{prefix}.zattrs"] = attrs
     for node in plan.arrays:
-        missing = node.array.manifest.count()["missing"] > 0
+        missing = node.held.missing if node.held is not None else node.array.manifest.count()["missing"] > 0
         zarray, zattrs = v3_to_v2(
             node.array.metadata, name=node.path, attributes=node.attributes,
             dimension_names=node.dimension_names, missing_chunks=missing, dimension_separator=separator,
@@ -385,15 +402,26 @@ def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
 def _write_parquet(
     directory: Path, plan: _Plan, metadata: Mapping[str, dict], record_size: int, categorical_threshold: int
 ) -> None:
-    for node in plan.arrays:
-        _write_parquet_array(directory / node.path, node.array.manifest, record_size, categorical_threshold)
+    tasks, names = [], []
+    try:
+        for node in plan.arrays:  # the workers' records first, so they run while this process writes
+            if node.held is not None:
+                for record, task in _submit_held_records(directory / node.path, node.held, record_size):
+                    tasks.append(task)
+                    names.append(f"writing record {record} of {node.path!r} to Parquet")
+        for node in plan.arrays:
+            if node.held is None:
+                _write_parquet_array(directory / node.path, node.array.manifest, record_size, categorical_threshold)
+    except BaseException:
+        wait_all(tasks)  # no worker still writes when the temporary directory is removed
+        raise
+    wait_and_raise(tasks, lambda i: names[i])
     document = {"metadata": dict(metadata), "record_size": record_size}
     (directory / ".zmetadata").write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
 
 
 def _write_parquet_array(directory: Path, manifest: ChunkManifest, record_size: int, categorical_threshold: int) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     n = manifest.nchunks
     if n == 0:
@@ -407,19 +435,85 @@ def _write_parquet_array(directory: Path, manifest: ChunkManifest, record_size: 
     buffer = manifest.inline_buffer
     for record, start in enumerate(range(0, n, record_size)):
         stop = min(start + record_size, n)
-        s = state[start:stop]
-        virtual = s == VIRTUAL
-        inlined = s == INLINED
-        table = pa.Table.from_arrays(
-            [
-                _path_column(codes[start:stop], virtual, urls, categorical_threshold),
-                pa.array(np.where(virtual, positions[start:stop], 0).astype(np.int64), type=pa.int64()),
-                pa.array(np.where(virtual, sizes[start:stop], 0).astype(np.int64), type=pa.int64()),
-                _raw_column(inlined, positions[start:stop], sizes[start:stop], buffer),
-            ],
-            names=["path", "offset", "size", "raw"],
+        table = _record_table(
+            state[start:stop], codes[start:stop], positions[start:stop], sizes[start:stop], urls, buffer,
+            categorical_threshold,
         )
-        pq.write_table(table, directory / f"refs.{record}.parq", compression="zstd", write_statistics=False)
+        _write_record(directory / f"refs.{record}.parq", table)
+
+
+def _record_table(state, codes, positions, sizes, urls, buffer, categorical_threshold: int):
+    """One record's references as the Parquet table fsspec reads: ``path``, ``offset``, ``size``, ``raw``."""
+    import pyarrow as pa
+
+    virtual = state == VIRTUAL
+    inlined = state == INLINED
+    return pa.Table.from_arrays(
+        [
+            _path_column(codes, virtual, urls, categorical_threshold),
+            pa.array(np.where(virtual, positions, 0).astype(np.int64), type=pa.int64()),
+            pa.array(np.where(virtual, sizes, 0).astype(np.int64), type=pa.int64()),
+            _raw_column(inlined, positions, sizes, buffer),
+        ],
+        names=["path", "offset", "size", "raw"],
+    )
+
+
+def _write_record(file: Path, table) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, file, compression="zstd", write_statistics=False)
+
+
+def _submit_held_records(directory: Path, held: HeldBlocks, record_size: int) -> Iterator[tuple[int, Any]]:
+    """Submit one task per record of a held array: ``(record, future)``.
+
+    Each task depends on the blocks holding the record's chunks (flat C order
+    of the chunk grid), so it runs where (most of) its bytes are.
+    """
+    import math
+
+    n = math.prod(held.layout.grid)
+    if n == 0:
+        return
+    directory.mkdir(parents=True, exist_ok=True)  # once, here, before any worker writes into it
+    indices = list(held.layout.indices())
+    for record, start in enumerate(range(0, n, record_size)):
+        stop = min(start + record_size, n)
+        mine = held.blocks_for_flat_range(start, stop)
+        blocks = [(indices[k], held.futures[k]) for k in mine]
+        file = directory / f"refs.{record}.parq"
+        yield record, held.client.submit(_write_held_record, file, start, stop, held.layout, blocks, pure=False)
+
+
+def _write_held_record(file: Path, start: int, stop: int, layout, blocks) -> None:
+    """On a worker: the record of chunks ``start:stop`` (flat C order) from persisted blocks, as Parquet.
+
+    ``blocks`` is ``[(block index, EncodedBlock)]`` for every block holding
+    one of those chunks; each of their present chunks becomes an inlined row.
+    """
+    import pyarrow as pa
+
+    chunk = np.unravel_index(np.arange(start, stop), layout.grid or (1,))  # a 0-d array has one chunk
+    pieces: list = [b""] * (stop - start)
+    present = np.zeros(stop - start, bool)
+    for index, block in blocks:
+        origin = [s.start for s in layout.grid_slices(index)] or [0]
+        states = block.states.reshape(-1) if block.states.ndim == 0 else block.states
+        rows = np.flatnonzero(np.all([(c >= o) & (c < o + n) for c, o, n in zip(chunk, origin, states.shape)], axis=0))
+        local = np.ravel_multi_index(tuple(c[rows] - o for c, o in zip(chunk, origin)), states.shape)
+        stored = states.reshape(-1) != MISSING
+        rank = np.cumsum(stored) - 1  # position among the block's present chunks, which chunk_views lists
+        views = block.chunk_views()
+        for row, at in zip(rows.tolist(), local.tolist()):
+            if stored[at]:
+                pieces[row], present[row] = views[rank[at]], True
+    sizes = np.array([memoryview(p).nbytes for p in pieces], np.int64)
+    positions = np.cumsum(sizes) - sizes
+    state = np.where(present, INLINED, MISSING).astype(np.uint8)
+    codes = np.full(stop - start, -1, np.int32)
+    table = _record_table(state, codes, positions, sizes, pa.array([], pa.string()), b"".join(pieces), 0)
+    _write_record(file, table)
 
 
 def _path_column(codes: np.ndarray, virtual: np.ndarray, urls, categorical_threshold: int):

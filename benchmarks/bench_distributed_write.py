@@ -1,0 +1,113 @@
+"""Writing persisted variables from the workers vs gathering them to the client first.
+
+Run by hand: ``.venv/bin/python benchmarks/bench_distributed_write.py [--files 40] [--repeats 3]``.
+
+``--files`` of the ``tas_*.nc`` files in ``benchmarks/_data`` (made by
+``bench_mfdataset.py``) are virtualized on a ``LocalCluster(n_workers=2,
+processes=True)`` and ``tas`` is persisted there (every chunk inlined, bytes on
+the workers). Then, timed, each case writes kerchunk Parquet and an Icechunk
+repository (one commit):
+
+* ``workers``: ``ds.vz.to_kerchunk(...)`` / ``ds.vz.to_icechunk(...)`` on the
+  persisted Dataset: the workers write the chunks they hold;
+* ``gather``: ``ds.vz.gather()`` first, then the same writes from the client
+  (what the writers did before).
+
+Reported: wall time and the growth of the client's resident set during the
+write (``VmHWM`` reset before each write), medians of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).parent / "_data"
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _repo(path: Path, data: Path):
+    import icechunk
+
+    prefix = f"file://{data.resolve()}/"
+    config = icechunk.RepositoryConfig.default()
+    store = icechunk.local_filesystem_store(str(data.resolve()))
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+    credentials = icechunk.containers_credentials({prefix: icechunk.credentials.LocalFileSystemAccess})
+    return icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)), config,
+                                      authorize_virtual_chunk_access=credentials)
+
+
+def _measure(write) -> tuple[float, int]:
+    _reset_peak()
+    base = _status("VmRSS")
+    start = time.perf_counter()
+    write()
+    return time.perf_counter() - start, max(0, _status("VmHWM") - base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import distributed
+
+    import vzdask
+
+    paths = sorted(str(p.resolve()) for p in DATA.glob("tas_*.nc"))[: args.files]
+    if len(paths) < args.files:
+        raise SystemExit(f"need {args.files} tas_*.nc files in {DATA}; run bench_mfdataset.py first")
+    results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        virtual = vzdask.open_virtual_mfdataset(paths, parallel=client)
+        held = 0
+        for _ in range(args.repeats):
+            for fmt in ("parquet", "icechunk"):
+                for case in ("workers", "gather"):
+                    ds = virtual.assign(tas=virtual[["tas"]].vz.persist().tas)  # fresh, not timed
+                    distributed.wait(list(dict(ds.tas.data.__dask_graph__()).values()))
+                    held = sum(client.run(lambda dask_worker: dask_worker.data.fast.total_weight).values())
+                    out = Path(tempfile.mkdtemp(dir=DATA))
+                    repo = _repo(out / "repo", DATA) if fmt == "icechunk" else None
+
+                    def write():
+                        source = ds if case == "workers" else ds.vz.gather()
+                        if fmt == "parquet":
+                            source.vz.to_kerchunk(str(out / "refs.parq"), format="parquet")
+                        else:
+                            source.vz.to_icechunk(repo.writable_session("main"), commit="bench")
+
+                    try:
+                        results.setdefault((case, fmt), []).append(_measure(write))
+                    finally:
+                        shutil.rmtree(out, ignore_errors=True)
+                    del ds
+    print(f"{len(paths)} files, tas persisted on 2 workers (~{held / 2**20:.0f} MiB held on the workers)")
+    print(f"{'case':<10}{'format':<10}{'seconds':>10}{'client RSS growth':>20}")
+    for (case, fmt), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        seconds = statistics.median(r[0] for r in runs)
+        growth = statistics.median(r[1] for r in runs)
+        print(f"{case:<10}{fmt:<10}{seconds:>10.2f}{growth / 2**20:>17.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
