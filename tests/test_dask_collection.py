@@ -215,6 +215,28 @@ def test_hundred_thousand_chunks_make_few_tasks(tmp_path):
     assert_values(corner.compute(), np.tile(chunk, (2, 2)))
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_task_parts_hold_exactly_their_chunks(make_virtual, packed):
+    """Each task's manifest part has the same entries as slicing the manifest, and only its own urls and bytes."""
+    data, fill = source("float32")
+    case = make_virtual(data, CHUNKS, codec="zlib", fill_value=fill, packed=packed)
+    manifest = case.array.manifest
+    for task_bytes in (1, 64, 200):
+        with dask.config.set({"vzdask.task-bytes": task_bytes}):
+            layout = case.array.layout
+            tasks = dict(case.array.__dask_graph__())
+            for index in layout.indices():
+                part = tasks[(case.array.name, *index)].args[0]
+                expected = manifest[layout.grid_slices(index)]
+                assert part.dict() == expected.dict(), index
+                assert set(part.urls) == set(expected.urls)
+                assert len(part.inline_buffer) == sum(len(v["data"]) for v in part.dict().values() if "data" in v)
+    native = dict(case.array.to_dask_array(chunks=CHUNKS).dask)
+    assert len(native) == manifest.nchunks
+    assert sum(task.args[0].count()["virtual"] for task in native.values()) == manifest.count()["virtual"]
+    assert_values(case.array.to_dask_array(chunks=CHUNKS).compute(), case.expected)
+
+
 # --------------------------------------------------------------------------- #
 # persist
 # --------------------------------------------------------------------------- #
