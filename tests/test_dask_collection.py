@@ -231,10 +231,22 @@ def test_task_parts_hold_exactly_their_chunks(make_virtual, packed):
                 assert part.dict() == expected.dict(), index
                 assert set(part.urls) == set(expected.urls)
                 assert len(part.inline_buffer) == sum(len(v["data"]) for v in part.dict().values() if "data" in v)
-    native = dict(case.array.to_dask_array(chunks=CHUNKS).dask)
-    assert len(native) == manifest.nchunks
-    assert sum(task.args[0].count()["virtual"] for task in native.values()) == manifest.count()["virtual"]
-    assert_values(case.array.to_dask_array(chunks=CHUNKS).compute(), case.expected)
+    # at native chunking (or finer) each task carries its one chunk's reference
+    for chunks in (CHUNKS, (1, 2)):
+        native = case.array.to_dask_array(chunks=chunks)
+        tasks = dict(native.dask)
+        assert len(tasks) == native.npartitions
+        for (_, *index), task in tasks.items():
+            ref = task.args[0]
+            grid_index = tuple(i * c // n for i, c, n in zip(index, chunks, CHUNKS))
+            entry = manifest.entry(grid_index)
+            if entry is None:
+                assert ref.state == MISSING
+            elif entry[0] == "inlined":
+                assert (ref.state, ref.data) == (INLINED, entry[1])
+            else:
+                assert (ref.url, ref.offset, ref.length) == entry[1:]
+        assert_values(native.compute(), case.expected)
 
 
 # --------------------------------------------------------------------------- #
