@@ -134,6 +134,22 @@ def test_many_blocks_with_small_task_bytes(make_virtual):
         assert_values(case.array.compute(), case.expected)
 
 
+def test_cut_axes_get_equal_blocks(make_virtual):
+    """Blocks along a cut axis are equal (no runt last task), never above the task size, and read right."""
+    from vzdask.graph import BlockLayout
+
+    layout = BlockLayout.for_array((2400, 2, 2), 90 * 180 * 4, target=64 * 2**20)
+    assert layout.block == (240, 2, 2) and layout.nblocks == (10, 1, 1)  # not 9 x 258 + 1 x 78
+    assert layout.element_chunks((2400, 180, 360), (1, 90, 180)) == ((24 * 10,) * 10, (180,), (360,))
+    data, fill = source("float32")
+    case = make_virtual(data, CHUNKS, codec="zlib", fill_value=fill)
+    with dask.config.set({"vzdask.task-bytes": 288}):  # 9 chunks of 32 bytes: rows of 3 chunks, 3 rows -> 2 + 2, not 3 + 1
+        assert case.array.layout.block == (2, 3)
+        assert case.array.to_dask_array().chunks == ((4, 3), (9,))
+        assert_values(case.array.compute(), case.expected)
+        assert_values(case.array.to_dask_array().compute(), case.expected)
+
+
 def test_processes_scheduler(make_virtual):
     a_data, a_fill = source("int16")
     b_data, b_fill = source("float64", seed=1)

@@ -52,12 +52,19 @@ class BlockLayout:
 
     @classmethod
     def for_array(cls, grid: Sequence[int], chunk_nbytes: int, target: int | None = None) -> BlockLayout:
-        """Blocks of about ``target`` decoded bytes, filled along the last axes first (C order)."""
+        """Blocks of at most about ``target`` decoded bytes, filled along the last axes first (C order).
+
+        Where an axis is cut, its blocks are made equal (2400 chunks in blocks of
+        at most 258 become 10 of 240, not 9 of 258 and one of 78), so the last
+        task is not a runt that leaves cores idle at the end.
+        """
         target = task_bytes() if target is None else target
         budget = max(1, target // max(1, chunk_nbytes))
         block = []
         for g in reversed(grid):
             take = max(1, min(g, budget))
+            if take < g:
+                take = -(-g // -(-g // take))
             block.append(take)
             budget = max(1, budget // take) if take == g else 1
         return cls(tuple(int(g) for g in grid), tuple(reversed(block)))
