@@ -197,8 +197,8 @@ def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBl
 class ChunkRef:
     """One chunk's reference: what a single-chunk task carries instead of a one-entry ChunkManifest.
 
-    A graph at native chunking has a task per chunk; this costs a fifth of the
-    memory and time of a manifest part (four numpy arrays and a url table).
+    A graph at native chunking has a task per chunk; this needs about half the
+    memory and build time of a manifest part (four numpy arrays and a url table).
     """
 
     state: int
