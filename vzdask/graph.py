@@ -454,10 +454,11 @@ def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> C
 class TaskParts:
     """Cuts a manifest into the small manifests that single tasks carry.
 
-    ``ChunkManifest.__getitem__`` compacts the url table with ``np.unique`` and
-    repacks inlined bytes, about 30 µs a call: that dominates building a graph
-    of a million single-chunk tasks. A task's part only needs its own urls and
-    inlined bytes, which a Python set over its few chunks finds in a few µs.
+    ``ChunkManifest.__getitem__`` is general (it remaps the whole url table and
+    repacks inlined bytes only when it must); a task's part only needs its own
+    urls and inlined bytes, found from its own chunks. A task of one chunk gets
+    a ``ChunkRef`` instead (``chunk``): a graph at native chunking has a
+    million of them.
     """
 
     def __init__(self, manifest: ChunkManifest) -> None:
@@ -470,14 +471,14 @@ class TaskParts:
         key = (*where, Ellipsis)  # keeps a 0-d grid an array
         states, lengths = self.states[key].copy(), self.lengths[key].copy()
         offsets, path_index = self.offsets[key].copy(), self.path_index[key]
-        flat = path_index.ravel().tolist()
-        used = sorted(set(flat) - {-1})
+        virtual = path_index >= 0
+        used, renumbered = np.unique(path_index[virtual], return_inverse=True)
         if len(used) == len(self.urls):
             urls, path_index = self.urls, path_index.copy()
         else:
-            urls = tuple(self.urls[i] for i in used)
-            renumber = {old: new for new, old in enumerate(used)}
-            path_index = np.array([renumber.get(i, -1) for i in flat], np.int32).reshape(path_index.shape)
+            urls = tuple(self.urls[i] for i in used.tolist())
+            path_index = np.full(path_index.shape, -1, np.int32)
+            path_index[virtual] = renumbered
         inline = b""
         if self.any_inlined:
             inlined = states == INLINED
