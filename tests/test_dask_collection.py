@@ -134,6 +134,22 @@ def test_many_blocks_with_small_task_bytes(make_virtual):
         assert_values(case.array.compute(), case.expected)
 
 
+def test_cut_axes_get_equal_blocks(make_virtual):
+    """Blocks along a cut axis are equal (no runt last task), never above the task size, and read right."""
+    from vzdask.graph import BlockLayout
+
+    layout = BlockLayout.for_array((2400, 2, 2), 90 * 180 * 4, target=64 * 2**20)
+    assert layout.block == (240, 2, 2) and layout.nblocks == (10, 1, 1)  # not 9 x 258 + 1 x 78
+    assert layout.element_chunks((2400, 180, 360), (1, 90, 180)) == ((24 * 10,) * 10, (180,), (360,))
+    data, fill = source("float32")
+    case = make_virtual(data, CHUNKS, codec="zlib", fill_value=fill)
+    with dask.config.set({"vzdask.task-bytes": 288}):  # 9 chunks of 32 bytes: rows of 3 chunks, 3 rows -> 2 + 2, not 3 + 1
+        assert case.array.layout.block == (2, 3)
+        assert case.array.to_dask_array().chunks == ((4, 3), (9,))
+        assert_values(case.array.compute(), case.expected)
+        assert_values(case.array.to_dask_array().compute(), case.expected)
+
+
 def test_processes_scheduler(make_virtual):
     a_data, a_fill = source("int16")
     b_data, b_fill = source("float64", seed=1)
@@ -213,6 +229,40 @@ def test_hundred_thousand_chunks_make_few_tasks(tmp_path):
     # and the references are right: a chunk-aligned corner reads as the tiled chunk
     corner = array[:200, 9800:]
     assert_values(corner.compute(), np.tile(chunk, (2, 2)))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_task_parts_hold_exactly_their_chunks(make_virtual, packed):
+    """Each task's manifest part has the same entries as slicing the manifest, and only its own urls and bytes."""
+    data, fill = source("float32")
+    case = make_virtual(data, CHUNKS, codec="zlib", fill_value=fill, packed=packed)
+    manifest = case.array.manifest
+    for task_bytes in (1, 64, 200):
+        with dask.config.set({"vzdask.task-bytes": task_bytes}):
+            layout = case.array.layout
+            tasks = dict(case.array.__dask_graph__())
+            for index in layout.indices():
+                part = tasks[(case.array.name, *index)].args[0]
+                expected = manifest[layout.grid_slices(index)]
+                assert part.dict() == expected.dict(), index
+                assert set(part.urls) == set(expected.urls)
+                assert len(part.inline_buffer) == sum(len(v["data"]) for v in part.dict().values() if "data" in v)
+    # at native chunking (or finer) each task carries its one chunk's reference
+    for chunks in (CHUNKS, (1, 2)):
+        native = case.array.to_dask_array(chunks=chunks)
+        tasks = dict(native.dask)
+        assert len(tasks) == native.npartitions
+        for (_, *index), task in tasks.items():
+            ref = task.args[0]
+            grid_index = tuple(i * c // n for i, c, n in zip(index, chunks, CHUNKS))
+            entry = manifest.entry(grid_index)
+            if entry is None:
+                assert ref.state == MISSING
+            elif entry[0] == "inlined":
+                assert (ref.state, ref.data) == (INLINED, entry[1])
+            else:
+                assert (ref.url, ref.offset, ref.length) == entry[1:]
+        assert_values(native.compute(), case.expected)
 
 
 # --------------------------------------------------------------------------- #

@@ -52,12 +52,19 @@ class BlockLayout:
 
     @classmethod
     def for_array(cls, grid: Sequence[int], chunk_nbytes: int, target: int | None = None) -> BlockLayout:
-        """Blocks of about ``target`` decoded bytes, filled along the last axes first (C order)."""
+        """Blocks of at most about ``target`` decoded bytes, filled along the last axes first (C order).
+
+        Where an axis is cut, its blocks are made equal (2400 chunks in blocks of
+        at most 258 become 10 of 240, not 9 of 258 and one of 78), so the last
+        task is not a runt that leaves cores idle at the end.
+        """
         target = task_bytes() if target is None else target
         budget = max(1, target // max(1, chunk_nbytes))
         block = []
         for g in reversed(grid):
             take = max(1, min(g, budget))
+            if take < g:
+                take = -(-g // -(-g // take))
             block.append(take)
             budget = max(1, budget // take) if take == g else 1
         return cls(tuple(int(g) for g in grid), tuple(reversed(block)))
@@ -184,6 +191,33 @@ def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBl
             pieces[position] = buffer[start : start + int(lengths.flat[position])]
     present = [piece for piece, state in zip(pieces, flat_states.tolist()) if state != MISSING]
     return EncodedBlock.from_pieces(states.copy(), lengths.copy(), present)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One chunk's reference: what a single-chunk task carries instead of a one-entry ChunkManifest.
+
+    A graph at native chunking has a task per chunk; this needs about half the
+    memory and build time of a manifest part (four numpy arrays and a url table).
+    """
+
+    state: int
+    url: str
+    offset: int
+    length: int
+    data: bytes = b""
+
+
+def fetch_chunk(ref: ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
+    """``fetch_block`` for a single chunk: the block has one chunk along each of the ``ndim`` axes."""
+    grid = (1,) * ndim
+    pieces: list = []
+    if ref.state == VIRTUAL:
+        request = (ref.url, np.zeros(1, np.int64), np.array([ref.offset], np.uint64), np.array([ref.length], np.uint64))
+        (pieces,) = _read_ranges([request], registry, grid)
+    elif ref.state == INLINED:
+        pieces = [ref.data]
+    return EncodedBlock.from_pieces(np.full(grid, ref.state, np.uint8), np.full(grid, ref.length, np.uint64), pieces)
 
 
 def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[list]:
@@ -344,14 +378,15 @@ def _run_jobs(codec, out: np.ndarray, jobs: list, threads: int) -> None:
 
 
 def load_region(
-    part: ChunkManifest,
+    part: ChunkManifest | ChunkRef,
     registry: ObjectStoreRegistry,
     codec_key: str,
     grid_origin: Sequence[int],
     region: tuple[slice, ...],
 ) -> np.ndarray:
     """Fetch and decode the chunks covering ``region`` (array coordinates) of one output block."""
-    return decode_region(fetch_block(part, registry), codec_key, grid_origin, region)
+    block = fetch_chunk(part, registry, len(region)) if isinstance(part, ChunkRef) else fetch_block(part, registry)
+    return decode_region(block, codec_key, grid_origin, region)
 
 
 def decode_region(
@@ -416,6 +451,55 @@ def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> C
 # -- graphs ------------------------------------------------------------------
 
 
+class TaskParts:
+    """Cuts a manifest into the small manifests that single tasks carry.
+
+    ``ChunkManifest.__getitem__`` is general (it remaps the whole url table and
+    repacks inlined bytes only when it must); a task's part only needs its own
+    urls and inlined bytes, found from its own chunks. A task of one chunk gets
+    a ``ChunkRef`` instead (``chunk``): a graph at native chunking has a
+    million of them.
+    """
+
+    def __init__(self, manifest: ChunkManifest) -> None:
+        self.states, self.path_index = manifest.states, manifest.path_index
+        self.offsets, self.lengths = manifest.offsets, manifest.lengths
+        self.urls, self.inline = manifest.urls, manifest.inline_buffer
+        self.any_inlined = bool(self.inline) and bool((self.states == INLINED).any())
+
+    def __call__(self, where: tuple[slice, ...]) -> ChunkManifest:
+        key = (*where, Ellipsis)  # keeps a 0-d grid an array
+        states, lengths = self.states[key].copy(), self.lengths[key].copy()
+        offsets, path_index = self.offsets[key].copy(), self.path_index[key]
+        virtual = path_index >= 0
+        used, renumbered = np.unique(path_index[virtual], return_inverse=True)
+        if len(used) == len(self.urls):
+            urls, path_index = self.urls, path_index.copy()
+        else:
+            urls = tuple(self.urls[i] for i in used.tolist())
+            path_index = np.full(path_index.shape, -1, np.int32)
+            path_index[virtual] = renumbered
+        inline = b""
+        if self.any_inlined:
+            inlined = states == INLINED
+            if inlined.any():
+                view = memoryview(self.inline)
+                starts, sizes = offsets[inlined].tolist(), lengths[inlined].tolist()
+                inline = b"".join(view[s : s + n] for s, n in zip(starts, sizes))
+                offsets[inlined] = np.cumsum([0, *sizes[:-1]], dtype=np.uint64)
+        return ChunkManifest._from_parts(states, path_index, offsets, lengths, urls, inline)
+
+    def chunk(self, index: tuple[int, ...]) -> ChunkRef:
+        """The reference of the single chunk at ``index``."""
+        state, length = int(self.states[index]), int(self.lengths[index])
+        offset = int(self.offsets[index])
+        if state == VIRTUAL:
+            return ChunkRef(state, self.urls[self.path_index[index]], offset, length)
+        if state == INLINED:
+            return ChunkRef(state, "", 0, length, bytes(memoryview(self.inline)[offset : offset + length]))
+        return ChunkRef(state, "", 0, 0)
+
+
 class FetchTasks(Mapping):
     """The fetch tasks of one ManifestArray, made on demand.
 
@@ -424,7 +508,8 @@ class FetchTasks(Mapping):
     """
 
     def __init__(self, name: str, manifest: ChunkManifest, registry: ObjectStoreRegistry, layout: BlockLayout):
-        self.name, self.manifest, self.registry, self.layout = name, manifest, registry, layout
+        self.name, self.registry, self.layout = name, registry, layout
+        self.part = TaskParts(manifest)
 
     def __getitem__(self, key):
         if not (isinstance(key, tuple) and key and key[0] == self.name and len(key) == len(self.layout.grid) + 1):
@@ -432,7 +517,7 @@ class FetchTasks(Mapping):
         index = key[1:]
         if any(not 0 <= i < n for i, n in zip(index, self.layout.nblocks)):
             raise KeyError(key)
-        return Task(key, fetch_block, self.manifest[self.layout.grid_slices(index)], self.registry)
+        return Task(key, fetch_block, self.part(self.layout.grid_slices(index)), self.registry)
 
     def __iter__(self):
         return ((self.name, *index) for index in self.layout.indices())
@@ -451,7 +536,8 @@ class LoadTasks(Mapping):
 
     def __init__(self, name: str, manifest: ChunkManifest, registry: ObjectStoreRegistry, codec_key: str,
                  native: Sequence[int], chunks: tuple[tuple[int, ...], ...]):
-        self.name, self.manifest, self.registry, self.codec_key = name, manifest, registry, codec_key
+        self.name, self.registry, self.codec_key = name, registry, codec_key
+        self.part = TaskParts(manifest)
         self.native = tuple(native)
         self.chunks = chunks
         self.starts = tuple(_starts(c) for c in chunks)
@@ -459,15 +545,19 @@ class LoadTasks(Mapping):
     def __getitem__(self, key):
         if not (isinstance(key, tuple) and key and key[0] == self.name and len(key) == len(self.chunks) + 1):
             raise KeyError(key)
-        index = key[1:]
-        if any(not (isinstance(i, int) and 0 <= i < len(c)) for i, c in zip(index, self.chunks)):
-            raise KeyError(key)
-        region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, self.starts, self.chunks))
-        grid = tuple(
-            slice(r.start // c, -(-r.stop // c)) if r.stop > r.start else slice(0, 0) for r, c in zip(region, self.native)
-        )
+        region, grid = [], []
+        for i, starts, chunks, c in zip(key[1:], self.starts, self.chunks, self.native):
+            if not (isinstance(i, int) and 0 <= i < len(chunks)):
+                raise KeyError(key)
+            start = starts[i]
+            stop = start + chunks[i]
+            region.append(slice(start, stop))
+            grid.append(slice(start // c, -(-stop // c)) if stop > start else slice(0, 0))
+        grid = tuple(grid)
         origin = tuple(g.start for g in grid)
-        return Task(key, load_region, self.manifest[grid], self.registry, self.codec_key, origin, region)
+        one_chunk = all(g.stop - g.start == 1 for g in grid)
+        part = self.part.chunk(origin) if one_chunk else self.part(grid)
+        return Task(key, load_region, part, self.registry, self.codec_key, origin, tuple(region))
 
     def __iter__(self):
         return ((self.name, *index) for index in itertools.product(*(range(len(c)) for c in self.chunks)))
