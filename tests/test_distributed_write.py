@@ -118,6 +118,21 @@ class Repo:
 
 
 # --------------------------------------------------------------------------- #
+# counting held chunks
+# --------------------------------------------------------------------------- #
+def test_count_of_held_array_does_not_gather(files, dask_client):
+    ds = open_virtual_dataset(files["a"])
+    assert ds.s.data.count() == {"virtual": 2, "inlined": 0, "missing": 6}
+    held = persist_on_cluster(ds, ["v", "s"])
+    assert held.s.data.count() == {"virtual": 0, "inlined": 2, "missing": 6}
+    assert held.v.data.count() == {"virtual": 0, "inlined": 8, "missing": 0}
+    assert "6 missing" in repr(held.s.data)
+    # counted from the client's manifest: the blocks stayed on the workers (reading .manifest would gather)
+    assert not held.s.data.is_gathered and not held.v.data.is_gathered
+    assert held.s.data.gather().manifest.count() == {"virtual": 0, "inlined": 2, "missing": 6}
+
+
+# --------------------------------------------------------------------------- #
 # Icechunk
 # --------------------------------------------------------------------------- #
 def test_icechunk_blocks_are_written_by_the_workers_that_hold_them(files, dask_client, tmp_path):
