@@ -199,6 +199,28 @@ def test_icechunk_failed_block_commits_nothing(files, dask_client, tmp_path):
         xr.testing.assert_identical(repo.read(), expected.load())
 
 
+def test_icechunk_failure_here_waits_for_the_workers_and_commits_nothing(files, dask_client, tmp_path, monkeypatch):
+    from vzdask.writers import icechunk as writer
+
+    repo = Repo(tmp_path / "repo", files["dir"])
+    open_virtual_dataset(files["a"]).vz.to_icechunk(repo.open().writable_session("main"), commit="a")
+    before = repo.snapshots()
+    ds = persist_on_cluster(open_virtual_dataset(files["b"]), ["v", "w"])  # `s` stays virtual: written here
+
+    def failing(store, path, array, grid_offset):
+        raise OSError(f"writing {path} failed (injected)")
+
+    monkeypatch.setattr(writer, "_write_chunks", failing)
+    with distributed.get_task_stream(dask_client) as stream:
+        with pytest.raises(OSError, match="injected"):
+            ds.vz.to_icechunk(repo.open().writable_session("main"), commit="b")
+    # the workers had started (they overlap with this process) and all finished before the error came out
+    assert_ran_on_workers(writing_tasks(stream, "_write_block"), dask_client, len(block_futures(ds, ["v", "w"])))
+    assert repo.snapshots() == before
+    with xr.open_dataset(files["a"]) as expected:
+        xr.testing.assert_identical(repo.read(), expected.load())
+
+
 # --------------------------------------------------------------------------- #
 # kerchunk Parquet
 # --------------------------------------------------------------------------- #
