@@ -279,6 +279,8 @@ def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, com
                 on_workers.append((path, node.held[name], grid_offset))
         zarr.open_group(store, path=node.path, mode="r+", zarr_format=3).attrs.put(node.attributes)
     # The workers write their blocks through a fork while this process writes references and its chunks.
+    # Forking before the references also keeps the fork cheap: Icechunk's fork() flushes the session's
+    # uncommitted changes (measured: 1 ms here, 2.5 s after 1,000,000 references).
     tasks, names = _start_on_workers(session, on_workers) if on_workers else ([], [])
     try:
         for path, array, grid_offset in chunks_here:
