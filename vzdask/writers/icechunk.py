@@ -341,16 +341,20 @@ def _write_chunks(store, path: str, array: ManifestArray, grid_offset: tuple[int
     virtual = states == VIRTUAL
     if virtual.any():
         table = np.array([""] + [icechunk_location(u) for u in manifest.urls], dtype=object)
-        locations = table[manifest.path_index.ravel() + 1].tolist()
+        url_index = manifest.path_index.ravel()
+        locations = table[url_index + 1].tolist()
         offsets = np.ascontiguousarray(manifest.offsets.ravel(), dtype=np.uint64)
         lengths = np.ascontiguousarray(np.where(virtual, manifest.lengths, 0).ravel(), dtype=np.uint64)
-        failed = store.set_virtual_refs_arr(
-            path, manifest.shape, locations, offsets, lengths, validate_containers=True,
-            arr_offset=grid_offset if any(grid_offset) else None,
+        arr_offset = grid_offset if any(grid_offset) else None
+        probed = _check_each_url_once(store, path, manifest.shape, url_index, locations, offsets, lengths, arr_offset)
+        failed = probed or store.set_virtual_refs_arr(
+            path, manifest.shape, locations, offsets, lengths, validate_containers=probed is None,
+            arr_offset=arr_offset,
         )
         if failed:
             raise ValueError(
-                f"Icechunk rejected {len(failed)} virtual reference(s) of {path!r}, e.g. chunk {failed[0]}"
+                f"Icechunk found no virtual chunk container for virtual references of {path!r}, e.g. chunk "
+                f"{failed[0]} (its url, as Icechunk parses it, is under no container prefix; nothing was committed)"
             )
     inlined = np.argwhere(states == INLINED)
     if len(inlined):
@@ -361,6 +365,36 @@ def _write_chunks(store, path: str, array: ManifestArray, grid_offset: tuple[int
             for index in inlined
         )
         sync(_set_many(store, items))
+
+
+def _check_each_url_once(store, path, grid, url_index, locations, offsets, lengths, arr_offset) -> list | None:
+    """Let Icechunk check the first reference to each distinct url against its containers.
+
+    Icechunk's check (``validate_containers``) matches each reference's
+    location, parsed from its url string, against the session's containers,
+    so references with the same url pass or fail together: checking one per
+    url and writing the rest unchecked applies Icechunk's own rule with the
+    same result, for less. The check is ~0.65 s of the ~1.5 s that
+    ``set_virtual_refs_arr`` takes for 1,000,000 references over 100 urls.
+    ``_check_containers`` cannot stand in for it: Icechunk parses the urls
+    (e.g. lower-cases ``FILE://``), so a prefix match on our strings is not
+    its rule. The probe writes those first references as they are written
+    again right after.
+
+    Returns the failed chunks (``[]`` if none), or None without probing when
+    urls average under two references each (checking all of them costs as
+    much).
+    """
+    _, first = np.unique(url_index, return_index=True)
+    first = first[url_index[first] >= 0]
+    if 2 * len(first) > np.count_nonzero(url_index >= 0):
+        return None
+    probe = [""] * len(locations)  # empty locations are skipped
+    for i in first.tolist():
+        probe[i] = locations[i]
+    failed = store.set_virtual_refs_arr(path, grid, probe, offsets, lengths, validate_containers=True,
+                                        arr_offset=arr_offset)
+    return failed or []
 
 
 async def _set_many(store, items) -> None:
