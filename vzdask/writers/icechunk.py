@@ -126,6 +126,16 @@ def write_icechunk(
     uncommitted write: discard it (``session.discard_changes()``) or drop the
     session. Persisted arrays not on a distributed cluster are written from
     this process.
+
+    Writing many references is mostly Icechunk's own work: for 1,000,000
+    references over 100 urls (local storage), ``set_virtual_refs_arr`` and
+    the commit take ~3.5 s and ~720 MiB, this writer's own code well under 0.1 s.
+    The writer lets Icechunk check each distinct url once rather than every
+    reference (~0.6 s less). Peak memory is the repository's: splitting
+    manifests (``icechunk.ManifestSplittingConfig``, e.g. 4 splits along the
+    first axis) lowered the commit's peak from 721 to 466 MiB at about the
+    same time (``benchmarks/bench_write.py`` inputs, medians of 5, shared
+    machine).
     """
     if isinstance(data, (ManifestGroup, ManifestStore)):
         return write_manifest_group(
