@@ -13,6 +13,10 @@ repository (one commit):
 * ``gather``: ``ds.vz.gather()`` first, then the same writes from the client
   (what the writers did before).
 
+With ``--client-refs N`` the Dataset also holds a virtual variable of ``N``
+references (into ``benchmarks/_data``, never read), which the client writes
+itself while the workers write ``tas``.
+
 Reported: wall time and the growth of the client's resident set during the
 write (``VmHWM`` reset before each write), medians of ``--repeats``.
 """
@@ -62,10 +66,32 @@ def _measure(write) -> tuple[float, int]:
     return time.perf_counter() - start, max(0, _status("VmHWM") - base)
 
 
+def _client_refs(n: int):
+    """A virtual variable of ``n`` references (a square chunk grid over 100 files) for the client to write."""
+    import numpy as np
+    import xarray as xr
+
+    from vzdask import ChunkManifest, ManifestArray, create_array_metadata
+
+    side = max(1, int(round(n**0.5)))
+    grid = (side, max(1, n // side))
+    count = grid[0] * grid[1]
+    urls = np.array([f"file://{DATA.resolve()}/refs_{i:03d}.nc" for i in range(100)], dtype=object)
+    manifest = ChunkManifest.from_arrays(
+        paths=urls[np.arange(count) % 100].reshape(grid),
+        offsets=(np.arange(count, dtype=np.uint64) * 4096).reshape(grid),
+        lengths=np.full(grid, 4000, dtype=np.uint64),
+    )
+    metadata = create_array_metadata(shape=tuple(g * 10 for g in grid), chunk_shape=(10, 10), dtype="float32",
+                                     fill_value=float("nan"), dimension_names=("ry", "rx"))
+    return xr.Variable(("ry", "rx"), ManifestArray(metadata, manifest))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--client-refs", type=int, default=0)
     args = parser.parse_args()
 
     import distributed
@@ -79,6 +105,8 @@ def main() -> None:
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with cluster, distributed.Client(cluster) as client:
         virtual = vzdask.open_virtual_mfdataset(paths, parallel=client)
+        if args.client_refs:
+            virtual = virtual.assign(refs=_client_refs(args.client_refs))
         held = 0
         for _ in range(args.repeats):
             for fmt in ("parquet", "icechunk"):
@@ -101,7 +129,8 @@ def main() -> None:
                     finally:
                         shutil.rmtree(out, ignore_errors=True)
                     del ds
-    print(f"{len(paths)} files, tas persisted on 2 workers (~{held / 2**20:.0f} MiB held on the workers)")
+    extra = f", {args.client_refs:,} virtual references written by the client" if args.client_refs else ""
+    print(f"{len(paths)} files, tas persisted on 2 workers (~{held / 2**20:.0f} MiB held on the workers){extra}")
     print(f"{'case':<10}{'format':<10}{'seconds':>10}{'client RSS growth':>20}")
     for (case, fmt), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         seconds = statistics.median(r[0] for r in runs)

@@ -278,6 +278,8 @@ def test_persist_inlines_every_chunk(make_virtual, task_bytes):
         persisted = case.array.persist()
     assert isinstance(persisted, ManifestArray) and persisted.is_gathered
     assert persisted.manifest.count() == {"virtual": 0, "inlined": 8, "missing": 4}
+    assert persisted.count() == persisted.manifest.count()
+    assert case.array.count() == {"virtual": 4, "inlined": 4, "missing": 4}
     assert_fully_inlined(persisted, case)
     assert_values(persisted.compute(), case.expected)
     assert_values(persisted.to_dask_array(chunks=(3, 5)).compute(), case.expected)

@@ -118,6 +118,21 @@ class Repo:
 
 
 # --------------------------------------------------------------------------- #
+# counting held chunks
+# --------------------------------------------------------------------------- #
+def test_count_of_held_array_does_not_gather(files, dask_client):
+    ds = open_virtual_dataset(files["a"])
+    assert ds.s.data.count() == {"virtual": 2, "inlined": 0, "missing": 6}
+    held = persist_on_cluster(ds, ["v", "s"])
+    assert held.s.data.count() == {"virtual": 0, "inlined": 2, "missing": 6}
+    assert held.v.data.count() == {"virtual": 0, "inlined": 8, "missing": 0}
+    assert "6 missing" in repr(held.s.data)
+    # counted from the client's manifest: the blocks stayed on the workers (reading .manifest would gather)
+    assert not held.s.data.is_gathered and not held.v.data.is_gathered
+    assert held.s.data.gather().manifest.count() == {"virtual": 0, "inlined": 2, "missing": 6}
+
+
+# --------------------------------------------------------------------------- #
 # Icechunk
 # --------------------------------------------------------------------------- #
 def test_icechunk_blocks_are_written_by_the_workers_that_hold_them(files, dask_client, tmp_path):
@@ -179,6 +194,28 @@ def test_icechunk_failed_block_commits_nothing(files, dask_client, tmp_path):
     bad = persist_on_cluster(bad, ["w"])  # fetching `w` fails on the workers: its file is gone
     with pytest.raises(RuntimeError, match=r"block \(\d+, 0\) of 'w' .*nothing was committed.*gone\.nc"):
         bad.vz.to_icechunk(repo.open().writable_session("main"), commit="bad")
+    assert repo.snapshots() == before
+    with xr.open_dataset(files["a"]) as expected:
+        xr.testing.assert_identical(repo.read(), expected.load())
+
+
+def test_icechunk_failure_here_waits_for_the_workers_and_commits_nothing(files, dask_client, tmp_path, monkeypatch):
+    from vzdask.writers import icechunk as writer
+
+    repo = Repo(tmp_path / "repo", files["dir"])
+    open_virtual_dataset(files["a"]).vz.to_icechunk(repo.open().writable_session("main"), commit="a")
+    before = repo.snapshots()
+    ds = persist_on_cluster(open_virtual_dataset(files["b"]), ["v", "w"])  # `s` stays virtual: written here
+
+    def failing(store, path, array, grid_offset):
+        raise OSError(f"writing {path} failed (injected)")
+
+    monkeypatch.setattr(writer, "_write_chunks", failing)
+    with distributed.get_task_stream(dask_client) as stream:
+        with pytest.raises(OSError, match="injected"):
+            ds.vz.to_icechunk(repo.open().writable_session("main"), commit="b")
+    # the workers had started (they overlap with this process) and all finished before the error came out
+    assert_ran_on_workers(writing_tasks(stream, "_write_block"), dask_client, len(block_futures(ds, ["v", "w"])))
     assert repo.snapshots() == before
     with xr.open_dataset(files["a"]) as expected:
         xr.testing.assert_identical(repo.read(), expected.load())

@@ -340,6 +340,36 @@ def test_missing_virtual_chunk_container_writes_nothing(files, tmp_path):
     assert_same(got, xr.open_dataset(files["a"]))
 
 
+def test_icechunk_checks_each_url_by_its_own_rule(tmp_path):
+    """Icechunk parses urls before matching containers: ``FILE://`` is lower-cased, so a ``FILE:///`` container
+    covers none of them although the strings share the prefix. Its own check (once per url) must refuse them."""
+    from vzdask import ChunkManifest, ManifestArray, ManifestGroup, create_array_metadata
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.bin").write_bytes(np.arange(8, dtype="<f4").tobytes())
+    metadata = create_array_metadata(shape=(8,), chunk_shape=(2,), dtype="float32", fill_value=0.0)
+
+    def group(url: str) -> ManifestGroup:
+        manifest = ChunkManifest.from_arrays(paths=[url] * 4, offsets=[0, 8, 16, 24], lengths=[8] * 4)
+        return ManifestGroup(arrays={"a": ManifestArray(metadata, manifest)})
+
+    upper = f"FILE://{data}/"
+    config = icechunk.RepositoryConfig.default()
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(upper, icechunk.local_filesystem_store(str(data))))
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "upper")), config)
+    with pytest.raises(ValueError, match=r"no virtual chunk container for .*'a'"):
+        write_manifest_group(group(upper + "x.bin"), repo.writable_session("main"), commit="never")
+    assert len(list(repo.ancestry(branch="main"))) == 1
+
+    # the same references under a lower-case container: all four written, values read back
+    lower = Repo(tmp_path / "lower", data)
+    write_manifest_group(group(f"file://{data}/x.bin"), lower.writable(), commit="refs")
+    ro = lower.open().readonly_session("main")
+    assert [ro.chunk_type("/a", [i]) for i in range(4)] == [ChunkType.virtual] * 4
+    np.testing.assert_array_equal(zarr.open_array(ro.store, path="a", mode="r")[:], np.arange(8, dtype="f4"))
+
+
 def test_append_with_other_chunking_or_packing_is_refused(files, tmp_path):
     repo = Repo(tmp_path / "repo", files["dir"])
     open_virtual_dataset(files["a"]).vz.to_icechunk(repo.writable(), commit="a")

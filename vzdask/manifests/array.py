@@ -140,20 +140,27 @@ class ManifestArray(DaskMethodsMixin):
 
     def __repr__(self) -> str:
         if self._source is not None:
-            c = self._counts()
+            c = self.count()
             where = f"persisted, not gathered: {c['inlined']} inlined, {c['missing']} missing chunks"
         else:
             where = repr(self._manifest)
         return f"ManifestArray<shape={self.shape}, dtype={self.dtype}, chunks={self.chunk_shape}, {where}>"
 
-    def _counts(self) -> dict[str, int]:
+    def count(self) -> dict[str, int]:
+        """The number of chunks in each state: ``{"virtual": n, "inlined": n, "missing": n}``.
+
+        Unlike ``manifest.count()`` this never gathers: persisted blocks still
+        held by a cluster are counted from the manifest they were fetched
+        from, since persisting inlines every chunk that is not missing and
+        keeps the missing ones missing.
+        """
         counts = self._manifest.count()
-        if self._source is not None:  # everything that is not missing is inlined once gathered
+        if self._source is not None:
             return {"virtual": 0, "inlined": counts["virtual"] + counts["inlined"], "missing": counts["missing"]}
         return counts
 
     def _repr_inline_(self, max_width: int) -> str:
-        counts = self._counts()
+        counts = self.count()
         text = f"ManifestArray<{counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing chunks>"
         return text[:max_width]
 

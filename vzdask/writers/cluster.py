@@ -45,7 +45,7 @@ class HeldBlocks:
         if not futures or not all(isinstance(f, Future) for f in futures):
             return None
         # persisted chunks are all inlined except the source's missing ones, which the client still knows
-        missing = array._counts()["missing"] > 0
+        missing = array.count()["missing"] > 0
         return cls(futures[0].client, array.layout, futures, missing)
 
     def origin(self, index: Sequence[int]) -> tuple[int, ...]:
