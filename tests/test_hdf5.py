@@ -310,3 +310,26 @@ def test_loaded_coordinate_of_a_file_truncated_after_parsing_is_a_clear_error(tm
         f.truncate(os.path.getsize(path) - 1000)
     with pytest.raises(OSError, match=r"coords\.nc"):
         to_virtual_dataset(store)
+
+
+def test_drop_variables_skips_a_variable_the_parser_cannot_virtualize(tmp_path):
+    path = tmp_path / "mixed.nc"
+    good = np.arange(100.0)
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("x", 100)
+        x = nc.createVariable("x", "f8", ("x",))
+        x[:] = np.arange(100) * 0.5
+        nc.createVariable("good", "f8", ("x",), zlib=True)[:] = good
+    with h5py.File(path, "a") as f:  # a dataset with a filter no zarr codec reads, on the same dimension
+        f.create_dataset("squeezed", data=np.arange(100.0), chunks=(10,), compression="lzf")
+    with pytest.raises(ParseError, match=r"'/squeezed'.*lzf.*drop_variables"):
+        open_virtual_dataset(path)
+    vds = open_virtual_dataset(path, drop_variables=["squeezed"])
+    assert "squeezed" not in vds.variables
+    np.testing.assert_array_equal(vds.good.data.compute(), good)
+    np.testing.assert_array_equal(vds.x.values, np.arange(100) * 0.5)
+    # dropping a dimension coordinate keeps the dimension's name on the others
+    no_x = open_virtual_dataset(path, drop_variables=["squeezed", "x"])
+    assert "x" not in no_x.variables and no_x.good.dims == ("x",)
+    store = HDFParser(drop_variables=["squeezed"])(f"file://{path}", __import__("vzdask").ObjectStoreRegistry())
+    assert sorted(store.group.arrays) == ["good", "x"]

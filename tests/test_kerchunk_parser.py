@@ -390,6 +390,13 @@ def test_unknown_codec_names_variable_and_codec(kerchunk_refs, tmp_path):
     path = _write(tmp_path, "codec.json", refs)
     with pytest.raises(ParseError, match=r"codec\.json: variable 'big': codec 'no-such-codec'"):
         open_virtual_dataset(path)
+    # dropping that variable opens the others (the parser never reads its metadata)
+    rest = open_virtual_dataset(path, drop_variables=["big"])
+    assert "big" not in rest.variables and len(rest.variables) > 0
+    whole = open_virtual_dataset(_write(tmp_path, "fine.json", kerchunk_refs))
+    for name in rest.variables:
+        np.testing.assert_array_equal(rest[name].values if name in rest.coords else rest[name].data.compute(),
+                                      whole[name].values if name in whole.coords else whole[name].data.compute())
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,10 @@ def open_virtual_dataset(
     group : str, optional
         Open this group of the file.
     drop_variables : iterable of str, optional
+        Variables to leave out. The detected parser does not parse them, so
+        a variable it cannot virtualize (e.g. an unsupported HDF5 filter) can
+        be dropped to open the rest; with ``parser=``, give them to its
+        constructor for that.
     loadable_variables : iterable of str, optional
         Variables to load into numpy (for indexing); default: dimension coordinates.
     decode_times : bool, optional
@@ -197,7 +201,7 @@ def open_virtual_dataset(
     url = _as_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=group)
+        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
     store = parser(url, registry)

@@ -14,7 +14,9 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
-def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None):
+def detect_parser(
+    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None, drop_variables=None
+):
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found."""
     from vzdask.parsers.kerchunk import is_kerchunk_parquet
     from vzdask.parsers.zarr import ZarrParser, is_zarr_store
@@ -28,28 +30,28 @@ def detect_parser(url: str, registry: ObjectStoreRegistry, *, inline: InlinePoli
     if probe.startswith(HDF5_SIGNATURE):
         from vzdask.parsers.hdf5 import HDFParser
 
-        return HDFParser(inline=inline, group=group)
+        return HDFParser(inline=inline, group=group, drop_variables=drop_variables)
     if probe[:4] in NETCDF3_SIGNATURES:
         return _netcdf3_parser(url, inline)
 
     if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
         from vzdask.parsers.kerchunk import KerchunkParquetParser
 
-        return KerchunkParquetParser(inline=inline, group=group)
+        return KerchunkParquetParser(inline=inline, group=group, drop_variables=drop_variables)
     if is_zarr_store(url, registry):  # a directory/prefix with zarr.json, .zgroup or .zarray
         return ZarrParser(inline=inline, group=group)
     head = ObstoreFile(url, registry).read_range(0, 8)
     if head.startswith(HDF5_SIGNATURE):
         from vzdask.parsers.hdf5 import HDFParser
 
-        return HDFParser(inline=inline, group=group)
+        return HDFParser(inline=inline, group=group, drop_variables=drop_variables)
     if head[:4] in NETCDF3_SIGNATURES:
         return _netcdf3_parser(url, inline)
     if head.lstrip()[:1] in (b"{", b""):
         from vzdask.parsers.kerchunk import KerchunkJSONParser, looks_like_kerchunk_json
 
         if head and looks_like_kerchunk_json(ObstoreFile(url, registry).read_range(0, 4096)):
-            return KerchunkJSONParser(inline=inline, group=group)
+            return KerchunkJSONParser(inline=inline, group=group, drop_variables=drop_variables)
     shown = head[:8]
     raise ParseError(
         f"{url}: unrecognised file format (first bytes {shown!r}); expected HDF5/netCDF4, netCDF3, Zarr or kerchunk references"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import obstore
 
@@ -26,11 +27,23 @@ class Parser:
         itself stores inline is always inlined).
     group : str, optional
         Parse only this group.
+    drop_variables : iterable of str, optional
+        Variables of that group not to parse at all, so one the format cannot
+        virtualize (an unsupported filter, say) does not stop the others.
+        Parsers that read every variable's metadata anyway (netCDF3, Zarr)
+        leave dropping to ``open_virtual_dataset``.
     """
 
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        inline: InlinePolicy | None = None,
+        group: str | None = None,
+        drop_variables: Iterable[str] | None = None,
+    ) -> None:
         self.inline = inline
         self.group = group
+        self.drop_variables = frozenset(drop_variables or ())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(inline={self.inline!r}, group={self.group!r})"

@@ -46,6 +46,8 @@ class HDFParser(Parser):
         Which chunks to copy into the manifest (compact datasets always are).
     group : str, optional
         Parse only this group of the file.
+    drop_variables : iterable of str, optional
+        Datasets of that group not to parse (they still name dimensions).
     """
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
@@ -64,11 +66,11 @@ class HDFParser(Parser):
                 if self.group not in f or not isinstance(f[self.group], h5py.Group):
                     raise ParseError(f"{url}: no group {self.group!r}")
                 root = f[self.group]
-            group = _parse_group(root, url, registry)
+            group = _parse_group(root, url, registry, drop=self.drop_variables)
         return finish(group, registry, self.inline)
 
 
-def _parse_group(h5group, url: str, registry: ObjectStoreRegistry) -> ManifestGroup:
+def _parse_group(h5group, url: str, registry: ObjectStoreRegistry, drop=frozenset()) -> ManifestGroup:
     import h5py
 
     arrays, groups = {}, {}
@@ -90,6 +92,8 @@ def _parse_group(h5group, url: str, registry: ObjectStoreRegistry) -> ManifestGr
                 continue  # a netCDF dimension without a variable
             datasets[name] = (obj, plist, dims, keys)
     for name, (obj, plist, dims, keys) in datasets.items():
+        if name in drop:
+            continue
         attrs = _attributes(obj.attrs, keys, url, obj.name)
         arrays[name] = _parse_dataset(obj, plist, dims, tuple(sizes[d] for d in dims), attrs, url, registry)
     group_id = (h5group["/"] if isinstance(h5group, h5py.File) else h5group).id  # a File's id is the file's
@@ -241,8 +245,7 @@ def _codecs(plist, dtype: np.dtype, where: str) -> list[Any]:
         else:
             raise ParseError(
                 f"{where}: HDF5 filter {FILTER_NAMES.get(code, code)!r} (id {code}) has no zarr codec that can "
-                "read its stored chunks; "
-                "drop the variable with drop_variables=[...] or load it with loadable_variables"
+                "read its stored chunks; drop the variable (drop_variables=[...]) to open the others"
             )
     return codecs
 

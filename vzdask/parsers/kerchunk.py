@@ -86,7 +86,8 @@ class KerchunkJSONParser(Parser):
             return _json_chunks(arrays, keys, url)
 
         group = _assemble(
-            url, metadata, registry, group=self.group, base=_parent(url), load=load,
+            url, _without(metadata, self.group, self.drop_variables), registry, group=self.group, base=_parent(url),
+            load=load,
             render_url=templates.render_url if templates is not None else None,
         )
         return finish(group, registry, self.inline)
@@ -127,6 +128,7 @@ class KerchunkParquetParser(Parser):
         def load(arrays: dict[str, _ArrayInfo]) -> dict[str, _Chunks]:
             return _parquet_chunks(arrays, root, record_size, registry, url)
 
+        metadata = _without(metadata, self.group, self.drop_variables)
         group = _assemble(url, metadata, registry, group=self.group, base=_parent(root), load=load)
         return finish(group, registry, self.inline)
 
@@ -805,6 +807,15 @@ def _parquet_chunks(
 # --------------------------------------------------------------------------- #
 # assembling groups, arrays and manifests
 # --------------------------------------------------------------------------- #
+def _without(metadata: dict[str, Any], group: str | None, drop: frozenset[str]) -> dict[str, Any]:
+    """``metadata`` without the documents of the arrays named in ``drop`` (children of ``group``)."""
+    if not drop:
+        return metadata
+    prefix = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    dropped = {f"{prefix}{name}/" for name in drop}
+    return {key: value for key, value in metadata.items() if not any(key.startswith(d) for d in dropped)}
+
+
 def _assemble(
     source: str,
     metadata: dict[str, Any],
