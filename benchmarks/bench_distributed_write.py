@@ -3,7 +3,7 @@
 Run by hand: ``.venv/bin/python benchmarks/bench_distributed_write.py [--files 40] [--repeats 3]``.
 
 ``--files`` of the ``tas_*.nc`` files in ``benchmarks/_data`` (made by
-``bench_mfdataset.py``) are virtualized on a ``LocalCluster(n_workers=2,
+``bench_compute.py``) are virtualized on a ``LocalCluster(n_workers=2,
 processes=True)`` and ``tas`` is persisted there (every chunk inlined, bytes on
 the workers). Then, timed, each case writes kerchunk Parquet and an Icechunk
 repository (one commit):
@@ -26,24 +26,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_write import _reset_peak, _status  # noqa: E402  (the same /proc/self peak-memory reading)
+
 DATA = Path(__file__).parent / "_data"
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def _repo(path: Path, data: Path):
@@ -100,7 +91,7 @@ def main() -> None:
 
     paths = sorted(str(p.resolve()) for p in DATA.glob("tas_*.nc"))[: args.files]
     if len(paths) < args.files:
-        raise SystemExit(f"need {args.files} tas_*.nc files in {DATA}; run bench_mfdataset.py first")
+        raise SystemExit(f"need {args.files} tas_*.nc files in {DATA}; run bench_compute.py first")
     results: dict[tuple[str, str], list[tuple[float, int]]] = {}
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     with cluster, distributed.Client(cluster) as client:
