@@ -106,6 +106,25 @@ def codec_for_key(key: str) -> ChunkCodec:
     return ChunkCodec(key)
 
 
+#: Codec chains by the metadata fields decoding depends on (see ``cached_codec_for``).
+_CODECS: dict[tuple, ChunkCodec] = {}
+
+
+def cached_codec_for(metadata: ArrayV3Metadata) -> ChunkCodec:
+    """``codec_for(metadata)`` without serialising the metadata to JSON each call (many small arrays alike)."""
+    fill = metadata.fill_value
+    key = (metadata.data_type, metadata.chunk_grid, metadata.codecs, type(fill), repr(fill))
+    try:
+        codec = _CODECS.get(key)
+    except TypeError:  # an unhashable codec configuration
+        return codec_for(metadata)
+    if codec is None:
+        if len(_CODECS) >= 256:
+            _CODECS.clear()
+        codec = _CODECS[key] = codec_for(metadata)
+    return codec
+
+
 def codec_for(metadata: ArrayV3Metadata) -> ChunkCodec:
     """The (cached) codec chain for an array's metadata."""
     return codec_for_key(codec_key(metadata))

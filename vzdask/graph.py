@@ -608,9 +608,27 @@ def _starts(chunks: Sequence[int]) -> list[int]:
 
 
 def read_array(array) -> np.ndarray:
-    """Fetch and decode a whole ManifestArray here, without a dask graph (small arrays: coordinates)."""
-    from vzdask.codecs import codec_key as make_codec_key
+    """Fetch and decode a whole ManifestArray here, without a dask graph (small arrays: coordinates).
 
+    An array that is one virtual chunk (a dimension coordinate, usually) is
+    one ranged get: the general block reader costs several times the read.
+    """
+    from vzdask.codecs import cached_codec_for, codec_key as make_codec_key
+
+    manifest = array.manifest
+    entry = manifest.entry((0,) * manifest.ndim) if manifest.nchunks == 1 else None
+    if entry is not None and entry[0] == "virtual" and tuple(array.chunk_shape) == tuple(array.shape):
+        _, url, offset, length = entry
+        store, path = array.registry.resolve(url)
+        try:
+            data = obstore.get(store, path, options={"range": (offset, offset + length)}).bytes()
+        except Exception as err:
+            raise OSError(f"reading {url} (bytes {offset}..{offset + length}): {str(err).splitlines()[0]}") from err
+        if len(data) != length:
+            raise OSError(
+                f"reading {url}: expected {length} bytes at offset {offset}, got {len(data)} (is the file truncated?)"
+            )
+        return cached_codec_for(array.metadata).decode(data)
     layout = array.layout
     blocks = [fetch_block(array.manifest[layout.grid_slices(index)], array.registry) for index in layout.indices()]
     return assemble(blocks, make_codec_key(array.metadata), array.shape, layout)

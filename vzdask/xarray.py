@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
-import numpy as np
-import obstore
 import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
@@ -107,57 +104,15 @@ def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None)
     """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would."""
     if not arrays:
         return {}
-    raw = {name: _variable(name, array, _read_whole(array)) for name, array in arrays.items()}
+    from vzdask.graph import read_array
+
+    raw = {name: _variable(name, array, read_array(array)) for name, array in arrays.items()}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
     for name, array in arrays.items():
         # Loading is for indexing only: writers still write the stored form (references or inlined bytes).
         decoded[name].encoding[MANIFEST_ENCODING_KEY] = array
     return dict(decoded)
-
-
-def _read_whole(array: ManifestArray) -> np.ndarray:
-    """Read and decode a small array here: one ranged get when it is one virtual chunk, else ``read_array``.
-
-    Dimension coordinates are usually one contiguous chunk; going through
-    the general block reader costs several times the read itself.
-    """
-    from vzdask.graph import read_array
-
-    manifest = array.manifest
-    entry = manifest.entry((0,) * manifest.ndim) if manifest.nchunks == 1 else None
-    if entry is None or entry[0] != "virtual" or tuple(array.chunk_shape) != tuple(array.shape):
-        return read_array(array)
-    _, url, offset, length = entry
-    store, path = array.registry.resolve(url)
-    try:
-        data = obstore.get(store, path, options={"range": (offset, offset + length)}).bytes()
-    except Exception as err:
-        raise OSError(f"reading {url} (bytes {offset}..{offset + length}): {str(err).splitlines()[0]}") from err
-    if len(data) != length:
-        raise OSError(f"reading {url}: expected {length} bytes at offset {offset}, got {len(data)} (is the file truncated?)")
-    return _codec(array.metadata).decode(data)
-
-
-#: Codec chains by the metadata fields decoding depends on (hashable ones; see ``_codec``).
-_CODECS: dict[tuple, Any] = {}
-
-
-def _codec(metadata):
-    """``codec_for(metadata)`` without serialising the metadata to JSON every call (once per kind of array)."""
-    from vzdask.codecs import codec_for
-
-    fill = metadata.fill_value
-    key = (metadata.data_type, metadata.chunk_grid, metadata.codecs, type(fill), repr(fill))
-    try:
-        codec = _CODECS.get(key)
-    except TypeError:  # an unhashable codec configuration
-        return codec_for(metadata)
-    if codec is None:
-        if len(_CODECS) >= 256:
-            _CODECS.clear()
-        codec = _CODECS[key] = codec_for(metadata)
-    return codec
 
 
 def open_virtual_dataset(
