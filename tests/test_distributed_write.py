@@ -26,6 +26,8 @@ import pytest
 import xarray as xr
 from fsspec.implementations.reference import LazyReferenceMapper
 
+import icechunk_repos
+
 import vzdask  # noqa: F401  (registers ds.vz)
 from vzdask.manifests.manifest import INLINED, MISSING
 from vzdask.xarray import open_virtual_dataset
@@ -93,28 +95,10 @@ def assert_ran_on_workers(tasks: list[dict], client, count: int) -> None:
     assert all(t["status"] == "OK" for t in tasks)
 
 
-class Repo:
-    def __init__(self, path: Path, *data_dirs: Path):
-        self.storage = icechunk.local_filesystem_storage(str(path))
-        prefixes = [f"file://{d}/" for d in data_dirs]
-        config = icechunk.RepositoryConfig.default()
-        for prefix, d in zip(prefixes, data_dirs):
-            store = icechunk.local_filesystem_store(str(d))
-            config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
-        self.credentials = icechunk.containers_credentials(
-            {p: icechunk.credentials.LocalFileSystemAccess for p in prefixes}
-        )
-        icechunk.Repository.create(self.storage, config, authorize_virtual_chunk_access=self.credentials)
-
-    def open(self) -> icechunk.Repository:
-        return icechunk.Repository.open(self.storage, authorize_virtual_chunk_access=self.credentials)
-
-    def read(self) -> xr.Dataset:
+class Repo(icechunk_repos.Repo):
+    def read(self, group=None) -> xr.Dataset:
         with dask.config.set(scheduler="sync"):  # read here: no need to ship the session to the workers
-            return xr.open_zarr(self.open().readonly_session("main").store, consolidated=False).load()
-
-    def snapshots(self) -> list[str]:
-        return [s.id for s in self.open().ancestry(branch="main")]
+            return super().read(group).load()
 
 
 # --------------------------------------------------------------------------- #

@@ -14,6 +14,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from icechunk_repos import Repo
+
 from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL
 from vzdask.parsers.hdf5 import HDFParser
 from vzdask.policy import InlinePolicy
@@ -77,38 +79,6 @@ def files(tmp_path_factory):
         "bad_scale": write_nc(root / "bad_scale.nc", t0=4, scale=0.25),
         "odd": write_nc(root / "odd.nc", t0=0, ntime=5),
     }
-
-
-class Repo:
-    """A local-filesystem repository whose config has a virtual chunk container per data directory."""
-
-    def __init__(self, path, *data_dirs):
-        self.path = str(path)
-        prefixes = [f"file://{d}/" for d in data_dirs]
-        config = icechunk.RepositoryConfig.default()
-        for prefix, d in zip(prefixes, data_dirs):
-            store = icechunk.local_filesystem_store(str(d))
-            config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
-        self.credentials = icechunk.containers_credentials(
-            {prefix: icechunk.credentials.LocalFileSystemAccess for prefix in prefixes}
-        )
-        icechunk.Repository.create(self.storage(), config, authorize_virtual_chunk_access=self.credentials)
-
-    def storage(self):
-        return icechunk.local_filesystem_storage(self.path)
-
-    def open(self) -> icechunk.Repository:
-        return icechunk.Repository.open(self.storage(), authorize_virtual_chunk_access=self.credentials)
-
-    def writable(self) -> icechunk.Session:
-        return self.open().writable_session("main")
-
-    def read(self, group=None) -> xr.Dataset:
-        session = self.open().readonly_session("main")
-        return xr.open_zarr(session.store, consolidated=False, group=group)
-
-    def snapshots(self) -> list[str]:
-        return [s.id for s in self.open().ancestry(branch="main")]
 
 
 def assert_same(got: xr.Dataset, expected: xr.Dataset) -> None:
