@@ -288,9 +288,11 @@ def test_dimension_names_and_attribute_order_match_h5py(tmp_path):
             assert keys == list(dset.attrs), name
             mine, theirs = {}, {}
             is_scale = "CLASS" in keys and h5py.h5ds.is_scale(dset.id)
-            assert _dimension_names(dset, keys, is_scale, mine) == _dims_by_h5py_api(dset, theirs), name
+            got = _dimension_names(dset.id, name.rsplit("/", 1)[-1], dset.shape, keys, is_scale, mine)
+            assert got == _dims_by_h5py_api(dset, theirs), name
             assert mine == theirs
-        assert _dimension_names(f["data"], list(f["data"].attrs), False, {}) == ["y", "x_alt", "phony_dim_0"]
+        data = f["data"]
+        assert _dimension_names(data.id, "data", data.shape, list(data.attrs), False, {}) == ["y", "x_alt", "phony_dim_0"]
         assert _attribute_names(f["data"].id, f["data"].id.get_create_plist())[-2:] == ["zeta", "alpha"]
     store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
     assert store.group["data"].dimension_names == ("y", "x_alt", "phony_dim_0")

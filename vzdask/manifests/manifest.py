@@ -239,6 +239,36 @@ class ChunkManifest:
         return cls._from_parts(state, path_index, offsets_out, lengths_out, urls, inline)
 
     @classmethod
+    def from_file_table(cls, url: str, present: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> ChunkManifest:
+        """Chunks of one file: ``present`` marks the virtual ones, the rest are missing.
+
+        What a parser has after reading one file's chunk index. The same
+        checks as ``from_arrays``, minus finding the distinct urls (there is
+        one): the url once, every present chunk's byte range.
+        """
+        present = np.asarray(present, dtype=bool)
+        shape = present.shape
+        offsets_u = np.asarray(offsets).astype(np.uint64, copy=False)
+        lengths_u = np.asarray(lengths).astype(np.uint64, copy=False)
+        if offsets_u.shape != shape or lengths_u.shape != shape:
+            raise ValueError(f"offsets {offsets_u.shape} and lengths {lengths_u.shape} must have the grid shape {shape}")
+        if not present.any():
+            return cls.empty(shape)
+        try:
+            urls = (normalize_url(url),)
+        except ValueError as err:
+            where = np.unravel_index(int(np.argmax(present)), shape)
+            raise ValueError(f"chunk {chunk_key(where)}: {err}") from None
+        offsets_u = np.where(present, offsets_u, np.uint64(0))
+        lengths_u = np.where(present, lengths_u, np.uint64(0))
+        _raise_first(present & (lengths_u == 0), lengths_u, "zero-length virtual reference, length")
+        too_far = (offsets_u > MAX_BYTE_POSITION) | (lengths_u > MAX_BYTE_POSITION - np.minimum(offsets_u, MAX_BYTE_POSITION))
+        _raise_first(too_far, offsets_u, f"offset+length beyond {MAX_BYTE_POSITION} bytes, offset")
+        state = np.where(present, np.uint8(VIRTUAL), np.uint8(MISSING))
+        path_index = np.where(present, np.int32(0), np.int32(-1))
+        return cls._from_parts(state, path_index, offsets_u, lengths_u, urls, b"")
+
+    @classmethod
     def empty(cls, shape: Sequence[int]) -> ChunkManifest:
         """A manifest in which every chunk is missing."""
         shape = tuple(int(s) for s in shape)

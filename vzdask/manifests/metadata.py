@@ -101,19 +101,46 @@ def _template_key(dtype: np.dtype, chunks: tuple[int, ...], codecs: list, fill_v
     sharding) are never reused. The fill value enters by type and repr, so
     ``0.0``/``-0.0``/NaN and ``1``/``1.0`` stay apart.
     """
-    documents = []
-    for codec in codecs:
-        document = codec.to_dict() if hasattr(codec, "to_dict") else codec
-        if not isinstance(document, dict) or document.get("name") in NDIM_DEPENDENT_CODECS:
-            return None
-        documents.append(document)
+    documents = _codec_documents(codecs)
+    if documents is None:
+        return None
     try:
-        key = (dtype, chunks, repr(documents),
+        key = (dtype, chunks, documents,
                type(fill_value).__name__, repr(fill_value), separator)
         hash(key)
     except (TypeError, ValueError):
         return None
     return key
+
+
+def _codec_documents(codecs: list) -> str | None:
+    """The codecs' documents as one string, or ``None`` if they depend on the number of dimensions.
+
+    Remembered per list of zarr codec objects (frozen; by identity: a parser
+    hands the same objects for every variable with the same pipeline), since
+    turning codecs into documents costs more than the rest of the metadata.
+    """
+    ids = tuple(map(id, codecs))
+    known = _CODEC_DOCUMENTS.get(ids)
+    if known is not None and all(a is b for a, b in zip(known[0], codecs)):
+        return known[1]
+    documents = []
+    for codec in codecs:
+        document = codec.to_dict() if hasattr(codec, "to_dict") else codec
+        if not isinstance(document, dict) or document.get("name") in NDIM_DEPENDENT_CODECS:
+            documents = None
+            break
+        documents.append(document)
+    text = None if documents is None else repr(documents)
+    if not any(isinstance(c, dict) for c in codecs):  # only zarr's frozen codec objects: a dict may change
+        if len(_CODEC_DOCUMENTS) >= _MAX_TEMPLATES:
+            _CODEC_DOCUMENTS.clear()
+        _CODEC_DOCUMENTS[ids] = (tuple(codecs), text)  # holding the objects keeps their ids from being reused
+    return text
+
+
+#: ``_codec_documents`` results per tuple of codec ids, with the codecs themselves.
+_CODEC_DOCUMENTS: dict[tuple[int, ...], tuple[tuple, str | None]] = {}
 
 
 #: Fully constructed metadata per ``_template_key`` (bounded: a few distinct kinds of variable per collection).

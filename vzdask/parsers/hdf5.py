@@ -8,6 +8,7 @@ to zarr codecs; netCDF4's dimension scales become dimension names.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -51,62 +52,100 @@ class HDFParser(Parser):
     """
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        import h5py
-
         handle = ObstoreFile(url, registry)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
+        fid = _open_file(handle, url)
         try:
-            f = h5py.File(handle, "r")
-        except OSError as err:
-            raise ParseError(f"{url}: not a readable HDF5 file (truncated or corrupt?): {err}") from err
-        with f:
-            root = f
-            if self.group:
-                if self.group not in f or not isinstance(f[self.group], h5py.Group):
-                    raise ParseError(f"{url}: no group {self.group!r}")
-                root = f[self.group]
-            group = _parse_group(root, url, registry, drop=self.drop_variables)
+            root, path = _open_root(fid, self.group, url)
+            group = _parse_group(root, path, url, registry, drop=self.drop_variables)
+        finally:
+            fid.close()
         return finish(group, registry, self.inline)
 
 
-def _parse_group(h5group, url: str, registry: ObjectStoreRegistry, drop=frozenset()) -> ManifestGroup:
+# The parser walks the file with h5py's low-level API (h5f/h5g/h5o/h5d/h5a
+# identifiers). Its high-level objects cost several times more per object
+# (every ``Group[name]`` builds a File to learn the mode), and a netCDF4 file
+# is a handful of objects parsed once: that overhead was most of the time.
+
+
+def _open_file(handle: ObstoreFile, url: str):
+    """The HDF5 file over ``handle`` (h5py's file-object driver), closed strongly with all its objects."""
+    import h5py
+
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fileobj_driver(h5py.h5fd.fileobj_driver, handle)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    try:
+        return h5py.h5f.open(b"vzdask", h5py.h5f.ACC_RDONLY, fapl=fapl)
+    except OSError as err:
+        raise ParseError(f"{url}: not a readable HDF5 file (truncated or corrupt?): {err}") from err
+
+
+def _open_root(fid, group: str | None, url: str):
+    """The group to parse (the file's root, or ``group``) and its path."""
+    import h5py
+
+    root = h5py.h5g.open(fid, b"/")
+    if not group:
+        return root, "/"
+    try:
+        node = h5py.h5o.open(root, group.encode("utf-8"))
+    except (KeyError, ValueError):
+        node = None
+    if not isinstance(node, h5py.h5g.GroupID):
+        raise ParseError(f"{url}: no group {group!r}")
+    return node, _decode_name(h5py.h5i.get_name(node))
+
+
+def _child_path(parent: str, name) -> str:
+    return f"{parent.rstrip('/')}/{name if isinstance(name, str) else name.decode('utf-8', 'replace')}"
+
+
+def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=frozenset()) -> ManifestGroup:
+    """One group (its path is for messages): datasets become arrays, subgroups recurse."""
     import h5py
 
     arrays, groups = {}, {}
     phony: dict[int, str] = {}
     datasets = {}
     sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
-    for name, obj in h5group.items():
-        if isinstance(obj, h5py.Group):
-            groups[name] = _parse_group(obj, url, registry)
-        elif isinstance(obj, h5py.Dataset):
-            plist = obj.id.get_create_plist()
-            keys = _attribute_names(obj.id, plist)
-            is_scale = "CLASS" in keys and h5py.h5ds.is_scale(obj.id)
-            dims = _dimension_names(obj, keys, is_scale, phony)
-            for dim, size in zip(dims, obj.shape):
+    for raw in gid:  # member names in h5py's order
+        try:
+            obj = h5py.h5o.open(gid, raw)
+        except KeyError:  # a dangling soft or external link: h5py's items() gives None, skipped
+            continue
+        name = _decode_name(raw)
+        if isinstance(obj, h5py.h5g.GroupID):
+            groups[name] = _parse_group(obj, _child_path(path, name), url, registry)
+        elif isinstance(obj, h5py.h5d.DatasetID):
+            plist = obj.get_create_plist()
+            keys = _attribute_names(obj, plist)
+            is_scale = "CLASS" in keys and h5py.h5ds.is_scale(obj)
+            shape = obj.shape
+            dims = _dimension_names(obj, name, shape, keys, is_scale, phony)
+            for dim, size in zip(dims, shape):
                 sizes[dim] = max(sizes.get(dim, 0), int(size))
-            if (is_scale and "NAME" in keys and bytes(obj.attrs["NAME"]).startswith(NETCDF_DIMENSION_ONLY)
-                    and obj.attrs.get("CLASS") == b"DIMENSION_SCALE"):
+            if (is_scale and "NAME" in keys and bytes(_read_attribute(obj, "NAME")).startswith(NETCDF_DIMENSION_ONLY)
+                    and _read_attribute(obj, "CLASS") == b"DIMENSION_SCALE"):
                 continue  # a netCDF dimension without a variable
             datasets[name] = (obj, plist, dims, keys)
     for name, (obj, plist, dims, keys) in datasets.items():
         if name in drop:
             continue
-        attrs = _attributes(obj.attrs, keys, url, obj.name)
-        arrays[name] = _parse_dataset(obj, plist, dims, tuple(sizes[d] for d in dims), attrs, url, registry)
-    group_id = (h5group["/"] if isinstance(h5group, h5py.File) else h5group).id  # a File's id is the file's
-    keys = _attribute_names(group_id, group_id.get_create_plist())
-    return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(h5group.attrs, keys, url, h5group.name))
+        full_name = _child_path(path, name)
+        attrs = _attributes(obj, keys, url, full_name)
+        arrays[name] = _parse_dataset(obj, full_name, plist, dims, tuple(sizes[d] for d in dims), attrs, url,
+                                      registry)
+    keys = _attribute_names(gid, gid.get_create_plist())
+    return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(gid, keys, url, path))
 
 
 def _attribute_names(object_id, plist) -> list:
     """``list(obj.attrs)`` (same names, same order) from the creation plist the caller already holds.
 
-    h5py lists in creation order when the object tracks it, else by name;
-    asking HDF5 directly saves h5py's per-call plist and wrappers (~25 us an
-    object, and a netCDF4 file has one object per variable).
+    h5py lists in creation order when the object tracks it, else by name.
     """
     import h5py
 
@@ -124,7 +163,43 @@ def _decode_name(name: bytes):
         return name
 
 
-def _dimension_names(dset, keys: list[str], is_scale: bool, phony: dict[int, str]) -> list[str]:
+def _read_attribute(object_id, name):
+    """An attribute's value exactly as h5py's ``obj.attrs[name]`` gives it, without its wrappers."""
+    import h5py
+    from h5py import h5t
+
+    attr = h5py.h5a.open(object_id, name.encode("utf-8") if isinstance(name, str) else name)
+    shape = attr.shape
+    if shape is None:  # a null dataspace
+        return h5py.Empty(attr.dtype)
+    file_type = attr.get_type()
+    if file_type.get_class() == h5t.STRING and not file_type.is_variable_str():
+        # fixed-length text (netCDF's attributes): read the file's own type into bytes of its size
+        value = np.empty(shape, f"S{file_type.get_size()}")
+        attr.read(value, mtype=_fixed_string_type(file_type.get_size()))
+        return value[()] if value.ndim == 0 else value
+    dtype = file_type.dtype
+    memory_type = h5t.py_create(dtype)
+    if dtype.subdtype is not None:  # numpy has no top-level array types: fold the array into the shape
+        dtype, subshape = dtype.subdtype
+        shape = shape + subshape
+    value = np.zeros(shape, dtype=dtype)
+    attr.read(value, mtype=memory_type)
+    string = h5t.check_string_dtype(dtype)
+    if string and string.length is None:  # variable-length strings become Python str, as in h5py
+        value = np.array([b.decode("utf-8", "surrogateescape") for b in value.flat], dtype=dtype).reshape(value.shape)
+    return value[()] if value.ndim == 0 else value
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_string_type(size: int):
+    """The memory type h5py reads fixed-length strings into (null-padded ASCII), made once per size."""
+    from h5py import h5t
+
+    return h5t.py_create(np.dtype(f"S{size}"))
+
+
+def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, phony: dict[int, str]) -> list[str]:
     """Each axis's first attached dimension scale (by name), else a shared ``phony_dim_N`` per length.
 
     Read straight from the ``DIMENSION_LIST`` attribute (a list of object
@@ -134,41 +209,41 @@ def _dimension_names(dset, keys: list[str], is_scale: bool, phony: dict[int, str
     """
     import h5py
 
-    if dset.ndim == 1 and is_scale:
-        return [dset.name.rsplit("/", 1)[-1]]  # a coordinate variable is its own dimension
+    if len(shape) == 1 and is_scale:
+        return [name]  # a coordinate variable is its own dimension
     if "DIMENSION_LIST" not in keys:
-        return [phony.setdefault(size, f"phony_dim_{len(phony)}") for size in dset.shape]
+        return [phony.setdefault(size, f"phony_dim_{len(phony)}") for size in shape]
     if not is_scale:
         try:
-            refs = dset.attrs["DIMENSION_LIST"]
-            if refs.shape == (dset.ndim,):
+            refs = _read_attribute(dsid, "DIMENSION_LIST")
+            if refs.shape == (len(shape),):
                 names = []
                 for axis, scales in enumerate(refs):
                     if len(scales):
-                        names.append(h5py.h5r.get_name(scales[0], dset.id).decode("utf-8").rsplit("/", 1)[-1])
+                        names.append(h5py.h5r.get_name(scales[0], dsid).decode("utf-8").rsplit("/", 1)[-1])
                     else:
-                        names.append(phony.setdefault(dset.shape[axis], f"phony_dim_{len(phony)}"))
+                        names.append(phony.setdefault(shape[axis], f"phony_dim_{len(phony)}"))
                 return names
         except Exception:  # an odd DIMENSION_LIST: let h5py's dims API decide, as before
             pass
     names = []
-    for axis, dim in enumerate(dset.dims):
+    for axis, dim in enumerate(h5py.Dataset(dsid).dims):
         if len(dim):
             names.append(dim[0].name.rsplit("/", 1)[-1])
         else:
-            names.append(phony.setdefault(dset.shape[axis], f"phony_dim_{len(phony)}"))
+            names.append(phony.setdefault(shape[axis], f"phony_dim_{len(phony)}"))
     return names
 
 
-def _parse_dataset(dset, plist, dims: list[str], shape: tuple[int, ...], attrs: dict, url: str, registry) -> ManifestArray:
-    """One dataset; ``shape`` may exceed the dataset's along unlimited dimensions (read as fill)."""
+def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ...], attrs: dict, url: str,
+                   registry) -> ManifestArray:
+    """One dataset (``name``: its path); ``shape`` may exceed the dataset's along unlimited dimensions (read as fill)."""
     import h5py
 
-    where = f"{url}: variable {dset.name!r}"
-    dsid = dset.id
+    where = f"{url}: variable {name!r}"
     dtype = dsid.dtype
     if dtype.kind not in "biufc" and dtype.kind != "M" or dtype.names is not None:
-        return _inline_whole(dset, where, dims, attrs, registry)
+        return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry)
 
     layout = plist.get_layout()
     fill = np.zeros((1,), dtype=dtype)  # what h5py's Dataset.fillvalue does, on the plist we hold
@@ -178,7 +253,7 @@ def _parse_dataset(dset, plist, dims: list[str], shape: tuple[int, ...], attrs: 
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
 
     if layout == h5py.h5d.COMPACT:
-        return _inline_whole(dset, where, dims, attrs, registry, codecs=codecs)
+        return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry, codecs=codecs)
 
     if layout == h5py.h5d.CHUNKED:
         chunks = tuple(int(c) for c in plist.get_chunk())
@@ -191,29 +266,27 @@ def _parse_dataset(dset, plist, dims: list[str], shape: tuple[int, ...], attrs: 
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
         present = np.zeros(grid, bool)
-        if infos:  # one row per chunk: its element offset, then byte offset, size and filter mask
-            table = np.array([(*i.chunk_offset, i.byte_offset, i.size, i.filter_mask) for i in infos], np.uint64)
-            ndim = len(chunks)
-            masked = np.flatnonzero(table[:, ndim + 2])
+        if infos:  # StoreInfo fields, transposed: element offsets, filter masks, byte offsets, sizes
+            starts, masks, byte_offsets, sizes = zip(*infos)
+            masked = np.flatnonzero(np.array(masks, np.uint64))
             if masked.size:
-                first = tuple(int(o) // c for o, c in zip(table[masked[0], :ndim], chunks))
+                first = tuple(int(o) // c for o, c in zip(starts[masked[0]], chunks))
                 raise ParseError(f"{where}: chunk {first} skipped some filters (filter mask); cannot virtualize it")
-            index = tuple((table[:, :ndim] // np.array(chunks, np.uint64)).T)
-            offsets[index] = table[:, ndim]
-            lengths[index] = table[:, ndim + 1]
+            index = tuple((np.array(starts, np.uint64).reshape(len(infos), -1) // np.array(chunks, np.uint64)).T)
+            offsets[index] = byte_offsets
+            lengths[index] = sizes
             present[index] = True
-        paths = np.where(present, url, "").astype(object)
     else:  # contiguous: one chunk, or missing if never written
         chunks = shape if shape else ()
         grid = tuple(1 for _ in shape)
         offset = dsid.get_offset()
         size = dsid.get_storage_size()
-        paths = np.full(grid, url if offset is not None and size else "", dtype=object)
+        present = np.full(grid, offset is not None and bool(size))
         offsets = np.full(grid, offset or 0, np.uint64)
         lengths = np.full(grid, size or 0, np.uint64)
         if any(c == 0 for c in chunks):
             chunks = tuple(max(c, 1) for c in chunks)
-    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+    manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
     metadata = create_array_metadata(
         shape=shape, chunk_shape=chunks, dtype=native, codecs=codecs, fill_value=fill,
         dimension_names=dims, attributes=attrs,
@@ -222,12 +295,29 @@ def _parse_dataset(dset, plist, dims: list[str], shape: tuple[int, ...], attrs: 
 
 
 def _codecs(plist, dtype: np.dtype, where: str) -> list[Any]:
+    """The zarr codecs of a dataset's filter pipeline (the same objects for the same pipeline and dtype)."""
+    filters = tuple(plist.get_filter(i) for i in range(plist.get_nfilters()))
+    key = (dtype.str, filters)
+    codecs = _CODECS.get(key)
+    if codecs is None:
+        codecs = _build_codecs(filters, dtype, where)
+        if len(_CODECS) >= 256:
+            _CODECS.clear()
+        _CODECS[key] = codecs
+    return list(codecs)
+
+
+#: Codecs per (dtype, filter pipeline): the variables of a collection share a few pipelines, and
+#: shared (immutable) codec objects let ``create_array_metadata`` reuse its templates cheaply.
+_CODECS: dict[tuple, tuple] = {}
+
+
+def _build_codecs(filters: tuple, dtype: np.dtype, where: str) -> tuple[Any, ...]:
     import zarr.codecs as zc
 
     endian = "big" if dtype.byteorder == ">" else "little"
-    codecs: list[Any] = [{"name": "bytes", "configuration": {"endian": endian}} if dtype.itemsize > 1 else {"name": "bytes"}]
-    for i in range(plist.get_nfilters()):
-        code, _flags, values, _name = plist.get_filter(i)
+    codecs: list[Any] = [zc.BytesCodec(endian=endian if dtype.itemsize > 1 else None)]
+    for code, _flags, values, _name in filters:
         if code == DEFLATE:
             codecs.append(zc.Zlib(level=int(values[0]) if values else 4))
         elif code == SHUFFLE:
@@ -247,7 +337,7 @@ def _codecs(plist, dtype: np.dtype, where: str) -> list[Any]:
                 f"{where}: HDF5 filter {FILTER_NAMES.get(code, code)!r} (id {code}) has no zarr codec that can "
                 "read its stored chunks; drop the variable (drop_variables=[...]) to open the others"
             )
-    return codecs
+    return tuple(codecs)
 
 
 def _lz4h5_codec(where: str) -> dict[str, Any]:
@@ -269,7 +359,7 @@ def _lz4h5_codec(where: str) -> dict[str, Any]:
     return {"name": name}
 
 
-def _inline_whole(dset, where, dims, attrs, registry, codecs=None) -> ManifestArray:
+def _inline_whole(dset, name, where, dims, attrs, registry, codecs=None) -> ManifestArray:
     """Read a small dataset's values and store them as one inlined, zarr-encoded chunk."""
     from vzdask.codecs import codec_for
 
@@ -278,7 +368,7 @@ def _inline_whole(dset, where, dims, attrs, registry, codecs=None) -> ManifestAr
     if nbytes > SMALL_VARIABLE_BYTES:
         raise ParseError(
             f"{where}: dtype {dtype} cannot be referenced virtually and the variable is too large to inline "
-            f"({nbytes} bytes); drop it with drop_variables=[{dset.name.rsplit('/', 1)[-1]!r}]"
+            f"({nbytes} bytes); drop it with drop_variables=[{name.rsplit('/', 1)[-1]!r}]"
         )
     values = dset[()]
     shape = tuple(int(s) for s in dset.shape)
@@ -316,14 +406,14 @@ def _inline_whole(dset, where, dims, attrs, registry, codecs=None) -> ManifestAr
     return ManifestArray(metadata, manifest, registry=registry)
 
 
-def _attributes(attrs, keys: list[str], url: str, where: str) -> dict[str, Any]:
+def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, Any]:
     """User attributes, in the file's order; ``keys`` are their names, already listed (listing costs)."""
     out = {}
     for key in keys:
         if key in INTERNAL_ATTRIBUTES:
             continue
         try:
-            value = attrs[key]
+            value = _read_attribute(object_id, key)
         except Exception as err:  # unreadable attribute types (references, opaque)
             raise ParseError(f"{url}: attribute {key!r} of {where!r} cannot be read: {err}") from err
         out[key] = _json_value(value)
