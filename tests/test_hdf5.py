@@ -335,3 +335,68 @@ def test_drop_variables_skips_a_variable_the_parser_cannot_virtualize(tmp_path):
     assert "x" not in no_x.variables and no_x.good.dims == ("x",)
     store = HDFParser(drop_variables=["squeezed"])(f"file://{path}", __import__("vzdask").ObjectStoreRegistry())
     assert sorted(store.group.arrays) == ["good", "x"]
+
+
+def _same_value(mine, theirs) -> bool:
+    if isinstance(theirs, h5py.Empty):
+        return isinstance(mine, h5py.Empty) and mine.dtype == theirs.dtype
+    if type(mine) is not type(theirs) or np.asarray(mine).dtype != np.asarray(theirs).dtype:
+        return False
+    return np.array_equal(np.asarray(mine), np.asarray(theirs), equal_nan=np.asarray(mine).dtype.kind == "f")
+
+
+def test_attributes_read_exactly_as_h5py_reads_them(tmp_path):
+    """The parser reads attributes with h5py's low-level API: every kind must come out as ``obj.attrs[name]``."""
+    from vzdask.parsers.hdf5 import _read_attribute
+
+    path = tmp_path / "attrs.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("d", data=np.arange(3))
+        a = d.attrs
+        a["fixed"] = np.bytes_(b"hours since 2000-01-01")
+        a["vlen"] = "variable length é"
+        a["vlen_list"] = ["a", "bb", "ccc"]
+        a.create("fixed_list", data=np.array([b"ab", b"cde"], dtype="S3"))
+        a["f8"], a["i2"], a["u1_array"] = 1.5, np.int16(-3), np.arange(4, dtype="u1")
+        a["f4_array"] = np.array([1.5, np.nan], dtype=">f4")
+        a["empty"] = h5py.Empty("f4")
+        a.create("array_type", data=np.zeros((2,), dtype=np.dtype("(3,)i4")) + 7)
+        for pad, name in ((h5py.h5t.STR_NULLPAD, "nullpad"), (h5py.h5t.STR_SPACEPAD, "spacepad"),
+                          (h5py.h5t.STR_NULLTERM, "nullterm")):
+            string_type = h5py.h5t.C_S1.copy()
+            string_type.set_size(8)
+            string_type.set_strpad(pad)
+            space = h5py.h5s.create(h5py.h5s.SCALAR)
+            attr = h5py.h5a.create(d.id, name.encode(), string_type, space)
+            attr.write(np.array(b"abc", dtype="S8"), mtype=string_type)
+        utf8 = h5py.h5t.C_S1.copy()
+        utf8.set_size(8)
+        utf8.set_cset(h5py.h5t.CSET_UTF8)
+        attr = h5py.h5a.create(d.id, b"fixed_utf8", utf8, h5py.h5s.create(h5py.h5s.SCALAR))
+        attr.write(np.array("é".encode(), dtype="S8"), mtype=utf8)
+    with h5py.File(path, "r") as f:
+        d = f["d"]
+        names = list(d.attrs)
+        assert len(names) == 14
+        for name in names:
+            mine, theirs = _read_attribute(d.id, name), d.attrs[name]
+            assert _same_value(mine, theirs), (name, mine, theirs)
+
+
+def test_members_come_in_the_order_h5py_lists_them(tmp_path):
+    """Creation order when the group tracks it, else by name; nested groups too."""
+    path = tmp_path / "order.h5"
+    with h5py.File(path, "w", track_order=True) as f:
+        for name in ("zeta", "alpha", "mid"):
+            f.create_dataset(name, data=np.arange(2.0))
+        g = f.create_group("untracked", track_order=False)
+        for name in ("zeta", "alpha", "mid"):
+            g.create_dataset(name, data=np.arange(2.0))
+        f["soft"] = h5py.SoftLink("/zeta")
+        f["dangling"] = h5py.SoftLink("/nowhere")
+    store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
+    with h5py.File(path, "r") as f:
+        assert list(store.group.arrays) == [n for n in f if isinstance(f.get(n), h5py.Dataset)]
+        assert list(store.group.arrays) == ["zeta", "alpha", "mid", "soft"]
+        assert list(store.group["untracked"].arrays) == ["alpha", "mid", "zeta"]
+    np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False)["soft"].values, [0.0, 1.0])

@@ -716,3 +716,67 @@ def test_templated_metadata_still_validates_shape_and_names():
         create_array_metadata(**{**base, "shape": (4, -1)})
     with pytest.raises(TypeError):
         create_array_metadata(**{**base, "dimension_names": ("y", 3)})
+
+
+def test_codec_documents_are_remembered_only_for_codec_objects():
+    """The same codec objects reuse their documents; a dict codec may change between calls and is re-read."""
+    import zarr.codecs as zc
+
+    from vzdask.manifests.metadata import create_array_metadata
+
+    objects = [zc.BytesCodec(endian="little"), zc.Shuffle(elementsize=4), zc.Zlib(level=4)]
+    base = dict(shape=(8,), chunk_shape=(4,), dtype="<f4")
+    first = create_array_metadata(**base, codecs=objects)
+    again = create_array_metadata(**base, codecs=objects)
+    assert first.to_dict() == again.to_dict()
+    assert [c["name"] for c in first.to_dict()["codecs"]] == ["bytes", "numcodecs.shuffle", "numcodecs.zlib"]
+    serializer = {"name": "bytes", "configuration": {"endian": "little"}}
+    codecs = [serializer, zc.Zlib(level=4)]
+    little = create_array_metadata(**base, codecs=codecs)
+    serializer["configuration"]["endian"] = "big"  # the same list and dict objects, changed in place
+    big = create_array_metadata(**base, codecs=codecs)
+    assert little.to_dict()["codecs"][0]["configuration"]["endian"] == "little"
+    assert big.to_dict()["codecs"][0]["configuration"]["endian"] == "big"
+
+
+# --------------------------------------------------------------------------- #
+# from_file_table: one file's chunk table, the same manifest as from_arrays
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("pattern", ["all", "some", "none", "scalar"])
+def test_from_file_table_equals_from_arrays(pattern):
+    rng = np.random.default_rng(3)
+    shape = () if pattern == "scalar" else (3, 4)
+    present = {"all": np.ones(shape, bool), "some": rng.random(shape) < 0.5, "none": np.zeros(shape, bool),
+               "scalar": np.ones(shape, bool)}[pattern]
+    offsets = rng.integers(0, 10**9, size=shape).astype(np.uint64)
+    lengths = rng.integers(1, 10**6, size=shape).astype(np.uint64)
+    table = ChunkManifest.from_file_table("/data/a.nc", present, offsets, lengths)
+    expected = ChunkManifest.from_arrays(paths=np.where(present, "/data/a.nc", ""), offsets=offsets, lengths=lengths)
+    assert table == expected
+    assert table.shape == shape
+    np.testing.assert_array_equal(table.offsets, np.where(present, offsets, 0))
+    np.testing.assert_array_equal(table.lengths, np.where(present, lengths, 0))
+    assert set(table.urls) == ({"file:///data/a.nc"} if present.any() else set())
+
+
+@pytest.mark.parametrize(
+    ("url", "lengths", "offsets", "message"),
+    [
+        ("nope://a.nc", [4, 4], [0, 8], r"chunk 0: unknown url scheme 'nope'"),
+        ("rel/a.nc", [4, 4], [0, 8], r"chunk 0: relative path 'rel/a.nc'"),
+        ("s3://b/a.nc", [4, 0], [0, 8], r"chunk 1: zero-length virtual reference"),
+        ("s3://b/a.nc", [4, 4], [0, 2**53 - 2], r"chunk 1: offset\+length beyond"),
+        ("s3://b/a.nc", [4, 4], [0, 2**60], r"chunk 1: offset\+length beyond"),
+    ],
+)
+def test_from_file_table_rejects_bad_tables_naming_the_chunk(url, lengths, offsets, message):
+    with pytest.raises(ValueError, match=message):
+        ChunkManifest.from_file_table(url, np.ones(2, bool), np.array(offsets, np.uint64), np.array(lengths, np.uint64))
+
+
+def test_from_file_table_ignores_ranges_of_missing_chunks():
+    present = np.array([True, False])
+    table = ChunkManifest.from_file_table("s3://b/a.nc", present, np.array([0, 2**60], np.uint64), np.array([4, 0], np.uint64))
+    assert table.dict() == {"0": {"path": "s3://b/a.nc", "offset": 0, "length": 4}}
+    with pytest.raises(ValueError, match="grid shape"):
+        ChunkManifest.from_file_table("s3://b/a.nc", present, np.zeros(3, np.uint64), np.zeros(2, np.uint64))

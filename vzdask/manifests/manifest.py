@@ -13,6 +13,8 @@ inlined bytes (21 bytes per chunk plus the url table and the inlined bytes).
 
 from __future__ import annotations
 
+import functools
+
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,6 +77,12 @@ def normalize_url(url: str, base_url: str | None = None) -> str:
             f"unknown url scheme {scheme!r} in {url!r}; known schemes: {', '.join(sorted(KNOWN_SCHEMES))}"
         )
     return url
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalized_url(url: str) -> str:
+    """``normalize_url(url)``, remembered: a file's parser asks it once per variable."""
+    return normalize_url(url)
 
 
 class ChunkManifest:
@@ -252,20 +260,28 @@ class ChunkManifest:
         lengths_u = np.asarray(lengths).astype(np.uint64, copy=False)
         if offsets_u.shape != shape or lengths_u.shape != shape:
             raise ValueError(f"offsets {offsets_u.shape} and lengths {lengths_u.shape} must have the grid shape {shape}")
-        if not present.any():
-            return cls.empty(shape)
+        everywhere = bool(present.all())
+        if not everywhere:
+            if not present.any():
+                return cls.empty(shape)
+            offsets_u = np.where(present, offsets_u, np.uint64(0))
+            lengths_u = np.where(present, lengths_u, np.uint64(0))
         try:
-            urls = (normalize_url(url),)
+            urls = (_normalized_url(url) if isinstance(url, str) else normalize_url(url),)
         except ValueError as err:
             where = np.unravel_index(int(np.argmax(present)), shape)
             raise ValueError(f"chunk {chunk_key(where)}: {err}") from None
-        offsets_u = np.where(present, offsets_u, np.uint64(0))
-        lengths_u = np.where(present, lengths_u, np.uint64(0))
         _raise_first(present & (lengths_u == 0), lengths_u, "zero-length virtual reference, length")
-        too_far = (offsets_u > MAX_BYTE_POSITION) | (lengths_u > MAX_BYTE_POSITION - np.minimum(offsets_u, MAX_BYTE_POSITION))
-        _raise_first(too_far, offsets_u, f"offset+length beyond {MAX_BYTE_POSITION} bytes, offset")
-        state = np.where(present, np.uint8(VIRTUAL), np.uint8(MISSING))
-        path_index = np.where(present, np.int32(0), np.int32(-1))
+        if int(offsets_u.max()) + int(lengths_u.max()) > MAX_BYTE_POSITION:  # then find the first culprit
+            too_far = (offsets_u > MAX_BYTE_POSITION) | (
+                lengths_u > MAX_BYTE_POSITION - np.minimum(offsets_u, MAX_BYTE_POSITION))
+            _raise_first(too_far, offsets_u, f"offset+length beyond {MAX_BYTE_POSITION} bytes, offset")
+        if everywhere:
+            state = np.full(shape, VIRTUAL, np.uint8)
+            path_index = np.zeros(shape, np.int32)
+        else:
+            state = np.where(present, np.uint8(VIRTUAL), np.uint8(MISSING))
+            path_index = np.where(present, np.int32(0), np.int32(-1))
         return cls._from_parts(state, path_index, offsets_u, lengths_u, urls, b"")
 
     @classmethod

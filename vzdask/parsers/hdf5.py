@@ -9,6 +9,7 @@ to zarr codecs; netCDF4's dimension scales become dimension names.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,8 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
     phony: dict[int, str] = {}
     datasets = {}
     sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
-    for raw in gid:  # member names in h5py's order
+    gcpl = gid.get_create_plist()
+    for raw in _member_names(gid, gcpl):
         try:
             obj = h5py.h5o.open(gid, raw)
         except KeyError:  # a dangling soft or external link: h5py's items() gives None, skipped
@@ -127,8 +129,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
             dims = _dimension_names(obj, name, shape, keys, is_scale, phony)
             for dim, size in zip(dims, shape):
                 sizes[dim] = max(sizes.get(dim, 0), int(size))
-            if (is_scale and "NAME" in keys and bytes(_read_attribute(obj, "NAME")).startswith(NETCDF_DIMENSION_ONLY)
-                    and _read_attribute(obj, "CLASS") == b"DIMENSION_SCALE"):
+            if is_scale and "NAME" in keys and _is_dimension_only(obj):
                 continue  # a netCDF dimension without a variable
             datasets[name] = (obj, plist, dims, keys)
     for name, (obj, plist, dims, keys) in datasets.items():
@@ -138,8 +139,32 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
         attrs = _attributes(obj, keys, url, full_name)
         arrays[name] = _parse_dataset(obj, full_name, plist, dims, tuple(sizes[d] for d in dims), attrs, url,
                                       registry)
-    keys = _attribute_names(gid, gid.get_create_plist())
+    keys = _attribute_names(gid, gcpl)
     return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(gid, keys, url, path))
+
+
+def _member_names(gid, gcpl) -> list[bytes]:
+    """A group's link names in h5py's order: creation order when the group tracks it, else by name."""
+    import h5py
+
+    tracked = gcpl.get_link_creation_order() & h5py.h5p.CRT_ORDER_TRACKED
+    names: list[bytes] = []
+    gid.links.iterate(names.append, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
+    return names
+
+
+def _is_dimension_only(scale_id) -> bool:
+    """Whether a dimension scale is netCDF's stand-in for a dimension that has no variable.
+
+    netCDF4 names those scales with a fixed sentence; a shorter ``NAME`` (a
+    coordinate variable's own name) is not read at all. (``is_scale`` has
+    already checked ``CLASS``.)
+    """
+    import h5py
+
+    if h5py.h5a.open(scale_id, b"NAME").get_storage_size() < len(NETCDF_DIMENSION_ONLY):
+        return False
+    return bytes(_read_attribute(scale_id, "NAME")).startswith(NETCDF_DIMENSION_ONLY)
 
 
 def _attribute_names(object_id, plist) -> list:
@@ -176,7 +201,7 @@ def _read_attribute(object_id, name):
     if file_type.get_class() == h5t.STRING and not file_type.is_variable_str():
         # fixed-length text (netCDF's attributes): read the file's own type into bytes of its size
         value = np.empty(shape, f"S{file_type.get_size()}")
-        attr.read(value, mtype=_fixed_string_type(file_type.get_size()))
+        attr.read(value, mtype=_fixed_string_type(file_type.get_size(), file_type.get_cset()))
         return value[()] if value.ndim == 0 else value
     dtype = file_type.dtype
     memory_type = h5t.py_create(dtype)
@@ -192,11 +217,12 @@ def _read_attribute(object_id, name):
 
 
 @functools.lru_cache(maxsize=64)
-def _fixed_string_type(size: int):
-    """The memory type h5py reads fixed-length strings into (null-padded ASCII), made once per size."""
-    from h5py import h5t
+def _fixed_string_type(size: int, cset: int):
+    """The memory type h5py reads fixed-length strings into (null-padded, same character set), made once."""
+    import h5py
 
-    return h5t.py_create(np.dtype(f"S{size}"))
+    encoding = "utf-8" if cset == h5py.h5t.CSET_UTF8 else "ascii"
+    return h5py.h5t.py_create(h5py.string_dtype(encoding, size))
 
 
 def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, phony: dict[int, str]) -> list[str]:
@@ -268,14 +294,15 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
         present = np.zeros(grid, bool)
         if infos:  # StoreInfo fields, transposed: element offsets, filter masks, byte offsets, sizes
             starts, masks, byte_offsets, sizes = zip(*infos)
-            masked = np.flatnonzero(np.array(masks, np.uint64))
-            if masked.size:
-                first = tuple(int(o) // c for o, c in zip(starts[masked[0]], chunks))
+            if any(masks):
+                first = tuple(int(o) // c for o, c in zip(starts[np.flatnonzero(masks)[0]], chunks))
                 raise ParseError(f"{where}: chunk {first} skipped some filters (filter mask); cannot virtualize it")
-            index = tuple((np.array(starts, np.uint64).reshape(len(infos), -1) // np.array(chunks, np.uint64)).T)
-            offsets[index] = byte_offsets
-            lengths[index] = sizes
-            present[index] = True
+            count, ndim = len(infos), len(chunks)
+            positions = np.fromiter(itertools.chain.from_iterable(starts), np.int64, count * ndim)
+            flat = np.ravel_multi_index(tuple((positions.reshape(count, ndim) // chunks).T), grid)
+            offsets.flat[flat] = byte_offsets
+            lengths.flat[flat] = sizes
+            present.flat[flat] = True
     else:  # contiguous: one chunk, or missing if never written
         chunks = shape if shape else ()
         grid = tuple(1 for _ in shape)
