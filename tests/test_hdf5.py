@@ -400,3 +400,34 @@ def test_members_come_in_the_order_h5py_lists_them(tmp_path):
         assert list(store.group.arrays) == ["zeta", "alpha", "mid", "soft"]
         assert list(store.group["untracked"].arrays) == ["alpha", "mid", "zeta"]
     np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False)["soft"].values, [0.0, 1.0])
+
+
+def test_netcdf4_dimension_ids_name_the_same_dimensions_as_xarray(tmp_path, monkeypatch):
+    """``_Netcdf4Coordinates`` + ``_Netcdf4Dimid`` (the fast way) against netCDF-C's own reading, via xarray."""
+    path = tmp_path / "dims.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("lat", 3)
+        nc.createDimension("lon", 4)
+        nc.createDimension("nv", 2)  # a dimension without a variable
+        nc.createDimension("station", 5)
+        nc.createVariable("time", "f8", ("time",))[:] = [0.0, 1.0]
+        nc.createVariable("lon", "f4", ("lon",))[:] = np.arange(4)
+        nc.createVariable("lat", "f4", ("lat",))[:] = np.arange(3)
+        nc.createVariable("bounds", "f4", ("lon", "nv"))[:] = np.ones((4, 2))
+        nc.createVariable("station", "f4", ("station", "nv"))[:] = np.zeros((5, 2))  # a 2-D coordinate variable
+        nc.createVariable("t", "f4", ("time", "lon", "lat"))[:] = np.zeros((2, 4, 3))  # axes not in dimid order
+        g = nc.createGroup("g")
+        g.createDimension("depth", 2)
+        g.createVariable("depth", "f4", ("depth",))[:] = [1.0, 2.0]
+        g.createVariable("v", "f4", ("depth", "lat"))[:] = np.ones((2, 3))  # a dimension of the parent group
+    named = []  # scales named through DIMENSION_LIST references: only g/v, whose lat is the parent group's
+    real_get_name = h5py.h5r.get_name
+    monkeypatch.setattr(h5py.h5r, "get_name", lambda ref, loc: named.append(ref) or real_get_name(ref, loc))
+    store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
+    assert len(named) == 2
+    for group, node in ((None, store.group), ("g", store.group["g"])):
+        with xr.open_dataset(path, engine="netcdf4", group=group) as expected:
+            for name, array in node.arrays.items():
+                assert array.dimension_names == expected[name].dims, (group, name)
+            assert set(node.arrays) == set(expected.variables)

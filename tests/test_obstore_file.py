@@ -26,7 +26,7 @@ def blob(tmp_path):
 def count_requests(monkeypatch) -> list:
     """Record every obstore request (a real LocalStore still answers them)."""
     calls: list = []
-    for name in ("get", "get_ranges", "head"):
+    for name in ("get", "get_range", "get_ranges", "head"):
         real = getattr(obstore, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):

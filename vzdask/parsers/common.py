@@ -159,7 +159,7 @@ class ObstoreFile(io.RawIOBase):
         stops = [min((z + 1) * size, self.size) for _, z in runs]
         try:
             if len(runs) == 1:  # a plain ranged get: several times cheaper than get_ranges
-                got = [obstore.get(self._store, self._path, options={"range": (starts[0], stops[0])}).bytes()]
+                got = [obstore.get_range(self._store, self._path, start=starts[0], end=stops[0])]
             else:
                 got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops)
         except BaseException as err:  # obstore raises a Rust panic (a BaseException) for some bad ranges

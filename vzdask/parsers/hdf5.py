@@ -109,9 +109,8 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
     import h5py
 
     arrays, groups = {}, {}
-    phony: dict[int, str] = {}
-    datasets = {}
-    sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
+    members = []
+    dimids: dict[int, str] = {}  # netCDF4 dimension ids of this group's dimension scales
     gcpl = gid.get_create_plist()
     for raw in _member_names(gid, gcpl):
         try:
@@ -125,13 +124,20 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
             plist = obj.get_create_plist()
             keys = _attribute_names(obj, plist)
             is_scale = "CLASS" in keys and h5py.h5ds.is_scale(obj)
-            shape = obj.shape
-            dims = _dimension_names(obj, name, shape, keys, is_scale, phony)
-            for dim, size in zip(dims, shape):
-                sizes[dim] = max(sizes.get(dim, 0), int(size))
-            if is_scale and "NAME" in keys and _is_dimension_only(obj):
-                continue  # a netCDF dimension without a variable
-            datasets[name] = (obj, plist, dims, keys)
+            if is_scale and "_Netcdf4Dimid" in keys:
+                dimids[int(_read_attribute(obj, "_Netcdf4Dimid"))] = name
+            members.append((name, obj, plist, keys, is_scale))
+    phony: dict[int, str] = {}
+    datasets = {}
+    sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
+    for name, obj, plist, keys, is_scale in members:
+        shape = obj.shape
+        dims = _dimension_names(obj, name, shape, keys, is_scale, phony, dimids)
+        for dim, size in zip(dims, shape):
+            sizes[dim] = max(sizes.get(dim, 0), int(size))
+        if is_scale and "NAME" in keys and _is_dimension_only(obj):
+            continue  # a netCDF dimension without a variable
+        datasets[name] = (obj, plist, dims, keys)
     for name, (obj, plist, dims, keys) in datasets.items():
         if name in drop:
             continue
@@ -225,18 +231,30 @@ def _fixed_string_type(size: int, cset: int):
     return h5py.h5t.py_create(h5py.string_dtype(encoding, size))
 
 
-def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, phony: dict[int, str]) -> list[str]:
+def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, phony: dict[int, str],
+                     dimids: dict[int, str] | None = None) -> list[str]:
     """Each axis's first attached dimension scale (by name), else a shared ``phony_dim_N`` per length.
 
-    Read straight from the ``DIMENSION_LIST`` attribute (a list of object
-    references per axis, which is what h5py's ``dims`` API iterates) and
-    named with ``h5r.get_name``, without opening every scale: the same names
-    at a third of the cost. Anything unusual takes the ``dims`` API itself.
+    netCDF4 files say it cheaply: a variable's ``_Netcdf4Coordinates`` lists
+    its dimension ids, and each dimension scale's ``_Netcdf4Dimid`` its own
+    (``dimids``: id -> scale name, for this group's scales). Otherwise the
+    names come straight from the ``DIMENSION_LIST`` attribute (a list of
+    object references per axis, which is what h5py's ``dims`` API iterates),
+    named with ``h5r.get_name`` without opening every scale. That attribute
+    is a variable-length one, read from the file's global heap: several
+    times the cost of the ids. Anything unusual takes the ``dims`` API itself.
     """
     import h5py
 
     if len(shape) == 1 and is_scale:
         return [name]  # a coordinate variable is its own dimension
+    if dimids and "_Netcdf4Coordinates" in keys:
+        try:
+            ids = np.asarray(_read_attribute(dsid, "_Netcdf4Coordinates")).ravel().tolist()
+        except Exception:  # unreadable: the general way below decides
+            ids = []
+        if len(ids) == len(shape) and all(i in dimids for i in ids):
+            return [dimids[i] for i in ids]
     if "DIMENSION_LIST" not in keys:
         return [phony.setdefault(size, f"phony_dim_{len(phony)}") for size in shape]
     if not is_scale:
