@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Iterable, Sequence
@@ -73,7 +72,8 @@ def create_array_metadata(
         return _full_metadata(shape, zdtype, chunks, fill_value, codecs, attributes, dimension_names,
                               chunk_key_separator)
     template = _template(key, zdtype, chunks, fill_value, codecs, chunk_key_separator)
-    metadata = copy.copy(template)
+    metadata = object.__new__(type(template))  # copy.copy, minus its generic machinery
+    metadata.__dict__.update(template.__dict__)
     object.__setattr__(metadata, "shape", parse_shapelike(shape))
     object.__setattr__(metadata, "dimension_names", parse_dimension_names(dimension_names))
     object.__setattr__(metadata, "attributes", parse_attributes(attributes))

@@ -326,9 +326,9 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
         grid = tuple(1 for _ in shape)
         offset = dsid.get_offset()
         size = dsid.get_storage_size()
-        present = np.full(grid, offset is not None and bool(size))
-        offsets = np.full(grid, offset or 0, np.uint64)
-        lengths = np.full(grid, size or 0, np.uint64)
+        present = np.array([offset is not None and bool(size)]).reshape(grid)
+        offsets = np.array([offset or 0], np.uint64).reshape(grid)
+        lengths = np.array([size or 0], np.uint64).reshape(grid)
         if any(c == 0 for c in chunks):
             chunks = tuple(max(c, 1) for c in chunks)
     manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
