@@ -139,3 +139,40 @@ def test_a_file_signature_decides_before_the_directory_probes(tmp_path, monkeypa
     monkeypatch.undo()
     with pytest.raises(ParseError, match=r"other\.bin: unrecognised file format"):
         detect_parser(other.as_uri(), registry)
+
+
+def test_a_detected_hdf5_parser_goes_on_from_the_probed_first_block(tmp_path, monkeypatch):
+    """Detection reads the first block once; the parser it made does not read it again (one call only)."""
+    import pickle
+
+    import h5py
+
+    from vzdask.parsers import detect_parser
+    from vzdask.xarray import open_virtual_dataset
+
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.arange(12.0).reshape(3, 4), chunks=(1, 4))
+    registry = ObjectStoreRegistry.default()
+    first_block_reads = []
+    real_get = obstore.get
+
+    def get(store, location, *args, options=None, **kwargs):
+        if (options or {}).get("range", (None,))[0] == 0:
+            first_block_reads.append(location)
+        return real_get(store, location, *args, options=options, **kwargs)
+
+    monkeypatch.setattr(obstore, "get", get)
+    ds = open_virtual_dataset(path, registry=registry)
+    assert len(first_block_reads) == 1
+    np.testing.assert_array_equal(ds["x"].data.compute(), np.arange(12.0).reshape(3, 4))
+    parser = detect_parser(path.as_uri(), registry)
+    assert len(first_block_reads) == 2
+    assert pickle.loads(pickle.dumps(parser)).__dict__.get("_probed") is None  # the open file is not shipped
+    parser(path.as_uri(), registry)
+    parser(path.as_uri(), registry)  # a second call opens the file itself
+    assert len(first_block_reads) == 3
+    other = tmp_path / "b.h5"
+    with h5py.File(other, "w") as f:
+        f["y"] = np.arange(2)
+    assert list(detect_parser(path.as_uri(), registry)(other.as_uri(), registry).group.arrays) == ["y"]

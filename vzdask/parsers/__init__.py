@@ -24,13 +24,16 @@ def detect_parser(
     # An object with an HDF5 or netCDF3 signature is neither a directory of Parquet references nor a
     # Zarr prefix: one small read settles it, before the zarr/Parquet probes (several requests each).
     try:
-        probe = ObstoreFile(url, registry, block_size=8).read_range(0, 8)
+        handle = ObstoreFile(url, registry)  # its first block: the HDF5 parser goes on from it
+        probe = handle.read_range(0, 8)
     except Exception:  # not a readable object (a prefix, or missing): the probes below decide and explain
         probe = b""
     if probe.startswith(HDF5_SIGNATURE):
         from vzdask.parsers.hdf5 import HDFParser
 
-        return HDFParser(inline=inline, group=group, drop_variables=drop_variables)
+        parser = HDFParser(inline=inline, group=group, drop_variables=drop_variables)
+        parser._probed = handle
+        return parser
     if probe[:4] in NETCDF3_SIGNATURES:
         return _netcdf3_parser(url, inline)
 

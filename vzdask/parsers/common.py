@@ -51,6 +51,23 @@ class Parser:
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         raise NotImplementedError
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_probed", None)  # an open file stays where it was opened
+        return state
+
+    def _open(self, url: str, registry: ObjectStoreRegistry, **options) -> ObstoreFile:
+        """The file to parse: the one ``detect_parser`` already opened for this parser (first block read), else new.
+
+        Detection reads a file's first block to learn its format; handing
+        that open file over saves the parser the same request again. It is
+        used once, by the first call for the same url and registry.
+        """
+        probed, self._probed = getattr(self, "_probed", None), None
+        if probed is not None and probed.url == url and probed.registry is registry:
+            return probed
+        return ObstoreFile(url, registry, **options)
+
 
 class ObstoreFile(io.RawIOBase):
     """A read-only, seekable file object over one object, read through obstore in cached blocks.
@@ -67,6 +84,7 @@ class ObstoreFile(io.RawIOBase):
     def __init__(self, url: str, registry: ObjectStoreRegistry, block_size: int = 2**16) -> None:
         super().__init__()
         self.url = url
+        self.registry = registry
         self._store, self._path = registry.resolve(url)
         self._position = 0
         self._block_size = block_size

@@ -53,7 +53,7 @@ class HDFParser(Parser):
     """
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        handle = ObstoreFile(url, registry)
+        handle = self._open(url, registry)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         fid = _open_file(handle, url)
