@@ -64,6 +64,7 @@ def combine_parts(
         if order is None:
             return None
         parts = [parts[i] for i in order]
+        first = parts[0]  # whose attrs, encodings and other coordinates the result keeps, as in xarray
     elif combine == "nested" and isinstance(concat_dim, str) and concat_dim in _dims(first):
         dim = concat_dim
         if any(d != dim for d in differing):
