@@ -175,11 +175,13 @@ def _load_variables(
     else:
         decoded = {}
         for name, var in raw.items():
-            shared = cache.get(keys[name])
+            key = keys[name]
+            shared = cache.get(key) if key is not None else None
             if shared is None:
                 (shared,) = xr.conventions.decode_cf_variables({name: var}, {}, **kwargs)[0].values()
                 shared = _index_ready(name, shared)
-                cache.put(keys[name], shared)
+                if key is not None:
+                    cache.put(key, shared)
             # a Variable of its own (attrs, encoding), sharing the decoded values
             decoded[name] = xr.Variable(shared.dims, shared._data, dict(shared.attrs), dict(shared.encoding),
                                         fastpath=True)
@@ -196,15 +198,19 @@ def _index_ready(name: str, var: xr.Variable) -> xr.Variable:
     return xr.Variable(var.dims, np.asarray(var._data), var.attrs, var.encoding, fastpath=True)
 
 
-def _cache_keys(raw: dict[str, xr.Variable], decode_times: bool | None) -> dict[str, tuple] | None:
-    """Per variable, the key its decoding depends on; None if decoding one depends on another.
+#: Loaded variables larger than this are decoded for their file alone (the cache key copies the raw bytes).
+CACHE_MAX_BYTES = 1 << 20
+
+
+def _cache_keys(raw: dict[str, xr.Variable], decode_times: bool | None) -> dict[str, tuple | None] | None:
+    """Per variable, the key its decoding depends on (None: too big to share); None if one depends on another.
 
     ``decode_cf_variables`` looks across variables only for character
     arrays (stacking a char dimension) and time bounds (which inherit the
     time's units): such files are decoded as a whole, without the cache.
     """
     bounds = {v.attrs.get("bounds") for v in raw.values()}
-    keys = {}
+    keys: dict[str, tuple | None] = {}
     for name, var in raw.items():
         if var.dtype.kind not in "biufcmM" or "bounds" in var.attrs or name in bounds:
             return None
@@ -213,7 +219,9 @@ def _cache_keys(raw: dict[str, xr.Variable], decode_times: bool | None) -> dict[
         if attrs is None or encoding is None:
             return None
         values = var.values
-        keys[name] = (name, var.dims, values.dtype.str, values.shape, values.tobytes(), attrs, encoding, decode_times)
+        keys[name] = None if values.nbytes > CACHE_MAX_BYTES else (
+            name, var.dims, values.dtype.str, values.shape, values.tobytes(), attrs, encoding, decode_times
+        )
     return keys
 
 
