@@ -164,9 +164,10 @@ def _load_variables(
     """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would."""
     if not arrays:
         return {}
-    from vzdask.graph import read_array
+    from vzdask.graph import read_arrays
 
-    raw = {name: _variable(name, array, read_array(array)) for name, array in arrays.items()}
+    values = read_arrays(list(arrays.values()))
+    raw = {name: _variable(name, array, data) for (name, array), data in zip(arrays.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     keys = _cache_keys(raw, decode_times) if cache is not None else None
     if keys is None:
