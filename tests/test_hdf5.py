@@ -431,3 +431,26 @@ def test_netcdf4_dimension_ids_name_the_same_dimensions_as_xarray(tmp_path, monk
             for name, array in node.arrays.items():
                 assert array.dimension_names == expected[name].dims, (group, name)
             assert set(node.arrays) == set(expected.variables)
+
+
+def test_read_arrays_fetches_a_files_coordinates_together_and_names_a_truncated_file(tmp_path):
+    from vzdask.graph import read_array, read_arrays
+
+    path = tmp_path / "several.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("x", 3000)
+        nc.createDimension("y", 7)
+        nc.createVariable("x", "f8", ("x",))[:] = np.arange(3000.0) / 4
+        nc.createVariable("y", "i4", ("y",))[:] = np.arange(7) * -3
+        nc.createVariable("z", "f4", ("x",), zlib=True, chunksizes=(500,))[:] = np.arange(3000.0) ** 0.5
+    store = HDFParser()(f"file://{path}", ObjectStoreRegistry.default())
+    arrays = [store.group[name] for name in ("x", "z", "y")]  # z has six chunks: read block-wise
+    got = read_arrays(arrays)
+    for array, values, want in zip(arrays, got, (np.arange(3000.0) / 4, np.arange(3000.0) ** 0.5, np.arange(7) * -3)):
+        np.testing.assert_array_equal(values, want.astype(array.dtype))
+        np.testing.assert_array_equal(read_array(array), values)
+        assert values.dtype == array.dtype
+    with open(path, "r+b") as f:  # cut into the last coordinate read by the one request
+        f.truncate(max(a.manifest.entry((0,))[2] + 8 for a in (arrays[0], arrays[2])))
+    with pytest.raises(OSError, match=r"several\.nc"):
+        read_arrays([arrays[0], arrays[2]])

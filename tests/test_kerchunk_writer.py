@@ -692,3 +692,30 @@ def test_persisted_on_cluster_then_written(nc_path, original, dask_client, tmp_p
     refs = decoded_refs(out, "parquet")
     assert all(isinstance(v, bytes) for v in chunk_refs(refs, "air").values())
     xr.testing.assert_identical(open_with_fsspec(out, "parquet"), original[""])
+
+
+def _sparse_states(index: tuple[int, ...]) -> str:
+    """Mostly missing: the writer names only the present chunks."""
+    return {0: "virtual", 1: "inlined"}.get(sum(index) % 5, "missing")
+
+
+@pytest.mark.parametrize("states", ["mixed", "sparse", "all virtual"])
+def test_json_file_is_json_dumps_of_the_dict_references(make_virtual, tmp_path, nc_path, states):
+    """Byte for byte what ``json.dumps(refs, separators=(",", ":"))`` writes, whatever the chunk states,
+    key separators, escaped names or scalar arrays; and fsspec reads it back."""
+    state_of = {"mixed": lambda ix: ("virtual", "inlined", "missing")[sum(ix) % 3], "sparse": _sparse_states,
+                "all virtual": lambda ix: "virtual"}[states]
+    data = np.arange(7 * 9 * 4, dtype="f4").reshape(7, 9, 4)
+    case = make_virtual(data, (2, 4, 3), state_of=state_of)
+    slash = virtual_zarr_array(tmp_path, "s", data[0], (3, 4),
+                               chunk_key_encoding={"name": "v2", "separator": "/"}, compressors=None)
+    scalar = virtual_zarr_array(tmp_path, "z", np.array(2.5), ())
+    group = ManifestGroup(arrays={"s": slash, "z": scalar},
+                          groups={"sub": ManifestGroup(arrays={"tëmp \"q\"": case.array})}, attributes={"a": 1})
+    for obj in (group, open_virtual_dataset(nc_path, inline=InlinePolicy(max_chunk_bytes=300))):
+        path = write(obj, "json", tmp_path)
+        assert path.read_text(encoding="utf-8") == json.dumps(to_kerchunk(obj), separators=(",", ":"))
+    refs = json.loads(write(group, "json", tmp_path).read_text())["refs"]
+    assert "s/2/0" in refs and "z/0" in refs
+    got = open_with_fsspec(write(group, "json", tmp_path), "json", group="sub")
+    np.testing.assert_array_equal(got["tëmp \"q\""].values, case.expected)

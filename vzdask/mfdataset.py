@@ -16,8 +16,10 @@ import xarray as xr
 
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible
+from vzdask.fast_combine import combine_parts
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
+from vzdask.xarray import DecodedCache, VirtualParts
 
 #: Files combined by one task in the tree reduction on a cluster.
 COMBINE_BATCH = 16
@@ -52,19 +54,26 @@ def _flatten(nested) -> list[str]:
     return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
 
 
-def _open_one(path: str, options: dict[str, Any]) -> tuple[xr.Dataset, dict]:
-    """Parse one file (runs on a worker): the virtual dataset and its CF signature."""
-    from vzdask.xarray import open_virtual_dataset
+def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False) -> tuple[Any, dict]:
+    """Parse one file (runs on a worker): its virtual dataset and CF signature.
+
+    With ``as_parts`` (and no ``preprocess``) the ``VirtualParts`` stand in for
+    the dataset, for ``fast_combine``; ``cache`` shares decoded coordinates
+    between the files one process opens.
+    """
+    from vzdask.xarray import open_virtual_parts
 
     options = dict(options)  # workers may hand several tasks the same deserialized dict: never mutate it
     preprocess = options.pop("preprocess", None)
     try:
-        ds = open_virtual_dataset(path, **options)
+        result = open_virtual_parts(path, cache=cache, **options)
+        if preprocess is not None or not as_parts:
+            result = result.to_dataset()
         if preprocess is not None:
-            ds = preprocess(ds)
+            result = preprocess(result)
     except Exception as err:
         raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {err}") from err
-    return ds, cf_signature(ds)
+    return result, cf_signature(result)
 
 
 def _combine(datasets: list, combine: str, concat_dim, kwargs: dict) -> xr.Dataset:
@@ -153,10 +162,14 @@ def open_virtual_mfdataset(
 
     results = _parse_locally(files, options, parallel, progress)
     check_cf_compatible([(path, signature) for path, (_, signature) in zip(files, results)])
-    datasets = iter(ds for ds, _ in results)
+    opened = [result for result, _ in results]
+    if all(isinstance(p, VirtualParts) for p in opened) and not any(isinstance(p, list) for p in nested):
+        fast = combine_parts(opened, combine, concat_dim, kwargs)
+        if fast is not None:
+            return fast
+    datasets = iter(p.to_dataset() if isinstance(p, VirtualParts) else p for p in opened)
     arranged = _arrange(nested, datasets)
-    combined = _combine(arranged, combine, concat_dim, kwargs)
-    return combined
+    return _combine(arranged, combine, concat_dim, kwargs)
 
 
 def _arrange(nested, datasets):
@@ -179,9 +192,10 @@ def _resolve_client(parallel):
     raise ValueError(f"parallel must be None, 'threads', 'processes', True or a distributed.Client, not {parallel!r}")
 
 
-def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[xr.Dataset, dict]]:
+def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, dict]]:
     """Several files in one task: a process pool then ships one result list per batch, not per file."""
-    return [_open_one(path, options) for path in paths]
+    cache = DecodedCache()
+    return [_open_one(path, options, cache, as_parts=True) for path in paths]
 
 
 def _parse_locally(files, options, parallel, progress):
@@ -192,7 +206,8 @@ def _parse_locally(files, options, parallel, progress):
         parallel = "processes"
     scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
     if scheduler == "sync" and not progress:  # one after another here: no graph to build
-        return [_open_one(path, options) for path in files]
+        cache = DecodedCache()
+        return [_open_one(path, options, cache, as_parts=True) for path in files]
     extra = {}
     if scheduler == "processes" and not progress:
         # a few batches per worker: each task costs a round trip to a process
@@ -202,7 +217,9 @@ def _parse_locally(files, options, parallel, progress):
         if dask.config.get("pool", None) is None:
             extra["pool"] = _process_pool()
         return [result for batch in dask.compute(*tasks, scheduler=scheduler, **extra) for result in batch]
-    tasks = [delayed(_open_one, pure=False)(path, dict(options)) for path in files]
+    # threads share one cache (a race only decodes a coordinate twice); processes each start empty
+    cache = DecodedCache() if scheduler in ("sync", "threads") else None
+    tasks = [delayed(_open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
     if scheduler == "processes" and dask.config.get("pool", None) is None:
         extra["pool"] = _process_pool()
     if progress:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
@@ -45,6 +48,50 @@ def coordinate_names(group: ManifestGroup) -> set[str]:
     return names
 
 
+@dataclass
+class VirtualParts:
+    """The pieces of one virtual Dataset before xarray assembles it.
+
+    Assembling (default indexes, alignment) costs more than the rest of a
+    file's conversion, so a multi-file open combines these pieces and builds
+    one Dataset; ``to_dataset`` builds the Dataset of one file.
+    """
+
+    variables: dict[str, xr.Variable]  # in the file's order
+    coord_names: frozenset[str]
+    loaded: frozenset[str]  # read into numpy; the loaded dimension coordinates get indexes
+    attrs: dict[str, Any]
+
+    def to_dataset(self) -> xr.Dataset:
+        """The virtual Dataset: loaded coordinates indexed, virtual ones unindexed (an index would load them)."""
+        coords, loaded = self.coord_names, self.loaded
+        data_vars = {n: v for n, v in self.variables.items() if n not in coords}
+        indexed = xr.Coordinates({n: v for n, v in self.variables.items() if n in coords and n in loaded})
+        unindexed = xr.Coordinates(
+            {n: v for n, v in self.variables.items() if n in coords and n not in loaded}, indexes={}
+        )
+        return xr.Dataset(data_vars, coords=indexed.merge(unindexed).coords, attrs=dict(self.attrs))
+
+
+class DecodedCache:
+    """CF-decoded loaded variables by their stored form, shared by the files of one multi-file open.
+
+    Files often hold the same coordinates (lat, lon): each distinct one is
+    decoded once. Only variables whose decoding depends on nothing but
+    themselves are shared (no text, no time bounds); the key is the
+    variable's name, dims, attributes, encoding and raw values.
+    """
+
+    def __init__(self) -> None:
+        self._decoded: dict[tuple, xr.Variable] = {}
+
+    def get(self, key: tuple) -> xr.Variable | None:
+        return self._decoded.get(key)
+
+    def put(self, key: tuple, variable: xr.Variable) -> None:
+        self._decoded[key] = variable
+
+
 def to_virtual_dataset(
     store: ManifestStore,
     *,
@@ -61,6 +108,22 @@ def to_virtual_dataset(
     (``scale_factor``, ``_FillValue``, ``units``...) undecoded, so writers
     pass them on.
     """
+    return to_virtual_parts(
+        store, group=group, drop_variables=drop_variables, loadable_variables=loadable_variables,
+        decode_times=decode_times,
+    ).to_dataset()
+
+
+def to_virtual_parts(
+    store: ManifestStore,
+    *,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+    cache: DecodedCache | None = None,
+) -> VirtualParts:
+    """``to_virtual_dataset`` without assembling the Dataset; ``cache`` shares decoded coordinates between files."""
     node = store.group[group] if group else store.group
     if not isinstance(node, ManifestGroup):
         raise ValueError(f"{group!r} is an array, not a group")
@@ -75,7 +138,7 @@ def to_virtual_dataset(
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
 
-    loaded = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times)
+    loaded = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache)
 
     variables = {}
     for name in names:
@@ -84,12 +147,7 @@ def to_virtual_dataset(
             continue
         array = node.arrays[name]
         variables[name] = _variable(name, array, array)
-
-    data_vars = {n: v for n, v in variables.items() if n not in coords}
-    # Loaded coordinates get indexes; virtual ones must not (an index would load them).
-    indexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n in loaded})
-    unindexed = xr.Coordinates({n: v for n, v in variables.items() if n in coords and n not in loaded}, indexes={})
-    return xr.Dataset(data_vars, coords=indexed.merge(unindexed).coords, attrs=dict(node.attributes))
+    return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), dict(node.attributes))
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
@@ -100,19 +158,94 @@ def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
     return xr.Variable(dimension_names(name, array), data, attrs=attrs, encoding=encoding)
 
 
-def _load_variables(arrays: dict[str, ManifestArray], decode_times: bool | None) -> dict[str, xr.Variable]:
+def _load_variables(
+    arrays: dict[str, ManifestArray], decode_times: bool | None, cache: DecodedCache | None = None
+) -> dict[str, xr.Variable]:
     """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would."""
     if not arrays:
         return {}
-    from vzdask.graph import read_array
+    from vzdask.graph import read_arrays
 
-    raw = {name: _variable(name, array, read_array(array)) for name, array in arrays.items()}
+    values = read_arrays(list(arrays.values()))
+    raw = {name: _variable(name, array, data) for (name, array), data in zip(arrays.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
-    decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
+    keys = _cache_keys(raw, decode_times) if cache is not None else None
+    if keys is None:
+        decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
+        decoded = {name: _index_ready(name, var) for name, var in decoded.items()}
+    else:
+        decoded = {}
+        for name, var in raw.items():
+            key = keys[name]
+            shared = cache.get(key) if key is not None else None
+            if shared is None:
+                (shared,) = xr.conventions.decode_cf_variables({name: var}, {}, **kwargs)[0].values()
+                shared = _index_ready(name, shared)
+                if key is not None:
+                    cache.put(key, shared)
+            # a Variable of its own (attrs, encoding), sharing the decoded values
+            decoded[name] = xr.Variable(shared.dims, shared._data, dict(shared.attrs), dict(shared.encoding),
+                                        fastpath=True)
     for name, array in arrays.items():
         # Loading is for indexing only: writers still write the stored form (references or inlined bytes).
         decoded[name].encoding[MANIFEST_ENCODING_KEY] = array
-    return dict(decoded)
+    return decoded
+
+
+def _index_ready(name: str, var: xr.Variable) -> xr.Variable:
+    """A dimension coordinate with its decoded values in numpy: decoded once, not again at each use."""
+    if var.dims != (name,):
+        return var
+    return xr.Variable(var.dims, np.asarray(var._data), var.attrs, var.encoding, fastpath=True)
+
+
+#: Loaded variables larger than this are decoded for their file alone (the cache key copies the raw bytes).
+CACHE_MAX_BYTES = 1 << 20
+
+
+def _cache_keys(raw: dict[str, xr.Variable], decode_times: bool | None) -> dict[str, tuple | None] | None:
+    """Per variable, the key its decoding depends on (None: too big to share); None if one depends on another.
+
+    ``decode_cf_variables`` looks across variables only for character
+    arrays (stacking a char dimension) and time bounds (which inherit the
+    time's units): such files are decoded as a whole, without the cache.
+    """
+    bounds = {v.attrs.get("bounds") for v in raw.values()}
+    keys: dict[str, tuple | None] = {}
+    for name, var in raw.items():
+        if var.dtype.kind not in "biufcmM" or "bounds" in var.attrs or name in bounds:
+            return None
+        attrs = _freeze(var.attrs)
+        encoding = _freeze(var.encoding)
+        if attrs is None or encoding is None:
+            return None
+        values = var.values
+        keys[name] = None if values.nbytes > CACHE_MAX_BYTES else (
+            name, var.dims, values.dtype.str, values.shape, values.tobytes(), attrs, encoding, decode_times
+        )
+    return keys
+
+
+def _freeze(mapping: dict[str, Any]) -> tuple | None:
+    """A hashable, exact form of an attribute dict (None if a value has no exact form)."""
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, np.ndarray):
+            value = ("ndarray", value.dtype.str, value.shape, value.tobytes())
+        elif isinstance(value, np.dtype):
+            value = ("dtype", value.str)
+        elif isinstance(value, np.generic):
+            value = ("scalar", value.dtype.str, value.tobytes())
+        elif isinstance(value, (list, tuple)):
+            if not all(isinstance(v, (str, int, float, bool)) for v in value):
+                return None
+            value = (type(value).__name__, *((type(v).__name__, v) for v in value))
+        elif isinstance(value, (str, int, float, bool, type(None))):
+            value = (type(value).__name__, value)
+        else:
+            return None
+        out.append((key, value))
+    return tuple(out)
 
 
 def open_virtual_dataset(
@@ -151,6 +284,25 @@ def open_virtual_dataset(
     inline : InlinePolicy, optional
         Which chunks the (detected) parser inlines into the manifest.
     """
+    return open_virtual_parts(
+        url, parser=parser, registry=registry, group=group, drop_variables=drop_variables,
+        loadable_variables=loadable_variables, decode_times=decode_times, inline=inline,
+    ).to_dataset()
+
+
+def open_virtual_parts(
+    url: str,
+    *,
+    parser: Parser | None = None,
+    registry: ObjectStoreRegistry | None = None,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+    inline: InlinePolicy | None = None,
+    cache: DecodedCache | None = None,
+) -> VirtualParts:
+    """``open_virtual_dataset`` without assembling the Dataset (see ``VirtualParts``)."""
     from vzdask.parsers import detect_parser
 
     url = _as_url(url)
@@ -160,13 +312,14 @@ def open_virtual_dataset(
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
     store = parser(url, registry)
-    return to_virtual_dataset(
+    return to_virtual_parts(
         store,
         # a parser configured with a group already made that group the store's root
         group=group if not getattr(parser, "group", None) else None,
         drop_variables=drop_variables,
         loadable_variables=loadable_variables,
         decode_times=decode_times,
+        cache=cache,
     )
 
 

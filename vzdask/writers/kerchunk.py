@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import uuid
@@ -225,7 +226,11 @@ def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
     if tuple(var.shape) != stored.shape:
         return False
     try:
-        raw = xr.Variable(var.dims, stored.compute(),
+        from vzdask.graph import read_array
+
+        # a small loaded coordinate: read it here, not through a dask graph (persisted arrays compute)
+        values = read_array(stored) if stored.is_gathered else stored.compute()
+        raw = xr.Variable(var.dims, values,
                           attrs=decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype))
         kind = var.dtype.kind
         decoded = xr.conventions.decode_cf_variable(
@@ -347,11 +352,7 @@ def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
     present = np.flatnonzero(state)
     if not present.size:
         return
-    if manifest.ndim:
-        columns = np.unravel_index(present, manifest.shape)
-        names = [separator.join(map(str, ix)) for ix in zip(*(c.tolist() for c in columns))]
-    else:
-        names = [chunk_key(())]
+    names = _chunk_names(manifest.shape, present, separator)
     urls = manifest.urls
     kinds = state[present].tolist()
     codes = manifest.path_index.reshape(-1)[present].tolist()
@@ -375,27 +376,66 @@ def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
     for key, document in metadata.items():
         f.write(("" if first else ",") + json.dumps(key) + ":" + json.dumps(_dumps(document)))
         first = False
-    quoted: dict[str, str] = {}  # each url's JSON string, made once
     for node, zarray in _array_documents(plan, metadata):
-        batch = []
-        for key, value in _chunk_refs(node, zarray["dimension_separator"]):
-            # the bytes json.dumps(..., separators=(",", ":")) writes, without its per-call overhead
-            if isinstance(value, str):
-                batch.append(_quote(key) + ":" + _quote(value))
-                continue
-            url, position, size = value
-            if url not in quoted:
-                quoted[url] = _quote(url)
-            batch.append(f"{_quote(key)}:[{quoted[url]},{position},{size}]")
-            if len(batch) >= 10_000:
-                f.write(("" if first else ",") + ",".join(batch))
-                first, batch = False, []
-        if batch:
-            f.write(("" if first else ",") + ",".join(batch))
+        for batch in _json_chunk_members(node, zarray["dimension_separator"]):
+            f.write(("" if first else ",") + batch)
             first = False
     f.write("}}")
 
 
+def _json_chunk_members(node: _ArrayNode, separator: str, batch: int = 10_000) -> Iterator[str]:
+    """The ``"key":reference`` members of an array's chunks, comma-joined in batches.
+
+    The very bytes ``json.dumps(..., separators=(",", ":"))`` writes for
+    ``_chunk_refs``, made with one string format per chunk: a chunk key is
+    the array path (quoted once) followed by digits and separators, which
+    JSON never escapes.
+    """
+    manifest = node.array.manifest
+    state = manifest.states.reshape(-1)
+    present = np.flatnonzero(state)
+    if not present.size:
+        return
+    names = _chunk_names(manifest.shape, present, separator)
+    prefix = _quote(node.path + "/")[:-1]  # '"path/' without its closing quote
+    urls = [_quote(url) for url in manifest.urls]
+    kinds = state[present]
+    codes = manifest.path_index.reshape(-1)[present].tolist()
+    positions = np.asarray(manifest.offsets).reshape(-1)[present].tolist()
+    sizes = manifest.lengths.reshape(-1)[present].tolist()
+    buffer = memoryview(manifest.inline_buffer)
+    all_virtual = bool(np.all(kinds == VIRTUAL))
+    kinds = kinds.tolist()
+    for start in range(0, len(names), batch):
+        stop = start + batch
+        rows = zip(names[start:stop], codes[start:stop], positions[start:stop], sizes[start:stop])
+        if all_virtual:
+            yield ",".join([f'{prefix}{name}":[{urls[code]},{position},{size}]' for name, code, position, size in rows])
+            continue
+        members = []
+        for kind, (name, code, position, size) in zip(kinds[start:stop], rows):
+            if kind == VIRTUAL:
+                members.append(f'{prefix}{name}":[{urls[code]},{position},{size}]')
+            else:
+                data = base64.b64encode(buffer[position : position + size]).decode("ascii")
+                members.append(f'{prefix}{name}":"base64:{data}"')
+        yield ",".join(members)
+
+
+def _chunk_names(shape: tuple[int, ...], present: np.ndarray, separator: str) -> list[str]:
+    """The chunk keys (``"0.1.2"``) of the flat C-order chunk indices ``present`` in a grid of ``shape``."""
+    if not shape:
+        return [chunk_key(())]
+    if 2 * present.size < math.prod(shape):  # sparse: name only the present chunks
+        columns = np.unravel_index(present, shape)
+        return [separator.join(map(str, ix)) for ix in zip(*(c.tolist() for c in columns))]
+    names = [str(i) for i in range(shape[0])]
+    for n in shape[1:]:  # the whole grid, axis by axis: one short format per chunk
+        tails = [str(i) for i in range(n)]
+        names = [f"{head}{separator}{tail}" for head in names for tail in tails]
+    if present.size == len(names):
+        return names
+    return [names[i] for i in present.tolist()]
 # --------------------------------------------------------------------------- #
 # Parquet (fsspec LazyReferenceMapper layout)
 # --------------------------------------------------------------------------- #

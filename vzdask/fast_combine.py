@@ -1,0 +1,186 @@
+"""Combine many files' virtual parts in one step, for the common case: files that differ along one dimension.
+
+``xr.combine_by_coords`` over N files builds N Datasets (indexes,
+alignment) and concatenates them pairwise-checked; when every file has the
+same variables, dimensions and other coordinates, the result is just each
+variable concatenated along the one dimension whose coordinate differs. This
+module recognises that case and builds the one Dataset directly, with the
+very same result; in any other case it answers ``None`` and the caller uses
+xarray (which then also raises xarray's errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.xarray import VirtualParts
+
+#: The combine keywords this path reproduces (``open_virtual_mfdataset``'s defaults); ``join`` does not
+#: matter here because the coordinates of every other dimension are required to be equal.
+HANDLED = {"data_vars": "all", "coords": "minimal", "compat": "override", "combine_attrs": "override"}
+
+
+def combine_parts(
+    parts: Sequence[VirtualParts], combine: str, concat_dim, kwargs: dict
+) -> xr.Dataset | None:
+    """The combined Dataset of ``parts`` (in file order) as xarray would make it, or None if not handled.
+
+    Parameters
+    ----------
+    parts : sequence of VirtualParts
+        One per file.
+    combine : {"by_coords", "nested"}
+        ``"nested"`` is handled for a flat list along one existing dimension.
+    concat_dim : str or None
+        The nested concatenation dimension.
+    kwargs : dict
+        ``data_vars``, ``coords``, ``compat``, ``join``, ``combine_attrs`` as given to xarray.
+
+    Returns
+    -------
+    xarray.Dataset or None
+        None when the files are not uniform or the options need xarray.
+    """
+    if len(parts) < 2 or any(kwargs.get(k) != v for k, v in HANDLED.items()):
+        return None
+    first = parts[0]
+    sizes = _uniform_sizes(parts)
+    if sizes is None:
+        return None
+    indexed = [d for d in _dims(first) if d in first.variables]
+    if any(d not in first.loaded or first.variables[d].dims != (d,) or d not in first.coord_names for d in indexed):
+        return None  # a dimension coordinate without an index: xarray decides (and raises)
+    differing = [d for d in indexed if not _all_equal([p.variables[d] for p in parts])]
+    if combine == "by_coords":
+        if len(differing) != 1:
+            return None
+        dim = differing[0]
+        order = _order_by_coordinate([p.variables[dim] for p in parts])
+        if order is None:
+            return None
+        parts = [parts[i] for i in order]
+        first = parts[0]  # whose attrs, encodings and other coordinates the result keeps, as in xarray
+    elif combine == "nested" and isinstance(concat_dim, str) and concat_dim in _dims(first):
+        dim = concat_dim
+        if any(d != dim for d in differing):
+            return None  # another dimension's coordinates differ: xarray aligns them
+    else:
+        return None
+    if any(len(n) > 1 for d, n in sizes.items() if d != dim):
+        return None  # another dimension changes size between files
+    variables = {}
+    for name, var in first.variables.items():
+        if dim in var.dims:
+            variables[name] = _concat([p.variables[name] for p in parts], dim)
+            if variables[name] is None:
+                return None
+        elif name in first.coord_names:
+            variables[name] = var  # coords="minimal", compat="override": the first file's
+        else:
+            return None  # data_vars="all" would broadcast it along ``dim``
+    if dim in variables and combine == "by_coords" and not _monotonic(variables[dim]):
+        return None  # xarray refuses a non-monotonic global index
+    return VirtualParts(variables, first.coord_names, first.loaded, first.attrs).to_dataset()
+
+
+def _dims(parts: VirtualParts) -> list[str]:
+    """Dimension names in the order a Dataset of these variables lists them."""
+    dims: dict[str, None] = {}
+    for var in parts.variables.values():
+        dims.update(dict.fromkeys(var.dims))
+    return list(dims)
+
+
+def _uniform_sizes(parts: Sequence[VirtualParts]) -> dict[str, set[int]] | None:
+    """Each dimension's sizes over the files, if they have the same variables (in order), dims and kinds."""
+    first = parts[0]
+    names = list(first.variables)
+    for p in parts[1:]:
+        if list(p.variables) != names or p.coord_names != first.coord_names or p.loaded != first.loaded:
+            return None
+        for name, var in first.variables.items():
+            other = p.variables[name]
+            if other.dims != var.dims or other.dtype != var.dtype or type(other._data) is not type(var._data):
+                return None
+    sizes: dict[str, set[int]] = {}
+    for p in parts:
+        for var in p.variables.values():
+            for d, n in zip(var.dims, var.shape):
+                sizes.setdefault(d, set()).add(n)
+    return sizes
+
+
+def _all_equal(variables: list[xr.Variable]) -> bool:
+    """Exactly equal values and dtype (stricter than the index equality xarray tests, never looser)."""
+    first = variables[0]
+    values = first.values
+    if values.dtype.kind in "fcmM" and pd.isna(values).any():
+        return False
+    for var in variables[1:]:
+        if var._data is first._data:
+            continue
+        other = var.values
+        if other.dtype != values.dtype or other.shape != values.shape or not np.array_equal(other, values):
+            return False
+    return True
+
+
+def _order_by_coordinate(variables: list[xr.Variable]) -> list[int] | None:
+    """The file order ``combine_by_coords`` gives: by first coordinate value, all ascending or all descending.
+
+    None when xarray would have to decide: empty coordinates, NaN or NaT,
+    non-monotonic coordinates, ties between first values, values other than
+    numbers and datetimes.
+    """
+    values = [np.asarray(v.values) for v in variables]
+    if any(v.size == 0 or v.dtype.kind not in "iufmM" or _has_nan(v) for v in values):
+        return None
+    if all(_increasing(v) for v in values):
+        ascending = True
+    elif all(_increasing(v[::-1]) for v in values):
+        ascending = False
+    else:
+        return None
+    firsts = np.array([v[0] for v in values])
+    if np.unique(firsts).size != firsts.size:
+        return None
+    order = np.argsort(firsts, kind="stable").tolist()
+    return order if ascending else order[::-1]
+
+
+def _has_nan(values: np.ndarray) -> bool:
+    if values.dtype.kind in "mM":
+        return bool(np.isnat(values).any())
+    return values.dtype.kind == "f" and bool(np.isnan(values).any())
+
+
+def _increasing(values: np.ndarray) -> bool:
+    """``pd.Index(values).is_monotonic_increasing`` for values without NaN/NaT."""
+    return bool(np.all(values[1:] >= values[:-1]))
+
+
+def _concat(variables: list[xr.Variable], dim: str) -> xr.Variable | None:
+    """``xr.Variable.concat`` with ``combine_attrs="override"`` (the first file's attrs and encoding).
+
+    Virtual arrays of one dtype are joined by their manifests straight away
+    (what xarray ends up doing, without its per-array dtype round trip).
+    None if they cannot be joined: xarray then raises the error itself.
+    """
+    first = variables[0]
+    try:
+        if isinstance(first._data, ManifestArray) and all(v.dtype == first.dtype for v in variables):
+            data = np.concatenate([v._data for v in variables], axis=first.get_axis_num(dim))
+            return xr.Variable(first.dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
+        return xr.Variable.concat(variables, dim, combine_attrs="override")
+    except (ValueError, TypeError):
+        return None  # e.g. a partial last chunk inside the result
+
+
+def _monotonic(variable: xr.Variable) -> bool:
+    index = pd.Index(variable.values)
+    return bool(index.is_monotonic_increasing or index.is_monotonic_decreasing)
