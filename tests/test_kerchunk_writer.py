@@ -130,8 +130,10 @@ def pandas_nulls_as_none():
 def reference_fs(output, fmt: str):
     """fsspec's ReferenceFileSystem over a dict, a JSON file or a Parquet directory."""
     if fmt == "parquet":
+        # remote_protocol given: without it fsspec scans the references for one, and its lazy Parquet mapper
+        # takes a group's ``sub/.zgroup`` for an array's records (a KeyError when a set puts it first)
         return fsspec.filesystem("reference", fo=LazyReferenceMapper(str(output), fs=fsspec.filesystem("file"),
-                                                                     engine="pyarrow"))
+                                                                     engine="pyarrow"), remote_protocol="file")
     return fsspec.filesystem("reference", fo=output if fmt == "dict" else str(output))
 
 

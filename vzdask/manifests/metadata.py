@@ -236,8 +236,12 @@ def combine_fields(metadata: ArrayV3Metadata) -> dict[str, Any]:
 
 def check_combinable(metadatas: Sequence[ArrayV3Metadata], operation: str, ignore_axis: int | None = None) -> None:
     """Raise ``ValueError`` naming the first field that differs between arrays."""
-    first = combine_fields(metadatas[0])
+    head = metadatas[0]
+    first = None
     for i, metadata in enumerate(metadatas[1:], start=1):
+        if _shares_combine_fields(metadata, head):  # built from one template: nothing to compare
+            continue
+        first = combine_fields(head) if first is None else first
         other = combine_fields(metadata)
         for field in COMBINE_FIELDS:
             if first[field] != other[field]:
@@ -245,6 +249,12 @@ def check_combinable(metadatas: Sequence[ArrayV3Metadata], operation: str, ignor
                     f"cannot {operation}: {field} differs between array 0 ({_show(first[field])}) "
                     f"and array {i} ({_show(other[field])})"
                 )
+
+
+def _shares_combine_fields(a: ArrayV3Metadata, b: ArrayV3Metadata) -> bool:
+    """The very same objects for every combine field (``create_array_metadata`` shares a template's)."""
+    return (a.data_type is b.data_type and a.chunk_grid is b.chunk_grid and a.codecs is b.codecs
+            and a.fill_value is b.fill_value and a.chunk_key_encoding is b.chunk_key_encoding)
 
 
 def _freeze(value: Any) -> Any:
