@@ -454,3 +454,26 @@ def test_read_arrays_fetches_a_files_coordinates_together_and_names_a_truncated_
         f.truncate(max(a.manifest.entry((0,))[2] + 8 for a in (arrays[0], arrays[2])))
     with pytest.raises(OSError, match=r"several\.nc"):
         read_arrays([arrays[0], arrays[2]])
+
+
+def test_netcdf4_bookkeeping_integers_read_as_h5py_reads_them(tmp_path):
+    """The int32 fast read takes exactly-fitting 4-byte integers; anything else goes to the general reader."""
+    from vzdask.parsers.hdf5 import _read_int32
+
+    path = tmp_path / "ints.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("d", data=np.arange(3))
+        d.attrs["scalar"] = np.int32(7)
+        d.attrs["big"] = np.array([1, 2, 3], dtype=">i4")
+        d.attrs["short"] = np.array([1, 2, 3, 4, 5, 6], dtype="i2")  # 12 bytes, but not three int32
+        d.attrs["wide"] = np.array([1, 2, 3], dtype="i8")
+        d.attrs["float"] = np.float32(2.5)
+        d.attrs["text"] = "abcd"
+    with h5py.File(path, "r") as f:
+        d = f["d"]
+        assert _read_int32(d.id, "scalar", ()) == 7
+        for name, shape in (("big", (3,)), ("short", (3,)), ("wide", (3,)), ("float", ()), ("text", ()), ("big", (2,))):
+            got = _read_int32(d.id, name, shape)
+            assert _same_value(np.asarray(got), np.asarray(d.attrs[name])) or np.array_equal(got, d.attrs[name]), name
+        np.testing.assert_array_equal(_read_int32(d.id, "big", (3,)), [1, 2, 3])
+        assert list(_read_int32(d.id, "short", (3,))) == [1, 2, 3, 4, 5, 6]  # read whole, not reinterpreted

@@ -129,7 +129,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
             keys = _attribute_names(obj, plist)
             is_scale = "CLASS" in keys and h5py.h5ds.is_scale(obj)
             if is_scale and "_Netcdf4Dimid" in keys:
-                dimids[int(_read_attribute(obj, "_Netcdf4Dimid"))] = name
+                dimids[int(_read_int32(obj, "_Netcdf4Dimid", ()))] = name
             members.append((name, obj, plist, keys, is_scale))
     phony: dict[int, str] = {}
     datasets = {}
@@ -226,6 +226,20 @@ def _read_attribute(object_id, name):
     return value[()] if value.ndim == 0 else value
 
 
+def _read_int32(object_id, name: str, shape: tuple):
+    """netCDF4's bookkeeping integers, read straight into int32 (the general reader if they are not that shape)."""
+    import h5py
+
+    value = np.empty(shape, np.int32)
+    attr = h5py.h5a.open(object_id, name.encode())
+    stored = attr.get_type()
+    # exactly as many stored 4-byte integers as the buffer holds (HDF5 fills the buffer unchecked)
+    if stored.get_class() != h5py.h5t.INTEGER or stored.get_size() != 4 or attr.get_storage_size() != value.nbytes:
+        return _read_attribute(object_id, name)
+    attr.read(value)
+    return value
+
+
 @functools.lru_cache(maxsize=64)
 def _fixed_string_type(size: int, cset: int):
     """The memory type h5py reads fixed-length strings into (null-padded, same character set), made once."""
@@ -254,7 +268,7 @@ def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, 
         return [name]  # a coordinate variable is its own dimension
     if dimids and "_Netcdf4Coordinates" in keys:
         try:
-            ids = np.asarray(_read_attribute(dsid, "_Netcdf4Coordinates")).ravel().tolist()
+            ids = np.asarray(_read_int32(dsid, "_Netcdf4Coordinates", (len(shape),))).ravel().tolist()
         except Exception:  # unreadable: the general way below decides
             ids = []
         if len(ids) == len(shape) and all(i in dimids for i in ids):
