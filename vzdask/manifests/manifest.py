@@ -14,7 +14,6 @@ inlined bytes (21 bytes per chunk plus the url table and the inlined bytes).
 from __future__ import annotations
 
 import functools
-
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -209,7 +209,7 @@ def _read_attribute(object_id, name):
         return h5py.Empty(attr.dtype)
     file_type = attr.get_type()
     if file_type.get_class() == h5t.STRING and not file_type.is_variable_str():
-        # fixed-length text (netCDF's attributes): read the file's own type into bytes of its size
+        # fixed-length text (netCDF's attributes): bytes of its size, no numpy dtype round trip
         value = np.empty(shape, f"S{file_type.get_size()}")
         attr.read(value, mtype=_fixed_string_type(file_type.get_size(), file_type.get_cset()))
         return value[()] if value.ndim == 0 else value
