@@ -81,6 +81,11 @@ def files(tmp_path_factory):
         "other_lat": [make("lat_a", np.arange(NT)), make("lat_b", np.arange(NT, 2 * NT), lat=LAT + 1)],
         "overlap": [make("over_a", np.arange(NT)), make("over_b", np.arange(NT) + 1)],
         "no_precip": [make("vars_a", np.arange(NT)), make("vars_b", np.arange(NT, 2 * NT), precip=False)],
+        # beyond datetime64[ns] (year 2262): that file alone decodes to another dtype than the first
+        "far": [make("near", np.arange(NT)), make("far", np.arange(NT) + 200000.0),
+                make("nearer", np.arange(NT) + NT)],
+        "fractional": [make(f"frac{i}", np.arange(i * NT, (i + 1) * NT) + 0.25, time_units="hours since 2001-01-01")
+                       for i in range(3)],
     }
 
 
@@ -142,6 +147,7 @@ HANDLED_CASES = {
     "undecoded times": ("ascending", [1, 0], {"decode_times": False}),
     "loaded times in different units": ("units", [1, 0], {}),
     "threads": ("ascending", [3, 2, 1, 0], {"parallel": "threads"}),
+    "fractional hours": ("fractional", [2, 0, 1], {}),
 }
 
 
@@ -164,6 +170,7 @@ FALLBACK_CASES = {
     "one file": ("ascending", {"_first": 1}),
     "options xarray must apply": ("ascending", {"combine_attrs": "drop_conflicts"}),
     "virtual time coordinate": ("ascending", {"loadable_variables": ["lat", "lon"]}),
+    "a file beyond datetime64[ns]": ("far", {}),
 }
 
 
@@ -229,3 +236,24 @@ def test_decoded_cache_decodes_like_xarray(files, group):
                 xr.testing.assert_identical(plain(without.variables[name]), want)
     if group == "bounds":
         assert with_cache.variables["time_bnds"].dtype.kind == "M"  # decoded with the time's units
+
+
+@pytest.mark.parametrize("group", ["ascending", "bounds", "fractional"])
+def test_deferred_times_decode_as_each_file_alone(files, group):
+    """A cache that defers times leaves plain time coordinates raw; decoding them later gives the same parts."""
+    for path in files[group]:
+        deferred = open_virtual_parts(path, cache=DecodedCache(defer_times=True))
+        now = open_virtual_parts(path, cache=DecodedCache())
+        assert deferred.raw_times == (frozenset() if group == "bounds" else {"time"})  # bounds: decoded together
+        assert deferred.variables["time"].dtype.kind == ("M" if group == "bounds" else "f")
+        decoded = deferred.decoded()
+        assert not decoded.raw_times and list(decoded.variables) == list(now.variables)
+        for name, want in now.variables.items():
+            got = decoded.variables[name]
+            if name in now.loaded:
+                xr.testing.assert_identical(plain(got), plain(want))
+            else:
+                assert same_value(got._data, want._data), name
+            assert got.encoding.keys() == want.encoding.keys()
+            assert all(same_value(got.encoding[k], v) for k, v in want.encoding.items()), name
+        assert_same_dataset(deferred.to_dataset(), now.to_dataset())

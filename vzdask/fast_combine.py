@@ -11,6 +11,7 @@ xarray (which then also raises xarray's errors).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
-from vzdask.xarray import VirtualParts
+from vzdask.xarray import VirtualParts, decode_loaded
 
 #: The combine keywords this path reproduces (``open_virtual_mfdataset``'s defaults); ``join`` does not
 #: matter here because the coordinates of every other dimension are required to be equal.
@@ -48,6 +49,7 @@ def combine_parts(
     """
     if len(parts) < 2 or any(kwargs.get(k) != v for k, v in HANDLED.items()):
         return None
+    parts = _same_raw_times(parts)
     first = parts[0]
     sizes = _uniform_sizes(parts)
     if sizes is None:
@@ -75,7 +77,12 @@ def combine_parts(
         return None  # another dimension changes size between files
     variables = {}
     for name, var in first.variables.items():
-        if dim in var.dims:
+        if name in first.raw_times:
+            variables[name] = (_concat_times([p.variables[name] for p in parts], name, first.decode_times)
+                               if dim in var.dims else decode_loaded(name, var, first.decode_times))
+            if variables[name] is None:
+                return None
+        elif dim in var.dims:
             variables[name] = _concat([p.variables[name] for p in parts], dim)
             if variables[name] is None:
                 return None
@@ -86,6 +93,46 @@ def combine_parts(
     if dim in variables and combine == "by_coords" and not _monotonic(variables[dim]):
         return None  # xarray refuses a non-monotonic global index
     return VirtualParts(variables, first.coord_names, first.loaded, first.attrs).to_dataset()
+
+
+def _same_raw_times(parts: Sequence[VirtualParts]) -> list[VirtualParts]:
+    """The parts, their raw time coordinates decoded file by file unless every file has the same ones.
+
+    Raw times compare and order like their decoded values only with the same
+    units, calendar and the rest of their attributes in every file.
+    """
+    first = parts[0]
+    if not any(p.raw_times for p in parts):
+        return list(parts)
+    same = all(p.raw_times == first.raw_times and p.decode_times == first.decode_times for p in parts) and all(
+        p.variables[name].attrs == first.variables[name].attrs and p.variables[name].dtype == first.variables[name].dtype
+        for p in parts for name in first.raw_times
+    )
+    return list(parts) if same else [p.decoded() for p in parts]
+
+
+def _concat_times(raws: list[xr.Variable], name: str, decode_times) -> xr.Variable | None:
+    """The files' time coordinate joined, then decoded once: what decoding each file and joining gives.
+
+    Decoding is elementwise for plain time numbers; what could differ is the
+    dtype (a file needing cftime, or another resolution), so the joined result
+    must be datetime64 of the dtype the first and the last file decode to
+    alone, and start with the first file's values. Else None: xarray decides.
+    """
+    try:
+        with warnings.catch_warnings():  # a trial: if it fails, xarray decodes each file and warns as it does
+            warnings.simplefilter("ignore")
+            joined = xr.Variable.concat(raws, name, combine_attrs="override")
+            decoded = decode_loaded(name, joined, decode_times)
+            head, tail = decode_loaded(name, raws[0], decode_times), decode_loaded(name, raws[-1], decode_times)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if decoded.dtype.kind != "M" or not decoded.dtype == head.dtype == tail.dtype:
+        return None
+    values = np.asarray(decoded._data)
+    if not (np.array_equal(values[: head.size], head._data) and np.array_equal(values[-tail.size :], tail._data)):
+        return None
+    return xr.Variable(head.dims, values, dict(head.attrs), dict(head.encoding), fastpath=True)
 
 
 def _dims(parts: VirtualParts) -> list[str]:

@@ -194,7 +194,7 @@ def _resolve_client(parallel):
 
 def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, dict]]:
     """Several files in one task: a process pool then ships one result list per batch, not per file."""
-    cache = DecodedCache()
+    cache = DecodedCache(defer_times=True)
     return [_open_one(path, options, cache, as_parts=True) for path in paths]
 
 
@@ -206,7 +206,7 @@ def _parse_locally(files, options, parallel, progress):
         parallel = "processes"
     scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
     if scheduler == "sync" and not progress:  # one after another here: no graph to build
-        cache = DecodedCache()
+        cache = DecodedCache(defer_times=True)
         return [_open_one(path, options, cache, as_parts=True) for path in files]
     extra = {}
     if scheduler == "processes" and not progress:
@@ -218,7 +218,7 @@ def _parse_locally(files, options, parallel, progress):
             extra["pool"] = _process_pool()
         return [result for batch in dask.compute(*tasks, scheduler=scheduler, **extra) for result in batch]
     # threads share one cache (a race only decodes a coordinate twice); processes each start empty
-    cache = DecodedCache() if scheduler in ("sync", "threads") else None
+    cache = DecodedCache(defer_times=True) if scheduler in ("sync", "threads") else None
     tasks = [delayed(_open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
     if scheduler == "processes" and dask.config.get("pool", None) is None:
         extra["pool"] = _process_pool()

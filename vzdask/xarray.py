@@ -61,9 +61,22 @@ class VirtualParts:
     coord_names: frozenset[str]
     loaded: frozenset[str]  # read into numpy; the loaded dimension coordinates get indexes
     attrs: dict[str, Any]
+    #: Loaded time coordinates still holding their stored numbers (see ``DecodedCache.defer_times``).
+    raw_times: frozenset[str] = frozenset()
+    decode_times: bool | None = None
+
+    def decoded(self) -> VirtualParts:
+        """These parts with every raw time coordinate decoded, as the file alone decodes it."""
+        if not self.raw_times:
+            return self
+        variables = {name: decode_loaded(name, var, self.decode_times) if name in self.raw_times else var
+                     for name, var in self.variables.items()}
+        return VirtualParts(variables, self.coord_names, self.loaded, self.attrs, decode_times=self.decode_times)
 
     def to_dataset(self) -> xr.Dataset:
         """The virtual Dataset: loaded coordinates indexed, virtual ones unindexed (an index would load them)."""
+        if self.raw_times:
+            return self.decoded().to_dataset()
         coords, loaded = self.coord_names, self.loaded
         data_vars = {n: v for n, v in self.variables.items() if n not in coords}
         indexed = xr.Coordinates({n: v for n, v in self.variables.items() if n in coords and n in loaded})
@@ -82,8 +95,11 @@ class DecodedCache:
     variable's name, dims, attributes, encoding and raw values.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defer_times: bool = False) -> None:
         self._decoded: dict[tuple, xr.Variable] = {}
+        #: Leave each file's time coordinate undecoded (``VirtualParts.raw_times``), for a combine that
+        #: decodes the joined times once; ``VirtualParts.decoded`` decodes them file by file otherwise.
+        self.defer_times = defer_times
 
     def get(self, key: tuple) -> xr.Variable | None:
         return self._decoded.get(key)
@@ -138,7 +154,7 @@ def to_virtual_parts(
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
 
-    loaded = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache)
+    loaded, raw_times = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache)
 
     variables = {}
     for name in names:
@@ -147,7 +163,8 @@ def to_virtual_parts(
             continue
         array = node.arrays[name]
         variables[name] = _variable(name, array, array)
-    return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), dict(node.attributes))
+    return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), dict(node.attributes),
+                        raw_times=raw_times, decode_times=decode_times)
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
@@ -160,22 +177,30 @@ def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
 
 def _load_variables(
     arrays: dict[str, ManifestArray], decode_times: bool | None, cache: DecodedCache | None = None
-) -> dict[str, xr.Variable]:
-    """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would."""
+) -> tuple[dict[str, xr.Variable], frozenset[str]]:
+    """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would.
+
+    Also returns the names left undecoded (time coordinates, with a cache that defers them).
+    """
     if not arrays:
-        return {}
+        return {}, frozenset()
     from vzdask.graph import read_arrays
 
     values = read_arrays(list(arrays.values()))
     raw = {name: _variable(name, array, data) for (name, array), data in zip(arrays.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     keys = _cache_keys(raw, decode_times) if cache is not None else None
+    deferred: set[str] = set()
     if keys is None:
         decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
         decoded = {name: _index_ready(name, var) for name, var in decoded.items()}
     else:
         decoded = {}
         for name, var in raw.items():
+            if cache.defer_times and _is_plain_time_coordinate(name, var, decode_times):
+                deferred.add(name)
+                decoded[name] = var
+                continue
             key = keys[name]
             shared = cache.get(key) if key is not None else None
             if shared is None:
@@ -189,7 +214,29 @@ def _load_variables(
     for name, array in arrays.items():
         # Loading is for indexing only: writers still write the stored form (references or inlined bytes).
         decoded[name].encoding[MANIFEST_ENCODING_KEY] = array
+    return decoded, frozenset(deferred)
+
+
+def decode_loaded(name: str, raw: xr.Variable, decode_times: bool | None) -> xr.Variable:
+    """CF-decode one loaded variable as ``_load_variables`` does (its stored array stays in its encoding)."""
+    kwargs = {} if decode_times is None else {"decode_times": decode_times}
+    (decoded,) = xr.conventions.decode_cf_variables({name: raw}, {}, **kwargs)[0].values()
+    decoded = _index_ready(name, decoded)
+    if MANIFEST_ENCODING_KEY in raw.encoding:
+        decoded.encoding[MANIFEST_ENCODING_KEY] = raw.encoding[MANIFEST_ENCODING_KEY]
     return decoded
+
+
+#: Attributes that make decoding more than "number times unit since date" (masking, packing, typing).
+_NOT_PLAIN_TIME = frozenset({"_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned", "dtype",
+                             "bounds", "climatology"})
+
+
+def _is_plain_time_coordinate(name: str, var: xr.Variable, decode_times: bool | None) -> bool:
+    """A dimension coordinate of plain numbers with CF time units: decoding it is elementwise."""
+    units = var.attrs.get("units")
+    return (decode_times is None or decode_times is True) and var.dims == (name,) and var.dtype.kind in "iuf" \
+        and isinstance(units, str) and " since " in units and not _NOT_PLAIN_TIME.intersection(var.attrs)
 
 
 def _index_ready(name: str, var: xr.Variable) -> xr.Variable:
