@@ -236,8 +236,16 @@ def _read_int32(object_id, name: str, shape: tuple):
     # exactly as many stored 4-byte integers as the buffer holds (HDF5 fills the buffer unchecked)
     if stored.get_class() != h5py.h5t.INTEGER or stored.get_size() != 4 or attr.get_storage_size() != value.nbytes:
         return _read_attribute(object_id, name)
-    attr.read(value)
+    attr.read(value, mtype=_int32_type())
     return value
+
+
+@functools.cache
+def _int32_type():
+    """The memory type of a native int32, made once (h5py would make one per read)."""
+    import h5py
+
+    return h5py.h5t.py_create(np.dtype(np.int32))
 
 
 @functools.lru_cache(maxsize=64)
