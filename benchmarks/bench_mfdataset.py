@@ -5,7 +5,7 @@ The collection is the one ``bench_parse.py`` makes (2 variables x 24x180x360
 float32 per file, zlib+shuffle, chunks 1x90x180).
 
 Virtualize (multi-file issue target: >= 8x faster than VirtualiZarr, >= 6x than kerchunk):
-  vzdask            open_virtual_mfdataset(parallel="processes") + to_kerchunk(format="json")
+  vzdask            open_virtual_mfdataset() (serial, like the peers; --parallel to change) + to_kerchunk(format="json")
   VirtualiZarr 2.x  open_virtual_mfdataset(...) + .vz.to_kerchunk(format="json")
   kerchunk          SingleHdf5ToZarr per file + MultiZarrToZarr, written as JSON
 Read all data, each reader's whole Dataset in one ``.compute()`` (target: <= 0.75x a
