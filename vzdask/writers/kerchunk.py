@@ -436,6 +436,8 @@ def _chunk_names(shape: tuple[int, ...], present: np.ndarray, separator: str) ->
     if present.size == len(names):
         return names
     return [names[i] for i in present.tolist()]
+
+
 # --------------------------------------------------------------------------- #
 # Parquet (fsspec LazyReferenceMapper layout)
 # --------------------------------------------------------------------------- #
