@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps does with a str
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -345,22 +345,42 @@ def _array_documents(plan: _Plan, metadata: Mapping[str, dict]) -> Iterator[tupl
         yield node, metadata[f"{node.path}/.zarray"]
 
 
-def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
-    """``(key, [url, offset, length] | "base64:...")`` for every chunk that is not missing."""
+class _PresentChunks(NamedTuple):
+    """An array's chunks that are not missing, in C order, as plain lists (what both chunk writers walk)."""
+
+    names: list[str]  # chunk keys without the array path
+    kinds: list[int]  # VIRTUAL or INLINED
+    codes: list[int]  # url table index (virtual chunks)
+    positions: list[int]  # file offset, or offset in the inline buffer
+    sizes: list[int]
+    buffer: memoryview  # the manifest's inlined bytes
+
+
+def _present_chunks(node: _ArrayNode, separator: str) -> _PresentChunks | None:
     manifest = node.array.manifest
     state = manifest.states.reshape(-1)
     present = np.flatnonzero(state)
     if not present.size:
+        return None
+    return _PresentChunks(
+        _chunk_names(manifest.shape, present, separator),
+        state[present].tolist(),
+        manifest.path_index.reshape(-1)[present].tolist(),
+        np.asarray(manifest.offsets).reshape(-1)[present].tolist(),
+        manifest.lengths.reshape(-1)[present].tolist(),
+        memoryview(manifest.inline_buffer),
+    )
+
+
+def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
+    """``(key, [url, offset, length] | "base64:...")`` for every chunk that is not missing."""
+    chunks = _present_chunks(node, separator)
+    if chunks is None:
         return
-    names = _chunk_names(manifest.shape, present, separator)
-    urls = manifest.urls
-    kinds = state[present].tolist()
-    codes = manifest.path_index.reshape(-1)[present].tolist()
-    positions = np.asarray(manifest.offsets).reshape(-1)[present].tolist()
-    sizes = manifest.lengths.reshape(-1)[present].tolist()
-    buffer = memoryview(manifest.inline_buffer)
+    urls, buffer = node.array.manifest.urls, chunks.buffer
     prefix = node.path + "/"
-    for name, kind, code, position, size in zip(names, kinds, codes, positions, sizes):
+    for name, kind, code, position, size in zip(chunks.names, chunks.kinds, chunks.codes, chunks.positions,
+                                                 chunks.sizes):
         if kind == VIRTUAL:
             yield prefix + name, [urls[code], position, size]
         else:
@@ -391,21 +411,13 @@ def _json_chunk_members(node: _ArrayNode, separator: str, batch: int = 10_000) -
     the array path (quoted once) followed by digits and separators, which
     JSON never escapes.
     """
-    manifest = node.array.manifest
-    state = manifest.states.reshape(-1)
-    present = np.flatnonzero(state)
-    if not present.size:
+    chunks = _present_chunks(node, separator)
+    if chunks is None:
         return
-    names = _chunk_names(manifest.shape, present, separator)
+    names, kinds, codes, positions, sizes, buffer = chunks
     prefix = _quote(node.path + "/")[:-1]  # '"path/' without its closing quote
-    urls = [_quote(url) for url in manifest.urls]
-    kinds = state[present]
-    codes = manifest.path_index.reshape(-1)[present].tolist()
-    positions = np.asarray(manifest.offsets).reshape(-1)[present].tolist()
-    sizes = manifest.lengths.reshape(-1)[present].tolist()
-    buffer = memoryview(manifest.inline_buffer)
-    all_virtual = bool(np.all(kinds == VIRTUAL))
-    kinds = kinds.tolist()
+    urls = [_quote(url) for url in node.array.manifest.urls]
+    all_virtual = all(kind == VIRTUAL for kind in kinds)
     for start in range(0, len(names), batch):
         stop = start + batch
         rows = zip(names[start:stop], codes[start:stop], positions[start:stop], sizes[start:stop])
