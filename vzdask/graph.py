@@ -385,8 +385,12 @@ def load_region(
     region: tuple[slice, ...],
 ) -> np.ndarray:
     """Fetch and decode the chunks covering ``region`` (array coordinates) of one output block."""
-    block = fetch_chunk(part, registry, len(region)) if isinstance(part, ChunkRef) else fetch_block(part, registry)
-    return decode_region(block, codec_key, grid_origin, region)
+    return decode_region(fetch_part(part, registry, len(region)), codec_key, grid_origin, region)
+
+
+def fetch_part(part: ChunkManifest | ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
+    """Fetch what one task carries: a single chunk's ``ChunkRef`` or a manifest part of ``ndim`` axes."""
+    return fetch_chunk(part, registry, ndim) if isinstance(part, ChunkRef) else fetch_block(part, registry)
 
 
 def decode_region(
@@ -543,6 +547,11 @@ class LoadTasks(Mapping):
         self.starts = tuple(_starts(c) for c in chunks)
 
     def __getitem__(self, key):
+        part, origin, region = self.task_inputs(key)
+        return Task(key, load_region, part, self.registry, self.codec_key, origin, region)
+
+    def task_inputs(self, key) -> tuple:
+        """``(part, grid origin, region)`` of the task ``key``: what it fetches and where its block lies."""
         if not (isinstance(key, tuple) and key and key[0] == self.name and len(key) == len(self.chunks) + 1):
             raise KeyError(key)
         region, grid = [], []
@@ -557,7 +566,7 @@ class LoadTasks(Mapping):
         origin = tuple(g.start for g in grid)
         one_chunk = all(g.stop - g.start == 1 for g in grid)
         part = self.part.chunk(origin) if one_chunk else self.part(grid)
-        return Task(key, load_region, part, self.registry, self.codec_key, origin, tuple(region))
+        return part, origin, tuple(region)
 
     def __iter__(self):
         return ((self.name, *index) for index in itertools.product(*(range(len(c)) for c in self.chunks)))
@@ -572,6 +581,7 @@ def dask_array_from_manifest_array(array, chunks=None):
     from dask.highlevelgraph import HighLevelGraph
 
     from vzdask.codecs import codec_key as make_codec_key
+    from vzdask.dask_array import with_direct_compute
 
     key = make_codec_key(array.metadata)
     layout = array.layout
@@ -599,7 +609,7 @@ def dask_array_from_manifest_array(array, chunks=None):
 
     name = "load-" + tokenize(array.name, out_chunks)
     tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks)
-    return da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta)
+    return with_direct_compute(da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta))
 
 
 def _starts(chunks: Sequence[int]) -> list[int]:

@@ -1,0 +1,162 @@
+"""``to_dask_array``'s one-result-array compute (``vzdask/dask_array.py``).
+
+A whole-array compute of the array ``to_dask_array`` returns decodes every
+block into one shared result and hands it over without dask's final copy.
+These tests check the values on every path that uses it or steps aside from
+it, and that no result ever shares memory with another result, a persisted
+block or a later compute.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from vzdask import dask_array
+from vzdask.dask_array import OUTPUT_BUFFERS
+
+SHAPE, CHUNKS = (7, 9), (2, 4)
+
+
+def values(seed: int = 0) -> np.ndarray:
+    return (np.arange(np.prod(SHAPE)).reshape(SHAPE) * 1.5 - 7 + seed).astype("float32")
+
+
+@pytest.fixture
+def case(make_virtual):
+    """A 4 x 3 chunk grid (virtual, inlined and missing chunks), zlib, fill -9.5; small tasks."""
+    with dask.config.set({"vzdask.task-bytes": 64}):  # 2 chunks a task: several blocks, partial edges
+        yield make_virtual(values(), CHUNKS, codec="zlib", fill_value=np.float32(-9.5))
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    """Records each time a compute hands over its shared result (True) or finds none to hand over."""
+    seen: list[bool] = []
+    claim = OUTPUT_BUFFERS.claim
+
+    def spy(buffer):
+        seen.append(claim(buffer))
+        return seen[-1]
+
+    monkeypatch.setattr(OUTPUT_BUFFERS, "claim", spy)
+    return seen
+
+
+def test_whole_compute_hands_over_one_result(case, claims):
+    view = case.array.to_dask_array()
+    assert view.numblocks == (4, 2)
+    got = view.compute()
+    np.testing.assert_array_equal(got, case.expected, strict=True)
+    assert got.base is None and got.flags.c_contiguous and got.flags.writeable
+    assert claims == [True]
+    assert len(OUTPUT_BUFFERS) == 0  # nothing left behind in the registry
+    # the same values as dask's own path (a copy of the array without the hook)
+    plain = da.Array(view.dask, view.name, view.chunks, meta=view._meta)
+    np.testing.assert_array_equal(plain.compute(), got, strict=True)
+
+
+def test_results_never_share_memory(case, claims):
+    view = case.array.to_dask_array()
+    first = view.compute()
+    first[...] = 0  # a user writing into a result changes no later one
+    second = view.compute()
+    np.testing.assert_array_equal(second, case.expected, strict=True)
+    assert not np.shares_memory(first, second)
+    a, b = dask.compute(view, view)
+    np.testing.assert_array_equal(a, case.expected, strict=True)
+    assert a is b  # dask merges the same collection once, as it does for any dask array
+    assert np.asarray(view).sum() == case.expected.sum()
+
+
+def test_derived_arrays_and_mixed_computes(case, claims):
+    view = case.array.to_dask_array()
+    expected = case.expected
+    np.testing.assert_array_equal((view + 1).compute(), expected + 1)
+    np.testing.assert_array_equal(view[1:6, 2:].compute(), expected[1:6, 2:])
+    np.testing.assert_array_equal(view.rechunk((3, 3)).compute(), expected)
+    whole, total, part = dask.compute(view, view.sum(), view[:3])
+    np.testing.assert_array_equal(whole, expected, strict=True)
+    np.testing.assert_allclose(total, expected.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(part, expected[:3])
+    assert not np.shares_memory(whole, part)
+    # xarray takes it for a plain dask array, also next to arrays derived from it
+    v = xr.DataArray(view, dims=("y", "x"))
+    got = xr.apply_ufunc(np.subtract, v, v.mean("y"), dask="parallelized", output_dtypes=[np.float32]).compute()
+    np.testing.assert_allclose(got.values, expected - expected.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert type(view) is da.Array
+
+
+def test_persisted_blocks_stay_apart_from_results(case, claims):
+    persisted = case.array.to_dask_array().persist()
+    got = persisted.compute()
+    np.testing.assert_array_equal(got, case.expected, strict=True)
+    got[...] = 0
+    np.testing.assert_array_equal(persisted.compute(), case.expected, strict=True)
+
+
+def test_chunks_given_and_zero_dimensional(make_virtual, claims):
+    data = values()
+    many = make_virtual(data, CHUNKS, codec="zstd", fill_value=np.float32(0), name="many")
+    for chunks in [(3, 5), (1, 9), (7, 9), -1]:
+        np.testing.assert_array_equal(many.array.to_dask_array(chunks=chunks).compute(), many.expected, strict=True)
+    scalar = make_virtual(np.array(2.5, dtype="float32"), (), codec="zstd", state_of=lambda ix: "virtual", name="s")
+    got = scalar.array.to_dask_array().compute()
+    assert got.shape == () and got == np.float32(2.5)
+    empty = make_virtual(np.zeros((0, 4), "int16"), (2, 2), codec="zstd", name="e")
+    assert empty.array.to_dask_array().compute().shape == (0, 4)
+
+
+def test_processes_scheduler_steps_aside(case, claims):
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        got = case.array.to_dask_array().compute(scheduler="processes", pool=pool)
+    np.testing.assert_array_equal(got, case.expected, strict=True)
+    assert claims == []  # blocks came back from other processes: dask's concatenation
+
+
+def _first_task_result(array):
+    """Run the first task of a fresh compute plan of ``array`` here: (a view of a shared result?, live shared results)."""
+    view = array.to_dask_array()
+    (layer,) = view.dask.layers.values()
+    tasks = dask_array.SharedLoadTasks(layer.mapping, "test-token")  # planned in this process
+    block = tasks[next(iter(tasks))]()
+    return block.base is not None, len(OUTPUT_BUFFERS)
+
+
+def test_distributed_workers_step_aside(case, dask_client):
+    got = case.array.to_dask_array().compute()
+    np.testing.assert_array_equal(got, case.expected, strict=True)
+    assert _first_task_result(case.array) == (True, 1)  # here: a view of the shared result
+    # on a worker, even a plan made in its own process allocates its own blocks
+    assert dask_client.submit(_first_task_result, case.array, pure=False).result() == (False, 0)
+
+
+def test_bad_chunk_raises_and_leaves_nothing(make_virtual, tmp_path, claims):
+    bad = make_virtual(values(), CHUNKS, codec="zlib", fill_value=np.float32(-9.5), state_of=lambda ix: "virtual")
+    chunk = tmp_path / "v" / "c" / "1" / "1"
+    chunk.write_bytes(b"x" * chunk.stat().st_size)  # same length, not zlib
+    with pytest.raises(ValueError, match=r"cannot decode chunk 1\.1") as error:
+        bad.array.to_dask_array().compute(scheduler="threads")
+    assert claims == []
+    del error  # its traceback's frames hold the blocks decoded so far
+    gc.collect()
+    assert len(OUTPUT_BUFFERS) == 0
+
+
+def test_tiles_check_refuses_anything_but_the_exact_tiles():
+    base = np.arange(12.0).reshape(3, 4).copy()  # owns its memory, like a shared result
+    chunks = ((2, 1), (4,))
+    assert dask_array._is_tiled_by(base, [base[0:2], base[2:3]], chunks)
+    assert not dask_array._is_tiled_by(base, [base[0:2], base[1:2]], chunks)  # wrong place
+    assert not dask_array._is_tiled_by(base, [base[0:2]], chunks)  # a tile short
+    assert not dask_array._is_tiled_by(base, [base[0:2], base[2:3].copy()], chunks)  # a copy
+    assert not dask_array._is_tiled_by(base, [base[0:2, :], base[2:3, ::-1]], chunks)  # reversed strides
+    assert not dask_array._is_tiled_by(base, [base[0:2], base[2:3]], ((1, 2), (4,)))  # other chunks
