@@ -630,9 +630,10 @@ def test_reading_past_the_end_or_a_missing_file_names_the_url(make_virtual, tmp_
             assert url in str(info.value), how
 
 
+@pytest.mark.parametrize("zlib_ng", [True, False], ids=["zlib-ng", "numcodecs-zlib"])
 @pytest.mark.parametrize("task_bytes", [None, 1])
 @pytest.mark.parametrize("state", ["virtual", "inlined"])
-def test_corrupt_chunk_names_the_chunk(make_virtual, tmp_path, state, task_bytes):
+def test_corrupt_chunk_names_the_chunk(make_virtual, tmp_path, state, task_bytes, zlib_ng):
     """Random bytes where a zlib chunk should be: decoding fails naming chunk 1.2; persist copies them as they are."""
     data, fill = source("int16")
     case = make_virtual(data, CHUNKS, codec="zlib", fill_value=fill)
@@ -652,7 +653,8 @@ def test_corrupt_chunk_names_the_chunk(make_virtual, tmp_path, state, task_bytes
     array = ManifestArray(
         case.array.metadata, ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined)
     )
-    with dask.config.set({} if task_bytes is None else {"vzdask.task-bytes": task_bytes}):
+    config = {"vzdask.zlib-ng": zlib_ng} | ({} if task_bytes is None else {"vzdask.task-bytes": task_bytes})
+    with dask.config.set(config):
         for how, read in list(_all_read_paths(array).items())[:2]:
             with pytest.raises(ValueError, match=r"chunk 1\.2\b") as info:
                 read()
@@ -661,6 +663,6 @@ def test_corrupt_chunk_names_the_chunk(make_virtual, tmp_path, state, task_bytes
         assert persisted.manifest.inlined_data(index) == garbage
         with pytest.raises(ValueError, match=r"cannot decode chunk 1\.2\b"):
             persisted.compute()
-    # every other chunk is intact
-    assert_values(array[:2].compute(), case.expected[:2])
+        # every other chunk is intact
+        assert_values(array[:2].compute(), case.expected[:2])
     assert_values(array[:, :8].compute(), case.expected[:, :8])
