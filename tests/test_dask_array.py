@@ -4,12 +4,11 @@ A whole-array compute of the array ``to_dask_array`` returns decodes every
 block into one shared result and hands it over without dask's final copy.
 These tests check the values on every path that uses it or steps aside from
 it, and that no result ever shares memory with another result, a persisted
-block or a later compute.
+block or a later run of the same graph.
 """
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -20,7 +19,7 @@ import pytest
 import xarray as xr
 
 from vzdask import dask_array
-from vzdask.dask_array import OUTPUT_BUFFERS
+from vzdask.dask_array import SharedResult
 
 SHAPE, CHUNKS = (7, 9), (2, 4)
 
@@ -37,33 +36,32 @@ def case(make_virtual):
 
 
 @pytest.fixture
-def claims(monkeypatch):
-    """Records each time a compute hands over its shared result (True) or finds none to hand over."""
-    seen: list[bool] = []
-    claim = OUTPUT_BUFFERS.claim
+def copies(monkeypatch):
+    """Counts the computes that fell back to dask's own final concatenation (a copy)."""
+    seen: list[int] = []
+    fallback = dask_array.dask_finalize
 
-    def spy(buffer):
-        seen.append(claim(buffer))
-        return seen[-1]
+    def spy(results):
+        seen.append(1)
+        return fallback(results)
 
-    monkeypatch.setattr(OUTPUT_BUFFERS, "claim", spy)
+    monkeypatch.setattr(dask_array, "dask_finalize", spy)
     return seen
 
 
-def test_whole_compute_hands_over_one_result(case, claims):
+def test_whole_compute_hands_over_one_result(case, copies):
     view = case.array.to_dask_array()
     assert view.numblocks == (4, 2)
     got = view.compute()
     np.testing.assert_array_equal(got, case.expected, strict=True)
     assert got.base is None and got.flags.c_contiguous and got.flags.writeable
-    assert claims == [True]
-    assert len(OUTPUT_BUFFERS) == 0  # nothing left behind in the registry
+    assert copies == []
     # the same values as dask's own path (a copy of the array without the hook)
     plain = da.Array(view.dask, view.name, view.chunks, meta=view._meta)
     np.testing.assert_array_equal(plain.compute(), got, strict=True)
 
 
-def test_results_never_share_memory(case, claims):
+def test_results_never_share_memory(case, copies):
     view = case.array.to_dask_array()
     first = view.compute()
     first[...] = 0  # a user writing into a result changes no later one
@@ -74,9 +72,21 @@ def test_results_never_share_memory(case, claims):
     np.testing.assert_array_equal(a, case.expected, strict=True)
     assert a is b  # dask merges the same collection once, as it does for any dask array
     assert np.asarray(view).sum() == case.expected.sum()
+    assert copies == []
+    # a kept graph (to_delayed, dask.optimize) runs into fresh memory each time
+    (kept,) = dask.optimize(view)
+    one, two = kept.compute(), kept.compute()
+    np.testing.assert_array_equal(one, case.expected, strict=True)
+    assert not np.shares_memory(one, two)
+    blocks = view.to_delayed().ravel()
+    first = blocks[0].compute()
+    first[...] = 0
+    again = blocks[0].compute()
+    np.testing.assert_array_equal(again, case.expected[:2, :8])
+    assert not np.shares_memory(first, again)
 
 
-def test_derived_arrays_and_mixed_computes(case, claims):
+def test_derived_arrays_and_mixed_computes(case, copies):
     view = case.array.to_dask_array()
     expected = case.expected
     np.testing.assert_array_equal((view + 1).compute(), expected + 1)
@@ -94,7 +104,7 @@ def test_derived_arrays_and_mixed_computes(case, claims):
     assert type(view) is da.Array
 
 
-def test_persisted_blocks_stay_apart_from_results(case, claims):
+def test_persisted_blocks_stay_apart_from_results(case, copies):
     persisted = case.array.to_dask_array().persist()
     got = persisted.compute()
     np.testing.assert_array_equal(got, case.expected, strict=True)
@@ -102,7 +112,7 @@ def test_persisted_blocks_stay_apart_from_results(case, claims):
     np.testing.assert_array_equal(persisted.compute(), case.expected, strict=True)
 
 
-def test_chunks_given_and_zero_dimensional(make_virtual, claims):
+def test_chunks_given_and_zero_dimensional(make_virtual, copies):
     data = values()
     many = make_virtual(data, CHUNKS, codec="zstd", fill_value=np.float32(0), name="many")
     for chunks in [(3, 5), (1, 9), (7, 9), -1]:
@@ -112,43 +122,39 @@ def test_chunks_given_and_zero_dimensional(make_virtual, claims):
     assert got.shape == () and got == np.float32(2.5)
     empty = make_virtual(np.zeros((0, 4), "int16"), (2, 2), codec="zstd", name="e")
     assert empty.array.to_dask_array().compute().shape == (0, 4)
+    assert copies == []  # every one, the 0-d and the empty array too, handed over uncopied
 
 
-def test_processes_scheduler_steps_aside(case, claims):
+def test_processes_scheduler_steps_aside(case):
+    """Load tasks in other processes get a pickled SharedResult (no array: see below) and decode as dask's do."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         got = case.array.to_dask_array().compute(scheduler="processes", pool=pool)
     np.testing.assert_array_equal(got, case.expected, strict=True)
-    assert claims == []  # blocks came back from other processes: dask's concatenation
 
 
-def _first_task_result(array):
-    """Run the first task of a fresh compute plan of ``array`` here: (a view of a shared result?, live shared results)."""
-    view = array.to_dask_array()
-    (layer,) = view.dask.layers.values()
-    tasks = dask_array.SharedLoadTasks(layer.mapping, "test-token")  # planned in this process
-    block = tasks[next(iter(tasks))]()
-    return block.base is not None, len(OUTPUT_BUFFERS)
+def _shared_result_here() -> bool:
+    """Whether a SharedResult made in this process gives an array here, and a pickled copy does not."""
+    import pickle
+
+    result = SharedResult((3, 4), "<f4")
+    return result.array() is not None and pickle.loads(pickle.dumps(result)).array() is None
 
 
 def test_distributed_workers_step_aside(case, dask_client):
     got = case.array.to_dask_array().compute()
     np.testing.assert_array_equal(got, case.expected, strict=True)
-    assert _first_task_result(case.array) == (True, 1)  # here: a view of the shared result
-    # on a worker, even a plan made in its own process allocates its own blocks
-    assert dask_client.submit(_first_task_result, case.array, pure=False).result() == (False, 0)
+    assert _shared_result_here()
+    # on a worker, even a SharedResult made in that worker's own process gives no array
+    assert dask_client.submit(_shared_result_here, pure=False).result() is False
 
 
-def test_bad_chunk_raises_and_leaves_nothing(make_virtual, tmp_path, claims):
+def test_bad_chunk_raises(make_virtual, tmp_path):
     bad = make_virtual(values(), CHUNKS, codec="zlib", fill_value=np.float32(-9.5), state_of=lambda ix: "virtual")
     chunk = tmp_path / "v" / "c" / "1" / "1"
     chunk.write_bytes(b"x" * chunk.stat().st_size)  # same length, not zlib
-    with pytest.raises(ValueError, match=r"cannot decode chunk 1\.1") as error:
+    with pytest.raises(ValueError, match=r"cannot decode chunk 1\.1"):
         bad.array.to_dask_array().compute(scheduler="threads")
-    assert claims == []
-    del error  # its traceback's frames hold the blocks decoded so far
-    gc.collect()
-    assert len(OUTPUT_BUFFERS) == 0
 
 
 def test_tiles_check_refuses_anything_but_the_exact_tiles():

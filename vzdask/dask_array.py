@@ -4,15 +4,14 @@ A plain ``dask.array.Array`` decodes each task's block into memory of its
 own, then ``compute`` copies every block into the result: twice the memory
 touched, and a serial copy at the end (about 0.2-0.6 s per 600 MB). When the array
 ``to_dask_array`` returned is computed as it is (not a result derived from
-it) in this process, each compute's load tasks decode straight into their
-region of one result array they share, and the final step hands that array
+it), its graph gets one more task, a ``SharedResult``: the load tasks decode
+straight into their region of its array, and the final step hands that array
 over when the blocks are exactly its tiles.
 
 Everything else is dask's: the graph, the tasks' results (views of the
 shared array), every operation (which returns plain dask arrays). Tasks run
 in another process or on a distributed worker allocate their own blocks as
-usual (a shared array there would outlive spilled blocks), and the final
-step concatenates as dask does.
+usual, and the final step concatenates as dask does.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import os
 import sys
 import threading
 import uuid
-import weakref
 
 import dask.array as da
 import numpy as np
@@ -32,63 +30,45 @@ from dask.array.core import slices_from_chunks
 from dask.array.optimization import optimize as dask_optimize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from dask._task_spec import Task
+from dask._task_spec import Task, TaskRef
 
 from vzdask.codecs import codec_for_key
 from vzdask.graph import LoadTasks, decode_into, fetch_part, load_region
 
 
-class OutputBuffers:
-    """This process's result arrays of running computes, by compute token.
+class SharedResult:
+    """The result array of one execution of a compute, which its load tasks decode into.
 
-    Held weakly: a result array lives as long as a block (a view) or the
-    compute's final result does. ``claim`` hands one out at most once, so no
-    later task of the same token can write into an array a user holds.
+    A graph task makes one per execution (``optimize`` adds it), so every run
+    of a graph, also of a graph that ``to_delayed`` or ``dask.optimize`` kept,
+    writes into fresh memory that nothing else holds. The array is allocated
+    on first use. A pickled copy (processes, a cluster) or one used on a
+    distributed worker gives none (``array`` is None) and tasks allocate their
+    own blocks, as dask's do: a shared array there would outlive spilled blocks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: str) -> None:
+        self.shape, self.dtype, self.pid = tuple(shape), np.dtype(dtype), os.getpid()
+        self._array: np.ndarray | None = None
         self._lock = threading.Lock()
-        self._live: dict[str, weakref.ref] = {}
 
-    def get(self, token: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def array(self) -> np.ndarray | None:
+        if self.pid != os.getpid() or _in_distributed_worker():
+            return None
         with self._lock:
-            ref = self._live.get(token)
-            buffer = ref() if ref is not None else None
-            if buffer is None:
-                self._live = {t: r for t, r in self._live.items() if r() is not None}
-                buffer = np.empty(shape, dtype)
-                self._live[token] = weakref.ref(buffer)
-            return buffer
+            if self._array is None:
+                self._array = np.empty(self.shape, self.dtype)
+            return self._array
 
-    def claim(self, buffer: np.ndarray) -> bool:
-        """Take ``buffer`` out of the registry; False if it is not (or no longer) in it."""
-        with self._lock:
-            for token, ref in self._live.items():
-                if ref() is buffer:
-                    del self._live[token]
-                    return True
-        return False
-
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(ref() is not None for ref in self._live.values())
+    def __reduce__(self):
+        return _copy_elsewhere, (self.shape, self.dtype.str)
 
 
-OUTPUT_BUFFERS = OutputBuffers()
-
-
-def load_region_into(token: str, pid: int, shape, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
-    """``load_region``, decoding into ``region`` of the compute's shared result array; returns that view.
-
-    ``pid`` is the process that planned the compute: anywhere else, a plain ``load_region``.
-    """
-    if pid != os.getpid() or _in_distributed_worker():
-        return load_region(part, registry, codec_key, grid_origin, region)
-    codec = codec_for_key(codec_key)
-    buffer = OUTPUT_BUFFERS.get(token, shape, codec.dtype)
-    out = buffer[region] if region else buffer[...]  # buffer[()] of a 0-d array is a scalar, not a view
-    decode_into(out, fetch_part(part, registry, len(region)), codec_key, grid_origin, tuple(r.start for r in region))
-    return out
+def _copy_elsewhere(shape, dtype) -> SharedResult:
+    """An unpickled SharedResult: a copy in another process (or sent there), which gives no array."""
+    result = SharedResult(shape, dtype)
+    result.pid = None
+    return result
 
 
 def _in_distributed_worker() -> bool:
@@ -102,38 +82,59 @@ def _in_distributed_worker() -> bool:
     return True
 
 
-class SharedLoadTasks(LoadTasks):
-    """``LoadTasks`` whose tasks decode into one result array per process (``load_region_into``)."""
+def load_region_into(result: SharedResult, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
+    """``load_region``, decoding into ``region`` of the execution's shared result; returns that view."""
+    buffer = result.array()
+    if buffer is None:
+        return load_region(part, registry, codec_key, grid_origin, region)
+    out = buffer[region] if region else buffer[...]  # buffer[()] of a 0-d array is a scalar, not a view
+    decode_into(out, fetch_part(part, registry, len(region)), codec_key, grid_origin, tuple(r.start for r in region))
+    return out
 
-    def __init__(self, tasks: LoadTasks, token: str) -> None:
+
+class SharedLoadTasks(LoadTasks):
+    """``LoadTasks`` plus one ``SharedResult`` task (``result_key``) that every load task decodes into."""
+
+    def __init__(self, tasks: LoadTasks, result_key: str) -> None:
         self.__dict__.update(tasks.__dict__)
-        self.token, self.pid = token, os.getpid()
+        self.result_key = result_key
         self.shape = tuple(sum(c) for c in tasks.chunks)
 
     def __getitem__(self, key):
+        if key == self.result_key:
+            return Task(key, SharedResult, self.shape, codec_for_key(self.codec_key).dtype.str)
         part, origin, region = self.task_inputs(key)
-        return Task(key, load_region_into, self.token, self.pid, self.shape, part, self.registry, self.codec_key, origin, region)
+        return Task(key, load_region_into, TaskRef(self.result_key), part, self.registry, self.codec_key, origin,
+                    region)
+
+    def __iter__(self):
+        yield self.result_key
+        yield from super().__iter__()
+
+    def __len__(self) -> int:
+        return super().__len__() + 1
 
 
 def optimize(dsk, keys, **kwargs):
-    """dask's array optimisation, after giving this compute's load layers a fresh shared result array."""
+    """dask's array optimisation, after giving this graph's load layers a shared result each."""
     if isinstance(dsk, HighLevelGraph):
         token = uuid.uuid4().hex
         layers = {}
         for name, layer in dsk.layers.items():
             tasks = getattr(layer, "mapping", None)
             if type(tasks) is LoadTasks:
-                layer = MaterializedLayer(SharedLoadTasks(tasks, f"{token}-{name}"), annotations=layer.annotations)
+                tasks = SharedLoadTasks(tasks, f"shared-result-{token}-{name}")
+                layer = MaterializedLayer(tasks, annotations=layer.annotations)
             layers[name] = layer
         dsk = HighLevelGraph(layers, dsk.dependencies, dsk.key_dependencies)
     return dask_optimize(dsk, keys, **kwargs)
 
 
 def finalize(results, chunks):
-    """dask's final step, except that tiles of one fresh shared result array return that array, uncopied."""
+    """dask's final step, except that the exact tiles of one shared result return that array, uncopied."""
     blocks = list(flatten(results)) if isinstance(results, (list, tuple)) else [results]
     base = getattr(blocks[0], "base", None) if blocks else None
-    if isinstance(base, np.ndarray) and _is_tiled_by(base, blocks, chunks) and OUTPUT_BUFFERS.claim(base):
+    if isinstance(base, np.ndarray) and _is_tiled_by(base, blocks, chunks):
         return base
     return dask_finalize(results)
 
