@@ -2,7 +2,7 @@
 
 A plain ``dask.array.Array`` decodes each task's block into memory of its
 own, then ``compute`` copies every block into the result: twice the memory
-touched, and a serial copy at the end (about 0.2-0.6 s per 600 MB). When the array
+touched, and a serial copy at the end (about 0.5 s per 600 MB here). When the array
 ``to_dask_array`` returned is computed as it is (not a result derived from
 it), its graph gets one more task, a ``SharedResult``: the load tasks decode
 straight into their region of its array, and the final step hands that array
