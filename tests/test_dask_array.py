@@ -61,6 +61,17 @@ def test_whole_compute_hands_over_one_result(case, copies):
     np.testing.assert_array_equal(plain.compute(), got, strict=True)
 
 
+def test_xarray_compute_and_values_take_the_same_path(case, copies):
+    view = case.array.to_dask_array()
+    ds = xr.Dataset({"v": (("y", "x"), view), "w": (("y", "x"), view + 1)})
+    computed = ds.compute()
+    np.testing.assert_array_equal(computed.v.values, case.expected, strict=True)
+    np.testing.assert_array_equal(computed.w.values, case.expected + 1)
+    assert copies == [] and computed.v.values.base is None  # v handed over; w is plain dask's
+    np.testing.assert_array_equal(ds.v.values, case.expected, strict=True)
+    assert copies == []
+
+
 def test_results_never_share_memory(case, copies):
     view = case.array.to_dask_array()
     first = view.compute()
