@@ -176,3 +176,70 @@ def test_a_detected_hdf5_parser_goes_on_from_the_probed_first_block(tmp_path, mo
     with h5py.File(other, "w") as f:
         f["y"] = np.arange(2)
     assert list(detect_parser(path.as_uri(), registry)(other.as_uri(), registry).group.arrays) == ["y"]
+
+
+def test_cached_range_gives_only_bytes_already_fetched(blob):
+    url, data = blob
+    f = ObstoreFile(url, ObjectStoreRegistry.default(), block_size=256)  # the first block is fetched
+    assert f.cached_range(url, 10, 50) == data[10:60]
+    assert f.cached_range(url, 200, 100) is None  # runs into block 1, not fetched yet
+    f.seek(300)
+    f.read(10)  # fetches block 1
+    assert f.cached_range(url, 200, 100) == data[200:300]
+    assert f.cached_range(url, 0, 512) == data[:512]
+    assert f.cached_range(url.replace("blob", "other"), 10, 50) is None  # another file
+    assert f.cached_range(url, 990, 20) is None  # past the end
+    assert f.cached_range(url, 5, 0) is None
+
+
+class _ForgetfulHDFParser:
+    """HDFParser that keeps none of its reads: what loading costs without parsed bytes."""
+
+    def __init__(self):
+        from vzdask.parsers.hdf5 import HDFParser
+
+        self.parser = HDFParser()
+
+    def __call__(self, url, registry):
+        return self.parser(url, registry)
+
+
+def test_coordinates_read_while_parsing_are_not_fetched_again(tmp_path, monkeypatch):
+    import h5py
+    import pandas as pd
+    import xarray as xr
+
+    from vzdask.xarray import open_virtual_dataset
+
+    near = tmp_path / "near.nc"  # netCDF4 puts small coordinates next to the header
+    xr.Dataset(
+        {"t": (("time", "lat"), RNG.random((4, 6)).astype("f4"))},
+        coords={"time": pd.date_range("2001-01-01", periods=4), "lat": np.linspace(-50, 50, 6)},
+    ).to_netcdf(near, engine="h5netcdf", encoding={"t": {"zlib": True, "chunksizes": (1, 6)}})
+    far = tmp_path / "far.h5"  # a coordinate whose bytes lie past the blocks the parser reads
+    with h5py.File(far, "w") as f:  # headers first; data written later lands after big's 800 kB
+        x = f.create_dataset("x", shape=(7,), dtype="f8")
+        v = f.create_dataset("v", shape=(7,), dtype="f8")
+        big = f.create_dataset("big", shape=(100_000,), dtype="f8")
+        x.make_scale("x")
+        v.dims[0].attach_scale(x)
+        big[...] = np.arange(100_000.0)
+        v[...] = np.arange(7.0)
+        x[...] = np.arange(7.0) * 3
+    for path, coords in [(near, ["time", "lat"]), (far, ["x"])]:
+        calls = count_requests(monkeypatch)
+        kept = open_virtual_dataset(path)
+        with_reads = len(calls)
+        calls.clear()
+        plain = open_virtual_dataset(path, parser=_ForgetfulHDFParser())
+        without_reads = len(calls)
+        monkeypatch.undo()
+        for name in coords:
+            np.testing.assert_array_equal(kept[name].values, plain[name].values, strict=True)
+        expected = xr.open_dataset(path, engine="h5netcdf", phony_dims="sort")
+        for name in coords:
+            np.testing.assert_array_equal(kept[name].values, expected[name].values)
+        if path == near:
+            assert with_reads == without_reads - 1, (with_reads, without_reads)
+        else:
+            assert with_reads == without_reads, (with_reads, without_reads)  # fetched as before

@@ -635,11 +635,13 @@ def _whole_chunk(array) -> tuple[str, int, int] | None:
     return None
 
 
-def read_arrays(arrays: Sequence) -> list[np.ndarray]:
+def read_arrays(arrays: Sequence, parsed_bytes=None) -> list[np.ndarray]:
     """``read_array`` for several arrays: the one-chunk arrays of each file are fetched in one request.
 
     A file's coordinates (time, lat, lon) are a few small ranges of it; one
-    ``get_ranges`` costs about what one ``get`` does.
+    ``get_ranges`` costs about what one ``get`` does. ``parsed_bytes(url,
+    offset, length)`` may give a chunk's bytes without a request (the parser
+    read them already) or None.
     """
     from vzdask.codecs import cached_codec_for, codec_key as make_codec_key
 
@@ -654,6 +656,10 @@ def read_arrays(arrays: Sequence) -> list[np.ndarray]:
             out[i] = assemble(blocks, make_codec_key(array.metadata), array.shape, layout)
         else:
             url, offset, length = whole
+            data = parsed_bytes(url, offset, length) if parsed_bytes is not None else None
+            if data is not None:
+                out[i] = cached_codec_for(array.metadata).decode(data)
+                continue
             by_url.setdefault((url, id(array.registry)), []).append((i, offset, length))
     for (url, _), wanted in by_url.items():
         store, path = arrays[wanted[0][0]].registry.resolve(url)

@@ -138,8 +138,13 @@ def to_virtual_parts(
     loadable_variables: Iterable[str] | None = None,
     decode_times: bool | None = None,
     cache: DecodedCache | None = None,
+    parsed_bytes=None,
 ) -> VirtualParts:
-    """``to_virtual_dataset`` without assembling the Dataset; ``cache`` shares decoded coordinates between files."""
+    """``to_virtual_dataset`` without assembling the Dataset; ``cache`` shares decoded coordinates between files.
+
+    ``parsed_bytes(url, offset, length)``, from ``Parser.parse_keeping_reads``, gives bytes the parser
+    already read (or None): loaded variables found there are not fetched again.
+    """
     node = store.group[group] if group else store.group
     if not isinstance(node, ManifestGroup):
         raise ValueError(f"{group!r} is an array, not a group")
@@ -154,7 +159,8 @@ def to_virtual_parts(
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
 
-    loaded, raw_times = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache)
+    loaded, raw_times = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache,
+                                        parsed_bytes)
 
     variables = {}
     for name in names:
@@ -176,7 +182,8 @@ def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
 
 
 def _load_variables(
-    arrays: dict[str, ManifestArray], decode_times: bool | None, cache: DecodedCache | None = None
+    arrays: dict[str, ManifestArray], decode_times: bool | None, cache: DecodedCache | None = None,
+    parsed_bytes=None,
 ) -> tuple[dict[str, xr.Variable], frozenset[str]]:
     """Read these arrays here (no dask graph: they are small) and CF-decode them as ``xr.open_dataset`` would.
 
@@ -186,7 +193,7 @@ def _load_variables(
         return {}, frozenset()
     from vzdask.graph import read_arrays
 
-    values = read_arrays(list(arrays.values()))
+    values = read_arrays(list(arrays.values()), parsed_bytes)
     raw = {name: _variable(name, array, data) for (name, array), data in zip(arrays.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     keys = _cache_keys(raw, decode_times) if cache is not None else None
@@ -358,7 +365,10 @@ def open_virtual_parts(
         parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
-    store = parser(url, registry)
+    if hasattr(parser, "parse_keeping_reads"):
+        store, parsed_bytes = parser.parse_keeping_reads(url, registry)
+    else:  # any callable (url, registry) -> ManifestStore
+        store, parsed_bytes = parser(url, registry), None
     return to_virtual_parts(
         store,
         # a parser configured with a group already made that group the store's root
@@ -367,6 +377,7 @@ def open_virtual_parts(
         loadable_variables=loadable_variables,
         decode_times=decode_times,
         cache=cache,
+        parsed_bytes=parsed_bytes,
     )
 
 

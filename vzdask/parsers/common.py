@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from typing import Any
 
 import obstore
 
 from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -50,6 +52,16 @@ class Parser:
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         raise NotImplementedError
+
+    def parse_keeping_reads(self, url: str, registry: ObjectStoreRegistry) -> tuple[ManifestStore, Any]:
+        """``(self(url, registry), read)``: ``read(url, offset, length)`` gives bytes the parse already read, or None.
+
+        Loading a file's coordinates right after parsing it takes their bytes
+        from there when they lie in blocks the parser fetched (netCDF4 files
+        keep small variables near the header): one request less per file.
+        Parsers that keep nothing return ``None`` for ``read``.
+        """
+        return self(url, registry), None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -124,6 +136,16 @@ class ObstoreFile(io.RawIOBase):
         base = {io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
         self._position = max(0, base + offset)
         return self._position
+
+    def cached_range(self, url: str, start: int, length: int) -> bytes | None:
+        """Bytes ``[start, start + length)`` of ``url`` if this file is that url and holds all their blocks, else None."""
+        stop = start + length
+        if url != self.url and url != normalize_url(self.url) or start < 0 or length <= 0 or stop > self.size:
+            return None
+        size = self._block_size
+        if any(b not in self._blocks for b in range(start // size, (stop - 1) // size + 1)):
+            return None
+        return bytes(self._view(start, length))
 
     def read_range(self, start: int, length: int) -> bytes:
         """Bytes ``[start, start + length)``, clipped at the end of the object."""

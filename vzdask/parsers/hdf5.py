@@ -53,6 +53,9 @@ class HDFParser(Parser):
     """
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        return self.parse_keeping_reads(url, registry)[0]
+
+    def parse_keeping_reads(self, url: str, registry: ObjectStoreRegistry):
         handle = self._open(url, registry)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
@@ -62,7 +65,7 @@ class HDFParser(Parser):
             group = _parse_group(root, path, url, registry, drop=self.drop_variables)
         finally:
             fid.close()
-        return finish(group, registry, self.inline)
+        return finish(group, registry, self.inline), handle.cached_range
 
 
 # The parser walks the file with h5py's low-level API (h5f/h5g/h5o/h5d/h5a
