@@ -310,9 +310,9 @@ def load_references(refs: str):
     from vzdask import ObjectStoreRegistry
     from vzdask.parsers import detect_parser
     from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
-    from vzdask.xarray import _as_url
+    from vzdask.xarray import as_url
 
-    url = _as_url(refs)
+    url = as_url(refs)
     registry = ObjectStoreRegistry()
     parser = detect_parser(url, registry)
     if not isinstance(parser, (KerchunkJSONParser, KerchunkParquetParser)):

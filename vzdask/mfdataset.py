@@ -54,19 +54,20 @@ def _flatten(nested) -> list[str]:
     return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
 
 
-def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False) -> tuple[Any, dict]:
+def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False, opened=None
+              ) -> tuple[Any, dict]:
     """Parse one file (runs on a worker): its virtual dataset and CF signature.
 
     With ``as_parts`` (and no ``preprocess``) the ``VirtualParts`` stand in for
     the dataset, for ``fast_combine``; ``cache`` shares decoded coordinates
-    between the files one process opens.
+    between the files one process opens; ``opened`` is the file read ahead.
     """
     from vzdask.xarray import open_virtual_parts
 
     options = dict(options)  # workers may hand several tasks the same deserialized dict: never mutate it
     preprocess = options.pop("preprocess", None)
     try:
-        result = open_virtual_parts(path, cache=cache, **options)
+        result = open_virtual_parts(path, cache=cache, opened=opened, **options)
         if preprocess is not None or not as_parts:
             result = result.to_dataset()
         if preprocess is not None:
@@ -193,9 +194,23 @@ def _resolve_client(parallel):
 
 
 def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, dict]]:
-    """Several files in one task: a process pool then ships one result list per batch, not per file."""
+    """Several files in one task, one after another, each next file read ahead while one parses.
+
+    In a process pool a batch ships one result list, not one per file.
+    Coordinates decoded once serve the batch's other files.
+    """
+    from contextlib import closing
+
+    from vzdask.parsers.read_ahead import read_ahead
+    from vzdask.xarray import as_url
+
+    options = dict(options)
+    if options.get("registry") is None:  # one for the batch: a file read ahead is matched to it
+        options["registry"] = ObjectStoreRegistry.default()
     cache = DecodedCache(defer_times=True)
-    return [_open_one(path, options, cache, as_parts=True) for path in paths]
+    with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
+        return [_open_one(path, options, cache, as_parts=True, opened=opened)
+                for path, (_, opened) in zip(paths, ahead)]
 
 
 def _parse_locally(files, options, parallel, progress):
@@ -206,8 +221,7 @@ def _parse_locally(files, options, parallel, progress):
         parallel = "processes"
     scheduler = {None: "sync", False: "sync", "serial": "sync", "threads": "threads", "processes": "processes"}[parallel]
     if scheduler == "sync" and not progress:  # one after another here: no graph to build
-        cache = DecodedCache(defer_times=True)
-        return [_open_one(path, options, cache, as_parts=True) for path in files]
+        return _open_batch(files, options)
     extra = {}
     if scheduler == "processes" and not progress:
         # a few batches per worker: each task costs a round trip to a process

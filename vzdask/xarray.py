@@ -355,16 +355,23 @@ def open_virtual_parts(
     decode_times: bool | None = None,
     inline: InlinePolicy | None = None,
     cache: DecodedCache | None = None,
+    opened=None,
 ) -> VirtualParts:
-    """``open_virtual_dataset`` without assembling the Dataset (see ``VirtualParts``)."""
-    from vzdask.parsers import detect_parser
+    """``open_virtual_dataset`` without assembling the Dataset (see ``VirtualParts``).
 
-    url = _as_url(url)
+    ``opened``: the file already open (``vzdask.parsers.read_ahead``), for the parser to go on from.
+    """
+    from vzdask.parsers import Parser, detect_parser
+
+    url = as_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables)
+        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+                               opened=opened)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
+    elif opened is not None and isinstance(parser, Parser):
+        parser._probed = opened  # what detect_parser hands over; used by the next parse of this url only
     if hasattr(parser, "parse_keeping_reads"):
         store, parsed_bytes = parser.parse_keeping_reads(url, registry)
     else:  # any callable (url, registry) -> ManifestStore
@@ -381,7 +388,7 @@ def open_virtual_parts(
     )
 
 
-def _as_url(url: str) -> str:
+def as_url(url: str) -> str:
     import os
 
     url = os.fspath(url)

@@ -15,16 +15,23 @@ NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 
 def detect_parser(
-    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None, drop_variables=None
+    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None, drop_variables=None,
+    opened: ObstoreFile | None = None,
 ):
-    """Choose a parser from the first bytes of ``url``; error naming the url and what was found."""
+    """Choose a parser from the first bytes of ``url``; error naming the url and what was found.
+
+    ``opened``: ``url`` already open (read ahead); the parser goes on from it.
+    """
     from vzdask.parsers.kerchunk import is_kerchunk_parquet
     from vzdask.parsers.zarr import ZarrParser, is_zarr_store
 
     # An object with an HDF5 or netCDF3 signature is neither a directory of Parquet references nor a
     # Zarr prefix: one small read settles it, before the zarr/Parquet probes (several requests each).
     try:
-        handle = ObstoreFile(url, registry)  # its first block: the HDF5 parser goes on from it
+        if opened is not None and opened.url == url and opened.registry is registry:
+            handle = opened
+        else:
+            handle = ObstoreFile(url, registry)  # its first block: the HDF5 parser goes on from it
         probe = handle.read_range(0, 8)
     except Exception:  # not a readable object (a prefix, or missing): the probes below decide and explain
         probe = b""

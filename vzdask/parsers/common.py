@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import obstore
@@ -93,7 +93,9 @@ class ObstoreFile(io.RawIOBase):
     spans in one request.
     """
 
-    def __init__(self, url: str, registry: ObjectStoreRegistry, block_size: int = 2**16) -> None:
+    def __init__(self, url: str, registry: ObjectStoreRegistry, block_size: int = 2**16,
+                 prefetch: Sequence[int] = ()) -> None:
+        """``prefetch``: block numbers to fetch now too, a guess (blocks past the end are skipped)."""
         super().__init__()
         self.url = url
         self.registry = registry
@@ -109,6 +111,17 @@ class ObstoreFile(io.RawIOBase):
         self.size = int(first.meta["size"])
         self._blocks[0] = memoryview(first.bytes())
         self._check_block(0)
+        wanted = sorted({b for b in prefetch if 0 < b and b * block_size < self.size})
+        if wanted:
+            try:
+                self._fetch(wanted)
+            except OSError:  # only a guess: a block that is needed is fetched again, and its error raised then
+                pass
+
+    @property
+    def fetched_blocks(self) -> list[int]:
+        """The numbers of the blocks read so far (what ``prefetch`` takes for a file laid out alike)."""
+        return sorted(self._blocks)
 
     def _head_size(self, read_error: Exception) -> int:
         """The size of an object whose first block could not be read: 0 if empty, else raise."""

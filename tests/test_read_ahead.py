@@ -1,0 +1,168 @@
+"""Read ahead: a serial walk over files opens the next one in the background, guessing its blocks."""
+
+from __future__ import annotations
+
+import threading
+
+import dask
+import netCDF4
+import numpy as np
+import obstore
+import pytest
+import xarray as xr
+
+from vzdask.mfdataset import FileOpenError, open_virtual_mfdataset
+from vzdask.parsers.common import ObstoreFile
+from vzdask.parsers.hdf5 import HDFParser
+from vzdask.parsers.read_ahead import read_ahead
+from vzdask.registry import ObjectStoreRegistry
+
+NT, NLAT, NLON = 6, 60, 120
+
+
+def write_nc(path, first_time: int, seed: int) -> None:
+    """A netCDF4 file whose chunk indexes lie past its first 64 KiB block (random data does not shrink)."""
+    rng = np.random.default_rng(seed)
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("lat", NLAT)
+        nc.createDimension("lon", NLON)
+        t = nc.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = np.arange(first_time, first_time + NT)
+        nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89, 89, NLAT)
+        nc.createVariable("lon", "f4", ("lon",))[:] = np.arange(NLON) * 3.0
+        for name in ("tas", "pr"):
+            v = nc.createVariable(name, "f4", ("time", "lat", "lon"), zlib=True, shuffle=True,
+                                  chunksizes=(1, NLAT // 2, NLON // 2))
+            v.units = "K"
+            v[:] = rng.random((NT, NLAT, NLON)).astype("f4")
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("read_ahead")
+    out = []
+    for i in range(6):
+        path = root / f"f{i}.nc"
+        write_nc(path, i * NT, seed=i)
+        out.append(str(path))
+    return out
+
+
+def urls(paths):
+    return ["file://" + p for p in paths]
+
+
+def blocks_parsed(url, registry) -> list[int]:
+    """The blocks the HDF5 parser reads of this file, opened without any guess."""
+    handle = ObstoreFile(url, registry)
+    parser = HDFParser()
+    parser._probed = handle
+    parser(url, registry)
+    return handle.fetched_blocks
+
+
+def requests_by_thread(monkeypatch) -> dict[str, int]:
+    """Count obstore requests per thread kind (a real LocalStore answers them)."""
+    counts: dict[str, int] = {}
+    for name in ("get", "get_range", "get_ranges", "head"):
+        real = getattr(obstore, name)
+
+        def counted(*args, _real=real, **kwargs):
+            kind = "ahead" if threading.current_thread().name.startswith("vzdask-read-ahead") else "main"
+            counts[kind] = counts.get(kind, 0) + 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(obstore, name, counted)
+    return counts
+
+
+def test_each_file_comes_open_with_the_blocks_its_predecessor_needed(paths):
+    registry = ObjectStoreRegistry.default()
+    needed = [blocks_parsed(u, registry) for u in urls(paths)]
+    assert all(len(b) > 1 for b in needed), needed  # not vacuous: the chunk indexes lie past block 0
+    walked = []
+    ahead = read_ahead(urls(paths), registry)
+    for i, (url, opened) in enumerate(ahead):
+        assert url == urls(paths)[i] and opened.url == url and opened.registry is registry
+        walked.append(opened.fetched_blocks)
+        parser = HDFParser()
+        parser._probed = opened
+        parser(url, registry)  # parse it, as a serial walk does, so its blocks guide the next file
+    assert walked[0] == [0] and walked[1] == [0]  # nothing parsed yet when they were opened
+    for i in range(2, len(paths)):
+        assert set(needed[i - 2]) <= set(walked[i]), (i, needed[i - 2], walked[i])
+    # the cached bytes are the file's
+    with open(paths[-1], "rb") as f:
+        data = f.read()
+    handle = ObstoreFile(urls(paths)[-1], registry, prefetch=needed[-1])
+    for b in needed[-1]:
+        assert handle.cached_range(handle.url, b * 2**16, min(2**16, len(data) - b * 2**16)) == \
+            data[b * 2**16 : (b + 1) * 2**16]
+
+
+def test_prefetch_skips_blocks_past_the_end(tmp_path):
+    path = tmp_path / "small.bin"
+    data = bytes(range(256)) * 1000  # 256 kB: blocks 0..3
+    path.write_bytes(data)
+    handle = ObstoreFile("file://" + str(path), ObjectStoreRegistry.default(), prefetch=[0, 2, 3, 4, 99])
+    assert handle.fetched_blocks == [0, 2, 3]
+    handle.seek(2 * 2**16 + 5)
+    assert handle.read(2**16) == data[2 * 2**16 + 5 : 3 * 2**16 + 5]
+
+
+def test_serial_open_reads_ahead_and_gives_the_same_dataset(paths, monkeypatch):
+    counts = requests_by_thread(monkeypatch)
+    with dask.config.set({"vzdask.read-ahead": 0}):
+        plain = open_virtual_mfdataset(paths)
+    without = dict(counts)
+    counts.clear()
+    ahead = open_virtual_mfdataset(paths)
+    monkeypatch.undo()
+    assert "ahead" not in without
+    assert counts["ahead"] >= len(paths)  # every file opened in the background
+    assert counts.get("main", 0) < without["main"] / 2, (counts, without)
+    for name in ("tas", "pr"):
+        assert ahead[name].data.equals(plain[name].data), name
+    np.testing.assert_array_equal(ahead["time"].values, plain["time"].values)
+    reference = xr.open_mfdataset(paths, engine="netcdf4", combine="by_coords")
+    xr.testing.assert_allclose(xr.decode_cf(ahead.vz.compute()), reference.compute(), rtol=0, atol=0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("vzdask-read-ahead")]
+
+
+def test_a_bad_file_is_reported_by_its_own_parse(paths, tmp_path):
+    truncated = tmp_path / "truncated.nc"
+    data = open(paths[1], "rb").read()
+    truncated.write_bytes(data[: len(data) // 3])
+    missing = str(tmp_path / "missing.nc")
+    for bad in (str(truncated), missing):
+        with pytest.raises(FileOpenError) as info:
+            open_virtual_mfdataset([paths[0], bad, paths[2], paths[3]], combine="nested", concat_dim="time")
+        assert bad in str(info.value)
+        assert not any(p in str(info.value) for p in (paths[0], paths[2], paths[3]))
+    assert not [t for t in threading.enumerate() if t.name.startswith("vzdask-read-ahead")]
+
+
+def test_read_ahead_stops_after_a_failed_open(paths, tmp_path, monkeypatch):
+    registry = ObjectStoreRegistry.default()
+    walk = urls([str(tmp_path / "not_a_file")] + paths[:3])
+    counts = requests_by_thread(monkeypatch)
+    got = list(read_ahead(walk, registry))
+    assert [url for url, _ in got] == walk
+    opened = [opened for _, opened in got]
+    assert opened[0] is None and opened[1].url == walk[1]  # the next one was already in flight
+    assert opened[2:] == [None, None]
+    # the failed open (a get, then a head) and the one in flight (a get); none for the rest
+    assert counts["ahead"] == 3, counts
+
+
+def test_read_ahead_off_and_early_exit(paths):
+    registry = ObjectStoreRegistry.default()
+    with dask.config.set({"vzdask.read-ahead": 0}):
+        assert [opened for _, opened in read_ahead(urls(paths), registry)] == [None] * len(paths)
+    ahead = read_ahead(urls(paths), registry, depth=2)
+    url, opened = next(ahead)
+    assert opened.url == url
+    ahead.close()  # a consumer that stops early (an error) leaves no thread behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("vzdask-read-ahead")]
