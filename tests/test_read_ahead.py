@@ -166,3 +166,20 @@ def test_read_ahead_off_and_early_exit(paths):
     assert opened.url == url
     ahead.close()  # a consumer that stops early (an error) leaves no thread behind
     assert not [t for t in threading.enumerate() if t.name.startswith("vzdask-read-ahead")]
+
+
+def test_files_their_parser_opens_itself_stop_the_read_ahead(tmp_path, monkeypatch):
+    """netCDF3 files are parsed from their own reads: after the first files none are opened ahead."""
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"c{i}.nc"
+        xr.Dataset({"v": (("time", "x"), np.arange(12.0).reshape(3, 4) + 100 * i)},
+                   coords={"time": np.arange(3.0) + 3 * i, "x": np.arange(4.0)}).to_netcdf(
+            path, format="NETCDF3_CLASSIC", engine="netcdf4")
+        paths.append(str(path))
+    counts = requests_by_thread(monkeypatch)
+    ds = open_virtual_mfdataset(paths)
+    monkeypatch.undo()
+    assert counts["ahead"] == 2, counts  # the first file and the one in flight, one request each
+    expected = xr.open_mfdataset(paths, engine="netcdf4", combine="by_coords").compute()
+    xr.testing.assert_equal(ds.vz.compute(), expected)

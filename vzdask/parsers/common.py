@@ -77,6 +77,7 @@ class Parser:
         """
         probed, self._probed = getattr(self, "_probed", None), None
         if probed is not None and probed.url == url and probed.registry is registry:
+            probed.taken = True
             return probed
         return ObstoreFile(url, registry, **options)
 
@@ -103,6 +104,7 @@ class ObstoreFile(io.RawIOBase):
         self._position = 0
         self._block_size = block_size
         self._blocks: dict[int, memoryview] = {}
+        self.taken = False  # set when a parser goes on from this file (``Parser._open``)
         try:  # the first block and the size in one request
             first = obstore.get(self._store, self._path, options={"range": (0, block_size)})
         except Exception as err:  # missing, or empty (a range on an empty object is refused)

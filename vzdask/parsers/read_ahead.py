@@ -37,8 +37,10 @@ def read_ahead(urls: Sequence[str], registry: ObjectStoreRegistry, depth: int | 
     ``opened`` has its first block and the blocks the previous file needed
     fetched. It is None when reading ahead is off, or opening failed: the
     parser then opens the file itself and reports any error in its place.
-    After a failed open (not a plain file: a Zarr prefix, say) reading ahead
-    stops, so such collections pay no extra requests.
+    Reading ahead stops after a failed open (not a plain file: a Zarr
+    prefix, say) or a file its parser did not go on from (one that opens
+    files its own way: netCDF3, kerchunk), so such collections pay no extra
+    requests beyond the first files.
     """
     depth = read_ahead_depth() if depth is None else depth
     if depth <= 0:
@@ -57,6 +59,7 @@ def read_ahead(urls: Sequence[str], registry: ObjectStoreRegistry, depth: int | 
                 reading = reading and opened is not None  # after a failure the parsers open the rest
                 yield url, opened
                 if opened is not None:
+                    reading = reading and opened.taken
                     guess = tuple(opened.fetched_blocks[:MAX_GUESSED_BLOCKS])
         finally:
             for future in pending:
