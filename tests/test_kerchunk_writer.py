@@ -721,3 +721,14 @@ def test_json_file_is_json_dumps_of_the_dict_references(make_virtual, tmp_path, 
     assert "s/2/0" in refs and "z/0" in refs
     got = open_with_fsspec(write(group, "json", tmp_path), "json", group="sub")
     np.testing.assert_array_equal(got["tëmp \"q\""].values, case.expected)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 1, 4), (2, 3, 4, 2), (1 << 18,)])  # the last: too big to remember
+def test_chunk_names_are_the_c_order_keys(shape):
+    from vzdask.writers.kerchunk import _chunk_names
+
+    count = int(np.prod(shape))
+    for present in (np.arange(count), np.arange(0, count, 2), np.array([count - 1])):
+        expected = [".".join(map(str, ix)) for ix in zip(*(c.tolist() for c in np.unravel_index(present, shape)))]
+        assert list(_chunk_names(shape, present, ".")) == expected
+    assert list(_chunk_names(shape, np.arange(count), "/"))[-1] == "/".join(str(s - 1) for s in shape)

@@ -28,12 +28,13 @@ formats gather such arrays into this process.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps does with a str
 from pathlib import Path
@@ -348,8 +349,9 @@ def _array_documents(plan: _Plan, metadata: Mapping[str, dict]) -> Iterator[tupl
 class _PresentChunks(NamedTuple):
     """An array's chunks that are not missing, in C order, as plain lists (what both chunk writers walk)."""
 
-    names: list[str]  # chunk keys without the array path
+    names: Sequence[str]  # chunk keys without the array path
     kinds: list[int]  # VIRTUAL or INLINED
+    all_virtual: bool
     codes: list[int]  # url table index (virtual chunks)
     positions: list[int]  # file offset, or offset in the inline buffer
     sizes: list[int]
@@ -362,9 +364,11 @@ def _present_chunks(node: _ArrayNode, separator: str) -> _PresentChunks | None:
     present = np.flatnonzero(state)
     if not present.size:
         return None
+    kinds = state[present]
     return _PresentChunks(
         _chunk_names(manifest.shape, present, separator),
-        state[present].tolist(),
+        kinds.tolist(),
+        bool((kinds == VIRTUAL).all()),
         manifest.path_index.reshape(-1)[present].tolist(),
         np.asarray(manifest.offsets).reshape(-1)[present].tolist(),
         manifest.lengths.reshape(-1)[present].tolist(),
@@ -414,10 +418,9 @@ def _json_chunk_members(node: _ArrayNode, separator: str, batch: int = 10_000) -
     chunks = _present_chunks(node, separator)
     if chunks is None:
         return
-    names, kinds, codes, positions, sizes, buffer = chunks
+    names, kinds, all_virtual, codes, positions, sizes, buffer = chunks
     prefix = _quote(node.path + "/")[:-1]  # '"path/' without its closing quote
     urls = [_quote(url) for url in node.array.manifest.urls]
-    all_virtual = all(kind == VIRTUAL for kind in kinds)
     for start in range(0, len(names), batch):
         stop = start + batch
         rows = zip(names[start:stop], codes[start:stop], positions[start:stop], sizes[start:stop])
@@ -434,20 +437,36 @@ def _json_chunk_members(node: _ArrayNode, separator: str, batch: int = 10_000) -
         yield ",".join(members)
 
 
-def _chunk_names(shape: tuple[int, ...], present: np.ndarray, separator: str) -> list[str]:
+def _chunk_names(shape: tuple[int, ...], present: np.ndarray, separator: str) -> Sequence[str]:
     """The chunk keys (``"0.1.2"``) of the flat C-order chunk indices ``present`` in a grid of ``shape``."""
     if not shape:
         return [chunk_key(())]
     if 2 * present.size < math.prod(shape):  # sparse: name only the present chunks
         columns = np.unravel_index(present, shape)
         return [separator.join(map(str, ix)) for ix in zip(*(c.tolist() for c in columns))]
-    names = [str(i) for i in range(shape[0])]
-    for n in shape[1:]:  # the whole grid, axis by axis: one short format per chunk
-        tails = [str(i) for i in range(n)]
-        names = [f"{head}{separator}{tail}" for head in names for tail in tails]
+    count = math.prod(shape)
+    names = _remembered_grid_names(shape, separator) if count <= 1 << 17 else _grid_names(shape, separator)
     if present.size == len(names):
         return names
     return [names[i] for i in present.tolist()]
+
+
+def _grid_names(shape: tuple[int, ...], separator: str) -> list[str]:
+    """Every chunk key of a grid in C order.
+
+    Built from the last axis outwards, so the long first axis is joined to
+    the short tails once: one format per chunk.
+    """
+    names = [str(i) for i in range(shape[-1])]
+    for n in reversed(shape[:-1]):
+        names = [f"{head}{separator}{tail}" for head in map(str, range(n)) for tail in names]
+    return names
+
+
+@functools.lru_cache(maxsize=4)
+def _remembered_grid_names(shape: tuple[int, ...], separator: str) -> tuple[str, ...]:
+    """``_grid_names`` of a small grid, remembered: the variables of a dataset share grids."""
+    return tuple(_grid_names(shape, separator))
 
 
 # --------------------------------------------------------------------------- #
