@@ -215,6 +215,39 @@ def test_decoded_cache_shares_equal_coordinates_only(files):
     assert not np.array_equal(a.variables["time"].values, b.variables["time"].values)
 
 
+def test_decoded_cache_knows_a_coordinate_by_its_stored_bytes(files, tmp_path, monkeypatch):
+    """A coordinate stored alike (metadata, attributes, bytes) in an earlier file is neither read nor decoded."""
+    import shutil
+
+    from vzdask import graph
+
+    renamed = tmp_path / "lat_units.nc"  # lat's bytes as in every file, but other units
+    shutil.copy(files["ascending"][2], renamed)
+    with netCDF4.Dataset(renamed, "a") as nc:
+        nc["lat"].units = "degrees"
+    read: list[list[str]] = []
+    real = graph.read_arrays
+
+    def spy(arrays, parsed_bytes=None):  # records which loaded arrays are read; the real reader reads them
+        read.append(sorted(a.dimension_names[0] for a in arrays))
+        return real(arrays, parsed_bytes)
+
+    monkeypatch.setattr(graph, "read_arrays", spy)
+    cache = DecodedCache()
+    paths = files["ascending"][:2] + [str(renamed), files["other_lat"][1]]
+    parts = [open_virtual_parts(p, cache=cache) for p in paths]
+    monkeypatch.undo()
+    assert read == [["lat", "lon", "time"], ["time"], ["lat", "time"], ["lat", "time"]]
+    assert parts[1].variables["lat"]._data is parts[0].variables["lat"]._data
+    for path, got in zip(paths, parts):
+        with xr.open_dataset(path, engine="h5netcdf") as ref:
+            for name in ("time", "lat", "lon"):
+                xr.testing.assert_identical(plain(got.variables[name]), plain(ref[name].variable))
+                assert got.variables[name].encoding[MANIFEST_ENCODING_KEY].manifest.urls[0].endswith(
+                    path.rsplit("/", 1)[-1])
+    assert parts[2].variables["lat"].attrs["units"] == "degrees"
+
+
 def plain(var: xr.Variable) -> xr.Variable:
     """Dims, values and attrs only (an index coordinate is an IndexVariable in a Dataset)."""
     return xr.Variable(var.dims, np.asarray(var.values), dict(var.attrs))

@@ -635,6 +635,19 @@ def _whole_chunk(array) -> tuple[str, int, int] | None:
     return None
 
 
+def whole_chunk_bytes(array, parsed_bytes=None) -> bytes | None:
+    """The encoded bytes of an array that is one chunk, if they are at hand: inlined, or read by the parser."""
+    manifest = array.manifest
+    if manifest.nchunks != 1 or tuple(array.chunk_shape) != tuple(array.shape):
+        return None
+    entry = manifest.entry((0,) * manifest.ndim)
+    if entry is None:
+        return None
+    if entry[0] == "inlined":
+        return bytes(entry[1])
+    return parsed_bytes(entry[1], entry[2], entry[3]) if parsed_bytes is not None else None
+
+
 def read_arrays(arrays: Sequence, parsed_bytes=None) -> list[np.ndarray]:
     """``read_array`` for several arrays: the one-chunk arrays of each file are fetched in one request.
 

@@ -92,7 +92,9 @@ class DecodedCache:
     Files often hold the same coordinates (lat, lon): each distinct one is
     decoded once. Only variables whose decoding depends on nothing but
     themselves are shared (no text, no time bounds); the key is the
-    variable's name, dims, attributes, encoding and raw values.
+    variable's name, dims, attributes, encoding and raw values, or (found
+    before reading or decoding anything) its name, dims, metadata and
+    encoded bytes.
     """
 
     def __init__(self, defer_times: bool = False) -> None:
@@ -193,35 +195,49 @@ def _load_variables(
         return {}, frozenset()
     from vzdask.graph import read_arrays
 
-    values = read_arrays(list(arrays.values()), parsed_bytes)
-    raw = {name: _variable(name, array, data) for (name, array), data in zip(arrays.items(), values)}
+    # Decoded before, from the very same stored bytes and metadata (another file's lat/lon): no read, no decode.
+    stored = _stored_keys(arrays, decode_times, cache, parsed_bytes) if cache is not None else {}
+    known = {name: cache.get(key) for name, key in stored.items()}
+    known = {name: shared for name, shared in known.items() if shared is not None}
+    todo = {name: array for name, array in arrays.items() if name not in known}
+    values = read_arrays(list(todo.values()), parsed_bytes) if todo else []
+    raw = {name: _variable(name, array, data) for (name, array), data in zip(todo.items(), values)}
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
     keys = _cache_keys(raw, decode_times) if cache is not None else None
     deferred: set[str] = set()
     if keys is None:
         decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
-        decoded = {name: _index_ready(name, var) for name, var in decoded.items()}
+        decoded = {name: _index_ready(name, decoded[name]) if name in decoded else _own(known[name])
+                   for name in arrays}
     else:
         decoded = {}
-        for name, var in raw.items():
-            if cache.defer_times and _is_plain_time_coordinate(name, var, decode_times):
-                deferred.add(name)
-                decoded[name] = var
-                continue
-            key = keys[name]
-            shared = cache.get(key) if key is not None else None
+        for name in arrays:
+            shared = known.get(name)
             if shared is None:
-                (shared,) = xr.conventions.decode_cf_variables({name: var}, {}, **kwargs)[0].values()
-                shared = _index_ready(name, shared)
-                if key is not None:
-                    cache.put(key, shared)
-            # a Variable of its own (attrs, encoding), sharing the decoded values
-            decoded[name] = xr.Variable(shared.dims, shared._data, dict(shared.attrs), dict(shared.encoding),
-                                        fastpath=True)
+                var = raw[name]
+                if cache.defer_times and _is_plain_time_coordinate(name, var, decode_times):
+                    deferred.add(name)
+                    decoded[name] = var
+                    continue
+                key = keys[name]
+                shared = cache.get(key) if key is not None else None
+                if shared is None:
+                    (shared,) = xr.conventions.decode_cf_variables({name: var}, {}, **kwargs)[0].values()
+                    shared = _index_ready(name, shared)
+                    if key is not None:
+                        cache.put(key, shared)
+                if name in stored:
+                    cache.put(stored[name], shared)
+            decoded[name] = _own(shared)
     for name, array in arrays.items():
         # Loading is for indexing only: writers still write the stored form (references or inlined bytes).
         decoded[name].encoding[MANIFEST_ENCODING_KEY] = array
     return decoded, frozenset(deferred)
+
+
+def _own(shared: xr.Variable) -> xr.Variable:
+    """A Variable of its own (attrs, encoding) sharing a cached variable's decoded values."""
+    return xr.Variable(shared.dims, shared._data, dict(shared.attrs), dict(shared.encoding), fastpath=True)
 
 
 def decode_loaded(name: str, raw: xr.Variable, decode_times: bool | None) -> xr.Variable:
@@ -241,9 +257,13 @@ _NOT_PLAIN_TIME = frozenset({"_FillValue", "missing_value", "scale_factor", "add
 
 def _is_plain_time_coordinate(name: str, var: xr.Variable, decode_times: bool | None) -> bool:
     """A dimension coordinate of plain numbers with CF time units: decoding it is elementwise."""
-    units = var.attrs.get("units")
-    return (decode_times is None or decode_times is True) and var.dims == (name,) and var.dtype.kind in "iuf" \
-        and isinstance(units, str) and " since " in units and not _NOT_PLAIN_TIME.intersection(var.attrs)
+    return _is_plain_time(name, var.dims, var.dtype, var.attrs, decode_times)
+
+
+def _is_plain_time(name: str, dims: tuple, dtype: np.dtype, attrs: dict, decode_times: bool | None) -> bool:
+    units = attrs.get("units")
+    return (decode_times is None or decode_times is True) and tuple(dims) == (name,) and dtype.kind in "iuf" \
+        and isinstance(units, str) and " since " in units and not _NOT_PLAIN_TIME.intersection(attrs)
 
 
 def _index_ready(name: str, var: xr.Variable) -> xr.Variable:
@@ -277,6 +297,42 @@ def _cache_keys(raw: dict[str, xr.Variable], decode_times: bool | None) -> dict[
         keys[name] = None if values.nbytes > CACHE_MAX_BYTES else (
             name, var.dims, values.dtype.str, values.shape, values.tobytes(), attrs, encoding, decode_times
         )
+    return keys
+
+
+def _stored_keys(arrays: dict[str, ManifestArray], decode_times: bool | None, cache: DecodedCache,
+                 parsed_bytes) -> dict[str, tuple]:
+    """Per loaded array whose decoding can be shared, the key of its stored form: metadata and encoded bytes.
+
+    Only one-chunk arrays whose bytes are at hand (inlined, or read by the
+    parser) have one, and none when the file's loaded variables depend on
+    each other (``_cache_keys``' rule) or a time coordinate is left raw.
+    """
+    from vzdask.graph import whole_chunk_bytes
+
+    attrs = {name: decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
+             for name, array in arrays.items()}
+    bounds = {a.get("bounds") for a in attrs.values()}
+    if any(array.dtype.kind not in "biufcmM" or "bounds" in attrs[name] or name in bounds
+           for name, array in arrays.items()):
+        return {}
+    keys = {}
+    for name, array in arrays.items():
+        dims = dimension_names(name, array)
+        if cache.defer_times and _is_plain_time(name, dims, array.dtype, attrs[name], decode_times):
+            continue
+        frozen = _freeze(attrs[name])
+        data = whole_chunk_bytes(array, parsed_bytes)
+        if frozen is None or data is None or len(data) > CACHE_MAX_BYTES:
+            continue
+        metadata = array.metadata
+        key = ("stored", name, dims, metadata.shape, metadata.data_type, metadata.chunk_grid, metadata.codecs,
+               type(metadata.fill_value), repr(metadata.fill_value), frozen, decode_times, data)
+        try:
+            hash(key)
+        except TypeError:  # an unhashable codec configuration
+            continue
+        keys[name] = key
     return keys
 
 
