@@ -39,6 +39,13 @@ def write_nc(path, first_time: int, seed: int) -> None:
             v[:] = rng.random((NT, NLAT, NLON)).astype("f4")
 
 
+@pytest.fixture(autouse=True)
+def read_one_ahead():
+    """Local files are not read ahead by default ("auto"); these tests turn it on to test it."""
+    with dask.config.set({"vzdask.read-ahead": 1}):
+        yield
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("read_ahead")
@@ -183,3 +190,31 @@ def test_files_their_parser_opens_itself_stop_the_read_ahead(tmp_path, monkeypat
     assert counts["ahead"] == 2, counts  # the first file and the one in flight, one request each
     expected = xr.open_mfdataset(paths, engine="netcdf4", combine="by_coords").compute()
     xr.testing.assert_equal(ds.vz.compute(), expected)
+
+
+def test_auto_reads_ahead_from_remote_stores_only(paths, s3_bucket, s3_env):
+    from vzdask.parsers.read_ahead import read_ahead_depth
+
+    bucket, client = s3_bucket
+    remote = []
+    for path in paths[:4]:
+        key = path.rsplit("/", 1)[-1]
+        client.upload_file(path, bucket, key)
+        remote.append(f"s3://{bucket}/{key}")
+    registry = ObjectStoreRegistry.default()
+    with pytest.MonkeyPatch.context() as counting:  # (``monkeypatch`` holds the S3 settings)
+        counts = requests_by_thread(counting)
+        with dask.config.set({"vzdask.read-ahead": 0}):
+            open_virtual_mfdataset(remote)
+        without = dict(counts)
+        counts.clear()
+        with dask.config.set({"vzdask.read-ahead": "auto"}):
+            assert read_ahead_depth(urls(paths), registry) == 0
+            assert read_ahead_depth(remote, registry) == 1
+            ds = open_virtual_mfdataset(remote)
+    assert counts["ahead"] >= len(remote)
+    assert counts["main"] <= without["main"] - len(remote), (counts, without)  # at least the first blocks
+    local = open_virtual_mfdataset(paths[:4])
+    for name in ("tas", "pr"):  # the same chunks, at the same offsets, in the uploaded copies
+        np.testing.assert_array_equal(ds[name].data.manifest.offsets, local[name].data.manifest.offsets)
+    xr.testing.assert_equal(ds.vz.compute(), local.vz.compute())
