@@ -164,10 +164,21 @@ def test_read_ahead_stops_after_a_failed_open(paths, tmp_path, monkeypatch):
     assert counts["ahead"] == 3, counts
 
 
-def test_read_ahead_off_and_early_exit(paths):
+def test_without_a_thread_files_open_in_turn_with_the_guess(paths):
     registry = ObjectStoreRegistry.default()
+    needed = [blocks_parsed(u, registry) for u in urls(paths)]
     with dask.config.set({"vzdask.read-ahead": 0}):
-        assert [opened for _, opened in read_ahead(urls(paths), registry)] == [None] * len(paths)
+        for i, (url, opened) in enumerate(read_ahead(urls(paths), registry)):
+            assert not [t for t in threading.enumerate() if t.name.startswith("vzdask-read-ahead")]
+            if i:
+                assert set(needed[i - 1]) <= set(opened.fetched_blocks), (i, needed[i - 1], opened.fetched_blocks)
+            parser = HDFParser()
+            parser._probed = opened
+            parser(url, registry)
+
+
+def test_early_exit_leaves_no_thread(paths):
+    registry = ObjectStoreRegistry.default()
     ahead = read_ahead(urls(paths), registry, depth=2)
     url, opened = next(ahead)
     assert opened.url == url

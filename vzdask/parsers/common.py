@@ -216,7 +216,8 @@ class ObstoreFile(io.RawIOBase):
             if len(runs) == 1:  # a plain ranged get: several times cheaper than get_ranges
                 got = [obstore.get_range(self._store, self._path, start=starts[0], end=stops[0])]
             else:
-                got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops)
+                # the runs as they are (coalesce=0): merging blocks far apart would fetch the bytes between
+                got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops, coalesce=0)
         except BaseException as err:  # obstore raises a Rust panic (a BaseException) for some bad ranges
             if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
                 raise

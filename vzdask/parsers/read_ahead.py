@@ -1,15 +1,21 @@
-"""Read ahead: open the next files of a serial walk in the background while the current one parses.
+"""Read ahead: open the files of a serial walk with the blocks they will need, the next ones in the background.
 
-Parsing a netCDF4 file waits on a few small reads (its first block, then the
-blocks holding its chunk indexes). obstore releases the GIL while it reads,
-so a background thread can fetch the next file's blocks while this thread
-parses: the parser then finds them cached and waits on none. Which blocks
-to fetch is guessed from the last file parsed, since the files of a
-collection are laid out alike; a wrong guess only costs the bytes.
+Parsing a netCDF4 file waits on a few small reads: its first block, then
+the blocks holding its chunk indexes, one request each. The files of a
+collection are laid out alike, so the blocks the last file needed are a
+good guess for the next: fetched together with one more request, the
+parser finds them cached (a wrong guess only costs the bytes).
+
+From remote stores the next files are also opened in a background thread
+while this one parses (obstore releases the GIL while it waits), so the
+parser waits on no request at all. Locally a request costs tens of
+microseconds, less than handing the GIL between two threads: files are
+opened in turn.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +32,10 @@ MAX_GUESSED_BLOCKS = 32
 
 
 def read_ahead_depth(urls: Sequence[str], registry: ObjectStoreRegistry) -> int:
-    """How many files ahead a serial walk opens: dask config ``vzdask.read-ahead``, a number or ``"auto"``.
+    """How many files ahead a background thread opens: dask config ``vzdask.read-ahead``, a number or ``"auto"``.
 
-    ``"auto"`` (the default) reads one file ahead from remote stores and none
-    from local files and memory: there a request costs tens of microseconds,
-    less than handing the GIL to and from a second thread.
+    ``"auto"`` (the default) is one from remote stores, none (files opened
+    in turn) from local files and memory.
     """
     value = dask.config.get("vzdask.read-ahead", "auto")
     if value != "auto":
@@ -51,27 +56,29 @@ def read_ahead(urls: Sequence[str], registry: ObjectStoreRegistry, depth: int | 
     """``(url, opened)`` for each url in order; ``opened`` is that file already open, or None.
 
     ``opened`` has its first block and the blocks the previous file needed
-    fetched. It is None when reading ahead is off, or opening failed: the
+    fetched; ``depth`` files are opened ahead in a background thread
+    (``read_ahead_depth`` when None). It is None when opening failed: the
     parser then opens the file itself and reports any error in its place.
-    Reading ahead stops after a failed open (not a plain file: a Zarr
-    prefix, say) or a file its parser did not go on from (one that opens
-    files its own way: netCDF3, kerchunk), so such collections pay no extra
-    requests beyond the first files.
+    Opening stops after a failed open (not a plain file: a Zarr prefix, say)
+    or a file its parser did not go on from (one that opens files its own
+    way: netCDF3, kerchunk), so such collections pay no extra requests
+    beyond the first files.
     """
-    depth = read_ahead_depth(urls, registry) if depth is None else depth
-    if depth <= 0:
-        yield from ((url, None) for url in urls)
-        return
+    depth = read_ahead_depth(urls, registry) if depth is None else max(0, depth)
     guess: tuple[int, ...] = ()
     pending: deque = deque()  # futures for urls[submitted - len(pending) : submitted], in order
     submitted, reading = 0, True
-    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="vzdask-read-ahead") as pool:
+    pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="vzdask-read-ahead") if depth else None
+    with pool or contextlib.nullcontext():
         try:
             for url in urls:
-                while reading and submitted < len(urls) and len(pending) <= depth:
+                while pool is not None and reading and submitted < len(urls) and len(pending) <= depth:
                     pending.append(pool.submit(_open_quietly, urls[submitted], registry, guess))
                     submitted += 1
-                opened = pending.popleft().result() if pending else None
+                if pool is None:
+                    opened = _open_quietly(url, registry, guess) if reading else None
+                else:
+                    opened = pending.popleft().result() if pending else None
                 reading = reading and opened is not None  # after a failure the parsers open the rest
                 yield url, opened
                 if opened is not None:
