@@ -1,6 +1,6 @@
 """Many files: virtualize 100 netCDF4 files to kerchunk JSON, and read all their data.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_mfdataset.py [--files 100] [--repeats 3]``.
+Run by hand: ``.venv/bin/python benchmarks/bench_mfdataset.py [--files 100] [--repeats 3] [--virtualize-repeats 7]``.
 The collection is the one ``bench_parse.py`` makes (2 variables x 24x180x360
 float32 per file, zlib+shuffle, chunks 1x90x180).
 
@@ -151,7 +151,9 @@ def timed_read(func, repeats):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the read part")
+    parser.add_argument("--virtualize-repeats", type=int, default=7,
+                        help="rounds of the virtualize part (a round takes seconds; this VM's speed drifts)")
     parser.add_argument("--parallel", default=None, choices=[None, "threads", "processes"],
                         help="how vzdask parses the files (default: serial)")
     parser.add_argument("--virtualize-only", action="store_true", help="skip the (slow) read-all-data part")
@@ -169,7 +171,7 @@ def main() -> None:
     paths = make_collection(args.files)
     work = Path(tempfile.mkdtemp(prefix="bench_mf_"))
 
-    print(f"{args.files} files, median of {args.repeats} runs\n\nvirtualize to kerchunk JSON")
+    print(f"{args.files} files\n\nvirtualize to kerchunk JSON, median of {args.virtualize_repeats} rounds")
     virtualizers = {"vzdask": vzdask_virtualize, "VirtualiZarr 2.x": virtualizarr_virtualize,
                     "kerchunk": kerchunk_virtualize}
     for label, func in list(({} if args.read_only else virtualizers).items()):
@@ -183,7 +185,7 @@ def main() -> None:
     # Rounds of every method once, so the machine's drifting load hits them alike; ratios are the
     # medians of the per-round ratios.
     rounds: dict[str, list[float]] = {label: [] for label in virtualizers}
-    for _ in range(args.repeats):
+    for _ in range(args.virtualize_repeats):
         for label, func in virtualizers.items():
             out = work / f"{label.split()[0]}.json"
             rounds[label].append(timed(lambda: func(paths, out), 1)[0])
