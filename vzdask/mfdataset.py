@@ -194,10 +194,11 @@ def _resolve_client(parallel):
 
 
 def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, dict]]:
-    """Several files in one task, one after another, each next file read ahead while one parses.
+    """Several files in one task, one after another, each opened with the blocks the one before needed.
 
-    In a process pool a batch ships one result list, not one per file.
-    Coordinates decoded once serve the batch's other files.
+    (``vzdask.parsers.read_ahead``; from remote stores the next file opens in the
+    background.) In a process pool a batch ships one result list, not one per
+    file. Coordinates decoded once serve the batch's other files.
     """
     from contextlib import closing
 
@@ -205,7 +206,7 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
     from vzdask.xarray import as_url
 
     options = dict(options)
-    if options.get("registry") is None:  # one for the batch: a file read ahead is matched to it
+    if options.get("registry") is None:  # one for the batch: an opened file is matched to it
         options["registry"] = ObjectStoreRegistry.default()
     cache = DecodedCache(defer_times=True)
     with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
