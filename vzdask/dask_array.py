@@ -32,8 +32,7 @@ from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask._task_spec import Task, TaskRef
 
-from vzdask.codecs import codec_for_key
-from vzdask.graph import LoadTasks, decode_into, fetch_part, load_region
+from vzdask.graph import LoadTasks, decode_into, fetch_part, load_converted, load_region
 
 
 class SharedResult:
@@ -92,6 +91,18 @@ def load_region_into(result: SharedResult, part, registry, codec_key: str, grid_
     return out
 
 
+def load_converted_into(result: SharedResult, convert, part, registry, codec_key: str, grid_origin, region
+                        ) -> np.ndarray:
+    """``load_converted``, its output copied into ``region`` of the shared result; returns that view."""
+    block = load_converted(convert, part, registry, codec_key, grid_origin, region)
+    buffer = result.array()
+    if buffer is None:
+        return block
+    out = buffer[region] if region else buffer[...]
+    out[...] = block
+    return out
+
+
 class SharedLoadTasks(LoadTasks):
     """``LoadTasks`` plus one ``SharedResult`` task (``result_key``) that every load task decodes into."""
 
@@ -102,8 +113,11 @@ class SharedLoadTasks(LoadTasks):
 
     def __getitem__(self, key):
         if key == self.result_key:
-            return Task(key, SharedResult, self.shape, codec_for_key(self.codec_key).dtype.str)
+            return Task(key, SharedResult, self.shape, self.dtype.str)
         part, origin, region = self.task_inputs(key)
+        if self.convert is not None:
+            return Task(key, load_converted_into, TaskRef(self.result_key), self.convert, part, self.registry,
+                        self.codec_key, origin, region)
         return Task(key, load_region_into, TaskRef(self.result_key), part, self.registry, self.codec_key, origin,
                     region)
 

@@ -388,6 +388,11 @@ def load_region(
     return decode_region(fetch_part(part, registry, len(region)), codec_key, grid_origin, region)
 
 
+def load_converted(convert, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
+    """``load_region``, then ``convert`` (an elementwise step such as CF decoding) on the block."""
+    return convert(load_region(part, registry, codec_key, grid_origin, region))
+
+
 def fetch_part(part: ChunkManifest | ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
     """Fetch what one task carries: a single chunk's ``ChunkRef`` or a manifest part of ``ndim`` axes."""
     return fetch_chunk(part, registry, ndim) if isinstance(part, ChunkRef) else fetch_block(part, registry)
@@ -539,15 +544,20 @@ class LoadTasks(Mapping):
     """
 
     def __init__(self, name: str, manifest: ChunkManifest, registry: ObjectStoreRegistry, codec_key: str,
-                 native: Sequence[int], chunks: tuple[tuple[int, ...], ...]):
+                 native: Sequence[int], chunks: tuple[tuple[int, ...], ...], convert=None, dtype=None):
+        """``convert(block) -> block`` (picklable, elementwise) runs on each decoded block; ``dtype`` is its output's."""
         self.name, self.registry, self.codec_key = name, registry, codec_key
         self.part = TaskParts(manifest)
         self.native = tuple(native)
         self.chunks = chunks
         self.starts = tuple(_starts(c) for c in chunks)
+        self.convert = convert
+        self.dtype = np.dtype(dtype) if dtype is not None else codec_for_key(codec_key).dtype
 
     def __getitem__(self, key):
         part, origin, region = self.task_inputs(key)
+        if self.convert is not None:
+            return Task(key, load_converted, self.convert, part, self.registry, self.codec_key, origin, region)
         return Task(key, load_region, part, self.registry, self.codec_key, origin, region)
 
     def task_inputs(self, key) -> tuple:
@@ -575,8 +585,12 @@ class LoadTasks(Mapping):
         return math.prod(len(c) for c in self.chunks)
 
 
-def dask_array_from_manifest_array(array, chunks=None):
-    """``ManifestArray.to_dask_array``: fetch+decode tasks (or decode tasks over persisted blocks)."""
+def dask_array_from_manifest_array(array, chunks=None, convert=None, dtype=None):
+    """``ManifestArray.to_dask_array``: fetch+decode tasks (or decode tasks over persisted blocks).
+
+    ``convert(block) -> block`` (picklable, elementwise, output ``dtype``) runs on every decoded block
+    inside its task.
+    """
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
 
@@ -586,8 +600,13 @@ def dask_array_from_manifest_array(array, chunks=None):
     key = make_codec_key(array.metadata)
     layout = array.layout
     native = array.chunk_shape
+    if dtype is not None and array._source is None:  # blocks of about vzdask.task-bytes of converted values
+        itemsize = max(np.dtype(dtype).itemsize, array.dtype.itemsize)
+        layout = BlockLayout.for_array(array.manifest.shape, math.prod(native) * itemsize)
     block_chunks = layout.element_chunks(array.shape, native)
-    meta = np.empty((0,) * array.ndim, dtype=array.dtype)
+    if (convert is None) != (dtype is None):
+        raise ValueError("convert and dtype go together")
+    meta = np.empty((0,) * array.ndim, dtype=array.dtype if dtype is None else dtype)
     if array._source is not None:  # persisted on a cluster: decode the held blocks
         source_name, tasks = array._source
         name = "decode-" + source_name
@@ -598,7 +617,9 @@ def dask_array_from_manifest_array(array, chunks=None):
             origin = tuple(i * b for i, b in zip(index, layout.block))
             dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region)
         graph = HighLevelGraph({name: dsk, source_name: dict(tasks)}, {name: {source_name}, source_name: set()})
-        result = da.Array(graph, name, block_chunks, meta=meta)
+        result = da.Array(graph, name, block_chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+        if convert is not None:
+            result = result.map_blocks(convert, dtype=dtype, meta=meta)
         return result if chunks is None else result.rechunk(chunks)
 
     if chunks is None:
@@ -607,8 +628,8 @@ def dask_array_from_manifest_array(array, chunks=None):
         out_chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype, previous_chunks=native)
     from dask.base import tokenize
 
-    name = "load-" + tokenize(array.name, out_chunks)
-    tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks)
+    name = "load-" + tokenize(array.name, out_chunks, convert)
+    tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks, convert, dtype)
     return with_direct_compute(da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta))
 
 

@@ -332,9 +332,11 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     or file handles at read time, so it runs on workers that only have
     obstore. Default dask chunks are whole native chunks grouped to about
     ``vzdask.task-bytes``; small coordinate variables are loaded. Variables
-    are CF-decoded (lazily) as ``xr.open_mfdataset`` would.
+    are CF-decoded (lazily) as ``xr.open_mfdataset`` would: masking and
+    unpacking inside each block's load task, times by ``xr.decode_cf``.
     Keyword arguments are those of ``open_virtual_mfdataset``.
     """
     decode_times = kwargs.get("decode_times")
-    analysis = VirtualDatasetAccessor(open_virtual_mfdataset(paths, **kwargs)).to_dask(chunks=chunks)
+    virtual = open_virtual_mfdataset(paths, **kwargs)
+    analysis = VirtualDatasetAccessor(virtual).to_dask(chunks=chunks, mask_and_scale=True)
     return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))

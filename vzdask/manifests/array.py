@@ -373,7 +373,7 @@ class ManifestArray(DaskMethodsMixin):
         """A dask array with these chunks (what ``Dataset.chunk`` calls); reads at that chunking directly."""
         return self.to_dask_array(chunks=chunks)
 
-    def to_dask_array(self, chunks=None):
+    def to_dask_array(self, chunks=None, *, convert=None, dtype=None):
         """A ``dask.array.Array`` whose tasks fetch and decode the chunks directly.
 
         Parameters
@@ -382,10 +382,15 @@ class ManifestArray(DaskMethodsMixin):
             Dask chunks; by default the task blocks (whole native chunks, about
             ``vzdask.task-bytes`` each). Anything ``dask.array`` accepts works;
             blocks that cut native chunks read the covering chunks and slice.
+        convert : callable, optional
+            ``convert(block) -> block`` of the same shape, run on each decoded
+            block inside its task (CF mask and scale, say); must be picklable
+            to run on processes or a cluster. Give its output ``dtype`` too.
+            Computing the array as it is still decodes straight into one result.
         """
         from vzdask.graph import dask_array_from_manifest_array
 
-        return dask_array_from_manifest_array(self, chunks)
+        return dask_array_from_manifest_array(self, chunks, convert=convert, dtype=dtype)
 
 
 def _PROTOTYPE():

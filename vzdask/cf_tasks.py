@@ -1,0 +1,68 @@
+"""CF masking and unpacking inside a virtual variable's load tasks (analysis Datasets).
+
+xarray decodes a dask-backed variable lazily: a ``map_blocks`` layer on top
+of the load tasks, so twice the tasks, and a whole-array compute that copies
+every block at the end. Decoding each block in the task that loads it gives
+the same values from one task per block, and a compute of the array as it is
+still decodes straight into one result (``vzdask.dask_array``).
+
+The decoding is xarray's own (``decode_cf_variable`` on each block), and only
+for what is elementwise and depends on the attributes alone: masking
+(``_FillValue``, ``missing_value``), unpacking (``scale_factor``,
+``add_offset``), ``_Unsigned`` and netCDF's boolean ``dtype``. Times,
+timedeltas and text are left to xarray's ``decode_cf``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from xarray.coding.times import TIME_UNITS
+
+from vzdask.manifests.array import ManifestArray
+
+
+def decoded_in_tasks(name: str, var: xr.Variable, chunks: Any = None) -> xr.Variable | None:
+    """``var`` (virtual) as a dask-backed Variable whose load tasks CF-decode their blocks.
+
+    None when there is nothing to decode, or when the decoding is not one this
+    module does (the caller then leaves it to ``xr.decode_cf``). Attributes
+    and encoding come out as ``decode_cf`` leaves them.
+    """
+    array = var._data
+    if not isinstance(array, ManifestArray) or array.dtype.kind not in "biuf" or _is_time_like(var.attrs):
+        return None
+    attrs, encoding = dict(var.attrs), dict(var.encoding)
+    probe = np.zeros((1,) * var.ndim, array.dtype)  # what decoding does depends on dtype and attributes only
+    decoded = _decode_variable(name, var.dims, attrs, encoding, probe)
+    if decoded.dtype == array.dtype and decoded.attrs == attrs:
+        return None
+    if decoded.dims != var.dims or decoded.shape != probe.shape or decoded.dtype.kind not in "biuf":
+        return None
+    convert = functools.partial(_decode_block, name, var.dims, attrs, encoding, decoded.dtype.str)
+    data = array.to_dask_array(chunks, convert=convert, dtype=decoded.dtype)
+    return xr.Variable(var.dims, data, attrs=dict(decoded.attrs), encoding=dict(decoded.encoding))
+
+
+def _is_time_like(attrs: dict[str, Any]) -> bool:
+    """CF time or timedelta units (or a calendar): ``decode_cf`` decides those from the data."""
+    units = attrs.get("units")
+    if "calendar" in attrs:
+        return True
+    return isinstance(units, str) and (" since " in units or units.strip().lower() in TIME_UNITS)
+
+
+def _decode_variable(name: str, dims: tuple, attrs: dict, encoding: dict, values: np.ndarray) -> xr.Variable:
+    var = xr.Variable(dims, values, attrs=dict(attrs), encoding=dict(encoding))
+    return xr.conventions.decode_cf_variable(name, var, decode_times=False, decode_timedelta=False)
+
+
+def _decode_block(name: str, dims: tuple, attrs: dict, encoding: dict, dtype: str, block: np.ndarray) -> np.ndarray:
+    """One loaded block CF-decoded by xarray (runs in the block's load task)."""
+    out = np.asarray(_decode_variable(name, dims, attrs, encoding, block).values)
+    if out.dtype != np.dtype(dtype):  # decoding is meant to depend on the attributes alone
+        raise TypeError(f"variable {name!r}: a block decoded to {out.dtype}, expected {np.dtype(dtype)}")
+    return out
