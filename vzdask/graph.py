@@ -597,6 +597,8 @@ def dask_array_from_manifest_array(array, chunks=None, convert=None, dtype=None)
     from vzdask.codecs import codec_key as make_codec_key
     from vzdask.dask_array import with_direct_compute
 
+    if (convert is None) != (dtype is None):
+        raise ValueError("convert and dtype go together")
     key = make_codec_key(array.metadata)
     layout = array.layout
     native = array.chunk_shape
@@ -604,8 +606,6 @@ def dask_array_from_manifest_array(array, chunks=None, convert=None, dtype=None)
         itemsize = max(np.dtype(dtype).itemsize, array.dtype.itemsize)
         layout = BlockLayout.for_array(array.manifest.shape, math.prod(native) * itemsize)
     block_chunks = layout.element_chunks(array.shape, native)
-    if (convert is None) != (dtype is None):
-        raise ValueError("convert and dtype go together")
     meta = np.empty((0,) * array.ndim, dtype=array.dtype if dtype is None else dtype)
     if array._source is not None:  # persisted on a cluster: decode the held blocks
         source_name, tasks = array._source
