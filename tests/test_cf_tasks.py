@@ -9,6 +9,7 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
+from netcdf_files import create_time_lat_lon
 
 import vzdask  # noqa: F401  (registers ds.vz)
 from vzdask.cf_tasks import decoded_in_tasks
@@ -23,14 +24,7 @@ def write_nc(path, first: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     shape = (NT, NLAT, NLON)
     with netCDF4.Dataset(path, "w") as nc:
-        nc.createDimension("time", None)
-        nc.createDimension("lat", NLAT)
-        nc.createDimension("lon", NLON)
-        t = nc.createVariable("time", "f8", ("time",))
-        t.units = "days since 2000-01-01"
-        t[:] = np.arange(first, first + NT)
-        nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-50, 50, NLAT)
-        nc.createVariable("lon", "f4", ("lon",))[:] = np.arange(NLON) * 5.0
+        create_time_lat_lon(nc, np.arange(first, first + NT), np.linspace(-50, 50, NLAT), np.arange(NLON) * 5.0)
         kw = {"zlib": True, "shuffle": True, "chunksizes": (1, NLAT // 2, NLON)}
         packed = nc.createVariable("packed", "i2", ("time", "lat", "lon"), fill_value=np.int16(-32767), **kw)
         packed.scale_factor, packed.add_offset = np.float32(0.01), np.float32(250.0)

@@ -10,6 +10,7 @@ import numpy as np
 import obstore
 import pytest
 import xarray as xr
+from netcdf_files import create_time_lat_lon
 
 from vzdask.mfdataset import FileOpenError, open_virtual_mfdataset
 from vzdask.parsers.common import ObstoreFile
@@ -24,14 +25,8 @@ def write_nc(path, first_time: int, seed: int) -> None:
     """A netCDF4 file whose chunk indexes lie past its first 64 KiB block (random data does not shrink)."""
     rng = np.random.default_rng(seed)
     with netCDF4.Dataset(path, "w") as nc:
-        nc.createDimension("time", None)
-        nc.createDimension("lat", NLAT)
-        nc.createDimension("lon", NLON)
-        t = nc.createVariable("time", "f8", ("time",))
-        t.units = "days since 2000-01-01"
-        t[:] = np.arange(first_time, first_time + NT)
-        nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89, 89, NLAT)
-        nc.createVariable("lon", "f4", ("lon",))[:] = np.arange(NLON) * 3.0
+        create_time_lat_lon(nc, np.arange(first_time, first_time + NT), np.linspace(-89, 89, NLAT),
+                            np.arange(NLON) * 3.0)
         for name in ("tas", "pr"):
             v = nc.createVariable(name, "f4", ("time", "lat", "lon"), zlib=True, shuffle=True,
                                   chunksizes=(1, NLAT // 2, NLON // 2))
