@@ -80,13 +80,13 @@ def test_open_mfdataset_decodes_in_the_load_tasks_like_xarray(paths):
         for name in ref.variables:  # the encoding decode_cf leaves (what to_netcdf writes back)
             for key in ("_FillValue", "scale_factor", "add_offset", "missing_value", "_Unsigned", "dtype"):
                 assert np.array_equal(got[name].encoding.get(key), ref[name].encoding.get(key)), (name, key)
-    # and the numbers netCDF-C's reader gives. (It unpacks to float32, as the file's float32 scale_factor
-    # asks: vzdask's attributes are JSON numbers, so it unpacks int16 to float64, as zarr readers do.)
+    # and exactly what xarray's netCDF-C reader gives: int16 packed with a float32 scale_factor unpacks
+    # to float32 (the parser keeps float32 attributes' type: Float32Attribute)
+    assert got["packed"].dtype == np.float32
     with xr.open_mfdataset(paths, engine="netcdf4", combine="by_coords") as netcdf:
         for name in ref.data_vars:
-            want = netcdf[name].values
-            np.testing.assert_array_equal(np.isnan(got[name].values), np.isnan(want), err_msg=name)
-            np.testing.assert_allclose(got[name].values, want, rtol=1e-6, err_msg=name)
+            assert got[name].dtype == netcdf[name].dtype, name
+            np.testing.assert_array_equal(got[name].values, netcdf[name].values, err_msg=name)
 
 
 def test_decoding_is_left_to_xarray_when_not_elementwise_by_attributes(paths):
@@ -99,12 +99,12 @@ def test_decoding_is_left_to_xarray_when_not_elementwise_by_attributes(paths):
 
 def test_task_blocks_are_sized_by_the_decoded_values(paths):
     virtual = open_virtual_mfdataset(paths)
-    budget = 2 * NLAT * NLON * 8  # two time steps of float64, or eight of int16
+    budget = 2 * NLAT * NLON * 4  # two time steps of float32 (the float32 scale_factor's), or four of int16
     with dask.config.set({"vzdask.task-bytes": budget}):
         raw = virtual["packed"].data.to_dask_array()
         decoded = decoded_in_tasks("packed", virtual["packed"].variable).data
-    assert raw.dtype == np.int16 and decoded.dtype == np.float64
-    assert raw.chunks[0] == (6, 6) and decoded.chunks[0] == (2,) * 6  # (12 steps cut into equal blocks)
+    assert raw.dtype == np.int16 and decoded.dtype == np.float32
+    assert raw.chunks[0] == (4, 4, 4) and decoded.chunks[0] == (2,) * 6
     assert np.prod([c[0] for c in decoded.chunks]) * decoded.dtype.itemsize <= budget
 
 

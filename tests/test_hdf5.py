@@ -477,3 +477,57 @@ def test_netcdf4_bookkeeping_integers_read_as_h5py_reads_them(tmp_path):
             assert _same_value(np.asarray(got), np.asarray(d.attrs[name])) or np.array_equal(got, d.attrs[name]), name
         np.testing.assert_array_equal(_read_int32(d.id, "big", (3,)), [1, 2, 3])
         assert list(_read_int32(d.id, "short", (3,))) == [1, 2, 3, 4, 5, 6]  # read whole, not reinterpreted
+
+
+def test_float32_attributes_keep_their_type_so_packed_data_unpack_as_netcdf_readers_do(tmp_path):
+    """float32 attributes come to xarray as np.float32, float64 ones as float64, even when the value fits float32.
+
+    xarray picks the float type packed integers unpack into from the type of
+    ``scale_factor``/``add_offset``; zarr attributes are JSON numbers, written
+    as such, and the type travels in ``Float32Attribute`` (a float) meanwhile.
+    """
+    import pickle
+
+    import vzdask
+    from vzdask.manifests.metadata import Float32Attribute
+
+    paths = []
+    for i in range(2):
+        path = str(tmp_path / f"packed{i}.nc")
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("time", 2)
+            nc.createDimension("x", 3)
+            t = nc.createVariable("time", "i4", ("time",))
+            t[:] = [2 * i, 2 * i + 1]
+            for name, factor in (("p32", np.float32(0.01)), ("p64", np.float64(0.5))):  # 0.5: exact in float32 too
+                v = nc.createVariable(name, "i2", ("time", "x"), zlib=True, fill_value=np.int16(-99))
+                v.scale_factor, v.resolution = factor, np.float32(-1.5)
+                v.set_auto_maskandscale(False)
+                v[:] = np.array([[1, 2, -99], [300, -4, 5]], "i2") + i
+            nc.title_number = np.float32(2.5)
+        paths.append(path)
+
+    virtual = vzdask.open_virtual_dataset(paths[0])
+    stored = virtual["p32"].data.metadata.attributes
+    assert type(stored["scale_factor"]) is Float32Attribute and stored["scale_factor"] == float(np.float32(0.01))
+    assert type(pickle.loads(pickle.dumps(stored["scale_factor"]))) is Float32Attribute
+    assert type(virtual["p32"].attrs["scale_factor"]) is np.float32
+    assert type(virtual["p32"].attrs["resolution"]) is np.float32
+    assert type(virtual["p64"].attrs["scale_factor"]) is float
+    assert type(virtual.attrs["title_number"]) is np.float32
+
+    with xr.open_mfdataset(paths, engine="netcdf4", combine="by_coords") as expected:
+        assert expected["p32"].dtype == np.float32 and expected["p64"].dtype == np.float64
+        for parallel in (None, "processes"):
+            got = vzdask.open_mfdataset(paths, parallel=parallel).compute()
+            for name in ("p32", "p64"):
+                assert got[name].dtype == expected[name].dtype, (parallel, name)
+                np.testing.assert_array_equal(got[name].values, expected[name].values)
+            assert type(got["p32"].encoding["scale_factor"]) is np.float32
+            virtual = vzdask.open_virtual_mfdataset(paths, parallel=parallel)
+            assert type(virtual["p32"].attrs["scale_factor"]) is np.float32, parallel
+
+    # written out, it is the JSON number (what any zarr reader gets)
+    refs = virtual.vz.to_kerchunk(format="dict")
+    attrs = json.loads(refs["refs"]["p32/.zattrs"])
+    assert attrs["scale_factor"] == float(np.float32(0.01)) and attrs["resolution"] == -1.5

@@ -405,6 +405,17 @@ def test_cf_encoding_mismatch_names_variable_files_and_values(files, scheduler, 
     assert ds.sizes["time"] == 2 * NT and var not in ds
 
 
+def test_packing_attributes_of_another_float_type_are_a_mismatch(tmp_path):
+    """Equal scale factors of float32 and float64 unpack to different dtypes: not one variable either."""
+    paths = []
+    for k, factor in enumerate((np.float32(0.5), np.float64(0.5))):
+        paths.append(str(tmp_path / f"f{k}.nc"))
+        write_nc(paths[-1], times=np.arange(k * NT, (k + 1) * NT), seed=k, precip_attrs={"scale_factor": factor})
+    with pytest.raises(CFEncodingMismatchError, match=r"'precip'.*scale_factor np.float32\(0.5\) in .*f0.nc vs 0.5 in"):
+        open_virtual_mfdataset(paths)
+    assert open_virtual_mfdataset(paths[:1])["precip"].attrs["scale_factor"].dtype == np.float32
+
+
 def test_loaded_time_in_different_units_combines_and_decodes(files):
     ds = open_virtual_mfdataset(files.units)
     want = np.array(["2000-01-01T00", "2000-01-01T06", "2000-01-01T12", "2000-01-01T18",

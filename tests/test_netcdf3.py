@@ -6,6 +6,7 @@ from the same file, or against the file's own bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.manifest import INLINED, VIRTUAL
+from vzdask.manifests.metadata import Float32Attribute
 from vzdask.parsers import detect_parser
 from vzdask.parsers.common import ObstoreFile, ParseError
 from vzdask.parsers.netcdf3 import NetCDF3Parser, parse_header
@@ -272,10 +274,10 @@ def test_metadata_is_big_endian_with_netcdf_fill_values(files):
 
 
 def test_float32_packing_attributes(tmp_path):
-    """A float (NC_FLOAT) scale_factor: exact value kept, but JSON attributes carry no float width.
+    """A float (NC_FLOAT) scale_factor keeps its value and its float32 type.
 
-    xarray therefore decodes the virtual variable to float64 where it decodes the
-    file to float32; the values agree to float32 precision.
+    So xarray decodes the virtual variable to float32, as it decodes the file,
+    with the same numbers; what is written is a JSON number.
     """
     path = str(tmp_path / "f32.nc")
     with scipy.io.netcdf_file(path, "w") as ds:  # scipy writes a Python float as NC_FLOAT
@@ -287,11 +289,14 @@ def test_float32_packing_attributes(tmp_path):
         ds.nan_attribute = np.array([np.nan], dtype="f8")
     vds = open_virtual_dataset(path, parser=NetCDF3Parser())
     assert vds["v"].attrs["scale_factor"] == float(np.float32(0.1)) != 0.1
+    assert type(vds["v"].attrs["scale_factor"]) is np.float32
+    assert type(vds["v"].data.metadata.attributes["scale_factor"]) is Float32Attribute  # a float subclass
+    assert json.loads(json.dumps(vds["v"].data.metadata.attributes))["scale_factor"] == float(np.float32(0.1))
     assert np.isnan(vds.attrs["nan_attribute"])
     decoded = xr.decode_cf(vds.vz.compute())
     with xr.open_dataset(path) as expected:
-        assert expected["v"].dtype == np.float32 and decoded["v"].dtype == np.float64
-        np.testing.assert_allclose(decoded["v"].values, expected["v"].values, rtol=1e-7)
+        assert expected["v"].dtype == np.float32 and decoded["v"].dtype == np.float32
+        np.testing.assert_array_equal(decoded["v"].values, expected["v"].values)
         assert np.isnan(decoded["v"].values[2])
         assert np.isnan(expected.attrs["nan_attribute"])
 

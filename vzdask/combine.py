@@ -19,6 +19,10 @@ from vzdask.manifests.array import ManifestArray
 CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
+#: Attributes whose float type is the type packed integers unpack into (xarray's rule, as netCDF readers').
+PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
+
+
 class CFEncodingMismatchError(ValueError):
     """Files whose CF encoding of one variable differs cannot be concatenated virtually."""
 
@@ -43,6 +47,11 @@ def _same(a, b) -> bool:
         return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
+def _float_type(value) -> str | None:
+    """float32 and float64 apart: ``np.float32(0.5)`` and ``0.5`` are equal but unpack to different dtypes."""
+    return None if value is None else np.asarray(value).dtype.str
+
+
 def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, object]]]]) -> None:
     """Raise ``CFEncodingMismatchError`` naming the variable, both files and the values that differ.
 
@@ -59,7 +68,8 @@ def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, obje
             first_path, first = seen[name]
             keys = ("dtype",) + CF_ENCODING_ATTRIBUTES
             problems = [f"{k} {first.get(k)!r} in {first_path} vs {entry.get(k)!r} in {path}"
-                        for k in keys if not _same(first.get(k), entry.get(k))]
+                        for k in keys if not _same(first.get(k), entry.get(k))
+                        or k in PACKING_ATTRIBUTES and _float_type(first.get(k)) != _float_type(entry.get(k))]
             if problems:
                 raise CFEncodingMismatchError(
                     f"variable {name!r} is encoded differently in {first_path} and {path}: "

@@ -11,7 +11,7 @@ import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.metadata import decode_cf_fill_value
+from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -171,12 +171,12 @@ def to_virtual_parts(
             continue
         array = node.arrays[name]
         variables[name] = _variable(name, array, array)
-    return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), dict(node.attributes),
+    return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), numpy_attributes(node.attributes),
                         raw_times=raw_times, decode_times=decode_times)
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
-    attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
+    attrs = xarray_attributes(array.metadata.attributes, array.dtype)
     encoding = {"dtype": array.dtype, "chunks": array.chunk_shape}
     if "coordinates" in attrs:  # as xr.open_dataset does: CF coordinates become encoding
         encoding["coordinates"] = attrs.pop("coordinates")
@@ -310,7 +310,7 @@ def _stored_keys(arrays: dict[str, ManifestArray], decode_times: bool | None, ca
     """
     from vzdask.graph import whole_chunk_bytes
 
-    attrs = {name: decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
+    attrs = {name: xarray_attributes(array.metadata.attributes, array.dtype)
              for name, array in arrays.items()}
     bounds = {a.get("bounds") for a in attrs.values()}
     if any(array.dtype.kind not in "biufcmM" or "bounds" in attrs[name] or name in bounds

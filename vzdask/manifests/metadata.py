@@ -159,6 +159,48 @@ def _template(key, zdtype, chunks, fill_value, codecs, separator) -> ArrayV3Meta
     return template
 
 
+class Float32Attribute(float):
+    """A float attribute that was float32 in its file: a JSON number in zarr metadata, ``np.float32`` in xarray.
+
+    xarray unpacks ``scale_factor``/``add_offset`` into the float type of
+    those attributes, as netCDF readers hand them over. Zarr attributes are
+    JSON, so a plain float would turn an int16 variable packed with a float32
+    scale factor into float64 where netCDF readers give float32. The parsers
+    keep the type with this subclass: it is written, compared and hashed as
+    the float it equals, and ``xarray_attributes`` gives it back as
+    ``np.float32`` (readers of what we write see JSON numbers, as from any
+    zarr store).
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (Float32Attribute, (float(self),))
+
+
+def attribute_value(value: np.generic) -> Any:
+    """A numpy scalar attribute as a JSON-compatible Python value, keeping float32 as ``Float32Attribute``."""
+    if value.dtype == np.float32:
+        return Float32Attribute(value)
+    return value.item()
+
+
+def xarray_attributes(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
+    """A variable's attributes as ``xr.open_dataset`` shows them: plain ``_FillValue``, float32 ones as numpy."""
+    out = decode_cf_fill_value(attributes, dtype)
+    for key, value in out.items():
+        if type(value) is Float32Attribute:
+            out[key] = np.float32(value)
+    return out
+
+
+def numpy_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """``attributes`` with every ``Float32Attribute`` turned back into ``np.float32`` (the rest as they are)."""
+    if not any(type(v) is Float32Attribute for v in attributes.values()):
+        return dict(attributes)
+    return {k: np.float32(v) if type(v) is Float32Attribute else v for k, v in attributes.items()}
+
+
 def encode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
     """Store a CF ``_FillValue`` attribute the way xarray's zarr backend expects (base64 for floats)."""
     value = attributes.get("_FillValue")

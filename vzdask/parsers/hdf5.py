@@ -17,7 +17,7 @@ import numpy as np
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
-from vzdask.manifests.metadata import create_array_metadata
+from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import Parser, ObstoreFile, ParseError, finish
 from vzdask.policy import InlinePolicy
@@ -501,9 +501,9 @@ def _json_value(value: Any) -> Any:
         if value.dtype.kind in "SO":
             items = [_json_value(v) for v in value.ravel().tolist()]
             return items[0] if value.size == 1 else items
-        return value.ravel()[0].item() if value.size == 1 else value.tolist()  # netCDF: 1-element = scalar
+        return attribute_value(value.ravel()[0]) if value.size == 1 else value.tolist()  # netCDF: 1-element = scalar
     if isinstance(value, np.generic):
-        return value.item()
+        return attribute_value(value)
     if isinstance(value, (list, tuple)):
         return [_json_value(v) for v in value]
     return value

@@ -29,7 +29,7 @@ import numpy as np
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
-from vzdask.manifests.metadata import create_array_metadata
+from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import ObstoreFile, ParseError, finish
 from vzdask.policy import InlinePolicy
@@ -385,7 +385,7 @@ def _json_value(value: Any) -> Any:
         return value
     array = np.asarray(value)
     if array.size == 1:
-        return array.reshape(()).item()
+        return attribute_value(array.reshape(())[()])
     return array.tolist()
 
 
