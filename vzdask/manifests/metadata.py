@@ -187,17 +187,13 @@ def attribute_value(value: np.generic) -> Any:
 
 def xarray_attributes(attributes: dict[str, Any], dtype: np.dtype) -> dict[str, Any]:
     """A variable's attributes as ``xr.open_dataset`` shows them: plain ``_FillValue``, float32 ones as numpy."""
-    out = decode_cf_fill_value(attributes, dtype)
-    for key, value in out.items():
-        if type(value) is Float32Attribute:
-            out[key] = np.float32(value)
-    return out
+    return numpy_attributes(decode_cf_fill_value(attributes, dtype))
 
 
 def numpy_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     """``attributes`` with every ``Float32Attribute`` turned back into ``np.float32`` (the rest as they are)."""
     if not any(type(v) is Float32Attribute for v in attributes.values()):
-        return dict(attributes)
+        return dict(attributes)  # a copy either way
     return {k: np.float32(v) if type(v) is Float32Attribute else v for k, v in attributes.items()}
 
 
