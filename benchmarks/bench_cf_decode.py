@@ -84,9 +84,10 @@ def main() -> None:
     warnings.simplefilter("ignore")
     paths = make_collection(args.files)
     readers = {"vzdask": vzdask_in_tasks, "vzdask, map_blocks": vzdask_map_blocks, "xarray h5netcdf": xarray_read}
-    expected = {label: func(paths[:2]) for label, func in readers.items()}  # warm up; the values agree
+    expected = {label: func(paths[:2]) for label, func in readers.items()}  # warm up; the same values and dtype
     for label, got in expected.items():
-        np.testing.assert_allclose(got, expected["xarray h5netcdf"], rtol=1e-6, err_msg=label)
+        assert got.dtype == expected["xarray h5netcdf"].dtype, (label, got.dtype)
+        np.testing.assert_array_equal(got, expected["xarray h5netcdf"], err_msg=label)
     rounds: dict[str, list[float]] = {label: [] for label in readers}
     for _ in range(args.repeats):
         for label, func in readers.items():
