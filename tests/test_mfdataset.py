@@ -37,7 +37,7 @@ TIME_UNITS = "hours since 2000-01-01"
 LAT = np.linspace(-85, 85, NLAT, dtype="f4")
 DATA_VARS = ("temp", "precip")
 #: key prefixes of the tasks open_virtual_mfdataset submits to a cluster
-TASK_PREFIXES = ("_open_one", "_signature_of", "_dataset_of", "_combine_batch")
+TASK_PREFIXES = ("_open_batch", "_signatures_of", "_dataset_at", "_combine_parsed", "_combine_batch")
 
 
 # --------------------------------------------------------------------------- #
@@ -319,8 +319,10 @@ def test_client_only_receives_signatures_and_the_result_and_releases_every_task(
     ds = open_virtual_mfdataset(files.main, parallel=client)
     monkeypatch.undo()
 
-    assert sorted(set(gathered)) == ["_combine_batch", "_signature_of"]
-    assert gathered.count("_signature_of") == NFILES
+    # 2 workers: 7 parse tasks of 3 files (the last of 2), each task's files combined where they are,
+    # then 7 -> 2 -> 1 combine tasks; here: each task's list of signatures and the root
+    assert sorted(set(gathered)) == ["_combine_batch", "_signatures_of"]
+    assert gathered.count("_signatures_of") == -(-NFILES // 3)
     assert gathered.count("_combine_batch") == 1  # only the root of the tree
     assert wait_released(client) == ([], [])
     assert_same_virtual(ds, expected("by_coords")[0])
@@ -496,7 +498,10 @@ def kill_busy_worker(client, prefix):
 
 
 def open_in_background(client, files):
-    """Start ``open_virtual_mfdataset`` (slow parsing) in a thread; wait until 4 files are parsed, not all."""
+    """Start ``open_virtual_mfdataset`` (slow parsing) in a thread; wait until 2 of its 7 parse tasks are done.
+
+    (20 files on 2 workers: parse tasks of 3 files.)
+    """
     outcome = {}
 
     def run():
@@ -512,11 +517,11 @@ def open_in_background(client, files):
     while time.monotonic() < deadline:
         done = client.run_on_scheduler(
             lambda dask_scheduler: sum(ts.state == "memory" for k, ts in dask_scheduler.tasks.items()
-                                       if str(k).startswith("_open_one")))
-        if done >= 4:
+                                       if str(k).startswith("_open_batch")))
+        if done >= 2:
             break
         time.sleep(0.02)
-    assert 4 <= done < NFILES  # the kill that follows lands mid-way
+    assert 2 <= done < -(-NFILES // 3)  # the kill that follows lands mid-way
     return thread, outcome
 
 
@@ -524,7 +529,7 @@ def test_worker_killed_while_parsing_gives_the_complete_result(files, expected, 
     client = fault_cluster
     virtual, ref = expected("nested")
     thread, outcome = open_in_background(client, files)
-    killed = kill_busy_worker(client, "_open_one")
+    killed = kill_busy_worker(client, "_open_batch")
     thread.join(60)
     assert not thread.is_alive()
     # one lost worker is within distributed.scheduler.allowed-failures (3): its files are parsed again
@@ -541,7 +546,7 @@ def test_worker_killed_while_parsing_without_retries_is_a_clear_error(files, fau
     client = fault_cluster
     client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
     thread, outcome = open_in_background(client, files)
-    kill_busy_worker(client, "_open_one")
+    kill_busy_worker(client, "_open_batch")
     thread.join(60)
     assert not thread.is_alive()
     assert "result" not in outcome  # never a partial dataset
@@ -549,7 +554,8 @@ def test_worker_killed_while_parsing_without_retries_is_a_clear_error(files, fau
     assert isinstance(error, FileOpenError)
     message = str(error)
     assert "KilledWorker" in message
-    assert sum(path in message for path in files.main) == 1  # names the file whose parse was lost
+    named = [i for i, path in enumerate(files.main) if path in message]  # the files whose parse task was lost
+    assert 1 <= len(named) <= 3 and named == list(range(named[0], named[0] + len(named))), message
     assert wait_released(client) == ([], [])
 
 

@@ -24,6 +24,9 @@ from vzdask.xarray import DecodedCache, VirtualParts
 #: Files combined by one task in the tree reduction on a cluster.
 COMBINE_BATCH = 16
 
+#: The most files one parse task opens on a cluster (fewer when there are few files per worker).
+CLUSTER_PARSE_BATCH = 64
+
 
 class FileOpenError(RuntimeError):
     """A file of a multi-file open could not be parsed; the message names it."""
@@ -88,12 +91,32 @@ def _combine_batch(combine: str, concat_dim, kwargs: dict, *datasets) -> xr.Data
     return _combine(list(datasets), combine, concat_dim, kwargs)
 
 
-def _dataset_of(result):
-    return result[0]
+def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict) -> xr.Dataset:
+    """Combine parsed files (``VirtualParts`` or Datasets) laid out as ``nested`` (None: a flat list).
+
+    Uniform files take ``fast_combine``'s one step; anything else goes through xarray.
+    """
+    grid = nested is not None and any(isinstance(p, list) for p in nested)
+    if not grid and all(isinstance(p, VirtualParts) for p in opened):
+        fast = combine_parts(opened, combine, concat_dim, kwargs)
+        if fast is not None:
+            return fast
+    datasets = [p.to_dataset() if isinstance(p, VirtualParts) else p for p in opened]
+    return _combine(_arrange(nested, iter(datasets)) if grid else datasets, combine, concat_dim, kwargs)
 
 
-def _signature_of(result):
-    return result[1]
+def _combine_parsed(combine: str, concat_dim, kwargs: dict, results: list) -> xr.Dataset:
+    """The first level of the tree on a cluster: one parse task's files, combined where they were parsed."""
+    return _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs)
+
+
+def _signatures_of(results: list) -> list:
+    return [signature for _, signature in results]
+
+
+def _dataset_at(results: list, i: int) -> xr.Dataset:
+    opened = results[i][0]
+    return opened.to_dataset() if isinstance(opened, VirtualParts) else opened
 
 
 def open_virtual_mfdataset(
@@ -163,14 +186,7 @@ def open_virtual_mfdataset(
 
     results = _parse_locally(files, options, parallel, progress)
     check_cf_compatible([(path, signature) for path, (_, signature) in zip(files, results)])
-    opened = [result for result, _ in results]
-    if all(isinstance(p, VirtualParts) for p in opened) and not any(isinstance(p, list) for p in nested):
-        fast = combine_parts(opened, combine, concat_dim, kwargs)
-        if fast is not None:
-            return fast
-    datasets = iter(p.to_dataset() if isinstance(p, VirtualParts) else p for p in opened)
-    arranged = _arrange(nested, datasets)
-    return _combine(arranged, combine, concat_dim, kwargs)
+    return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
 
 
 def _arrange(nested, datasets):
@@ -225,8 +241,7 @@ def _parse_locally(files, options, parallel, progress):
         return _open_batch(files, options)
     extra = {}
     if scheduler == "processes" and not progress:
-        # a few batches per worker: each task costs a round trip to a process
-        size = max(1, -(-len(files) // (4 * (os.cpu_count() or 1))))
+        size = _batch_size(len(files), os.cpu_count() or 1)
         tasks = [delayed(_open_batch, pure=False)(files[i : i + size], dict(options))
                  for i in range(0, len(files), size)]
         if dask.config.get("pool", None) is None:
@@ -243,6 +258,12 @@ def _parse_locally(files, options, parallel, progress):
         with ProgressBar():
             return list(dask.compute(*tasks, scheduler=scheduler, **extra))
     return list(dask.compute(*tasks, scheduler=scheduler, **extra))
+
+
+def _batch_size(n_files: int, n_workers: int, most: int | None = None) -> int:
+    """Files per parse task: a few tasks per worker, since each task costs a round trip to a process."""
+    size = max(1, -(-n_files // (4 * max(1, n_workers))))
+    return size if most is None else min(size, most)
 
 
 _POOL = None
@@ -264,12 +285,21 @@ def _process_pool():
 
 
 def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress):
-    """Parse on the workers, check CF signatures here, combine as a tree on the workers."""
+    """Parse batches of files on the workers, check CF signatures here, combine as a tree on the workers.
+
+    Each parse task opens its files one after another as the local walk does
+    (read-ahead, shared decoded coordinates) and, for a flat list, the files
+    it parsed are combined where they are (``fast_combine`` when uniform):
+    per-file Datasets and per-file tasks would cost several times the parse.
+    """
     from distributed import wait
 
-    parsed = client.map(_open_one, files, options=dict(options), pure=False)
-    signatures = client.map(_signature_of, parsed)
-    datasets = client.map(_dataset_of, parsed)
+    workers = len(client.scheduler_info().get("workers", {}))
+    size = _batch_size(len(files), workers, CLUSTER_PARSE_BATCH)
+    batches = [files[i : i + size] for i in range(0, len(files), size)]
+    parsed = [client.submit(_open_batch, batch, dict(options), pure=False) for batch in batches]
+    signatures = client.map(_signatures_of, parsed)
+    level: list = []
     failed: list = []
     try:
         # wait/progress find their client through the default; ``client`` need not be it
@@ -278,44 +308,59 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
                 from distributed import progress as show_progress
 
                 show_progress(parsed, notebook=False)  # a text bar: a widget would need ipywidgets and a display() call
-            wait(parsed)
-        failed = [(path, f) for path, f in zip(files, parsed) if f.status != "finished"]
+            for _ in range(10):  # a result lost with its worker is computed again: wait for that too
+                wait(parsed)
+                if not any(f.status == "lost" for f in parsed):
+                    break
+        failed = [(batch, f) for batch, f in zip(batches, parsed) if f.status != "finished"]
         if failed:
-            path, future = failed[0]
+            batch, future = failed[0]
             error = future.exception() if future.status == "error" else None
             if isinstance(error, FileOpenError):
                 raise error
-            # a lost worker (KilledWorker), a cancelled task...: still name the file
-            raise FileOpenError(f"failed to open {path}: {type(error).__name__}: {error} "
+            # a lost worker (KilledWorker), a cancelled task...: name the files that task was parsing
+            raise FileOpenError(f"failed to open {_files_of(batch)}: {type(error).__name__}: {error} "
                                 f"(task {future.key!r} {future.status})") from error
-        check_cf_compatible(list(zip(files, client.gather(signatures))))
+        parsed_signatures = [s for batch in client.gather(signatures) for s in batch]
+        check_cf_compatible(list(zip(files, parsed_signatures)))
 
-        by_file = iter(datasets)
         if combine == "nested" and any(isinstance(p, list) for p in nested):
-            # a grid: combine each innermost list on a worker, then the rows
+            # a grid: one dataset per file, each innermost list combined on a worker, then the rows
+            level = [client.submit(_dataset_at, future, i, pure=False)
+                     for future, batch in zip(parsed, batches) for i in range(len(batch))]
             dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
-            root = _tree_nested(client, _arrange(nested, by_file), dims, kwargs)
+            root = _tree_nested(client, _arrange(nested, iter(level)), dims, kwargs)
         else:
-            root = _tree(client, list(by_file), combine, concat_dim, kwargs)
+            level = [client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
+                     for future in parsed]
+            root = _tree(client, level, combine, concat_dim, kwargs)
         return root.result()
     finally:
         # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
-        # last error) holds this frame, and with it every per-file dataset on the workers.
-        for held in (parsed, signatures, datasets, failed):
+        # last error) holds this frame, and with it every parsed file on the workers.
+        for held in (parsed, signatures, level, failed):
             held.clear()
-        by_file = root = future = None  # noqa: F841
+        root = future = None  # noqa: F841
+
+
+def _files_of(batch: list[str]) -> str:
+    """The files of one parse task, for a message (all of them when few)."""
+    if len(batch) == 1:
+        return batch[0]
+    if len(batch) <= 8:
+        return f"one of the files {', '.join(batch)}"
+    return f"one of the {len(batch)} files {batch[0]} ... {batch[-1]} (parsed in one task)"
 
 
 def _tree(client, futures, combine, concat_dim, kwargs):
     """Combine ordered futures in batches of ``COMBINE_BATCH`` until one is left (all on the workers)."""
     level = list(futures)
-    while True:
+    while len(level) > 1:
         level = [
             client.submit(_combine_batch, combine, concat_dim, kwargs, *level[i : i + COMBINE_BATCH], pure=False)
             for i in range(0, len(level), COMBINE_BATCH)
         ]
-        if len(level) == 1:
-            return level[0]
+    return level[0]
 
 
 def _tree_nested(client, grid, dims, kwargs):
