@@ -390,7 +390,7 @@ def test_open_mfdataset_on_the_cluster_reads_with_obstore_only(files, expected, 
 
 
 @pytest.mark.parametrize("case", list(MISMATCHES))
-@pytest.mark.parametrize("scheduler", ["serial", "client"], indirect=True)
+@pytest.mark.parametrize("scheduler", ["serial", "processes", "client"], indirect=True)
 def test_cf_encoding_mismatch_names_variable_files_and_values(files, scheduler, case):
     var, first, second = MISMATCHES[case]
     a, b = files.mismatch[case]
@@ -441,7 +441,7 @@ def test_virtual_time_in_different_units_is_refused(files):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("scheduler", ["serial", "threads", "client"], indirect=True)
+@pytest.mark.parametrize("scheduler", ["serial", "threads", "processes", "client"], indirect=True)
 def test_unparsable_file_raises_file_open_error_naming_it(files, scheduler):
     paths = files.main[:5] + [files.corrupt] + files.main[5:8]
     with pytest.raises(FileOpenError) as info:

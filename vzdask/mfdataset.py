@@ -184,6 +184,9 @@ def open_virtual_mfdataset(
     if client is not None:
         return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress)
 
+    grid = any(isinstance(p, list) for p in nested)
+    if parallel in (True, "processes") and not progress and not grid:
+        return _open_in_processes(files, options, combine, concat_dim, kwargs)
     results = _parse_locally(files, options, parallel, progress)
     check_cf_compatible([(path, signature) for path, (_, signature) in zip(files, results)])
     return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
@@ -228,6 +231,39 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
     with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
         return [_open_one(path, options, cache, as_parts=True, opened=opened)
                 for path, (_, opened) in zip(paths, ahead)]
+
+
+def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, concat_dim, kwargs: dict):
+    """A process-pool task: parse a batch of files and combine them there; ``(signatures, dataset or error)``.
+
+    Shipping one combined dataset back costs far less than every file's parts.
+    A combine error is returned, not raised: the caller checks every file's
+    CF signature first, which names the files when encodings differ.
+    """
+    results = _open_batch(paths, options)
+    signatures = [signature for _, signature in results]
+    try:
+        return signatures, _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised by the caller after the CF check
+        return signatures, err
+
+
+def _open_in_processes(files, options, combine, concat_dim, kwargs) -> xr.Dataset:
+    """``parallel="processes"`` for a flat list: batches parsed and combined in the pool, then combined here."""
+    import dask
+    from dask import delayed
+
+    size = _batch_size(len(files), os.cpu_count() or 1)
+    tasks = [delayed(_open_and_combine, pure=False)(files[i : i + size], dict(options), combine, concat_dim, kwargs)
+             for i in range(0, len(files), size)]
+    extra = {} if dask.config.get("pool", None) is not None else {"pool": _process_pool()}
+    batches = dask.compute(*tasks, scheduler="processes", **extra)
+    check_cf_compatible(list(zip(files, (s for signatures, _ in batches for s in signatures))))
+    combined = [result for _, result in batches]
+    for result in combined:
+        if isinstance(result, Exception):
+            raise result
+    return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
 
 
 def _parse_locally(files, options, parallel, progress):
