@@ -303,6 +303,34 @@ def test_deep_tree_combine_on_the_cluster(files, expected, dask_cluster, monkeyp
     assert_values_like_xarray(ds, ref)
 
 
+def test_files_on_s3_are_parsed_and_combined_on_the_cluster(files, dask_cluster, s3_server, s3_bucket):
+    """Remote urls through an explicit registry shipped to the workers: the same references as the local copies."""
+    from obstore.store import S3Store
+
+    from vzdask.registry import ObjectStoreRegistry
+
+    bucket, s3 = s3_bucket
+    remote = []
+    for path in files.main[:9]:
+        s3.upload_file(path, bucket, os.path.basename(path))
+        remote.append(f"s3://{bucket}/{os.path.basename(path)}")
+    registry = ObjectStoreRegistry({f"s3://{bucket}": S3Store(bucket, **s3_server.store_kwargs())},
+                                   create_missing=False)
+    ds = open_virtual_mfdataset(remote, registry=registry, parallel=dask_cluster)  # 3 parse tasks of 3 files
+    serial = open_virtual_mfdataset(remote, registry=registry)
+    local = open_virtual_mfdataset(files.main[:9])
+    assert ds.sizes["time"] == 9 * NT
+    for name in DATA_VARS:
+        manifest, here = ds[name].variable._data.manifest, local[name].variable._data.manifest
+        np.testing.assert_array_equal(manifest.offsets, here.offsets)
+        np.testing.assert_array_equal(manifest.lengths, here.lengths)
+        assert manifest.entry((4 * NT, 0, 0))[1] == remote[4], manifest.entry((4 * NT, 0, 0))
+        # the combined arrays read through the registry given (moto's credentials are in no env var)
+        assert ds[name].variable._data.registry == registry == serial[name].variable._data.registry
+    xr.testing.assert_identical(ds.vz.compute(), local.vz.compute())
+    xr.testing.assert_identical(serial.vz.compute(), local.vz.compute())
+
+
 def test_client_only_receives_signatures_and_the_result_and_releases_every_task(files, expected, dask_cluster,
                                                                                  monkeypatch):
     """The per-file datasets stay on the workers; afterwards no task of ours is held anywhere."""

@@ -488,3 +488,41 @@ def test_concurrent_lazy_creation_gives_one_store(s3_env, monkeypatch):
     assert [path for _, path in results] == [f"key/{i}" for i in range(n)]
     assert reg.prefixes == ("s3://race-bucket",)
     assert isinstance(results[0][0], S3Store)
+
+
+def test_union_resolves_what_each_registry_resolves(tmp_path):
+    """What combining arrays read through different registries uses: equal ones stay one, a clash is refused."""
+    import numpy as np
+
+    from vzdask.manifests.array import ManifestArray
+    from vzdask.manifests.manifest import ChunkManifest
+    from vzdask.manifests.metadata import create_array_metadata
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(np.arange(4, dtype="<i4").tobytes())
+    (tmp_path / "b" / "y.bin").write_bytes(np.arange(4, 8, dtype="<i4").tobytes())
+    first = ObjectStoreRegistry({f"file://{tmp_path}/a": LocalStore(tmp_path / "a")}, create_missing=False)
+    copy = pickle.loads(pickle.dumps(first))
+    assert ObjectStoreRegistry.union([first, copy, first]) is first
+
+    second = ObjectStoreRegistry({f"file://{tmp_path}/b": LocalStore(tmp_path / "b")}, create_missing=False)
+    both = ObjectStoreRegistry.union([first, second])
+    assert both.create_missing is False
+    assert both.resolve(f"file://{tmp_path}/a/x.bin")[1] == "x.bin"
+    assert both.resolve(f"file://{tmp_path}/b/y.bin")[1] == "y.bin"
+
+    # np.concatenate of arrays from the two registries reads both files
+    metadata = create_array_metadata(shape=(4,), chunk_shape=(4,), dtype="<i4")
+    arrays = [ManifestArray(metadata, ChunkManifest.from_file_table(f"file://{tmp_path}/{d}/{f}", np.ones(1, bool),
+                                                                    np.zeros(1, np.uint64), np.full(1, 16, np.uint64)),
+                            registry=registry)
+              for d, f, registry in (("a", "x.bin", first), ("b", "y.bin", second))]
+    joined = np.concatenate(arrays)
+    assert joined.registry == both and joined.registry.create_missing is False
+    np.testing.assert_array_equal(joined.compute(), np.arange(8))
+    assert np.broadcast_to(arrays[0][None], (3, 4)).registry is first
+
+    clash = ObjectStoreRegistry({f"file://{tmp_path}/a": LocalStore(tmp_path / "b")}, create_missing=False)
+    with pytest.raises(ValueError, match="different object stores at the same prefix"):
+        ObjectStoreRegistry.union([first, clash])

@@ -216,6 +216,35 @@ class ObjectStoreRegistry:
         """A fresh, empty registry that creates stores from the environment."""
         return cls(create_missing=True)
 
+    @classmethod
+    def union(cls, registries) -> ObjectStoreRegistry:
+        """One registry that resolves every url each of ``registries`` resolves (arrays being combined).
+
+        The first one when they are all equal (the usual case: one registry,
+        or copies of it shipped to workers); otherwise a new registry with
+        every explicitly registered store. Two different stores at one prefix
+        raise ``ValueError``: which one a url meant cannot be told.
+        """
+        distinct: list[ObjectStoreRegistry] = []
+        for registry in registries:
+            if not any(registry is d or registry == d for d in distinct):
+                distinct.append(registry)
+        if len(distinct) == 1:
+            return distinct[0]
+        merged = cls(create_missing=any(r.create_missing for r in distinct))
+        for registry in distinct:
+            for prefix, (store, lazy) in registry._stores.items():
+                if lazy:
+                    continue  # made from the url and the environment: made again when needed
+                known = merged._stores.get(prefix)
+                if known is not None and _store_identity(known[0]) != _store_identity(store):
+                    raise ValueError(
+                        f"arrays read through different object stores at the same prefix {prefix!r} "
+                        "cannot be combined; register one store for it in one registry"
+                    )
+                merged._set(prefix, store, lazy=False)
+        return merged
+
     # -- registration ------------------------------------------------------ #
     def register(self, prefix: str, store: Any) -> None:
         """Use ``store`` for every url under ``prefix`` (replacing any entry).

@@ -13,6 +13,7 @@ import numpy as np
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import check_combinable, check_ndim_change_allowed, replace_metadata
+from vzdask.registry import ObjectStoreRegistry
 
 HANDLED_FUNCTIONS: dict[Callable, Callable] = {}
 
@@ -76,7 +77,8 @@ def concatenate(arrays: Sequence[ManifestArray], /, axis: int | None = 0, **kwar
     shape = list(first.shape)
     shape[axis] = sum(a.shape[axis] for a in arrays)
     manifest = ChunkManifest.concatenate([a.manifest for a in arrays], axis=axis)
-    return ManifestArray(replace_metadata(first.metadata, shape=shape), manifest)
+    registry = ObjectStoreRegistry.union(a.registry for a in arrays)
+    return ManifestArray(replace_metadata(first.metadata, shape=shape), manifest, registry=registry)
 
 
 @implements(np.expand_dims)
@@ -132,7 +134,7 @@ def broadcast_to(a: ManifestArray, /, shape: Sequence[int], subok: bool = False)
         dims = (None,) * new_axes + tuple(dims)
     metadata = replace_metadata(a.metadata, shape=shape, chunk_shape=chunks, dimension_names=dims)
     manifest = a.manifest.map_grid(lambda arr: np.broadcast_to(arr, grid))
-    return ManifestArray(metadata, manifest)
+    return ManifestArray(metadata, manifest, registry=a.registry)
 
 
 @implements(np.result_type)
