@@ -23,6 +23,9 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_parse import create_time_lat_lon  # noqa: E402
+
 DATA = Path(__file__).resolve().parent / "_data" / "packed"
 
 
@@ -38,14 +41,7 @@ def make_collection(n_files: int) -> list[Path]:
         if path.exists():
             continue
         with netCDF4.Dataset(path, "w") as nc:
-            nc.createDimension("time", None)
-            nc.createDimension("lat", 180)
-            nc.createDimension("lon", 360)
-            t = nc.createVariable("time", "f8", ("time",))
-            t.units = "hours since 2000-01-01"
-            t[:] = np.arange(24) + 24 * i
-            nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89.5, 89.5, 180)
-            nc.createVariable("lon", "f4", ("lon",))[:] = np.linspace(0.5, 359.5, 360)
+            create_time_lat_lon(nc, np.arange(24) + 24 * i, 180, 360, unlimited=True)
             x = nc.createVariable("x", "i2", ("time", "lat", "lon"), zlib=True, shuffle=True,
                                   chunksizes=(1, 90, 180), fill_value=np.int16(-32767))
             x.scale_factor, x.add_offset = np.float32(0.002), np.float32(275.0)

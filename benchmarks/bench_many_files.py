@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import netCDF4
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_parse import create_time_lat_lon  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "_data" / "many"
 
@@ -32,14 +36,7 @@ def make_collection(n_files: int) -> list[str]:
         if path.exists():
             continue
         with netCDF4.Dataset(path, "w") as nc:
-            nc.createDimension("time", 4)
-            nc.createDimension("lat", 90)
-            nc.createDimension("lon", 180)
-            time_ = nc.createVariable("time", "f8", ("time",))
-            time_.units = "days since 2000-01-01"
-            time_[:] = np.arange(4) + 4 * i
-            nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89, 89, 90)
-            nc.createVariable("lon", "f4", ("lon",))[:] = np.linspace(0, 358, 180)
+            create_time_lat_lon(nc, np.arange(4) + 4 * i, 90, 180, units="days since 2000-01-01")
             for name in ("tas", "pr"):
                 v = nc.createVariable(name, "f4", ("time", "lat", "lon"), zlib=True, shuffle=True,
                                       chunksizes=(1, 45, 90))

@@ -23,6 +23,19 @@ DATA = Path(__file__).resolve().parent / "_data" / "parse"
 BATCH = 10  # files per interleaved batch
 
 
+def create_time_lat_lon(nc, times, nlat: int, nlon: int, *, units: str = "hours since 2000-01-01",
+                        unlimited: bool = False) -> None:
+    """A benchmark file's time (fixed or unlimited), lat and lon dimensions, each with its coordinate variable."""
+    nc.createDimension("time", None if unlimited else len(times))
+    nc.createDimension("lat", nlat)
+    nc.createDimension("lon", nlon)
+    time_ = nc.createVariable("time", "f8", ("time",))
+    time_.units = units
+    time_[:] = times
+    nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89.5, 89.5, nlat)
+    nc.createVariable("lon", "f4", ("lon",))[:] = np.linspace(0.5, 359.5, nlon)
+
+
 def make_collection(n_files: int) -> list[Path]:
     """n files: 2 variables of 24x180x360 float32, zlib+shuffle, chunks 1x90x180 (64 KiB)."""
     DATA.mkdir(parents=True, exist_ok=True)
@@ -35,14 +48,7 @@ def make_collection(n_files: int) -> list[Path]:
         if path.exists():
             continue
         with netCDF4.Dataset(path, "w") as nc:
-            nc.createDimension("time", 24)
-            nc.createDimension("lat", 180)
-            nc.createDimension("lon", 360)
-            t = nc.createVariable("time", "f8", ("time",))
-            t.units = "hours since 2000-01-01"
-            t[:] = np.arange(24) + 24 * i
-            nc.createVariable("lat", "f4", ("lat",))[:] = np.linspace(-89.5, 89.5, 180)
-            nc.createVariable("lon", "f4", ("lon",))[:] = np.linspace(0.5, 359.5, 360)
+            create_time_lat_lon(nc, np.arange(24) + 24 * i, 180, 360)
             for name in ("tas", "pr"):
                 v = nc.createVariable(name, "f4", ("time", "lat", "lon"), zlib=True, shuffle=True,
                                       chunksizes=(1, 90, 180))
