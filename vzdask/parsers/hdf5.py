@@ -64,7 +64,7 @@ class HDFParser(Parser):
             root, path = _open_root(fid, self.group, url)
             group = _parse_group(root, path, url, registry, drop=self.drop_variables)
         finally:
-            fid.close()
+            _close_file(fid)
         return finish(group, registry, self.inline), handle.cached_range
 
 
@@ -75,12 +75,7 @@ class HDFParser(Parser):
 
 
 def _open_file(handle: ObstoreFile, url: str):
-    """The HDF5 file over ``handle`` (h5py's file-object driver).
-
-    Closing it is weak: HDF5 lets go of the file when the last identifier of
-    its objects is released, which the parser's do as it returns (a strong
-    close would first search for them all: ~150 us a file).
-    """
+    """The HDF5 file over ``handle`` (h5py's file-object driver); close it with ``_close_file``."""
     import h5py
 
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
@@ -89,6 +84,30 @@ def _open_file(handle: ObstoreFile, url: str):
         return h5py.h5f.open(b"vzdask", h5py.h5f.ACC_RDONLY, fapl=fapl)
     except OSError as err:
         raise ParseError(f"{url}: not a readable HDF5 file (truncated or corrupt?): {err}") from err
+
+
+def _close_file(fid) -> None:
+    """Close the file and every identifier of its objects that is still open.
+
+    HDF5 keeps a file open while any identifier of its objects is, and with
+    h5py's file-object driver an open file calls back into our Python file
+    object, even at interpreter shutdown, after that object is gone: the
+    process crashed at exit (issue 22). The parser's own identifiers are
+    released as its functions return, so the usual file has none left and
+    the count alone (a few microseconds) decides; what is left (an exception
+    traceback holding a frame, a leak in a C routine) is closed here, as
+    h5py's ``File.close`` does.
+    """
+    import h5py
+
+    objects = h5py.h5f.OBJ_LOCAL | h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_GROUP | h5py.h5f.OBJ_DATATYPE | h5py.h5f.OBJ_ATTR
+    try:
+        if h5py.h5f.get_obj_count(fid, objects):
+            for leftover in h5py.h5f.get_obj_ids(fid, objects):
+                while leftover.valid:
+                    h5py.h5i.dec_ref(leftover)
+    finally:
+        fid.close()
 
 
 def _open_root(fid, group: str | None, url: str):
@@ -130,7 +149,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
         elif isinstance(obj, h5py.h5d.DatasetID):
             plist = obj.get_create_plist()
             keys = _attribute_names(obj, plist)
-            is_scale = "CLASS" in keys and h5py.h5ds.is_scale(obj)
+            is_scale = "CLASS" in keys and _is_dimension_scale(obj)
             if is_scale and "_Netcdf4Dimid" in keys:
                 dimids[int(_read_int32(obj, "_Netcdf4Dimid", ()))] = name
             members.append((name, obj, plist, keys, is_scale))
@@ -164,6 +183,20 @@ def _member_names(gid, gcpl) -> list[bytes]:
     names: list[bytes] = []
     gid.links.iterate(names.append, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
     return names
+
+
+def _is_dimension_scale(dataset_id) -> bool:
+    """Whether a dataset with a ``CLASS`` attribute is a dimension scale (``CLASS == "DIMENSION_SCALE"``).
+
+    This is the test ``H5DSis_scale`` makes; that routine (HDF5 1.14) leaves
+    the ``CLASS`` attribute open when it holds anything else (PyTables writes
+    ``CLASS="ARRAY"`` on every array), which kept the file open.
+    """
+    try:
+        value = _read_attribute(dataset_id, "CLASS")
+    except Exception:  # an unreadable CLASS attribute is no dimension scale
+        return False
+    return isinstance(value, (bytes, str)) and (value.encode() if isinstance(value, str) else value) == b"DIMENSION_SCALE"
 
 
 def _is_dimension_only(scale_id) -> bool:
@@ -495,6 +528,10 @@ def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, A
 
 
 def _json_value(value: Any) -> Any:
+    import h5py
+
+    if isinstance(value, h5py.Empty):  # a null dataspace (PyTables writes empty strings so): no value
+        return "" if value.dtype.kind in "SUO" else None
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray):
