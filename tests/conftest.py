@@ -271,12 +271,13 @@ def dask_client(dask_cluster):
 
 
 # =========================================================================== #
-# Exit: skip interpreter teardown once pytest has reported
+# Exit: skip interpreter teardown once pytest has reported, if Icechunk was used
 # =========================================================================== #
-# obstore's and icechunk's Rust runtimes keep worker threads that can crash
-# (SIGSEGV/SIGABRT) while CPython finalizes, after every test has passed and
-# the summary is printed. Ending the process right after pytest is done, with
-# pytest's own exit status, keeps that race from turning a green run red.
+# Icechunk's Rust runtime, after a store listing, now and then crashes (SIGSEGV)
+# while CPython finalizes, after every test has passed and the summary is
+# printed (repro/icechunk_exit_crash.py shows it without vzdask). Once Icechunk
+# is imported, the process ends right after pytest is done, with pytest's own
+# exit status (vzdask.process_exit does the same for the CLI).
 _EXIT_STATUS: list[int] = []
 
 
@@ -286,10 +287,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    if _EXIT_STATUS and not hasattr(config, "workerinput"):
-        import os
-        import sys
+    import sys
 
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
+    if _EXIT_STATUS and not hasattr(config, "workerinput") and "icechunk" in sys.modules:
+        from vzdask.process_exit import exit_process
+
+        exit_process(_EXIT_STATUS[-1])

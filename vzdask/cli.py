@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from vzdask.accessor import VirtualDatasetAccessor
+from vzdask.process_exit import exit_process
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -115,33 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The console script: ``main()``, then exit at once with its status (see ``exit_now``)."""
+    """The console script: ``main()``, then exit with its status (see ``exit_process``)."""
     try:
         code = main()
     except Exception:  # --debug: the traceback, then exit 1 as usual
         traceback.print_exc()
         code = EXIT_FAILED
-    exit_now(code)
-
-
-def exit_now(code: int) -> None:
-    """Flush the output and end the process with ``code``, skipping interpreter finalization.
-
-    obstore and Icechunk run Rust (tokio) worker threads that outlive the
-    calls they served; when one is still busy as Python finalizes, the process
-    aborts (SIGABRT/SIGSEGV) after a successful run, now and then (more often
-    on a loaded machine). A command has flushed all it prints by then, so it
-    leaves without finalizing.
-    """
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more to say
-            pass
-    os._exit(code)
+    exit_process(code)
 
 
 # -- virtualize --------------------------------------------------------------------------
@@ -368,7 +349,7 @@ async def _count_chunk_keys(store, array_path: str) -> int:
 
     Not ``zarr.Array.nchunks_initialized``: zarr leaves Icechunk's listing
     iterator (a Rust stream) open, which makes the crashes at interpreter exit
-    described in ``exit_now`` much more frequent when ``main`` runs in-process.
+    described in ``vzdask.process_exit`` much more frequent when ``main`` runs in-process.
     """
     chunk_prefix = f"{array_path}/c/"
     count = 0

@@ -383,6 +383,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from vzdask.cli import exit_now
+    from vzdask.process_exit import exit_process
 
-    exit_now(main())  # without interpreter finalization: see vzdask.cli.exit_now
+    exit_process(main())
