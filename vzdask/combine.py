@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from vzdask.errors import CFEncodingMismatchError  # noqa: F401  (raised here; also importable from here)
 from vzdask.manifests.array import ManifestArray
 
 #: Attributes that change what the stored numbers mean.
@@ -21,10 +22,6 @@ CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_v
 
 #: Attributes whose float type is the type packed integers unpack into (xarray's rule, as netCDF readers').
 PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
-
-
-class CFEncodingMismatchError(ValueError):
-    """Files whose CF encoding of one variable differs cannot be concatenated virtually."""
 
 
 def cf_signature(ds: xr.Dataset) -> dict[str, dict[str, object]]:

@@ -17,6 +17,7 @@ import xarray as xr
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible
 from vzdask.fast_combine import combine_parts
+from vzdask.errors import FileOpenError
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import DecodedCache, VirtualParts
@@ -26,10 +27,6 @@ COMBINE_BATCH = 16
 
 #: The most files one parse task opens on a cluster (fewer when there are few files per worker).
 CLUSTER_PARSE_BATCH = 64
-
-
-class FileOpenError(RuntimeError):
-    """A file of a multi-file open could not be parsed; the message names it."""
 
 
 def expand_paths(paths: str | os.PathLike | Sequence) -> list:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from vzdask.parsers.common import ParseError
+from vzdask.errors import ParseError
 
 #: The ``.zattrs`` key naming an array's dimensions (xarray's convention).
 DIMENSION_KEY = "_ARRAY_DIMENSIONS"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from vzdask.errors import CombineError
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import check_combinable, check_ndim_change_allowed, replace_metadata
@@ -59,10 +60,10 @@ def concatenate(arrays: Sequence[ManifestArray], /, axis: int | None = 0, **kwar
     axis = _normalize_axis(axis, first.ndim, "concatenate")
     for i, a in enumerate(arrays[1:], start=1):
         if a.ndim != first.ndim:
-            raise ValueError(f"cannot concatenate: array 0 has {first.ndim} dimensions but array {i} has {a.ndim}")
+            raise CombineError(f"cannot concatenate: array 0 has {first.ndim} dimensions but array {i} has {a.ndim}")
         for d in range(first.ndim):
             if d != axis and a.shape[d] != first.shape[d]:
-                raise ValueError(
+                raise CombineError(
                     f"cannot concatenate along axis {axis}: array 0 has length {first.shape[d]} on axis {d} "
                     f"but array {i} has {a.shape[d]}"
                 )
@@ -70,7 +71,7 @@ def concatenate(arrays: Sequence[ManifestArray], /, axis: int | None = 0, **kwar
     chunk = first.chunk_shape[axis]
     for i, a in enumerate(arrays[:-1]):
         if a.shape[axis] % chunk:
-            raise ValueError(
+            raise CombineError(
                 f"cannot concatenate along axis {axis}: array {i} has length {a.shape[axis]}, not a multiple of "
                 f"the chunk size {chunk}, so its last chunk is partial and would end up inside the result"
             )
@@ -103,7 +104,7 @@ def stack(arrays: Sequence[ManifestArray], /, axis: int = 0, **kwargs) -> Manife
     arrays = _only_manifest_arrays(arrays, "stack")
     for i, a in enumerate(arrays[1:], start=1):
         if a.shape != arrays[0].shape:
-            raise ValueError(f"cannot stack: array 0 has shape {arrays[0].shape} but array {i} has {a.shape}")
+            raise CombineError(f"cannot stack: array 0 has shape {arrays[0].shape} but array {i} has {a.shape}")
     axis = _normalize_axis(axis, arrays[0].ndim + 1, "stack")
     return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
 

@@ -12,6 +12,8 @@ from zarr.core.common import parse_shapelike
 from zarr.core.metadata.common import parse_attributes
 from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata, parse_dimension_names
 
+from vzdask.errors import CombineError
+
 #: Codecs whose configuration depends on the number of dimensions.
 NDIM_DEPENDENT_CODECS = frozenset({"transpose", "sharding_indexed"})
 
@@ -283,7 +285,7 @@ def check_combinable(metadatas: Sequence[ArrayV3Metadata], operation: str, ignor
         other = combine_fields(metadata)
         for field in COMBINE_FIELDS:
             if first[field] != other[field]:
-                raise ValueError(
+                raise CombineError(
                     f"cannot {operation}: {field} differs between array 0 ({_show(first[field])}) "
                     f"and array {i} ({_show(other[field])})"
                 )

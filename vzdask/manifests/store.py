@@ -17,16 +17,13 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.group import GroupMetadata
 
+from vzdask.errors import ReadOnlyStoreError
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, chunk_key
 from vzdask.registry import ObjectStoreRegistry
 
 METADATA_KEY = "zarr.json"
-
-
-class ReadOnlyStoreError(PermissionError):
-    """Raised on any attempt to write to or delete from a ManifestStore."""
 
 
 class ManifestStore(Store):

@@ -8,15 +8,12 @@ from typing import Any
 
 import obstore
 
+from vzdask.errors import ParseError
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
-
-
-class ParseError(ValueError):
-    """A file that cannot be virtualized; the message names the file and the problem."""
 
 
 class Parser:
