@@ -31,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -49,6 +47,7 @@ from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest
 from vzdask.manifests.metadata import encode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
 from vzdask.writers.cluster import HeldBlocks, tree_reduce, wait_all, wait_and_raise
+from vzdask.writers.plan import PlannedArray, PlannedGroup, plan_write
 
 if TYPE_CHECKING:
     import icechunk
@@ -145,7 +144,7 @@ def write_icechunk(
 
     if not isinstance(data, xr.Dataset):
         raise TypeError(f"expected an xarray.Dataset, ManifestGroup or ManifestStore, not {type(data).__name__}")
-    return _write(_dataset_node(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
+    return _write(plan_write(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
 
 
 def write_manifest_group(
@@ -166,99 +165,48 @@ def write_manifest_group(
         data = data.group
     if not isinstance(data, ManifestGroup):
         raise TypeError(f"expected a ManifestGroup or ManifestStore, not {type(data).__name__}")
-    return _write(_manifest_group_node(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
+    return _write(plan_write(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
 
 
 # -- what to write ------------------------------------------------------------
 
 
-@dataclass
-class _Node:
-    """One group to write: its virtual arrays (final metadata), in-memory variables and subgroups."""
+def _icechunk_array(planned: PlannedArray) -> ManifestArray:
+    """The array as Icechunk stores it: zarr's default chunk keys, its attributes zarr-encoded.
 
-    path: str  # "" is the root
-    attributes: dict[str, Any]
-    arrays: dict[str, ManifestArray]
-    loaded: Any = None  # an xarray.Dataset of in-memory variables, or None
-    groups: list[_Node] = field(default_factory=list)
-    held: dict[str, HeldBlocks] = field(default_factory=dict)  # arrays whose chunks the workers write
-
-    def walk(self) -> Iterator[_Node]:
-        yield self
-        for child in self.groups:
-            yield from child.walk()
-
-    def array_paths(self) -> Iterator[tuple[str, ManifestArray]]:
-        for name, array in self.arrays.items():
-            yield _join(self.path, name), array
-
-
-def _manifest_group_node(group: ManifestGroup, path: str) -> _Node:
-    node = _Node(path, dict(group.attributes), {})
-    for name, array in group.arrays.items():
-        _add_array(node, name, array)
-    node.groups = [_manifest_group_node(sub, _join(path, name)) for name, sub in group.groups.items()]
-    return node
-
-
-def _dataset_node(ds: xr.Dataset, path: str) -> _Node:
-    from xarray.backends.zarr import encode_zarr_attr_value
-    from xarray.conventions import encode_dataset_coordinates
-
-    # xarray's own CF step: non-index coordinates are named in ``coordinates`` attributes.
-    variables, attributes = encode_dataset_coordinates(ds)
-    node = _Node(path, {k: encode_zarr_attr_value(v) for k, v in attributes.items()}, {})
-    for name, var in variables.items():
-        array = var._data
-        if not isinstance(array, ManifestArray):
-            continue
-        attrs = encode_cf_fill_value(dict(var.attrs), array.dtype)
-        _add_array(
-            node,
-            name,
-            array,
-            attributes={k: encode_zarr_attr_value(v) for k, v in attrs.items()},
-            dimension_names=tuple(str(d) for d in var.dims),
-        )
-    in_memory = [name for name in ds.variables if name not in node.arrays]
-    node.loaded = ds.drop_vars(list(node.arrays)) if in_memory else None
-    return node
-
-
-def _add_array(node: _Node, name: str, array: ManifestArray, *, attributes=None, dimension_names=None) -> None:
-    """Add the array with Icechunk's chunk key encoding (and new attributes/dimension names) to ``node``.
-
-    An array held on a cluster is added with an all-missing manifest (this
-    process holds none of its chunks) and its blocks go to ``node.held``.
+    An array held on a cluster gets an all-missing manifest (this process
+    holds none of its chunks): the workers write its blocks.
     """
+    from xarray.backends.zarr import encode_zarr_attr_value
+
+    array = planned.array
+    attributes = encode_cf_fill_value(planned.attributes, array.dtype)
     document = array.metadata.to_dict()
     document["chunk_key_encoding"] = CHUNK_KEY_ENCODING
-    if attributes is not None:
-        document["attributes"] = attributes
-    if dimension_names is not None:
-        document["dimension_names"] = dimension_names
+    document["attributes"] = {k: encode_zarr_attr_value(v) for k, v in attributes.items()}
+    document["dimension_names"] = planned.dimension_names
     metadata = ArrayV3Metadata.from_dict(document)
-    held = HeldBlocks.of(array)
-    if held is None:
-        node.arrays[name] = ManifestArray(metadata, array.manifest, registry=array.registry)
-        return
-    node.arrays[name] = ManifestArray(metadata, ChunkManifest.empty(held.layout.grid), registry=array.registry)
-    node.held[name] = held
+    if planned.held is None:
+        return ManifestArray(metadata, array.manifest, registry=array.registry)
+    return ManifestArray(metadata, ChunkManifest.empty(planned.held.layout.grid), registry=array.registry)
 
 
 # -- the write ------------------------------------------------------------------
 
 
-def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, commit: str | None) -> str | None:
+def _write(root: PlannedGroup, store_or_session, mode: str, append_dim: str | None, commit: str | None) -> str | None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if append_dim is not None and mode != "a":
         raise ValueError(f"append_dim={append_dim!r} needs mode='a', got mode={mode!r}")
+    from xarray.backends.zarr import encode_zarr_attr_value
+
     session, store = _session_and_store(store_or_session)
     nodes = list(root.walk())
+    arrays = {planned.path: _icechunk_array(planned) for planned in root.all_arrays()}
 
     # Everything that can fail is checked before the first write.
-    _check_containers(nodes, session.config)
+    _check_containers(arrays, session.config)
     existed = _exists(store, root.path)
     if mode == "w-" and existed:
         raise ValueError(
@@ -267,7 +215,7 @@ def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, com
         )
     appends: dict[str, dict[str, Any]] = {}
     if append_dim is not None:
-        appends = _check_appends(nodes, store, append_dim)
+        appends = _check_appends(nodes, arrays, store, append_dim)
 
     if mode in ("w", "w-"):
         zarr.create_group(store, path=root.path, overwrite=True, zarr_format=3)
@@ -278,16 +226,17 @@ def _write(root: _Node, store_or_session, mode: str, append_dim: str | None, com
     for node in nodes:
         if node.loaded is not None:
             _write_loaded(node, session, store, append_dim)
-        for name, array in node.arrays.items():
-            path = _join(node.path, name)
+        for planned in node.arrays.values():
+            path, array = planned.path, arrays[planned.path]
             if path in appends:
                 grid_offset = _grow_array(store, path, array, appends[path], append_dim)
             else:
                 grid_offset = _create_array(store, path, array, replace=mode == "a")
             chunks_here.append((path, array, grid_offset))
-            if name in node.held:
-                on_workers.append((path, node.held[name], grid_offset))
-        zarr.open_group(store, path=node.path, mode="r+", zarr_format=3).attrs.put(node.attributes)
+            if planned.held is not None:
+                on_workers.append((path, planned.held, grid_offset))
+        attributes = {k: encode_zarr_attr_value(v) for k, v in node.attributes.items()}
+        zarr.open_group(store, path=node.path, mode="r+", zarr_format=3).attrs.put(attributes)
     # The workers write their blocks through a fork while this process writes references and its chunks.
     # Forking before the references also keeps the fork cheap: Icechunk's fork() flushes the session's
     # uncommitted changes (measured: 1 ms here, 2.5 s after 1,000,000 references).
@@ -446,7 +395,7 @@ def _write_block(fork, path: str, origin: tuple[int, ...], block) -> Any:
     return fork
 
 
-def _write_loaded(node: _Node, session, store, append_dim: str | None) -> None:
+def _write_loaded(node: PlannedGroup, session, store, append_dim: str | None) -> None:
     """In-memory variables through xarray's zarr encoding (appending those already stored)."""
     from icechunk.xarray import to_icechunk
 
@@ -462,18 +411,17 @@ def _write_loaded(node: _Node, session, store, append_dim: str | None) -> None:
 # -- checks ---------------------------------------------------------------------
 
 
-def _check_containers(nodes: list[_Node], config) -> None:
+def _check_containers(arrays: dict[str, ManifestArray], config) -> None:
     """Every virtual url must fall under a virtual chunk container of the repository."""
     prefixes = [c.url_prefix for c in (config.virtual_chunk_containers or {}).values()]
     uncovered: dict[str, set[str]] = {}
-    for node in nodes:
-        for path, array in node.array_paths():
-            manifest = array.manifest  # held arrays' placeholders are all missing: nothing virtual
-            used = np.unique(manifest.path_index[manifest.states == VIRTUAL])
-            for i in used:
-                location = icechunk_location(manifest.urls[int(i)])
-                if not any(location.startswith(p) for p in prefixes):
-                    uncovered.setdefault(_suggested_prefix(location), set()).add(path)
+    for path, array in arrays.items():
+        manifest = array.manifest  # held arrays' placeholders are all missing: nothing virtual
+        used = np.unique(manifest.path_index[manifest.states == VIRTUAL])
+        for i in used:
+            location = icechunk_location(manifest.urls[int(i)])
+            if not any(location.startswith(p) for p in prefixes):
+                uncovered.setdefault(_suggested_prefix(location), set()).add(path)
     if not uncovered:
         return
     lines = [
@@ -531,26 +479,25 @@ def _container_example(prefix: str) -> tuple[str, str]:
     return "icechunk.storage.azure_store(account=...)", "icechunk.azure_from_env_credentials()"
 
 
-def _check_appends(nodes: list[_Node], store, dim: str) -> dict[str, dict[str, Any]]:
+def _check_appends(nodes: list[PlannedGroup], arrays: dict[str, ManifestArray], store,
+                   dim: str) -> dict[str, dict[str, Any]]:
     """The stored ``zarr.json`` of every virtual array that grows along ``dim``; errors name what differs."""
-    found = any(dim in (a.dimension_names or ()) for node in nodes for a in node.arrays.values()) or any(
+    found = any(dim in (a.dimension_names or ()) for a in arrays.values()) or any(
         dim in node.loaded.dims for node in nodes if node.loaded is not None
     )
     if not found:
         raise ValueError(f"append_dim {dim!r} is not a dimension of any variable being written")
     targets = {}
-    for node in nodes:
-        for path, array in node.array_paths():
-            dims = tuple(array.dimension_names or ())
-            if dim not in dims:
-                continue
-            existing = _read_json(store, f"{path}/zarr.json")
-            if existing is None:
-                continue  # a new array: written whole
-            if existing.get("node_type") != "array":
-                raise ValueError(f"cannot append to {path!r}: it is a group in the store, not an array")
-            _check_append(path, array, existing, dim)
-            targets[path] = existing
+    for path, array in arrays.items():
+        if dim not in tuple(array.dimension_names or ()):
+            continue
+        existing = _read_json(store, f"{path}/zarr.json")
+        if existing is None:
+            continue  # a new array: written whole
+        if existing.get("node_type") != "array":
+            raise ValueError(f"cannot append to {path!r}: it is a group in the store, not an array")
+        _check_append(path, array, existing, dim)
+        targets[path] = existing
     return targets
 
 

@@ -35,37 +35,20 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps does with a str
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL, ChunkManifest, chunk_key
-from vzdask.manifests.metadata import create_array_metadata, decode_cf_fill_value
 from vzdask.manifests.store import ManifestStore
 from vzdask.writers.cluster import HeldBlocks, wait_all, wait_and_raise
+from vzdask.writers.plan import PlannedArray, PlannedGroup, plan_write
 from vzdask.zarr_v2 import v3_to_v2, v2_group_attributes
 
 FORMATS = ("dict", "json", "parquet")
-
-
-@dataclass
-class _ArrayNode:
-    path: str  # "sub/group/name"
-    array: ManifestArray  # the stored form: references and inlined encoded chunks
-    attributes: dict[str, Any]  # plain CF attributes (a numeric _FillValue)
-    dimension_names: tuple[str, ...] | None
-    held: HeldBlocks | None = None  # the array's persisted blocks, if a distributed cluster holds them
-
-
-@dataclass
-class _Plan:
-    groups: list[tuple[str, dict[str, Any]]]  # (path, attributes); the root is ""
-    arrays: list[_ArrayNode]
 
 
 def to_kerchunk(
@@ -144,179 +127,36 @@ def to_kerchunk(
     return None
 
 
-# --------------------------------------------------------------------------- #
-# What to write: groups, arrays in their stored form, plain attributes
-# --------------------------------------------------------------------------- #
-def _plan(obj: Any) -> _Plan:
-    if isinstance(obj, ManifestStore):
-        obj = obj.group
-    if isinstance(obj, ManifestGroup):
-        groups = [(path, dict(group.attributes)) for path, group in obj.walk_groups()]
-        arrays = []
-        for path, array in obj.walk_arrays():
-            attrs = decode_cf_fill_value(dict(array.metadata.attributes), array.dtype)
-            dims = tuple(array.dimension_names) if array.dimension_names is not None else None
-            arrays.append(_ArrayNode(path, array, attrs, dims, HeldBlocks.of(array)))
-        return _Plan(groups, arrays)
+def _plan(obj: Any) -> PlannedGroup:
+    """The shared writer plan, with in-memory variables inlined and names zarr v2 can hold."""
     import xarray as xr
 
-    if isinstance(obj, xr.Dataset):
-        return _plan_from_dataset(obj)
-    raise TypeError(f"to_kerchunk takes an xarray.Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}")
-
-
-def _plan_from_dataset(ds) -> _Plan:
-    coordinates, global_coordinates = _coordinates_attributes(ds)
-    arrays = []
-    for name, var in ds.variables.items():
-        name = str(name)
-        if not name or "/" in name or name.startswith(".z") or name == "zarr.json":
-            raise ValueError(f"variable name {name!r} cannot be a zarr v2 array name")
-        array, attrs = _stored_form(name, var)
-        if name in coordinates:
-            attrs = {**attrs, "coordinates": coordinates[name]}
-        arrays.append(_ArrayNode(name, array, attrs, tuple(str(d) for d in var.dims), HeldBlocks.of(array)))
-    attrs = dict(ds.attrs)
-    if global_coordinates:
-        attrs.setdefault("coordinates", global_coordinates)
-    return _Plan([("", attrs)], arrays)
-
-
-def _coordinates_attributes(ds) -> tuple[dict[str, str], str]:
-    """CF ``coordinates`` attributes for non-dimension coordinates, as ``xarray.to_zarr`` writes them."""
-    non_dim = [str(c) for c in ds.coords if c not in ds.dims]
-    if not non_dim:
-        return {}, ""
-    out, used = {}, set()
-    for name, var in ds.data_vars.items():
-        if "coordinates" in var.attrs:
-            used.update(str(var.attrs["coordinates"]).split())
-            continue
-        if "coordinates" in var.encoding:
-            out[str(name)] = str(var.encoding["coordinates"])
-            used.update(out[str(name)].split())
-            continue
-        mine = [c for c in non_dim if set(ds[c].dims) <= set(var.dims)]
-        if mine:
-            out[str(name)] = " ".join(mine)
-            used.update(mine)
-    orphans = " ".join(c for c in non_dim if c not in used)
-    return out, orphans
-
-
-def _stored_form(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
-    """The ManifestArray to write for a Dataset variable, and its plain attributes."""
-    from vzdask.xarray import MANIFEST_ENCODING_KEY
-
-    data = var._data
-    if isinstance(data, ManifestArray):
-        if data.ndim != var.ndim:
-            raise ValueError(f"variable {name!r}: {var.ndim} dimensions but its ManifestArray has {data.ndim}")
-        return data, dict(var.attrs)
-    stored = var.encoding.get(MANIFEST_ENCODING_KEY)
-    if isinstance(stored, ManifestArray) and _values_came_from(name, var, stored):
-        attrs = decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype)
-        return stored, {**attrs, **var.attrs}
-    return _encode_inline(name, var)
-
-
-def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
-    """True if decoding ``stored`` gives exactly the loaded variable's values (one read of ``stored``)."""
-    import xarray as xr
-
-    if tuple(var.shape) != stored.shape:
-        return False
-    try:
-        from vzdask.graph import read_array
-
-        # a small loaded coordinate: read it here, not through a dask graph (persisted arrays compute)
-        values = read_array(stored) if stored.is_gathered else stored.compute()
-        raw = xr.Variable(var.dims, values,
-                          attrs=decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype))
-        kind = var.dtype.kind
-        decoded = xr.conventions.decode_cf_variable(
-            name, raw, decode_times=kind in "MO", decode_timedelta=kind == "m"
+    if not isinstance(obj, (xr.Dataset, ManifestGroup, ManifestStore)):
+        raise TypeError(
+            f"to_kerchunk takes an xarray.Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
         )
-        ours, theirs = np.asarray(decoded.values), np.asarray(var.values)
-        if ours.dtype != theirs.dtype:
-            return False
-        return bool(np.array_equal(ours, theirs, equal_nan=kind in "fcmM"))
-    except Exception:  # anything undecodable: re-encode the values instead
-        return False
-
-
-def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
-    """CF-encode a loaded variable as ``to_zarr`` would and hold its chunks inlined (zarr-encoded)."""
-    import xarray as xr
-
-    from vzdask.codecs import codec_for
-    from vzdask.xarray import MANIFEST_ENCODING_KEY
-
-    var = var.copy(deep=False)
-    var.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
-    encoded = xr.conventions.encode_cf_variable(var, name=name)
-    values = np.asarray(encoded.values)
-    attrs = dict(encoded.attrs)
-    codecs = None
-    fill = attrs.get("_FillValue")
-    if values.dtype.kind in "OUT":
-        values = values.astype(np.dtypes.StringDType())
-        codecs = [{"name": "vlen-utf8"}]
-        fill = ""
-    elif values.dtype.kind not in "biufcSMm":
-        raise ValueError(f"variable {name!r}: dtype {values.dtype} cannot be written to kerchunk references")
-    if values.dtype.byteorder == ">":
-        values = values.astype(values.dtype.newbyteorder("<"))
-    shape = values.shape
-    chunks = _encoding_chunks(var.encoding.get("chunks"), shape)
-    metadata = create_array_metadata(
-        shape=shape, chunk_shape=chunks, dtype=values.dtype, codecs=codecs,
-        fill_value=fill if values.dtype.kind in "biufc" else None,
-        dimension_names=tuple(str(d) for d in var.dims),
-    )
-    codec = codec_for(metadata)
-    grid = tuple(-(-s // c) for s, c in zip(shape, chunks))
-    inlined = {}
-    for index in np.ndindex(*grid):
-        block = values[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunks))]
-        if block.shape != chunks:
-            padded = np.full(chunks, codec.fill_value, dtype=values.dtype)
-            padded[tuple(slice(0, s) for s in block.shape)] = block
-            block = padded
-        inlined[index] = codec.encode(block)
-    manifest = ChunkManifest.from_arrays(
-        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64),
-        lengths=np.zeros(grid, np.uint64), inlined=inlined or None,
-    )
-    return ManifestArray(metadata, manifest), attrs
-
-
-def _encoding_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
-    whole = tuple(max(int(s), 1) for s in shape)
-    if chunks is None:
-        return whole
-    try:
-        chunks = tuple(int(c) for c in chunks)
-    except (TypeError, ValueError):
-        return whole
-    if len(chunks) != len(shape) or any(c < 1 for c in chunks):
-        return whole
-    return tuple(min(c, w) for c, w in zip(chunks, whole))
+    if isinstance(obj, xr.Dataset):
+        for name in obj.variables:
+            name = str(name)
+            if not name or "/" in name or name.startswith(".z") or name == "zarr.json":
+                raise ValueError(f"variable name {name!r} cannot be a zarr v2 array name")
+    return plan_write(obj, in_memory="inline")
 
 
 # --------------------------------------------------------------------------- #
 # Metadata documents and chunk references
 # --------------------------------------------------------------------------- #
-def _metadata_documents(plan: _Plan, separator: str | None) -> dict[str, dict[str, Any]]:
+def _metadata_documents(plan: PlannedGroup, separator: str | None) -> dict[str, dict[str, Any]]:
     """Every ``.zgroup``/``.zattrs``/``.zarray`` document, by key; all errors surface here, before writing."""
     documents: dict[str, dict[str, Any]] = {}
-    for path, attributes in plan.groups:
+    for group in plan.walk():
+        path, attributes = group.path, group.attributes
         prefix = f"{path}/" if path else ""
         documents[f"{prefix}.zgroup"] = {"zarr_format": 2}
         attrs = v2_group_attributes(attributes, f"group {path or '/'!r}")
         if attrs:
             documents[f"{prefix}.zattrs"] = attrs
-    for node in plan.arrays:
+    for node in plan.all_arrays():
         missing = node.held.missing if node.held is not None else node.array.manifest.count()["missing"] > 0
         zarray, zattrs = v3_to_v2(
             node.array.metadata, name=node.path, attributes=node.attributes,
@@ -341,8 +181,8 @@ def _dumps(document: Any) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def _array_documents(plan: _Plan, metadata: Mapping[str, dict]) -> Iterator[tuple[_ArrayNode, dict]]:
-    for node in plan.arrays:
+def _array_documents(plan: PlannedGroup, metadata: Mapping[str, dict]) -> Iterator[tuple[PlannedArray, dict]]:
+    for node in plan.all_arrays():
         yield node, metadata[f"{node.path}/.zarray"]
 
 
@@ -358,7 +198,7 @@ class _PresentChunks(NamedTuple):
     buffer: memoryview  # the manifest's inlined bytes
 
 
-def _present_chunks(node: _ArrayNode, separator: str) -> _PresentChunks | None:
+def _present_chunks(node: PlannedArray, separator: str) -> _PresentChunks | None:
     manifest = node.array.manifest
     state = manifest.states.reshape(-1)
     present = np.flatnonzero(state)
@@ -376,7 +216,7 @@ def _present_chunks(node: _ArrayNode, separator: str) -> _PresentChunks | None:
     )
 
 
-def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
+def _chunk_refs(node: PlannedArray, separator: str) -> Iterator[tuple[str, Any]]:
     """``(key, [url, offset, length] | "base64:...")`` for every chunk that is not missing."""
     chunks = _present_chunks(node, separator)
     if chunks is None:
@@ -394,7 +234,7 @@ def _chunk_refs(node: _ArrayNode, separator: str) -> Iterator[tuple[str, Any]]:
 # --------------------------------------------------------------------------- #
 # JSON
 # --------------------------------------------------------------------------- #
-def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
+def _write_json(f, plan: PlannedGroup, metadata: Mapping[str, dict]) -> None:
     f.write('{"version":1,"refs":{')
     first = True
     for key, document in metadata.items():
@@ -407,7 +247,7 @@ def _write_json(f, plan: _Plan, metadata: Mapping[str, dict]) -> None:
     f.write("}}")
 
 
-def _json_chunk_members(node: _ArrayNode, separator: str, batch: int = 10_000) -> Iterator[str]:
+def _json_chunk_members(node: PlannedArray, separator: str, batch: int = 10_000) -> Iterator[str]:
     """The ``"key":reference`` members of an array's chunks, comma-joined in batches.
 
     The very bytes ``json.dumps(..., separators=(",", ":"))`` writes for
@@ -473,16 +313,16 @@ def _remembered_grid_names(shape: tuple[int, ...], separator: str) -> tuple[str,
 # Parquet (fsspec LazyReferenceMapper layout)
 # --------------------------------------------------------------------------- #
 def _write_parquet(
-    directory: Path, plan: _Plan, metadata: Mapping[str, dict], record_size: int, categorical_threshold: int
+    directory: Path, plan: PlannedGroup, metadata: Mapping[str, dict], record_size: int, categorical_threshold: int
 ) -> None:
     tasks, names = [], []
     try:
-        for node in plan.arrays:  # the workers' records first, so they run while this process writes
+        for node in plan.all_arrays():  # the workers' records first, so they run while this process writes
             if node.held is not None:
                 for record, task in _submit_held_records(directory / node.path, node.held, record_size):
                     tasks.append(task)
                     names.append(f"writing record {record} of {node.path!r} to Parquet")
-        for node in plan.arrays:
+        for node in plan.all_arrays():
             if node.held is None:
                 _write_parquet_array(directory / node.path, node.array.manifest, record_size, categorical_threshold)
     except BaseException:
