@@ -5,7 +5,7 @@ finalize normally: now and then (about 1 run in 10 to 25 on a 2-core machine
 whose cores are both busy) the process ends with status 139 (SIGSEGV) after
 printing its result. Reading an array without listing, or writing and
 committing, did not crash in 20 runs each; obstore's ranged reads did not
-either. This is why ``vzdask.process_exit.exit_process`` (the CLI, ``python -m
+either. This is why ``vzdask.process.exit_process`` (the CLI, ``python -m
 vzdask.demo``) and the test suite's conftest end the process with
 ``os._exit`` once Icechunk has been imported, and exit normally otherwise.
 

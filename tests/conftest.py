@@ -277,7 +277,7 @@ def dask_client(dask_cluster):
 # while CPython finalizes, after every test has passed and the summary is
 # printed (repro/icechunk_exit_crash.py shows it without vzdask). Once Icechunk
 # is imported, the process ends right after pytest is done, with pytest's own
-# exit status (vzdask.process_exit does the same for the CLI).
+# exit status (vzdask.process does the same for the CLI).
 _EXIT_STATUS: list[int] = []
 
 
@@ -290,6 +290,6 @@ def pytest_unconfigure(config):
     import sys
 
     if _EXIT_STATUS and not hasattr(config, "workerinput") and "icechunk" in sys.modules:
-        from vzdask.process_exit import exit_process
+        from vzdask.process import exit_process
 
         exit_process(_EXIT_STATUS[-1])

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from vzdask.accessor import VirtualDatasetAccessor
-from vzdask.process_exit import exit_process
+from vzdask.process import exit_process, quiet_icechunk_logs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,21 +31,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         raise UsageError(f"{self.prog}: {message}")
-
-
-def quiet_icechunk_logs() -> None:
-    """Show only Icechunk's errors, unless ``ICECHUNK_LOG`` says otherwise.
-
-    Icechunk prints Rust ``WARN`` lines to stderr (e.g. that local storage is
-    not safe for concurrent commits). ``ICECHUNK_LOG`` is read when icechunk
-    is imported; if it is already imported the filter is set directly.
-    """
-    if "ICECHUNK_LOG" in os.environ:
-        return
-    os.environ["ICECHUNK_LOG"] = "error"
-    icechunk = sys.modules.get("icechunk")
-    if icechunk is not None and hasattr(icechunk, "set_logs_filter"):
-        icechunk.set_logs_filter("error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,7 +334,7 @@ async def _count_chunk_keys(store, array_path: str) -> int:
 
     Not ``zarr.Array.nchunks_initialized``: zarr leaves Icechunk's listing
     iterator (a Rust stream) open, which makes the crashes at interpreter exit
-    described in ``vzdask.process_exit`` much more frequent when ``main`` runs in-process.
+    described in ``vzdask.process.exit_process`` much more frequent when ``main`` runs in-process.
     """
     chunk_prefix = f"{array_path}/c/"
     count = 0

@@ -264,7 +264,7 @@ def run(directory: Path, *, n_files: int = N_FILES, keep: bool = True) -> int:
 
     ``keep=False`` only changes the report (the caller removes ``directory``).
     """
-    from vzdask.cli import quiet_icechunk_logs
+    from vzdask.process import quiet_icechunk_logs
 
     quiet_icechunk_logs()
     _require("icechunk", "writing the Icechunk repository")
@@ -383,6 +383,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from vzdask.process_exit import exit_process
+    from vzdask.process import exit_process
 
     exit_process(main())

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from vzdask.manifests.array import ManifestArray
-from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
@@ -33,19 +33,6 @@ def dimension_names(name: str, array: ManifestArray) -> tuple[str, ...]:
             "(plain HDF5 datasets get phony_dim_N names)"
         )
     return tuple(dims)
-
-
-def coordinate_names(group: ManifestGroup) -> set[str]:
-    """Dimension coordinates plus variables named in a CF ``coordinates`` attribute."""
-    names = set()
-    for name, array in group.arrays.items():
-        dims = array.dimension_names or ()
-        if tuple(dims) == (name,):
-            names.add(name)
-        coords = array.metadata.attributes.get("coordinates")
-        if isinstance(coords, str):
-            names.update(c for c in coords.split() if c in group.arrays)
-    return names
 
 
 @dataclass

@@ -24,6 +24,10 @@ from vzdask.manifests.metadata import (
 
 _threaded_get = dask.threaded.get
 
+#: numpy functions ManifestArray implements itself (``numpy_function -> implementation``), without
+#: reading values; ``vzdask.manifests.array_api`` fills it (imported with the package).
+HANDLED_FUNCTIONS: dict[Any, Any] = {}
+
 
 class ManifestArray(DaskMethodsMixin):
     """An immutable virtual array: what it is (metadata) and where its chunks are (manifest).
@@ -212,8 +216,6 @@ class ManifestArray(DaskMethodsMixin):
     del _elementwise
 
     def __array_function__(self, func, types, args, kwargs):
-        from vzdask.manifests.array_api import HANDLED_FUNCTIONS
-
         handler = HANDLED_FUNCTIONS.get(func)
         if handler is None:
             # Anything that needs values: hand off to the dask array view.

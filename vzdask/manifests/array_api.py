@@ -11,12 +11,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from vzdask.errors import CombineError
-from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.array import HANDLED_FUNCTIONS, ManifestArray
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import check_combinable, check_ndim_change_allowed, replace_metadata
 from vzdask.registry import ObjectStoreRegistry
-
-HANDLED_FUNCTIONS: dict[Callable, Callable] = {}
 
 
 def implements(numpy_function: Callable) -> Callable:

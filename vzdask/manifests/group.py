@@ -128,3 +128,16 @@ class ManifestGroup:
                 f"virtual={counts['virtual']} inlined={counts['inlined']} missing={counts['missing']}"
             )
         return "\n".join(lines)
+
+
+def coordinate_names(group: ManifestGroup) -> set[str]:
+    """Dimension coordinates plus variables named in a CF ``coordinates`` attribute."""
+    names = set()
+    for name, array in group.arrays.items():
+        dims = array.dimension_names or ()
+        if tuple(dims) == (name,):
+            names.add(name)
+        coords = array.metadata.attributes.get("coordinates")
+        if isinstance(coords, str):
+            names.update(c for c in coords.split() if c in group.arrays)
+    return names

@@ -8,8 +8,8 @@ from typing import Any
 
 import obstore
 
-from vzdask.errors import ParseError
-from vzdask.manifests.group import ManifestGroup
+from vzdask.errors import ParseError  # noqa: F401  (the parsers import it from here)
+from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
@@ -242,7 +242,5 @@ def finish(
 ) -> ManifestStore:
     """Apply the inline policy and wrap the group in a ManifestStore."""
     if inline is not None:
-        from vzdask.xarray import coordinate_names
-
         group = inline.apply(group, registry, coordinate_names(group))
     return ManifestStore(group, registry=registry)

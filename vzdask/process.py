@@ -1,4 +1,4 @@
-"""Ending a command's process: normally, unless Icechunk's runtime could crash the interpreter's finalization."""
+"""A command's process around Icechunk's Rust runtime: its log level at the start, how the process ends."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def exit_process(code: int) -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more to say
             pass
     os._exit(code)
+
+
+def quiet_icechunk_logs() -> None:
+    """Show only Icechunk's errors, unless ``ICECHUNK_LOG`` says otherwise.
+
+    Icechunk prints Rust ``WARN`` lines to stderr (e.g. that local storage is
+    not safe for concurrent commits). ``ICECHUNK_LOG`` is read when icechunk
+    is imported; if it is already imported the filter is set directly.
+    """
+    if "ICECHUNK_LOG" in os.environ:
+        return
+    os.environ["ICECHUNK_LOG"] = "error"
+    icechunk = sys.modules.get("icechunk")
+    if icechunk is not None and hasattr(icechunk, "set_logs_filter"):
+        icechunk.set_logs_filter("error")
