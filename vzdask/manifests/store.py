@@ -26,6 +26,10 @@ from vzdask.registry import ObjectStoreRegistry
 METADATA_KEY = "zarr.json"
 
 
+class _NoWritableCopyError(ReadOnlyStoreError, NotImplementedError):
+    """``with_read_only(False)``: also a NotImplementedError, which zarr catches when a store has no writable copy."""
+
+
 class ManifestStore(Store):
     """A read-only zarr v3 store whose contents are a ManifestGroup.
 
@@ -37,6 +41,9 @@ class ManifestStore(Store):
         Maps the urls of virtual chunks to obstore stores. Defaults to
         ``ObjectStoreRegistry.default()``, which creates stores for
         ``file://``, ``s3://``, ``gs://`` and ``http(s)://`` urls on demand.
+    read_only : bool, default True
+        Accepted like every zarr store's ``read_only``; ``False`` raises
+        ``ReadOnlyStoreError``.
 
     Examples
     --------
@@ -49,7 +56,11 @@ class ManifestStore(Store):
     supports_partial_writes = False
     supports_listing = True
 
-    def __init__(self, group: ManifestGroup, *, registry: ObjectStoreRegistry | None = None) -> None:
+    def __init__(
+        self, group: ManifestGroup, *, registry: ObjectStoreRegistry | None = None, read_only: bool = True
+    ) -> None:
+        if not read_only:
+            raise ReadOnlyStoreError("a ManifestStore is always read-only: it cannot be opened with read_only=False")
         if not isinstance(group, ManifestGroup):
             raise TypeError(f"group must be a ManifestGroup, not {type(group).__name__}")
         if registry is not None and not isinstance(registry, ObjectStoreRegistry):
@@ -94,7 +105,9 @@ class ManifestStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> ManifestStore:
         if not read_only:
-            raise ReadOnlyStoreError("a ManifestStore is always read-only")
+            # zarr (e.g. zarr.from_array) asks stores for a writable copy and
+            # treats NotImplementedError as "this store type has none".
+            raise _NoWritableCopyError("a ManifestStore is always read-only: it has no writable copy")
         return self
 
     # -- key resolution ------------------------------------------------------
@@ -260,6 +273,9 @@ class ManifestStore(Store):
     async def delete(self, key: str) -> None:
         raise ReadOnlyStoreError(f"cannot delete {key!r}: a ManifestStore is read-only")
 
+    async def delete_dir(self, prefix: str) -> None:
+        raise ReadOnlyStoreError(f"cannot delete {prefix!r}: a ManifestStore is read-only")
+
     async def clear(self) -> None:
         raise ReadOnlyStoreError("cannot clear a ManifestStore: it is read-only")
 
@@ -278,4 +294,4 @@ def _apply_byte_range(byte_range: ByteRequest | None, size: int) -> tuple[int, i
         return min(byte_range.offset, size), size
     if isinstance(byte_range, SuffixByteRequest):
         return max(size - byte_range.suffix, 0), size
-    raise TypeError(f"unexpected byte range request {byte_range!r}")
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")  # zarr's own stores' message
