@@ -1,0 +1,192 @@
+"""Every non-public dask, xarray and zarr name vzdask uses, in one place.
+
+Only this module imports private modules (``dask._task_spec``,
+``dask.array.core``, ``xarray.backends.zarr``, ``zarr.core.*``...) or touches
+private attributes of their objects (``Variable._data``, ``Dataset._replace``).
+Each name says why vzdask needs it; where the name moved or behaves
+differently between the versions pyproject.toml allows, the version gate is
+here too. When a new release breaks one of them, this is the file to change,
+and ``make test-min`` (the suite at the lowest declared versions) tells
+whether the floors still hold.
+
+Public API is imported where it is used: ``dask.base`` (tokenize,
+DaskMethodsMixin, is_dask_collection), ``dask.threaded``, ``dask.utils``,
+``zarr.abc.*`` (Store, codec ABCs), ``zarr.abc.buffer``/``zarr.buffer``
+(Buffer, BufferPrototype, default_buffer_prototype), ``zarr.codecs``,
+``zarr.registry``, ``xarray.conventions`` (its CF coders are documented).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version as _distribution_version
+from typing import Any
+
+
+def _release(distribution: str) -> tuple[int, ...]:
+    """The leading numbers of an installed distribution's version: ``"3.2.0rc1"`` -> ``(3, 2, 0)``."""
+    return tuple(int(n) for n in re.findall(r"\d+", _distribution_version(distribution).split("+")[0])[:3])
+
+
+DASK_VERSION = _release("dask")
+XARRAY_VERSION = _release("xarray")
+ZARR_VERSION = _release("zarr")
+
+
+# --- dask -----------------------------------------------------------------------------------------------------------
+
+try:  # graph tasks with explicit dependencies (not legacy tuples); public as dask.task_spec in newer dask
+    from dask.task_spec import Task, TaskRef
+except ImportError:  # a dask with only the private module
+    from dask._task_spec import Task, TaskRef
+
+# dask.array's own post-compute step (concatenates the blocks): SharedResult falls back to it
+from dask.array.core import finalize as dask_array_finalize
+
+# the region of the whole array each block of a chunks tuple covers, as dask.array.Array itself computes it
+from dask.array.core import slices_from_chunks
+
+# dask.array's default graph optimisation, run after ours adds the SharedResult task
+from dask.array.optimization import optimize as dask_array_optimize
+
+# flattens the nested lists of block results that a compute hands to the post-compute step
+from dask.core import flatten
+
+# graph layers of our dask collections (the documented custom-collection graph type)
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+
+# --- xarray ---------------------------------------------------------------------------------------------------------
+
+# the CF time units decode_cf treats as times/timedeltas: cf_tasks leaves those variables to xarray
+from xarray.coding.times import TIME_UNITS
+
+# xarray's zarr backend writes a float _FillValue as base64; ours must read/write exactly what it does
+from xarray.backends.zarr import FillValueCoder
+
+# how xarray's zarr backend turns attribute values into JSON (numpy scalars, arrays, bytes)
+from xarray.backends.zarr import encode_zarr_attr_value
+
+
+def variable_data(var: Any) -> Any:
+    """The array a Variable wraps, as it is: ``Variable.data`` would load a lazily indexed backend array."""
+    return var._data
+
+
+def variable_fastpath(dims, data, attrs=None, encoding=None):
+    """A Variable around ``data`` as it is (``fastpath``: no conversion, no copy; the data is already valid)."""
+    import xarray as xr
+
+    return xr.Variable(dims, data, attrs, encoding, fastpath=True)
+
+
+def dataset_replace(ds: Any, variables: dict, coord_names: set):
+    """``ds`` with these variables (same dims, indexes untouched): the constructor would re-align and copy them."""
+    return ds._replace(variables=variables, coord_names=coord_names)
+
+
+# --- zarr -----------------------------------------------------------------------------------------------------------
+# zarr documents zarr.abc, zarr.buffer, zarr.codecs, zarr.dtype, zarr.registry and zarr.storage; zarr.core is internal.
+
+# run zarr's async codec pipeline and store coroutines from synchronous code, on zarr's own event loop thread
+from zarr.core.sync import sync
+
+# the zarr v3 array metadata object: the data model of ManifestArray (what zarr.Array.metadata is)
+from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata, parse_dimension_names
+
+# v2 metadata: the .zarray documents of the kerchunk writer and the zarr v2 parser
+from zarr.core.metadata.v2 import ArrayV2Metadata
+
+# zarr's own normalisation of shapes and attributes, used when metadata is copied with a new shape
+from zarr.core.common import parse_shapelike
+from zarr.core.metadata.common import parse_attributes
+
+# numpy dtype / v2 JSON dtype -> zarr data type (zarr.dtype documents only parse_dtype, which takes neither form)
+from zarr.core.dtype import get_data_type_from_json, get_data_type_from_native_dtype
+
+# a chunk's spec, what codecs decode and encode against
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+
+# zarr's async codec pipeline: chains without a synchronous path (and every chain before zarr 3.3)
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+# the "default" chunk key encoding (c/0/1), to name the chunk keys Icechunk stores
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+# group metadata documents (zarr.json of a group) served by ManifestStore
+from zarr.core.group import GroupMetadata
+
+if ZARR_VERSION >= (3, 3):
+    # zarr 3.3+: a synchronous per-chunk codec chain, much faster than the async pipeline for one chunk
+    from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
+else:
+
+    class ChunkTransform:
+        """Before zarr 3.3 no synchronous chain exists: raises TypeError, as a chain without a sync path does,
+        so callers fall back to ``BatchedCodecPipeline``."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise TypeError("zarr < 3.3 has no synchronous ChunkTransform")
+
+    def evolve_codecs(codecs, array_spec) -> tuple:
+        """zarr 3.3's evolve_codecs: each codec evolved against the spec the previous one resolves to."""
+        evolved, spec = [], array_spec
+        for codec in codecs:
+            codec = codec.evolve_from_array_spec(array_spec=spec)
+            evolved.append(codec)
+            spec = codec.resolve_metadata(spec)
+        return tuple(evolved)
+
+
+def array_metadata_like(template: ArrayV3Metadata, shape, dimension_names, attributes) -> ArrayV3Metadata:
+    """``template`` with another shape, dimension names and attributes, its parsed codecs reused.
+
+    The constructor parses and evolves every codec again (most of a parser's time per variable); this
+    copies the frozen dataclass, sets the three fields as the constructor would parse them, and runs the
+    constructor's own check (ndim of shape, chunks and names agree; the codecs accept the shape).
+    """
+    metadata = object.__new__(type(template))  # copy.copy, minus its generic machinery
+    metadata.__dict__.update(template.__dict__)
+    object.__setattr__(metadata, "shape", parse_shapelike(shape))
+    object.__setattr__(metadata, "dimension_names", parse_dimension_names(dimension_names))
+    object.__setattr__(metadata, "attributes", parse_attributes(attributes))
+    metadata._validate_metadata()
+    return metadata
+
+
+__all__ = [
+    "DASK_VERSION",
+    "XARRAY_VERSION",
+    "ZARR_VERSION",
+    "ArrayConfig",
+    "ArraySpec",
+    "ArrayV2Metadata",
+    "ArrayV3Metadata",
+    "BatchedCodecPipeline",
+    "ChunkTransform",
+    "DefaultChunkKeyEncoding",
+    "FillValueCoder",
+    "GroupMetadata",
+    "HighLevelGraph",
+    "MaterializedLayer",
+    "RegularChunkGridMetadata",
+    "TIME_UNITS",
+    "Task",
+    "TaskRef",
+    "array_metadata_like",
+    "dask_array_finalize",
+    "dask_array_optimize",
+    "dataset_replace",
+    "encode_zarr_attr_value",
+    "evolve_codecs",
+    "flatten",
+    "get_data_type_from_json",
+    "get_data_type_from_native_dtype",
+    "parse_attributes",
+    "parse_dimension_names",
+    "parse_shapelike",
+    "slices_from_chunks",
+    "sync",
+    "variable_data",
+    "variable_fastpath",
+]
