@@ -310,7 +310,7 @@ def info(args) -> int:
 def _icechunk_info(path: str) -> str:
     import icechunk
     import zarr
-    from zarr.core.sync import sync
+    from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
 
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path))
     session = repo.readonly_session("main")
@@ -345,7 +345,7 @@ async def _count_chunk_keys(store, array_path: str) -> int:
 
 
 def validate(args) -> int:
-    import obstore
+    from vzdask.object_io import head_size
 
     if _is_icechunk(args.refs):
         raise UsageError(f"{args.refs} is an Icechunk repository; validate checks kerchunk JSON/Parquet "
@@ -371,7 +371,7 @@ def validate(args) -> int:
             if url not in sizes:
                 try:
                     store, key = registry.resolve(url)
-                    sizes[url] = int(obstore.head(store, key)["size"])
+                    sizes[url] = head_size(store, key, url=url)
                 except Exception as err:  # missing object, no permission...
                     sizes[url] = err
             mine = index == code

@@ -24,7 +24,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
+from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
 
 from vzdask.manifests.metadata import chunk_shape
 

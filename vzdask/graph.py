@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import dask.config
 import numpy as np
-import obstore
-from obstore.store import LocalStore, MemoryStore
 from dask._task_spec import Task, TaskRef
 from dask.utils import parse_bytes
 
 from vzdask.codecs import codec_for_key
 from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL, ChunkManifest, chunk_key
+from vzdask.object_io import is_in_process, read_ranges, read_ranges_async, run_sync
 from vzdask.registry import ObjectStoreRegistry
 
 DEFAULT_TASK_BYTES = 64 * 2**20
@@ -223,68 +222,29 @@ def fetch_chunk(ref: ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> Enco
 def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[list]:
     """One coalesced range read per file; files read concurrently."""
 
-    def describe(url, positions, offsets, sizes, err) -> OSError:
-        first = chunk_key(np.unravel_index(int(positions[0]), grid_shape)) if len(grid_shape) else "0"
-        return OSError(
-            f"reading {len(positions)} chunk(s) from {url} (first: block chunk {first}, "
-            f"bytes {int(offsets[0])}..{int(offsets[0] + sizes[0])}): {err}"
-        )
+    def what(positions):
+        def text() -> str:  # only when a read fails
+            first = chunk_key(np.unravel_index(int(positions[0]), grid_shape)) if len(grid_shape) else "0"
+            return f"{len(positions)} chunk(s) (first: block chunk {first})"
 
-    def check(url, positions, offsets, sizes, got):
-        for data, size, offset in zip(got, sizes.tolist(), offsets.tolist()):
-            if len(data) != size:
-                raise OSError(
-                    f"reading {url}: expected {size} bytes at offset {offset}, got {len(data)} (is the file truncated?)"
-                )
-        return got
-
-    def read(url, positions, offsets, sizes, store, path):
-        try:
-            got = obstore.get_ranges(store, path, starts=offsets.tolist(), lengths=sizes.tolist())
-        except BaseException as err:
-            if not _is_read_error(err):
-                raise
-            raise describe(url, positions, offsets, sizes, err) from err
-        return check(url, positions, offsets, sizes, got)
+        return text
 
     resolved = [registry.resolve(r[0]) for r in requests]
-    if len(requests) == 1 or all(isinstance(store, _IN_PROCESS_STORES) for store, _ in resolved):
+    if len(requests) == 1 or all(is_in_process(store) for store, _ in resolved):
         # one file, or local disk / memory: nothing to wait for, so no event loop
         # (gathering coroutines costs three times the CPU of the reads themselves)
-        return [read(*r, *where) for r, where in zip(requests, resolved)]
+        return [
+            read_ranges(store, path, offsets.tolist(), sizes.tolist(), url=url, what=what(positions))
+            for (url, positions, offsets, sizes), (store, path) in zip(requests, resolved)
+        ]
 
     async def read_all():
-        async def one(url, positions, offsets, sizes):
-            store, path = registry.resolve(url)
-            try:
-                got = await obstore.get_ranges_async(store, path, starts=offsets.tolist(), lengths=sizes.tolist())
-            except BaseException as err:
-                if not _is_read_error(err):
-                    raise
-                raise describe(url, positions, offsets, sizes, err) from err
-            return check(url, positions, offsets, sizes, got)
+        return await asyncio.gather(*(
+            read_ranges_async(store, path, offsets.tolist(), sizes.tolist(), url=url, what=what(positions))
+            for (url, positions, offsets, sizes), (store, path) in zip(requests, resolved)
+        ))
 
-        return await asyncio.gather(*(one(*r) for r in requests))
-
-    return _run_async(read_all())
-
-
-_IN_PROCESS_STORES = (LocalStore, MemoryStore)
-
-
-def _is_read_error(err: BaseException) -> bool:
-    """An ordinary exception, or the Rust panic obstore raises (a BaseException) when one
-    of several ranges in a file starts past its end."""
-    return isinstance(err, Exception) or type(err).__name__ == "PanicException"
-
-
-def _run_async(coroutine):
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(1) as pool:  # called from inside an event loop: use a fresh thread
-        return pool.submit(asyncio.run, coroutine).result()
+    return run_sync(read_all())
 
 
 # -- decoding ----------------------------------------------------------------
@@ -697,21 +657,8 @@ def read_arrays(arrays: Sequence, parsed_bytes=None) -> list[np.ndarray]:
             by_url.setdefault((url, id(array.registry)), []).append((i, offset, length))
     for (url, _), wanted in by_url.items():
         store, path = arrays[wanted[0][0]].registry.resolve(url)
-        try:
-            if len(wanted) == 1:
-                _, offset, length = wanted[0]
-                pieces = [obstore.get(store, path, options={"range": (offset, offset + length)}).bytes()]
-            else:
-                pieces = obstore.get_ranges(store, path, starts=[o for _, o, _ in wanted],
-                                            ends=[o + n for _, o, n in wanted])
-        except Exception as err:
-            ranges = ", ".join(f"bytes {o}..{o + n}" for _, o, n in wanted)
-            raise OSError(f"reading {url} ({ranges}): {str(err).splitlines()[0]}") from err
-        for (i, offset, length), data in zip(wanted, pieces):
-            if len(data) != length:
-                raise OSError(
-                    f"reading {url}: expected {length} bytes at offset {offset}, got {len(data)} "
-                    "(is the file truncated?)"
-                )
+        pieces = read_ranges(store, path, [o for _, o, _ in wanted], [n for _, _, n in wanted], url=url,
+                             what=f"{len(wanted)} one-chunk array(s)")
+        for (i, _, _), data in zip(wanted, pieces):
             out[i] = cached_codec_for(arrays[i].metadata).decode(data)
     return out

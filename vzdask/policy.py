@@ -13,11 +13,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
-import obstore
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.manifest import VIRTUAL
+from vzdask.manifests.manifest import VIRTUAL, chunk_key
+from vzdask.object_io import read_ranges_async, run_sync
 from vzdask.registry import ObjectStoreRegistry
 
 #: ``predicate(variable_name, array) -> bool mask over the chunk grid`` (or a single bool).
@@ -86,13 +86,18 @@ class InlinePolicy:
         arrays = {}
         for name, array in group.arrays.items():
             mask = self.select(name, array, is_coordinate=name in coordinate_names)
-            arrays[name] = inline_chunks(array, mask, registry) if mask.any() else array
+            arrays[name] = inline_chunks(array, mask, registry, name=name) if mask.any() else array
         groups = {name: self.apply(sub, registry, coordinate_names) for name, sub in group.groups.items()}
         return ManifestGroup(arrays=arrays, groups=groups, attributes=dict(group.attributes))
 
 
-def inline_chunks(array: ManifestArray, mask: np.ndarray, registry: ObjectStoreRegistry) -> ManifestArray:
-    """Copy the encoded bytes of the masked virtual chunks into the manifest: one ``get_ranges`` per file."""
+def inline_chunks(
+    array: ManifestArray, mask: np.ndarray, registry: ObjectStoreRegistry, *, name: str | None = None
+) -> ManifestArray:
+    """Copy the encoded bytes of the masked virtual chunks into the manifest: one ``get_ranges`` per file.
+
+    ``name``, the variable's, is only for error messages.
+    """
     manifest = array.manifest
     indices = list(zip(*np.nonzero(mask))) if mask.ndim else ([()] if mask[()] else [])
     by_url: dict[str, list] = {}
@@ -100,23 +105,18 @@ def inline_chunks(array: ManifestArray, mask: np.ndarray, registry: ObjectStoreR
         _, url, offset, length = manifest.entry(index)
         by_url.setdefault(url, []).append((tuple(int(i) for i in index), offset, length))
 
+    variable = f" of {name!r}" if name is not None else ""
+
     async def read(url, items):
         store, path = registry.resolve(url)
-        try:
-            got = await obstore.get_ranges_async(
-                store, path, starts=[o for _, o, _ in items], lengths=[n for _, _, n in items]
-            )
-        except Exception as err:
-            raise OSError(f"inlining {len(items)} chunk(s) from {url}: {err}") from err
-        for (index, offset, length), data in zip(items, got):
-            if len(data) != length:
-                raise OSError(f"inlining from {url}: expected {length} bytes at offset {offset}, got {len(data)}")
+        what = f"{len(items)} chunk(s){variable} to inline (first: chunk {chunk_key(items[0][0])})"
+        got = await read_ranges_async(
+            store, path, [o for _, o, _ in items], [n for _, _, n in items], url=url, what=what
+        )
         return [(index, bytes(data)) for (index, _, _), data in zip(items, got)]
 
     async def read_all():
         return await asyncio.gather(*(read(url, items) for url, items in by_url.items()))
 
-    from vzdask.graph import _run_async
-
-    chunks = dict(pair for result in _run_async(read_all()) for pair in result)
+    chunks = dict(pair for result in run_sync(read_all()) for pair in result)
     return ManifestArray(array.metadata, manifest.with_inlined(chunks), registry=array.registry)

@@ -26,6 +26,8 @@ from obstore.store import (
     from_url,
 )
 
+from vzdask.object_io import get, is_panic
+
 __all__ = ["ObjectStoreRegistry"]
 
 _AZURE_SCHEMES = frozenset({"az", "abfs", "abfss", "adl", "azure"})
@@ -82,7 +84,7 @@ def _memory_items(store: MemoryStore) -> list[tuple[str, bytes]]:
     for batch in obstore.list(store):
         for meta in batch:
             path = meta["path"]
-            items.append((path, obstore.get(store, path).bytes().to_bytes()))
+            items.append((path, get(store, path, url=f"memory store object {path!r}")))
     items.sort()
     return items
 
@@ -114,10 +116,6 @@ def _canonical(value: Any) -> Any:
     return repr(value)
 
 
-def _is_panic(exc: BaseException) -> bool:
-    return type(exc).__name__ == "PanicException"
-
-
 def _store_identity(store: Any) -> list:
     """What makes a store distinct: type plus its configuration.
 
@@ -146,7 +144,7 @@ def _check_store(store: Any, prefix: str) -> None:
         try:
             store.config  # noqa: B018
         except BaseException as exc:  # obstore raises a Rust panic here
-            if not _is_panic(exc):
+            if not is_panic(exc):
                 raise
             raise ValueError(
                 f"cannot register {type(store).__name__} at {prefix!r}: obstore "

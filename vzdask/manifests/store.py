@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import numpy as np
-import obstore
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.group import GroupMetadata
@@ -21,6 +20,7 @@ from vzdask.errors import ReadOnlyStoreError
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, chunk_key
+from vzdask.object_io import read_ranges_async
 from vzdask.registry import ObjectStoreRegistry
 
 METADATA_KEY = "zarr.json"
@@ -194,14 +194,9 @@ class ManifestStore(Store):
         store, path = self._registry.resolve(url)
         # _resolve only accepts canonical keys, so the key ends with the encoded chunk key.
         array_path = key[: len(key) - len(array.metadata.encode_chunk_key(index))].rstrip("/")
-        where = f"chunk {chunk_key(index)} of {array_path!r} from {url} (bytes {offset + start}..{offset + stop})"
-        try:
-            data = await obstore.get_range_async(store, path, start=offset + start, length=stop - start)
-        except Exception as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise OSError(f"reading {where}: {first_line}") from err
-        if len(data) != stop - start:
-            raise OSError(f"reading {where}: got {len(data)} bytes, expected {stop - start} (is the file truncated?)")
+        (data,) = await read_ranges_async(
+            store, path, [offset + start], [stop - start], url=url, what=f"chunk {chunk_key(index)} of {array_path!r}"
+        )
         return prototype.buffer.from_array_like(np.frombuffer(data, dtype=np.uint8))
 
     async def get_partial_values(

@@ -1,4 +1,4 @@
-"""What every parser shares: reading bytes through obstore and finishing a store."""
+"""What every parser shares: a file object over an object store, and finishing a store."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import obstore
-
 from vzdask.errors import ParseError  # noqa: F401  (the parsers import it from here)
 from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore
+from vzdask.object_io import read_ranges, read_start
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -102,14 +101,10 @@ class ObstoreFile(io.RawIOBase):
         self._block_size = block_size
         self._blocks: dict[int, memoryview] = {}
         self.taken = False  # set when a parser goes on from this file (``Parser._open``)
-        try:  # the first block and the size in one request
-            first = obstore.get(self._store, self._path, options={"range": (0, block_size)})
-        except Exception as err:  # missing, or empty (a range on an empty object is refused)
-            self.size = self._head_size(err)
+        first, self.size = read_start(self._store, self._path, block_size, url=url)
+        if not self.size:
             return
-        self.size = int(first.meta["size"])
-        self._blocks[0] = memoryview(first.bytes())
-        self._check_block(0)
+        self._blocks[0] = memoryview(first)
         wanted = sorted({b for b in prefetch if 0 < b and b * block_size < self.size})
         if wanted:
             try:
@@ -121,16 +116,6 @@ class ObstoreFile(io.RawIOBase):
     def fetched_blocks(self) -> list[int]:
         """The numbers of the blocks read so far (what ``prefetch`` takes for a file laid out alike)."""
         return sorted(self._blocks)
-
-    def _head_size(self, read_error: Exception) -> int:
-        """The size of an object whose first block could not be read: 0 if empty, else raise."""
-        try:
-            size = int(obstore.head(self._store, self._path)["size"])
-        except Exception as err:
-            raise FileNotFoundError(f"cannot open {self.url}: {str(err).splitlines()[0]}") from err
-        if size:
-            raise OSError(f"cannot read {self.url}: {str(read_error).splitlines()[0]}") from read_error
-        return size
 
     def readable(self) -> bool:
         return True
@@ -208,33 +193,14 @@ class ObstoreFile(io.RawIOBase):
             else:
                 runs.append([b, b])
         starts = [a * size for a, _ in runs]
-        stops = [min((z + 1) * size, self.size) for _, z in runs]
-        try:
-            if len(runs) == 1:  # a plain ranged get: several times cheaper than get_ranges
-                got = [obstore.get_range(self._store, self._path, start=starts[0], end=stops[0])]
-            else:
-                # the runs as they are (coalesce=0): merging blocks far apart would fetch the bytes between
-                got = obstore.get_ranges(self._store, self._path, starts=starts, ends=stops, coalesce=0)
-        except BaseException as err:  # obstore raises a Rust panic (a BaseException) for some bad ranges
-            if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
-                raise
-            raise OSError(f"{self.url}: cannot read bytes {starts[0]}-{stops[-1]}: {str(err).splitlines()[0]}") from err
+        lengths = [min((z + 1) * size, self.size) - a * size for a, z in runs]
+        # the runs as they are (coalesce=0): merging blocks far apart would fetch the bytes between;
+        # a run shorter than the size said (the object shrank since it was opened) is an error, and nothing is cached
+        got = read_ranges(self._store, self._path, starts, lengths, url=self.url, coalesce=0)
         for (a, z), start, data in zip(runs, starts, got):
             view = memoryview(data)
             for b in range(a, z + 1):
                 self._blocks[b] = view[b * size - start : (b + 1) * size - start]
-                self._check_block(b)
-
-    def _check_block(self, b: int) -> None:
-        """A block shorter than the size said means the object shrank (truncated while we read it)."""
-        expected = min(self._block_size, self.size - b * self._block_size)
-        if len(self._blocks[b]) != expected:
-            got = len(self._blocks[b])
-            del self._blocks[b]
-            raise OSError(
-                f"{self.url}: short read at byte {b * self._block_size}: got {got} of {expected} bytes "
-                f"(the object is {self.size} bytes long; was it truncated or replaced while being read?)"
-            )
 
 
 def finish(

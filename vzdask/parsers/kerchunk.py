@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import obstore
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, _factorize_paths
 from vzdask.manifests.metadata import chunk_grid_shape, replace_metadata
 from vzdask.manifests.store import ManifestStore
+from vzdask.object_io import get, get_async, get_range, head_size_async, run_sync
 from vzdask.parsers.common import Parser, ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -135,10 +135,10 @@ class KerchunkParquetParser(Parser):
 
 def is_kerchunk_parquet(url: str, registry: ObjectStoreRegistry) -> bool:
     """True if ``url`` is a directory with a kerchunk ``.zmetadata`` (one that holds ``record_size``)."""
+    zmetadata = url.rstrip("/") + "/.zmetadata"
     try:
-        store, path = registry.resolve(url.rstrip("/") + "/.zmetadata")
-        data = bytes(obstore.get(store, path).bytes())
-        document = json.loads(data)
+        store, path = registry.resolve(zmetadata)
+        document = json.loads(get(store, path, url=zmetadata))
     except Exception:
         return False
     return isinstance(document, dict) and "record_size" in document and "metadata" in document
@@ -159,12 +159,10 @@ def looks_like_kerchunk_json(head: bytes) -> bool:
 def _read_object(url: str, registry: ObjectStoreRegistry, what: str | None = None) -> bytes:
     store, path = registry.resolve(url)
     try:
-        return bytes(obstore.get(store, path).bytes())
-    except obstore.exceptions.NotFoundError as err:
-        raise FileNotFoundError(f"cannot open {what or url}: not found") from err
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise FileNotFoundError(f"cannot open {what or url}: {first}") from err
+        return get(store, path, url=url)
+    except OSError as err:  # missing or unreadable: both "cannot open"
+        detail = "not found" if isinstance(err, FileNotFoundError) else str(err)
+        raise FileNotFoundError(f"cannot open {what or url}: {detail}") from err
 
 
 def _load_json(url: str, data: bytes, what: str) -> Any:
@@ -214,9 +212,7 @@ def _resolve_url(url: str, base: str) -> str:
 
 
 def _run(coroutine):
-    from vzdask.graph import _run_async
-
-    return _run_async(coroutine)
+    return run_sync(coroutine)
 
 
 def _object_sizes(urls: list[str], registry: ObjectStoreRegistry, source: str) -> dict[str, int]:
@@ -228,10 +224,9 @@ def _object_sizes(urls: list[str], registry: ObjectStoreRegistry, source: str) -
         async with limit:
             store, path = registry.resolve(url)
             try:
-                return url, int((await obstore.head_async(store, path))["size"])
-            except Exception as err:
-                first = (str(err).strip().splitlines() or [""])[0]
-                raise ParseError(f"{source}: whole-file reference to {url}: cannot get its size: {first}") from err
+                return url, await head_size_async(store, path, url=url)
+            except OSError as err:
+                raise ParseError(f"{source}: whole-file reference to {url}: cannot get its size: {err}") from err
 
     async def everything():
         limit = asyncio.Semaphore(CONCURRENCY)
@@ -743,10 +738,9 @@ def _parquet_chunks(
         async with limit:
             store, path = registry.resolve(url)
             try:
-                result = await obstore.get_async(store, path)
-                return bytes(await result.bytes_async())
-            except obstore.exceptions.NotFoundError:
-                return None  # a record without references: all missing
+                return await get_async(store, path, url=url)
+            except FileNotFoundError:
+                return None  # a record without references: all missing (as fsspec reads it)
 
     async def everything():
         limit = asyncio.Semaphore(CONCURRENCY)
@@ -918,9 +912,9 @@ def _metadata_document(key: str, value: Any, source: str, registry: ObjectStoreR
                 url = _resolve_url(url, base)
                 store, path = registry.resolve(url)
                 if len(value) == 3:
-                    text = bytes(obstore.get_range(store, path, start=int(value[1]), length=int(value[2])))
+                    text = bytes(get_range(store, path, int(value[1]), int(value[2]), url=url))
                 else:
-                    text = bytes(obstore.get(store, path).bytes())
+                    text = get(store, path, url=url)
             except Exception as err:
                 raise ParseError(f"{source}: key {key!r}: cannot read {url}: {err}") from err
         else:

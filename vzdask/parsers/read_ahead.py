@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dask
 
+from vzdask.object_io import is_in_process
 from vzdask.parsers.common import ObstoreFile
 from vzdask.registry import ObjectStoreRegistry
 
@@ -42,13 +43,11 @@ def read_ahead_depth(urls: Sequence[str], registry: ObjectStoreRegistry) -> int:
         return max(0, int(value))
     if not urls:
         return 0
-    from obstore.store import LocalStore, MemoryStore
-
     try:
         store, _ = registry.resolve(urls[0])
     except Exception:  # the parser reports an unresolvable url
         return 0
-    return 0 if isinstance(store, (LocalStore, MemoryStore)) else 1
+    return 0 if is_in_process(store) else 1
 
 
 def read_ahead(urls: Sequence[str], registry: ObjectStoreRegistry, depth: int | None = None

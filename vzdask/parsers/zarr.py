@@ -21,13 +21,13 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import obstore
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import chunk_grid_shape
 from vzdask.manifests.store import ManifestStore
+from vzdask.object_io import get_async, head_size_async, list_prefixes_async, list_sizes_async, run_sync
 from vzdask.parsers.common import Parser, ParseError, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -46,17 +46,15 @@ def is_zarr_store(url: str, registry: ObjectStoreRegistry) -> bool:
 
     async def exists(name: str) -> bool:
         try:
-            await obstore.head_async(store, _join(path, name))
+            await head_size_async(store, _join(path, name), url=f"{url}/{name}")
             return True
-        except Exception:
+        except OSError:
             return False
 
     async def any_exists() -> bool:
         return any(await asyncio.gather(*(exists(n) for n in (V3_DOC, V2_GROUP, V2_ARRAY))))
 
-    from vzdask.graph import _run_async
-
-    return _run_async(any_exists())
+    return run_sync(any_exists())
 
 
 class ZarrParser(Parser):
@@ -84,12 +82,10 @@ class ZarrParser(Parser):
         return f"ZarrParser(inline={self.inline!r}, group={self.group!r}, consolidated={self.consolidated!r})"
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        from vzdask.graph import _run_async
-
         url = url.rstrip("/")
         store, root = registry.resolve(url)
         reader = _Reader(url, store, root, registry, self.consolidated)
-        group = _run_async(reader.parse(self.group or ""))
+        group = run_sync(reader.parse(self.group or ""))
         return finish(group, registry, self.inline)
 
 
@@ -141,17 +137,16 @@ class _Reader:
         """A JSON document, or None if it does not exist."""
         key = _join(_join(self.root, path), name)
         try:
-            raw = await obstore.get_async(self.store, key)
-            data = await raw.bytes_async()
+            data = await get_async(self.store, key, url=self.where(_join(path, name)))
         except FileNotFoundError:
             return None
-        except Exception as err:
+        except OSError as err:
             if required_error is not None:  # probing the top node: an unreadable path is "not a store"
-                required_error.append(str(err).splitlines()[0])
+                required_error.append(str(err))
                 return None
-            raise OSError(f"cannot read {self.where(_join(path, name))}: {str(err).splitlines()[0]}") from err
+            raise
         try:
-            document = json.loads(bytes(data))
+            document = json.loads(data)
         except ValueError as err:
             raise ParseError(f"{self.where(_join(path, name))}: not valid JSON ({err})") from err
         if not isinstance(document, dict):
@@ -234,9 +229,9 @@ class _Reader:
 
     async def walk(self, node: _Node) -> None:
         """Fill ``node.children`` by listing the group's prefix (one level) and reading each child."""
-        listing = await obstore.list_with_delimiter_async(self.store, _join(self.root, node.path) or None)
+        listing = await list_prefixes_async(self.store, _join(self.root, node.path) or None, url=self.where(node.path))
         start = len(self.root) + 1 if self.root else 0
-        children = [p[start:].strip("/") for p in listing["common_prefixes"]]
+        children = [p[start:].strip("/") for p in listing]
         found = await asyncio.gather(*(self.read_node(c, node.zarr_format) for c in children))
         groups = []
         for child in found:
@@ -270,15 +265,9 @@ class _Reader:
     async def list_chunks(self, node: _Node) -> list[tuple[str, int]]:
         """``(key relative to the array, size)`` of every object under the array's prefix."""
         prefix = _join(self.root, node.path)
-        try:
-            pages = obstore.list(self.store, prefix or None, chunk_size=1000)
-            out = []
-            async for page in pages:
-                start = len(prefix) + 1 if prefix else 0
-                out.extend((meta["path"][start:], int(meta["size"])) for meta in page)
-        except Exception as err:
-            raise OSError(f"cannot list the chunks of {self.where(node.path)}: {str(err).splitlines()[0]}") from err
-        return out
+        start = len(prefix) + 1 if prefix else 0
+        listed = await list_sizes_async(self.store, prefix or None, url=self.where(node.path))
+        return [(path[start:], size) for path, size in listed]
 
     def array_metadata(self, node: _Node):
         from zarr.core.metadata.v3 import ArrayV3Metadata

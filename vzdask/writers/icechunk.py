@@ -39,7 +39,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
+from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
