@@ -168,7 +168,8 @@ def test_a_detected_hdf5_parser_goes_on_from_the_probed_first_block(tmp_path, mo
     np.testing.assert_array_equal(ds["x"].data.compute(), np.arange(12.0).reshape(3, 4))
     parser = detect_parser(path.as_uri(), registry)
     assert len(first_block_reads) == 2
-    assert pickle.loads(pickle.dumps(parser)).__dict__.get("_probed") is None  # the open file is not shipped
+    assert parser.__dict__.get("_opened") is not None  # handed over (continue_from) ...
+    assert pickle.loads(pickle.dumps(parser)).__dict__.get("_opened") is None  # ... but the open file is not shipped
     parser(path.as_uri(), registry)
     parser(path.as_uri(), registry)  # a second call opens the file itself
     assert len(first_block_reads) == 3

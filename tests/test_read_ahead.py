@@ -60,7 +60,7 @@ def blocks_parsed(url, registry) -> list[int]:
     """The blocks the HDF5 parser reads of this file, opened without any guess."""
     handle = ObstoreFile(url, registry)
     parser = HDFParser()
-    parser._probed = handle
+    parser.continue_from(handle)
     parser(url, registry)
     return handle.fetched_blocks
 
@@ -90,7 +90,7 @@ def test_each_file_comes_open_with_the_blocks_its_predecessor_needed(paths):
         assert url == urls(paths)[i] and opened.url == url and opened.registry is registry
         walked.append(opened.fetched_blocks)
         parser = HDFParser()
-        parser._probed = opened
+        parser.continue_from(opened)
         parser(url, registry)  # parse it, as a serial walk does, so its blocks guide the next file
     assert walked[0] == [0] and walked[1] == [0]  # nothing parsed yet when they were opened
     for i in range(2, len(paths)):
@@ -168,7 +168,7 @@ def test_without_a_thread_files_open_in_turn_with_the_guess(paths):
             if i:
                 assert set(needed[i - 1]) <= set(opened.fetched_blocks), (i, needed[i - 1], opened.fetched_blocks)
             parser = HDFParser()
-            parser._probed = opened
+            parser.continue_from(opened)
             parser(url, registry)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -16,7 +16,8 @@ from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
-Parser = Callable[[str, ObjectStoreRegistry], ManifestStore]
+if TYPE_CHECKING:
+    from vzdask.parsers.common import Parser
 
 #: ``Variable.encoding`` key under which a loaded variable keeps the ManifestArray it was read from.
 MANIFEST_ENCODING_KEY = "vzdask_manifest_array"
@@ -348,7 +349,7 @@ def _freeze(mapping: dict[str, Any]) -> tuple | None:
 def open_virtual_dataset(
     url: str,
     *,
-    parser: Parser | None = None,
+    parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
     registry: ObjectStoreRegistry | None = None,
     group: str | None = None,
     drop_variables: Iterable[str] | None = None,
@@ -362,9 +363,10 @@ def open_virtual_dataset(
     ----------
     url : str
         Local path or ``file://``, ``s3://``, ``http(s)://``, ``memory://`` url.
-    parser : callable, optional
+    parser : Parser or callable, optional
+        A ``vzdask.parsers`` parser (``HDFParser(...)``, ...) or any callable
         ``parser(url, registry) -> ManifestStore``; detected from the file's
-        first bytes when omitted.
+        first bytes when omitted (``vzdask.parsers.detect_parser``).
     registry : ObjectStoreRegistry, optional
         Defaults to one that creates stores for common url schemes on demand.
     group : str, optional
@@ -390,7 +392,7 @@ def open_virtual_dataset(
 def open_virtual_parts(
     url: str,
     *,
-    parser: Parser | None = None,
+    parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
     registry: ObjectStoreRegistry | None = None,
     group: str | None = None,
     drop_variables: Iterable[str] | None = None,
@@ -414,7 +416,7 @@ def open_virtual_parts(
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
     elif opened is not None and isinstance(parser, Parser):
-        parser._probed = opened  # what detect_parser hands over; used by the next parse of this url only
+        parser.continue_from(opened)  # used by the next parse of this url only
     if hasattr(parser, "parse_keeping_reads"):
         store, parsed_bytes = parser.parse_keeping_reads(url, registry)
     else:  # any callable (url, registry) -> ManifestStore

@@ -1,81 +1,115 @@
 """Parsers: ``parser(url, registry) -> ManifestStore``, configured in the constructor.
 
 Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
-``detect_parser`` picks one from a file's first bytes.
+``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
+
+Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``,
+``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
+``read_ahead`` (opening the files of a serial walk ahead). Optional
+dependencies (h5py, pyarrow, jinja2) are imported when a parser needs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
+from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
+from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
+from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
+from vzdask.parsers.zarr import ZarrParser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+#: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
+PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser)
+#: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
+HEAD_BYTES = 4096
 
 
 def detect_parser(
-    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group=None, drop_variables=None,
-    opened: ObstoreFile | None = None,
-):
+    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group: str | None = None,
+    drop_variables: Iterable[str] | None = None, opened: ObstoreFile | None = None,
+) -> Parser:
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found.
 
-    ``opened``: ``url`` already open (read ahead); the parser goes on from it.
-    """
-    from vzdask.parsers.kerchunk import is_kerchunk_parquet
-    from vzdask.parsers.zarr import ZarrParser, is_zarr_store
+    The object is opened once (one request: its first block and its size)
+    and each parser of ``PARSERS`` is asked in turn whether its first bytes
+    (or, for directories, its url) look like its format. When none does,
+    the directory layouts are probed: a kerchunk Parquet reference directory
+    (``.zmetadata`` with ``record_size``), then a Zarr store (``zarr.json``,
+    ``.zgroup`` or ``.zarray``). The chosen parser goes on from the open
+    file (``Parser.continue_from``) if it reads through one.
 
-    # An object with an HDF5 or netCDF3 signature is neither a directory of Parquet references nor a
-    # Zarr prefix: one small read settles it, before the zarr/Parquet probes (several requests each).
+    ``opened``: ``url`` already open (read ahead); used instead of opening it again.
+
+    Raises
+    ------
+    ParseError
+        The object is empty, or its format is none of the above (the
+        message names the url and its first bytes).
+    FileNotFoundError, ChunkReadError
+        There is no object at ``url`` and no store or reference directory either.
+    """
+    handle: ObstoreFile | None = None
+    open_error: Exception | None = None
     try:
         if opened is not None and opened.url == url and opened.registry is registry:
             handle = opened
         else:
-            handle = ObstoreFile(url, registry)  # its first block: the HDF5 parser goes on from it
-        probe = handle.read_range(0, 8)
-    except Exception:  # not a readable object (a prefix, or missing): the probes below decide and explain
-        probe = b""
-    if probe.startswith(HDF5_SIGNATURE):
-        from vzdask.parsers.hdf5 import HDFParser
+            handle = ObstoreFile(url, registry)
+        head = handle.read_range(0, HEAD_BYTES)  # within the first block, read when the file was opened
+    except Exception as err:  # no readable object (a directory or prefix, or missing): the probes below decide
+        head, open_error = b"", err
 
-        parser = HDFParser(inline=inline, group=group, drop_variables=drop_variables)
-        parser._probed = handle
-        return parser
-    if probe[:4] in NETCDF3_SIGNATURES:
-        return _netcdf3_parser(url, inline)
+    if head or open_error is not None:  # an empty object is no directory, whatever its name
+        for cls in PARSERS:
+            if cls.guess_can_open(head, url):
+                return _configured(cls, handle, inline, group, drop_variables)
+
+    # late imports: the probes are looked up at call time (tests replace them)
+    from vzdask.parsers.kerchunk import is_kerchunk_parquet
+    from vzdask.parsers.zarr import is_zarr_store
 
     if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
-        from vzdask.parsers.kerchunk import KerchunkParquetParser
-
-        return KerchunkParquetParser(inline=inline, group=group, drop_variables=drop_variables)
+        return _configured(KerchunkParquetParser, None, inline, group, drop_variables)
     if is_zarr_store(url, registry):  # a directory/prefix with zarr.json, .zgroup or .zarray
-        return ZarrParser(inline=inline, group=group)
-    head = ObstoreFile(url, registry).read_range(0, 8)
-    if head.startswith(HDF5_SIGNATURE):
-        from vzdask.parsers.hdf5 import HDFParser
-
-        return HDFParser(inline=inline, group=group, drop_variables=drop_variables)
-    if head[:4] in NETCDF3_SIGNATURES:
-        return _netcdf3_parser(url, inline)
-    if head.lstrip()[:1] in (b"{", b""):
-        from vzdask.parsers.kerchunk import KerchunkJSONParser, looks_like_kerchunk_json
-
-        if head and looks_like_kerchunk_json(ObstoreFile(url, registry).read_range(0, 4096)):
-            return KerchunkJSONParser(inline=inline, group=group, drop_variables=drop_variables)
-    shown = head[:8]
+        return _configured(ZarrParser, None, inline, group, drop_variables)
+    if open_error is not None:
+        raise open_error
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {shown!r}); expected HDF5/netCDF4, netCDF3, Zarr or kerchunk references"
+        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
     )
 
 
-def _netcdf3_parser(url: str, inline: InlinePolicy | None):
-    try:
-        from vzdask.parsers.netcdf3 import NetCDF3Parser
-    except ImportError as err:  # pragma: no cover - parser not built yet
-        raise ParseError(f"{url}: netCDF3 file, but the netCDF3 parser is not available ({err})") from err
-    return NetCDF3Parser(inline=inline)
+def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, drop_variables) -> Parser:
+    """A ``cls`` parser with the options its constructor takes, going on from ``handle`` if there is one."""
+    if cls is NetCDF3Parser:  # no groups; variables are dropped after parsing
+        parser: Parser = cls(inline=inline)
+    elif cls is ZarrParser:  # variables are dropped after parsing
+        parser = cls(inline=inline, group=group)
+    else:
+        parser = cls(inline=inline, group=group, drop_variables=drop_variables)
+    if handle is not None and handle.size:
+        parser.continue_from(handle)
+    return parser
 
 
-__all__ = ["InlinePolicy", "ObstoreFile", "ParseError", "Parser", "detect_parser"]
+__all__ = [
+    "HDF5_SIGNATURE",
+    "HEAD_BYTES",
+    "NETCDF3_SIGNATURES",
+    "PARSERS",
+    "HDFParser",
+    "InlinePolicy",
+    "KerchunkJSONParser",
+    "KerchunkParquetParser",
+    "NetCDF3Parser",
+    "ObstoreFile",
+    "ParseError",
+    "Parser",
+    "ZarrParser",
+    "detect_parser",
+]

@@ -18,6 +18,11 @@ from vzdask.registry import ObjectStoreRegistry
 class Parser:
     """Base of the parsers: configured in the constructor, then ``parser(url, registry) -> ManifestStore``.
 
+    ``open_virtual_dataset`` takes any callable ``(url, registry) -> ManifestStore``
+    as its parser; subclasses of this class also take part in format
+    detection (``guess_can_open``) and can go on from a file already open
+    (``continue_from``).
+
     Parameters
     ----------
     inline : InlinePolicy, optional
@@ -32,6 +37,9 @@ class Parser:
         leave dropping to ``open_virtual_dataset``.
     """
 
+    #: The file ``continue_from`` handed over, until a parse takes it.
+    _opened: ObstoreFile | None = None
+
     def __init__(
         self,
         *,
@@ -45,6 +53,32 @@ class Parser:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(inline={self.inline!r}, group={self.group!r})"
+
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        """True if ``url`` looks like this parser's format, judged from ``head`` and ``url`` alone (no request).
+
+        ``head`` is the first bytes of the object at ``url`` (up to
+        ``vzdask.parsers.HEAD_BYTES``), empty when there is no object there
+        (a directory or prefix). ``detect_parser`` asks the
+        parsers in turn; a False here is not final for formats that are
+        directories (Zarr, kerchunk Parquet): detection probes their layout
+        when no parser claimed the url.
+        """
+        return False
+
+    def continue_from(self, opened: ObstoreFile) -> Parser:
+        """Let the next parse of ``opened.url`` go on from this open file (its first blocks read) instead of opening it again.
+
+        ``detect_parser`` and ``vzdask.parsers.read_ahead`` open a file
+        before its parser runs; handing it over saves the parser the same
+        request again. It is used once, by the next call for the same url
+        and registry (``opened.taken`` then tells so), and is not pickled.
+        Parsers that read their files another way (netCDF3, Zarr, kerchunk)
+        leave it unused. Returns the parser.
+        """
+        self._opened = opened
+        return self
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         raise NotImplementedError
@@ -61,20 +95,15 @@ class Parser:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_probed", None)  # an open file stays where it was opened
+        state.pop("_opened", None)  # an open file stays where it was opened
         return state
 
     def _open(self, url: str, registry: ObjectStoreRegistry, **options) -> ObstoreFile:
-        """The file to parse: the one ``detect_parser`` already opened for this parser (first block read), else new.
-
-        Detection reads a file's first block to learn its format; handing
-        that open file over saves the parser the same request again. It is
-        used once, by the first call for the same url and registry.
-        """
-        probed, self._probed = getattr(self, "_probed", None), None
-        if probed is not None and probed.url == url and probed.registry is registry:
-            probed.taken = True
-            return probed
+        """The file to parse: the one handed over by ``continue_from`` if it is this url's, else a new one."""
+        opened, self._opened = self._opened, None
+        if opened is not None and opened.url == url and opened.registry is registry:
+            opened.taken = True
+            return opened
         return ObstoreFile(url, registry, **options)
 
 
@@ -100,7 +129,7 @@ class ObstoreFile(io.RawIOBase):
         self._position = 0
         self._block_size = block_size
         self._blocks: dict[int, memoryview] = {}
-        self.taken = False  # set when a parser goes on from this file (``Parser._open``)
+        self.taken = False  # set when a parser goes on from this file (``Parser.continue_from``)
         first, self.size = read_start(self._store, self._path, block_size, url=url)
         if not self.size:
             return

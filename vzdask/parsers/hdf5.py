@@ -38,6 +38,9 @@ FILTER_NAMES = {DEFLATE: "deflate", SHUFFLE: "shuffle", FLETCHER32: "fletcher32"
 #: Non-virtualizable variables up to this decoded size are encoded and inlined.
 SMALL_VARIABLE_BYTES = 2**20
 
+#: The HDF5 format signature at the start of a file (netCDF4 files are HDF5 files).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
 
 class HDFParser(Parser):
     """Parse netCDF4/HDF5 files into ManifestStores.
@@ -51,6 +54,11 @@ class HDFParser(Parser):
     drop_variables : iterable of str, optional
         Datasets of that group not to parse (they still name dimensions).
     """
+
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        """True if ``head`` starts with the HDF5 signature (netCDF4 files included)."""
+        return head.startswith(HDF5_SIGNATURE)
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         return self.parse_keeping_reads(url, registry)[0]

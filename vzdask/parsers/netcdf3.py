@@ -31,12 +31,14 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ObstoreFile, ParseError, finish
+from vzdask.parsers.common import ObstoreFile, ParseError, Parser, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 MAGIC = b"CDF"
 VERSIONS = {1: "CDF-1 (classic)", 2: "CDF-2 (64-bit offset)", 5: "CDF-5 (64-bit data)"}
+#: The first four bytes of a netCDF3 file: the magic and the version byte.
+NETCDF3_SIGNATURES = tuple(MAGIC + bytes([v]) for v in VERSIONS)
 
 NC_DIMENSION = 10
 NC_VARIABLE = 11
@@ -453,7 +455,7 @@ def header_to_group(header: Header, url: str, registry: ObjectStoreRegistry) -> 
         raise ParseError(f"{url}: {err}") from err
 
 
-class NetCDF3Parser:
+class NetCDF3Parser(Parser):
     """Parse a netCDF3 file (CDF-1, CDF-2, CDF-5) into a ManifestStore.
 
     Parameters
@@ -467,10 +469,15 @@ class NetCDF3Parser:
     """
 
     def __init__(self, *, inline: InlinePolicy | None = None) -> None:
-        self.inline = inline
+        super().__init__(inline=inline)
 
     def __repr__(self) -> str:
         return f"NetCDF3Parser(inline={self.inline!r})"
+
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        """True if ``head`` starts with a netCDF3 signature (``CDF`` and version 1, 2 or 5)."""
+        return head[:4] in NETCDF3_SIGNATURES
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         file = ObstoreFile(url, registry, block_size=FIRST_READ)

@@ -81,6 +81,15 @@ class ZarrParser(Parser):
     def __repr__(self) -> str:
         return f"ZarrParser(inline={self.inline!r}, group={self.group!r}, consolidated={self.consolidated!r})"
 
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        """True for a url ending in ``.zarr`` with no object there (a store is a directory or prefix).
+
+        Other stores are found by ``is_zarr_store`` (a few requests), which
+        ``detect_parser`` runs when no parser's guess claimed the url.
+        """
+        return not head and url.rstrip("/").endswith(".zarr")
+
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         url = url.rstrip("/")
         store, root = registry.resolve(url)
