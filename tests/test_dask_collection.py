@@ -26,7 +26,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from vzdask import ChunkManifest, ManifestArray, create_array_metadata
-from vzdask.graph import DEFAULT_TASK_BYTES
+from vzdask.chunk_tasks import DEFAULT_TASK_BYTES
 from vzdask.manifests.manifest import INLINED, MISSING
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_many_blocks_with_small_task_bytes(make_virtual):
 
 def test_cut_axes_get_equal_blocks(make_virtual):
     """Blocks along a cut axis are equal (no runt last task), never above the task size, and read right."""
-    from vzdask.graph import BlockLayout
+    from vzdask.chunk_tasks import BlockLayout
 
     layout = BlockLayout.for_array((2400, 2, 2), 90 * 180 * 4, target=64 * 2**20)
     assert layout.block == (240, 2, 2) and layout.nblocks == (10, 1, 1)  # not 9 x 258 + 1 x 78

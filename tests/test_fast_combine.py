@@ -219,20 +219,20 @@ def test_decoded_cache_knows_a_coordinate_by_its_stored_bytes(files, tmp_path, m
     """A coordinate stored alike (metadata, attributes, bytes) in an earlier file is neither read nor decoded."""
     import shutil
 
-    from vzdask import graph
+    from vzdask import chunk_tasks
 
     renamed = tmp_path / "lat_units.nc"  # lat's bytes as in every file, but other units
     shutil.copy(files["ascending"][2], renamed)
     with netCDF4.Dataset(renamed, "a") as nc:
         nc["lat"].units = "degrees"
     read: list[list[str]] = []
-    real = graph.read_arrays
+    real = chunk_tasks.read_arrays
 
     def spy(arrays, parsed_bytes=None):  # records which loaded arrays are read; the real reader reads them
         read.append(sorted(a.dimension_names[0] for a in arrays))
         return real(arrays, parsed_bytes)
 
-    monkeypatch.setattr(graph, "read_arrays", spy)
+    monkeypatch.setattr(chunk_tasks, "read_arrays", spy)
     cache = DecodedCache()
     paths = files["ascending"][:2] + [str(renamed), files["other_lat"][1]]
     parts = [open_virtual_parts(p, cache=cache) for p in paths]

@@ -2,7 +2,11 @@
 
 from vzdask import accessor as _accessor  # noqa: F401  (registers ds.vz)
 from vzdask import errors
-from vzdask.manifests import ChunkManifest, ManifestArray, ManifestGroup, ManifestStore
+from vzdask.manifests import array_api as _array_api  # noqa: F401  (ManifestArray's numpy functions)
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.store import ManifestStore
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.mfdataset import open_mfdataset, open_virtual_mfdataset
 from vzdask.policy import InlinePolicy

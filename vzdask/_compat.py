@@ -13,7 +13,10 @@ Public API is imported where it is used: ``dask.base`` (tokenize,
 DaskMethodsMixin, is_dask_collection), ``dask.threaded``, ``dask.utils``,
 ``zarr.abc.*`` (Store, codec ABCs), ``zarr.abc.buffer``/``zarr.buffer``
 (Buffer, BufferPrototype, default_buffer_prototype), ``zarr.codecs``,
-``zarr.registry``, ``xarray.conventions`` (its CF coders are documented).
+``zarr.registry``. "Public" is what the projects' API references document:
+zarr's lists zarr.abc, zarr.buffer, zarr.codecs, zarr.dtype, zarr.registry and
+zarr.storage (not zarr.core); xarray's lists ``decode_cf`` and the coders (not
+the per-variable functions of ``xarray.conventions``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 # the CF time units decode_cf treats as times/timedeltas: cf_tasks leaves those variables to xarray
 from xarray.coding.times import TIME_UNITS
+
+# CF decoding and encoding of single variables, exactly as xr.decode_cf / to_zarr do it for a whole Dataset
+from xarray.conventions import decode_cf_variable, decode_cf_variables, encode_cf_variable
+
+# non-index coordinates into "coordinates" attributes, as xarray's writers do (shared by our two writers)
+from xarray.conventions import encode_dataset_coordinates
 
 # xarray's zarr backend writes a float _FillValue as base64; ours must read/write exactly what it does
 from xarray.backends.zarr import FillValueCoder
@@ -116,26 +125,9 @@ from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 # group metadata documents (zarr.json of a group) served by ManifestStore
 from zarr.core.group import GroupMetadata
 
-if ZARR_VERSION >= (3, 3):
-    # zarr 3.3+: a synchronous per-chunk codec chain, much faster than the async pipeline for one chunk
-    from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
-else:
-
-    class ChunkTransform:
-        """Before zarr 3.3 no synchronous chain exists: raises TypeError, as a chain without a sync path does,
-        so callers fall back to ``BatchedCodecPipeline``."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise TypeError("zarr < 3.3 has no synchronous ChunkTransform")
-
-    def evolve_codecs(codecs, array_spec) -> tuple:
-        """zarr 3.3's evolve_codecs: each codec evolved against the spec the previous one resolves to."""
-        evolved, spec = [], array_spec
-        for codec in codecs:
-            codec = codec.evolve_from_array_spec(array_spec=spec)
-            evolved.append(codec)
-            spec = codec.resolve_metadata(spec)
-        return tuple(evolved)
+# zarr's synchronous per-chunk codec chain (much faster than the async pipeline for one chunk); zarr 3.3+,
+# which is also the first zarr whose DefaultChunkKeyEncoding.decode_chunk_key reads "c/0/1" (ManifestStore needs it)
+from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
 
 
 def array_metadata_like(template: ArrayV3Metadata, shape, dimension_names, attributes) -> ArrayV3Metadata:
@@ -177,6 +169,10 @@ __all__ = [
     "dask_array_finalize",
     "dask_array_optimize",
     "dataset_replace",
+    "decode_cf_variable",
+    "decode_cf_variables",
+    "encode_cf_variable",
+    "encode_dataset_coordinates",
     "encode_zarr_attr_value",
     "evolve_codecs",
     "flatten",

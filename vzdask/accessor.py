@@ -15,6 +15,7 @@ import dask
 import xarray as xr
 from dask.base import is_dask_collection
 
+from vzdask._compat import dataset_replace, variable_data
 from vzdask.manifests.array import ManifestArray
 
 
@@ -33,12 +34,13 @@ class VirtualDatasetAccessor:
     @property
     def virtual_variables(self) -> list[str]:
         """Names of the variables backed by ManifestArrays."""
-        return [name for name, var in self._ds.variables.items() if isinstance(var._data, ManifestArray)]
+        return [name for name, var in self._ds.variables.items() if isinstance(variable_data(var), ManifestArray)]
 
     def _lazy(self) -> dict[str, Any]:
-        return {name: var._data for name, var in self._ds.variables.items() if is_dask_collection(var._data)}
+        data = {name: variable_data(var) for name, var in self._ds.variables.items()}
+        return {name: array for name, array in data.items() if is_dask_collection(array)}
 
-    def _replace(self, new_data: dict[str, Any]) -> xr.Dataset:
+    def _with_data(self, new_data: dict[str, Any]) -> xr.Dataset:
         """The Dataset with these variables' data replaced (or whole Variables, when given Variables)."""
         variables = {}
         for name, var in self._ds.variables.items():
@@ -47,7 +49,7 @@ class VirtualDatasetAccessor:
                 var = new if isinstance(new, xr.Variable) else var.copy(deep=False, data=new)
             variables[name] = var
         coord_names = set(self._ds.coords)
-        return self._ds._replace(variables=variables, coord_names=coord_names)
+        return dataset_replace(self._ds, variables, coord_names)
 
     def compute(self, **kwargs) -> xr.Dataset:
         """Load every lazy variable (virtual or dask) into numpy in one ``dask.compute`` call."""
@@ -55,7 +57,7 @@ class VirtualDatasetAccessor:
         if not lazy:
             return self._ds.copy()
         values = dask.compute(*lazy.values(), **kwargs)
-        return self._replace(dict(zip(lazy, values)))
+        return self._with_data(dict(zip(lazy, values)))
 
     def persist(self, **kwargs) -> xr.Dataset:
         """Persist every lazy variable: virtual ones become fully inlined ManifestArrays.
@@ -67,11 +69,12 @@ class VirtualDatasetAccessor:
         if not lazy:
             return self._ds.copy()
         values = dask.persist(*lazy.values(), **kwargs)
-        return self._replace(dict(zip(lazy, values)))
+        return self._with_data(dict(zip(lazy, values)))
 
     def gather(self) -> xr.Dataset:
         """Bring persisted virtual variables' chunks from the cluster into this process."""
-        return self._replace({name: self._ds.variables[name]._data.gather() for name in self.virtual_variables})
+        variables = self._ds.variables
+        return self._with_data({name: variable_data(variables[name]).gather() for name in self.virtual_variables})
 
     def to_dask(self, chunks: Any = None, *, mask_and_scale: bool = False) -> xr.Dataset:
         """Replace virtual variables by dask arrays that fetch and decode their chunks directly.
@@ -91,8 +94,8 @@ class VirtualDatasetAccessor:
         for name in self.virtual_variables:
             var, axis_chunks = variables[name], _axis_chunks(chunks, variables[name].dims)
             decoded = decoded_in_tasks(str(name), var, axis_chunks) if mask_and_scale else None
-            replaced[name] = decoded if decoded is not None else var._data.to_dask_array(chunks=axis_chunks)
-        return self._replace(replaced)
+            replaced[name] = decoded if decoded is not None else variable_data(var).to_dask_array(chunks=axis_chunks)
+        return self._with_data(replaced)
 
     def to_icechunk(self, store_or_session, *, group=None, mode="w", append_dim=None, commit=None):
         """Write to an Icechunk session or store; see ``vzdask.writers.icechunk.write_icechunk``.

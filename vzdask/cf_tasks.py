@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from xarray.coding.times import TIME_UNITS
 
+from vzdask._compat import TIME_UNITS, decode_cf_variable, variable_data
 from vzdask.manifests.array import ManifestArray
 
 
@@ -32,7 +32,7 @@ def decoded_in_tasks(name: str, var: xr.Variable, chunks: Any = None) -> xr.Vari
     module does (the caller then leaves it to ``xr.decode_cf``). Attributes
     and encoding come out as ``decode_cf`` leaves them.
     """
-    array = var._data
+    array = variable_data(var)
     if not isinstance(array, ManifestArray) or array.dtype.kind not in "biuf" or _is_time_like(var.attrs):
         return None
     attrs, encoding = dict(var.attrs), dict(var.encoding)
@@ -57,7 +57,7 @@ def _is_time_like(attrs: dict[str, Any]) -> bool:
 
 def _decode_variable(name: str, dims: tuple, attrs: dict, encoding: dict, values: np.ndarray) -> xr.Variable:
     var = xr.Variable(dims, values, attrs=dict(attrs), encoding=dict(encoding))
-    return xr.conventions.decode_cf_variable(name, var, decode_times=False, decode_timedelta=False)
+    return decode_cf_variable(name, var, decode_times=False, decode_timedelta=False)
 
 
 def _decode_block(name: str, dims: tuple, attrs: dict, encoding: dict, dtype: str, block: np.ndarray) -> np.ndarray:

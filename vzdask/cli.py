@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from vzdask.accessor import VirtualDatasetAccessor
+from vzdask.errors import VzdaskError
 from vzdask.process import exit_process, quiet_icechunk_logs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--load-var", action="append", default=None, metavar="NAME",
                    help="load NAME for indexing; replaces the default, the dimension coordinates "
                         "(combining by coordinates needs every one of them)")
+    v.add_argument("--drop-var", action="append", default=None, metavar="NAME", help="leave NAME out of every file")
+    v.add_argument("--skip-unsupported", action="store_true",
+                   help="leave out variables that cannot be virtualized, with a warning naming them "
+                        "(default: stop with an error listing them)")
     v.add_argument("--scheduler", default="threads", help="threads, processes or a dask scheduler ADDRESS")
     v.add_argument("--workers", type=int, default=None, help="local worker count (threads or processes)")
     v.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -95,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # vzdask's own messages are whole (a list of unsupported variables, say); others' first line only
+        # (no Rust debug dump)
+        message = (str(err) if isinstance(err, VzdaskError) else str(err).splitlines()[0]) if str(err) \
+            else type(err).__name__
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -152,6 +160,8 @@ def virtualize(args) -> int:
                 concat_dim=args.concat_dim,
                 loadable_variables=args.load_var,
                 inline=inline,
+                drop_variables=args.drop_var,
+                on_unsupported="warn" if args.skip_unsupported else "raise",
                 parallel=parallel,
                 progress=progress,
             )
@@ -310,7 +320,8 @@ def info(args) -> int:
 def _icechunk_info(path: str) -> str:
     import icechunk
     import zarr
-    from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
+
+    from vzdask._compat import sync  # zarr's loop: see object_io.run_sync
 
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path))
     session = repo.readonly_session("main")
@@ -418,7 +429,7 @@ def _first_line(err: BaseException) -> str:
 def _decode_sample(group, registry, n: int, problems: list[str], bad: dict[str, np.ndarray]) -> int:
     """Read and decode up to ``n`` random chunks (virtual or inlined) not already found bad."""
     from vzdask.codecs import codec_for
-    from vzdask.graph import fetch_block
+    from vzdask.chunk_tasks import fetch_block
 
     rng = np.random.default_rng(0)
     candidates = []

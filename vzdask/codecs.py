@@ -19,13 +19,11 @@ import json
 
 import dask.config
 import numpy as np
-from zarr.core.array_spec import ArrayConfig, ArraySpec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.chunk_utils import ChunkTransform, evolve_codecs
-from zarr.core.codec_pipeline import BatchedCodecPipeline
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
+from zarr.buffer import default_buffer_prototype
 
+from vzdask._compat import ArrayConfig, ArraySpec, ArrayV3Metadata, BatchedCodecPipeline
+from vzdask._compat import ChunkTransform, evolve_codecs
+from vzdask._compat import sync  # zarr's loop: see object_io.run_sync
 from vzdask.manifests.metadata import chunk_shape
 
 dask.config.update_defaults({"vzdask": {"zlib-ng": True}})

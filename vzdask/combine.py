@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from vzdask._compat import variable_data
 from vzdask.errors import CFEncodingMismatchError  # noqa: F401  (raised here; also importable from here)
 from vzdask.manifests.array import ManifestArray
 
@@ -28,7 +29,7 @@ def cf_signature(ds: xr.Dataset) -> dict[str, dict[str, object]]:
     """Per virtual variable: its dtype and CF encoding attributes (small; cheap to ship from workers)."""
     signature = {}
     for name, var in ds.variables.items():
-        if isinstance(var._data, ManifestArray):
+        if isinstance(variable_data(var), ManifestArray):
             entry = {"dtype": str(var.dtype)}
             entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES if attr in var.attrs})
             signature[name] = entry

@@ -25,14 +25,13 @@ import uuid
 
 import dask.array as da
 import numpy as np
-from dask.array.core import finalize as dask_finalize
-from dask.array.core import slices_from_chunks
-from dask.array.optimization import optimize as dask_optimize
-from dask.core import flatten
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from dask._task_spec import Task, TaskRef
 
-from vzdask.graph import LoadTasks, decode_into, fetch_part, load_converted, load_region
+from vzdask._compat import HighLevelGraph, MaterializedLayer, Task, TaskRef, flatten, slices_from_chunks
+from vzdask._compat import dask_array_finalize as dask_finalize
+from vzdask._compat import dask_array_optimize as dask_optimize
+from vzdask.chunk_tasks import BlockLayout, decode_into, decode_region, fetch_part, load_converted, load_region
+from vzdask.codecs import codec_key as make_codec_key
+from vzdask.graph import LoadTasks, axis_starts
 
 
 class SharedResult:
@@ -185,3 +184,46 @@ def with_direct_compute(array: da.Array) -> da.Array:
 
 def _postcompute(chunks):
     return finalize, (chunks,)
+
+
+def manifest_dask_array(array, chunks=None, convert=None, dtype=None):
+    """What ``ManifestArray.to_dask_array`` returns: fetch+decode tasks (or decode tasks over persisted blocks).
+
+    ``convert(block) -> block`` (picklable, elementwise, output ``dtype``) runs on every decoded block
+    inside its task.
+    """
+    if (convert is None) != (dtype is None):
+        raise ValueError("convert and dtype go together")
+    key = make_codec_key(array.metadata)
+    layout = array.layout
+    native = array.chunk_shape
+    persisted = array.persisted
+    if dtype is not None and persisted is None:  # blocks of about vzdask.task-bytes of converted values
+        itemsize = max(np.dtype(dtype).itemsize, array.dtype.itemsize)
+        layout = BlockLayout.for_array(array.manifest.shape, math.prod(native) * itemsize)
+    block_chunks = layout.element_chunks(array.shape, native)
+    meta = np.empty((0,) * array.ndim, dtype=array.dtype if dtype is None else dtype)
+    if persisted is not None:  # persisted on a cluster: decode the held blocks
+        source_name, tasks = persisted.name, persisted.tasks
+        name = "decode-" + source_name
+        dsk = {}
+        starts = tuple(axis_starts(c) for c in block_chunks)
+        for index in layout.indices():
+            region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, starts, block_chunks))
+            origin = tuple(i * b for i, b in zip(index, layout.block))
+            dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region)
+        graph = HighLevelGraph({name: dsk, source_name: dict(tasks)}, {name: {source_name}, source_name: set()})
+        result = da.Array(graph, name, block_chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+        if convert is not None:
+            result = result.map_blocks(convert, dtype=dtype, meta=meta)
+        return result if chunks is None else result.rechunk(chunks)
+
+    if chunks is None:
+        out_chunks = block_chunks
+    else:
+        out_chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype, previous_chunks=native)
+    from dask.base import tokenize
+
+    name = "load-" + tokenize(array.name, out_chunks, convert)
+    tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks, convert, dtype)
+    return with_direct_compute(da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta))

@@ -38,6 +38,14 @@ class ReadOnlyStoreError(VzdaskError, PermissionError):
     """Raised on any attempt to write to or delete from a ManifestStore."""
 
 
+class VzdaskWarning(UserWarning):
+    """Base of the warnings vzdask gives."""
+
+
+class UnsupportedVariableWarning(VzdaskWarning):
+    """Variables of a file were left out (``on_unsupported="warn"``); the message lists them with the reasons."""
+
+
 __all__ = [
     "CFEncodingMismatchError",
     "ChunkReadError",
@@ -45,5 +53,7 @@ __all__ = [
     "FileOpenError",
     "ParseError",
     "ReadOnlyStoreError",
+    "UnsupportedVariableWarning",
     "VzdaskError",
+    "VzdaskWarning",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from vzdask._compat import variable_data, variable_fastpath
 from vzdask.manifests.array import ManifestArray
 from vzdask.xarray import VirtualParts, decode_loaded
 
@@ -129,10 +130,11 @@ def _concat_times(raws: list[xr.Variable], name: str, decode_times) -> xr.Variab
         return None
     if decoded.dtype.kind != "M" or not decoded.dtype == head.dtype == tail.dtype:
         return None
-    values = np.asarray(decoded._data)
-    if not (np.array_equal(values[: head.size], head._data) and np.array_equal(values[-tail.size :], tail._data)):
+    values = np.asarray(variable_data(decoded))
+    head_values, tail_values = variable_data(head), variable_data(tail)
+    if not (np.array_equal(values[: head.size], head_values) and np.array_equal(values[-tail.size :], tail_values)):
         return None
-    return xr.Variable(head.dims, values, dict(head.attrs), dict(head.encoding), fastpath=True)
+    return variable_fastpath(head.dims, values, dict(head.attrs), dict(head.encoding))
 
 
 def _dims(parts: VirtualParts) -> list[str]:
@@ -152,7 +154,9 @@ def _uniform_sizes(parts: Sequence[VirtualParts]) -> dict[str, set[int]] | None:
             return None
         for name, var in first.variables.items():
             other = p.variables[name]
-            if other.dims != var.dims or other.dtype != var.dtype or type(other._data) is not type(var._data):
+            if other.dims != var.dims or other.dtype != var.dtype:
+                return None
+            if type(variable_data(other)) is not type(variable_data(var)):
                 return None
     sizes: dict[str, set[int]] = {}
     for p in parts:
@@ -169,7 +173,7 @@ def _all_equal(variables: list[xr.Variable]) -> bool:
     if values.dtype.kind in "fcmM" and pd.isna(values).any():
         return False
     for var in variables[1:]:
-        if var._data is first._data:
+        if variable_data(var) is variable_data(first):
             continue
         other = var.values
         if other.dtype != values.dtype or other.shape != values.shape or not np.array_equal(other, values):
@@ -220,8 +224,8 @@ def _concat(variables: list[xr.Variable], dim: str) -> xr.Variable | None:
     """
     first = variables[0]
     try:
-        if isinstance(first._data, ManifestArray) and all(v.dtype == first.dtype for v in variables):
-            data = np.concatenate([v._data for v in variables], axis=first.get_axis_num(dim))
+        if isinstance(variable_data(first), ManifestArray) and all(v.dtype == first.dtype for v in variables):
+            data = np.concatenate([variable_data(v) for v in variables], axis=first.get_axis_num(dim))
             return xr.Variable(first.dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
         return xr.Variable.concat(variables, dim, combine_attrs="override")
     except (ValueError, TypeError):

@@ -1,472 +1,50 @@
-"""The tasks behind a ManifestArray's dask graph.
+"""The dask graphs over manifests: lazy task mappings, and what a persisted array holds.
 
-One task covers a *block* of native chunks sized to decode to about
-``vzdask.task-bytes``. A task fetches the encoded bytes of its block's
-virtual chunks with one coalesced ``get_ranges`` call per file, takes
-inlined chunks from its slice of the manifest, and returns an
-``EncodedBlock``: every non-missing chunk's encoded bytes, untouched. That is
-what ``persist`` keeps (it inlines them); ``compute`` decodes them through
-zarr's codec pipeline.
+``FetchTasks`` are a ManifestArray's own graph (one task per block, returning
+encoded bytes: what ``persist`` inlines); ``LoadTasks`` are the fetch+decode
+tasks behind ``to_dask_array`` (``vzdask.dask_array``). Both are mappings
+that make each task on demand, so an array of millions of chunks costs
+nothing until its graph is used. The task functions live in
+``vzdask.chunk_tasks``; this module knows nothing of ManifestArray.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import dask.config
 import numpy as np
-from dask._task_spec import Task, TaskRef
-from dask.utils import parse_bytes
 
+from vzdask._compat import Task
+from vzdask.chunk_tasks import BlockLayout, TaskParts, fetch_block, load_converted, load_region
 from vzdask.codecs import codec_for_key
-from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL, ChunkManifest, chunk_key
-from vzdask.object_io import is_in_process, read_ranges, read_ranges_async, run_sync
+from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
-
-DEFAULT_TASK_BYTES = 64 * 2**20
-
-dask.config.update_defaults({"vzdask": {"task-bytes": DEFAULT_TASK_BYTES}})
-
-
-def task_bytes() -> int:
-    """Decoded bytes one task aims for (dask config ``vzdask.task-bytes``)."""
-    value = dask.config.get("vzdask.task-bytes", DEFAULT_TASK_BYTES)
-    return int(parse_bytes(value) if isinstance(value, str) else value)
-
-
-# -- block layout ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class BlockLayout:
-    """How the chunk grid is cut into task blocks (all sizes in chunks)."""
+class PersistedBlocks:
+    """What a persisted ManifestArray holds until it is gathered: its blocks, as dask keys and values.
 
-    grid: tuple[int, ...]
-    block: tuple[int, ...]
-
-    @classmethod
-    def for_array(cls, grid: Sequence[int], chunk_nbytes: int, target: int | None = None) -> BlockLayout:
-        """Blocks of at most about ``target`` decoded bytes, filled along the last axes first (C order).
-
-        Where an axis is cut, its blocks are made equal (2400 chunks in blocks of
-        at most 258 become 10 of 240, not 9 of 258 and one of 78), so the last
-        task is not a runt that leaves cores idle at the end.
-        """
-        target = task_bytes() if target is None else target
-        budget = max(1, target // max(1, chunk_nbytes))
-        block = []
-        for g in reversed(grid):
-            take = max(1, min(g, budget))
-            if take < g:
-                take = -(-g // -(-g // take))
-            block.append(take)
-            budget = max(1, budget // take) if take == g else 1
-        return cls(tuple(int(g) for g in grid), tuple(reversed(block)))
-
-    @property
-    def nblocks(self) -> tuple[int, ...]:
-        return tuple(math.ceil(g / b) if g else 0 for g, b in zip(self.grid, self.block))
-
-    def indices(self) -> Iterator[tuple[int, ...]]:
-        return itertools.product(*(range(n) for n in self.nblocks))
-
-    def grid_slices(self, index: Sequence[int]) -> tuple[slice, ...]:
-        return tuple(slice(i * b, min((i + 1) * b, g)) for i, b, g in zip(index, self.block, self.grid))
-
-    def element_chunks(self, shape: Sequence[int], chunks: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-        """The dask ``chunks`` (in elements) of these blocks."""
-        out = []
-        for n, c, b, nb in zip(shape, chunks, self.block, self.nblocks):
-            step = b * c
-            out.append(tuple(min(step, n - i * step) for i in range(nb)) if n else (0,))
-        return tuple(out)
-
-
-# -- fetching ----------------------------------------------------------------
-
-
-class EncodedBlock:
-    """The encoded bytes of every non-missing chunk of one block, in C order.
-
-    ``states`` and ``lengths`` are shaped like the block's part of the chunk
-    grid; chunk ``i`` (C order, missing ones skipped) occupies the next
-    ``lengths[i]`` bytes of ``data``.
-
-    A block made by ``fetch_block`` keeps each chunk in the buffer it was read
-    into: decoding reads them there, and ``data`` joins them only when asked
-    (``persist``); pickling sends the joined bytes.
+    ``tasks[(name, *index)]`` is the block at ``index`` of ``layout``: a
+    ``distributed.Future`` while a cluster holds it, or a task computing it.
+    Writers write such blocks where they are (``vzdask.writers.cluster``).
     """
 
-    __slots__ = ("states", "lengths", "_data", "_pieces", "_size")
+    name: str
+    tasks: Mapping[tuple, Any]
+    layout: BlockLayout
 
-    def __init__(self, states: np.ndarray, lengths: np.ndarray, data: bytes) -> None:
-        self.states, self.lengths = states, lengths
-        self._data, self._pieces, self._size = data, None, len(data)
+    def keys(self) -> list[tuple]:
+        """The blocks' dask keys, in ``layout.indices()`` order (C order of the block grid)."""
+        return [(self.name, *index) for index in self.layout.indices()]
 
-    @classmethod
-    def from_pieces(cls, states: np.ndarray, lengths: np.ndarray, pieces: Sequence) -> EncodedBlock:
-        """A block whose chunks are ``pieces`` (one buffer per non-missing chunk, C order), not yet joined."""
-        block = cls.__new__(cls)
-        block.states, block.lengths = states, lengths
-        block._data, block._pieces = None, tuple(pieces)
-        block._size = sum(memoryview(p).nbytes for p in block._pieces)
-        return block
-
-    @property
-    def data(self) -> bytes:
-        """All chunks' encoded bytes, back to back."""
-        data = self._data
-        if data is None:
-            data = self._data = b"".join(self._pieces)
-        return data
-
-    def _parts(self) -> Sequence:
-        return (self._data,) if self._data is not None else self._pieces
-
-    def _joined(self) -> bytes:
-        return self._data if self._data is not None else b"".join(self._pieces)
-
-    def __reduce__(self):
-        return (EncodedBlock, (self.states, self.lengths, self._joined()))
-
-    def __repr__(self) -> str:
-        return f"EncodedBlock<grid={self.states.shape}, chunks={int(np.count_nonzero(self.states))}, {self._size} bytes>"
-
-    @property
-    def nbytes(self) -> int:
-        return self._size + self.states.nbytes + self.lengths.nbytes
-
-    def __sizeof__(self) -> int:  # lets distributed account for worker memory
-        return self.nbytes
-
-    def chunk_views(self) -> list:
-        """The encoded bytes of each non-missing chunk in C order (views, no copies)."""
-        pieces = self._pieces
-        if pieces is not None and self._data is None:
-            return [p if isinstance(p, memoryview) else memoryview(p) for p in pieces]
-        view = memoryview(self.data)
-        sizes = np.asarray(self.lengths, np.int64)[np.asarray(self.states) != MISSING].ravel()
-        ends = np.cumsum(sizes).tolist()
-        return [view[end - size : end] for end, size in zip(ends, sizes.tolist())]
-
-    def chunks(self) -> Iterator[tuple[tuple[int, ...], memoryview]]:
-        """``(index within block, encoded bytes)`` of every non-missing chunk."""
-        nonmissing = self.states != MISSING
-        indices = zip(*np.nonzero(nonmissing)) if self.states.ndim else ([()] if nonmissing[()] else [])
-        for index, data in zip(indices, self.chunk_views()):
-            yield tuple(int(i) for i in index), data
-
-
-def fetch_block(part: ChunkManifest, registry: ObjectStoreRegistry) -> EncodedBlock:
-    """Read one block's virtual chunks (one ``get_ranges`` per file) and copy its inlined ones."""
-    states = np.asarray(part.states)
-    lengths = np.asarray(part.lengths)
-    flat_states = states.ravel()
-    pieces: list = [b""] * flat_states.size
-    virtual = np.nonzero(flat_states == VIRTUAL)[0]
-    if virtual.size:
-        flat_paths = np.asarray(part.path_index).ravel()[virtual]
-        offsets = np.asarray(part.offsets).ravel()[virtual]
-        sizes = lengths.ravel()[virtual]
-        requests = []
-        for url_index in np.unique(flat_paths):
-            mine = flat_paths == url_index
-            requests.append((part.urls[url_index], virtual[mine], offsets[mine], sizes[mine]))
-        results = _read_ranges(requests, registry, states.shape)
-        for (_, positions, _, _), got in zip(requests, results):
-            for position, data in zip(positions.tolist(), got):
-                pieces[position] = data
-    inlined = np.nonzero(flat_states == INLINED)[0]
-    if inlined.size:
-        buffer = memoryview(part.inline_buffer)
-        starts = np.asarray(part.offsets).ravel()
-        for position in inlined.tolist():
-            start = int(starts[position])
-            pieces[position] = buffer[start : start + int(lengths.flat[position])]
-    present = [piece for piece, state in zip(pieces, flat_states.tolist()) if state != MISSING]
-    return EncodedBlock.from_pieces(states.copy(), lengths.copy(), present)
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRef:
-    """One chunk's reference: what a single-chunk task carries instead of a one-entry ChunkManifest.
-
-    A graph at native chunking has a task per chunk; this needs about half the
-    memory and build time of a manifest part (four numpy arrays and a url table).
-    """
-
-    state: int
-    url: str
-    offset: int
-    length: int
-    data: bytes = b""
-
-
-def fetch_chunk(ref: ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
-    """``fetch_block`` for a single chunk: the block has one chunk along each of the ``ndim`` axes."""
-    grid = (1,) * ndim
-    pieces: list = []
-    if ref.state == VIRTUAL:
-        request = (ref.url, np.zeros(1, np.int64), np.array([ref.offset], np.uint64), np.array([ref.length], np.uint64))
-        (pieces,) = _read_ranges([request], registry, grid)
-    elif ref.state == INLINED:
-        pieces = [ref.data]
-    return EncodedBlock.from_pieces(np.full(grid, ref.state, np.uint8), np.full(grid, ref.length, np.uint64), pieces)
-
-
-def _read_ranges(requests, registry: ObjectStoreRegistry, grid_shape) -> list[list]:
-    """One coalesced range read per file; files read concurrently."""
-
-    def what(positions):
-        def text() -> str:  # only when a read fails
-            first = chunk_key(np.unravel_index(int(positions[0]), grid_shape)) if len(grid_shape) else "0"
-            return f"{len(positions)} chunk(s) (first: block chunk {first})"
-
-        return text
-
-    resolved = [registry.resolve(r[0]) for r in requests]
-    if len(requests) == 1 or all(is_in_process(store) for store, _ in resolved):
-        # one file, or local disk / memory: nothing to wait for, so no event loop
-        # (gathering coroutines costs three times the CPU of the reads themselves)
-        return [
-            read_ranges(store, path, offsets.tolist(), sizes.tolist(), url=url, what=what(positions))
-            for (url, positions, offsets, sizes), (store, path) in zip(requests, resolved)
-        ]
-
-    async def read_all():
-        return await asyncio.gather(*(
-            read_ranges_async(store, path, offsets.tolist(), sizes.tolist(), url=url, what=what(positions))
-            for (url, positions, offsets, sizes), (store, path) in zip(requests, resolved)
-        ))
-
-    return run_sync(read_all())
-
-
-# -- decoding ----------------------------------------------------------------
-
-
-def decode_into(
-    out: np.ndarray,
-    block: EncodedBlock,
-    codec_key: str,
-    grid_origin: Sequence[int],
-    element_origin: Sequence[int],
-    threads: int = 1,
-) -> None:
-    """Decode a block's chunks into ``out``; missing chunks become the fill value.
-
-    ``grid_origin`` is the block's first chunk in the array's grid;
-    ``element_origin`` the array position that ``out[0, 0, ...]`` holds.
-    """
-    codec = codec_for_key(codec_key)
-    jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, element_origin, out.shape)
-    for region in fills:
-        out[region] = codec.fill_value
-    _run_jobs(codec, out, jobs, threads)
-
-
-def _chunk_jobs(
-    block: EncodedBlock,
-    chunks: Sequence[int],
-    grid_origin: Sequence[int],
-    element_origin: Sequence[int],
-    out_shape: Sequence[int],
-) -> tuple[list, list]:
-    """What decoding one block into ``out`` takes, worked out with numpy rather than per chunk.
-
-    Returns ``(jobs, fills)``: a job ``(chunk index in the grid, encoded bytes,
-    region of out, part of the chunk or None for all of it)`` per non-missing
-    chunk in C order, and the region of ``out`` of each missing chunk.
-    """
-    states = block.states
-    ndim = states.ndim
-    if ndim == 0:
-        grid = np.zeros((1, 0), np.int64)
-        present = np.asarray([states[()] != MISSING])
-    else:
-        grid = np.indices(states.shape, dtype=np.int64).reshape(ndim, -1).T + np.asarray(grid_origin, np.int64)
-        present = (states != MISSING).ravel()
-    chunks_ = np.asarray(chunks, np.int64)
-    start = grid * chunks_ - np.asarray(element_origin, np.int64)
-    stop = start + chunks_
-    limit = np.asarray(out_shape, np.int64)
-    lo = np.clip(start, 0, limit)
-    hi = np.clip(stop, 0, limit)
-    whole = ((lo == start) & (hi == stop)).all(axis=1)
-    lo_l, hi_l, start_l, grid_l = lo.tolist(), hi.tolist(), start.tolist(), grid.tolist()
-    views = iter(block.chunk_views())  # one per present chunk, in the same C order
-    jobs, fills = [], []
-    for k, (is_present, is_whole) in enumerate(zip(present.tolist(), whole.tolist())):
-        region = tuple(map(slice, lo_l[k], hi_l[k])) if ndim else (Ellipsis,)  # out[...]: a 0-d view, not a scalar
-        if not is_present:
-            fills.append(region)
-            continue
-        inner = None if is_whole else tuple(slice(a - s, b - s) for a, b, s in zip(lo_l[k], hi_l[k], start_l[k]))
-        jobs.append((grid_l[k], next(views), region, inner))
-    return jobs, fills
-
-
-def _decode_jobs(codec, out: np.ndarray, jobs: Sequence) -> None:
-    for index, data, region, inner in jobs:
-        try:
-            codec.decode_into(data, out[region], inner)
-        except Exception as err:
-            raise ValueError(f"cannot decode chunk {chunk_key(index)} ({len(data)} bytes): {err}") from err
-
-
-def _run_jobs(codec, out: np.ndarray, jobs: list, threads: int) -> None:
-    """Decode ``jobs`` into ``out`` on ``threads`` threads (the codecs release the GIL)."""
-    threads = max(1, min(threads, len(jobs)))
-    if threads == 1:
-        _decode_jobs(codec, out, jobs)
-        return
-    # contiguous runs of chunks (neighbouring regions of out), a few per thread for balance
-    step = max(1, -(-len(jobs) // (threads * 8)))
-    batches = [jobs[i : i + step] for i in range(0, len(jobs), step)]
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="vzdask-decode")
-    try:
-        futures = [pool.submit(_decode_jobs, codec, out, batch) for batch in batches]
-        for future in futures:  # in order: the first bad chunk in C order is the one reported
-            future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def load_region(
-    part: ChunkManifest | ChunkRef,
-    registry: ObjectStoreRegistry,
-    codec_key: str,
-    grid_origin: Sequence[int],
-    region: tuple[slice, ...],
-) -> np.ndarray:
-    """Fetch and decode the chunks covering ``region`` (array coordinates) of one output block."""
-    return decode_region(fetch_part(part, registry, len(region)), codec_key, grid_origin, region)
-
-
-def load_converted(convert, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
-    """``load_region``, then ``convert`` (an elementwise step such as CF decoding) on the block."""
-    return convert(load_region(part, registry, codec_key, grid_origin, region))
-
-
-def fetch_part(part: ChunkManifest | ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
-    """Fetch what one task carries: a single chunk's ``ChunkRef`` or a manifest part of ``ndim`` axes."""
-    return fetch_chunk(part, registry, ndim) if isinstance(part, ChunkRef) else fetch_block(part, registry)
-
-
-def decode_region(
-    block: EncodedBlock, codec_key: str, grid_origin: Sequence[int], region: tuple[slice, ...]
-) -> np.ndarray:
-    """Decode an already fetched block into the array region ``region``."""
-    codec = codec_for_key(codec_key)
-    out = np.empty(tuple(r.stop - r.start for r in region), dtype=codec.dtype)
-    decode_into(out, block, codec_key, grid_origin, tuple(r.start for r in region))
-    return out
-
-
-def assemble(
-    blocks: Sequence[EncodedBlock],
-    codec_key: str,
-    shape: Sequence[int],
-    layout: BlockLayout,
-) -> np.ndarray:
-    """``compute``'s final step: decode every block into one numpy array, on all cores."""
-    codec = codec_for_key(codec_key)
-    out = np.empty(tuple(shape), dtype=codec.dtype)
-    if out.size == 0:
-        return out
-    origin = (0,) * out.ndim
-    jobs: list = []
-    for index, block in zip(layout.indices(), blocks):
-        grid_origin = tuple(i * b for i, b in zip(index, layout.block))
-        block_jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, origin, out.shape)
-        for region in fills:
-            out[region] = codec.fill_value
-        jobs.extend(block_jobs)
-    _run_jobs(codec, out, jobs, _worker_threads())
-    return out
-
-
-def _worker_threads() -> int:
-    import os
-
-    return dask.config.get("num_workers", None) or os.cpu_count() or 1
-
-
-def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> ChunkManifest:
-    """The fully inlined manifest that ``persist`` produces from fetched blocks."""
-    state = np.zeros(layout.grid, np.uint8)
-    offsets = np.zeros(layout.grid, np.uint64)
-    lengths = np.zeros(layout.grid, np.uint64)
-    parts, position = [], 0
-    for index, block in zip(layout.indices(), blocks):
-        where = layout.grid_slices(index)
-        present = block.states != MISSING
-        sizes = np.where(present, block.lengths, 0).astype(np.uint64)
-        starts = (np.cumsum(sizes, dtype=np.uint64).reshape(sizes.shape) - sizes) + np.uint64(position)
-        state[where] = np.where(present, INLINED, MISSING)
-        lengths[where] = sizes
-        offsets[where] = np.where(present, starts, 0)
-        parts.extend(block._parts())  # the chunks' own buffers: joined once, here
-        position += block._size
-    path_index = np.full(layout.grid, -1, np.int32)
-    return ChunkManifest._from_parts(state, path_index, offsets, lengths, (), b"".join(parts))
-
-
-# -- graphs ------------------------------------------------------------------
-
-
-class TaskParts:
-    """Cuts a manifest into the small manifests that single tasks carry.
-
-    ``ChunkManifest.__getitem__`` is general (it remaps the whole url table and
-    repacks inlined bytes only when it must); a task's part only needs its own
-    urls and inlined bytes, found from its own chunks. A task of one chunk gets
-    a ``ChunkRef`` instead (``chunk``): a graph at native chunking has a
-    million of them.
-    """
-
-    def __init__(self, manifest: ChunkManifest) -> None:
-        self.states, self.path_index = manifest.states, manifest.path_index
-        self.offsets, self.lengths = manifest.offsets, manifest.lengths
-        self.urls, self.inline = manifest.urls, manifest.inline_buffer
-        self.any_inlined = bool(self.inline) and bool((self.states == INLINED).any())
-
-    def __call__(self, where: tuple[slice, ...]) -> ChunkManifest:
-        key = (*where, Ellipsis)  # keeps a 0-d grid an array
-        states, lengths = self.states[key].copy(), self.lengths[key].copy()
-        offsets, path_index = self.offsets[key].copy(), self.path_index[key]
-        virtual = path_index >= 0
-        used, renumbered = np.unique(path_index[virtual], return_inverse=True)
-        if len(used) == len(self.urls):
-            urls, path_index = self.urls, path_index.copy()
-        else:
-            urls = tuple(self.urls[i] for i in used.tolist())
-            path_index = np.full(path_index.shape, -1, np.int32)
-            path_index[virtual] = renumbered
-        inline = b""
-        if self.any_inlined:
-            inlined = states == INLINED
-            if inlined.any():
-                view = memoryview(self.inline)
-                starts, sizes = offsets[inlined].tolist(), lengths[inlined].tolist()
-                inline = b"".join(view[s : s + n] for s, n in zip(starts, sizes))
-                offsets[inlined] = np.cumsum([0, *sizes[:-1]], dtype=np.uint64)
-        return ChunkManifest._from_parts(states, path_index, offsets, lengths, urls, inline)
-
-    def chunk(self, index: tuple[int, ...]) -> ChunkRef:
-        """The reference of the single chunk at ``index``."""
-        state, length = int(self.states[index]), int(self.lengths[index])
-        offset = int(self.offsets[index])
-        if state == VIRTUAL:
-            return ChunkRef(state, self.urls[self.path_index[index]], offset, length)
-        if state == INLINED:
-            return ChunkRef(state, "", 0, length, bytes(memoryview(self.inline)[offset : offset + length]))
-        return ChunkRef(state, "", 0, 0)
+    def blocks(self) -> list[Any]:
+        """The blocks' values (futures, or tasks), in ``keys()`` order."""
+        return [self.tasks[key] for key in self.keys()]
 
 
 class FetchTasks(Mapping):
@@ -510,7 +88,7 @@ class LoadTasks(Mapping):
         self.part = TaskParts(manifest)
         self.native = tuple(native)
         self.chunks = chunks
-        self.starts = tuple(_starts(c) for c in chunks)
+        self.starts = tuple(axis_starts(c) for c in chunks)
         self.convert = convert
         self.dtype = np.dtype(dtype) if dtype is not None else codec_for_key(codec_key).dtype
 
@@ -545,120 +123,6 @@ class LoadTasks(Mapping):
         return math.prod(len(c) for c in self.chunks)
 
 
-def dask_array_from_manifest_array(array, chunks=None, convert=None, dtype=None):
-    """``ManifestArray.to_dask_array``: fetch+decode tasks (or decode tasks over persisted blocks).
-
-    ``convert(block) -> block`` (picklable, elementwise, output ``dtype``) runs on every decoded block
-    inside its task.
-    """
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
-    from vzdask.codecs import codec_key as make_codec_key
-    from vzdask.dask_array import with_direct_compute
-
-    if (convert is None) != (dtype is None):
-        raise ValueError("convert and dtype go together")
-    key = make_codec_key(array.metadata)
-    layout = array.layout
-    native = array.chunk_shape
-    if dtype is not None and array._source is None:  # blocks of about vzdask.task-bytes of converted values
-        itemsize = max(np.dtype(dtype).itemsize, array.dtype.itemsize)
-        layout = BlockLayout.for_array(array.manifest.shape, math.prod(native) * itemsize)
-    block_chunks = layout.element_chunks(array.shape, native)
-    meta = np.empty((0,) * array.ndim, dtype=array.dtype if dtype is None else dtype)
-    if array._source is not None:  # persisted on a cluster: decode the held blocks
-        source_name, tasks = array._source
-        name = "decode-" + source_name
-        dsk = {}
-        starts = tuple(_starts(c) for c in block_chunks)
-        for index in layout.indices():
-            region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, starts, block_chunks))
-            origin = tuple(i * b for i, b in zip(index, layout.block))
-            dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region)
-        graph = HighLevelGraph({name: dsk, source_name: dict(tasks)}, {name: {source_name}, source_name: set()})
-        result = da.Array(graph, name, block_chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
-        if convert is not None:
-            result = result.map_blocks(convert, dtype=dtype, meta=meta)
-        return result if chunks is None else result.rechunk(chunks)
-
-    if chunks is None:
-        out_chunks = block_chunks
-    else:
-        out_chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype, previous_chunks=native)
-    from dask.base import tokenize
-
-    name = "load-" + tokenize(array.name, out_chunks, convert)
-    tasks = LoadTasks(name, array.manifest, array.registry, key, native, out_chunks, convert, dtype)
-    return with_direct_compute(da.Array(HighLevelGraph({name: tasks}, {name: set()}), name, out_chunks, meta=meta))
-
-
-def _starts(chunks: Sequence[int]) -> list[int]:
+def axis_starts(chunks: Sequence[int]) -> list[int]:
     """Where each block of one axis starts."""
     return [0, *itertools.accumulate(chunks)][: len(chunks)]
-
-
-def read_array(array) -> np.ndarray:
-    """Fetch and decode a whole ManifestArray here, without a dask graph (small arrays: coordinates).
-
-    An array that is one virtual chunk (a dimension coordinate, usually) is
-    one ranged get: the general block reader costs several times the read.
-    """
-    return read_arrays([array])[0]
-
-
-def _whole_chunk(array) -> tuple[str, int, int] | None:
-    """``(url, offset, length)`` if the array is exactly one virtual chunk, else None."""
-    manifest = array.manifest
-    entry = manifest.entry((0,) * manifest.ndim) if manifest.nchunks == 1 else None
-    if entry is not None and entry[0] == "virtual" and tuple(array.chunk_shape) == tuple(array.shape):
-        return entry[1], entry[2], entry[3]
-    return None
-
-
-def whole_chunk_bytes(array, parsed_bytes=None) -> bytes | None:
-    """The encoded bytes of an array that is one chunk, if they are at hand: inlined, or read by the parser."""
-    manifest = array.manifest
-    if manifest.nchunks != 1 or tuple(array.chunk_shape) != tuple(array.shape):
-        return None
-    entry = manifest.entry((0,) * manifest.ndim)
-    if entry is None:
-        return None
-    if entry[0] == "inlined":
-        return bytes(entry[1])
-    return parsed_bytes(entry[1], entry[2], entry[3]) if parsed_bytes is not None else None
-
-
-def read_arrays(arrays: Sequence, parsed_bytes=None) -> list[np.ndarray]:
-    """``read_array`` for several arrays: the one-chunk arrays of each file are fetched in one request.
-
-    A file's coordinates (time, lat, lon) are a few small ranges of it; one
-    ``get_ranges`` costs about what one ``get`` does. ``parsed_bytes(url,
-    offset, length)`` may give a chunk's bytes without a request (the parser
-    read them already) or None.
-    """
-    from vzdask.codecs import cached_codec_for, codec_key as make_codec_key
-
-    out: list = [None] * len(arrays)
-    by_url: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # (url, id(registry)) -> chunks
-    for i, array in enumerate(arrays):
-        whole = _whole_chunk(array)
-        if whole is None:
-            layout = array.layout
-            blocks = [fetch_block(array.manifest[layout.grid_slices(index)], array.registry)
-                      for index in layout.indices()]
-            out[i] = assemble(blocks, make_codec_key(array.metadata), array.shape, layout)
-        else:
-            url, offset, length = whole
-            data = parsed_bytes(url, offset, length) if parsed_bytes is not None else None
-            if data is not None:
-                out[i] = cached_codec_for(array.metadata).decode(data)
-                continue
-            by_url.setdefault((url, id(array.registry)), []).append((i, offset, length))
-    for (url, _), wanted in by_url.items():
-        store, path = arrays[wanted[0][0]].registry.resolve(url)
-        pieces = read_ranges(store, path, [o for _, o, _ in wanted], [n for _, _, n in wanted], url=url,
-                             what=f"{len(wanted)} one-chunk array(s)")
-        for (i, _, _), data in zip(wanted, pieces):
-            out[i] = cached_codec_for(arrays[i].metadata).decode(data)
-    return out

@@ -17,7 +17,7 @@ import xarray as xr
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible
 from vzdask.fast_combine import combine_parts
-from vzdask.errors import FileOpenError
+from vzdask.errors import FileOpenError, VzdaskError
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import DecodedCache, VirtualParts
@@ -73,7 +73,8 @@ def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = F
         if preprocess is not None:
             result = preprocess(result)
     except Exception as err:
-        raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {err}") from err
+        detail = str(err) if isinstance(err, VzdaskError) else (str(err).splitlines() or [""])[0]
+        raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {detail}") from err
     return result, cf_signature(result)
 
 
@@ -126,6 +127,7 @@ def open_virtual_mfdataset(
     loadable_variables=None,
     inline: InlinePolicy | None = None,
     drop_variables=None,
+    on_unsupported: str = "raise",
     decode_times: bool | None = None,
     preprocess: Callable[[xr.Dataset], xr.Dataset] | None = None,
     parallel=None,
@@ -145,8 +147,9 @@ def open_virtual_mfdataset(
     concat_dim, combine, data_vars, coords, compat, join, combine_attrs
         As in ``xr.open_mfdataset``. The defaults never compare virtual values
         (``coords="minimal"``, ``compat="override"``): that would read them.
-    parser, registry, loadable_variables, inline, drop_variables, decode_times
-        As in ``open_virtual_dataset``, for every file.
+    parser, registry, loadable_variables, inline, drop_variables, on_unsupported, decode_times
+        As in ``open_virtual_dataset``, for every file. (``on_unsupported="warn"`` warns in the process
+        that parsed the file: with ``parallel=`` processes or a cluster, the warning stays there.)
     preprocess : callable, optional
         Applied to each file's virtual dataset before combining.
     parallel : None, "threads", "processes", distributed.Client or True
@@ -173,7 +176,8 @@ def open_virtual_mfdataset(
         raise ValueError("a nested list of paths needs combine='nested'")
     options = {
         "parser": parser, "registry": registry, "loadable_variables": loadable_variables, "inline": inline,
-        "drop_variables": drop_variables, "decode_times": decode_times, "preprocess": preprocess,
+        "drop_variables": drop_variables, "on_unsupported": on_unsupported, "decode_times": decode_times,
+        "preprocess": preprocess,
     }
     kwargs = {"data_vars": data_vars, "coords": coords, "compat": compat, "join": join,
               "combine_attrs": combine_attrs}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from vzdask._compat import decode_cf_variables, variable_data, variable_fastpath
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
@@ -181,7 +182,7 @@ def _load_variables(
     """
     if not arrays:
         return {}, frozenset()
-    from vzdask.graph import read_arrays
+    from vzdask.chunk_tasks import read_arrays
 
     # Decoded before, from the very same stored bytes and metadata (another file's lat/lon): no read, no decode.
     stored = _stored_keys(arrays, decode_times, cache, parsed_bytes) if cache is not None else {}
@@ -194,7 +195,7 @@ def _load_variables(
     keys = _cache_keys(raw, decode_times) if cache is not None else None
     deferred: set[str] = set()
     if keys is None:
-        decoded, _, _ = xr.conventions.decode_cf_variables(raw, {}, **kwargs)
+        decoded, _, _ = decode_cf_variables(raw, {}, **kwargs)
         decoded = {name: _index_ready(name, decoded[name]) if name in decoded else _own(known[name])
                    for name in arrays}
     else:
@@ -210,7 +211,7 @@ def _load_variables(
                 key = keys[name]
                 shared = cache.get(key) if key is not None else None
                 if shared is None:
-                    (shared,) = xr.conventions.decode_cf_variables({name: var}, {}, **kwargs)[0].values()
+                    (shared,) = decode_cf_variables({name: var}, {}, **kwargs)[0].values()
                     shared = _index_ready(name, shared)
                     if key is not None:
                         cache.put(key, shared)
@@ -225,13 +226,13 @@ def _load_variables(
 
 def _own(shared: xr.Variable) -> xr.Variable:
     """A Variable of its own (attrs, encoding) sharing a cached variable's decoded values."""
-    return xr.Variable(shared.dims, shared._data, dict(shared.attrs), dict(shared.encoding), fastpath=True)
+    return variable_fastpath(shared.dims, variable_data(shared), dict(shared.attrs), dict(shared.encoding))
 
 
 def decode_loaded(name: str, raw: xr.Variable, decode_times: bool | None) -> xr.Variable:
     """CF-decode one loaded variable as ``_load_variables`` does (its stored array stays in its encoding)."""
     kwargs = {} if decode_times is None else {"decode_times": decode_times}
-    (decoded,) = xr.conventions.decode_cf_variables({name: raw}, {}, **kwargs)[0].values()
+    (decoded,) = decode_cf_variables({name: raw}, {}, **kwargs)[0].values()
     decoded = _index_ready(name, decoded)
     if MANIFEST_ENCODING_KEY in raw.encoding:
         decoded.encoding[MANIFEST_ENCODING_KEY] = raw.encoding[MANIFEST_ENCODING_KEY]
@@ -258,7 +259,7 @@ def _index_ready(name: str, var: xr.Variable) -> xr.Variable:
     """A dimension coordinate with its decoded values in numpy: decoded once, not again at each use."""
     if var.dims != (name,):
         return var
-    return xr.Variable(var.dims, np.asarray(var._data), var.attrs, var.encoding, fastpath=True)
+    return variable_fastpath(var.dims, np.asarray(variable_data(var)), var.attrs, var.encoding)
 
 
 #: Loaded variables larger than this are decoded for their file alone (the cache key copies the raw bytes).
@@ -296,7 +297,7 @@ def _stored_keys(arrays: dict[str, ManifestArray], decode_times: bool | None, ca
     parser) have one, and none when the file's loaded variables depend on
     each other (``_cache_keys``' rule) or a time coordinate is left raw.
     """
-    from vzdask.graph import whole_chunk_bytes
+    from vzdask.chunk_tasks import whole_chunk_bytes
 
     attrs = {name: xarray_attributes(array.metadata.attributes, array.dtype)
              for name, array in arrays.items()}
@@ -356,6 +357,7 @@ def open_virtual_dataset(
     loadable_variables: Iterable[str] | None = None,
     decode_times: bool | None = None,
     inline: InlinePolicy | None = None,
+    on_unsupported: str = "raise",
 ) -> xr.Dataset:
     """Open one file (or reference set) as a virtual Dataset.
 
@@ -382,10 +384,19 @@ def open_virtual_dataset(
         Passed to xarray when decoding loaded variables.
     inline : InlinePolicy, optional
         Which chunks the (detected) parser inlines into the manifest.
+    on_unsupported : {"raise", "warn"}
+        Variables the detected parser cannot represent (a type zarr cannot
+        hold, a filter without a zarr codec, an unreadable attribute):
+        ``"raise"`` raises one ``ParseError`` listing them all, with the
+        ``drop_variables`` that opens the rest; ``"warn"`` opens the rest and
+        warns once (``vzdask.errors.UnsupportedVariableWarning``). netCDF4/HDF5
+        files are parsed past such variables; the other formats raise at the
+        first one.
     """
     return open_virtual_parts(
         url, parser=parser, registry=registry, group=group, drop_variables=drop_variables,
         loadable_variables=loadable_variables, decode_times=decode_times, inline=inline,
+        on_unsupported=on_unsupported,
     ).to_dataset()
 
 
@@ -399,6 +410,7 @@ def open_virtual_parts(
     loadable_variables: Iterable[str] | None = None,
     decode_times: bool | None = None,
     inline: InlinePolicy | None = None,
+    on_unsupported: str = "raise",
     cache: DecodedCache | None = None,
     opened=None,
 ) -> VirtualParts:
@@ -412,9 +424,12 @@ def open_virtual_parts(
     registry = registry if registry is not None else ObjectStoreRegistry.default()
     if parser is None:
         parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+                               on_unsupported=on_unsupported,
                                opened=opened)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
+    elif on_unsupported != "raise":
+        raise ValueError("pass on_unsupported= to the parser's constructor when giving parser=")
     elif opened is not None and isinstance(parser, Parser):
         parser.continue_from(opened)  # used by the next parse of this url only
     if hasattr(parser, "parse_keeping_reads"):

@@ -44,8 +44,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from zarr.core.metadata.v3 import ArrayV3Metadata
 
+from vzdask._compat import ArrayV3Metadata
 from vzdask.errors import ParseError
 
 #: The ``.zattrs`` key naming an array's dimensions (xarray's convention).
@@ -178,7 +178,7 @@ def _json_int(value: Any) -> int:
 
 def _v2_data_type(spec: Any, codec_ids: list[str], where: str):
     """zarr's data type for a v2 ``dtype`` (structured dtypes included); object arrays need ``vlen-utf8``."""
-    from zarr.core.dtype import get_data_type_from_json
+    from vzdask._compat import get_data_type_from_json
 
     object_ids = [i for i in codec_ids if i in OBJECT_CODECS]
     if isinstance(spec, str) and spec.lstrip("|<>=") == "O":
@@ -447,10 +447,9 @@ def v3_to_v2(
     dimension_separator : {".", "/"}, optional
         Defaults to the separator of a ``v2`` chunk key encoding, else ``"."``.
     """
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.dtype import get_data_type_from_native_dtype
-    from zarr.core.metadata.v2 import ArrayV2Metadata
+    from zarr.buffer import default_buffer_prototype
 
+    from vzdask._compat import ArrayV2Metadata, get_data_type_from_native_dtype
     from vzdask.manifests.metadata import chunk_shape, decode_cf_fill_value
 
     if attributes is None:

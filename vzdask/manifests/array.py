@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import dask.threaded
 from dask.base import DaskMethodsMixin
-from zarr.core.metadata.v3 import ArrayV3Metadata
 
+from vzdask._compat import ArrayV3Metadata, HighLevelGraph
+from vzdask.chunk_tasks import BlockLayout, EncodedBlock, assemble, blocks_to_manifest
+from vzdask.graph import FetchTasks, PersistedBlocks
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.manifests.metadata import (
@@ -25,7 +27,8 @@ from vzdask.manifests.metadata import (
 _threaded_get = dask.threaded.get
 
 #: numpy functions ManifestArray implements itself (``numpy_function -> implementation``), without
-#: reading values; ``vzdask.manifests.array_api`` fills it (imported with the package).
+#: reading values; ``vzdask.manifests.array_api`` fills it (``vzdask/__init__.py`` imports it, so
+#: it is filled whichever vzdask module is imported first).
 HANDLED_FUNCTIONS: dict[Any, Any] = {}
 
 
@@ -55,7 +58,7 @@ class ManifestArray(DaskMethodsMixin):
     about ``vzdask.task-bytes`` decoded bytes (dask config, default 64 MiB).
     """
 
-    __slots__ = ("_metadata", "_manifest", "_registry", "_source", "_name", "_layout")
+    __slots__ = ("_metadata", "_manifest", "_registry", "_persisted", "_name")
     __array_priority__ = 100
 
     def __init__(
@@ -82,9 +85,8 @@ class ManifestArray(DaskMethodsMixin):
         self._metadata = metadata
         self._manifest = chunkmanifest
         self._registry = registry if registry is not None else ObjectStoreRegistry.default()
-        self._source: tuple[str, dict] | None = None  # persisted blocks not yet gathered
+        self._persisted: PersistedBlocks | None = None  # persisted blocks not yet gathered
         self._name: tuple[tuple[int, ...], str] | None = None  # (layout.block, name)
-        self._layout = None  # the BlockLayout persisted blocks were made with (fixed until gathered)
 
     # -- description --------------------------------------------------------
 
@@ -95,13 +97,18 @@ class ManifestArray(DaskMethodsMixin):
     @property
     def manifest(self) -> ChunkManifest:
         """The chunk references; gathers persisted chunks from the cluster first if needed."""
-        if self._source is not None:
+        if self._persisted is not None:
             self._gather_in_place()
         return self._manifest
 
     @property
     def registry(self) -> ObjectStoreRegistry:
         return self._registry
+
+    @property
+    def persisted(self) -> PersistedBlocks | None:
+        """The blocks ``persist`` left on a cluster (or pending) until they are gathered, else None."""
+        return self._persisted
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,7 +150,7 @@ class ManifestArray(DaskMethodsMixin):
         return self.shape[0]
 
     def __repr__(self) -> str:
-        if self._source is not None:
+        if self._persisted is not None:
             c = self.count()
             where = f"persisted, not gathered: {c['inlined']} inlined, {c['missing']} missing chunks"
         else:
@@ -159,7 +166,7 @@ class ManifestArray(DaskMethodsMixin):
         keeps the missing ones missing.
         """
         counts = self._manifest.count()
-        if self._source is not None:
+        if self._persisted is not None:
             return {"virtual": 0, "inlined": counts["virtual"] + counts["inlined"], "missing": counts["missing"]}
         return counts
 
@@ -271,8 +278,8 @@ class ManifestArray(DaskMethodsMixin):
         The layout is part of the name because a key ``(name, i, j)`` means a
         different block under a different ``vzdask.task-bytes``.
         """
-        if self._source is not None:
-            return self._source[0]
+        if self._persisted is not None:
+            return self._persisted.name
         block = self.layout.block
         if self._name is None or self._name[0] != block:
             from dask.base import tokenize
@@ -283,12 +290,10 @@ class ManifestArray(DaskMethodsMixin):
         return self._name[1]
 
     @property
-    def layout(self):
-        """How the chunk grid is cut into task blocks (see ``vzdask.graph.BlockLayout``)."""
-        from vzdask.graph import BlockLayout
-
-        if self._layout is not None:  # persisted, not gathered: the blocks already made
-            return self._layout
+    def layout(self) -> BlockLayout:
+        """How the chunk grid is cut into task blocks (see ``vzdask.chunk_tasks.BlockLayout``)."""
+        if self._persisted is not None:  # persisted, not gathered: the blocks already made
+            return self._persisted.layout
         return BlockLayout.for_array(self._manifest.shape, math.prod(self.chunk_shape) * self.dtype.itemsize)
 
     def _keys(self, name: str | None = None) -> list[tuple]:
@@ -296,13 +301,9 @@ class ManifestArray(DaskMethodsMixin):
         return [(name, *index) for index in self.layout.indices()]
 
     def __dask_graph__(self):
-        from dask.highlevelgraph import HighLevelGraph
-
-        if self._source is not None:
-            name, tasks = self._source
+        if self._persisted is not None:
+            name, tasks = self._persisted.name, self._persisted.tasks
             return HighLevelGraph({name: dict(tasks)}, {name: set()})
-        from vzdask.graph import FetchTasks
-
         return HighLevelGraph({self.name: FetchTasks(self.name, self._manifest, self._registry, self.layout)},
                               {self.name: set()})
 
@@ -323,7 +324,6 @@ class ManifestArray(DaskMethodsMixin):
 
     def __dask_postcompute__(self):
         from vzdask.codecs import codec_key
-        from vzdask.graph import assemble
 
         return _assemble_results, (assemble, codec_key(self._metadata), self.shape, self.layout)
 
@@ -332,8 +332,6 @@ class ManifestArray(DaskMethodsMixin):
 
     def _rebuild(self, dsk, *, rename=None) -> ManifestArray:
         """After ``persist``: a ManifestArray whose chunks are all inlined (or pending on a cluster)."""
-        from vzdask.graph import EncodedBlock, blocks_to_manifest
-
         name = self.name
         if rename:
             name = rename.get(name, name)
@@ -342,25 +340,21 @@ class ManifestArray(DaskMethodsMixin):
         base = self._with(self._metadata, self._manifest)
         if all(isinstance(v, EncodedBlock) for v in values):
             return self._with(self._metadata, blocks_to_manifest(self.layout, values))
-        base._source = (name, dict(zip(keys, values)))
-        base._layout = self.layout
+        base._persisted = PersistedBlocks(name, dict(zip(keys, values)), self.layout)
         return base
 
     def _gather_in_place(self) -> None:
-        from vzdask.graph import blocks_to_manifest
-
-        name, tasks = self._source
-        keys = self._keys(name)
-        futures = [tasks[k] for k in keys]
+        persisted = self._persisted
+        keys = persisted.keys()
+        futures = persisted.blocks()
         client = getattr(futures[0], "client", None) if futures else None
         if client is not None and all(hasattr(f, "key") and hasattr(f, "result") for f in futures):
             blocks = client.gather(futures)
         else:
-            blocks = _threaded_get(dict(tasks), keys)
-        self._manifest = blocks_to_manifest(self.layout, blocks)
-        self._source = None
+            blocks = _threaded_get(dict(persisted.tasks), keys)
+        self._manifest = blocks_to_manifest(persisted.layout, blocks)
+        self._persisted = None
         self._name = None
-        self._layout = None
 
     def gather(self) -> ManifestArray:
         """Bring persisted chunks from the cluster into this process; returns a plain inlined ManifestArray."""
@@ -369,7 +363,7 @@ class ManifestArray(DaskMethodsMixin):
     @property
     def is_gathered(self) -> bool:
         """False while persisted chunks are still held by the cluster (futures)."""
-        return self._source is None
+        return self._persisted is None
 
     def rechunk(self, chunks, **kwargs):
         """A dask array with these chunks (what ``Dataset.chunk`` calls); reads at that chunking directly."""
@@ -390,13 +384,13 @@ class ManifestArray(DaskMethodsMixin):
             to run on processes or a cluster. Give its output ``dtype`` too.
             Computing the array as it is still decodes straight into one result.
         """
-        from vzdask.graph import dask_array_from_manifest_array
+        from vzdask.dask_array import manifest_dask_array  # imports dask.array: only when asked
 
-        return dask_array_from_manifest_array(self, chunks, convert=convert, dtype=dtype)
+        return manifest_dask_array(self, chunks, convert=convert, dtype=dtype)
 
 
 def _PROTOTYPE():
-    from zarr.core.buffer import default_buffer_prototype
+    from zarr.buffer import default_buffer_prototype
 
     return default_buffer_prototype()
 

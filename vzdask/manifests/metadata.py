@@ -8,10 +8,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from zarr.core.common import parse_shapelike
-from zarr.core.metadata.common import parse_attributes
-from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata, parse_dimension_names
 
+from vzdask._compat import (
+    ArrayV3Metadata,
+    FillValueCoder,
+    RegularChunkGridMetadata,
+    array_metadata_like,
+    get_data_type_from_native_dtype,
+)
 from vzdask.errors import CombineError
 
 #: Codecs whose configuration depends on the number of dimensions.
@@ -34,8 +38,6 @@ def as_array_metadata(metadata: ArrayV3Metadata | dict[str, Any]) -> ArrayV3Meta
 @functools.lru_cache(maxsize=256)
 def _zarr_data_type(dtype: np.dtype):
     """zarr's data type for a numpy dtype (cached: zarr's lookup scans its whole registry)."""
-    from zarr.core.dtype import get_data_type_from_native_dtype
-
     return get_data_type_from_native_dtype(dtype)
 
 
@@ -74,13 +76,7 @@ def create_array_metadata(
         return _full_metadata(shape, zdtype, chunks, fill_value, codecs, attributes, dimension_names,
                               chunk_key_separator)
     template = _template(key, zdtype, chunks, fill_value, codecs, chunk_key_separator)
-    metadata = object.__new__(type(template))  # copy.copy, minus its generic machinery
-    metadata.__dict__.update(template.__dict__)
-    object.__setattr__(metadata, "shape", parse_shapelike(shape))
-    object.__setattr__(metadata, "dimension_names", parse_dimension_names(dimension_names))
-    object.__setattr__(metadata, "attributes", parse_attributes(attributes))
-    metadata._validate_metadata()  # ndim of shape, chunks and names agree; codecs accept the shape
-    return metadata
+    return array_metadata_like(template, shape, dimension_names, attributes)
 
 
 def _full_metadata(shape, zdtype, chunks, fill_value, codecs, attributes, dimension_names, separator) -> ArrayV3Metadata:
@@ -204,8 +200,6 @@ def encode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[st
     value = attributes.get("_FillValue")
     if value is None or isinstance(value, (str, bytes, list)) or dtype.kind not in "biufc":
         return dict(attributes)
-    from xarray.backends.zarr import FillValueCoder
-
     return {**attributes, "_FillValue": FillValueCoder.encode(value, dtype)}
 
 
@@ -214,8 +208,6 @@ def decode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[st
     value = attributes.get("_FillValue")
     if value is None or dtype.kind not in "biufc":
         return dict(attributes)
-    from xarray.backends.zarr import FillValueCoder
-
     return {**attributes, "_FillValue": dtype.type(FillValueCoder.decode(value, dtype)).item()}
 
 

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import numpy as np
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.core.group import GroupMetadata
+from zarr.buffer import default_buffer_prototype
 
+from vzdask._compat import GroupMetadata
 from vzdask.errors import ReadOnlyStoreError
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
@@ -97,12 +98,6 @@ class ManifestStore(Store):
 
         return ("vzdask.ManifestStore", tokenize(self._group), tokenize(self._registry))
 
-    def to_virtual_dataset(self, **kwargs):
-        """This store as a virtual ``xarray.Dataset``; see ``vzdask.xarray.to_virtual_dataset``."""
-        from vzdask.xarray import to_virtual_dataset
-
-        return to_virtual_dataset(self, **kwargs)
-
     def with_read_only(self, read_only: bool = False) -> ManifestStore:
         if not read_only:
             # zarr (e.g. zarr.from_array) asks stores for a writable copy and
@@ -151,8 +146,6 @@ class ManifestStore(Store):
     def _metadata_document(self, kind: str, path: str, node: Any) -> bytes:
         cached = self._metadata_cache.get(path)
         if cached is None:
-            from zarr.core.buffer import default_buffer_prototype
-
             if kind == "group":
                 document = GroupMetadata(attributes=dict(node.attributes), zarr_format=3)
             else:

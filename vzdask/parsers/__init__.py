@@ -29,7 +29,7 @@ HEAD_BYTES = 4096
 
 def detect_parser(
     url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group: str | None = None,
-    drop_variables: Iterable[str] | None = None, opened: ObstoreFile | None = None,
+    drop_variables: Iterable[str] | None = None, opened: ObstoreFile | None = None, on_unsupported: str = "raise",
 ) -> Parser:
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found.
 
@@ -42,6 +42,8 @@ def detect_parser(
     file (``Parser.continue_from``) if it reads through one.
 
     ``opened``: ``url`` already open (read ahead); used instead of opening it again.
+    ``on_unsupported``: for ``HDFParser`` (see there); the other parsers raise at the first variable they
+    cannot represent.
 
     Raises
     ------
@@ -65,16 +67,16 @@ def detect_parser(
     if head or open_error is not None:  # an empty object is no directory, whatever its name
         for cls in PARSERS:
             if cls.guess_can_open(head, url):
-                return _configured(cls, handle, inline, group, drop_variables)
+                return _configured(cls, handle, inline, group, drop_variables, on_unsupported)
 
     # late imports: the probes are looked up at call time (tests replace them)
     from vzdask.parsers.kerchunk import is_kerchunk_parquet
     from vzdask.parsers.zarr import is_zarr_store
 
     if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
-        return _configured(KerchunkParquetParser, None, inline, group, drop_variables)
+        return _configured(KerchunkParquetParser, None, inline, group, drop_variables, on_unsupported)
     if is_zarr_store(url, registry):  # a directory/prefix with zarr.json, .zgroup or .zarray
-        return _configured(ZarrParser, None, inline, group, drop_variables)
+        return _configured(ZarrParser, None, inline, group, drop_variables, on_unsupported)
     if open_error is not None:
         raise open_error
     raise ParseError(
@@ -84,12 +86,15 @@ def detect_parser(
     )
 
 
-def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, drop_variables) -> Parser:
+def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, drop_variables,
+                on_unsupported: str) -> Parser:
     """A ``cls`` parser with the options its constructor takes, going on from ``handle`` if there is one."""
     if cls is NetCDF3Parser:  # no groups; variables are dropped after parsing
         parser: Parser = cls(inline=inline)
     elif cls is ZarrParser:  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
+    elif cls is HDFParser:  # the one that parses on past a variable it cannot represent
+        parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
     if handle is not None and handle.size:

@@ -239,3 +239,40 @@ def finish(
     if inline is not None:
         group = inline.apply(group, registry, coordinate_names(group))
     return ManifestStore(group, registry=registry)
+
+
+#: What a parser does with variables it cannot represent: raise one ParseError listing them, or leave them out
+#: with one warning per file.
+ON_UNSUPPORTED = ("raise", "warn")
+
+
+def check_on_unsupported(value: str) -> str:
+    if value not in ON_UNSUPPORTED:
+        raise ValueError(f"on_unsupported must be one of {ON_UNSUPPORTED}, not {value!r}")
+    return value
+
+
+def report_unsupported(url: str, problems: list[tuple[str, str]], on_unsupported: str, group_path: str = "/") -> None:
+    """Raise one ParseError listing every variable a parse could not represent, with its reason (or warn).
+
+    ``problems``: ``(variable path, reason)`` in file order; ``group_path``
+    is the group that was opened. The error ends with how to open the rest:
+    the exact ``drop_variables`` list for the opened group's own variables,
+    or ``on_unsupported="warn"``, which leaves them out with one warning.
+    """
+    if not problems:
+        return
+    lines = "\n".join(f"  {path!r}: {reason}" for path, reason in problems)
+    if on_unsupported == "warn":
+        import warnings
+
+        from vzdask.errors import UnsupportedVariableWarning
+
+        warnings.warn(f"{url}: left out {len(problems)} variable(s) that cannot be virtualized:\n{lines}",
+                      UnsupportedVariableWarning, stacklevel=4)
+        return
+    parent = group_path.rstrip("/")
+    droppable = [path.rsplit("/", 1)[-1] for path, _ in problems if path.rsplit("/", 1)[0] == parent]
+    hint = f"drop_variables={droppable!r} or " if len(droppable) == len(problems) else ""
+    raise ParseError(f"{url}: {len(problems)} variable(s) cannot be virtualized:\n{lines}\n"
+                     f"Open the others with {hint}on_unsupported='warn'")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,14 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import Parser, ObstoreFile, ParseError, finish
+from vzdask.parsers.common import (
+    ObstoreFile,
+    ParseError,
+    Parser,
+    check_on_unsupported,
+    finish,
+    report_unsupported,
+)
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -53,7 +62,19 @@ class HDFParser(Parser):
         Parse only this group of the file.
     drop_variables : iterable of str, optional
         Datasets of that group not to parse (they still name dimensions).
+    on_unsupported : {"raise", "warn"}
+        A dataset that cannot be represented (a type zarr cannot hold, a
+        filter without a zarr codec, an unreadable attribute) does not stop
+        the others: the whole file is parsed, then ``"raise"`` raises one
+        ``ParseError`` listing every such dataset with its reason and the
+        ``drop_variables`` that opens the rest; ``"warn"`` leaves them out
+        with one ``UnsupportedVariableWarning``.
     """
+
+    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
+                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        self.on_unsupported = check_on_unsupported(on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:
@@ -68,11 +89,13 @@ class HDFParser(Parser):
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         fid = _open_file(handle, url)
+        problems: list[tuple[str, str]] = []
         try:
             root, path = _open_root(fid, self.group, url)
-            group = _parse_group(root, path, url, registry, drop=self.drop_variables)
+            group = _parse_group(root, path, url, registry, problems, drop=self.drop_variables)
         finally:
             _close_file(fid)
+        report_unsupported(url, problems, self.on_unsupported, path)
         return finish(group, registry, self.inline), handle.cached_range
 
 
@@ -138,8 +161,13 @@ def _child_path(parent: str, name) -> str:
     return f"{parent.rstrip('/')}/{name if isinstance(name, str) else name.decode('utf-8', 'replace')}"
 
 
-def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=frozenset()) -> ManifestGroup:
-    """One group (its path is for messages): datasets become arrays, subgroups recurse."""
+def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, problems: list[tuple[str, str]],
+                 drop=frozenset()) -> ManifestGroup:
+    """One group (its path is for messages): datasets become arrays, subgroups recurse.
+
+    A dataset that cannot be represented is left out and ``(its path, why)``
+    appended to ``problems``; the caller decides what to do with them.
+    """
     import h5py
 
     arrays, groups = {}, {}
@@ -153,7 +181,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
             continue
         name = _decode_name(raw)
         if isinstance(obj, h5py.h5g.GroupID):
-            groups[name] = _parse_group(obj, _child_path(path, name), url, registry)
+            groups[name] = _parse_group(obj, _child_path(path, name), url, registry, problems)
         elif isinstance(obj, h5py.h5d.DatasetID):
             plist = obj.get_create_plist()
             keys = _attribute_names(obj, plist)
@@ -176,11 +204,22 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, drop=f
         if name in drop:
             continue
         full_name = _child_path(path, name)
-        attrs = _attributes(obj, keys, url, full_name)
-        arrays[name] = _parse_dataset(obj, full_name, plist, dims, tuple(sizes[d] for d in dims), attrs, url,
-                                      registry)
+        try:
+            attrs = _attributes(obj, keys, url, f"variable {full_name!r}")
+            arrays[name] = _parse_dataset(obj, full_name, plist, dims, tuple(sizes[d] for d in dims), attrs, url,
+                                          registry)
+        except Exception as err:  # this variable only: the others are parsed all the same
+            problems.append((full_name, _reason(err, f"{url}: variable {full_name!r}: ")))
     keys = _attribute_names(gid, gcpl)
-    return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(gid, keys, url, path))
+    return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(gid, keys, url, f"group {path!r}"))
+
+
+def _reason(err: Exception, prefix: str) -> str:
+    """Why a variable was left out, without the file and variable the message already names."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, ParseError):
+        return text.removeprefix(prefix)
+    return f"unexpected {type(err).__name__}: {text}"
 
 
 def _member_names(gid, gcpl) -> list[bytes]:
@@ -450,7 +489,7 @@ def _build_codecs(filters: tuple, dtype: np.dtype, where: str) -> tuple[Any, ...
         else:
             raise ParseError(
                 f"{where}: HDF5 filter {FILTER_NAMES.get(code, code)!r} (id {code}) has no zarr codec that can "
-                "read its stored chunks; drop the variable (drop_variables=[...]) to open the others"
+                "read its stored chunks"
             )
     return tuple(codecs)
 
@@ -483,13 +522,17 @@ def _inline_whole(dset, name, where, dims, attrs, registry, codecs=None) -> Mani
     if nbytes > SMALL_VARIABLE_BYTES:
         raise ParseError(
             f"{where}: dtype {dtype} cannot be referenced virtually and the variable is too large to inline "
-            f"({nbytes} bytes); drop it with drop_variables=[{name.rsplit('/', 1)[-1]!r}]"
+            f"({nbytes} bytes)"
         )
     values = dset[()]
     shape = tuple(int(s) for s in dset.shape)
     import h5py
 
-    if h5py.check_string_dtype(dtype) is not None or dtype.kind in "OSU":
+    if dtype.kind == "O" and h5py.check_string_dtype(dtype) is None:
+        base = h5py.check_vlen_dtype(dtype)
+        kind = f"variable-length sequences of {base}" if base is not None else f"HDF5 type {dtype}"
+        raise ParseError(f"{where}: {kind} (HDF5 vlen/reference) cannot be held by a zarr array")
+    if h5py.check_string_dtype(dtype) is not None or dtype.kind in "SU":
         values = np.asarray(values, dtype=object)
         values = np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v), otypes=[object])(values) if values.size else values
         native = np.dtypes.StringDType()
@@ -498,7 +541,7 @@ def _inline_whole(dset, name, where, dims, attrs, registry, codecs=None) -> Mani
         fill = ""
     elif dtype.names is not None:
         raise ParseError(
-            f"{where}: compound dtype {dtype} is not supported by zarr v3 here; drop it with drop_variables"
+            f"{where}: compound dtype {dtype} is not supported by zarr v3 here"
         )
     else:
         native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
@@ -528,10 +571,12 @@ def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, A
         if key in INTERNAL_ATTRIBUTES:
             continue
         try:
-            value = _read_attribute(object_id, key)
-        except Exception as err:  # unreadable attribute types (references, opaque)
-            raise ParseError(f"{url}: attribute {key!r} of {where!r} cannot be read: {err}") from err
-        out[key] = _json_value(value)
+            value = _json_value(_read_attribute(object_id, key))
+            json.dumps(value)  # what zarr metadata must hold
+        except Exception as err:  # unreadable attribute types (references, opaque, compound)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ParseError(f"{url}: {where}: attribute {key!r} cannot be read as a JSON value: {reason}") from err
+        out[key] = value
     return out
 
 

@@ -279,7 +279,7 @@ class _Reader:
         return [(path[start:], size) for path, size in listed]
 
     def array_metadata(self, node: _Node):
-        from zarr.core.metadata.v3 import ArrayV3Metadata
+        from vzdask._compat import ArrayV3Metadata
 
         where = f"{self.url}: variable {node.path!r}"
         if node.zarr_format == 2:  # v2 chunk keys in the source; the v3 metadata uses the default encoding

@@ -1,7 +1,7 @@
 """Persisted blocks still held by a dask.distributed cluster, for writers that write them in place.
 
 ``ManifestArray.persist()`` on a ``distributed.Client`` leaves every block's
-encoded bytes (a ``vzdask.graph.EncodedBlock``) on the worker that fetched it.
+encoded bytes (a ``vzdask.chunk_tasks.EncodedBlock``) on the worker that fetched it.
 The writers submit tasks that depend on those futures, so each task runs on
 the worker holding its block and the bytes never pass through the client.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vzdask.graph import BlockLayout
+from vzdask.chunk_tasks import BlockLayout
 from vzdask.manifests.array import ManifestArray
 
 
@@ -34,14 +34,13 @@ class HeldBlocks:
     @classmethod
     def of(cls, array: ManifestArray) -> HeldBlocks | None:
         """The array's blocks if it is persisted on a distributed cluster and not gathered, else None."""
-        if array.is_gathered:
+        if array.persisted is None:
             return None
         try:
             from distributed import Future
         except ImportError:
             return None
-        graph = array.__dask_graph__()
-        futures = tuple(graph[key] for key in array.__dask_keys__())
+        futures = tuple(array.persisted.blocks())
         if not futures or not all(isinstance(f, Future) for f in futures):
             return None
         # persisted chunks are all inlined except the source's missing ones, which the client still knows

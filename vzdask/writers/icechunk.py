@@ -36,11 +36,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync  # zarr's loop: see object_io.run_sync
+from zarr.buffer import default_buffer_prototype
 
+from vzdask._compat import ArrayV3Metadata, DefaultChunkKeyEncoding, encode_zarr_attr_value
+from vzdask._compat import sync  # zarr's loop: see object_io.run_sync
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest
@@ -177,8 +176,6 @@ def _icechunk_array(planned: PlannedArray) -> ManifestArray:
     An array held on a cluster gets an all-missing manifest (this process
     holds none of its chunks): the workers write its blocks.
     """
-    from xarray.backends.zarr import encode_zarr_attr_value
-
     array = planned.array
     attributes = encode_cf_fill_value(planned.attributes, array.dtype)
     document = array.metadata.to_dict()
@@ -199,8 +196,6 @@ def _write(root: PlannedGroup, store_or_session, mode: str, append_dim: str | No
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if append_dim is not None and mode != "a":
         raise ValueError(f"append_dim={append_dim!r} needs mode='a', got mode={mode!r}")
-    from xarray.backends.zarr import encode_zarr_attr_value
-
     session, store = _session_and_store(store_or_session)
     nodes = list(root.walk())
     arrays = {planned.path: _icechunk_array(planned) for planned in root.all_arrays()}

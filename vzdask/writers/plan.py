@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vzdask._compat import decode_cf_variable, encode_cf_variable, encode_dataset_coordinates, variable_data
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
@@ -109,17 +110,16 @@ def _plan_group(group: ManifestGroup, path: str) -> PlannedGroup:
 
 
 def _plan_dataset(ds, path: str, in_memory: str) -> PlannedGroup:
-    from xarray.conventions import encode_dataset_coordinates
-
     variables, attributes = encode_dataset_coordinates(ds)
     planned = PlannedGroup(path, dict(attributes))
     in_memory_names = []
     for name, var in variables.items():
         name = str(name)
-        if isinstance(var._data, ManifestArray):
-            if var._data.ndim != var.ndim:
-                raise ValueError(f"variable {name!r}: {var.ndim} dimensions but its ManifestArray has {var._data.ndim}")
-            planned.arrays[name] = _planned(join_path(path, name), var._data, dict(var.attrs), var.dims)
+        data = variable_data(var)
+        if isinstance(data, ManifestArray):
+            if data.ndim != var.ndim:
+                raise ValueError(f"variable {name!r}: {var.ndim} dimensions but its ManifestArray has {data.ndim}")
+            planned.arrays[name] = _planned(join_path(path, name), data, dict(var.attrs), var.dims)
         elif in_memory == "inline":
             array, attrs = _stored_form(name, var)
             planned.arrays[name] = _planned(join_path(path, name), array, attrs, var.dims)
@@ -148,14 +148,14 @@ def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
     if tuple(var.shape) != stored.shape:
         return False
     try:
-        from vzdask.graph import read_array
+        from vzdask.chunk_tasks import read_array
 
         # a small loaded coordinate: read it here, not through a dask graph (persisted arrays compute)
         values = read_array(stored) if stored.is_gathered else stored.compute()
         raw = xr.Variable(var.dims, values,
                           attrs=decode_cf_fill_value(dict(stored.metadata.attributes), stored.dtype))
         kind = var.dtype.kind
-        decoded = xr.conventions.decode_cf_variable(
+        decoded = decode_cf_variable(
             name, raw, decode_times=kind in "MO", decode_timedelta=kind == "m"
         )
         ours, theirs = np.asarray(decoded.values), np.asarray(var.values)
@@ -175,7 +175,7 @@ def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
 
     var = var.copy(deep=False)
     var.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
-    encoded = xr.conventions.encode_cf_variable(var, name=name)
+    encoded = encode_cf_variable(var, name=name)
     values = np.asarray(encoded.values)
     attrs = dict(encoded.attrs)
     codecs = None
