@@ -119,7 +119,7 @@ def main() -> None:
                         results.setdefault((case, fmt), []).append(_measure(write))
                     finally:
                         shutil.rmtree(out, ignore_errors=True)
-                    del ds
+                    ds = None  # let the persisted blocks go before the next case
     extra = f", {args.client_refs:,} virtual references written by the client" if args.client_refs else ""
     print(f"{len(paths)} files, tas persisted on 2 workers (~{held / 2**20:.0f} MiB held on the workers){extra}")
     print(f"{'case':<10}{'format':<10}{'seconds':>10}{'client RSS growth':>20}")

@@ -159,7 +159,7 @@ def test_fast_path_gives_xarrays_result(files, monkeypatch, case):
     assert handled
     assert_same_dataset(fast, slow)
     assert fast.sizes["time"] == NT * len(paths)
-    if kwargs.get("combine") != "nested" and not kwargs.get("decode_times") is False:
+    if kwargs.get("combine") != "nested" and kwargs.get("decode_times") is not False:
         assert fast.indexes["time"].is_monotonic_increasing or fast.indexes["time"].is_monotonic_decreasing
 
 

@@ -43,7 +43,7 @@ def values_for(dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
         values = RNG.integers(1, 100, n)
     elif dtype.kind == "f":
         values = np.round(RNG.random(n) * 100, 2)
-    elif dtype.kind in "UT" or dtype == object:
+    elif dtype.kind in "UTO":
         values = np.array([f"s{i}" * (i % 3 + 1) for i in range(n)], dtype=object)
     elif dtype.kind == "S":
         values = np.array([f"b{i % 10}".encode() for i in range(n)])

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from vzdask._compat import variable_data
-from vzdask.errors import CFEncodingMismatchError  # noqa: F401  (raised here; also importable from here)
+from vzdask.errors import CFEncodingMismatchError
 from vzdask.manifests.array import ManifestArray
 
 #: Attributes that change what the stored numbers mean.

@@ -272,7 +272,6 @@ def run(directory: Path, *, n_files: int = N_FILES, keep: bool = True) -> int:
     _require("fsspec", "reading the references back")
     _require("h5py", "parsing netCDF4 files")
     import dask
-    import xarray as xr
     from distributed import Client, LocalCluster
 
     from vzdask.mfdataset import open_virtual_mfdataset

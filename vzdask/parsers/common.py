@@ -6,7 +6,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from vzdask.errors import ParseError  # noqa: F401  (the parsers import it from here)
+from vzdask.errors import ParseError
 from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore

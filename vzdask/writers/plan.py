@@ -168,8 +168,6 @@ def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
 
 def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
     """CF-encode a loaded variable as ``to_zarr`` would and hold its chunks inlined (zarr-encoded)."""
-    import xarray as xr
-
     from vzdask.codecs import codec_for
     from vzdask.xarray import MANIFEST_ENCODING_KEY
 
