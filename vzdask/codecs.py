@@ -97,7 +97,7 @@ class ChunkCodec:
 
     def encode(self, array: np.ndarray) -> bytes:
         """A full chunk as a numpy array -> its encoded bytes."""
-        array = np.ascontiguousarray(array, dtype=self.dtype)
+        array = np.asarray(array, dtype=self.dtype, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
         if array.shape != self.chunk_shape:
             raise ValueError(f"chunk has shape {array.shape}, expected {self.chunk_shape}")
         nd = self._prototype.nd_buffer.from_numpy_array(array)

@@ -92,7 +92,8 @@ class HDFParser(Parser):
         problems: list[tuple[str, str]] = []
         try:
             root, path = _open_root(fid, self.group, url)
-            group = _parse_group(root, path, url, registry, problems, drop=self.drop_variables)
+            group = _parse_group(root, path, url, registry, problems, drop=self.drop_variables,
+                                 phony=PhonyDimensions(fid))
         finally:
             _close_file(fid)
         report_unsupported(url, problems, self.on_unsupported, path)
@@ -162,7 +163,7 @@ def _child_path(parent: str, name) -> str:
 
 
 def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, problems: list[tuple[str, str]],
-                 drop=frozenset()) -> ManifestGroup:
+                 drop=frozenset(), phony: PhonyDimensions | None = None) -> ManifestGroup:
     """One group (its path is for messages): datasets become arrays, subgroups recurse.
 
     A dataset that cannot be represented is left out and ``(its path, why)``
@@ -181,7 +182,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
             continue
         name = _decode_name(raw)
         if isinstance(obj, h5py.h5g.GroupID):
-            groups[name] = _parse_group(obj, _child_path(path, name), url, registry, problems)
+            groups[name] = _parse_group(obj, _child_path(path, name), url, registry, problems, phony=phony)
         elif isinstance(obj, h5py.h5d.DatasetID):
             plist = obj.get_create_plist()
             keys = _attribute_names(obj, plist)
@@ -189,12 +190,18 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
             if is_scale and "_Netcdf4Dimid" in keys:
                 dimids[int(_read_int32(obj, "_Netcdf4Dimid", ()))] = name
             members.append((name, obj, plist, keys, is_scale))
-    phony: dict[int, str] = {}
+    phony = phony if phony is not None else PhonyDimensions(None)
+    # the group's dimensions as netCDF-C lists them before it names phony ones: its scales, by dimension id
+    candidates = [(name, int(obj.shape[0]), _unlimited(obj)[0])
+                  for name, obj, _, _, is_scale in members if is_scale and len(obj.shape) == 1]
+    order = {name: i for i, name in dimids.items()}
+    candidates.sort(key=lambda c: order.get(c[0], len(order)))
     datasets = {}
     sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
     for name, obj, plist, keys, is_scale in members:
         shape = obj.shape
-        dims = _dimension_names(obj, name, shape, keys, is_scale, phony, dimids)
+        found = _dimension_names(obj, name, shape, keys, is_scale, dimids)
+        dims = found if None not in found else phony.name_axes(found, shape, _unlimited(obj), candidates)
         for dim, size in zip(dims, shape):
             sizes[dim] = max(sizes.get(dim, 0), int(size))
         if is_scale and "NAME" in keys and _is_dimension_only(obj):
@@ -340,9 +347,83 @@ def _fixed_string_type(size: int, cset: int):
     return h5py.h5t.py_create(h5py.string_dtype(encoding, size))
 
 
-def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, phony: dict[int, str],
-                     dimids: dict[int, str] | None = None) -> list[str]:
-    """Each axis's first attached dimension scale (by name), else a shared ``phony_dim_N`` per length.
+class PhonyDimensions:
+    """netCDF-C's names for the axes of datasets without dimension scales: ``phony_dim_N``.
+
+    What netCDF-C (and so netCDF4-python and xarray's netCDF4 backend) does:
+    an axis without a scale takes the first dimension of its group (the
+    group's real dimensions by id, then the phony ones in the order they
+    were made) of the same length and the same unlimitedness that no earlier
+    axis of the same dataset took; else a new ``phony_dim_N`` of the group.
+    ``N`` counts on from the file's real dimensions (its dimension scales)
+    across the whole file, subgroups numbered before their parent (netCDF-C
+    matches scales group by group, children first), datasets in link order.
+    Opening a subgroup (``group=``) numbers from there as if it were the
+    file's only phony group below the root (netCDF-C would also count the
+    phony dimensions of the groups it reads earlier).
+    """
+
+    def __init__(self, fid) -> None:
+        self.fid = fid
+        self.next: int | None = None  # counted when the first phony dimension is made
+
+    def name_axes(self, found: list[str | None], shape: tuple, unlimited: tuple[bool, ...],
+                  candidates: list[tuple[str, int, bool]]) -> list[str]:
+        """``found`` with each ``None`` axis named; ``candidates``, the group's dimensions, grows."""
+        names: list[str] = []
+        for axis, name in enumerate(found):
+            if name is None:
+                size, unlim = int(shape[axis]), unlimited[axis]
+                name = next((n for n, length, u in candidates
+                             if length == size and u == unlim and n not in names and n not in found), None)
+                if name is None:
+                    name = f"phony_dim_{self._number()}"
+                    candidates.append((name, size, unlim))
+            names.append(name)
+        return names
+
+    def _number(self) -> int:
+        if self.next is None:
+            self.next = _count_dimension_scales(self.fid) if self.fid is not None else 0
+        number, self.next = self.next, self.next + 1
+        return number
+
+
+def _count_dimension_scales(fid) -> int:
+    """The dimension scales of the whole file: netCDF-C's real dimensions, numbered before the phony ones."""
+    import h5py
+
+    count = 0
+
+    def visit(gid) -> None:
+        nonlocal count
+        for raw in _member_names(gid, gid.get_create_plist()):
+            try:
+                obj = h5py.h5o.open(gid, raw)
+            except KeyError:
+                continue
+            if isinstance(obj, h5py.h5g.GroupID):
+                visit(obj)
+            elif isinstance(obj, h5py.h5d.DatasetID) and h5py.h5a.exists(obj, b"CLASS") and _is_dimension_scale(obj):
+                count += 1
+
+    visit(h5py.h5g.open(fid, b"/"))
+    return count
+
+
+def _unlimited(dsid) -> tuple[bool, ...]:
+    """Per axis, whether the dataset can grow without limit (netCDF's unlimited dimensions)."""
+    import h5py
+
+    space = dsid.get_space()
+    if space.get_simple_extent_type() != h5py.h5s.SIMPLE:
+        return ()
+    return tuple(m == h5py.h5s.UNLIMITED for m in space.get_simple_extent_dims(True))
+
+
+def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool,
+                     dimids: dict[int, str] | None = None) -> list[str | None]:
+    """Each axis's first attached dimension scale (by name), else ``None`` (``PhonyDimensions`` names it).
 
     netCDF4 files say it cheaply: a variable's ``_Netcdf4Coordinates`` lists
     its dimension ids, and each dimension scale's ``_Netcdf4Dimid`` its own
@@ -365,26 +446,23 @@ def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool, 
         if len(ids) == len(shape) and all(i in dimids for i in ids):
             return [dimids[i] for i in ids]
     if "DIMENSION_LIST" not in keys:
-        return [phony.setdefault(size, f"phony_dim_{len(phony)}") for size in shape]
+        return [None for _ in shape]
     if not is_scale:
         try:
             refs = _read_attribute(dsid, "DIMENSION_LIST")
             if refs.shape == (len(shape),):
-                names = []
-                for axis, scales in enumerate(refs):
+                names: list[str | None] = []
+                for scales in refs:
                     if len(scales):
                         names.append(h5py.h5r.get_name(scales[0], dsid).decode("utf-8").rsplit("/", 1)[-1])
                     else:
-                        names.append(phony.setdefault(shape[axis], f"phony_dim_{len(phony)}"))
+                        names.append(None)
                 return names
         except Exception:  # an odd DIMENSION_LIST: let h5py's dims API decide, as before
             pass
     names = []
-    for axis, dim in enumerate(h5py.Dataset(dsid).dims):
-        if len(dim):
-            names.append(dim[0].name.rsplit("/", 1)[-1])
-        else:
-            names.append(phony.setdefault(shape[axis], f"phony_dim_{len(phony)}"))
+    for dim in h5py.Dataset(dsid).dims:
+        names.append(dim[0].name.rsplit("/", 1)[-1] if len(dim) else None)
     return names
 
 
@@ -395,13 +473,19 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
 
     where = f"{url}: variable {name!r}"
     dtype = dsid.dtype
-    if dtype.kind not in "biufc" and dtype.kind != "M" or dtype.names is not None:
+    string = h5py.check_string_dtype(dtype)
+    if string is not None and (string.length is None or string.length > 1):
+        return _inline_strings(h5py.Dataset(dsid), where, dims, shape, attrs, registry)
+    is_char = string is not None  # netCDF's char (one-byte fixed strings): plain bytes, referenced like numbers
+    if not is_char and (dtype.kind not in "biufc" and dtype.kind != "M" or dtype.names is not None):
         return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry)
 
     layout = plist.get_layout()
     fill = np.zeros((1,), dtype=dtype)  # what h5py's Dataset.fillvalue does, on the plist we hold
     plist.get_fill_value(fill)
     fill = fill[0].item()
+    if is_char:
+        dtype = np.dtype("S1")
     codecs = _codecs(plist, dtype, where)
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
 
@@ -419,6 +503,8 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
         present = np.zeros(grid, bool)
+        if infos and not present.size:
+            raise ParseError(f"{where}: the chunk index lists {len(infos)} chunk(s) of an empty dataset")
         if infos:  # StoreInfo fields, transposed: element offsets, filter masks, byte offsets, sizes
             starts, masks, byte_offsets, sizes = zip(*infos)
             if any(masks):
@@ -431,20 +517,30 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
             lengths.flat[flat] = sizes
             present.flat[flat] = True
     else:  # contiguous: one chunk, or missing if never written
-        chunks = shape if shape else ()
-        grid = tuple(1 for _ in shape)
+        chunks = tuple(max(int(c), 1) for c in shape)  # a zero-length axis: chunks of 1, none of them
+        grid = tuple(1 if s else 0 for s in shape)
         offset = dsid.get_offset()
         size = dsid.get_storage_size()
-        present = np.array([offset is not None and bool(size)]).reshape(grid)
-        offsets = np.array([offset or 0], np.uint64).reshape(grid)
-        lengths = np.array([size or 0], np.uint64).reshape(grid)
-        if any(c == 0 for c in chunks):
-            chunks = tuple(max(c, 1) for c in chunks)
-    manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
-    metadata = create_array_metadata(
-        shape=shape, chunk_shape=chunks, dtype=native, codecs=codecs, fill_value=fill,
-        dimension_names=dims, attributes=attrs,
-    )
+        stored = offset is not None and bool(size)
+        present = np.full(grid, stored)
+        offsets = np.full(grid, offset or 0, np.uint64)
+        lengths = np.full(grid, size or 0, np.uint64)
+    if present.size == 0 or not present.any():  # nothing stored: every chunk reads as the fill value
+        manifest = ChunkManifest.empty(present.shape)
+    else:
+        manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
+    if is_char:  # zarr-python's fixed-size bytes type has no zarr v3 spec yet (it warns)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+            metadata = create_array_metadata(shape=shape, chunk_shape=chunks, dtype=native, codecs=codecs,
+                                             fill_value=fill, dimension_names=dims, attributes=attrs)
+    else:
+        metadata = create_array_metadata(
+            shape=shape, chunk_shape=chunks, dtype=native, codecs=codecs, fill_value=fill,
+            dimension_names=dims, attributes=attrs,
+        )
     return ManifestArray(metadata, manifest, registry=registry)
 
 
@@ -511,6 +607,51 @@ def _lz4h5_codec(where: str) -> dict[str, Any]:
             "install it with `pip install imagecodecs-zarr` (included in vzdask[hdf])"
         ) from err
     return {"name": name}
+
+
+def _inline_strings(dset, where, dims, shape, attrs, registry) -> ManifestArray:
+    """Text (variable-length or fixed-length HDF5 strings): read and inlined as fixed-width ``<U`` strings.
+
+    netCDF-C reads both kinds as ``NC_STRING`` and xarray gives them as
+    ``<U{n}`` arrays, ``n`` the longest value (at least 1), with or without
+    CF decoding: the virtual array has that very dtype and values (its
+    chunk holds them; HDF5 keeps variable-length strings in a heap that no
+    byte range reference can point into). Values past the dataset's extent
+    along an unlimited dimension (another variable is longer) are empty
+    strings, netCDF's fill value for strings.
+    """
+    import warnings
+
+    from vzdask.codecs import codec_for
+
+    nbytes = dset.size * 64
+    if nbytes > SMALL_VARIABLE_BYTES * 16:
+        raise ParseError(f"{where}: {dset.size} strings are too many to inline (strings cannot be referenced "
+                         "virtually); drop the variable")
+    raw = dset[()] if dset.size else np.empty(dset.shape, object)
+    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(raw, dtype=object).ravel().tolist()]
+    width = max((len(v) for v in flat), default=0)
+    dtype = np.dtype(f"<U{max(width, 1)}")
+    values = np.array(flat, dtype=dtype).reshape(dset.shape)
+    if tuple(values.shape) != tuple(shape):  # shorter along an unlimited dimension: pad with ""
+        padded = np.zeros(shape, dtype)
+        padded[tuple(slice(0, n) for n in values.shape)] = values
+        values = padded
+    chunk = tuple(max(int(s), 1) for s in shape)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        metadata = create_array_metadata(shape=shape, chunk_shape=chunk, dtype=dtype, fill_value="",
+                                         dimension_names=dims, attributes=attrs)
+        grid = tuple(1 if s else 0 for s in shape)
+        if not values.size:
+            return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
+        data = codec_for(metadata).encode(values)
+    manifest = ChunkManifest.from_arrays(
+        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64), lengths=np.zeros(grid, np.uint64),
+        inlined={tuple(0 for _ in shape): data},
+    )
+    return ManifestArray(metadata, manifest, registry=registry)
 
 
 def _inline_whole(dset, name, where, dims, attrs, registry, codecs=None) -> ManifestArray:

@@ -1,0 +1,272 @@
+"""A corpus of awkward netCDF-4/HDF5/netCDF-3 files: each variable reads exactly, or is refused by name (issue 18).
+
+Every case is one line of ``CASES``: a writer (netCDF4-python, h5py or
+scipy, run inside the test) and the expected outcome:
+
+* ``VALUES``: every variable of the file (of ``group``) equals what netCDF-C
+  gives, through xarray's netCDF4 backend: the virtual variables computed
+  raw equal ``xr.open_dataset(engine="netcdf4", decode_cf=False)`` (values,
+  dtypes, dims), and CF-decoded (``xr.decode_cf`` of them, and the same
+  variables loaded with ``loadable_variables``) equal
+  ``xr.open_dataset(engine="netcdf4")``;
+* ``refused(variable, words)``: a ``ParseError`` whose message names the
+  file and the variable (and contains ``words``), and the other variables
+  open with ``on_unsupported="warn"`` and read as above.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+import scipy.io
+import xarray as xr
+
+from vzdask import open_virtual_dataset
+from vzdask.errors import ParseError, UnsupportedVariableWarning
+
+
+@dataclass(frozen=True)
+class Refused:
+    variable: str
+    words: str
+
+
+VALUES = None
+
+
+def refused(variable: str, words: str = "") -> Refused:
+    return Refused(variable, words)
+
+
+# --------------------------------------------------------------------------- #
+# writers
+# --------------------------------------------------------------------------- #
+
+
+def scalar_vlen_string(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createVariable("s", str, ())[...] = "hello"
+        nc.createVariable("x", "f4", ())[...] = 1.5
+
+
+def scalar_char(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createVariable("c", "S1", ())[...] = "h"
+
+
+def scalar_fixed_string_h5py(p):
+    with h5py.File(p, "w") as f:
+        f["fs"] = np.bytes_(b"hello")
+        f.create_dataset("vs", data="scalar", dtype=h5py.string_dtype())
+
+
+def zero_records(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("t", None)
+        nc.createDimension("x", 3)
+        nc.createVariable("v", "f4", ("t", "x"))
+        nc.createVariable("x", "f4", ("x",))[:] = [1, 2, 3]
+
+
+def zero_length_dimension(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("z", 0)
+        nc.createVariable("e", "f4", ("z",))
+        nc.createVariable("es", str, ("z",))
+        nc.createVariable("ec", "S1", ("z",))
+
+
+def zero_length_h5py(p):
+    with h5py.File(p, "w") as f:
+        f.create_dataset("contiguous", shape=(0, 4), dtype="f8")
+        f.create_dataset("chunked", shape=(0,), maxshape=(None,), dtype="i4", chunks=(10,))
+
+
+def unlimited_uneven(p):
+    """Two record variables of different lengths: the shorter one reads as fill past its end."""
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("t", None)
+        nc.createVariable("a", "f4", ("t",))[:] = [1, 2, 3, 4]
+        nc.createVariable("b", "i2", ("t",))[:2] = [5, 6]
+        s = nc.createVariable("s", str, ("t",))
+        s[0] = "one"
+
+
+def string_variables(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("n", 3)
+        v = nc.createVariable("vs", str, ("n",))
+        v[0], v[1], v[2] = "a", "", "ccc"
+        u = nc.createVariable("unicode", str, ("n",))
+        u[0], u[1], u[2] = "é", "日本", "x"
+
+
+def string_h5py(p):
+    with h5py.File(p, "w") as f:
+        f["fixed"] = np.array([b"ab", b"cde"], "S3")
+        f.create_dataset("vlen", data=np.array(["x", "yy"], dtype=h5py.string_dtype()))
+        f.create_dataset("chunked", data=np.array(["p", "qq", "rrr"] * 5, dtype=h5py.string_dtype()), chunks=(4,))
+
+
+def char_arrays(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("n", 3)
+        nc.createDimension("nchar", 5)
+        v = nc.createVariable("c", "S1", ("n", "nchar"))
+        v[:] = netCDF4.stringtochar(np.array(["ab", "cde", ""], "S5"))
+        z = nc.createVariable("zipped", "S1", ("n", "nchar"), zlib=True)
+        z[:] = netCDF4.stringtochar(np.array(["fghij", "k", "lm"], "S5"))
+
+
+def _chars(words: list[str], width: int) -> np.ndarray:
+    """UTF-8 text as a (len(words), width) char array."""
+    return np.array([w.encode("utf-8") for w in words], f"S{width}").view("S1").reshape(len(words), width)
+
+
+def char_utf8(p):
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("n", 3)
+        nc.createDimension("nchar", 6)
+        v = nc.createVariable("u", "S1", ("n", "nchar"))
+        v.set_auto_chartostring(False)
+        v._Encoding = "utf-8"
+        v[:] = _chars(["é", "日本", "ab"], 6)
+        w = nc.createVariable("ascii", "S1", ("n", "nchar"))
+        w.set_auto_chartostring(False)
+        w._Encoding = "ascii"
+        w[:] = _chars(["x", "yz", ""], 6)
+
+
+def netcdf3_chars(p):
+    with scipy.io.netcdf_file(p, "w") as nc:
+        nc.createDimension("n", 2)
+        nc.createDimension("nchar", 4)
+        v = nc.createVariable("c", "c", ("n", "nchar"))
+        v[:] = np.array([list(b"ab\x00\x00"), list(b"wxyz")], "u1").view("S1")
+        nc.createVariable("v", "f4", ("n",))[:] = [1, 2]
+
+
+def phony_square(p):
+    with h5py.File(p, "w") as f:
+        f["d"] = np.arange(100.0).reshape(10, 10)
+
+
+def phony_shared(p):
+    """Axes of one length share a phony dimension across datasets, numbered as netCDF-C numbers them."""
+    with h5py.File(p, "w") as f:
+        f["d"] = np.zeros((10, 10))
+        f["e"] = np.arange(300).reshape(10, 3, 10)
+        f["a"] = np.arange(3.0)
+        g = f.create_group("g")
+        g["x"] = np.arange(10)
+        g["y"] = np.ones((5, 5), "i2")
+        f["z"] = np.arange(5.0)
+        f.create_dataset("u", data=np.ones((2, 10)), maxshape=(None, 10))
+
+
+def phony_creation_order(p):
+    with h5py.File(p, "w", track_order=True) as f:
+        f["z"] = np.arange(5.0)
+        f["d"] = np.zeros((10, 5))
+        f.create_group("g")["x"] = np.arange(10)
+
+
+def phony_beside_netcdf_dimensions(p):
+    """Real dimensions come first: a phony axis takes a real dimension of its length, numbers start after them."""
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("x", 10)
+        nc.createVariable("x", "f4", ("x",))[:] = np.arange(10)
+        nc.createVariable("v", "f4", ("x",))[:] = np.arange(10) * 2
+    with h5py.File(p, "a") as f:
+        f["q"] = np.arange(40.0).reshape(10, 4)
+        f.create_group("h")["r"] = np.arange(40.0).reshape(4, 10)
+
+
+CASES = {
+    "scalar_vlen_string": (scalar_vlen_string, VALUES),
+    "scalar_char": (scalar_char, VALUES),
+    "scalar_fixed_string_h5py": (scalar_fixed_string_h5py, VALUES),
+    "zero_records": (zero_records, VALUES),
+    "zero_length_dimension": (zero_length_dimension, VALUES),
+    "zero_length_h5py": (zero_length_h5py, VALUES),
+    "unlimited_uneven": (unlimited_uneven, VALUES),
+    "string_variables": (string_variables, VALUES),
+    "string_h5py": (string_h5py, VALUES),
+    "char_arrays": (char_arrays, VALUES),
+    "char_utf8": (char_utf8, VALUES),
+    "netcdf3_chars": (netcdf3_chars, VALUES),
+    "phony_square": (phony_square, VALUES),
+    "phony_shared": (phony_shared, VALUES),
+    "phony_shared_group": (phony_shared, VALUES, {"group": "g"}),
+    "phony_creation_order": (phony_creation_order, VALUES),
+    "phony_creation_order_group": (phony_creation_order, VALUES, {"group": "g"}),
+    "phony_beside_netcdf_dimensions": (phony_beside_netcdf_dimensions, VALUES),
+    "phony_beside_netcdf_dimensions_group": (phony_beside_netcdf_dimensions, VALUES, {"group": "h"}),
+}
+
+
+# --------------------------------------------------------------------------- #
+# checks
+# --------------------------------------------------------------------------- #
+
+
+def assert_same_variables(got: xr.Dataset, expected: xr.Dataset, what: str) -> None:
+    assert set(got.variables) == set(expected.variables), (what, sorted(got.variables), sorted(expected.variables))
+    for name, want in expected.variables.items():
+        have = got.variables[name]
+        where = f"{what}: {name}"
+        assert have.dims == want.dims, (where, have.dims, want.dims)
+        assert have.dtype == want.dtype, (where, have.dtype, want.dtype)
+        a, b = np.asarray(have.values), np.asarray(want.values)
+        if a.dtype.kind in "fcmM":
+            np.testing.assert_array_equal(a, b, err_msg=where)  # NaN/NaT equal NaN/NaT
+        else:
+            assert a.shape == b.shape and a.tolist() == b.tolist(), (where, a, b)
+
+
+def check_values(path: str, group: str | None = None, **open_kwargs) -> None:
+    """Virtual (raw, through dask, CF-decoded) and loaded variables equal netCDF-C's, through xarray."""
+    vds = open_virtual_dataset(path, group=group, loadable_variables=[], **open_kwargs)
+    names = list(vds.variables)
+    raw = vds.vz.compute()
+    with xr.open_dataset(path, engine="netcdf4", decode_cf=False, group=group) as expected:
+        expected = expected[names].load() if names else expected.load()
+        assert_same_variables(raw, expected.drop_indexes(list(expected.xindexes)), "raw")
+        assert_same_variables(vds.vz.to_dask().compute(), expected.drop_indexes(list(expected.xindexes)), "dask")
+    with xr.open_dataset(path, engine="netcdf4", group=group) as expected:
+        expected = expected[[n for n in expected.variables if n in names]].load()
+        assert_same_variables(xr.decode_cf(raw), expected, "decoded")
+        loaded = open_virtual_dataset(path, group=group, loadable_variables=names, **open_kwargs)
+        assert_same_variables(loaded, expected, "loaded")
+
+
+def _no_warnings(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zarr: fixed-width types without a v3 spec
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_corpus(tmp_path: Path, case: str) -> None:
+    write, expected = CASES[case][:2]
+    options = CASES[case][2] if len(CASES[case]) > 2 else {}
+    path = str(tmp_path / f"{case}.nc")
+    write(path)
+    if isinstance(expected, Refused):
+        with pytest.raises(ParseError) as info:
+            _no_warnings(open_virtual_dataset, path, **options)
+        message = str(info.value)
+        assert f"{case}.nc" in message and repr(expected.variable) in message, message
+        assert expected.words in message, message
+        with pytest.warns(UnsupportedVariableWarning):
+            vds = open_virtual_dataset(path, on_unsupported="warn", **options)
+        assert expected.variable.rsplit("/", 1)[-1] not in vds.variables
+        return
+    _no_warnings(check_values, path, **options)
