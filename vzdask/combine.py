@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import xarray as xr
 
 from vzdask._compat import variable_data
-from vzdask.errors import CFEncodingMismatchError
+from vzdask.errors import CFEncodingMismatchError, CombineError
 from vzdask.manifests.array import ManifestArray
 
 #: Attributes that change what the stored numbers mean.
@@ -25,14 +24,24 @@ CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_v
 PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
 
 
-def cf_signature(ds: xr.Dataset) -> dict[str, dict[str, object]]:
-    """Per virtual variable: its dtype and CF encoding attributes (small; cheap to ship from workers)."""
-    signature = {}
+def cf_signature(ds) -> dict[str, dict[str, object]]:
+    """Per variable: dims and shape; per virtual variable also its dtype, chunk shape and CF encoding attributes.
+
+    Small, cheap to ship from workers. ``check_cf_compatible`` compares the
+    virtual entries; ``explain_combine_failure`` uses all of them to name the
+    variable and files a failed combine trips on. Loaded variables have
+    ``"loaded": True``. ``ds`` is a Dataset or ``VirtualParts``.
+    """
+    signature: dict[str, dict[str, object]] = {}
     for name, var in ds.variables.items():
-        if isinstance(variable_data(var), ManifestArray):
-            entry = {"dtype": str(var.dtype)}
+        data = variable_data(var)
+        entry: dict[str, object] = {"dims": tuple(var.dims), "shape": tuple(var.shape)}
+        if isinstance(data, ManifestArray):
+            entry.update({"dtype": str(var.dtype), "chunks": tuple(data.chunk_shape)})
             entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES if attr in var.attrs})
-            signature[name] = entry
+        else:
+            entry["loaded"] = True
+        signature[str(name)] = entry
     return signature
 
 
@@ -60,6 +69,8 @@ def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, obje
     seen: dict[str, tuple[str, dict[str, object]]] = {}
     for path, signature in signatures:
         for name, entry in signature.items():
+            if entry.get("loaded"):
+                continue
             if name not in seen:
                 seen[name] = (path, entry)
                 continue
@@ -75,3 +86,131 @@ def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, obje
                     f"with the other's encoding. Load it instead (loadable_variables=[..., {name!r}]) so each "
                     "file is decoded on its own, or drop it (drop_variables)."
                 )
+
+
+#: How many files one message names (the rest are counted).
+_NAMED_FILES = 4
+
+
+def _name_files(paths: Sequence[str]) -> str:
+    if len(paths) <= _NAMED_FILES:
+        return ", ".join(paths)
+    return f"{', '.join(paths[:_NAMED_FILES])} and {len(paths) - _NAMED_FILES} more"
+
+
+def _list(values) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+_ANALYSIS_WAY_OUT = ("vzdask.open_mfdataset(...), which opens this collection for analysis (dask arrays combined "
+                     "by xarray, no single manifest needed) with the values xr.open_mfdataset gives")
+
+
+def explain_combine_failure(
+    signatures: Sequence[tuple[str, dict[str, dict[str, object]]]], combine: str, concat_dim
+) -> CombineError | None:
+    """Why these files make no one virtual dataset, naming the variable, the files and the way out; None if unknown.
+
+    Called after a combine failed (never on the fast path). ``signatures`` are
+    ``(file, cf_signature(...))`` pairs in the order the files were given. Checked
+    in turn: a ``concat_dim`` some files lack, a variable some files lack, and a
+    virtual variable whose shapes or chunk shapes cannot share one chunk grid.
+    """
+    if not signatures:
+        return None
+    return (_missing_concat_dim(signatures, combine, concat_dim) or _missing_variable(signatures)
+            or _uneven_chunks(signatures, combine, concat_dim))
+
+
+def _file_dims(signature: dict[str, dict[str, object]]) -> list[str]:
+    dims: dict[str, None] = {}
+    for entry in signature.values():
+        dims.update(dict.fromkeys(entry.get("dims", ())))  # type: ignore[arg-type]
+    return list(dims)
+
+
+def _missing_concat_dim(signatures, combine: str, concat_dim) -> CombineError | None:
+    if combine != "nested" or concat_dim is None:
+        return None
+    wanted = [concat_dim] if isinstance(concat_dim, str) else [d for d in concat_dim if d is not None]
+    for dim in wanted:
+        lacking = [path for path, signature in signatures if dim not in _file_dims(signature)]
+        if not lacking:
+            continue
+        path, signature = next((p, s) for p, s in signatures if p == lacking[0])
+        dims = ", ".join(_file_dims(signature)) or "none"
+        if len(lacking) == len(signatures):
+            where = (f"concat_dim {dim!r} is not a dimension of {path} (its dimensions: {dims}), nor of any other "
+                     f"file: combine='nested' stacks the files along a new dimension {dim!r} and aligns their "
+                     "other coordinates, which these virtual arrays cannot do")
+        else:
+            where = (f"concat_dim {dim!r} is not a dimension of {_name_files(lacking)} (dimensions of {path}: "
+                     f"{dims}), while {len(signatures) - len(lacking)} other files have it")
+        return CombineError(f"{where}. Give concat_dim a dimension every file has, or use {_ANALYSIS_WAY_OUT}.")
+    return None
+
+
+def _missing_variable(signatures) -> CombineError | None:
+    names: dict[str, None] = {}
+    for _, signature in signatures:
+        names.update(dict.fromkeys(signature))
+    for name in names:
+        lacking = [path for path, signature in signatures if name not in signature]
+        if not lacking:
+            continue
+        having = [path for path, signature in signatures if name in signature]
+        return CombineError(
+            f"variable {name!r} is missing from {len(lacking)} of {len(signatures)} files "
+            f"({_name_files(lacking)}; it is in {_name_files(having)}): a virtual dataset cannot pad it as xarray "
+            f"does (the padding would refer to no file). Leave it out (drop_variables=[{name!r}]) to combine the "
+            f"rest virtually, or use {_ANALYSIS_WAY_OUT}."
+        )
+    return None
+
+
+def _uneven_chunks(signatures, combine: str, concat_dim) -> CombineError | None:
+    names: dict[str, None] = {}
+    for _, signature in signatures:
+        names.update({n: None for n, e in signature.items() if not e.get("loaded")})
+    for name in names:
+        entries = [(path, signature[name]) for path, signature in signatures
+                   if name in signature and not signature[name].get("loaded")]
+        if len(entries) < 2:
+            continue
+        problem = _chunk_problem(name, entries, combine, concat_dim)
+        if problem:
+            return CombineError(
+                f"{problem}. A virtual dataset keeps one regular chunk grid per variable, so files whose lengths "
+                "or chunkings along the concatenation dimension differ cannot be joined into one manifest "
+                f"(variable-length chunk grids are not supported yet). Use {_ANALYSIS_WAY_OUT}; or leave the variable "
+                f"out (drop_variables=[{name!r}])."
+            )
+    return None
+
+
+def _describe(path: str, entry: dict) -> str:
+    return f"{path} (shape {_list(entry['shape'])}, chunks {_list(entry['chunks'])})"
+
+
+def _chunk_problem(name: str, entries: list, combine: str, concat_dim) -> str | None:
+    first_path, first = entries[0]
+    for path, entry in entries[1:]:
+        if entry["dims"] != first["dims"]:
+            return (f"variable {name!r} has dimensions {tuple(first['dims'])} in {first_path} but "
+                    f"{tuple(entry['dims'])} in {path}")
+    for path, entry in entries[1:]:
+        if entry["chunks"] != first["chunks"]:
+            return (f"variable {name!r} is chunked differently in {_describe(first_path, first)} and "
+                    f"{_describe(path, entry)}")
+    dims = list(first["dims"])
+    varying = {axis for axis in range(len(dims)) if len({e["shape"][axis] for _, e in entries}) > 1}
+    if combine == "nested" and isinstance(concat_dim, str) and concat_dim in dims:
+        varying.add(dims.index(concat_dim))
+    for axis in sorted(varying):
+        for (path, entry), (next_path, next_entry) in zip(entries, entries[1:]):
+            length, chunk = entry["shape"][axis], entry["chunks"][axis]
+            if chunk and length % chunk:
+                return (f"variable {name!r}: {_describe(path, entry)} has length {length} along {dims[axis]!r}, "
+                        f"not a multiple of its chunk size {chunk}, so its last chunk is partial and would sit "
+                        f"inside the combined array, before {_describe(next_path, next_entry)}")
+    return None

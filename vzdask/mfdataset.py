@@ -15,9 +15,9 @@ from typing import Any
 import xarray as xr
 
 from vzdask.accessor import VirtualDatasetAccessor
-from vzdask.combine import cf_signature, check_cf_compatible
+from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
 from vzdask.fast_combine import combine_parts
-from vzdask.errors import FileOpenError, VzdaskError
+from vzdask.errors import CFEncodingMismatchError, FileOpenError, VzdaskError
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import DecodedCache, VirtualParts
@@ -166,6 +166,28 @@ def open_virtual_mfdataset(
     vzdask.combine.CFEncodingMismatchError
         When a virtual variable's CF encoding differs between files.
     """
+    return _open_virtual(dict(locals()), analysis=False)
+
+
+class _NoSingleManifest(Exception):  # noqa: N818 - internal signal, never reaches users
+    """The files parsed, but their virtual variables make no one virtual dataset (``open_mfdataset`` goes on).
+
+    ``results``: each file's ``(parts, signature)`` in file order, or None when they are not at hand.
+    """
+
+    def __init__(self, results: list | None) -> None:
+        super().__init__("no single manifest")
+        self.results = results
+
+
+def _open_virtual(arguments: dict[str, Any], analysis: bool):
+    """``open_virtual_mfdataset``'s work. With ``analysis`` a combine that fails raises ``_NoSingleManifest``.
+
+    Without it, a failed combine (or CF check) is explained by the files' signatures when they show why
+    (``explain_combine_failure``: the variable, the files, the way out), else re-raised as it is.
+    """
+    paths, concat_dim, combine = arguments["paths"], arguments["concat_dim"], arguments["combine"]
+    parallel, progress = arguments["parallel"], arguments["progress"]
     if combine not in ("by_coords", "nested"):
         raise ValueError(f"combine must be 'by_coords' or 'nested', got {combine!r}")
     if combine == "nested" and concat_dim is None:
@@ -174,23 +196,36 @@ def open_virtual_mfdataset(
     files = _flatten(nested) if any(isinstance(p, list) for p in nested) else list(nested)
     if any(isinstance(p, list) for p in nested) and combine != "nested":
         raise ValueError("a nested list of paths needs combine='nested'")
-    options = {
-        "parser": parser, "registry": registry, "loadable_variables": loadable_variables, "inline": inline,
-        "drop_variables": drop_variables, "on_unsupported": on_unsupported, "decode_times": decode_times,
-        "preprocess": preprocess,
-    }
-    kwargs = {"data_vars": data_vars, "coords": coords, "compat": compat, "join": join,
-              "combine_attrs": combine_attrs}
+    options = {key: arguments[key] for key in (
+        "parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported", "decode_times",
+        "preprocess")}
+    kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
     client = _resolve_client(parallel)
     if client is not None:
-        return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress)
+        return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress, analysis)
 
     grid = any(isinstance(p, list) for p in nested)
     if parallel in (True, "processes") and not progress and not grid:
-        return _open_in_processes(files, options, combine, concat_dim, kwargs)
+        return _open_in_processes(files, options, combine, concat_dim, kwargs, analysis)
     results = _parse_locally(files, options, parallel, progress)
-    check_cf_compatible([(path, signature) for path, (_, signature) in zip(files, results)])
-    return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
+    signatures = [(path, signature) for path, (_, signature) in zip(files, results)]
+    try:
+        check_cf_compatible(signatures)
+        return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
+    except Exception as err:
+        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, results)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None):
+    """What to raise instead of a combine's own error ``err`` (None: ``err`` as it is); see ``_open_virtual``."""
+    if analysis:
+        return _NoSingleManifest(results)
+    if isinstance(err, CFEncodingMismatchError):
+        return None  # names the variable, the files and the values already
+    return explain_combine_failure(signatures, combine, concat_dim)
 
 
 def _arrange(nested, datasets):
@@ -249,7 +284,7 @@ def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, c
         return signatures, err
 
 
-def _open_in_processes(files, options, combine, concat_dim, kwargs) -> xr.Dataset:
+def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bool = False) -> xr.Dataset:
     """``parallel="processes"`` for a flat list: batches parsed and combined in the pool, then combined here."""
     import dask
     from dask import delayed
@@ -259,12 +294,19 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs) -> xr.Datase
              for i in range(0, len(files), size)]
     extra = {} if dask.config.get("pool", None) is not None else {"pool": _process_pool()}
     batches = dask.compute(*tasks, scheduler="processes", **extra)
-    check_cf_compatible(list(zip(files, (s for signatures, _ in batches for s in signatures))))
+    signatures = list(zip(files, (s for signatures, _ in batches for s in signatures)))
     combined = [result for _, result in batches]
-    for result in combined:
-        if isinstance(result, Exception):
-            raise result
-    return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
+    try:
+        check_cf_compatible(signatures)
+        for result in combined:
+            if isinstance(result, Exception):
+                raise result
+        return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
+    except Exception as err:
+        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None)
+        if failure is None:
+            raise
+        raise failure from err
 
 
 def _parse_locally(files, options, parallel, progress):
@@ -321,7 +363,7 @@ def _process_pool():
     return _POOL
 
 
-def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress):
+def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress, analysis=False):
     """Parse batches of files on the workers, check CF signatures here, combine as a tree on the workers.
 
     Each parse task opens its files one after another as the local walk does
@@ -358,26 +400,41 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             # a lost worker (KilledWorker), a cancelled task...: name the files that task was parsing
             raise FileOpenError(f"failed to open {_files_of(batch)}: {type(error).__name__}: {error} "
                                 f"(task {future.key!r} {future.status})") from error
-        parsed_signatures = [s for batch in client.gather(signatures) for s in batch]
-        check_cf_compatible(list(zip(files, parsed_signatures)))
-
-        if combine == "nested" and any(isinstance(p, list) for p in nested):
-            # a grid: one dataset per file, each innermost list combined on a worker, then the rows
-            level = [client.submit(_dataset_at, future, i, pure=False)
-                     for future, batch in zip(parsed, batches) for i in range(len(batch))]
-            dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
-            root = _tree_nested(client, _arrange(nested, iter(level)), dims, kwargs)
-        else:
-            level = [client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
-                     for future in parsed]
-            root = _tree(client, level, combine, concat_dim, kwargs)
-        return root.result()
+        parsed_signatures = list(zip(files, (s for batch in client.gather(signatures) for s in batch)))
+        try:
+            check_cf_compatible(parsed_signatures)
+            return _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
+        except Exception as err:
+            # analysis: the parsed files come here (small: references) to be joined as dask arrays
+            results = [r for batch in client.gather(parsed) for r in batch] if analysis else None
+            failure = _combine_failure(err, parsed_signatures, combine, concat_dim, analysis, results)
+            if failure is None:
+                raise
+            raise failure from err
     finally:
         # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
         # last error) holds this frame, and with it every parsed file on the workers.
         for held in (parsed, signatures, level, failed):
             held.clear()
-        root = future = None  # noqa: F841
+        future = None  # noqa: F841
+
+
+def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level: list) -> xr.Dataset:
+    """Combine the parse tasks' results as a tree on the workers; ``level`` keeps the first level's futures."""
+    try:
+        if combine == "nested" and any(isinstance(p, list) for p in nested):
+            # a grid: one dataset per file, each innermost list combined on a worker, then the rows
+            level.extend(client.submit(_dataset_at, future, i, pure=False)
+                         for future, batch in zip(parsed, batches) for i in range(len(batch)))
+            dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
+            root = _tree_nested(client, _arrange(nested, iter(level)), dims, kwargs)
+        else:
+            level.extend(client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
+                         for future in parsed)
+            root = _tree(client, level, combine, concat_dim, kwargs)
+        return root.result()
+    finally:
+        root = None  # noqa: F841
 
 
 def _files_of(batch: list[str]) -> str:
@@ -417,8 +474,61 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     are CF-decoded (lazily) as ``xr.open_mfdataset`` would: masking and
     unpacking inside each block's load task, times by ``xr.decode_cf``.
     Keyword arguments are those of ``open_virtual_mfdataset``.
+
+    Files that make no one virtual dataset (different lengths or chunkings
+    along the concatenation dimension, variables missing from some files,
+    CF encodings that differ between files...) are still opened: each file's
+    virtual variables become dask arrays, decoded for that file alone, and
+    xarray combines those Datasets with the given ``combine``/``join``/
+    ``data_vars``/``coords``/``compat``, as ``xr.open_mfdataset`` does; the
+    ones not given are then left to xarray (``compat="no_conflicts"``,
+    ``coords="different"`` today, with xarray's warnings where its coming
+    defaults would differ), so ``vzdask.open_mfdataset(paths)`` gives what
+    ``xr.open_mfdataset(paths)`` gives.
     """
-    decode_times = kwargs.get("decode_times")
-    virtual = open_virtual_mfdataset(paths, **kwargs)
+    import inspect
+
+    arguments = inspect.signature(open_virtual_mfdataset).bind(paths, **kwargs)  # TypeError on unknown names
+    given = set(arguments.arguments)
+    arguments.apply_defaults()
+    decode_times = arguments.arguments["decode_times"]
+    try:
+        virtual = _open_virtual(dict(arguments.arguments), analysis=True)
+    except _NoSingleManifest as failed:
+        # xarray combines values here, so the options not given are left to xarray, as xr.open_mfdataset
+        # leaves them: with compat="override" a variable missing from one file would hide another's values
+        return _open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
+    return _analysis(virtual, chunks, decode_times)
+
+
+def _analysis(virtual: xr.Dataset, chunks, decode_times) -> xr.Dataset:
+    """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks)."""
     analysis = VirtualDatasetAccessor(virtual).to_dask(chunks=chunks, mask_and_scale=True)
     return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
+
+
+def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
+    """``open_mfdataset`` when the files make no one virtual dataset: per-file dask Datasets combined by xarray.
+
+    ``given``: the arguments the caller gave (xarray's own defaults for the other combine options);
+    ``results`` are the parsed files (None: parse them again, where ``parallel`` says).
+    """
+    nested = expand_paths(arguments["paths"])
+    grid = any(isinstance(p, list) for p in nested)
+    files = _flatten(nested) if grid else list(nested)
+    if results is None:
+        options = {key: arguments[key] for key in (
+            "parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+            "decode_times", "preprocess")}
+        client = _resolve_client(arguments["parallel"])
+        if client is not None:
+            results = client.gather([client.submit(_open_batch, files, dict(options), pure=False)])[0]
+        else:
+            results = _parse_locally(files, options, arguments["parallel"], arguments["progress"])
+    datasets = [_analysis(opened.to_dataset() if isinstance(opened, VirtualParts) else opened, chunks,
+                          arguments["decode_times"])
+                for opened, _ in results]
+    kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join") if key in given}
+    kwargs["combine_attrs"] = arguments["combine_attrs"]  # the default is xr.open_mfdataset's ("override")
+    return _combine(_arrange(nested, iter(datasets)) if grid else datasets, arguments["combine"],
+                    arguments["concat_dim"], kwargs)

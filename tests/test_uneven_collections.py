@@ -1,0 +1,308 @@
+"""Collections that make no one virtual dataset (issue 17, items 2 and 3 for analysis; clear errors when virtual).
+
+Monthly files of a leap year (31, 29, 31, 30 ... days) chunked along time by
+1, 5, 10 or contiguous; files chunked differently from each other; three
+years of daily files with a variable in one year only; a ``concat_dim`` no
+file has. ``vzdask.open_mfdataset`` must give what ``xr.open_mfdataset``
+gives, value by value; ``open_virtual_mfdataset`` either combines them or
+raises a ``CombineError`` naming the variable (or dimension) and the files.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import dask
+import dask.array as da
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+import vzdask
+from vzdask.errors import CombineError
+
+NLAT, NLON = 6, 8
+YEAR = 2024  # a leap year: February has 29 days
+
+
+# --------------------------------------------------------------------------- #
+# files
+# --------------------------------------------------------------------------- #
+
+
+def write_file(path: Path, *, start: int, n: int, chunk: int | None, seed: int, time_units: str,
+               extra: bool = False, time_dim: str = "time", packing: float = 0.1) -> None:
+    """One netCDF4 file: masked float ``tas`` and packed int16 ``pr`` over (time, lat, lon).
+
+    ``chunk``: time chunk size (None: contiguous). ``extra``: also an ``evap`` variable.
+    """
+    rng = np.random.default_rng(seed)
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension(time_dim, n if chunk is None else None)  # contiguous needs a fixed dimension
+        nc.createDimension("lat", NLAT)
+        nc.createDimension("lon", NLON)
+        t = nc.createVariable(time_dim, "f8", (time_dim,))
+        t.units, t.calendar, t.standard_name = time_units, "standard", "time"
+        t[:] = np.arange(start, start + n, dtype="f8")
+        lat = nc.createVariable("lat", "f4", ("lat",))
+        lat.units = "degrees_north"
+        lat[:] = np.linspace(-50, 50, NLAT)
+        lon = nc.createVariable("lon", "f4", ("lon",))
+        lon.units = "degrees_east"
+        lon[:] = np.arange(NLON) * 45.0
+        dims = (time_dim, "lat", "lon")
+        layout = {"contiguous": True} if chunk is None else {"chunksizes": (chunk, NLAT, NLON), "zlib": True}
+        tas = nc.createVariable("tas", "f4", dims, fill_value=np.float32(-999), **layout)
+        tas.units = "K"
+        values = (250 + 50 * rng.random((n, NLAT, NLON))).astype("f4")
+        tas[:] = np.ma.masked_where(rng.random(values.shape) < 0.05, values)
+        pr = nc.createVariable("pr", "i2", dims, fill_value=np.int16(-1), **layout)
+        pr.setncatts({"units": "mm", "scale_factor": np.float32(packing), "add_offset": np.float32(0.0)})
+        pr[:] = (20 * rng.random((n, NLAT, NLON))).astype("f4")
+        if extra:
+            evap = nc.createVariable("evap", "f4", dims, fill_value=np.float32(-999), **layout)
+            evap.units = "mm"
+            evap[:] = rng.random((n, NLAT, NLON)).astype("f4")
+        nc.title = "vzdask uneven collection test"
+
+
+def monthly(root: Path, chunks) -> list[str]:
+    """12 monthly files of ``YEAR``; ``chunks(month)``: that file's time chunk size (None: contiguous)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths, start = [], 0
+    for month in range(1, 13):
+        n = calendar.monthrange(YEAR, month)[1]
+        path = root / f"tas_{YEAR}{month:02d}.nc"
+        write_file(path, start=start, n=n, chunk=chunks(month), seed=month, time_units=f"days since {YEAR}-01-01")
+        paths.append(str(path))
+        start += n
+    return paths
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uneven")
+    out = {f"chunk{c}": monthly(root / f"chunk{c}", lambda m, c=c: c) for c in (1, 5, 10)}
+    out["contiguous"] = monthly(root / "contiguous", lambda m: None)
+    out["mixed"] = monthly(root / "mixed", lambda m: 5 if m % 2 else 10)
+    daily = root / "daily"
+    daily.mkdir()
+    out["daily"] = []
+    for year in (2001, 2002, 2003):
+        path = daily / f"day_{year}.nc"
+        start = (datetime.date(year, 1, 1) - datetime.date(2000, 1, 1)).days
+        write_file(path, start=start, n=365, chunk=73, seed=year, time_units="days since 2000-01-01",
+                   extra=year == 2002)
+        out["daily"].append(str(path))
+    repacked = root / "repacked"  # the same variable packed with another scale factor in one file
+    repacked.mkdir()
+    out["repacked"] = []
+    for i in range(3):
+        path = repacked / f"r_{i}.nc"
+        write_file(path, start=10 * i, n=10, chunk=5, seed=i, time_units="days since 2000-01-01",
+                   packing=0.1 if i != 1 else 0.05)
+        out["repacked"].append(str(path))
+    renamed = root / "renamed"  # the second file names its time dimension "t"
+    renamed.mkdir()
+    out["renamed"] = []
+    for i in range(3):
+        path = renamed / f"n_{i}.nc"
+        write_file(path, start=10 * i, n=10, chunk=5, seed=i, time_units="days since 2000-01-01",
+                   time_dim="t" if i == 1 else "time")
+        out["renamed"].append(str(path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def process_pool():
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def reference(paths, **kwargs) -> xr.Dataset:
+    with xr.open_mfdataset(paths, **kwargs) as ds:
+        return ds.load()
+
+
+def assert_like_xarray(paths, **kwargs) -> xr.Dataset:
+    """``vzdask.open_mfdataset`` is dask-backed and, computed, identical to ``xr.open_mfdataset`` (dtypes too)."""
+    ds = vzdask.open_mfdataset(paths, **kwargs)
+    ref = reference(paths, **{k: v for k, v in kwargs.items() if k != "parallel"})
+    for name in ref.data_vars:
+        assert isinstance(ds[name].data, da.Array), name
+    got = ds.compute()
+    xr.testing.assert_identical(got, ref)
+    for name, var in ref.variables.items():
+        assert got[name].dtype == var.dtype, name
+    return ds
+
+
+# --------------------------------------------------------------------------- #
+# files of different lengths and chunkings: analysis
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("case", ["chunk1", "chunk5", "chunk10", "contiguous", "mixed"])
+def test_monthly_files_open_for_analysis_like_xarray(collections, case):
+    paths = collections[case]
+    ds = assert_like_xarray(paths)
+    assert ds.sizes["time"] == 366
+    assert int(ds["tas"].isnull().sum()) > 0  # the masked points are there (not vacuous)
+    if case != "chunk1":
+        # joined file by file: no dask block crosses a file boundary
+        days = [calendar.monthrange(YEAR, m)[1] for m in range(1, 13)]
+        bounds = set(np.cumsum(days).tolist())
+        assert bounds <= set(np.cumsum(ds["tas"].data.chunks[0]).tolist())
+
+
+def test_explicit_chunks_and_nested_combine(collections):
+    paths = collections["chunk5"]
+    ds = assert_like_xarray(paths, combine="nested", concat_dim="time")
+    small = vzdask.open_mfdataset(paths, chunks={"time": 7})
+    assert max(small["tas"].data.chunks[0]) <= 7
+    xr.testing.assert_identical(small.compute(), reference(paths))
+    assert ds.sizes["time"] == 366
+
+
+def test_uniform_files_still_take_the_one_manifest_path(collections):
+    """Files that combine into one manifest (time chunked by 1) stay one virtual dataset."""
+    virtual = vzdask.open_virtual_mfdataset(collections["chunk1"])
+    assert virtual["tas"].shape == (366, NLAT, NLON)
+    assert "tas" in virtual.vz.virtual_variables
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(collections["chunk1"]))
+
+
+@pytest.mark.parametrize("parallel", ["threads", "processes", "client"])
+def test_analysis_fallback_in_every_parallel_mode(collections, parallel, process_pool, request):
+    paths = collections["contiguous"]
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+        assert_like_xarray(paths, parallel=parallel)
+    else:
+        with dask.config.set(pool=process_pool):
+            assert_like_xarray(paths, parallel=parallel)
+
+
+def test_encodings_that_differ_between_files_open_for_analysis(collections):
+    """Per-file decoding: each file unpacked with its own scale factor, as xarray does."""
+    paths = collections["repacked"]
+    with pytest.raises(vzdask.errors.CFEncodingMismatchError):
+        vzdask.open_virtual_mfdataset(paths)
+    assert_like_xarray(paths)
+
+
+# --------------------------------------------------------------------------- #
+# files of different lengths and chunkings: the virtual path's errors
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+@pytest.mark.parametrize("case", ["chunk5", "chunk10"])
+def test_partial_chunk_inside_is_an_error_naming_variable_files_and_shapes(collections, case, parallel,
+                                                                          process_pool, request):
+    paths = collections[case]
+    chunk = int(case[len("chunk"):])
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    with dask.config.set(pool=process_pool), pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths, parallel=parallel)
+    message = str(info.value)
+    assert "variable 'tas'" in message or "variable 'pr'" in message
+    assert paths[0] in message and paths[1] in message
+    assert f"shape [31, {NLAT}, {NLON}], chunks [{chunk}, {NLAT}, {NLON}]" in message
+    assert "vzdask.open_mfdataset" in message and "IndexError" not in message
+
+
+def test_contiguous_files_are_an_error_naming_both_chunk_shapes(collections):
+    paths = collections["contiguous"]
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths)
+    message = str(info.value)
+    assert "chunked differently" in message and "variable 'tas'" in message
+    assert f"{paths[0]} (shape [31, {NLAT}, {NLON}], chunks [31, {NLAT}, {NLON}])" in message
+    assert f"{paths[1]} (shape [29, {NLAT}, {NLON}], chunks [29, {NLAT}, {NLON}])" in message
+    assert "vzdask.open_mfdataset" in message
+
+
+def test_files_chunked_differently_is_an_error_naming_both(collections):
+    paths = collections["mixed"]
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths, combine="nested", concat_dim="time")
+    message = str(info.value)
+    assert "chunked differently" in message
+    assert f"{paths[0]} (shape [31, {NLAT}, {NLON}], chunks [5, {NLAT}, {NLON}])" in message
+    assert f"{paths[1]} (shape [29, {NLAT}, {NLON}], chunks [10, {NLAT}, {NLON}])" in message
+
+
+# --------------------------------------------------------------------------- #
+# variables that come and go
+# --------------------------------------------------------------------------- #
+
+
+COMBINE_OPTIONS = [
+    {},
+    {"compat": "override", "coords": "minimal"},
+    {"join": "inner"},
+    {"data_vars": "minimal"},
+    {"combine": "nested", "concat_dim": "time"},
+    {"combine": "nested", "concat_dim": "time", "join": "outer", "compat": "no_conflicts"},
+]
+
+
+@pytest.mark.parametrize("options", COMBINE_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_variable_in_one_year_only_opens_for_analysis_like_xarray(collections, options):
+    paths = collections["daily"]
+    ds = assert_like_xarray(paths, **options)
+    if "evap" in ds and options.get("join") != "inner":
+        # padded with NaN outside 2002, as xarray pads
+        evap = ds["evap"].compute()
+        assert bool(evap.sel(time="2001").isnull().all()) and not bool(evap.sel(time="2002").isnull().any())
+
+
+def test_variable_in_one_year_only_is_a_virtual_error_naming_it_and_the_files(collections):
+    paths = collections["daily"]
+    for options in ({}, {"combine": "nested", "concat_dim": "time"}):
+        with pytest.raises(CombineError) as info:
+            vzdask.open_virtual_mfdataset(paths, **options)
+        message = str(info.value)
+        assert "variable 'evap'" in message
+        assert paths[0] in message and paths[2] in message  # the files that lack it
+        assert "drop_variables=['evap']" in message and "vzdask.open_mfdataset" in message
+    # the way out works: the rest combines virtually
+    virtual = vzdask.open_virtual_mfdataset(paths, drop_variables=["evap"])
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths, drop_variables=["evap"]))
+
+
+def test_concat_dim_no_file_has(collections):
+    paths = collections["chunk1"]
+    assert_like_xarray(paths, combine="nested", concat_dim="nosuchdim")
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths, combine="nested", concat_dim="nosuchdim")
+    message = str(info.value)
+    assert "concat_dim 'nosuchdim'" in message and paths[0] in message
+    assert "IndexError" not in message
+
+
+def test_concat_dim_one_file_lacks(collections):
+    paths = collections["renamed"]
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths, combine="nested", concat_dim="time")
+    message = str(info.value)
+    assert "concat_dim 'time'" in message and paths[1] in message and paths[0] not in message.split("(")[0]
+
+
+def test_combine_options_not_given_are_xarrays_own(collections):
+    """Under xarray's coming defaults (join="exact"...) both refuse the daily collection, the same way."""
+    paths = collections["daily"]
+    with xr.set_options(use_new_combine_kwarg_defaults=True):
+        with pytest.raises(ValueError) as ours:
+            vzdask.open_mfdataset(paths)
+        with pytest.raises(ValueError) as theirs:
+            xr.open_mfdataset(paths)
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)
