@@ -38,6 +38,9 @@ INTERNAL_ATTRIBUTES = frozenset(
      "_nc3_strict", "_NCProperties", "_SuperblockVersion", "_IsNetcdf4"}
 )
 NETCDF_DIMENSION_ONLY = b"This is a netCDF dimension but not a netCDF variable"
+#: netCDF-C stores a variable named like one of its dimensions but not its coordinate variable (``y(x, y)``)
+#: under this prefix (the dimension's scale has the name); netCDF-C shows it without the prefix.
+NON_COORD_PREFIX = "_nc4_non_coord_"
 
 # HDF5 filter ids (H5Zpublic.h and the registered-filter list used by hdf5plugin)
 DEFLATE, SHUFFLE, FLETCHER32, SZIP, LZF, BZIP2, BLOSC, LZ4, ZSTD = 1, 2, 3, 4, 32000, 307, 32001, 32004, 32015
@@ -173,6 +176,7 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
 
     arrays, groups = {}, {}
     members = []
+    types: list[tuple[str, Any]] = []  # named (committed) datatypes: netCDF-4's user-defined types
     dimids: dict[int, str] = {}  # netCDF4 dimension ids of this group's dimension scales
     gcpl = gid.get_create_plist()
     for raw in _member_names(gid, gcpl):
@@ -190,7 +194,10 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
             if is_scale and "_Netcdf4Dimid" in keys:
                 dimids[int(_read_int32(obj, "_Netcdf4Dimid", ()))] = name
             members.append((name, obj, plist, keys, is_scale))
+        elif isinstance(obj, h5py.h5t.TypeID):
+            types.append((name, obj))
     phony = phony if phony is not None else PhonyDimensions(None)
+    scope = _Scope(gid, path, {name for name, _, _, _, is_scale in members if is_scale})
     # the group's dimensions as netCDF-C lists them before it names phony ones: its scales, by dimension id
     candidates = [(name, int(obj.shape[0]), _unlimited(obj)[0])
                   for name, obj, _, _, is_scale in members if is_scale and len(obj.shape) == 1]
@@ -200,12 +207,14 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
     sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
     for name, obj, plist, keys, is_scale in members:
         shape = obj.shape
-        found = _dimension_names(obj, name, shape, keys, is_scale, dimids)
+        found = _dimension_names(obj, name, shape, keys, is_scale, dimids, scope)
         dims = found if None not in found else phony.name_axes(found, shape, _unlimited(obj), candidates)
         for dim, size in zip(dims, shape):
             sizes[dim] = max(sizes.get(dim, 0), int(size))
         if is_scale and "NAME" in keys and _is_dimension_only(obj):
             continue  # a netCDF dimension without a variable
+        if isinstance(name, str) and name.startswith(NON_COORD_PREFIX) and not is_scale:
+            name = name[len(NON_COORD_PREFIX):]
         datasets[name] = (obj, plist, dims, keys)
     for name, (obj, plist, dims, keys) in datasets.items():
         if name in drop:
@@ -213,12 +222,36 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
         full_name = _child_path(path, name)
         try:
             attrs = _attributes(obj, keys, url, f"variable {full_name!r}")
+            attrs = _enum_attributes(obj, attrs, types)
             arrays[name] = _parse_dataset(obj, full_name, plist, dims, tuple(sizes[d] for d in dims), attrs, url,
                                           registry)
         except Exception as err:  # this variable only: the others are parsed all the same
             problems.append((full_name, _reason(err, f"{url}: variable {full_name!r}: ")))
     keys = _attribute_names(gid, gcpl)
     return ManifestGroup(arrays=arrays, groups=groups, attributes=_attributes(gid, keys, url, f"group {path!r}"))
+
+
+def _enum_attributes(dsid, attrs: dict[str, Any], types: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An enum dataset's attributes plus its mapping, as netCDF4-python exposes it on the variable's type.
+
+    The values are the enum's base integer type (what netCDF-C and xarray
+    give); ``enum_dict`` is ``Variable.datatype.enum_dict`` (name -> value)
+    and ``enum_name`` the type's name (``Variable.datatype.name``) when the
+    type is a named one of the variable's group. Attributes of the same
+    names in the file win.
+    """
+    import h5py
+
+    mapping = h5py.check_enum_dtype(dsid.dtype)
+    if mapping is None:
+        return attrs
+    extra: dict[str, Any] = {"enum_dict": {str(k): int(v) for k, v in mapping.items()}}
+    if types:
+        stored = dsid.get_type()
+        name = next((n for n, t in types if t == stored), None)
+        if name is not None:
+            extra["enum_name"] = name
+    return {**extra, **attrs}
 
 
 def _reason(err: Exception, prefix: str) -> str:
@@ -421,8 +454,50 @@ def _unlimited(dsid) -> tuple[bool, ...]:
     return tuple(m == h5py.h5s.UNLIMITED for m in space.get_simple_extent_dims(True))
 
 
+class _Scope:
+    """Names for dimension scales seen from one group, as netCDF names dimensions.
+
+    A dimension is named by its bare name, except one of an ancestor group
+    that a nearer group's dimension of the same name hides (netCDF's
+    ``float var2(/dim, /g2/dim, dim)``): that one is named by its full path,
+    so every axis keeps its own length and no two dimensions of a variable
+    share a name.
+    """
+
+    def __init__(self, gid, path: str, scales: set) -> None:
+        self.gid, self.path, self.scales = gid, path.rstrip("/"), scales
+        self._hidden: dict[tuple[str, str], bool] = {}
+
+    def name(self, scale_path: str) -> str:
+        parent, _, base = scale_path.rpartition("/")
+        if parent == self.path or not self.path.startswith(parent + "/") and parent != "":
+            return base  # this group's own dimension (or one outside the ancestors, as before)
+        key = (parent, base)
+        hidden = self._hidden.get(key)
+        if hidden is None:
+            hidden = self._hidden[key] = self._is_hidden(parent, base)
+        return scale_path if hidden else base
+
+    def _is_hidden(self, ancestor: str, base: str) -> bool:
+        """Whether a group below ``ancestor`` down to this one has a dimension scale named ``base``."""
+        import h5py
+
+        if base in self.scales:
+            return True
+        below = self.path[len(ancestor):].strip("/").split("/")[:-1]  # the groups strictly between
+        for depth in range(len(below)):
+            group = "/".join([ancestor, *below[: depth + 1]])
+            try:
+                obj = h5py.h5o.open(self.gid, f"{group}/{base}".encode())
+            except (KeyError, ValueError):
+                continue
+            if isinstance(obj, h5py.h5d.DatasetID) and h5py.h5a.exists(obj, b"CLASS") and _is_dimension_scale(obj):
+                return True
+        return False
+
+
 def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool,
-                     dimids: dict[int, str] | None = None) -> list[str | None]:
+                     dimids: dict[int, str] | None = None, scope: _Scope | None = None) -> list[str | None]:
     """Each axis's first attached dimension scale (by name), else ``None`` (``PhonyDimensions`` names it).
 
     netCDF4 files say it cheaply: a variable's ``_Netcdf4Coordinates`` lists
@@ -454,7 +529,8 @@ def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool,
                 names: list[str | None] = []
                 for scales in refs:
                     if len(scales):
-                        names.append(h5py.h5r.get_name(scales[0], dsid).decode("utf-8").rsplit("/", 1)[-1])
+                        path = h5py.h5r.get_name(scales[0], dsid).decode("utf-8")
+                        names.append(scope.name(path) if scope is not None else path.rsplit("/", 1)[-1])
                     else:
                         names.append(None)
                 return names
@@ -462,7 +538,10 @@ def _dimension_names(dsid, name: str, shape: tuple, keys: list, is_scale: bool,
             pass
     names = []
     for dim in h5py.Dataset(dsid).dims:
-        names.append(dim[0].name.rsplit("/", 1)[-1] if len(dim) else None)
+        if not len(dim):
+            names.append(None)
+        else:
+            names.append(scope.name(dim[0].name) if scope is not None else dim[0].name.rsplit("/", 1)[-1])
     return names
 
 
@@ -728,6 +807,12 @@ def _json_value(value: Any) -> Any:
         return "" if value.dtype.kind in "SUO" else None
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, str):  # undecodable bytes (kept by h5py as surrogates) become U+FFFD, as in netCDF-C
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return value
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "SO":
             items = [_json_value(v) for v in value.ravel().tolist()]

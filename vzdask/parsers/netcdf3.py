@@ -188,7 +188,8 @@ class _HeaderReader:
 
     def name(self, what: str) -> str:
         length = self.non_neg(f"length of {what}")
-        raw = self.padded(length, what)
+        # netCDF-C reads names as C strings: a name padded with NUL bytes inside its length ends at the first
+        raw = self.padded(length, what).split(b"\x00", 1)[0]
         try:
             return unicodedata.normalize("NFC", raw.decode("utf-8"))
         except UnicodeDecodeError:
