@@ -59,10 +59,10 @@ def _pytables_links(path):
 
 
 def _pytables_table(path):
-    """PyTables: a table (a compound dataset the parser refuses) beside an ordinary array."""
+    """PyTables: a table with a text column (a compound dataset the parser refuses) beside an ordinary array."""
     with tables.open_file(path, "w") as f:
         f.create_array("/", "values", np.arange(3))
-        f.create_table("/", "tab", {"a": tables.Int32Col(), "b": tables.Float64Col()})
+        f.create_table("/", "tab", {"a": tables.Int32Col(), "b": tables.Float64Col(), "s": tables.StringCol(4)})
 
 
 def _h5py_committed_and_odd_attributes(path):
@@ -158,7 +158,7 @@ def test_pytables_values_are_read_exactly(tmp_path):
 
 
 def test_error_path_leaves_nothing_open(tmp_path):
-    """A file the parser refuses (a compound dataset) is closed all the same, with everything it opened."""
+    """A file the parser refuses (a compound dataset with text) is closed all the same, with everything it opened."""
     path = tmp_path / "table.h5"
     _pytables_table(path)
     before = open_identifiers()

@@ -556,17 +556,28 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
     if string is not None and (string.length is None or string.length > 1):
         return _inline_strings(h5py.Dataset(dsid), where, dims, shape, attrs, registry)
     is_char = string is not None  # netCDF's char (one-byte fixed strings): plain bytes, referenced like numbers
-    if not is_char and (dtype.kind not in "biufc" and dtype.kind != "M" or dtype.names is not None):
+    is_struct = dtype.names is not None
+    if is_struct:
+        dtype = _packed_struct(dsid, dtype, where)  # or ParseError
+    elif not is_char and dtype.kind not in "biufcM":
+        _refuse_type(dsid, dtype, where)  # opaque, references, vlen sequences: a ParseError naming the type
         return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry)
+    elif dtype.kind in "fc" and dtype.itemsize > {"f": 8, "c": 16}[dtype.kind]:
+        raise ParseError(f"{where}: HDF5 type {dtype.itemsize * 8}-bit {'complex' if dtype.kind == 'c' else 'float'} "
+                         f"({dtype}) has no zarr data type")
 
     layout = plist.get_layout()
     fill = np.zeros((1,), dtype=dtype)  # what h5py's Dataset.fillvalue does, on the plist we hold
     plist.get_fill_value(fill)
     fill = fill[0].item()
+    if is_struct:
+        fill = tuple(fill)
     if is_char:
         dtype = np.dtype("S1")
     codecs = _codecs(plist, dtype, where)
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+    if is_struct:
+        native = dtype
 
     if layout == h5py.h5d.COMPACT:
         return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry, codecs=codecs)
@@ -621,6 +632,55 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
             dimension_names=dims, attributes=attrs,
         )
     return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _packed_struct(dsid, dtype: np.dtype, where: str) -> np.dtype:
+    """A compound dataset's numpy dtype, when its stored elements are packed little-endian numbers (zarr's struct).
+
+    zarr's ``struct`` data type is packed (no padding) with fields of zarr's
+    numeric types; a compound type with padding (netCDF4-python aligns its
+    compound types), nested or big-endian fields, or text is refused.
+    """
+    import h5py
+
+    file_type = dsid.get_type()
+    names, fields, offset = [], [], 0
+    for i in range(file_type.get_nmembers()):
+        member = file_type.get_member_type(i)
+        name = file_type.get_member_name(i).decode("utf-8", "replace")
+        field = dtype.fields[dtype.names[i]][0]
+        ok = (member.get_class() in (h5py.h5t.INTEGER, h5py.h5t.FLOAT) and field.kind in "iuf"
+              and (field.byteorder in "=|<" if field.itemsize > 1 else True))
+        if not ok or file_type.get_member_offset(i) != offset:
+            what = "padding between fields" if ok else f"field {name!r} of type {field}"
+            raise ParseError(f"{where}: HDF5 compound type {dtype} has {what}; zarr's struct data type holds packed "
+                             "little-endian numbers only")
+        names.append(name)
+        fields.append(field.newbyteorder("<") if field.itemsize > 1 else field)
+        offset += member.get_size()
+    if offset != file_type.get_size():
+        raise ParseError(f"{where}: HDF5 compound type {dtype} has padding after its fields; zarr's struct data type "
+                         "holds packed little-endian numbers only")
+    return np.dtype(list(zip(names, fields)))
+
+
+def _refuse_type(dsid, dtype: np.dtype, where: str) -> None:
+    """Raise a ParseError naming the HDF5 type of a dataset zarr cannot hold (other dtypes pass)."""
+    import h5py
+
+    if h5py.check_string_dtype(dtype) is not None:
+        return
+    cls = dsid.get_type().get_class()
+    base = h5py.check_vlen_dtype(dtype)
+    if base is not None:
+        kind = f"variable-length sequences of {base} (HDF5 vlen)"
+    elif cls == h5py.h5t.REFERENCE:
+        kind = "object or region references (HDF5 reference)"
+    elif cls == h5py.h5t.OPAQUE:
+        return  # fixed-size opaque bytes: inlined (zarr's raw bytes type)
+    else:
+        kind = f"HDF5 type {dtype}"
+    raise ParseError(f"{where}: {kind} cannot be held by a zarr array")
 
 
 def _codecs(plist, dtype: np.dtype, where: str) -> list[Any]:
@@ -792,12 +852,30 @@ def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, A
             continue
         try:
             value = _json_value(_read_attribute(object_id, key))
+            if _is_complex(value):
+                if key == "_FillValue" and not isinstance(value, list):
+                    out[key] = value  # a complex variable's fill value: create_array_metadata encodes it
+                    continue
+                # JSON has no complex numbers; netCDF-C does not show such attributes either
+                import warnings
+
+                warnings.warn(f"{url}: {where}: left out attribute {key!r}: complex values have no JSON form "
+                              "in zarr attributes", UnsupportedAttributeWarning, stacklevel=2)
+                continue
             json.dumps(value)  # what zarr metadata must hold
         except Exception as err:  # unreadable attribute types (references, opaque, compound)
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ParseError(f"{url}: {where}: attribute {key!r} cannot be read as a JSON value: {reason}") from err
         out[key] = value
     return out
+
+
+class UnsupportedAttributeWarning(UserWarning):
+    """An attribute left out because zarr attributes (JSON) cannot hold its value (complex numbers)."""
+
+
+def _is_complex(value: Any) -> bool:
+    return isinstance(value, complex) or isinstance(value, list) and any(isinstance(v, complex) for v in value)
 
 
 def _json_value(value: Any) -> Any:
