@@ -4,6 +4,27 @@ Chunked datasets are referenced chunk by chunk from HDF5's chunk index,
 contiguous datasets as one chunk, compact datasets are inlined (their bytes
 live in the object header), unallocated chunks are missing. HDF5 filters map
 to zarr codecs; netCDF4's dimension scales become dimension names.
+
+What each kind of dataset becomes (raw values as netCDF-C/h5py give them;
+CF-decoded as ``xr.open_dataset(engine="netcdf4")`` gives them):
+
+* text (variable- or fixed-length strings, 0-d included): ``<U{n}``, ``n``
+  the longest value, inlined (netCDF-C and xarray give ``<U{n}``);
+* netCDF ``char`` arrays (one-byte strings, ``char v(x, nchar)``): ``S1``
+  arrays with their char dimension, referenced virtually, as xarray's
+  netCDF4 backend gives them with ``decode_cf=False``; CF decoding
+  (``xr.decode_cf``, ``loadable_variables``, ``vzdask.open_mfdataset``)
+  joins the last dimension into ``|S{n}`` strings and decodes them per
+  ``_Encoding`` (UTF-8 -> ``str``), as xarray does for the file;
+* enums: their base integer type, with ``enum_dict`` (name -> value) and
+  ``enum_name`` attributes (netCDF4-python's ``Variable.datatype``);
+* compounds of packed little-endian numbers: zarr ``struct`` arrays; other
+  compounds, vlen sequences, references and floats wider than 64 bits are
+  refused with a ``ParseError`` naming the variable and its type;
+* zero-length dimensions: empty arrays; axes without dimension scales:
+  netCDF-C's ``phony_dim_N`` names (see ``PhonyDimensions``); dimensions of
+  ancestor groups hidden by a nearer one of the same name: named by path
+  (``/g2/dim``).
 """
 
 from __future__ import annotations
