@@ -219,17 +219,18 @@ def _parse_group(gid, path: str, url: str, registry: ObjectStoreRegistry, proble
             types.append((name, obj))
     phony = phony if phony is not None else PhonyDimensions(None)
     scope = _Scope(gid, path, {name for name, _, _, _, is_scale in members if is_scale})
-    # the group's dimensions as netCDF-C lists them before it names phony ones: its scales, by dimension id
-    candidates = [(name, int(obj.shape[0]), _unlimited(obj)[0])
-                  for name, obj, _, _, is_scale in members if is_scale and len(obj.shape) == 1]
-    order = {name: i for i, name in dimids.items()}
-    candidates.sort(key=lambda c: order.get(c[0], len(order)))
+    candidates: list[tuple[str, int, bool]] | None = None  # the group's dimensions, once a phony one is needed
     datasets = {}
     sizes: dict[str, int] = {}  # netCDF dimension lengths: an unlimited one is its longest variable
     for name, obj, plist, keys, is_scale in members:
         shape = obj.shape
         found = _dimension_names(obj, name, shape, keys, is_scale, dimids, scope)
-        dims = found if None not in found else phony.name_axes(found, shape, _unlimited(obj), candidates)
+        if None in found:
+            if candidates is None:
+                candidates = _group_dimensions(members, dimids)
+            dims = phony.name_axes(found, shape, _unlimited(obj), candidates)
+        else:
+            dims = found
         for dim, size in zip(dims, shape):
             sizes[dim] = max(sizes.get(dim, 0), int(size))
         if is_scale and "NAME" in keys and _is_dimension_only(obj):
@@ -441,6 +442,14 @@ class PhonyDimensions:
             self.next = _count_dimension_scales(self.fid) if self.fid is not None else 0
         number, self.next = self.next, self.next + 1
         return number
+
+
+def _group_dimensions(members: list, dimids: dict[int, str]) -> list[tuple[str, int, bool]]:
+    """A group's dimensions as netCDF-C lists them before naming phony ones: its scales, by dimension id."""
+    found = [(name, int(obj.shape[0]), _unlimited(obj)[0])
+             for name, obj, _, _, is_scale in members if is_scale and len(obj.shape) == 1]
+    order = {name: i for i, name in dimids.items()}
+    return sorted(found, key=lambda c: order.get(c[0], len(order)))
 
 
 def _count_dimension_scales(fid) -> int:
