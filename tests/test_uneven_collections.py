@@ -110,6 +110,16 @@ def collections(tmp_path_factory):
     renamed = root / "renamed"  # the second file names its time dimension "t"
     renamed.mkdir()
     out["renamed"] = []
+    shifted = root / "shifted"  # the second file's latitudes are shifted by one degree
+    shifted.mkdir()
+    out["shifted"] = []
+    for i in range(3):
+        path = shifted / f"s_{i}.nc"
+        write_file(path, start=10 * i, n=10, chunk=5, seed=i, time_units="days since 2000-01-01")
+        if i == 1:
+            with netCDF4.Dataset(path, "a") as nc:
+                nc["lat"][:] = nc["lat"][:] + 1
+        out["shifted"].append(str(path))
     for i in range(3):
         path = renamed / f"n_{i}.nc"
         write_file(path, start=10 * i, n=10, chunk=5, seed=i, time_units="days since 2000-01-01",
@@ -306,3 +316,23 @@ def test_combine_options_not_given_are_xarrays_own(collections):
             xr.open_mfdataset(paths)
     assert type(ours.value) is type(theirs.value)
     assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("options", [{}, {"combine": "nested", "concat_dim": "time"}], ids=["by_coords", "nested"])
+def test_coordinate_that_differs_between_files(collections, options):
+    """Aligning the files would reindex virtual arrays: an error naming the coordinate and two files."""
+    paths = collections["shifted"]
+    if options:
+        assert_like_xarray(paths, **options)
+    else:  # by coordinates, xarray itself refuses them (lat is not monotonic across files): so do we
+        for open_ in (vzdask.open_mfdataset, xr.open_mfdataset):
+            with pytest.raises(ValueError, match="monotonic global indexes along dimension lat"):
+                open_(paths)
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths, **options)
+    message = str(info.value)
+    assert "coordinate 'lat'" in message and paths[0] in message and paths[1] in message
+    assert "join='override'" in message
+    if options:  # the way out it names works
+        virtual = vzdask.open_virtual_mfdataset(paths, join="override", **options)
+        xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths, join="override", **options))

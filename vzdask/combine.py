@@ -8,6 +8,7 @@ already CF-decoded, so they combine safely (times in different units included).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,10 @@ CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_v
 
 #: Attributes whose float type is the type packed integers unpack into (xarray's rule, as netCDF readers').
 PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
+
+
+#: Dimension coordinates up to this many values carry a digest of them in the signature.
+_DIGEST_MAX_SIZE = 1 << 20
 
 
 def cf_signature(ds) -> dict[str, dict[str, object]]:
@@ -41,6 +46,10 @@ def cf_signature(ds) -> dict[str, dict[str, object]]:
             entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES if attr in var.attrs})
         else:
             entry["loaded"] = True
+            if tuple(var.dims) == (name,) and var.size <= _DIGEST_MAX_SIZE:  # a dimension coordinate
+                values = np.ascontiguousarray(np.asarray(data))
+                if values.dtype.kind in "biufcmM":
+                    entry["digest"] = (values.dtype.str, hashlib.sha1(values.tobytes()).hexdigest())
         signature[str(name)] = entry
     return signature
 
@@ -107,19 +116,21 @@ _ANALYSIS_WAY_OUT = ("vzdask.open_mfdataset(...), which opens this collection fo
 
 
 def explain_combine_failure(
-    signatures: Sequence[tuple[str, dict[str, dict[str, object]]]], combine: str, concat_dim
+    signatures: Sequence[tuple[str, dict[str, dict[str, object]]]], combine: str, concat_dim, join: str = "outer"
 ) -> CombineError | None:
     """Why these files make no one virtual dataset, naming the variable, the files and the way out; None if unknown.
 
     Called after a combine failed (never on the fast path). ``signatures`` are
     ``(file, cf_signature(...))`` pairs in the order the files were given. Checked
-    in turn: a ``concat_dim`` some files lack, a variable some files lack, and a
-    virtual variable whose shapes or chunk shapes cannot share one chunk grid.
+    in turn: a ``concat_dim`` some files lack, a variable some files lack, a
+    virtual variable whose shapes or chunk shapes cannot share one chunk grid,
+    and a dimension coordinate (other than the concatenation one) that differs
+    between files, so that aligning them would reindex virtual arrays.
     """
     if not signatures:
         return None
     return (_missing_concat_dim(signatures, combine, concat_dim) or _missing_variable(signatures)
-            or _uneven_chunks(signatures, combine, concat_dim))
+            or _uneven_chunks(signatures, combine, concat_dim) or _misaligned(signatures, combine, concat_dim, join))
 
 
 def _file_dims(signature: dict[str, dict[str, object]]) -> list[str]:
@@ -213,4 +224,29 @@ def _chunk_problem(name: str, entries: list, combine: str, concat_dim) -> str | 
                 return (f"variable {name!r}: {_describe(path, entry)} has length {length} along {dims[axis]!r}, "
                         f"not a multiple of its chunk size {chunk}, so its last chunk is partial and would sit "
                         f"inside the combined array, before {_describe(next_path, next_entry)}")
+    return None
+
+
+def _misaligned(signatures, combine: str, concat_dim, join: str) -> CombineError | None:
+    concat_dims = set()
+    if combine == "nested":
+        concat_dims = {concat_dim} if isinstance(concat_dim, str) else {d for d in concat_dim if d is not None}
+    names: dict[str, None] = {}
+    for _, signature in signatures:
+        names.update({n: None for n, e in signature.items() if "digest" in e})
+    for name in names:
+        if name in concat_dims:
+            continue
+        entries = [(path, signature[name]) for path, signature in signatures if "digest" in signature.get(name, {})]
+        digests = [entry["digest"] for _, entry in entries]
+        if len(set(digests)) == 1 or combine == "by_coords" and len(set(digests)) == len(digests):
+            continue  # the same everywhere, or (by coordinates) the dimension the files are concatenated along
+        first_path, first = entries[0]
+        path, entry = next((p, e) for p, e in entries if e["digest"] != first["digest"])
+        return CombineError(
+            f"coordinate {name!r} differs between {first_path} (shape {_list(first['shape'])}) and {path} "
+            f"(shape {_list(entry['shape'])}): combining aligns the files along {name!r} (join={join!r}), which "
+            "would reindex or pad their virtual arrays, and references cannot express that. Give files with "
+            f"the same {name!r}, or join='override' to take the first file's {name!r}, or use {_ANALYSIS_WAY_OUT}."
+        )
     return None

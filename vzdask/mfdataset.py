@@ -213,19 +213,20 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
         check_cf_compatible(signatures)
         return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
     except Exception as err:
-        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, results)
+        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, results, kwargs["join"])
         if failure is None:
             raise
         raise failure from err
 
 
-def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None):
+def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None,
+                     join: str = "outer"):
     """What to raise instead of a combine's own error ``err`` (None: ``err`` as it is); see ``_open_virtual``."""
     if analysis:
         return _NoSingleManifest(results)
     if isinstance(err, CFEncodingMismatchError):
         return None  # names the variable, the files and the values already
-    return explain_combine_failure(signatures, combine, concat_dim)
+    return explain_combine_failure(signatures, combine, concat_dim, join)
 
 
 def _arrange(nested, datasets):
@@ -303,7 +304,7 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
                 raise result
         return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
     except Exception as err:
-        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None)
+        failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None, kwargs["join"])
         if failure is None:
             raise
         raise failure from err
@@ -407,7 +408,8 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
         except Exception as err:
             # analysis: the parsed files come here (small: references) to be joined as dask arrays
             results = [r for batch in client.gather(parsed) for r in batch] if analysis else None
-            failure = _combine_failure(err, parsed_signatures, combine, concat_dim, analysis, results)
+            failure = _combine_failure(err, parsed_signatures, combine, concat_dim, analysis, results,
+                                       kwargs["join"])
             if failure is None:
                 raise
             raise failure from err
