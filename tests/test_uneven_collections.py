@@ -336,3 +336,16 @@ def test_coordinate_that_differs_between_files(collections, options):
     if options:  # the way out it names works
         virtual = vzdask.open_virtual_mfdataset(paths, join="override", **options)
         xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths, join="override", **options))
+
+
+def test_unexplained_indexing_failure_is_still_a_combine_error(collections, monkeypatch):
+    """Last resort: a failure the signatures do not explain never leaves as an IndexError from the virtual arrays."""
+    from vzdask import mfdataset
+
+    paths = collections["daily"]
+    monkeypatch.setattr(mfdataset, "explain_combine_failure", lambda *args: None)
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths)
+    message = str(info.value)
+    assert paths[0] in message and "join='outer'" in message and "vzdask.open_mfdataset" in message
+    assert isinstance(info.value.__cause__, IndexError)

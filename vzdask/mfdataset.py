@@ -17,7 +17,7 @@ import xarray as xr
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
 from vzdask.fast_combine import combine_parts
-from vzdask.errors import CFEncodingMismatchError, FileOpenError, VzdaskError
+from vzdask.errors import CFEncodingMismatchError, CombineError, FileOpenError, VzdaskError
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import DecodedCache, VirtualParts
@@ -226,7 +226,18 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
         return _NoSingleManifest(results)
     if isinstance(err, CFEncodingMismatchError):
         return None  # names the variable, the files and the values already
-    return explain_combine_failure(signatures, combine, concat_dim, join)
+    explained = explain_combine_failure(signatures, combine, concat_dim, join)
+    if explained is None and isinstance(err, (IndexError, NotImplementedError)) and not isinstance(err, VzdaskError):
+        # xarray asked the virtual arrays for something references cannot do (reindexing, padding...)
+        files = [path for path, _ in signatures]
+        where = ", ".join(files) if len(files) <= 4 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
+        explained = CombineError(
+            f"the files {where} cannot be combined into one virtual dataset with combine={combine!r}, "
+            f"concat_dim={concat_dim!r}, join={join!r}: xarray needed to index or pad their virtual arrays "
+            f"({type(err).__name__}: {err}). Use vzdask.open_mfdataset(...) for analysis (dask arrays, as "
+            "xr.open_mfdataset combines them), or combine options that need no alignment (join='override')."
+        )
+    return explained
 
 
 def _arrange(nested, datasets):
