@@ -43,14 +43,16 @@ try:  # graph tasks with explicit dependencies (not legacy tuples); public as da
 except ImportError:  # a dask with only the private module
     from dask._task_spec import Task, TaskRef
 
-# dask.array's own post-compute step (concatenates the blocks): SharedResult falls back to it
-from dask.array.core import finalize as dask_array_finalize
-
-# the region of the whole array each block of a chunks tuple covers, as dask.array.Array itself computes it
-from dask.array.core import slices_from_chunks
-
-# dask.array's default graph optimisation, run after ours adds the SharedResult task
-from dask.array.optimization import optimize as dask_array_optimize
+# dask.array's internals are loaded on first use (``__getattr__`` at the end): importing dask.array
+# (and the scipy it pulls in) costs ~0.3 s, and only vzdask.dask_array needs them.
+_DASK_ARRAY_NAMES = {
+    # dask.array's own post-compute step (concatenates the blocks): SharedResult falls back to it
+    "dask_array_finalize": ("dask.array.core", "finalize"),
+    # the region of the whole array each block of a chunks tuple covers, as dask.array.Array computes it
+    "slices_from_chunks": ("dask.array.core", "slices_from_chunks"),
+    # dask.array's default graph optimisation, run after ours adds the SharedResult task
+    "dask_array_optimize": ("dask.array.optimization", "optimize"),
+}
 
 # flattens the nested lists of block results that a compute hands to the post-compute step
 from dask.core import flatten
@@ -166,8 +168,6 @@ __all__ = [
     "Task",
     "TaskRef",
     "array_metadata_like",
-    "dask_array_finalize",
-    "dask_array_optimize",
     "dataset_replace",
     "decode_cf_variable",
     "decode_cf_variables",
@@ -181,8 +181,16 @@ __all__ = [
     "parse_attributes",
     "parse_dimension_names",
     "parse_shapelike",
-    "slices_from_chunks",
     "sync",
     "variable_data",
     "variable_fastpath",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DASK_ARRAY_NAMES:
+        import importlib
+
+        module, attribute = _DASK_ARRAY_NAMES[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'vzdask._compat' has no attribute {name!r}")
