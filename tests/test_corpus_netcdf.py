@@ -370,6 +370,26 @@ def netcdf3_scalars(p):
         nc.createDimension("z", 0)
 
 
+def _compact(f, name, data):
+    space = h5py.h5s.create_simple(data.shape)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    dsid = h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(data.dtype), space, dcpl=dcpl)
+    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+
+
+def compact_h5py(p):
+    """Compact datasets (bytes in the object header): inlined, chars as S1, big-endian numbers native."""
+    with h5py.File(p, "w") as f:
+        _compact(f, "comp", np.array([(1, 2.0), (3, 4.5)], dtype=[("a", "<i4"), ("b", "<f8")]))
+        _compact(f, "opaque", np.array([np.void(b"\x01\x02"), np.void(b"\x03\x04")]))
+        _compact(f, "bools", np.array([True, False, True]))
+        _compact(f, "num", np.array([1, -5], "i2"))
+        _compact(f, "big", np.array([1.5, 2.5], ">f8"))
+        _compact(f, "chars", np.array([[b"a", b"b", b""], [b"x", b"y", b"z"]], "S1"))
+        _compact(f, "scalar_char", np.array(b"q", "S1"))
+
+
 CASES = {
     "scalar_vlen_string": (scalar_vlen_string, VALUES),
     "scalar_char": (scalar_char, VALUES),
@@ -405,6 +425,10 @@ CASES = {
     "float128": (float128, refused("/f128", "128-bit float")),
     "netcdf3_empty_records": (netcdf3_empty_records, VALUES),
     "netcdf3_scalars": (netcdf3_scalars, VALUES),
+    "compact_h5py": (compact_h5py, RawDims((("big", ("phony_dim_0",)), ("bools", ("phony_dim_1",)),
+                                            ("chars", ("phony_dim_0", "phony_dim_1")), ("comp", ("phony_dim_0",)),
+                                            ("num", ("phony_dim_0",)), ("opaque", ("phony_dim_0",)),
+                                            ("scalar_char", ())))),
     "phony_square": (phony_square, VALUES),
     "phony_shared": (phony_shared, VALUES),
     "phony_shared_group": (phony_shared, VALUES, {"group": "g"}),
