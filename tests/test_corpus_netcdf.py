@@ -117,6 +117,18 @@ def string_variables(p):
         u[0], u[1], u[2] = "é", "日本", "x"
 
 
+def strings_unwritten(p):
+    """2-D strings with unwritten chunks (HDF5 cannot read their fill from a read-only file) and a string fill value."""
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("t", None)
+        nc.createDimension("x", 2)
+        s = nc.createVariable("s2", str, ("t", "x"), chunksizes=(2, 1))
+        s[0, 0] = "a"
+        s[2, 1] = "zz"
+        u = nc.createVariable("sf", str, ("x",), fill_value="none")
+        u[0] = "q"
+
+
 def string_h5py(p):
     with h5py.File(p, "w") as f:
         f["fixed"] = np.array([b"ab", b"cde"], "S3")
@@ -400,6 +412,7 @@ CASES = {
     "unlimited_uneven": (unlimited_uneven, VALUES),
     "string_variables": (string_variables, VALUES),
     "string_h5py": (string_h5py, VALUES),
+    "strings_unwritten": (strings_unwritten, VALUES),
     "char_arrays": (char_arrays, VALUES),
     "char_utf8": (char_utf8, VALUES),
     "netcdf3_chars": (netcdf3_chars, VALUES),

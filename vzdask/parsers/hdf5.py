@@ -797,7 +797,10 @@ def _inline_strings(dset, where, dims, shape, attrs, registry) -> ManifestArray:
     if nbytes > SMALL_VARIABLE_BYTES * 16:
         raise ParseError(f"{where}: {dset.size} strings are too many to inline (strings cannot be referenced "
                          "virtually); drop the variable")
-    raw = dset[()] if dset.size else np.empty(dset.shape, object)
+    try:
+        raw = dset[()] if dset.size else np.empty(dset.shape, object)
+    except OSError:  # HDF5 cannot read the fill value of unwritten variable-length strings from a read-only file
+        raw = _read_written_chunks(dset, attrs.get("_FillValue", ""))
     flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             for v in np.asarray(raw, dtype=object).ravel().tolist()]
     width = max((len(v) for v in flat), default=0)
@@ -821,6 +824,20 @@ def _inline_strings(dset, where, dims, shape, attrs, registry) -> ManifestArray:
         inlined={tuple(0 for _ in shape): data},
     )
     return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _read_written_chunks(dset, fill: Any) -> np.ndarray:
+    """A chunked dataset's values read chunk by chunk, its unwritten chunks ``fill`` (what netCDF-C gives)."""
+    values = np.full(dset.shape, fill if isinstance(fill, str) else "", dtype=object)
+    chunks = dset.chunks
+    if chunks is None:
+        raise ParseError(f"{dset.name}: cannot read the values of a contiguous dataset")
+    starts: list = []
+    dset.id.chunk_iter(lambda info: starts.append(info.chunk_offset))
+    for start in starts:
+        region = tuple(slice(o, min(o + c, n)) for o, c, n in zip(start, chunks, dset.shape))
+        values[region] = dset[region]
+    return values
 
 
 def _inline_whole(dset, name, where, dims, attrs, registry, dtype=None) -> ManifestArray:
