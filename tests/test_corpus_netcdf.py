@@ -165,6 +165,29 @@ def char_utf8(p):
         w[:] = _chars(["x", "yz", ""], 6)
 
 
+def chars_with_fill(p):
+    """Char arrays with a _FillValue and unwritten records; a scalar string in a group."""
+    with netCDF4.Dataset(p, "w") as nc:
+        nc.createDimension("t", None)
+        nc.createDimension("n", 3)
+        c = nc.createVariable("c", "S1", ("t", "n"), fill_value=b"x", chunksizes=(1, 3))
+        c[0] = _chars(["ab"], 3)[0]
+        c[2] = _chars(["q"], 3)[0]
+        nc.createVariable("d", "S1", ("t",))[:3] = np.array([b"a", b"", b"c"])
+        nc.createGroup("g").createVariable("s", str, ())[...] = "in group"
+
+
+def netcdf3_chars_with_fill(p):
+    with netCDF4.Dataset(p, "w", format="NETCDF3_CLASSIC") as nc:
+        nc.createDimension("t", None)
+        nc.createDimension("n", 3)
+        c = nc.createVariable("c", "S1", ("t", "n"), fill_value=b"x")
+        c.set_auto_chartostring(False)
+        c._Encoding = "utf-8"
+        c[0] = _chars(["é"], 3)[0]
+        c[2] = _chars(["q"], 3)[0]
+
+
 def netcdf3_chars(p):
     with scipy.io.netcdf_file(p, "w") as nc:
         nc.createDimension("n", 2)
@@ -416,6 +439,9 @@ CASES = {
     "char_arrays": (char_arrays, VALUES),
     "char_utf8": (char_utf8, VALUES),
     "netcdf3_chars": (netcdf3_chars, VALUES),
+    "chars_with_fill": (chars_with_fill, VALUES),
+    "chars_with_fill_group": (chars_with_fill, VALUES, {"group": "g"}),
+    "netcdf3_chars_with_fill": (netcdf3_chars_with_fill, VALUES),
     "nul_padded_name": (nul_padded_name, VALUES),
     "named_like_its_dimension": (named_like_its_dimension, VALUES),
     # xarray's netCDF4 backend gives var2 three dims all named 'dim' (and fails on v1): checked against h5py
