@@ -12,6 +12,7 @@ import zarr
 import zarr.codecs as zc
 from obstore.store import MemoryStore
 
+from vzdask._compat import XARRAY_VERSION
 from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL
 from vzdask.parsers import ParseError, detect_parser
 from vzdask.parsers.zarr import ZarrParser
@@ -328,6 +329,13 @@ def test_variable_length_strings(tmp_path, zarr_format):
     assert vds.s.data.metadata.to_dict()["codecs"][0]["name"] == "vlen-utf8"
     assert vds.s.data.manifest.count() == {"virtual": 2, "inlined": 0, "missing": 1}
     assert list(vds.s.data.compute()) == ["a", "bb", "ccc", "δδδδ", ""]
+    if zarr_format == 2 and XARRAY_VERSION < (2026, 9):
+        # xarray's zarr backend before 2026.9 reads a never-written v2 string chunk as NaN; zarr (and vzdask): ""
+        expected = xr.open_zarr(path).load()
+        assert expected.s.values[-1] != expected.s.values[-1]  # NaN: the one difference
+        expected["s"].values[-1] = ""
+        xr.testing.assert_identical(xr.decode_cf(vds.vz.compute()), expected)
+        return
     assert_matches_open_zarr(path, vds)
 
 

@@ -21,9 +21,13 @@ the per-variable functions of ``xarray.conventions``).
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from importlib.metadata import version as _distribution_version
 from typing import Any
+
+import numpy as np
 
 
 def _release(distribution: str) -> tuple[int, ...]:
@@ -73,7 +77,30 @@ from xarray.conventions import decode_cf_variable, decode_cf_variables, encode_c
 from xarray.conventions import encode_dataset_coordinates
 
 # xarray's zarr backend writes a float _FillValue as base64; ours must read/write exactly what it does
-from xarray.backends.zarr import FillValueCoder
+if XARRAY_VERSION >= (2026, 4):
+    from xarray.backends.zarr import FillValueCoder
+else:
+    from xarray.backends.zarr import FillValueCoder as _XarrayFillValueCoder
+
+    def _b64_double(value: float) -> str:
+        return base64.standard_b64encode(struct.pack("<d", float(value))).decode()
+
+    class FillValueCoder(_XarrayFillValueCoder):  # type: ignore[no-redef]
+        """xarray < 2026.4 refuses complex fill values; 2026.4 writes them as [real, imag], each base64 like a float."""
+
+        @classmethod
+        def encode(cls, value, dtype):
+            if np.dtype(dtype).kind == "c":
+                value = complex(value)
+                return [_b64_double(value.real), _b64_double(value.imag)]
+            return super().encode(value, dtype)
+
+        @classmethod
+        def decode(cls, value, dtype):
+            if dtype not in ("string", "bytes") and np.dtype(dtype).kind == "c":
+                real, imag = (struct.unpack("<d", base64.standard_b64decode(v))[0] for v in value)
+                return complex(real, imag)
+            return super().decode(value, dtype)
 
 # how xarray's zarr backend turns attribute values into JSON (numpy scalars, arrays, bytes)
 from xarray.backends.zarr import encode_zarr_attr_value
