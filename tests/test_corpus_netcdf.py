@@ -349,6 +349,15 @@ def complex_attribute(p):
         f.create_dataset("v", data=np.arange(3.0)).attrs["z"] = np.complex64(3 + 4j)
 
 
+def opaque_and_reference_attributes(p):
+    """Attributes JSON cannot hold: left out with a warning (netCDF-C leaves them out), the variable reads."""
+    with h5py.File(p, "w") as f:
+        v = f.create_dataset("tagged", data=np.arange(3.0))
+        v.attrs["blob"] = np.void(b"\x00\x01")
+        v.attrs["ref"] = f.ref
+        v.attrs["units"] = "m"
+
+
 def packed_compound(p):
     with h5py.File(p, "w") as f:
         f.create_dataset("comp", data=np.array([(1, 2.0), (3, -4.5)], dtype=[("a", "<i4"), ("b", "<f8")]))
@@ -456,6 +465,8 @@ CASES = {
     # netCDF-C shows complex numbers as compounds (xarray: auto_complex=True): checked against h5py
     "complex_values": (complex_values, RawDims((("c", ("phony_dim_0",)), ("c8", ("phony_dim_1",))))),
     "complex_attribute": (complex_attribute, RawDims((("v", ("phony_dim_0",)),)), {"warns": "'z'"}),
+    "opaque_and_reference_attributes": (opaque_and_reference_attributes, RawDims((("tagged", ("phony_dim_0",)),)),
+                                        {"warns": "'blob'"}),
     "packed_compound": (packed_compound, RawDims((("comp", ("phony_dim_0",)), ("chunked", ("phony_dim_0",))))),
     "big_endian_compound": (big_endian_compound, refused("/big", "field 'a' of type >i2")),
     "netcdf4_aligned_compound": (netcdf4_aligned_compound, refused("/al", "HDF5 compound type")),

@@ -88,8 +88,8 @@ class HDFParser(Parser):
         Datasets of that group not to parse (they still name dimensions).
     on_unsupported : {"raise", "warn"}
         A dataset that cannot be represented (a type zarr cannot hold, a
-        filter without a zarr codec, an unreadable attribute) does not stop
-        the others: the whole file is parsed, then ``"raise"`` raises one
+        filter without a zarr codec) does not stop the others (an attribute
+        JSON cannot hold is left out with an ``UnsupportedAttributeWarning``): the whole file is parsed, then ``"raise"`` raises one
         ``ParseError`` listing every such dataset with its reason and the
         ``drop_variables`` that opens the rest; ``"warn"`` leaves them out
         with one ``UnsupportedVariableWarning``.
@@ -885,7 +885,15 @@ def _inline_whole(dset, name, where, dims, attrs, registry, dtype=None) -> Manif
 
 
 def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, Any]:
-    """User attributes, in the file's order; ``keys`` are their names, already listed (listing costs)."""
+    """User attributes, in the file's order; ``keys`` are their names, already listed (listing costs).
+
+    An attribute zarr's JSON attributes cannot hold (opaque bytes, object
+    references, compounds, complex numbers but a complex variable's
+    ``_FillValue``) is left out with an ``UnsupportedAttributeWarning``
+    naming the file, the variable and the attribute: netCDF-C leaves such
+    attributes out too (silently), and the variable's values do not depend
+    on them.
+    """
     out = {}
     for key in keys:
         if key in INTERNAL_ATTRIBUTES:
@@ -896,16 +904,15 @@ def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, A
                 if key == "_FillValue" and not isinstance(value, list):
                     out[key] = value  # a complex variable's fill value: create_array_metadata encodes it
                     continue
-                # JSON has no complex numbers; netCDF-C does not show such attributes either
-                import warnings
-
-                warnings.warn(f"{url}: {where}: left out attribute {key!r}: complex values have no JSON form "
-                              "in zarr attributes", UnsupportedAttributeWarning, stacklevel=2)
-                continue
+                raise TypeError("complex values have no JSON form")
             json.dumps(value)  # what zarr metadata must hold
         except Exception as err:  # unreadable attribute types (references, opaque, compound)
+            import warnings
+
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ParseError(f"{url}: {where}: attribute {key!r} cannot be read as a JSON value: {reason}") from err
+            warnings.warn(f"{url}: {where}: left out attribute {key!r}, which zarr attributes (JSON) cannot hold: "
+                          f"{reason}", UnsupportedAttributeWarning, stacklevel=2)
+            continue
         out[key] = value
     return out
 
