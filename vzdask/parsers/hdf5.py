@@ -18,9 +18,11 @@ CF-decoded as ``xr.open_dataset(engine="netcdf4")`` gives them):
   ``_Encoding`` (UTF-8 -> ``str``), as xarray does for the file;
 * enums: their base integer type, with ``enum_dict`` (name -> value) and
   ``enum_name`` attributes (netCDF4-python's ``Variable.datatype``);
-* compounds of packed little-endian numbers: zarr ``struct`` arrays; other
-  compounds, vlen sequences, references and floats wider than 64 bits are
-  refused with a ``ParseError`` naming the variable and its type;
+* compounds of numbers: zarr ``struct`` arrays (packed, little-endian),
+  referenced when stored so, else (padded, big-endian) inlined if small;
+  compounds with other fields, vlen sequences, references and floats wider
+  than 64 bits are refused with a ``ParseError`` naming the variable and
+  its type;
 * zero-length dimensions: empty arrays; axes without dimension scales:
   netCDF-C's ``phony_dim_N`` names (see ``PhonyDimensions``); dimensions of
   ancestor groups hidden by a nearer one of the same name: named by path
@@ -588,7 +590,9 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
     is_char = string is not None  # netCDF's char (one-byte fixed strings): plain bytes, referenced like numbers
     is_struct = dtype.names is not None
     if is_struct:
-        dtype = _packed_struct(dsid, dtype, where)  # or ParseError
+        dtype, same_bytes = _packed_struct(dsid, dtype, where)  # or ParseError
+        if not same_bytes:  # padded or big-endian: the values, packed, inlined
+            return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry, dtype=dtype)
     elif not is_char and dtype.kind not in "biufcM":
         _refuse_type(dsid, dtype, where)  # opaque, references, vlen sequences: a ParseError naming the type
         return _inline_whole(h5py.Dataset(dsid), name, where, dims, attrs, registry)
@@ -664,34 +668,33 @@ def _parse_dataset(dsid, name: str, plist, dims: list[str], shape: tuple[int, ..
     return ManifestArray(metadata, manifest, registry=registry)
 
 
-def _packed_struct(dsid, dtype: np.dtype, where: str) -> np.dtype:
-    """A compound dataset's numpy dtype, when its stored elements are packed little-endian numbers (zarr's struct).
+def _packed_struct(dsid, dtype: np.dtype, where: str) -> tuple[np.dtype, bool]:
+    """A compound dataset's zarr ``struct`` dtype (packed, little-endian numbers), and whether its bytes are that.
 
     zarr's ``struct`` data type is packed (no padding) with fields of zarr's
-    numeric types; a compound type with padding (netCDF4-python aligns its
-    compound types), nested or big-endian fields, or text is refused.
+    numeric types. A compound type whose stored elements are exactly that is
+    referenced virtually; one with padding (netCDF4-python aligns its
+    compound types) or big-endian fields has the same values in that dtype
+    but other bytes (``False``: the caller inlines it, if small); nested,
+    text or other fields are refused.
     """
     import h5py
 
     file_type = dsid.get_type()
-    names, fields, offset = [], [], 0
+    names, fields, offset, same_bytes = [], [], 0, True
     for i in range(file_type.get_nmembers()):
         member = file_type.get_member_type(i)
         name = file_type.get_member_name(i).decode("utf-8", "replace")
         field = dtype.fields[dtype.names[i]][0]
-        ok = (member.get_class() in (h5py.h5t.INTEGER, h5py.h5t.FLOAT) and field.kind in "iuf"
-              and (field.byteorder in "=|<" if field.itemsize > 1 else True))
-        if not ok or file_type.get_member_offset(i) != offset:
-            what = "padding between fields" if ok else f"field {name!r} of type {field}"
-            raise ParseError(f"{where}: HDF5 compound type {dtype} has {what}; zarr's struct data type holds packed "
-                             "little-endian numbers only")
+        if member.get_class() not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT) or field.kind not in "iuf":
+            raise ParseError(f"{where}: HDF5 compound type {dtype} has field {name!r} of type {field}; zarr's struct "
+                             "data type holds numbers only")
+        if file_type.get_member_offset(i) != offset or field.itemsize > 1 and field.byteorder not in "=|<":
+            same_bytes = False
         names.append(name)
         fields.append(field.newbyteorder("<") if field.itemsize > 1 else field)
         offset += member.get_size()
-    if offset != file_type.get_size():
-        raise ParseError(f"{where}: HDF5 compound type {dtype} has padding after its fields; zarr's struct data type "
-                         "holds packed little-endian numbers only")
-    return np.dtype(list(zip(names, fields)))
+    return np.dtype(list(zip(names, fields))), same_bytes and offset == file_type.get_size()
 
 
 def _refuse_type(dsid, dtype: np.dtype, where: str) -> None:
