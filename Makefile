@@ -6,11 +6,14 @@ PYTHON := $(shell for p in python3.12 python3.13 python3.14 python3; do \
 	    echo $$p; break; fi; done)
 endif
 VENV := .venv
+# `make test-min`: the suite at the lowest versions pyproject.toml allows (constraints/min.txt), in its own venv
+VENV_MIN := .venv-min
+VPY_MIN := $(VENV_MIN)/bin/python
 # The goal named in error hints (the sub-make below would otherwise say check-python).
 GOAL ?= $(or $(MAKECMDGOALS),demo)
 VPY := $(VENV)/bin/python
 
-.PHONY: demo test check-python clean
+.PHONY: demo test test-min check-python clean
 
 # Checked before the virtual environment is created (not on every run).
 check-python:
@@ -44,5 +47,19 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed
 	$(VPY) -m pytest -q
 
+$(VPY_MIN):
+	@$(MAKE) --no-print-directory check-python GOAL='$(GOAL)'
+	$(PYTHON) -m venv --clear $(VENV_MIN)
+	$(VPY_MIN) -m pip install -q --upgrade pip
+
+$(VENV_MIN)/.test-installed: pyproject.toml constraints/min.txt $(VPY_MIN)
+	$(VPY_MIN) -m pip install -q -e '.[test]' -c constraints/min.txt
+	touch $@
+
+# The whole suite but test_mypy: type checking depends on the libraries' stubs, so `make test` runs it
+# at the newest versions (see pyproject.toml).
+test-min: $(VENV_MIN)/.test-installed
+	$(VPY_MIN) -m pytest -q --deselect tests/test_lint.py::test_mypy
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache
