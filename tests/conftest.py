@@ -275,9 +275,10 @@ def dask_client(dask_cluster):
 # =========================================================================== #
 # Icechunk's Rust runtime, after a store listing, now and then crashes (SIGSEGV)
 # while CPython finalizes, after every test has passed and the summary is
-# printed (repro/icechunk_exit_crash.py shows it without vzdask). Once Icechunk
-# is imported, the process ends right after pytest is done, with pytest's own
-# exit status (vzdask.process does the same for the CLI).
+# printed (repro/icechunk_exit_crash.py shows it without vzdask); a process that
+# read Parquet references with pyarrow aborted at exit too (vzdask.process). Once
+# either is imported, the process ends right after pytest is done, with pytest's
+# own exit status (vzdask.process does the same for the CLI).
 _EXIT_STATUS: list[int] = []
 
 
@@ -289,7 +290,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     import sys
 
-    if _EXIT_STATUS and not hasattr(config, "workerinput") and "icechunk" in sys.modules:
-        from vzdask.process import exit_process
+    from vzdask.process import CRASHES_AT_EXIT, exit_process
 
+    if _EXIT_STATUS and not hasattr(config, "workerinput") and any(m in sys.modules for m in CRASHES_AT_EXIT):
         exit_process(_EXIT_STATUS[-1])
