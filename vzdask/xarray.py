@@ -386,7 +386,8 @@ def open_virtual_dataset(
         Which chunks the (detected) parser inlines into the manifest.
     on_unsupported : {"raise", "warn"}
         Variables the detected parser cannot represent (a type zarr cannot
-        hold, a filter without a zarr codec, an unreadable attribute):
+        hold, a filter without a zarr codec; an attribute JSON cannot hold is
+        left out with an ``UnsupportedAttributeWarning`` instead):
         ``"raise"`` raises one ``ParseError`` listing them all, with the
         ``drop_variables`` that opens the rest; ``"warn"`` opens the rest and
         warns once (``vzdask.errors.UnsupportedVariableWarning``). netCDF4/HDF5

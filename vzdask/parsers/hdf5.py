@@ -90,11 +90,12 @@ class HDFParser(Parser):
         Datasets of that group not to parse (they still name dimensions).
     on_unsupported : {"raise", "warn"}
         A dataset that cannot be represented (a type zarr cannot hold, a
-        filter without a zarr codec) does not stop the others (an attribute
-        JSON cannot hold is left out with an ``UnsupportedAttributeWarning``): the whole file is parsed, then ``"raise"`` raises one
-        ``ParseError`` listing every such dataset with its reason and the
-        ``drop_variables`` that opens the rest; ``"warn"`` leaves them out
-        with one ``UnsupportedVariableWarning``.
+        filter without a zarr codec) does not stop the others: the whole
+        file is parsed, then ``"raise"`` raises one ``ParseError`` listing
+        every such dataset with its reason and the ``drop_variables`` that
+        opens the rest; ``"warn"`` leaves them out with one
+        ``UnsupportedVariableWarning``. (An attribute JSON cannot hold is
+        left out with an ``UnsupportedAttributeWarning``, its variable kept.)
     """
 
     def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
