@@ -137,7 +137,8 @@ def test_virtualize_json_by_coords(outputs, original, files):
     report = summary(stdout)
     assert report["files"] == "3"
     assert report["variables"] == "4 (2 virtual)"
-    assert report["chunks"] == "15 virtual, 0 inlined, 0 missing"  # tas 12 + pr 3
+    # tas 12 + pr 3 + x (a reference) virtual; time (loaded, decoded from the files) written inline
+    assert report["chunks"] == "16 virtual, 1 inlined, 0 missing"
     assert report["output"] == f"{path} (json)"
     xr.testing.assert_identical(read_kerchunk(path), original)  # time sorted although the inputs were not
     refs = kerchunk_refs(path)
@@ -187,7 +188,7 @@ def test_virtualize_icechunk_refuses_a_non_empty_directory(files, tmp_path):
 def test_inline_threshold(files, tmp_path, original):
     path = tmp_path / "inline.json"
     report = summary(ok(run("virtualize", *files, "-o", path, "--inline-threshold", INLINE_THRESHOLD)))
-    assert report["chunks"] == "3 virtual, 12 inlined, 0 missing"
+    assert report["chunks"] == "3 virtual, 14 inlined, 0 missing"  # tas 12 + x (160 B) + time; pr referenced
     assert report["referenced"] == "1.9 KiB"  # the three 640-byte pr chunks, and only them
     refs = kerchunk_refs(path)
     tas = [v for k, v in refs.items() if k.startswith("tas/") and not k.startswith("tas/.")]
@@ -203,7 +204,7 @@ def test_inline_var_with_progress_on_stderr(files, tmp_path, original):
     report = summary(ok(result))
     assert list(report) == ["files", "variables", "chunks", "referenced", "output", "time"]  # nothing else on stdout
     assert "100% Completed" in result.stderr
-    assert report["chunks"] == "12 virtual, 3 inlined, 0 missing"
+    assert report["chunks"] == "13 virtual, 4 inlined, 0 missing"  # pr 3 + time inlined; tas 12 + x referenced
     refs = kerchunk_refs(path)
     assert all(refs[f"pr/{k}.0"].startswith("base64:") for k in range(N_FILES))
     assert isinstance(refs["tas/0.0"], list)
@@ -357,3 +358,105 @@ def test_debug_shows_the_traceback(tmp_path, where):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("FileNotFoundError: cannot open file://")
+
+
+# --------------------------------------------------------------------------- #
+# the command as a tool among others (issue 18, item 8)
+# --------------------------------------------------------------------------- #
+def test_processes_scheduler_returns_when_piped(files, tmp_path, original):
+    # capture_output reads stdout to its end: a worker left holding the pipe made this hang forever
+    out = tmp_path / "p.json"
+    result = run("virtualize", *files, "-o", out, "--scheduler", "processes", "--workers", "2")
+    assert summary(ok(result))["files"] == "3"
+    xr.testing.assert_identical(read_kerchunk(out), original)
+
+
+def test_a_closed_pipe_ends_quietly(outputs):
+    path = outputs["json"][0]
+    with subprocess.Popen([str(VZDASK), "info", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()  # `| head -0`: the reader is gone before the report is written
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert code == 0, stderr
+    assert stderr == ""
+
+
+def test_output_errors_name_the_output_not_a_temporary_file(files):
+    result = run("virtualize", files[0], "-o", "/proc/vzdask-test.json")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "cannot write /proc/vzdask-test.json" in line
+    assert line.index("/proc/vzdask-test.json") < line.index(".tmp-")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["--workers", "two"], "argument --workers: expected a whole number, got 'two'"),
+    ],
+)
+def test_workers_must_be_positive(files, tmp_path, extra, message):
+    result = run("virtualize", files[0], "-o", tmp_path / "x.json", *extra)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_an_output_name_that_says_no_format_is_refused(files, tmp_path):
+    result = run("virtualize", files[0], "-o", tmp_path / "x.txt")
+    assert result.returncode == 2
+    assert "cannot tell the output format from the name" in result.stderr and "'.txt'" in result.stderr
+    assert not (tmp_path / "x.txt").exists()
+    # --format says it; a name without a suffix (or .icechunk) is an Icechunk repository
+    ok(run("virtualize", *files, "-o", tmp_path / "x.txt", "--format", "json"))
+    assert json.loads((tmp_path / "x.txt").read_text())["version"] == 1
+    ok(run("virtualize", *files, "-o", tmp_path / "repo.icechunk"))
+    assert (tmp_path / "repo.icechunk" / "repo").exists()
+
+
+def test_each_glob_is_expanded(files, tmp_path, original):
+    directory = files[0].parent
+    out = tmp_path / "globs.json"
+    stdout = ok(run("virtualize", directory / "part_[0].nc", directory / "part_[12].nc", "-o", out))
+    assert summary(stdout)["files"] == "3"
+    xr.testing.assert_identical(read_kerchunk(out), original)
+
+
+def test_summary_counts_agree_with_info(files, tmp_path):
+    out = tmp_path / "counts.json"
+    stdout = ok(run("virtualize", *files, "-o", out, "--inline-threshold", str(INLINE_THRESHOLD)))
+    totals = {"virtual": 0, "inlined": 0, "missing": 0}
+    for line in ok(run("info", out)).splitlines():
+        for kind in totals:
+            if f" {kind}=" in line:
+                totals[kind] += int(line.split(f" {kind}=")[1].split()[0])
+    assert summary(stdout)["chunks"] == (
+        f"{totals['virtual']} virtual, {totals['inlined']} inlined, {totals['missing']} missing")
+    assert totals["inlined"] > 0  # tas's compressed chunks and the loaded time coordinate
+
+
+def test_an_unknown_inline_var_is_an_error(files, tmp_path):
+    result = run("virtualize", *files, "-o", tmp_path / "x.json", "--inline-var", "tass")
+    assert result.returncode == 1
+    assert "names 'tass', which is in none of the files" in result.stderr
+    assert "'tas'" in result.stderr  # the names that are there
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_inline_policy_names_unknown_variables(files):
+    import vzdask
+
+    with pytest.raises(ValueError, match=rf"names 'nope', which is not in {files[0]}"):
+        vzdask.open_virtual_dataset(str(files[0]), inline=vzdask.InlinePolicy(variables=["pr", "nope"]))
+    ds = vzdask.open_virtual_dataset(str(files[0]), inline=vzdask.InlinePolicy(variables=["pr"]))
+    assert ds["pr"].data.manifest.count() == {"virtual": 0, "inlined": 1, "missing": 0}
+
+
+@pytest.mark.parametrize("command", [[str(VZDASK)], [sys.executable, "-m", "vzdask"]])
+def test_version_and_python_dash_m(command):
+    from importlib.metadata import version
+
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"vzdask {version('vzdask')}"

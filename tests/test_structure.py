@@ -221,7 +221,7 @@ LAYERS = [
     ["vzdask.accessor"],
     ["vzdask.mfdataset"],
     ["vzdask.process"],
-    ["vzdask.cli", "vzdask.demo"],
+    ["vzdask.cli", "vzdask.demo", "vzdask.__main__"],
 ]
 
 

@@ -34,8 +34,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vzdask")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vzdask", description="Virtual Zarr datasets over archival files.")
+    parser.add_argument("--version", action="version", version=f"vzdask {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (and Icechunk's warnings)")
     # ``--debug`` is also accepted after the command (``vzdask info refs.json --debug``)
     common = argparse.ArgumentParser(add_help=False)
@@ -47,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", help="files, globs or urls (local, s3://, http(s)://)")
     v.add_argument("-o", "--output", required=True, help="output file (json), directory (parquet, icechunk)")
     v.add_argument("--format", choices=["json", "parquet", "icechunk"], default=None,
-                   help="default: from the output name (.json, .parq/.parquet, else icechunk)")
+                   help="default: from the output name (.json; .parq/.parquet; a name without a suffix, "
+                        ".icechunk or an existing directory: icechunk)")
     how = v.add_mutually_exclusive_group()
     how.add_argument("--concat-dim", help="concatenate the files in the given order along this dimension")
     how.add_argument("--combine", choices=["by_coords"], help="combine by coordinate values (the default)")
@@ -62,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out variables that cannot be virtualized, with a warning naming them "
                         "(default: stop with an error listing them)")
     v.add_argument("--scheduler", default="threads", help="threads, processes or a dask scheduler ADDRESS")
-    v.add_argument("--workers", type=int, default=None, help="local worker count (threads or processes)")
+    v.add_argument("--workers", type=_positive_int, default=None,
+                   help="local worker count (threads or processes)")
     v.add_argument("--progress", dest="progress", action="store_true", default=None)
     v.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -92,8 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except SystemExit as exit_:  # --help
+    except SystemExit as exit_:  # --help, --version
         return int(exit_.code or 0)
+    except BrokenPipeError:  # `vzdask info refs.json | head`: the reader has gone, which is not an error here
+        _silence_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -106,6 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             else type(err).__name__
         print(f"error: {type(err).__name__}: {message}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit raises no second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def run() -> None:
@@ -122,6 +158,7 @@ def run() -> None:
 
 
 def _output_format(args) -> str:
+    """The format ``--format`` names, else the one the output name says; a name that says none is refused."""
     if args.format:
         return args.format
     name = args.output.rstrip("/").lower()
@@ -129,7 +166,12 @@ def _output_format(args) -> str:
         return "json"
     if name.endswith((".parq", ".parquet")):
         return "parquet"
-    return "icechunk"
+    suffix = os.path.splitext(os.path.basename(name))[1]
+    if not suffix or suffix == ".icechunk" or os.path.isdir(args.output):
+        return "icechunk"
+    raise UsageError(f"cannot tell the output format from the name {args.output!r} (suffix {suffix!r}); "
+                     "use .json or .parq/.parquet for kerchunk references, a directory name without a suffix "
+                     "(or .icechunk) for an Icechunk repository, or say --format json|parquet|icechunk")
 
 
 def virtualize(args) -> int:
@@ -143,7 +185,7 @@ def virtualize(args) -> int:
     ):  # checked before any file is parsed
         raise UsageError(f"{args.output} exists and is not an empty directory; "
                          "choose a new directory for the Icechunk repository")
-    files = expand_paths(args.paths if len(args.paths) > 1 else args.paths[0])
+    files = [path for pattern in args.paths for path in expand_paths(pattern)]  # each glob expanded
     files = [os.path.abspath(f) if "://" not in f else f for f in files]
     prefixes = _container_prefixes(files) if fmt == "icechunk" else []
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -245,17 +287,28 @@ def _container_prefixes(files: list[str]) -> list[str]:
 
 
 def _summary(ds, files, fmt, output, seconds) -> str:
+    """The report: chunk counts as written, so they agree with ``vzdask info`` on the output.
+
+    Kerchunk references hold loaded variables as inlined chunks (counted
+    here as the writer plans them); Icechunk stores them as native chunks
+    (said on their own line).
+    """
+    from vzdask.writers.plan import plan_write
+
     counts = {"virtual": 0, "inlined": 0, "missing": 0}
     referenced = 0
-    for name in VirtualDatasetAccessor(ds).virtual_variables:
-        manifest = ds.variables[name].data.manifest
+    plan = plan_write(ds, in_memory="inline" if fmt in ("json", "parquet") else "keep")
+    for planned in plan.all_arrays():
+        manifest = planned.array.manifest
         for k, n in manifest.count().items():
             counts[k] += n
         referenced += int(manifest.lengths[manifest.states == 1].sum())
+    native = [name for group in plan.walk() if group.loaded is not None for name in group.loaded.variables]
     lines = [
         f"files       {len(files)}",
         f"variables   {len(ds.variables)} ({len(VirtualDatasetAccessor(ds).virtual_variables)} virtual)",
-        f"chunks      {counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing",
+        f"chunks      {counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing"
+        + (f"; {len(native)} loaded variable(s) stored as native Icechunk chunks" if native else ""),
         f"referenced  {_human(referenced)}",
         f"output      {output} ({fmt})",
         f"time        {seconds:.2f} s",

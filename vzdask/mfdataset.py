@@ -166,7 +166,10 @@ def open_virtual_mfdataset(
     vzdask.combine.CFEncodingMismatchError
         When a virtual variable's CF encoding differs between files.
     """
-    return _open_virtual(dict(locals()), analysis=False)
+    ds = _open_virtual(dict(locals()), analysis=False)
+    if inline is not None:  # a variable that comes and goes is fine; one in no file is a typo
+        inline.check_variables([str(name) for name in ds.variables], "is in none of the files")
+    return ds
 
 
 class _NoSingleManifest(Exception):  # noqa: N818 - internal signal, never reaches users
@@ -371,8 +374,21 @@ def _process_pool():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["vzdask.mfdataset", "vzdask.parsers.hdf5", "vzdask.xarray"])
         _POOL = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=context)
-        atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+        atexit.register(shutdown_process_pool)
     return _POOL
+
+
+def shutdown_process_pool() -> None:
+    """Stop the pool's worker processes (and so its fork server), waiting for them to end.
+
+    Called at exit, and by ``vzdask.process.exit_process`` before an
+    ``os._exit`` (which skips ``atexit``): a worker left waiting for work
+    keeps the command's stdout open, so ``vzdask ... | cat`` never returned.
+    """
+    global _POOL
+    pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress, analysis=False):

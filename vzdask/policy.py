@@ -59,6 +59,18 @@ class InlinePolicy:
         else:
             object.__setattr__(self, "variables", frozenset(self.variables))
 
+    def check_variables(self, found: Collection[str], absent: str) -> None:
+        """Raise if ``variables`` names one that is not in ``found``; ``absent`` says where it is not.
+
+        A misspelt name would otherwise inline nothing, silently.
+        """
+        unknown = sorted(set(self.variables) - set(found))
+        if unknown:
+            raise ValueError(
+                f"InlinePolicy(variables=...) names {', '.join(map(repr, unknown))}, which {absent}; "
+                f"the variables opened are {', '.join(map(repr, sorted(found)))}"
+            )
+
     @property
     def inlines_anything(self) -> bool:
         return bool(self.max_chunk_bytes is not None or self.variables or self.coordinates or self.predicate)

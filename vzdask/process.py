@@ -31,6 +31,9 @@ def exit_process(code: int) -> None:
     """
     if not any(name in sys.modules for name in CRASHES_AT_EXIT):
         sys.exit(code)
+    mfdataset = sys.modules.get("vzdask.mfdataset")
+    if mfdataset is not None:  # os._exit skips atexit: stop the process pool's workers here
+        mfdataset.shutdown_process_pool()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -394,11 +394,14 @@ def open_virtual_dataset(
         files are parsed past such variables; the other formats raise at the
         first one.
     """
-    return open_virtual_parts(
+    ds = open_virtual_parts(
         url, parser=parser, registry=registry, group=group, drop_variables=drop_variables,
         loadable_variables=loadable_variables, decode_times=decode_times, inline=inline,
         on_unsupported=on_unsupported,
     ).to_dataset()
+    if inline is not None:
+        inline.check_variables([str(name) for name in ds.variables], f"is not in {url}")
+    return ds
 
 
 def open_virtual_parts(

@@ -31,6 +31,7 @@ import base64
 import functools
 import json
 import math
+import contextlib
 import os
 import shutil
 import uuid
@@ -498,11 +499,12 @@ def _atomic_file(target: Path, write) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _sibling(target, "tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, target)
+        with _naming(target, temporary):
+            with open(temporary, "w", encoding="utf-8") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -516,7 +518,8 @@ def _atomic_directory(target: Path, write) -> None:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _sibling(target, "tmp")
-    temporary.mkdir()
+    with _naming(target, temporary):
+        temporary.mkdir()
     try:
         write(temporary)
         if not os.path.lexists(target):
@@ -533,6 +536,18 @@ def _atomic_directory(target: Path, write) -> None:
     except BaseException:
         _remove(temporary)
         raise
+
+
+@contextlib.contextmanager
+def _naming(target: Path, temporary: Path):
+    """An OSError about the temporary sibling is re-raised naming the output the user asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or os.fspath(err.filename) != os.fspath(temporary):
+            raise
+        raise type(err)(err.errno, f"cannot write {target}: {err.strerror} "
+                        f"(writing the temporary {temporary.name} beside it)") from err
 
 
 def _remove(path: Path) -> None:
