@@ -365,6 +365,15 @@ class ManifestArray(DaskMethodsMixin):
         """False while persisted chunks are still held by the cluster (futures)."""
         return self._persisted is None
 
+    def astype(self, dtype, copy: bool = True):
+        """A lazy dask array of the stored (raw) values cast to ``dtype``.
+
+        What xarray's netCDF writers call: ``vds.to_netcdf(path)`` writes the
+        stored values with their CF attributes, as a ``decode_cf=False``
+        dataset would be written, so the file reads back as the originals.
+        """
+        return self.to_dask_array().astype(dtype, copy=copy)
+
     def rechunk(self, chunks, **kwargs):
         """A dask array with these chunks (what ``Dataset.chunk`` calls); reads at that chunking directly."""
         return self.to_dask_array(chunks=chunks)
