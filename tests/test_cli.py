@@ -7,6 +7,7 @@ original netCDF4 files.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -266,7 +267,7 @@ def test_validate_ok_with_decode_sample(outputs):
         path, _, _ = outputs[fmt]
         out = ok(run("validate", path, "--decode-sample", "5"))
         # 15 data chunks + x's chunk (x is loaded but written as its reference into the first file)
-        assert out.strip() == "ok: 16 virtual references in 3 files checked, 5 chunks decoded"
+        assert out.strip() == "ok: 16 virtual references in 3 files checked, 1 inlined chunks decoded, 5 chunks decoded"
 
 
 def test_validate_finds_truncated_missing_and_corrupt_files(files, tmp_path):
@@ -298,7 +299,7 @@ def test_validate_finds_truncated_missing_and_corrupt_files(files, tmp_path):
     assert len(lines) == len(past_end) + 2 + 1 + 1
     n_bad = len(past_end) + 5
     good = 17 - n_bad - 1  # 17 chunks hold bytes (16 virtual + the inlined time)
-    assert lines[-1] == (f"{n_bad + 1} bad reference(s) among 16 checked in 3 file(s), "
+    assert lines[-1] == (f"{n_bad + 1} bad reference(s) among 17 checked (16 virtual in 3 file(s), 1 inlined), "
                          f"{good} chunks decoded without error")
 
     capped = run("validate", refs, "--max-report", "1")  # without decoding the corrupt chunk goes unnoticed
@@ -306,8 +307,37 @@ def test_validate_finds_truncated_missing_and_corrupt_files(files, tmp_path):
     assert capped.stdout.strip().splitlines() == [
         past_end[0],
         f"... {len(past_end) + 1} more problem(s) not listed (--max-report 1)",
-        f"{n_bad} bad reference(s) among 16 checked in 3 file(s)",
+        f"{n_bad} bad reference(s) among 17 checked (16 virtual in 3 file(s), 1 inlined)",
     ]
+
+
+def test_validate_decodes_every_inlined_chunk(files, tmp_path):
+    refs = tmp_path / "inlined.json"
+    ok(run("virtualize", *files, "-o", refs, "--inline-var", "tas"))
+    document = json.loads(refs.read_text())
+    assert document["refs"]["tas/1.1"].startswith("base64:")
+    document["refs"]["tas/1.1"] = "base64:" + base64.b64encode(b"not a zlib stream at all").decode()
+    refs.write_text(json.dumps(document))
+    result = run("validate", refs)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("tas chunk 1.1: inlined chunk cannot be decoded: ")
+    assert lines[-1] == "1 bad reference(s) among 17 checked (4 virtual in 3 file(s), 13 inlined)"  # pr 3, x 1
+
+
+def test_an_uncompressed_inlined_chunk_of_the_wrong_size_is_named(files, tmp_path):
+    refs = tmp_path / "short.json"
+    ok(run("virtualize", *files, "-o", refs, "--inline-var", "pr"))
+    document = json.loads(refs.read_text())
+    raw = base64.b64decode(document["refs"]["pr/1.0"][len("base64:"):])
+    document["refs"]["pr/1.0"] = "base64:" + base64.b64encode(raw[:-4]).decode()
+    refs.write_text(json.dumps(document))
+    for command in (["validate", refs], ["info", refs]):
+        result = run(*command)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"error: ParseError: file://{refs}: variable 'pr': inlined chunk 1.0 holds {NT * NX * 4 - 4} bytes, "
+            f"but an uncompressed chunk of shape ({NT}, {NX}) and dtype float32 takes {NT * NX * 4} bytes")
 
 
 def test_validate_refuses_an_icechunk_repository(outputs):

@@ -46,6 +46,21 @@ def codec_key(metadata: ArrayV3Metadata) -> str:
     return json.dumps(minimal, sort_keys=True, default=_json_default)
 
 
+def fixed_chunk_bytes(metadata: ArrayV3Metadata) -> int | None:
+    """The stored size every chunk must have when the codecs only lay bytes out, else None.
+
+    With no compression (codecs ``bytes``, maybe ``transpose``) and a
+    fixed-size dtype, a stored chunk of any other size cannot decode: parsers
+    check inlined chunks against it so the error names the variable and chunk.
+    """
+    if not all(codec.to_dict()["name"] in ("bytes", "transpose") for codec in metadata.codecs):
+        return None
+    dtype = np.dtype(metadata.data_type.to_native_dtype())
+    if dtype.hasobject or dtype.kind in "OTV" or dtype.itemsize == 0:
+        return None
+    return int(np.prod(chunk_shape(metadata), dtype=np.int64)) * dtype.itemsize
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()

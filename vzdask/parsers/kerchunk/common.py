@@ -18,8 +18,9 @@ import numpy as np
 
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.manifest import ChunkManifest, _factorize_paths
-from vzdask.manifests.metadata import chunk_grid_shape, replace_metadata
+from vzdask.codecs import fixed_chunk_bytes
+from vzdask.manifests.manifest import INLINED, ChunkManifest, _factorize_paths, chunk_key
+from vzdask.manifests.metadata import chunk_grid_shape, chunk_shape, replace_metadata
 from vzdask.object_io import get, get_range, head_size_async, run_sync
 from vzdask.parsers.common import ParseError
 from vzdask.registry import ObjectStoreRegistry
@@ -237,6 +238,7 @@ def _assemble(
                 metadata = replace_metadata(metadata, dimension_names=dims)
         except (ValueError, TypeError) as err:
             raise ParseError(f"{source}: variable {path!r}: {err}") from err
+        _check_inlined_sizes(manifest, metadata, f"{source}: variable {path!r}")
         arrays_in[parent][name] = ManifestArray(metadata, manifest, registry=registry)
 
     built: dict[str, ManifestGroup] = {}
@@ -251,6 +253,22 @@ def _assemble(
         except (ValueError, TypeError) as err:
             raise ParseError(f"{source}: group {path or '/'!r}: {err}") from err
     return built[prefix]
+
+
+def _check_inlined_sizes(manifest: ChunkManifest, metadata, where: str) -> None:
+    """An inlined chunk of an uncompressed array must hold exactly one chunk's bytes (else it decodes to garbage)."""
+    size = fixed_chunk_bytes(metadata)
+    if size is None:
+        return
+    wrong = (manifest.states == INLINED) & (manifest.lengths != size)
+    if wrong.any():
+        first = tuple(int(i) for i in np.argwhere(wrong)[0])
+        length = int(manifest.lengths[first])
+        raise ParseError(
+            f"{where}: inlined chunk {chunk_key(first)} holds {length} bytes, but an uncompressed chunk of shape "
+            f"{tuple(chunk_shape(metadata))} and dtype {metadata.data_type.to_native_dtype()} takes {size} bytes"
+            + (f" ({int(wrong.sum())} inlined chunks have the wrong size)" if wrong.sum() > 1 else "")
+        )
 
 
 def _join(path: str, name: str) -> str:
