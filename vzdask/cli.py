@@ -44,6 +44,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _store_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed: object = value
+    if value.lower() in ("true", "false"):
+        parsed = value.lower() == "true"
+    elif value.isdigit():
+        parsed = int(value)
+    return key.strip(), parsed
+
+
+def _registry(args):
+    """The registry for this command's remote options (``--anon``, ``--store-option``)."""
+    from vzdask.registry import ObjectStoreRegistry
+
+    options = dict(args.store_option)
+    if args.anon:
+        options["skip_signature"] = True
+    return ObjectStoreRegistry(store_options=options)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -61,8 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # how remote objects (s3://, https://...) are reached
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--anon", action="store_true",
+                        help="read s3:// urls without credentials (public buckets: skip_signature)")
+    remote.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE", type=_store_option,
+                        help="an option for the remote stores (obstore's names: region=us-west-2, "
+                             "endpoint=http://host:9000, allow_http=true, timeout=30s...); repeatable")
 
-    v = commands.add_parser("virtualize", parents=[common],
+    v = commands.add_parser("virtualize", parents=[common, remote],
                             help="turn files into kerchunk JSON/Parquet or an Icechunk repository")
     v.add_argument("paths", nargs="+", help="files, globs or urls (local, s3://, http(s)://)")
     v.add_argument("-o", "--output", required=True, help="output file (json), directory (parquet, icechunk)")
@@ -88,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--progress", dest="progress", action="store_true", default=None)
     v.add_argument("--no-progress", dest="progress", action="store_false")
 
-    i = commands.add_parser("info", parents=[common],
+    i = commands.add_parser("info", parents=[common, remote],
                             help="summarise a kerchunk JSON/Parquet reference set or an Icechunk repository")
     i.add_argument("refs")
 
-    c = commands.add_parser("validate", parents=[common],
+    c = commands.add_parser("validate", parents=[common, remote],
                             help="check every virtual reference of a kerchunk reference set against its object")
     c.add_argument("refs")
     c.add_argument("--decode-sample", type=int, default=0, metavar="N", help="also decode N random chunks")
@@ -204,6 +233,7 @@ def virtualize(args) -> int:
                 inline=inline,
                 drop_variables=args.drop_var,
                 on_unsupported="warn" if args.skip_unsupported else "raise",
+                registry=_registry(args),
                 parallel=parallel,
                 progress=progress,
             )
@@ -334,7 +364,7 @@ def _is_icechunk(path: str) -> bool:
     ) and not os.path.exists(os.path.join(local, ".zmetadata"))
 
 
-def load_references(refs: str):
+def load_references(refs: str, registry=None):
     """A kerchunk JSON/Parquet reference set as a ManifestGroup (parsed by vzdask's own parsers)."""
     from vzdask import ObjectStoreRegistry
     from vzdask.parsers import detect_parser
@@ -342,7 +372,7 @@ def load_references(refs: str):
     from vzdask.xarray import as_url
 
     url = as_url(refs)
-    registry = ObjectStoreRegistry()
+    registry = ObjectStoreRegistry() if registry is None else registry
     parser = detect_parser(url, registry)
     if not isinstance(parser, (KerchunkJSONParser, KerchunkParquetParser)):
         raise UsageError(f"{refs} is not a kerchunk reference set (detected {type(parser).__name__})")
@@ -353,7 +383,7 @@ def info(args) -> int:
     if _is_icechunk(args.refs):
         print(_icechunk_info(args.refs))
         return EXIT_OK
-    group, _ = load_references(args.refs)
+    group, _ = load_references(args.refs, _registry(args))
     urls = set()
     lines = [f"reference set {args.refs}"]
     for path, array in group.walk_arrays():
@@ -416,7 +446,7 @@ def validate(args) -> int:
                          "reference sets (Icechunk does not expose its references' offsets)")
     if args.max_report < 0 or args.decode_sample < 0:
         raise UsageError("--max-report and --decode-sample take a number >= 0")
-    group, registry = load_references(args.refs)
+    group, registry = load_references(args.refs, _registry(args))
     problems: list[str] = []  # one line per bad reference, or per unreadable file of an array
     bad: dict[str, np.ndarray] = {}  # array path -> mask of bad chunks
     checked = 0

@@ -56,6 +56,30 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+_CONNECTION_SIGNS = ("error sending request", "connection refused", "dns error", "tcp connect", "timed out",
+                     "connection reset", "failed to lookup address", "network is unreachable")
+_CREDENTIAL_SIGNS = ("169.254.169.254", "credential", "invalidaccesskeyid", "signaturedoesnotmatch",
+                     "accessdenied", "403 forbidden", "expiredtoken")
+
+
+def likely_fix(err: BaseException, url: str) -> str:
+    """What to try, from a failed request's message (``""`` when nothing is likely): appended to our errors."""
+    text = str(err).lower()
+    scheme = url.partition("://")[0].lower()
+    if "builder error" in text and scheme == "http":
+        return (" (obstore refuses plain http unless allowed: register a store made with "
+                "client_options={'allow_http': True}, or let the registry create it)")
+    if scheme in ("s3", "s3a") and any(sign in text for sign in _CREDENTIAL_SIGNS):
+        return (" (no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE; "
+                "for a public bucket read anonymously with ObjectStoreRegistry(store_options={'skip_signature': "
+                "True}), on the command line --anon)")
+    if any(sign in text for sign in _CONNECTION_SIGNS):
+        return (" (could not connect: no network, a wrong endpoint or host, or the server is down; retries and "
+                "timeouts are set by dask config vzdask.remote.* or ObjectStoreRegistry(retry_config=, "
+                "client_options=))")
+    return ""
+
+
 def _is_not_found(err: BaseException) -> bool:
     # obstore raises the builtin FileNotFoundError; older releases raised their own NotFoundError
     return isinstance(err, FileNotFoundError) or type(err).__name__ == "NotFoundError"
@@ -75,7 +99,8 @@ def _request_error(err: BaseException, url: str, what, starts, lengths) -> Chunk
     """A failed range request: ``reading [<what> from ]<url> (bytes a..b, ...): <obstore's first line>``."""
     what = _what(what)
     where = f"{what} from {url}" if what else url
-    return ChunkReadError(f"reading {where} ({_ranges_text(starts, lengths)}): {first_line(err)}")
+    return ChunkReadError(f"reading {where} ({_ranges_text(starts, lengths)}): {first_line(err)}"
+                          f"{likely_fix(err, url)}")
 
 
 def _short_read(url: str, what, start: int, length: int, got: int) -> ChunkReadError:
@@ -92,7 +117,7 @@ def _object_error(err: BaseException, url: str) -> OSError:
     """A failed whole-object request: FileNotFoundError if the object is missing, else ChunkReadError."""
     if _is_not_found(err):
         return FileNotFoundError(f"cannot open {url}: not found")
-    return ChunkReadError(f"reading {url}: {first_line(err)}")
+    return ChunkReadError(f"reading {url}: {first_line(err)}{likely_fix(err, url)}")
 
 
 def _check(pieces: list, starts: Sequence[int], lengths: Sequence[int], url: str, what) -> list:
@@ -285,7 +310,7 @@ async def list_prefixes_async(store: Any, prefix: str | None, *, url: str) -> li
     except BaseException as err:
         if not is_read_error(err):
             raise
-        raise ChunkReadError(f"listing {url}: {first_line(err)}") from err
+        raise ChunkReadError(f"listing {url}: {first_line(err)}{likely_fix(err, url)}") from err
 
 
 async def list_sizes_async(store: Any, prefix: str | None, *, url: str) -> list[tuple[str, int]]:
@@ -297,7 +322,7 @@ async def list_sizes_async(store: Any, prefix: str | None, *, url: str) -> list[
     except BaseException as err:
         if not is_read_error(err):
             raise
-        raise ChunkReadError(f"listing {url}: {first_line(err)}") from err
+        raise ChunkReadError(f"listing {url}: {first_line(err)}{likely_fix(err, url)}") from err
     return out
 
 

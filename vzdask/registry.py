@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import PurePath
 from typing import Any
 
+import dask.config
 import obstore
 from obstore.store import (
     AzureStore,
@@ -34,6 +37,46 @@ _AZURE_SCHEMES = frozenset({"az", "abfs", "abfss", "adl", "azure"})
 _S3_SCHEMES = frozenset({"s3", "s3a"})
 _GCS_SCHEMES = frozenset({"gs", "gcs"})
 _HTTP_SCHEMES = frozenset({"http", "https"})
+
+#: obstore's client options (``ClientConfig``): given as store options (the CLI's ``--store-option``) they go
+#: to ``client_options``, where obstore takes them.
+CLIENT_OPTION_NAMES = frozenset({
+    "allow_http", "allow_invalid_certificates", "connect_timeout", "default_content_type", "default_headers",
+    "http1_only", "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle",
+    "http2_only", "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate",
+    "proxy_excludes", "root_certificate", "randomize_addresses", "read_timeout", "timeout", "user_agent",
+})
+
+# Remote stores the registry creates fail within seconds when the network or the host is not there (obstore's
+# own default retries for about 3 minutes). Change with dask.config.set({"vzdask.remote.max-retries": 10}) etc.
+dask.config.update_defaults({"vzdask": {"remote": {
+    "connect-timeout": "2s",  # one connection attempt
+    "max-retries": 2,  # retries of a failed request (connection errors, 5xx, timeouts)
+    "retry-timeout": "5s",  # no retry starts later than this after the first attempt
+}}})
+
+
+def _client_options_from_env(scheme: str) -> dict[str, Any]:
+    """Client options set in the environment (``AWS_ALLOW_HTTP=true``...), which obstore reads itself only
+    when no ``client_options`` are given."""
+    prefix = "AWS_" if scheme in _S3_SCHEMES else "GOOGLE_" if scheme in _GCS_SCHEMES else (
+        "AZURE_" if scheme in _AZURE_SCHEMES else None)
+    found: dict[str, Any] = {}
+    for key in CLIENT_OPTION_NAMES if prefix else ():
+        value = os.environ.get(prefix + key.upper())
+        if value is not None:
+            found[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return found
+
+
+def remote_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(client_options, retry_config)`` for the stores the registry creates, from ``vzdask.remote`` config."""
+    remote = dask.config.get("vzdask.remote")
+    seconds = dask.utils.parse_timedelta(remote["retry-timeout"], default="s")
+    client = {"connect_timeout": timedelta(seconds=dask.utils.parse_timedelta(remote["connect-timeout"],
+                                                                                default="s"))}
+    retry = {"max_retries": int(remote["max-retries"]), "retry_timeout": timedelta(seconds=seconds)}
+    return client, retry
 
 
 # --------------------------------------------------------------------------- #
@@ -184,6 +227,17 @@ class ObjectStoreRegistry:
     create_missing : bool, default True
         Create and cache a store for unregistered ``file``, ``s3``, ``gs``,
         ``az``/``abfs`` and ``http(s)`` urls, configured from the environment.
+    store_options : dict, optional
+        Keywords for the remote stores it creates, e.g. ``{"skip_signature":
+        True}`` for public S3 buckets (no credentials), ``{"region":
+        "us-west-2"}`` or ``{"endpoint": "http://127.0.0.1:9000"}``. obstore's
+        client options in it (``allow_http``, ``timeout``...: see
+        ``CLIENT_OPTION_NAMES``) go to ``client_options``.
+    client_options, retry_config : dict, optional
+        obstore's ``ClientConfig`` and ``RetryConfig`` for the stores it
+        creates. By default they fail fast: a 2 s connect timeout, 2 retries,
+        none later than 5 s (``vzdask.remote`` in dask's config).
+        ``http://`` urls get ``allow_http`` (asking for one is asking for it).
 
     Notes
     -----
@@ -199,8 +253,17 @@ class ObjectStoreRegistry:
         stores: Mapping[str, Any] | None = None,
         *,
         create_missing: bool = True,
+        store_options: Mapping[str, Any] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        retry_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.create_missing = bool(create_missing)
+        options = dict(store_options or {})
+        self.client_options = {
+            **{k: options.pop(k) for k in list(options) if k in CLIENT_OPTION_NAMES}, **dict(client_options or {})
+        }
+        self.store_options = options
+        self.retry_config = dict(retry_config) if retry_config is not None else None
         self._lock = threading.RLock()
         # prefix -> (store, created_lazily). Replaced, never mutated, so
         # readers need no lock.
@@ -229,7 +292,9 @@ class ObjectStoreRegistry:
                 distinct.append(registry)
         if len(distinct) == 1:
             return distinct[0]
-        merged = cls(create_missing=any(r.create_missing for r in distinct))
+        first = distinct[0]  # options for the stores made from the environment: the first registry's
+        merged = cls(create_missing=any(r.create_missing for r in distinct), store_options=first.store_options,
+                     client_options=first.client_options, retry_config=first.retry_config)
         for registry in distinct:
             for prefix, (store, lazy) in registry._stores.items():
                 if lazy:
@@ -323,15 +388,23 @@ class ObjectStoreRegistry:
             if not authority:
                 raise self._missing(url, f"no bucket/host in the {scheme}:// url")
             prefix = f"{scheme}://{authority}"
+            client, retry = remote_defaults()
+            client.update(_client_options_from_env(scheme))  # obstore drops its env's once we give any
+            client.update(self.client_options)
+            if scheme == "http":
+                client.setdefault("allow_http", True)
+            options: dict[str, Any] = {
+                "client_options": client, "retry_config": self.retry_config or retry, **self.store_options,
+            }
             try:
                 if scheme in _S3_SCHEMES:
-                    store = S3Store(authority)
+                    store = S3Store(authority, **options)
                 elif scheme in _GCS_SCHEMES:
-                    store = GCSStore(authority)
+                    store = GCSStore(authority, **options)
                 elif scheme in _AZURE_SCHEMES:
-                    store = from_url(prefix)
+                    store = from_url(prefix, **options)
                 else:
-                    store = HTTPStore.from_url(prefix)
+                    store = HTTPStore.from_url(prefix, **options)
             except Exception as exc:
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise self._missing(
@@ -368,6 +441,7 @@ class ObjectStoreRegistry:
             "ObjectStoreRegistry",
             self.create_missing,
             [[p, _store_identity(s)] for p, s in explicit],
+            _canonical([self.store_options, self.client_options, self.retry_config]),
         ]
 
     def __dask_tokenize__(self) -> str:
@@ -402,10 +476,12 @@ class ObjectStoreRegistry:
                     snapshots[key] = _MemorySnapshot(_memory_items(store), key)
                 store = snapshots[key]
             entries.append((prefix, store, lazy))
-        return {"create_missing": self.create_missing, "entries": entries}
+        options = (self.store_options, self.client_options, self.retry_config)
+        return {"create_missing": self.create_missing, "entries": entries, "options": options}
 
     def __setstate__(self, state: dict) -> None:
         self.create_missing = state["create_missing"]
+        self.store_options, self.client_options, self.retry_config = state["options"]
         self._lock = threading.RLock()
         self._stores, self._ordered = {}, ()
         restored: dict[int, MemoryStore] = {}
