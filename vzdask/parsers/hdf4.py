@@ -1,0 +1,844 @@
+"""HDF4 / HDF-EOS2 parser: every scientific dataset (SDS) of an HDF4 file as a virtual array.
+
+Written from the HDF4 file format specification. An HDF4 file is a list of
+*data descriptors* (DDs, in linked DD blocks after the 4-byte magic), each
+naming one element by ``(tag, ref)`` and giving its byte range. An SDS's
+data is the element ``DFTAG_SD`` whose ref its numeric data group
+(``DFTAG_NDG``) names; a *special* element (tag | 0x4000) starts with a
+header saying how the data is really stored:
+
+* plain: the whole array, contiguous, big-endian -- one chunk;
+* compressed (``SPECIAL_COMP``): one ``DFTAG_COMPRESSED`` element holding
+  the whole array, compressed -- one chunk through a zarr codec;
+* chunked (``SPECIAL_CHUNKED``): a chunk table (a vdata of ``origin``,
+  ``chk_tag``, ``chk_ref`` records) names each written chunk's element, plain
+  or compressed; chunks are stored full size (edge chunks padded, like
+  zarr's); unwritten chunks are missing and read as the fill value;
+* linked blocks (``SPECIAL_LINKED``, what an unlimited dimension makes):
+  the bytes in several blocks. A manifest chunk is one byte range, so the
+  array is cut into chunks of whole records that each fall within a block;
+  where the blocks do not end on record boundaries the SDS cannot be
+  virtualized and is refused.
+
+Compression: deflate is zlib-wrapped (zarr's ``zlib`` codec). RLE, NBIT,
+skipping-Huffman, SZIP and JPEG have no zarr codec that reads HDF4's
+encoding: such an SDS is refused (``on_unsupported``).
+
+Names, shapes, number types, attributes, dimension names and fill values
+come from ``pyhdf`` (the HDF4 library), which needs a local file: a remote
+object is copied to a temporary file for that. Byte offsets come from the
+DD blocks read here through :class:`~vzdask.parsers.common.ObstoreFile`.
+
+HDF-EOS2 files (a ``StructMetadata.0`` attribute): dimension names lose the
+``:GridName`` suffix HDF-EOS gives them (``YDim:GeoGrid`` -> ``YDim``) when
+no two grids or swaths would then share a name with different lengths, each
+field gets its grid's or swath's name and projection parameters as
+attributes, and the fields of a ``GCTP_GEO`` grid get ``lat``/``lon``
+coordinates (cell centres computed from the grid's corners, inlined) unless
+the file already has variables of those names. Swath data fields get a
+``coordinates`` attribute naming the swath's geolocation fields.
+
+Attribute values are as stored: HDF4's ``scale_factor``/``add_offset``
+convention (``value = scale_factor * (stored - add_offset)``) is not CF's,
+so such variables are not rescaled the CF way by this parser (xarray would
+apply CF's reading of them when decoding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.metadata import attribute_value, create_array_metadata
+from vzdask.manifests.store import ManifestStore
+from vzdask.parsers.common import (
+    ObstoreFile,
+    ParseError,
+    Parser,
+    check_on_unsupported,
+    finish,
+    report_unsupported,
+)
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+#: The first four bytes of every HDF4 file.
+HDF4_SIGNATURE = b"\x0e\x03\x13\x01"
+
+# tags (HDF4 specification, appendix: tag numbers)
+DFTAG_NULL = 1
+DFTAG_LINKED = 20
+DFTAG_COMPRESSED = 40
+DFTAG_CHUNK = 61
+DFTAG_NT = 106
+DFTAG_SD = 702
+DFTAG_NDG = 720
+DFTAG_VH = 1962
+DFTAG_VS = 1963
+SPECIAL_TAG = 0x4000
+
+# special element codes
+SPECIAL_LINKED = 1
+SPECIAL_EXT = 2
+SPECIAL_COMP = 3
+SPECIAL_VLINKED = 4
+SPECIAL_CHUNKED = 5
+SPECIAL_BUFFERED = 6
+SPECIAL_COMPRAS = 7
+SPECIAL_NAMES = {SPECIAL_LINKED: "linked blocks", SPECIAL_EXT: "external file", SPECIAL_COMP: "compressed",
+                 SPECIAL_VLINKED: "variable-length linked blocks", SPECIAL_CHUNKED: "chunked",
+                 SPECIAL_BUFFERED: "buffered", SPECIAL_COMPRAS: "compressed raster"}
+
+# compression codes
+COMP_NONE = 0
+COMP_DEFLATE = 4
+COMP_NAMES = {0: "none", 1: "RLE", 2: "NBIT", 3: "skipping Huffman", 4: "deflate", 5: "SZIP", 7: "JPEG",
+              12: "IMCOMP"}
+
+#: HDF4 number type code -> numpy type (without byte order) and its name.
+NUMBER_TYPES: dict[int, tuple[str, str]] = {
+    3: ("u1", "DFNT_UCHAR8"),
+    4: ("S1", "DFNT_CHAR8"),
+    5: ("f4", "DFNT_FLOAT32"),
+    6: ("f8", "DFNT_FLOAT64"),
+    20: ("i1", "DFNT_INT8"),
+    21: ("u1", "DFNT_UINT8"),
+    22: ("i2", "DFNT_INT16"),
+    23: ("u2", "DFNT_UINT16"),
+    24: ("i4", "DFNT_INT32"),
+    25: ("u4", "DFNT_UINT32"),
+    26: ("i8", "DFNT_INT64"),
+    27: ("u8", "DFNT_UINT64"),
+}
+#: What the SD interface reads where nothing was written and no ``_FillValue`` is set (netCDF's defaults).
+DEFAULT_FILL: dict[str, Any] = {
+    "u1": 255, "S1": b"\x00", "f4": float(np.float32(9.9692099683868690e36)), "f8": 9.9692099683868690e36,
+    "i1": -127, "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
+    "i8": -9223372036854775806, "u8": 18446744073709551614,
+}
+
+#: Bytes of the first read: the DD blocks of small files are all there.
+FIRST_READ = 2**16
+
+
+class _Refused(Exception):
+    """An SDS this parser cannot virtualize: the reason goes to ``report_unsupported``."""
+
+
+@dataclass(frozen=True)
+class Element:
+    """One DD: where an element's bytes are, and whether they begin with a special-element header."""
+
+    offset: int
+    length: int
+    special: bool
+
+
+class HDF4Layout:
+    """The DD list of an HDF4 file and readers of its elements (plain, linked) and vdatas."""
+
+    def __init__(self, handle: ObstoreFile, url: str) -> None:
+        self.handle = handle
+        self.url = url
+        self.elements: dict[tuple[int, int], Element] = {}
+        self._read_dds()
+
+    def _read(self, offset: int, length: int, what: str) -> bytes:
+        data = self.handle.read_range(offset, length)
+        if len(data) != length:
+            raise ParseError(f"{self.url}: truncated HDF4 file: {what} needs bytes {offset}-{offset + length} "
+                             f"but the file has {self.handle.size} bytes")
+        return data
+
+    def _read_dds(self) -> None:
+        head = self._read(0, 4, "the magic number")
+        if head != HDF4_SIGNATURE:
+            raise ParseError(f"{self.url}: not an HDF4 file: starts with {head!r}, expected {HDF4_SIGNATURE!r}")
+        offset, seen = 4, set()
+        while offset:
+            if offset in seen:
+                raise ParseError(f"{self.url}: corrupt HDF4 file: the DD blocks loop back to byte {offset}")
+            seen.add(offset)
+            count, following = struct.unpack(">hi", self._read(offset, 6, f"the DD block at byte {offset}"))
+            if count < 0 or following < 0:
+                raise ParseError(f"{self.url}: corrupt HDF4 file: DD block at byte {offset} says {count} DDs, "
+                                 f"next block at {following}")
+            raw = self._read(offset + 6, 12 * count, f"the DD block at byte {offset}")
+            for tag, ref, start, length in struct.iter_unpack(">HHii", raw):
+                if tag == DFTAG_NULL or start < 0 or length < 0:  # empty slots; -1: no data written
+                    continue
+                base = tag & ~SPECIAL_TAG if tag & SPECIAL_TAG else tag
+                self.elements[(base, ref)] = Element(start, length, bool(tag & SPECIAL_TAG))
+            offset = following
+
+    def special_header(self, element: Element, what: str) -> tuple[int, bytes]:
+        """``(special code, header bytes after the code)`` of a special element."""
+        raw = self._read(element.offset, element.length, what)
+        if len(raw) < 2:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} has a {len(raw)}-byte special header")
+        return struct.unpack(">H", raw[:2])[0], raw[2:]
+
+    def ranges(self, tag: int, ref: int, what: str) -> list[tuple[int, int]] | None:
+        """The byte ranges holding element ``(tag, ref)``'s data, in order (None: no such element)."""
+        element = self.elements.get((tag, ref))
+        if element is None:
+            return None
+        if not element.special:
+            return [(element.offset, element.length)] if element.length else []
+        code, header = self.special_header(element, what)
+        if code != SPECIAL_LINKED:
+            raise _Refused(f"{what} is a {SPECIAL_NAMES.get(code, f'special ({code})')} element, "
+                           "which a byte range cannot reference")
+        return self._linked(header, what)
+
+    def _linked(self, header: bytes, what: str) -> list[tuple[int, int]]:
+        """The blocks of a linked-block element as ``(offset, bytes used)``."""
+        return [(offset, used) for offset, used, _stored in self.linked_blocks(header, what)]
+
+    def linked_blocks(self, header: bytes, what: str) -> list[tuple[int, int, int]]:
+        """The blocks of a linked-block element: ``(offset, bytes used, bytes stored)``, from its link tables."""
+        total, _block_length, nblocks, link_ref = struct.unpack(">iiiH", header[:14])
+        out: list[tuple[int, int, int]] = []
+        have, seen = 0, set()
+        while link_ref and have < total:
+            if link_ref in seen:
+                raise ParseError(f"{self.url}: corrupt HDF4 file: the link tables of {what} loop")
+            seen.add(link_ref)
+            table = self.elements.get((DFTAG_LINKED, link_ref))
+            if table is None:
+                raise ParseError(f"{self.url}: corrupt HDF4 file: link table {link_ref} of {what} is missing")
+            raw = self._read(table.offset, 2 + 2 * nblocks, f"link table {link_ref} of {what}")
+            link_ref, *refs = struct.unpack(f">{1 + nblocks}H", raw)
+            for ref in refs:
+                if not ref or have >= total:
+                    break
+                block = self.elements.get((DFTAG_LINKED, ref))
+                if block is None:
+                    raise ParseError(f"{self.url}: corrupt HDF4 file: block {ref} of {what} is missing")
+                take = min(block.length, total - have)
+                out.append((block.offset, take, block.length))
+                have += take
+        if have < total:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: the blocks of {what} hold {have} of its {total} bytes")
+        return out
+
+    def data(self, tag: int, ref: int, what: str) -> bytes:
+        """All bytes of an element (metadata: small), its blocks joined."""
+        ranges = self.ranges(tag, ref, what)
+        if ranges is None:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} (tag {tag}, ref {ref}) is missing")
+        return b"".join(self._read(o, n, what) for o, n in ranges)
+
+    def vdata(self, ref: int, what: str) -> np.ndarray:
+        """The records of vdata ``ref`` as a structured array (big-endian fields)."""
+        raw = self.data(DFTAG_VH, ref, f"the header of {what}")
+        try:
+            _interlace, nrecords, record_size, nfields = struct.unpack(">hiHH", raw[:10])
+            pos = 10
+            types = struct.unpack(f">{nfields}H", raw[pos : pos + 2 * nfields])
+            pos += 2 * nfields
+            sizes = struct.unpack(f">{nfields}H", raw[pos : pos + 2 * nfields])
+            pos += 4 * nfields  # the sizes and the (in-memory) offsets
+            orders = struct.unpack(f">{nfields}H", raw[pos : pos + 2 * nfields])
+            pos += 2 * nfields
+            names = []
+            for _ in range(nfields):
+                (n,) = struct.unpack(">H", raw[pos : pos + 2])
+                names.append(raw[pos + 2 : pos + 2 + n].decode("latin-1"))
+                pos += 2 + n
+        except struct.error as err:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: the header of {what} is cut short") from err
+        formats, offsets, at = [], [], 0
+        for name, code, size, order in zip(names, types, sizes, orders):
+            kind = NUMBER_TYPES.get(code & 0xFF)
+            if kind is None or kind[0] == "S1":
+                raise ParseError(f"{self.url}: {what}: field {name!r} has number type {code}, not a number")
+            base = np.dtype(">" + kind[0])
+            formats.append((base, (order,)) if order > 1 else base)
+            offsets.append(at)
+            at += size
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": record_size})
+        if not nrecords:
+            return np.zeros(0, dtype)
+        body = self.data(DFTAG_VS, ref, f"the records of {what}")
+        if len(body) < nrecords * record_size:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} has {len(body)} bytes for "
+                             f"{nrecords} records of {record_size} bytes")
+        return np.frombuffer(body, dtype, count=nrecords)
+
+
+# --------------------------------------------------------------------------- #
+# One SDS: where its chunks are
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Storage:
+    """How an SDS is stored: its chunk grid and codec, and each chunk's byte range (present or not)."""
+
+    chunk_shape: tuple[int, ...]
+    present: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    compression: int = COMP_NONE
+    fill: bytes | None = None  # the fill value a chunked SDS's header holds
+
+
+def _comp_header(header: bytes, what: str) -> tuple[int, int, int]:
+    """``(uncompressed length, compressed data ref, compression code)`` of a ``SPECIAL_COMP`` header."""
+    try:
+        _version, length, ref, _model, code = struct.unpack(">HiHHH", header[:12])
+    except struct.error as err:
+        raise ParseError(f"{what}: corrupt compressed-element header") from err
+    return length, ref, code
+
+
+def _check_compression(code: int) -> int:
+    if code not in (COMP_NONE, COMP_DEFLATE):
+        raise _Refused(f"compressed with HDF4 {COMP_NAMES.get(code, f'code {code}')}, "
+                       "for which no zarr codec reads HDF4's encoding")
+    return code
+
+
+def _compressed_range(layout: HDF4Layout, header: bytes, what: str) -> tuple[int, int, int]:
+    """``(offset, length, compression)`` of a compressed element's data (one byte range or refused)."""
+    _length, ref, code = _comp_header(header, f"{layout.url}: {what}")
+    _check_compression(code)
+    ranges = layout.ranges(DFTAG_COMPRESSED, ref, f"the compressed data of {what}")
+    if ranges is None:
+        raise ParseError(f"{layout.url}: corrupt HDF4 file: the compressed data (ref {ref}) of {what} is missing")
+    if len(ranges) != 1:
+        raise _Refused(f"its compressed data lies in {len(ranges)} linked blocks; a chunk reference is one byte range")
+    return ranges[0][0], ranges[0][1], code
+
+
+def sds_storage(layout: HDF4Layout, ndg_ref: int, shape: tuple[int, ...], itemsize: int, what: str) -> Storage:
+    """Find the chunks of the SDS whose data group is ``ndg_ref``."""
+    whole = tuple(shape)
+    nbytes = math.prod(shape) * itemsize
+
+    def single(offset: int | None, length: int, compression: int = COMP_NONE) -> Storage:
+        grid = tuple(1 if s else 0 for s in shape)
+        present = np.full(grid, offset is not None and length > 0 and nbytes > 0)
+        return Storage(tuple(max(s, 1) for s in whole), present, np.full(grid, offset or 0, np.uint64),
+                       np.full(grid, length, np.uint64), compression)
+
+    data_ref = _data_ref(layout, ndg_ref, what)
+    element = layout.elements.get((DFTAG_SD, data_ref)) if data_ref is not None else None
+    if element is None:  # nothing written: every value is the fill value
+        return single(None, 0)
+    if not element.special:
+        if element.length < nbytes:
+            raise ParseError(f"{layout.url}: corrupt HDF4 file: the data of {what} has {element.length} bytes, "
+                             f"its shape {whole} needs {nbytes}")
+        return single(element.offset, nbytes)
+    code, header = layout.special_header(element, f"the data of {what}")
+    if code == SPECIAL_COMP:
+        offset, length, compression = _compressed_range(layout, header, what)
+        return single(offset, length, compression)
+    if code == SPECIAL_CHUNKED:
+        return _chunked(layout, header, shape, itemsize, what)
+    if code == SPECIAL_LINKED:
+        return _linked_storage(layout.linked_blocks(header, f"the data of {what}"), shape, itemsize)
+    raise _Refused(f"its data is a {SPECIAL_NAMES.get(code, f'special ({code})')} element, "
+                   "which a byte range cannot reference")
+
+
+def _data_ref(layout: HDF4Layout, ndg_ref: int, what: str) -> int | None:
+    """The ref of the ``DFTAG_SD`` data element listed in the SDS's numeric data group."""
+    ndg = layout.elements.get((DFTAG_NDG, ndg_ref))
+    if ndg is None:
+        return None
+    raw = layout.data(DFTAG_NDG, ndg_ref, f"the data group of {what}")
+    pairs = struct.unpack(f">{len(raw) // 2}H", raw[: len(raw) // 4 * 4])
+    for tag, ref in zip(pairs[::2], pairs[1::2]):
+        if tag == DFTAG_SD:
+            return ref
+    return None
+
+
+def _linked_storage(blocks: list[tuple[int, int, int]], shape: tuple[int, ...], itemsize: int) -> Storage:
+    """Chunks of whole records, each within one block (an appendable SDS's data is in linked blocks)."""
+    total = math.prod(shape) * itemsize
+    if not total:
+        grid = tuple(1 if s else 0 for s in shape)
+        return Storage(tuple(max(s, 1) for s in shape), np.zeros(grid, bool), np.zeros(grid, np.uint64),
+                       np.zeros(grid, np.uint64))
+    if len(blocks) == 1:
+        grid = (1,) * len(shape)
+        return Storage(tuple(shape), np.ones(grid, bool), np.full(grid, blocks[0][0], np.uint64),
+                       np.full(grid, total, np.uint64))
+    record = total // shape[0] if shape else total
+    if not shape or any(n % record for _, n, _stored in blocks[:-1]):
+        raise _Refused(f"its data lies in {len(blocks)} linked blocks that do not end on record boundaries "
+                       f"(blocks of {sorted({n for _, n, _stored in blocks})} bytes, records of {record} bytes); "
+                       "a chunk reference is one byte range")
+    rows = math.gcd(*(n // record for _, n, _stored in blocks[:-1]))
+    size = rows * record
+    starts: list[int] = []
+    for offset, used, stored in blocks:
+        for k in range(math.ceil(used / size)):
+            if k * size + size > stored:  # the last chunk must be stored whole (zarr reads full chunks)
+                raise _Refused(f"its last linked block holds {used} bytes, less than a chunk of {rows} records "
+                               f"({size} bytes); a chunk reference cannot be shorter than its chunk")
+            starts.append(offset + k * size)
+    grid = (len(starts),) + (1,) * (len(shape) - 1)
+    offsets = np.array(starts, np.uint64).reshape(grid)
+    lengths = np.full(grid, size, np.uint64)
+    return Storage((rows, *shape[1:]), np.ones(grid, bool), offsets, lengths)
+
+
+def _chunked(layout: HDF4Layout, header: bytes, shape: tuple[int, ...], itemsize: int, what: str) -> Storage:
+    """The chunk grid of a ``SPECIAL_CHUNKED`` SDS from its header and chunk table."""
+    url = layout.url
+    try:
+        (_head_len, _version, _flag, _total, chunk_elems, nt_size, table_tag, table_ref, _sp_tag, _sp_ref,
+         ndims) = struct.unpack(">iBiiiiHHHHi", header[:33])
+        pos = 33
+        dims = [struct.unpack(">iii", header[pos + 12 * i : pos + 12 * i + 12]) for i in range(ndims)]
+        pos += 12 * ndims
+        (fill_len,) = struct.unpack(">i", header[pos : pos + 4])
+        fill = header[pos + 4 : pos + 4 + fill_len]
+        pos += 4 + fill_len
+        compression = COMP_NONE
+        if len(header) >= pos + 6:
+            sp_code, sp_len = struct.unpack(">Hi", header[pos : pos + 6])
+            if sp_code == SPECIAL_COMP and sp_len >= 4:
+                # the compression header of the chunks: model type, then compression code
+                compression = struct.unpack(">HH", header[pos + 6 : pos + 10])[1]
+    except struct.error as err:
+        raise ParseError(f"{url}: corrupt HDF4 file: the chunked-element header of {what} is cut short") from err
+    if ndims != len(shape):
+        raise ParseError(f"{url}: corrupt HDF4 file: {what} has {len(shape)} dimensions, its chunk header {ndims}")
+    if nt_size != itemsize:
+        raise ParseError(f"{url}: corrupt HDF4 file: {what}: chunk header says {nt_size}-byte values, "
+                         f"its number type {itemsize}")
+    chunk_shape = tuple(int(c) for _flag, _length, c in dims)
+    if any(c <= 0 for c in chunk_shape) or math.prod(chunk_shape) != chunk_elems:
+        raise ParseError(f"{url}: corrupt HDF4 file: {what}: chunk shape {chunk_shape} "
+                         f"does not hold {chunk_elems} values")
+    _check_compression(compression)
+    grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunk_shape))
+    present = np.zeros(grid, bool)
+    offsets = np.zeros(grid, np.uint64)
+    lengths = np.zeros(grid, np.uint64)
+    if table_tag != DFTAG_VH:
+        raise ParseError(f"{url}: corrupt HDF4 file: the chunk table of {what} has tag {table_tag}, not a vdata")
+    table = layout.vdata(table_ref, f"the chunk table of {what}")
+    chunk_bytes = math.prod(chunk_shape) * itemsize
+    found: set[int] = set()
+    for origin, tag, ref in zip(table["origin"].reshape(len(table), -1), table["chk_tag"], table["chk_ref"]):
+        index = tuple(int(i) for i in origin)
+        if len(index) != len(grid) or any(not 0 <= i < g for i, g in zip(index, grid)):
+            continue  # a chunk beyond the current extent (an unlimited dimension written past, then not)
+        chunk_what = f"chunk {index} of {what}"
+        element = layout.elements.get((int(tag) & ~SPECIAL_TAG, int(ref)))
+        if element is None:
+            continue
+        if not element.special:
+            if compression != COMP_NONE or element.length < chunk_bytes:
+                raise _Refused(f"{chunk_what} is stored uncompressed ({element.length} bytes) unlike the others")
+            present[index], offsets[index], lengths[index] = True, element.offset, chunk_bytes
+            found.add(COMP_NONE)
+            continue
+        code, chunk_header = layout.special_header(element, chunk_what)
+        if code == SPECIAL_COMP:
+            offset, length, chunk_comp = _compressed_range(layout, chunk_header, chunk_what)
+            found.add(chunk_comp)
+        elif code == SPECIAL_LINKED:
+            blocks = layout._linked(chunk_header, chunk_what)
+            if len(blocks) != 1:
+                raise _Refused(f"{chunk_what} lies in {len(blocks)} linked blocks; a chunk reference is one byte range")
+            (offset, length), chunk_comp = blocks[0], COMP_NONE
+            found.add(chunk_comp)
+        else:
+            raise _Refused(f"{chunk_what} is a {SPECIAL_NAMES.get(code, f'special ({code})')} element")
+        present[index], offsets[index], lengths[index] = True, offset, length
+    if len(found) > 1:
+        raise _Refused(f"its chunks are stored with different compressions ({sorted(found)})")
+    if found:
+        compression = found.pop()
+    return Storage(chunk_shape, present, offsets, lengths, compression, fill or None)
+
+
+# --------------------------------------------------------------------------- #
+# HDF-EOS2: StructMetadata.0
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class EOSObject:
+    """One HDF-EOS2 grid or swath: its name, kind, parameters and fields' dimension lists."""
+
+    name: str
+    kind: str  # "grid" or "swath"
+    params: dict[str, str]
+    fields: dict[str, tuple[str, ...]]
+    geo_fields: tuple[str, ...] = ()
+
+
+_ODL_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.*?)\s*$")
+
+
+def parse_struct_metadata(text: str) -> list[EOSObject]:
+    """The grids and swaths of an HDF-EOS2 ``StructMetadata.0`` (ODL) text."""
+    objects: list[EOSObject] = []
+    stack: list[str] = []
+    current: EOSObject | None = None
+    field_name: str | None = None
+    field_dims: tuple[str, ...] = ()
+    for line in text.splitlines():
+        match = _ODL_LINE.match(line)
+        if not match:
+            continue
+        key, value = match.groups()
+        if key in ("GROUP", "OBJECT"):
+            stack.append(value)
+            if len(stack) == 2 and stack[0] in ("GridStructure", "SwathStructure"):
+                kind = "grid" if stack[0] == "GridStructure" else "swath"
+                current = EOSObject(value, kind, {}, {})
+                objects.append(current)
+            field_name, field_dims = None, ()
+        elif key in ("END_GROUP", "END_OBJECT"):
+            if current is not None and field_name is not None and len(stack) == 4:
+                current.fields[field_name] = field_dims
+                if stack[2] == "GeoField":
+                    current.geo_fields += (field_name,)
+                field_name = None
+            if stack:
+                stack.pop()
+            if len(stack) < 2:
+                current = None
+        elif current is not None:
+            if len(stack) == 2:
+                current.params[key] = value.strip('"')
+                if key in ("GridName", "SwathName"):
+                    current.name = value.strip('"')
+            elif len(stack) == 4 and key in ("DataFieldName", "GeoFieldName"):
+                field_name = value.strip('"')
+            elif len(stack) == 4 and key == "DimList":
+                field_dims = tuple(d.strip().strip('"') for d in value.strip("()").split(",") if d.strip())
+    return objects
+
+
+def _dms_to_degrees(value: float) -> float:
+    """HDF-EOS packs GEO corner angles as DDDMMMSSS.SS: to decimal degrees."""
+    sign = -1.0 if value < 0 else 1.0
+    value = abs(value)
+    degrees = math.floor(value / 1e6)
+    minutes = math.floor((value - degrees * 1e6) / 1e3)
+    seconds = value - degrees * 1e6 - minutes * 1e3
+    return sign * (degrees + minutes / 60 + seconds / 3600)
+
+
+def _pair(text: str) -> tuple[float, float]:
+    x, y = (float(v) for v in text.strip("()").split(","))
+    return x, y
+
+
+def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None:
+    """``{"lat": ("YDim", values), "lon": ("XDim", values)}`` at cell centres of a GCTP_GEO grid, else None."""
+    params = grid.params
+    if params.get("Projection") != "GCTP_GEO":
+        return None
+    try:
+        nx, ny = int(params["XDim"]), int(params["YDim"])
+        left, top = _pair(params["UpperLeftPointMtrs"])
+        right, bottom = _pair(params["LowerRightMtrs"])
+    except (KeyError, ValueError):
+        return None
+    offset = 0.0 if params.get("PixelRegistration") == "HDFE_CORNER" else 0.5
+    left, right = _dms_to_degrees(left), _dms_to_degrees(right)
+    top, bottom = _dms_to_degrees(top), _dms_to_degrees(bottom)
+    lon = left + (np.arange(nx) + offset) * ((right - left) / nx)
+    lat = top + (np.arange(ny) + offset) * ((bottom - top) / ny)
+    return {"lat": ("YDim", lat), "lon": ("XDim", lon)}
+
+
+# --------------------------------------------------------------------------- #
+# The parser
+# --------------------------------------------------------------------------- #
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (str, bytes)):
+        return value.decode("latin-1") if isinstance(value, bytes) else value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return attribute_value(value)
+    return value
+
+
+def _local_path(url: str, handle: ObstoreFile) -> str | None:
+    """A local path holding the object at ``url`` (same size), for pyhdf; None if there is none."""
+    parts = urlsplit(url if "://" in url else "file://" + url)
+    if parts.scheme != "file":
+        return None
+    path = unquote(parts.path)
+    try:
+        return path if os.path.getsize(path) == handle.size else None
+    except OSError:
+        return None
+
+
+class HDF4Parser(Parser):
+    """Parse HDF4 (and HDF-EOS2) files: every SDS as a virtual array.
+
+    Parameters
+    ----------
+    inline : InlinePolicy, optional
+        Which chunks to copy into the manifest.
+    group : str, optional
+        Only ``None`` or ``"/"``: the SD interface is flat.
+    drop_variables : iterable of str, optional
+        SDSs not to parse.
+    on_unsupported : {"raise", "warn"}
+        An SDS that cannot be virtualized (RLE/NBIT/SZIP/JPEG compression,
+        data in linked blocks that a byte range cannot reference, an
+        external file) does not stop the others: ``"raise"`` raises one
+        ``ParseError`` listing them, ``"warn"`` leaves them out with one
+        warning.
+
+    Examples
+    --------
+    >>> store = HDF4Parser()("s3://bucket/MOD021KM.hdf", registry)  # doctest: +SKIP
+    """
+
+    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
+                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        self.on_unsupported = check_on_unsupported(on_unsupported)
+
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        """True if ``head`` starts with the HDF4 magic number 0x0e031301."""
+        return head.startswith(HDF4_SIGNATURE)
+
+    def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        if self.group not in (None, "", "/"):
+            raise ParseError(f"{url}: HDF4 SDSs are not in groups; group={self.group!r} cannot be opened")
+        handle = self._open(url, registry, block_size=FIRST_READ)
+        if handle.size == 0:
+            raise ParseError(f"{url}: empty file; nothing to virtualize")
+        layout = HDF4Layout(handle, url)
+        path = _local_path(url, handle)
+        if path is not None:
+            group, problems = self._parse(path, layout, url, registry)
+        else:  # pyhdf reads local files only
+            with tempfile.TemporaryDirectory(prefix="vzdask-hdf4-") as tmp:
+                path = os.path.join(tmp, "file.hdf")
+                with open(path, "wb") as out:
+                    out.write(handle.read_range(0, handle.size))
+                group, problems = self._parse(path, layout, url, registry)
+        report_unsupported(url, problems, self.on_unsupported)
+        return finish(group, registry, self.inline)
+
+    def _parse(self, path: str, layout: HDF4Layout, url: str,
+               registry: ObjectStoreRegistry) -> tuple[ManifestGroup, list[tuple[str, str]]]:
+        try:
+            from pyhdf.error import HDF4Error
+            from pyhdf.SD import SD, SDC
+        except ImportError as err:  # pragma: no cover - the hdf4 extra
+            raise ImportError("reading HDF4 files needs pyhdf: pip install 'vzdask[hdf4]'") from err
+        try:
+            sd = SD(path, SDC.READ)
+        except HDF4Error as err:
+            raise ParseError(f"{url}: the HDF4 library cannot open the file: {err}") from err
+        try:
+            return self._walk(sd, layout, url, registry, HDF4Error)
+        finally:
+            sd.end()
+
+    def _walk(self, sd, layout: HDF4Layout, url: str, registry: ObjectStoreRegistry,
+              hdf4_error: type[Exception]) -> tuple[ManifestGroup, list[tuple[str, str]]]:
+        attributes = {k: _json_value(v) for k, v in sd.attributes().items()}
+        eos = parse_struct_metadata(attributes["StructMetadata.0"]) if isinstance(
+            attributes.get("StructMetadata.0"), str) else []
+        count = sd.info()[0]
+        infos = []
+        for index in range(count):
+            sds = sd.select(index)
+            infos.append((sds, *sds.info()))
+        rename = _dimension_renames(infos, eos)
+        field_object = {f: obj for obj in eos for f in obj.fields}
+        arrays: dict[str, ManifestArray] = {}
+        problems: list[tuple[str, str]] = []
+        for sds, name, rank, dims, nt, _nattrs in infos:
+            try:
+                if name in self.drop_variables:
+                    continue
+                if name in arrays:
+                    problems.append((f"/{name}", "a second SDS of the same name"))
+                    continue
+                try:
+                    arrays[name] = self._array(sds, name, rank, dims, nt, layout, url, registry,
+                                               rename, field_object.get(name), hdf4_error)
+                except _Refused as err:
+                    problems.append((f"/{name}", f"{url}: SDS {name!r}: {err}"))
+            finally:
+                sds.endaccess()
+        for obj in eos:
+            if obj.kind != "grid":
+                continue
+            coords = geo_coordinates(obj)
+            if coords is None:
+                continue
+            for cname, (dim, values) in coords.items():
+                if any(fdims == (dim,) for fdims in obj.fields.values()):
+                    continue  # the grid has its own coordinate field over that dimension
+                dim_name = rename.get(f"{dim}:{obj.name}", f"{dim}:{obj.name}")
+                key = cname if sum(o.kind == "grid" for o in eos) == 1 else f"{cname}:{obj.name}"
+                if key in arrays or key in self.drop_variables:
+                    continue
+                arrays[key] = _inlined_coordinate(values, dim_name, cname, registry)
+                for fname, fdims in obj.fields.items():
+                    if fname in arrays and dim in fdims:
+                        attrs = arrays[fname].metadata.attributes
+                        have = str(attrs.get("coordinates", "")).split()
+                        if key not in have:
+                            arrays[fname] = _with_attributes(arrays[fname], {"coordinates": " ".join([*have, key])})
+        try:
+            return ManifestGroup(arrays=arrays, attributes=attributes), problems
+        except ValueError as err:
+            raise ParseError(f"{url}: {err}") from err
+
+    def _array(self, sds, name: str, rank: int, dims: Any, nt: int, layout: HDF4Layout, url: str,
+               registry: ObjectStoreRegistry, rename: dict[str, str], eos: EOSObject | None,
+               hdf4_error: type[Exception]) -> ManifestArray:
+        what = f"SDS {name!r}"
+        shape = (int(dims),) if rank == 1 and not isinstance(dims, (list, tuple)) else tuple(int(d) for d in dims)
+        kind = NUMBER_TYPES.get(nt & 0xFF)
+        if kind is None:
+            raise _Refused(f"number type {nt} has no zarr data type")
+        byteorder = _byte_order(layout, sds.ref(), url, what)
+        dtype = np.dtype(kind[0]) if kind[0] in ("S1", "u1", "i1") else np.dtype(byteorder + kind[0])
+        dim_info = sds.dimensions(full=1)
+        dim_names = [""] * len(shape)
+        for dname, (_length, axis, _unlimited, _scale_type, _nattrs) in dim_info.items():
+            dim_names[axis] = rename.get(dname, dname)
+        if len(dim_info) < len(shape):  # two axes of one dimension: pyhdf's dict keeps one name
+            for axis in range(len(shape)):
+                if not dim_names[axis]:
+                    dim_names[axis] = sds.dim(axis).info()[0]
+        storage = sds_storage(layout, sds.ref(), shape, dtype.itemsize, f"{url}: {what}")
+        attrs = {k: _json_value(v) for k, v in sds.attributes().items()}
+        fill = _fill_value(sds, attrs, dtype, storage, hdf4_error)
+        if eos is not None:
+            attrs.setdefault(f"HDFEOS_{eos.kind.upper()}_NAME", eos.name)
+            for key in ("Projection", "UpperLeftPointMtrs", "LowerRightMtrs", "ProjParams", "SphereCode",
+                        "GridOrigin", "PixelRegistration", "ZoneCode"):
+                if key in eos.params:
+                    attrs.setdefault(f"HDFEOS_{key}", eos.params[key])
+            if eos.kind == "swath" and eos.geo_fields and name not in eos.geo_fields:
+                attrs.setdefault("coordinates", " ".join(eos.geo_fields))
+        if "_FillValue" in attrs and dtype.kind != "S":
+            attrs["_FillValue"] = np.asarray(fill).item()
+        elif dtype.kind == "S":
+            attrs.pop("_FillValue", None)
+        codecs: list[Any] = [{"name": "bytes", "configuration": {"endian": "big" if byteorder == ">" else "little"}}
+                             if dtype.itemsize > 1 else {"name": "bytes"}]
+        if storage.compression == COMP_DEFLATE:
+            codecs.append({"name": "numcodecs.zlib", "configuration": {"level": 1}})
+        url_norm = url if "://" in url else "file://" + url
+        if storage.present.size:
+            manifest = ChunkManifest.from_file_table(url_norm, storage.present, storage.offsets, storage.lengths)
+        else:  # a dimension of length 0 (an unlimited one never written)
+            manifest = ChunkManifest.empty(storage.present.shape)
+        native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+            metadata = create_array_metadata(shape=shape, chunk_shape=storage.chunk_shape, dtype=native,
+                                             codecs=codecs, fill_value=fill, dimension_names=dim_names,
+                                             attributes=attrs)
+        return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _byte_order(layout: HDF4Layout, ndg_ref: int, url: str, what: str) -> str:
+    """``">"`` or ``"<"``: the SDS's number type element says how its values are stored."""
+    ndg = layout.elements.get((DFTAG_NDG, ndg_ref))
+    if ndg is None:
+        return ">"
+    raw = layout.data(DFTAG_NDG, ndg_ref, f"the data group of {what}")
+    pairs = struct.unpack(f">{len(raw) // 2}H", raw[: len(raw) // 4 * 4])
+    for tag, ref in zip(pairs[::2], pairs[1::2]):
+        if tag == DFTAG_NT:
+            nt = layout.data(DFTAG_NT, ref, f"the number type of {what}")
+            if len(nt) >= 4:
+                # class: 1 big-endian (IEEE / MBO), 4 little-endian (PC / IBO)
+                if nt[3] == 4:
+                    return "<"
+                if nt[3] not in (0, 1):
+                    raise _Refused(f"number type class {nt[3]} (neither big- nor little-endian)")
+            break
+    return ">"
+
+
+def _fill_value(sds, attrs: dict[str, Any], dtype: np.dtype, storage: Storage, hdf4_error: type[Exception]) -> Any:
+    """The value unwritten data reads as: ``_FillValue``, else the chunk header's, else netCDF's default."""
+    native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
+    if dtype.kind == "S":
+        value = attrs.get("_FillValue")
+        if isinstance(value, str) and len(value.encode("latin-1")) == 1:
+            return value.encode("latin-1")
+        return storage.fill[:1] if storage.fill else DEFAULT_FILL["S1"]
+    try:
+        value = sds.getfillvalue()
+    except hdf4_error:
+        value = None
+    if value is not None:
+        return np.asarray(value).astype(native)[()]
+    if storage.fill is not None and len(storage.fill) == dtype.itemsize:
+        return np.frombuffer(storage.fill, dtype)[0].astype(native)
+    return np.array(DEFAULT_FILL[dtype.str[1:]], dtype=native)[()]
+
+
+def _dimension_renames(infos: list, eos: list[EOSObject]) -> dict[str, str]:
+    """HDF-EOS ``Dim:Object`` names -> ``Dim`` where that stays unambiguous (same length everywhere)."""
+    if not eos:
+        return {}
+    lengths: dict[str, set[int]] = {}
+    full: dict[str, set[str]] = {}
+    for sds, _name, _rank, _dims, _nt, _nattrs in infos:
+        for dname, (length, *_rest) in sds.dimensions(full=1).items():
+            if ":" in dname:
+                short = dname.rsplit(":", 1)[0]
+                lengths.setdefault(short, set()).add(int(length))
+                full.setdefault(short, set()).add(dname)
+    return {name: short for short, names in full.items() if len(lengths[short]) == 1 for name in names}
+
+
+def _inlined_coordinate(values: np.ndarray, dim: str, name: str, registry: ObjectStoreRegistry) -> ManifestArray:
+    """A small computed coordinate held in the manifest (little-endian float64 bytes)."""
+    data = np.ascontiguousarray(values, dtype="<f8")
+    attrs = {"units": "degrees_north" if name == "lat" else "degrees_east",
+             "standard_name": "latitude" if name == "lat" else "longitude",
+             "comment": "cell centres computed from the HDF-EOS2 grid's corners (GCTP_GEO)"}
+    metadata = create_array_metadata(shape=data.shape, chunk_shape=data.shape, dtype=np.float64,
+                                     codecs=[{"name": "bytes", "configuration": {"endian": "little"}}],
+                                     fill_value=np.nan, dimension_names=(dim,), attributes=attrs)
+    manifest = ChunkManifest.from_arrays(paths=np.array([""], dtype=object), offsets=np.zeros(1, np.uint64),
+                                         lengths=np.zeros(1, np.uint64), inlined={(0,): data.tobytes()})
+    return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _with_attributes(array: ManifestArray, extra: dict[str, Any]) -> ManifestArray:
+    metadata = array.metadata
+    attrs = {**metadata.attributes, **extra}
+    return ManifestArray(metadata.update_attributes(attrs), array.manifest, registry=array.registry)
+
+
+__all__ = ["HDF4_SIGNATURE", "HDF4Layout", "HDF4Parser", "parse_struct_metadata", "sds_storage"]
