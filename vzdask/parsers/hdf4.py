@@ -123,11 +123,12 @@ NUMBER_TYPES: dict[int, tuple[str, str]] = {
     26: ("i8", "DFNT_INT64"),
     27: ("u8", "DFNT_UINT64"),
 }
-#: What the SD interface reads where nothing was written and no ``_FillValue`` is set (netCDF's defaults).
-DEFAULT_FILL: dict[str, Any] = {
-    "u1": 255, "S1": b"\x00", "f4": float(np.float32(9.9692099683868690e36)), "f8": 9.9692099683868690e36,
-    "i1": -127, "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
-    "i8": -9223372036854775806, "u8": 18446744073709551614,
+#: What the SD interface reads where nothing was written and no ``_FillValue`` is set, per number type:
+#: netCDF's defaults, the signed ones cast for the unsigned types (as the HDF4 library does), 0 for UCHAR8.
+DEFAULT_FILL: dict[int, Any] = {
+    3: 0, 4: b"\x00", 5: float(np.float32(9.9692099683868690e36)), 6: 9.9692099683868690e36,
+    20: -127, 21: 129, 22: -32767, 23: 32769, 24: -2147483647, 25: 2147483649,
+    26: -9223372036854775806, 27: 9223372036854775810,
 }
 
 #: Bytes of the first read: the DD blocks of small files are all there.
@@ -688,7 +689,7 @@ class HDF4Parser(Parser):
                     arrays[name] = self._array(sds, name, rank, dims, nt, layout, url, registry,
                                                rename, field_object.get(name), hdf4_error)
                 except _Refused as err:
-                    problems.append((f"/{name}", f"{url}: SDS {name!r}: {err}"))
+                    problems.append((f"/{name}", f"SDS {name!r}: {err}"))
             finally:
                 sds.endaccess()
         for obj in eos:
@@ -736,7 +737,7 @@ class HDF4Parser(Parser):
                     dim_names[axis] = sds.dim(axis).info()[0]
         storage = sds_storage(layout, sds.ref(), shape, dtype.itemsize, f"{url}: {what}")
         attrs = {k: _json_value(v) for k, v in sds.attributes().items()}
-        fill = _fill_value(sds, attrs, dtype, storage, hdf4_error)
+        fill = _fill_value(sds, attrs, dtype, nt & 0xFF, storage, hdf4_error)
         if eos is not None:
             attrs.setdefault(f"HDFEOS_{eos.kind.upper()}_NAME", eos.name)
             for key in ("Projection", "UpperLeftPointMtrs", "LowerRightMtrs", "ProjParams", "SphereCode",
@@ -787,14 +788,15 @@ def _byte_order(layout: HDF4Layout, ndg_ref: int, url: str, what: str) -> str:
     return ">"
 
 
-def _fill_value(sds, attrs: dict[str, Any], dtype: np.dtype, storage: Storage, hdf4_error: type[Exception]) -> Any:
+def _fill_value(sds, attrs: dict[str, Any], dtype: np.dtype, nt: int, storage: Storage,
+                hdf4_error: type[Exception]) -> Any:
     """The value unwritten data reads as: ``_FillValue``, else the chunk header's, else netCDF's default."""
     native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
     if dtype.kind == "S":
         value = attrs.get("_FillValue")
         if isinstance(value, str) and len(value.encode("latin-1")) == 1:
             return value.encode("latin-1")
-        return storage.fill[:1] if storage.fill else DEFAULT_FILL["S1"]
+        return storage.fill[:1] if storage.fill else DEFAULT_FILL[4]
     try:
         value = sds.getfillvalue()
     except hdf4_error:
@@ -803,7 +805,7 @@ def _fill_value(sds, attrs: dict[str, Any], dtype: np.dtype, storage: Storage, h
         return np.asarray(value).astype(native)[()]
     if storage.fill is not None and len(storage.fill) == dtype.itemsize:
         return np.frombuffer(storage.fill, dtype)[0].astype(native)
-    return np.array(DEFAULT_FILL[dtype.str[1:]], dtype=native)[()]
+    return np.array(DEFAULT_FILL[nt], dtype=native)[()]
 
 
 def _dimension_renames(infos: list, eos: list[EOSObject]) -> dict[str, str]:
