@@ -205,13 +205,16 @@ def _values(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _compare_all(path: Path, **options) -> zarr.Group:
-    group = _open(path, **options)
+    """Every SDS's values, and the metadata, equal to pyhdf's reading of the same file."""
+    store = HDF4Parser(**options)(path.as_uri(), ObjectStoreRegistry())
+    group = zarr.open_group(store, mode="r")
     sd = SD(str(path))
     try:
         for name in sd.datasets():
             _assert_equal(group[name][...], _expected(sd, name), name)
     finally:
         sd.end()
+    _check_metadata(path, store)
     return group
 
 
@@ -230,10 +233,26 @@ def test_written_types_contiguous_and_deflate(tmp_path):
             compressed.endaccess()
         text = sd.create("text", SDC.CHAR8, (6,))
         text[:] = np.frombuffer(b"hdf4!\x00", "S1")
+        text.units = "none"
         text.endaccess()
+        described = sd.create("described", SDC.INT16, (2, 3))
+        described[:] = np.arange(6, dtype="i2").reshape(2, 3)
+        for attr, code, value in [("i8", SDC.INT8, [-3, 4]), ("u16", SDC.UINT16, 65535), ("f32", SDC.FLOAT32, 0.1),
+                                  ("f64", SDC.FLOAT64, [1e300, -2.5]), ("i32", SDC.INT32, [1, 2, 3]),
+                                  ("u8", SDC.UINT8, [7, 250]), ("long_name", SDC.CHAR8, "a described SDS")]:
+            described.attr(attr).set(code, value)
+        described.dim(0).setname("rows")
+        described.dim(1).setname("columns")
+        described.dim(1).setscale(SDC.FLOAT32, [0.5, 1.5, 2.5])  # a dimension scale: a coordinate SDS
+        described.endaccess()
+        sd.title = "written by pyhdf"
+        sd.attr("version").set(SDC.INT32, 3)
 
     group = _compare_all(_write(tmp_path / "types.hdf", build))
     assert group[f"plain_{SDC.INT32}"].chunks == (7, 5)
+    assert group["described"].metadata.dimension_names == ("rows", "columns")
+    assert group.attrs["title"] == "written by pyhdf" and group.attrs["version"] == 3
+    np.testing.assert_array_equal(group["columns"][...], np.array([0.5, 1.5, 2.5], "f4"))
     assert group[f"deflate_{SDC.FLOAT64}"].metadata.codecs[-1].to_dict()["name"] == "numcodecs.zlib"
 
 
@@ -374,3 +393,47 @@ def test_fixture_files_are_the_shared_ones():
         return
     for name in FILES:
         assert (FIXTURES / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def _same_attribute(got, want) -> bool:
+    if isinstance(want, str):  # text loses the NUL padding HDF-EOS writes (32000-byte StructMetadata.0)
+        return got == want.rstrip("\x00")
+    return np.allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_names_order_dimensions_and_attributes_equal_pyhdf(name):
+    path = FIXTURES / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsupportedVariableWarning)
+        store = HDF4Parser(on_unsupported="warn")(path.resolve().as_uri(), ObjectStoreRegistry())
+    _check_metadata(path, store, refused={n for (file, n) in REFUSED if file == name})
+
+
+def _check_metadata(path: Path, store, refused=frozenset()) -> None:
+    """Global attributes, SDS names in the library's order, dimension names, attributes and fill values."""
+    arrays = store.group.arrays
+    sd = SD(str(path))
+    try:
+        assert set(store.group.attributes) == set(sd.attributes())
+        for key, want in sd.attributes().items():
+            assert _same_attribute(store.group.attributes[key], want), key
+        names = [sd.select(i).info()[0] for i in range(sd.info()[0])]
+        kept = [n for n in names if n not in refused]
+        assert [n for n in arrays if n in names] == kept  # the library's order
+        eos = "StructMetadata.0" in sd.attributes()
+        for sds_name in kept:
+            sds = sd.select(sds_name)
+            array = arrays[sds_name]
+            dims = [sds.dim(i).info()[0] for i in range(sds.info()[1])]
+            if eos:
+                dims = [d.rsplit(":", 1)[0] for d in dims]
+            assert list(array.metadata.dimension_names) == dims, sds_name
+            attrs = array.metadata.attributes
+            for key, want in sds.attributes().items():
+                if key == "_FillValue":
+                    assert _same_attribute(array.metadata.fill_value, want), sds_name
+                    continue
+                assert _same_attribute(attrs[key], want), (sds_name, key)
+    finally:
+        sd.end()

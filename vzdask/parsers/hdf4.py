@@ -25,9 +25,15 @@ skipping-Huffman, SZIP and JPEG have no zarr codec that reads HDF4's
 encoding: such an SDS is refused (``on_unsupported``).
 
 Names, shapes, number types, attributes, dimension names and fill values
-come from ``pyhdf`` (the HDF4 library), which needs a local file: a remote
-object is copied to a temporary file for that. Byte offsets come from the
-DD blocks read here through :class:`~vzdask.parsers.common.ObstoreFile`.
+come from the SD interface's structure in the same file: a ``CDF0.0``
+vgroup lists a ``Var0.0`` vgroup per SDS (in the order the HDF4 library
+numbers them), each listing its dimensions (``Dim0.0``/``UDim0.0``
+vgroups), attributes (``Attr0.0`` vdatas), number type, dimension record
+and data group. Everything is read through
+:class:`~vzdask.parsers.common.ObstoreFile` (cached 64 KiB blocks, any
+object store); no HDF4 library is needed (the tests check every value
+against pyhdf's). An unlimited SDS's length is what its data holds (the
+dimension record keeps the length first written).
 
 HDF-EOS2 files (a ``StructMetadata.0`` attribute): dimension names lose the
 ``:GridName`` suffix HDF-EOS gives them (``YDim:GeoGrid`` -> ``YDim``) when
@@ -47,15 +53,12 @@ apply CF's reading of them when decoding).
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -88,6 +91,7 @@ DFTAG_SD = 702
 DFTAG_NDG = 720
 DFTAG_VH = 1962
 DFTAG_VS = 1963
+DFTAG_VG = 1965
 SPECIAL_TAG = 0x4000
 
 # special element codes
@@ -243,8 +247,8 @@ class HDF4Layout:
             raise ParseError(f"{self.url}: corrupt HDF4 file: {what} (tag {tag}, ref {ref}) is missing")
         return b"".join(self._read(o, n, what) for o, n in ranges)
 
-    def vdata(self, ref: int, what: str) -> np.ndarray:
-        """The records of vdata ``ref`` as a structured array (big-endian fields)."""
+    def vdata_header(self, ref: int, what: str) -> VdataHeader:
+        """The header (``DFTAG_VH``) of vdata ``ref``: records, fields, name and class."""
         raw = self.data(DFTAG_VH, ref, f"the header of {what}")
         try:
             _interlace, nrecords, record_size, nfields = struct.unpack(">hiHH", raw[:10])
@@ -256,14 +260,30 @@ class HDF4Layout:
             orders = struct.unpack(f">{nfields}H", raw[pos : pos + 2 * nfields])
             pos += 2 * nfields
             names = []
-            for _ in range(nfields):
+            for _ in range(nfields + 2):  # the field names, then the vdata's name and class
                 (n,) = struct.unpack(">H", raw[pos : pos + 2])
                 names.append(raw[pos + 2 : pos + 2 + n].decode("latin-1"))
                 pos += 2 + n
         except struct.error as err:
             raise ParseError(f"{self.url}: corrupt HDF4 file: the header of {what} is cut short") from err
+        fields = list(zip(names[:nfields], types, sizes, orders))
+        return VdataHeader(ref, nrecords, record_size, fields, names[nfields], names[nfields + 1])
+
+    def vdata_bytes(self, header: VdataHeader, what: str) -> bytes:
+        """The records of a vdata, as stored."""
+        if not header.nrecords:
+            return b""
+        body = self.data(DFTAG_VS, header.ref, f"the records of {what}")
+        if len(body) < header.nrecords * header.record_size:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} has {len(body)} bytes for "
+                             f"{header.nrecords} records of {header.record_size} bytes")
+        return body
+
+    def vdata(self, ref: int, what: str) -> np.ndarray:
+        """The records of vdata ``ref`` as a structured array (big-endian numeric fields)."""
+        header = self.vdata_header(ref, what)
         formats, offsets, at = [], [], 0
-        for name, code, size, order in zip(names, types, sizes, orders):
+        for name, code, size, order in header.fields:
             kind = NUMBER_TYPES.get(code & 0xFF)
             if kind is None or kind[0] == "S1":
                 raise ParseError(f"{self.url}: {what}: field {name!r} has number type {code}, not a number")
@@ -271,14 +291,43 @@ class HDF4Layout:
             formats.append((base, (order,)) if order > 1 else base)
             offsets.append(at)
             at += size
-        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": record_size})
-        if not nrecords:
-            return np.zeros(0, dtype)
-        body = self.data(DFTAG_VS, ref, f"the records of {what}")
-        if len(body) < nrecords * record_size:
-            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} has {len(body)} bytes for "
-                             f"{nrecords} records of {record_size} bytes")
-        return np.frombuffer(body, dtype, count=nrecords)
+        names = [name for name, *_ in header.fields]
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": header.record_size})
+        return np.frombuffer(self.vdata_bytes(header, what), dtype, count=header.nrecords)
+
+    def vgroup(self, ref: int, what: str) -> tuple[str, str, list[tuple[int, int]]]:
+        """``(name, class, [(tag, ref), ...])`` of vgroup ``ref`` (``DFTAG_VG``)."""
+        raw = self.data(DFTAG_VG, ref, what)
+        try:
+            (count,) = struct.unpack(">H", raw[:2])
+            tags = struct.unpack(f">{count}H", raw[2 : 2 + 2 * count])
+            refs = struct.unpack(f">{count}H", raw[2 + 2 * count : 2 + 4 * count])
+            pos = 2 + 4 * count
+            texts = []
+            for _ in range(2):
+                (n,) = struct.unpack(">H", raw[pos : pos + 2])
+                texts.append(raw[pos + 2 : pos + 2 + n].decode("latin-1"))
+                pos += 2 + n
+        except struct.error as err:
+            raise ParseError(f"{self.url}: corrupt HDF4 file: {what} is cut short") from err
+        return texts[0], texts[1], list(zip(tags, refs))
+
+    def of_tag(self, tag: int) -> list[int]:
+        """The refs of every element with ``tag``, in file order."""
+        found = [(e.offset, ref) for (t, ref), e in self.elements.items() if t == tag]
+        return [ref for _, ref in sorted(found)]
+
+
+@dataclass
+class VdataHeader:
+    """What a vdata header says: its records and fields (name, number type, bytes, order)."""
+
+    ref: int
+    nrecords: int
+    record_size: int
+    fields: list[tuple[str, int, int, int]]
+    name: str
+    cls: str
 
 
 # --------------------------------------------------------------------------- #
@@ -326,8 +375,9 @@ def _compressed_range(layout: HDF4Layout, header: bytes, what: str) -> tuple[int
     return ranges[0][0], ranges[0][1], code
 
 
-def sds_storage(layout: HDF4Layout, ndg_ref: int, shape: tuple[int, ...], itemsize: int, what: str) -> Storage:
-    """Find the chunks of the SDS whose data group is ``ndg_ref``."""
+def sds_storage(layout: HDF4Layout, data_ref: int | None, shape: tuple[int, ...], itemsize: int,
+                what: str) -> Storage:
+    """Find the chunks of the SDS whose data element (``DFTAG_SD``) is ``data_ref`` (None: nothing written)."""
     whole = tuple(shape)
     nbytes = math.prod(shape) * itemsize
 
@@ -337,7 +387,6 @@ def sds_storage(layout: HDF4Layout, ndg_ref: int, shape: tuple[int, ...], itemsi
         return Storage(tuple(max(s, 1) for s in whole), present, np.full(grid, offset or 0, np.uint64),
                        np.full(grid, length, np.uint64), compression)
 
-    data_ref = _data_ref(layout, ndg_ref, what)
     element = layout.elements.get((DFTAG_SD, data_ref)) if data_ref is not None else None
     if element is None:  # nothing written: every value is the fill value
         return single(None, 0)
@@ -574,26 +623,151 @@ def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None
 # --------------------------------------------------------------------------- #
 
 
+# --------------------------------------------------------------------------- #
+# The SD interface's structure: vgroups of variables, dimensions and attributes
+# --------------------------------------------------------------------------- #
+
+DFTAG_SDD = 701
+DFNT_LITEND = 0x4000
+
+
+@dataclass
+class SDSInfo:
+    """One SDS as the SD interface's vgroups describe it."""
+
+    name: str
+    ref: int  # its numeric data group's ref (what pyhdf's ``SDS.ref()`` gives)
+    nt: int
+    byteorder: str
+    dims: list[str]
+    shape: tuple[int, ...]
+    unlimited: bool  # the first dimension is unlimited: its length is what the data holds
+    data_ref: int | None
+    attributes: dict[str, Any]
+
+
+@dataclass
+class SDFile:
+    """The global attributes and the SDSs (in the SD interface's order) of an HDF4 file."""
+
+    attributes: dict[str, Any]
+    datasets: list[SDSInfo]
+
+
+def read_sd(layout: HDF4Layout) -> SDFile:
+    """The SD interface's view of the file: its ``CDF0.0`` vgroup's ``Var0.0`` vgroups and ``Attr0.0`` vdatas."""
+    url = layout.url
+    roots = []
+    for ref in layout.of_tag(DFTAG_VG):
+        name, cls, entries = layout.vgroup(ref, f"vgroup {ref}")
+        if cls == "CDF0.0":
+            roots.append(entries)
+    if not roots:
+        if layout.of_tag(DFTAG_NDG) or layout.of_tag(DFTAG_SD):
+            raise ParseError(f"{url}: the file has scientific data but no SD interface structure (no 'CDF0.0' "
+                             "vgroup): files written only with the old DFSD interface are not supported")
+        return SDFile({}, [])
+    attributes: dict[str, Any] = {}
+    datasets: list[SDSInfo] = []
+    for entries in roots:
+        for tag, ref in entries:
+            if tag == DFTAG_VH:
+                _add_attribute(layout, ref, attributes, "a global attribute")
+            elif tag == DFTAG_VG:
+                name, cls, members = layout.vgroup(ref, f"vgroup {ref}")
+                if cls == "Var0.0":
+                    datasets.append(_read_variable(layout, name, members))
+    return SDFile(attributes, datasets)
+
+
+def _add_attribute(layout: HDF4Layout, ref: int, into: dict[str, Any], what: str) -> None:
+    """Read an ``Attr0.0`` vdata (one field, ``VALUES``) into ``into``; other vdatas are skipped."""
+    header = layout.vdata_header(ref, what)
+    if header.cls != "Attr0.0" or len(header.fields) != 1:
+        return
+    _field, code, size, order = header.fields[0]
+    what = f"attribute {header.name!r}"
+    raw = layout.vdata_bytes(header, what)
+    count = order * header.nrecords
+    kind = NUMBER_TYPES.get(code & 0xFF)
+    if kind is None:
+        return
+    if kind[0] == "S1":
+        into[header.name] = raw[:count].decode("latin-1").rstrip("\x00")
+        return
+    values = np.frombuffer(raw, ("<" if code & DFNT_LITEND else ">") + kind[0], count=count)
+    into[header.name] = values[0] if count == 1 else values
+
+
+def _read_variable(layout: HDF4Layout, name: str, members: list[tuple[int, int]]) -> SDSInfo:
+    """An SDS from its ``Var0.0`` vgroup: dimensions, attributes, number type, data group."""
+    what = f"SDS {name!r}"
+    dims: list[str] = []
+    unlimited: list[bool] = []
+    attributes: dict[str, Any] = {}
+    nt_ref = sdd_ref = ndg_ref = data_ref = None
+    for tag, ref in members:
+        if tag == DFTAG_VG:
+            dim, cls, _ = layout.vgroup(ref, f"a dimension of {what}")
+            if cls in ("Dim0.0", "UDim0.0"):
+                dims.append(dim)
+                unlimited.append(cls == "UDim0.0")
+        elif tag == DFTAG_VH:
+            _add_attribute(layout, ref, attributes, f"an attribute of {what}")
+        elif tag == DFTAG_NT:
+            nt_ref = ref
+        elif tag == DFTAG_SDD:
+            sdd_ref = ref
+        elif tag == DFTAG_NDG:
+            ndg_ref = ref
+        elif tag == DFTAG_SD:
+            data_ref = ref
+    if sdd_ref is None or ndg_ref is None:
+        raise ParseError(f"{layout.url}: corrupt HDF4 file: {what} has no dimension record or data group")
+    sdd = layout.data(DFTAG_SDD, sdd_ref, f"the dimension record of {what}")
+    try:
+        (rank,) = struct.unpack(">H", sdd[:2])
+        shape = struct.unpack(f">{rank}i", sdd[2 : 2 + 4 * rank])
+        nt_tag, sdd_nt_ref = struct.unpack(">HH", sdd[2 + 4 * rank : 6 + 4 * rank])
+    except struct.error as err:
+        raise ParseError(f"{layout.url}: corrupt HDF4 file: the dimension record of {what} is cut short") from err
+    nt_ref = nt_ref if nt_ref is not None else sdd_nt_ref
+    nt = layout.data(DFTAG_NT, nt_ref, f"the number type of {what}")
+    if len(nt) < 4:
+        raise ParseError(f"{layout.url}: corrupt HDF4 file: the number type of {what} is cut short")
+    # class: 1 big-endian (IEEE floats, MBO integers), 4 little-endian (PC, IBO); bytes have none
+    byteorder = "<" if nt[3] == 4 else ">"
+    if len(dims) != rank:  # dimensions without vgroups: the SD interface names them fakeDim<n>
+        dims = dims + [f"fakeDim{i}" for i in range(len(dims), rank)]
+        unlimited = unlimited + [False] * (rank - len(unlimited))
+    if data_ref is None:
+        data_ref = _data_ref(layout, ndg_ref, what)
+    return SDSInfo(name, ndg_ref, nt[1], byteorder, dims, tuple(int(n) for n in shape),
+                   bool(unlimited and unlimited[0]), data_ref, attributes)
+
+
+def _records(layout: HDF4Layout, data_ref: int | None, record_bytes: int, what: str) -> int:
+    """How many records an unlimited SDS's data holds (the dimension record keeps the first length written)."""
+    element = layout.elements.get((DFTAG_SD, data_ref)) if data_ref is not None else None
+    if element is None or not record_bytes:
+        return 0
+    if not element.special:
+        return element.length // record_bytes
+    code, header = layout.special_header(element, f"the data of {what}")
+    if code in (SPECIAL_LINKED, SPECIAL_COMP):  # the logical length comes first (after the version for COMP)
+        length = struct.unpack(">i", header[:4] if code == SPECIAL_LINKED else header[2:6])[0]
+        return length // record_bytes
+    if code == SPECIAL_CHUNKED:
+        return struct.unpack(">i", header[37:41])[0]  # the first dimension's length (after its flag)
+    raise _Refused(f"its data is a {SPECIAL_NAMES.get(code, f'special ({code})')} element")
+
+
 def _json_value(value: Any) -> Any:
-    if isinstance(value, (str, bytes)):
-        return value.decode("latin-1") if isinstance(value, bytes) else value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if isinstance(value, np.generic):
         return attribute_value(value)
     return value
-
-
-def _local_path(url: str, handle: ObstoreFile) -> str | None:
-    """A local path holding the object at ``url`` (same size), for pyhdf; None if there is none."""
-    parts = urlsplit(url if "://" in url else "file://" + url)
-    if parts.scheme != "file":
-        return None
-    path = unquote(parts.path)
-    try:
-        return path if os.path.getsize(path) == handle.size else None
-    except OSError:
-        return None
 
 
 class HDF4Parser(Parser):
@@ -632,195 +806,137 @@ class HDF4Parser(Parser):
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         if self.group not in (None, "", "/"):
             raise ParseError(f"{url}: HDF4 SDSs are not in groups; group={self.group!r} cannot be opened")
-        handle = self._open(url, registry, block_size=FIRST_READ)
+        handle = self._open(url, registry)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         layout = HDF4Layout(handle, url)
-        path = _local_path(url, handle)
-        if path is not None:
-            group, problems = self._parse(path, layout, url, registry)
-        else:  # pyhdf reads local files only
-            with tempfile.TemporaryDirectory(prefix="vzdask-hdf4-") as tmp:
-                path = os.path.join(tmp, "file.hdf")
-                with open(path, "wb") as out:
-                    out.write(handle.read_range(0, handle.size))
-                group, problems = self._parse(path, layout, url, registry)
+        sd = read_sd(layout)
+        group, problems = self._group(sd, layout, url, registry)
         report_unsupported(url, problems, self.on_unsupported)
         return finish(group, registry, self.inline)
 
-    def _parse(self, path: str, layout: HDF4Layout, url: str,
+    def _group(self, sd: SDFile, layout: HDF4Layout, url: str,
                registry: ObjectStoreRegistry) -> tuple[ManifestGroup, list[tuple[str, str]]]:
-        try:
-            from pyhdf.error import HDF4Error
-            from pyhdf.SD import SD, SDC
-        except ImportError as err:  # pragma: no cover - the hdf4 extra
-            raise ImportError("reading HDF4 files needs pyhdf: pip install 'vzdask[hdf4]'") from err
-        try:
-            sd = SD(path, SDC.READ)
-        except HDF4Error as err:
-            raise ParseError(f"{url}: the HDF4 library cannot open the file: {err}") from err
-        try:
-            return self._walk(sd, layout, url, registry, HDF4Error)
-        finally:
-            sd.end()
-
-    def _walk(self, sd, layout: HDF4Layout, url: str, registry: ObjectStoreRegistry,
-              hdf4_error: type[Exception]) -> tuple[ManifestGroup, list[tuple[str, str]]]:
-        attributes = {k: _json_value(v) for k, v in sd.attributes().items()}
-        eos = parse_struct_metadata(attributes["StructMetadata.0"]) if isinstance(
-            attributes.get("StructMetadata.0"), str) else []
-        count = sd.info()[0]
-        infos = []
-        for index in range(count):
-            sds = sd.select(index)
-            infos.append((sds, *sds.info()))
-        rename = _dimension_renames(infos, eos)
+        attributes = {k: _json_value(v) for k, v in sd.attributes.items()}
+        metadata = attributes.get("StructMetadata.0")
+        eos = parse_struct_metadata(metadata) if isinstance(metadata, str) else []
+        rename = _dimension_renames(sd.datasets, eos)
         field_object = {f: obj for obj in eos for f in obj.fields}
         arrays: dict[str, ManifestArray] = {}
         problems: list[tuple[str, str]] = []
-        for sds, name, rank, dims, nt, _nattrs in infos:
+        for info in sd.datasets:
+            if info.name in self.drop_variables:
+                continue
+            if info.name in arrays:
+                problems.append((f"/{info.name}", f"SDS {info.name!r}: a second SDS of the same name"))
+                continue
             try:
-                if name in self.drop_variables:
-                    continue
-                if name in arrays:
-                    problems.append((f"/{name}", "a second SDS of the same name"))
-                    continue
-                try:
-                    arrays[name] = self._array(sds, name, rank, dims, nt, layout, url, registry,
-                                               rename, field_object.get(name), hdf4_error)
-                except _Refused as err:
-                    problems.append((f"/{name}", f"SDS {name!r}: {err}"))
-            finally:
-                sds.endaccess()
-        for obj in eos:
-            if obj.kind != "grid":
-                continue
-            coords = geo_coordinates(obj)
-            if coords is None:
-                continue
-            for cname, (dim, values) in coords.items():
-                if any(fdims == (dim,) for fdims in obj.fields.values()):
-                    continue  # the grid has its own coordinate field over that dimension
-                dim_name = rename.get(f"{dim}:{obj.name}", f"{dim}:{obj.name}")
-                key = cname if sum(o.kind == "grid" for o in eos) == 1 else f"{cname}:{obj.name}"
-                if key in arrays or key in self.drop_variables:
-                    continue
-                arrays[key] = _inlined_coordinate(values, dim_name, cname, registry)
-                for fname, fdims in obj.fields.items():
-                    if fname in arrays and dim in fdims:
-                        attrs = arrays[fname].metadata.attributes
-                        have = str(attrs.get("coordinates", "")).split()
-                        if key not in have:
-                            arrays[fname] = _with_attributes(arrays[fname], {"coordinates": " ".join([*have, key])})
+                arrays[info.name] = _array(info, layout, url, registry, rename, field_object.get(info.name))
+            except _Refused as err:
+                problems.append((f"/{info.name}", f"SDS {info.name!r}: {err}"))
+        _add_geo_coordinates(arrays, eos, rename, self.drop_variables, registry)
         try:
             return ManifestGroup(arrays=arrays, attributes=attributes), problems
         except ValueError as err:
             raise ParseError(f"{url}: {err}") from err
 
-    def _array(self, sds, name: str, rank: int, dims: Any, nt: int, layout: HDF4Layout, url: str,
-               registry: ObjectStoreRegistry, rename: dict[str, str], eos: EOSObject | None,
-               hdf4_error: type[Exception]) -> ManifestArray:
-        what = f"SDS {name!r}"
-        shape = (int(dims),) if rank == 1 and not isinstance(dims, (list, tuple)) else tuple(int(d) for d in dims)
-        kind = NUMBER_TYPES.get(nt & 0xFF)
-        if kind is None:
-            raise _Refused(f"number type {nt} has no zarr data type")
-        byteorder = _byte_order(layout, sds.ref(), url, what)
-        dtype = np.dtype(kind[0]) if kind[0] in ("S1", "u1", "i1") else np.dtype(byteorder + kind[0])
-        dim_info = sds.dimensions(full=1)
-        dim_names = [""] * len(shape)
-        for dname, (_length, axis, _unlimited, _scale_type, _nattrs) in dim_info.items():
-            dim_names[axis] = rename.get(dname, dname)
-        if len(dim_info) < len(shape):  # two axes of one dimension: pyhdf's dict keeps one name
-            for axis in range(len(shape)):
-                if not dim_names[axis]:
-                    dim_names[axis] = sds.dim(axis).info()[0]
-        storage = sds_storage(layout, sds.ref(), shape, dtype.itemsize, f"{url}: {what}")
-        attrs = {k: _json_value(v) for k, v in sds.attributes().items()}
-        fill = _fill_value(sds, attrs, dtype, nt & 0xFF, storage, hdf4_error)
-        if eos is not None:
-            attrs.setdefault(f"HDFEOS_{eos.kind.upper()}_NAME", eos.name)
-            for key in ("Projection", "UpperLeftPointMtrs", "LowerRightMtrs", "ProjParams", "SphereCode",
-                        "GridOrigin", "PixelRegistration", "ZoneCode"):
-                if key in eos.params:
-                    attrs.setdefault(f"HDFEOS_{key}", eos.params[key])
-            if eos.kind == "swath" and eos.geo_fields and name not in eos.geo_fields:
-                attrs.setdefault("coordinates", " ".join(eos.geo_fields))
-        if "_FillValue" in attrs and dtype.kind != "S":
-            attrs["_FillValue"] = np.asarray(fill).item()
-        elif dtype.kind == "S":
-            attrs.pop("_FillValue", None)
-        codecs: list[Any] = [{"name": "bytes", "configuration": {"endian": "big" if byteorder == ">" else "little"}}
-                             if dtype.itemsize > 1 else {"name": "bytes"}]
-        if storage.compression == COMP_DEFLATE:
-            codecs.append({"name": "numcodecs.zlib", "configuration": {"level": 1}})
-        url_norm = url if "://" in url else "file://" + url
-        if storage.present.size:
-            manifest = ChunkManifest.from_file_table(url_norm, storage.present, storage.offsets, storage.lengths)
-        else:  # a dimension of length 0 (an unlimited one never written)
-            manifest = ChunkManifest.empty(storage.present.shape)
-        native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-            metadata = create_array_metadata(shape=shape, chunk_shape=storage.chunk_shape, dtype=native,
-                                             codecs=codecs, fill_value=fill, dimension_names=dim_names,
-                                             attributes=attrs)
-        return ManifestArray(metadata, manifest, registry=registry)
 
-
-def _byte_order(layout: HDF4Layout, ndg_ref: int, url: str, what: str) -> str:
-    """``">"`` or ``"<"``: the SDS's number type element says how its values are stored."""
-    ndg = layout.elements.get((DFTAG_NDG, ndg_ref))
-    if ndg is None:
-        return ">"
-    raw = layout.data(DFTAG_NDG, ndg_ref, f"the data group of {what}")
-    pairs = struct.unpack(f">{len(raw) // 2}H", raw[: len(raw) // 4 * 4])
-    for tag, ref in zip(pairs[::2], pairs[1::2]):
-        if tag == DFTAG_NT:
-            nt = layout.data(DFTAG_NT, ref, f"the number type of {what}")
-            if len(nt) >= 4:
-                # class: 1 big-endian (IEEE / MBO), 4 little-endian (PC / IBO)
-                if nt[3] == 4:
-                    return "<"
-                if nt[3] not in (0, 1):
-                    raise _Refused(f"number type class {nt[3]} (neither big- nor little-endian)")
-            break
-    return ">"
-
-
-def _fill_value(sds, attrs: dict[str, Any], dtype: np.dtype, nt: int, storage: Storage,
-                hdf4_error: type[Exception]) -> Any:
-    """The value unwritten data reads as: ``_FillValue``, else the chunk header's, else netCDF's default."""
+def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreRegistry,
+           rename: dict[str, str], eos: EOSObject | None) -> ManifestArray:
+    """The ManifestArray of one SDS."""
+    what = f"SDS {info.name!r}"
+    kind = NUMBER_TYPES.get(info.nt)
+    if kind is None:
+        raise _Refused(f"number type {info.nt} has no zarr data type")
+    dtype = np.dtype(kind[0]) if kind[0] in ("S1", "u1", "i1") else np.dtype(info.byteorder + kind[0])
+    shape = info.shape
+    if info.unlimited:
+        record = math.prod(shape[1:]) * dtype.itemsize
+        shape = (_records(layout, info.data_ref, record, what), *shape[1:])
+    storage = sds_storage(layout, info.data_ref, shape, dtype.itemsize, f"{url}: {what}")
+    attrs = {k: _json_value(v) for k, v in info.attributes.items()}
+    fill = _fill_value(info, dtype, storage)
+    if eos is not None:
+        attrs.setdefault(f"HDFEOS_{eos.kind.upper()}_NAME", eos.name)
+        for key in ("Projection", "UpperLeftPointMtrs", "LowerRightMtrs", "ProjParams", "SphereCode",
+                    "GridOrigin", "PixelRegistration", "ZoneCode"):
+            if key in eos.params:
+                attrs.setdefault(f"HDFEOS_{key}", eos.params[key])
+        if eos.kind == "swath" and eos.geo_fields and info.name not in eos.geo_fields:
+            attrs.setdefault("coordinates", " ".join(eos.geo_fields))
+    if "_FillValue" in attrs and dtype.kind != "S":
+        attrs["_FillValue"] = np.asarray(fill).item()
+    elif dtype.kind == "S":
+        attrs.pop("_FillValue", None)
+    codecs: list[Any] = [{"name": "bytes", "configuration": {"endian": "big" if dtype.byteorder == ">" else "little"}}
+                         if dtype.itemsize > 1 else {"name": "bytes"}]
+    if storage.compression == COMP_DEFLATE:
+        codecs.append({"name": "numcodecs.zlib", "configuration": {"level": 1}})
+    if storage.present.size:
+        manifest = ChunkManifest.from_file_table(url, storage.present, storage.offsets, storage.lengths)
+    else:  # a dimension of length 0 (an unlimited one never written)
+        manifest = ChunkManifest.empty(storage.present.shape)
     native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        metadata = create_array_metadata(shape=shape, chunk_shape=storage.chunk_shape, dtype=native,
+                                         codecs=codecs, fill_value=fill,
+                                         dimension_names=[rename.get(d, d) for d in info.dims],
+                                         attributes=attrs)
+    return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _fill_value(info: SDSInfo, dtype: np.dtype, storage: Storage) -> Any:
+    """The value unwritten data reads as: ``_FillValue``, else the chunk header's, else the library's default."""
+    native = dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype
+    value = info.attributes.get("_FillValue")
     if dtype.kind == "S":
-        value = attrs.get("_FillValue")
         if isinstance(value, str) and len(value.encode("latin-1")) == 1:
             return value.encode("latin-1")
         return storage.fill[:1] if storage.fill else DEFAULT_FILL[4]
-    try:
-        value = sds.getfillvalue()
-    except hdf4_error:
-        value = None
-    if value is not None:
-        return np.asarray(value).astype(native)[()]
+    if value is not None and not isinstance(value, str) and np.size(value) >= 1:
+        return np.asarray(value).ravel()[0].astype(native)
     if storage.fill is not None and len(storage.fill) == dtype.itemsize:
         return np.frombuffer(storage.fill, dtype)[0].astype(native)
-    return np.array(DEFAULT_FILL[nt], dtype=native)[()]
+    return np.array(DEFAULT_FILL[info.nt], dtype=native)[()]
 
 
-def _dimension_renames(infos: list, eos: list[EOSObject]) -> dict[str, str]:
+def _dimension_renames(datasets: list[SDSInfo], eos: list[EOSObject]) -> dict[str, str]:
     """HDF-EOS ``Dim:Object`` names -> ``Dim`` where that stays unambiguous (same length everywhere)."""
     if not eos:
         return {}
     lengths: dict[str, set[int]] = {}
     full: dict[str, set[str]] = {}
-    for sds, _name, _rank, _dims, _nt, _nattrs in infos:
-        for dname, (length, *_rest) in sds.dimensions(full=1).items():
+    for info in datasets:
+        for dname, length in zip(info.dims, info.shape):
             if ":" in dname:
                 short = dname.rsplit(":", 1)[0]
                 lengths.setdefault(short, set()).add(int(length))
                 full.setdefault(short, set()).add(dname)
     return {name: short for short, names in full.items() if len(lengths[short]) == 1 for name in names}
+
+
+def _add_geo_coordinates(arrays: dict[str, ManifestArray], eos: list[EOSObject], rename: dict[str, str],
+                         drop: frozenset[str], registry: ObjectStoreRegistry) -> None:
+    """``lat``/``lon`` of each ``GCTP_GEO`` grid without coordinate fields of its own, named by its fields."""
+    grids = [obj for obj in eos if obj.kind == "grid"]
+    for obj in grids:
+        coords = geo_coordinates(obj)
+        if coords is None:
+            continue
+        for cname, (dim, values) in coords.items():
+            if any(fdims == (dim,) for fdims in obj.fields.values()):
+                continue  # the grid has its own coordinate field over that dimension
+            dim_name = rename.get(f"{dim}:{obj.name}", f"{dim}:{obj.name}")
+            key = cname if len(grids) == 1 else f"{cname}:{obj.name}"
+            if key in arrays or key in drop:
+                continue
+            arrays[key] = _inlined_coordinate(values, dim_name, cname, registry)
+            for fname, fdims in obj.fields.items():
+                if fname in arrays and dim in fdims:
+                    have = str(arrays[fname].metadata.attributes.get("coordinates", "")).split()
+                    if key not in have:
+                        arrays[fname] = _with_attributes(arrays[fname], {"coordinates": " ".join([*have, key])})
 
 
 def _inlined_coordinate(values: np.ndarray, dim: str, name: str, registry: ObjectStoreRegistry) -> ManifestArray:
