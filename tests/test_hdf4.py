@@ -437,3 +437,84 @@ def _check_metadata(path: Path, store, refused=frozenset()) -> None:
                 assert _same_attribute(attrs[key], want), (sds_name, key)
     finally:
         sd.end()
+
+
+def test_metadata_after_the_data_costs_one_more_request(tmp_path, monkeypatch):
+    """The SD interface writes its vgroups and vdatas after the data: fetched together, not one by one."""
+    import obstore
+
+    def build(sd):
+        for k in range(3):  # 720 kB of data between the DD block (at the start) and the metadata
+            sds = sd.create(f"v{k}", SDC.FLOAT32, (200, 300))
+            sds[:] = np.full((200, 300), k, "f4")
+            sds.units = "K"
+            sds.endaccess()
+        sd.attr("history").set(SDC.CHAR8, "x" * 5000)
+
+    path = _write(tmp_path / "big.hdf", build)
+    made = []
+    for name in ("get", "get_range", "get_ranges", "head"):
+        real = getattr(obstore, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            made.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(obstore, name, counted)
+    store = HDF4Parser()(path.as_uri(), ObjectStoreRegistry())
+    # the first block and the object's size; then all the metadata (one range here: get_range)
+    assert made[0] == "get" and len(made) == 2 and made[1] in ("get_range", "get_ranges")
+    monkeypatch.undo()
+    _check_metadata(path, store)
+
+
+def test_hdf_eos_swath_fields_name_their_geolocation(tmp_path):
+    """An HDF-EOS2 swath as the HDF-EOS library lays it out for the SD interface: fields whose dimensions
+    are ``Dim:SwathName``, described by ``StructMetadata.0`` (written here with pyhdf)."""
+    struct_metadata = """GROUP=SwathStructure
+	GROUP=SWATH_1
+		SwathName="Swath1"
+		GROUP=Dimension
+		END_GROUP=Dimension
+		GROUP=GeoField
+			OBJECT=GeoField_1
+				GeoFieldName="Latitude"
+				DataType=DFNT_FLOAT32
+				DimList=("Track","Xtrack")
+			END_OBJECT=GeoField_1
+			OBJECT=GeoField_2
+				GeoFieldName="Longitude"
+				DataType=DFNT_FLOAT32
+				DimList=("Track","Xtrack")
+			END_OBJECT=GeoField_2
+		END_GROUP=GeoField
+		GROUP=DataField
+			OBJECT=DataField_1
+				DataFieldName="Radiance"
+				DataType=DFNT_UINT16
+				DimList=("Track","Xtrack")
+			END_OBJECT=DataField_1
+		END_GROUP=DataField
+	END_GROUP=SWATH_1
+END_GROUP=SwathStructure
+GROUP=GridStructure
+END_GROUP=GridStructure
+END
+"""
+
+    def build(sd):
+        for name, code, dtype in (("Latitude", SDC.FLOAT32, "f4"), ("Longitude", SDC.FLOAT32, "f4"),
+                                  ("Radiance", SDC.UINT16, "u2")):
+            sds = sd.create(name, code, (3, 4))
+            sds.dim(0).setname("Track:Swath1")
+            sds.dim(1).setname("Xtrack:Swath1")
+            sds[:] = np.arange(12, dtype=dtype).reshape(3, 4)
+            sds.endaccess()
+        sd.attr("StructMetadata.0").set(SDC.CHAR8, struct_metadata + "\x00" * 100)
+
+    path = _write(tmp_path / "swath.hdf", build)
+    ds = open_virtual_dataset(path.as_uri())
+    assert ds["Radiance"].dims == ("Track", "Xtrack")
+    assert ds["Radiance"].attrs["HDFEOS_SWATH_NAME"] == "Swath1"
+    assert set(ds.coords) == {"Latitude", "Longitude"}  # from the coordinates attribute
+    _compare_all(path)

@@ -52,6 +52,7 @@ apply CF's reading of them when decoding).
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import struct
@@ -75,6 +76,7 @@ from vzdask.parsers.common import (
     finish,
     report_unsupported,
 )
+from vzdask.object_io import read_ranges
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -135,8 +137,13 @@ DEFAULT_FILL: dict[int, Any] = {
     26: -9223372036854775806, 27: 9223372036854775810,
 }
 
-#: Bytes of the first read: the DD blocks of small files are all there.
-FIRST_READ = 2**16
+#: Tags of elements whose bytes are metadata, with the largest one prefetched: vgroups, vdata headers,
+#: vdata records (attributes, chunk tables), number types, dimension records, data groups, link tables
+#: (data blocks share their tag: only small ones); special elements' bytes are their headers (4 KiB).
+METADATA_TAGS = {1965: 2**16, 1962: 2**16, 1963: 2**16, 106: 64, 701: 2**12, 720: 2**12, 20: 2**10}
+#: Prefetch up to this much in all, merging ranges this close.
+MAX_PREFETCH = 2**22
+PREFETCH_GAP = 2**14
 
 
 class _Refused(Exception):
@@ -159,9 +166,49 @@ class HDF4Layout:
         self.handle = handle
         self.url = url
         self.elements: dict[tuple[int, int], Element] = {}
+        self._starts: list[int] = []  # the prefetched metadata: sorted starts and their bytes
+        self._pieces: list[bytes] = []
         self._read_dds()
+        self._prefetch()
+
+    def _prefetch(self) -> None:
+        """Fetch every small metadata element outside the first block in one request.
+
+        The SD interface writes its vgroups and vdatas when the file is
+        closed, after the data, so in a large file they lie far from the DD
+        blocks at its start; read one by one they would cost a request each.
+        """
+        wanted = sorted(
+            (e.offset, e.length) for (tag, _), e in self.elements.items()
+            if e.length and (e.special or tag in METADATA_TAGS) and e.length <= METADATA_TAGS.get(tag, 2**12)
+            and self.handle.cached_range(self.handle.url, e.offset, e.length) is None
+        )
+        if not wanted:
+            return
+        merged: list[list[int]] = []
+        total = 0
+        for start, length in wanted:
+            if total >= MAX_PREFETCH:
+                break
+            if merged and start <= merged[-1][1] + PREFETCH_GAP:
+                total += max(0, start + length - merged[-1][1])
+                merged[-1][1] = max(merged[-1][1], start + length)
+            else:
+                total += length
+                merged.append([start, start + length])
+        end = self.handle.size
+        merged = [[a, min(b, end)] for a, b in merged if a < end]
+        store, path = self.handle.registry.resolve(self.handle.url)
+        pieces = read_ranges(store, path, [a for a, _ in merged], [b - a for a, b in merged], url=self.url,
+                             what="HDF4 metadata", coalesce=0)
+        self._starts = [a for a, _ in merged]
+        self._pieces = [bytes(p) for p in pieces]
 
     def _read(self, offset: int, length: int, what: str) -> bytes:
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0 and offset + length <= self._starts[i] + len(self._pieces[i]):
+            at = offset - self._starts[i]
+            return self._pieces[i][at : at + length]
         data = self.handle.read_range(offset, length)
         if len(data) != length:
             raise ParseError(f"{self.url}: truncated HDF4 file: {what} needs bytes {offset}-{offset + length} "
