@@ -296,6 +296,32 @@ def test_written_unlimited_dimension(tmp_path):
     assert group["aligned"].chunks == (32, 1024)  # chunks of whole records within the linked blocks
 
 
+def test_sdss_sharing_an_unlimited_dimension_read_fill_past_their_records(tmp_path):
+    def build(sd):
+        longer = sd.create("longer", SDC.INT32, (SDC.UNLIMITED, 2))
+        longer.dim(0).setname("time")
+        longer[0:5] = np.arange(10, dtype="i4").reshape(5, 2)
+        longer.endaccess()
+        shorter = sd.create("shorter", SDC.FLOAT64, (SDC.UNLIMITED,))
+        shorter.dim(0).setname("time")
+        shorter.setfillvalue(-1.0)
+        shorter[0:3] = np.arange(3.0)
+        shorter.endaccess()
+        never = sd.create("never", SDC.INT16, (SDC.UNLIMITED, 3))
+        never.dim(0).setname("time")
+        never.endaccess()
+
+    path = _write(tmp_path / "shared.hdf", build)
+    ds = open_virtual_dataset(path.as_uri()).vz.compute()
+    assert ds.sizes["time"] == 5
+    sd = SD(str(path))
+    np.testing.assert_array_equal(ds["longer"].values, sd.select("longer").get())
+    np.testing.assert_array_equal(ds["shorter"].values[:3], sd.select("shorter").get())  # pyhdf: its 3 records
+    sd.end()
+    np.testing.assert_array_equal(ds["shorter"].values[3:], [-1.0, -1.0])
+    np.testing.assert_array_equal(ds["never"].values, np.full((5, 3), -32767, "i2"))
+
+
 def test_written_unlimited_blocks_off_record_boundaries_are_refused(tmp_path):
     def build(sd):
         odd = sd.create("odd", SDC.INT16, (SDC.UNLIMITED, 1000))  # 2000-byte records in 64 KiB blocks
@@ -518,3 +544,28 @@ END
     assert ds["Radiance"].attrs["HDFEOS_SWATH_NAME"] == "Swath1"
     assert set(ds.coords) == {"Latitude", "Longitude"}  # from the coordinates attribute
     _compare_all(path)
+
+
+def test_dimension_scales_load_from_the_bytes_the_parse_read(tmp_path, monkeypatch):
+    import obstore
+
+    def build(sd):
+        sds = sd.create("t", SDC.FLOAT32, (4, 3))
+        sds[:] = np.arange(12, dtype="f4").reshape(4, 3)
+        sds.dim(0).setname("y")
+        sds.dim(0).setscale(SDC.FLOAT64, [10.0, 20.0, 30.0, 40.0])
+        sds.endaccess()
+
+    path = _write(tmp_path / "scales.hdf", build)
+    made = []
+    real = obstore.get_ranges
+
+    def counted(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obstore, "get_ranges", counted)
+    monkeypatch.setattr(obstore, "get_range", counted)
+    ds = open_virtual_dataset(path.as_uri())  # loads the dimension coordinate y
+    np.testing.assert_array_equal(ds["y"].values, [10.0, 20.0, 30.0, 40.0])
+    assert made == []  # the whole small file was in the first block the parse read

@@ -204,6 +204,13 @@ class HDF4Layout:
         self._starts = [a for a, _ in merged]
         self._pieces = [bytes(p) for p in pieces]
 
+    def cached_range(self, url: str, start: int, length: int) -> bytes | None:
+        """Bytes ``[start, start + length)`` of ``url`` if the parse read them, else None."""
+        i = bisect.bisect_right(self._starts, start) - 1
+        if url == self.url and i >= 0 and start + length <= self._starts[i] + len(self._pieces[i]):
+            return self._pieces[i][start - self._starts[i] : start - self._starts[i] + length]
+        return self.handle.cached_range(url, start, length)
+
     def _read(self, offset: int, length: int, what: str) -> bytes:
         i = bisect.bisect_right(self._starts, offset) - 1
         if i >= 0 and offset + length <= self._starts[i] + len(self._pieces[i]):
@@ -851,6 +858,10 @@ class HDF4Parser(Parser):
         return head.startswith(HDF4_SIGNATURE)
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        return self.parse_keeping_reads(url, registry)[0]
+
+    def parse_keeping_reads(self, url: str, registry: ObjectStoreRegistry):
+        """The store, and the bytes read while parsing (dimension scales in the first block load without a request)."""
         if self.group not in (None, "", "/"):
             raise ParseError(f"{url}: HDF4 SDSs are not in groups; group={self.group!r} cannot be opened")
         handle = self._open(url, registry)
@@ -860,7 +871,7 @@ class HDF4Parser(Parser):
         sd = read_sd(layout)
         group, problems = self._group(sd, layout, url, registry)
         report_unsupported(url, problems, self.on_unsupported)
-        return finish(group, registry, self.inline)
+        return finish(group, registry, self.inline), layout.cached_range
 
     def _group(self, sd: SDFile, layout: HDF4Layout, url: str,
                registry: ObjectStoreRegistry) -> tuple[ManifestGroup, list[tuple[str, str]]]:
@@ -871,14 +882,27 @@ class HDF4Parser(Parser):
         field_object = {f: obj for obj in eos for f in obj.fields}
         arrays: dict[str, ManifestArray] = {}
         problems: list[tuple[str, str]] = []
-        for info in sd.datasets:
-            if info.name in self.drop_variables:
-                continue
+        wanted = [info for info in sd.datasets if info.name not in self.drop_variables]
+        refused: dict[int, str] = {}
+        longest: dict[str, int] = {}  # unlimited dimension -> the most records any SDS over it holds
+        for info in wanted:
+            if info.unlimited:
+                try:
+                    record = math.prod(info.shape[1:]) * _dtype(info).itemsize
+                    info.shape = (_records(layout, info.data_ref, record, f"SDS {info.name!r}"), *info.shape[1:])
+                except _Refused as err:
+                    refused[id(info)] = str(err)
+                    continue
+                longest[info.dims[0]] = max(longest.get(info.dims[0], 0), info.shape[0])
+        for info in wanted:
             if info.name in arrays:
                 problems.append((f"/{info.name}", f"SDS {info.name!r}: a second SDS of the same name"))
                 continue
             try:
-                arrays[info.name] = _array(info, layout, url, registry, rename, field_object.get(info.name))
+                if id(info) in refused:
+                    raise _Refused(refused[id(info)])
+                length = longest.get(info.dims[0]) if info.unlimited else None
+                arrays[info.name] = _array(info, layout, url, registry, rename, field_object.get(info.name), length)
             except _Refused as err:
                 problems.append((f"/{info.name}", f"SDS {info.name!r}: {err}"))
         _add_geo_coordinates(arrays, eos, rename, self.drop_variables, registry)
@@ -888,19 +912,29 @@ class HDF4Parser(Parser):
             raise ParseError(f"{url}: {err}") from err
 
 
-def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreRegistry,
-           rename: dict[str, str], eos: EOSObject | None) -> ManifestArray:
-    """The ManifestArray of one SDS."""
-    what = f"SDS {info.name!r}"
+def _dtype(info: SDSInfo) -> np.dtype:
+    """The stored data type of an SDS (byte order from its number type's class)."""
     kind = NUMBER_TYPES.get(info.nt)
     if kind is None:
         raise _Refused(f"number type {info.nt} has no zarr data type")
-    dtype = np.dtype(kind[0]) if kind[0] in ("S1", "u1", "i1") else np.dtype(info.byteorder + kind[0])
+    return np.dtype(kind[0]) if kind[0] in ("S1", "u1", "i1") else np.dtype(info.byteorder + kind[0])
+
+
+def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreRegistry,
+           rename: dict[str, str], eos: EOSObject | None, length: int | None = None) -> ManifestArray:
+    """The ManifestArray of one SDS; ``length``: the unlimited dimension's length in the file.
+
+    An SDS holding fewer records than another over the same unlimited
+    dimension reads as the fill value past its own records (netCDF's
+    reading), so the dataset has one length for the dimension.
+    """
+    what = f"SDS {info.name!r}"
+    dtype = _dtype(info)
     shape = info.shape
-    if info.unlimited:
-        record = math.prod(shape[1:]) * dtype.itemsize
-        shape = (_records(layout, info.data_ref, record, what), *shape[1:])
     storage = sds_storage(layout, info.data_ref, shape, dtype.itemsize, f"{url}: {what}")
+    if length is not None and length > shape[0]:
+        storage = _padded(storage, length)
+        shape = (length, *shape[1:])
     attrs = {k: _json_value(v) for k, v in info.attributes.items()}
     fill = _fill_value(info, dtype, storage)
     if eos is not None:
@@ -931,6 +965,21 @@ def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreReg
                                          dimension_names=[rename.get(d, d) for d in info.dims],
                                          attributes=attrs)
     return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _padded(storage: Storage, length: int) -> Storage:
+    """``storage`` with missing chunks appended along the first axis to cover ``length`` records."""
+    rows = storage.chunk_shape[0]
+    extra = math.ceil(length / rows) - storage.present.shape[0]
+    if extra <= 0:
+        return storage
+    pad = [(0, extra)] + [(0, 0)] * (storage.present.ndim - 1)
+    if storage.present.size == 0:  # no records of its own: a one-chunk-wide grid, all missing
+        grid = (math.ceil(length / rows), *storage.present.shape[1:])
+        return Storage(storage.chunk_shape, np.zeros(grid, bool), np.zeros(grid, np.uint64),
+                       np.zeros(grid, np.uint64), storage.compression, storage.fill)
+    return Storage(storage.chunk_shape, np.pad(storage.present, pad), np.pad(storage.offsets, pad),
+                   np.pad(storage.lengths, pad), storage.compression, storage.fill)
 
 
 def _fill_value(info: SDSInfo, dtype: np.dtype, storage: Storage) -> Any:
