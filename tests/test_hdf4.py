@@ -402,6 +402,15 @@ def test_not_hdf4_truncated_empty_and_groups(tmp_path):
     truncated.write_bytes((FIXTURES / "SDS_simple.hdf").read_bytes()[:40])
     with pytest.raises(ParseError, match=r"truncated.hdf: truncated HDF4 file: the DD block at byte 4 needs"):
         HDF4Parser()(truncated.as_uri(), registry)
+    data = bytearray((FIXTURES / "SDS_simple.hdf").read_bytes())
+    dd = data.index(bytes.fromhex("02be0003"))  # the DD of the SDS's data (tag 702, ref 3): say it is longer
+    data[dd + 8 : dd + 12] = (10**6).to_bytes(4, "big")
+    data[dd + 4 : dd + 8] = (len(data) - 8).to_bytes(4, "big")
+    corrupt = tmp_path / "corrupt.hdf"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ParseError, match=r"corrupt.hdf: truncated HDF4 file: the data of SDS 'SDS_simple' ends at "
+                                         rf"byte {len(data) + 24}, but the file has {len(data)} bytes"):
+        HDF4Parser()(corrupt.as_uri(), registry)
     empty = tmp_path / "empty.hdf"
     empty.write_bytes(b"")
     with pytest.raises(ParseError, match="empty file"):

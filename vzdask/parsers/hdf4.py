@@ -7,7 +7,8 @@ data is the element ``DFTAG_SD`` whose ref its numeric data group
 (``DFTAG_NDG``) names; a *special* element (tag | 0x4000) starts with a
 header saying how the data is really stored:
 
-* plain: the whole array, contiguous, big-endian -- one chunk;
+* plain: the whole array, contiguous (big-endian unless the number type's
+  class says little-endian) -- one chunk;
 * compressed (``SPECIAL_COMP``): one ``DFTAG_COMPRESSED`` element holding
   the whole array, compressed -- one chunk through a zarr codec;
 * chunked (``SPECIAL_CHUNKED``): a chunk table (a vdata of ``origin``,
@@ -31,23 +32,28 @@ numbers them), each listing its dimensions (``Dim0.0``/``UDim0.0``
 vgroups), attributes (``Attr0.0`` vdatas), number type, dimension record
 and data group. Everything is read through
 :class:`~vzdask.parsers.common.ObstoreFile` (cached 64 KiB blocks, any
-object store); no HDF4 library is needed (the tests check every value
-against pyhdf's). An unlimited SDS's length is what its data holds (the
-dimension record keeps the length first written).
+object store); the small metadata elements outside the first block (the SD
+interface writes them after the data) are fetched in one request. No HDF4
+library is needed (the tests check every value against pyhdf's). Text
+attributes lose their trailing NUL padding. An unlimited SDS's length is
+what its data holds (the dimension record keeps the length first written);
+SDSs sharing an unlimited dimension read as the fill value past their own
+records, so the dimension has one length (the longest).
 
 HDF-EOS2 files (a ``StructMetadata.0`` attribute): dimension names lose the
 ``:GridName`` suffix HDF-EOS gives them (``YDim:GeoGrid`` -> ``YDim``) when
 no two grids or swaths would then share a name with different lengths, each
 field gets its grid's or swath's name and projection parameters as
 attributes, and the fields of a ``GCTP_GEO`` grid get ``lat``/``lon``
-coordinates (cell centres computed from the grid's corners, inlined) unless
-the file already has variables of those names. Swath data fields get a
+coordinates (cell centres computed from the grid's packed-DMS corners,
+inlined) unless the grid has 1-D coordinate fields of its own or the file
+has variables of those names (other projections get none: that needs GCTP). Swath data fields get a
 ``coordinates`` attribute naming the swath's geolocation fields.
 
-Attribute values are as stored: HDF4's ``scale_factor``/``add_offset``
-convention (``value = scale_factor * (stored - add_offset)``) is not CF's,
-so such variables are not rescaled the CF way by this parser (xarray would
-apply CF's reading of them when decoding).
+Attribute values are as stored. HDF4's ``scale_factor``/``add_offset``
+(``SDsetcal``, with ``calibrated_nt``) mean ``value = scale_factor *
+(stored - add_offset)``, not CF's ``stored * scale_factor + add_offset``:
+CF decoding (xarray's) reads such SDSs wrongly, as it does through netCDF-C.
 """
 
 from __future__ import annotations
@@ -953,6 +959,11 @@ def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreReg
                          if dtype.itemsize > 1 else {"name": "bytes"}]
     if storage.compression == COMP_DEFLATE:
         codecs.append({"name": "numcodecs.zlib", "configuration": {"level": 1}})
+    if storage.present.any():
+        end = int((storage.offsets + storage.lengths)[storage.present].max())
+        if end > layout.handle.size:
+            raise ParseError(f"{url}: truncated HDF4 file: the data of {what} ends at byte {end}, "
+                             f"but the file has {layout.handle.size} bytes")
     if storage.present.size:
         manifest = ChunkManifest.from_file_table(url, storage.present, storage.offsets, storage.lengths)
     else:  # a dimension of length 0 (an unlimited one never written)
