@@ -578,3 +578,20 @@ def test_dimension_scales_load_from_the_bytes_the_parse_read(tmp_path, monkeypat
     ds = open_virtual_dataset(path.as_uri())  # loads the dimension coordinate y
     np.testing.assert_array_equal(ds["y"].values, [10.0, 20.0, 30.0, 40.0])
     assert made == []  # the whole small file was in the first block the parse read
+
+
+@pytest.mark.parametrize("name", ["SDS_simple_chunk_comp.hdf", "SDS_fill_middle_chunk.hdf", "3B42.001003.5.HDF"])
+def test_kerchunk_references_read_back_with_fsspec_equal_pyhdf(name):
+    import fsspec
+    import xarray as xr
+
+    path = FIXTURES / name
+    refs = open_virtual_dataset(path.resolve().as_uri()).vz.to_kerchunk()
+    mapper = fsspec.filesystem("reference", fo=refs).get_mapper("")
+    ds = xr.open_dataset(mapper, engine="zarr", consolidated=False, zarr_format=2, mask_and_scale=False)
+    sd = SD(str(path))
+    try:
+        for sds in sd.datasets():
+            np.testing.assert_array_equal(ds[sds].values, sd.select(sds).get())
+    finally:
+        sd.end()
