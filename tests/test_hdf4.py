@@ -411,6 +411,12 @@ def test_not_hdf4_truncated_empty_and_groups(tmp_path):
     with pytest.raises(ParseError, match=r"corrupt.hdf: truncated HDF4 file: the data of SDS 'SDS_simple' ends at "
                                          rf"byte {len(data) + 24}, but the file has {len(data)} bytes"):
         HDF4Parser()(corrupt.as_uri(), registry)
+    nothing = _write(tmp_path / "nothing.hdf", lambda sd: None)  # an SD file without SDSs: an empty dataset
+    assert list(_open(nothing).array_keys()) == []
+    old_style = tmp_path / "dfsd.hdf"  # no SD interface vgroup: as files written only through DFSD
+    old_style.write_bytes((FIXTURES / "SDS_simple.hdf").read_bytes().replace(b"CDF0.0", b"XYZ0.0"))
+    with pytest.raises(ParseError, match=r"dfsd.hdf: the file has scientific data but no SD interface structure"):
+        HDF4Parser()(old_style.as_uri(), registry)
     empty = tmp_path / "empty.hdf"
     empty.write_bytes(b"")
     with pytest.raises(ParseError, match="empty file"):

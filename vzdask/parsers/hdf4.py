@@ -40,6 +40,9 @@ what its data holds (the dimension record keeps the length first written);
 SDSs sharing an unlimited dimension read as the fill value past their own
 records, so the dimension has one length (the longest).
 
+Only SDSs are read: raster images (GR), palettes and vdata tables other
+than attributes are not variables here.
+
 HDF-EOS2 files (a ``StructMetadata.0`` attribute): dimension names lose the
 ``:GridName`` suffix HDF-EOS gives them (``YDim:GeoGrid`` -> ``YDim``) when
 no two grids or swaths would then share a name with different lengths, each
