@@ -601,3 +601,19 @@ def test_kerchunk_references_read_back_with_fsspec_equal_pyhdf(name):
             np.testing.assert_array_equal(ds[sds].values, sd.select(sds).get())
     finally:
         sd.end()
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    (2, "compressed with HDF4 NBIT, for which no zarr codec reads HDF4's encoding"),
+    (5, "compressed with HDF4 SZIP, which this parser does not map to a zarr codec"),
+    (99, "compressed with HDF4 code 99, for which no zarr codec reads HDF4's encoding"),
+])
+def test_other_compression_codes_are_refused(tmp_path, code, reason):
+    """pyhdf's wheels write neither NBIT nor SZIP: the deflate file's compression header is edited instead."""
+    data = bytearray((FIXTURES / "SDS_simple_comp.hdf").read_bytes())
+    header = data.index(bytes.fromhex("0003" "0000" "00000020" "0001" "0000" "0004"))  # SPECIAL_COMP, deflate
+    data[header + 12 : header + 14] = code.to_bytes(2, "big")
+    path = tmp_path / "edited.hdf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ParseError, match=f"'/SDS_simple_comp': SDS 'SDS_simple_comp': {reason}"):
+        HDF4Parser()(path.as_uri(), ObjectStoreRegistry())

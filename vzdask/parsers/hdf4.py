@@ -420,6 +420,14 @@ def _comp_header(header: bytes, what: str) -> tuple[int, int, int]:
 
 
 def _check_compression(code: int) -> int:
+    """``code`` if a zarr codec decodes it (none, deflate), else refuse the SDS.
+
+    SZIP might map to imagecodecs' szip codec, but no file with HDF4's SZIP
+    encoding was at hand to check it against (pyhdf's wheels cannot write
+    SZIP), so it is refused rather than guessed.
+    """
+    if code == 5:
+        raise _Refused("compressed with HDF4 SZIP, which this parser does not map to a zarr codec")
     if code not in (COMP_NONE, COMP_DEFLATE):
         raise _Refused(f"compressed with HDF4 {COMP_NAMES.get(code, f'code {code}')}, "
                        "for which no zarr codec reads HDF4's encoding")
