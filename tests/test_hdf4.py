@@ -617,3 +617,17 @@ def test_other_compression_codes_are_refused(tmp_path, code, reason):
     path.write_bytes(bytes(data))
     with pytest.raises(ParseError, match=f"'/SDS_simple_comp': SDS 'SDS_simple_comp': {reason}"):
         HDF4Parser()(path.as_uri(), ObjectStoreRegistry())
+
+
+def test_inline_policy_copies_the_chosen_chunks():
+    from vzdask.policy import InlinePolicy
+
+    path = FIXTURES / "testsds4.hdf"
+    store = HDF4Parser(inline=InlinePolicy(coordinates=True))(path.resolve().as_uri(), ObjectStoreRegistry())
+    arrays = store.group.arrays
+    assert arrays["Y_Axis"].manifest.count()["inlined"] == 1 and arrays["X_Axis"].manifest.count()["inlined"] == 1
+    assert arrays["SDS_1"].manifest.count()["inlined"] == 0
+    group = zarr.open_group(store, mode="r")
+    sd = SD(str(path))
+    np.testing.assert_array_equal(group["Y_Axis"][...], sd.select("Y_Axis").get())
+    sd.end()
