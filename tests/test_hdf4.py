@@ -138,6 +138,23 @@ def test_hdf_eos_grid_dimension_names_and_geo_coordinates():
     assert set(ds.coords) == {"lat", "lon"}
 
 
+@pytest.mark.parametrize(("name", "x", "y"), [
+    # UpperLeftPointMtrs=(-20000000, 1000000), LowerRightMtrs=(-19000000, 0), 4 x 4 cells of 250 km
+    ("sinusoid.hdf", -20000000 + 250000 * (np.arange(4) + 0.5), 1000000 - 250000 * (np.arange(4) + 0.5)),
+    # UpperLeftPointMtrs=(-17000000, 7300000), LowerRightMtrs=(17000000, -7300000), 8 x 8 cells
+    ("cea.hdf", -17000000 + 4250000 * (np.arange(8) + 0.5), 7300000 - 1825000 * (np.arange(8) + 0.5)),
+])
+def test_hdf_eos_projected_grid_gets_projection_coordinates(name, x, y):
+    ds = open_virtual_dataset(str(FIXTURES / name))
+    assert ds["temperature"].dims == ("YDim", "XDim")
+    assert ds["temperature"].attrs["HDFEOS_Projection"] in ("GCTP_SNSOID", "GCTP_CEA")
+    values = ds.vz.compute()
+    np.testing.assert_allclose(values["x"].values, x)
+    np.testing.assert_allclose(values["y"].values, y)
+    assert values["x"].attrs["standard_name"] == "projection_x_coordinate" and values["x"].attrs["units"] == "m"
+    assert set(ds.coords) == {"x", "y"}
+
+
 def test_hdf_eos_grid_with_its_own_coordinate_fields_gets_none_computed():
     ds = open_virtual_dataset(str(FIXTURES / "grid_1_2d_xy.hdf"))
     assert "lat" not in ds and "lon" not in ds

@@ -47,10 +47,12 @@ HDF-EOS2 files (a ``StructMetadata.0`` attribute): dimension names lose the
 ``:GridName`` suffix HDF-EOS gives them (``YDim:GeoGrid`` -> ``YDim``) when
 no two grids or swaths would then share a name with different lengths, each
 field gets its grid's or swath's name and projection parameters as
-attributes, and the fields of a ``GCTP_GEO`` grid get ``lat``/``lon``
-coordinates (cell centres computed from the grid's packed-DMS corners,
-inlined) unless the grid has 1-D coordinate fields of its own or the file
-has variables of those names (other projections get none: that needs GCTP). Swath data fields get a
+attributes, and the fields of a grid get 1-D coordinates computed from its
+corners (cell centres, inlined): ``lat``/``lon`` in degrees for
+``GCTP_GEO`` (corners in packed DMS), ``y``/``x`` in projection metres for
+the other projections (their latitude and longitude need GCTP: not done),
+unless the grid has 1-D coordinate fields of its own or the file has
+variables of those names. Swath data fields get a
 ``coordinates`` attribute naming the swath's geolocation fields.
 
 Attribute values are as stored. HDF4's ``scale_factor``/``add_offset``
@@ -671,10 +673,15 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None:
-    """``{"lat": ("YDim", values), "lon": ("XDim", values)}`` at cell centres of a GCTP_GEO grid, else None."""
+    """The 1-D coordinates of a grid's cells (centres, or corners with ``HDFE_CORNER``), from its corners.
+
+    ``{"lat": ("YDim", degrees), "lon": ("XDim", degrees)}`` for a
+    ``GCTP_GEO`` grid (corners in packed DMS); ``{"y": ("YDim", metres),
+    "x": ("XDim", metres)}`` in the projection's plane for the others
+    (latitude and longitude of those need the GCTP projection: not done).
+    None when the grid does not say its size and corners.
+    """
     params = grid.params
-    if params.get("Projection") != "GCTP_GEO":
-        return None
     try:
         nx, ny = int(params["XDim"]), int(params["YDim"])
         left, top = _pair(params["UpperLeftPointMtrs"])
@@ -682,11 +689,15 @@ def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None
     except (KeyError, ValueError):
         return None
     offset = 0.0 if params.get("PixelRegistration") == "HDFE_CORNER" else 0.5
-    left, right = _dms_to_degrees(left), _dms_to_degrees(right)
-    top, bottom = _dms_to_degrees(top), _dms_to_degrees(bottom)
-    lon = left + (np.arange(nx) + offset) * ((right - left) / nx)
-    lat = top + (np.arange(ny) + offset) * ((bottom - top) / ny)
-    return {"lat": ("YDim", lat), "lon": ("XDim", lon)}
+    geographic = params.get("Projection") == "GCTP_GEO"
+    if geographic:
+        left, right = _dms_to_degrees(left), _dms_to_degrees(right)
+        top, bottom = _dms_to_degrees(top), _dms_to_degrees(bottom)
+    xs = left + (np.arange(nx) + offset) * ((right - left) / nx)
+    ys = top + (np.arange(ny) + offset) * ((bottom - top) / ny)
+    if geographic:
+        return {"lat": ("YDim", ys), "lon": ("XDim", xs)}
+    return {"y": ("YDim", ys), "x": ("XDim", xs)}
 
 
 # --------------------------------------------------------------------------- #
@@ -1036,7 +1047,7 @@ def _dimension_renames(datasets: list[SDSInfo], eos: list[EOSObject]) -> dict[st
 
 def _add_geo_coordinates(arrays: dict[str, ManifestArray], eos: list[EOSObject], rename: dict[str, str],
                          drop: frozenset[str], registry: ObjectStoreRegistry) -> None:
-    """``lat``/``lon`` of each ``GCTP_GEO`` grid without coordinate fields of its own, named by its fields."""
+    """The computed coordinates of each grid without coordinate fields of its own, named by its fields."""
     grids = [obj for obj in eos if obj.kind == "grid"]
     for obj in grids:
         coords = geo_coordinates(obj)
@@ -1060,9 +1071,10 @@ def _add_geo_coordinates(arrays: dict[str, ManifestArray], eos: list[EOSObject],
 def _inlined_coordinate(values: np.ndarray, dim: str, name: str, registry: ObjectStoreRegistry) -> ManifestArray:
     """A small computed coordinate held in the manifest (little-endian float64 bytes)."""
     data = np.ascontiguousarray(values, dtype="<f8")
-    attrs = {"units": "degrees_north" if name == "lat" else "degrees_east",
-             "standard_name": "latitude" if name == "lat" else "longitude",
-             "comment": "cell centres computed from the HDF-EOS2 grid's corners (GCTP_GEO)"}
+    units, standard_name = {"lat": ("degrees_north", "latitude"), "lon": ("degrees_east", "longitude"),
+                            "y": ("m", "projection_y_coordinate"), "x": ("m", "projection_x_coordinate")}[name]
+    attrs = {"units": units, "standard_name": standard_name,
+             "comment": "computed from the HDF-EOS2 grid's corners (UpperLeftPointMtrs, LowerRightMtrs)"}
     metadata = create_array_metadata(shape=data.shape, chunk_shape=data.shape, dtype=np.float64,
                                      codecs=[{"name": "bytes", "configuration": {"endian": "little"}}],
                                      fill_value=np.nan, dimension_names=(dim,), attributes=attrs)
