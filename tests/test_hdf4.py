@@ -130,9 +130,10 @@ def test_hdf_eos_grid_dimension_names_and_geo_coordinates():
     assert ds["temperature"].dims == ("YDim", "XDim")  # not YDim:GeoGrid
     assert ds["temperature"].attrs["HDFEOS_GRID_NAME"] == "GeoGrid"
     assert ds["temperature"].attrs["HDFEOS_Projection"] == "GCTP_GEO"
-    # UpperLeftPointMtrs=(0, 4000000) and LowerRightMtrs=(8000000, 0) are packed DMS: 0..8 E, 4..0 N, 8 x 4 cells
+    # UpperLeftPointMtrs=(0, 4000000) and LowerRightMtrs=(8000000, 0) are packed DMS: 0..8 E, 4..0 N, 8 x 4 cells;
+    # GridOrigin=HDFE_GD_UR: the first column is the eastmost
     values = ds.vz.compute()
-    np.testing.assert_allclose(values["lon"].values, np.arange(8) + 0.5)
+    np.testing.assert_allclose(values["lon"].values, 7.5 - np.arange(8))
     np.testing.assert_allclose(values["lat"].values, 3.5 - np.arange(4))
     assert ds["lat"].attrs["units"] == "degrees_north"
     assert set(ds.coords) == {"lat", "lon"}

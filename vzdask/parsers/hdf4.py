@@ -675,6 +675,10 @@ def _pair(text: str) -> tuple[float, float]:
 def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None:
     """The 1-D coordinates of a grid's cells (centres, or corners with ``HDFE_CORNER``), from its corners.
 
+    ``GridOrigin`` names the corner the first row and column are at
+    (``HDFE_GD_UL`` by default): from the right or the bottom, the
+    coordinates run backwards.
+
     ``{"lat": ("YDim", degrees), "lon": ("XDim", degrees)}`` for a
     ``GCTP_GEO`` grid (corners in packed DMS); ``{"y": ("YDim", metres),
     "x": ("XDim", metres)}`` in the projection's plane for the others
@@ -693,8 +697,14 @@ def geo_coordinates(grid: EOSObject) -> dict[str, tuple[str, np.ndarray]] | None
     if geographic:
         left, right = _dms_to_degrees(left), _dms_to_degrees(right)
         top, bottom = _dms_to_degrees(top), _dms_to_degrees(bottom)
-    xs = left + (np.arange(nx) + offset) * ((right - left) / nx)
-    ys = top + (np.arange(ny) + offset) * ((bottom - top) / ny)
+    columns, rows = np.arange(nx) + offset, np.arange(ny) + offset
+    origin = params.get("GridOrigin", "HDFE_GD_UL")  # the corner of the first value: flip from it
+    if origin in ("HDFE_GD_UR", "HDFE_GD_LR"):
+        columns = nx - columns
+    if origin in ("HDFE_GD_LL", "HDFE_GD_LR"):
+        rows = ny - rows
+    xs = left + columns * ((right - left) / nx)
+    ys = top + rows * ((bottom - top) / ny)
     if geographic:
         return {"lat": ("YDim", ys), "lon": ("XDim", xs)}
     return {"y": ("YDim", ys), "x": ("XDim", xs)}
