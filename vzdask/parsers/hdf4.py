@@ -969,7 +969,7 @@ def _array(info: SDSInfo, layout: HDF4Layout, url: str, registry: ObjectStoreReg
     what = f"SDS {info.name!r}"
     dtype = _dtype(info)
     shape = info.shape
-    storage = sds_storage(layout, info.data_ref, shape, dtype.itemsize, f"{url}: {what}")
+    storage = sds_storage(layout, info.data_ref, shape, dtype.itemsize, what)
     if length is not None and length > shape[0]:
         storage = _padded(storage, length)
         shape = (length, *shape[1:])
