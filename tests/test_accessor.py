@@ -66,3 +66,46 @@ def test_to_netcdf_of_a_virtual_dataset_writes_the_stored_values(tmp_path):
         copy.set_auto_maskandscale(False)
         original.set_auto_maskandscale(False)
         np.testing.assert_array_equal(copy["v"][:], original["v"][:])
+
+
+def _packed_file(path):
+    import netCDF4
+
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("x", 6)
+        v = nc.createVariable("v", "i2", ("x",), fill_value=-99)
+        v.scale_factor, v.add_offset = 0.5, 1.0
+        v[:] = np.ma.masked_array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0, 0, 1, 0, 0, 0])
+        plain = nc.createVariable("plain", "f4", ("x",))
+        plain[:] = np.arange(6)
+    return path
+
+
+def test_math_on_an_encoded_virtual_variable_warns_once(tmp_path, monkeypatch):
+    import vzdask
+    import vzdask.manifests.array as array_module
+    from vzdask.errors import RawValuesWarning
+
+    monkeypatch.setattr(array_module, "_RAW_VALUES_WARNED", False)
+    source = _packed_file(tmp_path / "packed.nc")
+    vds = vzdask.open_virtual_dataset(str(source))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain_mean = float(vds["plain"].mean())
+    assert not [w for w in caught if issubclass(w.category, RawValuesWarning)]  # nothing encoded: no warning
+    assert plain_mean == 2.5
+    with pytest.warns(RawValuesWarning, match=r"stored values, which are CF-encoded \(_FillValue, add_offset, "
+                      r"scale_factor\).*vzdask.open_mfdataset.*ds.vz.to_dask\(mask_and_scale=True\)") as record:
+        raw_mean = float(vds["v"].mean())
+    assert record[0].filename == __file__  # points at the user's line, not into xarray or dask
+    with xr.open_dataset(source, decode_cf=False) as raw:
+        assert raw_mean == pytest.approx(float(raw["v"].mean()))  # stored values, fill value included
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (vds["v"] + 1).compute()
+    assert not [w for w in caught if issubclass(w.category, RawValuesWarning)]  # once per process
+    # the way out the warning names gives what netCDF readers give
+    decoded = VirtualDatasetAccessor(vds).to_dask(mask_and_scale=True)
+    with xr.open_dataset(source) as expected:
+        np.testing.assert_array_equal(decoded["v"].values, expected["v"].values)
+        assert float(decoded["v"].mean()) == pytest.approx(float(expected["v"].mean()))

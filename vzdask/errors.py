@@ -46,12 +46,17 @@ class UnsupportedVariableWarning(VzdaskWarning):
     """Variables of a file were left out (``on_unsupported="warn"``); the message lists them with the reasons."""
 
 
+class RawValuesWarning(VzdaskWarning):
+    """Math on a virtual variable that is CF-encoded: it computes the stored values, not the decoded ones."""
+
+
 __all__ = [
     "CFEncodingMismatchError",
     "ChunkReadError",
     "CombineError",
     "FileOpenError",
     "ParseError",
+    "RawValuesWarning",
     "ReadOnlyStoreError",
     "UnsupportedVariableWarning",
     "VzdaskError",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import operator
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,6 +15,7 @@ import dask.threaded
 from dask.base import DaskMethodsMixin
 
 from vzdask._compat import ArrayV3Metadata, HighLevelGraph
+from vzdask.errors import RawValuesWarning
 from vzdask.chunk_tasks import BlockLayout, EncodedBlock, assemble, blocks_to_manifest
 from vzdask.graph import FetchTasks, PersistedBlocks
 from vzdask.manifests.manifest import ChunkManifest
@@ -30,6 +35,9 @@ _threaded_get = dask.threaded.get
 #: reading values; ``vzdask.manifests.array_api`` fills it (``vzdask/__init__.py`` imports it, so
 #: it is filled whichever vzdask module is imported first).
 HANDLED_FUNCTIONS: dict[Any, Any] = {}
+_RAW_VALUES_WARNED = False
+#: Attributes that make a variable's stored values differ from its values (see ``RawValuesWarning``).
+CF_ENCODING_ATTRIBUTES = frozenset({"_FillValue", "missing_value", "scale_factor", "add_offset"})
 
 
 class ManifestArray(DaskMethodsMixin):
@@ -189,15 +197,30 @@ class ManifestArray(DaskMethodsMixin):
             "(or .to_dask_array() for a lazy dask array)"
         )
 
+    def _math_view(self):
+        """The dask array math works on, with a ``RawValuesWarning`` if the values are CF-encoded."""
+        global _RAW_VALUES_WARNED
+        encoded = sorted(CF_ENCODING_ATTRIBUTES & set(self._metadata.attributes or {}))
+        if encoded and not _RAW_VALUES_WARNED:  # once per process: the first time says it all
+            _RAW_VALUES_WARNED = True
+            warnings.warn(
+                "math on a virtual variable works on its stored values, which are CF-encoded "
+                f"({', '.join(encoded)}): fill values are not masked and packing is not undone. For decoded "
+                "values open the files with vzdask.open_mfdataset (or xr.open_dataset(..., engine='netcdf4')), "
+                "or use ds.vz.to_dask(mask_and_scale=True)",
+                RawValuesWarning, skip_file_prefixes=_library_directories(),  # points at the user's line
+            )
+        return self.to_dask_array()
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """Elementwise math hands off to the dask array view (lazy; ``.compute()`` it)."""
-        inputs = tuple(x.to_dask_array() if isinstance(x, ManifestArray) else x for x in inputs)
+        inputs = tuple(x._math_view() if isinstance(x, ManifestArray) else x for x in inputs)
         return getattr(ufunc, method)(*inputs, **kwargs)
 
     def _elementwise(op):  # noqa: N805 - builds the arithmetic operators below
         def method(self, *others):
-            others = tuple(x.to_dask_array() if isinstance(x, ManifestArray) else x for x in others)
-            return op(self.to_dask_array(), *others)
+            others = tuple(x._math_view() if isinstance(x, ManifestArray) else x for x in others)
+            return op(self._math_view(), *others)
 
         method.__name__ = f"__{op.__name__.strip('_')}__"
         method.__doc__ = "Elementwise, through the dask array view (lazy)."
@@ -230,7 +253,7 @@ class ManifestArray(DaskMethodsMixin):
 
             def to_dask(x):
                 if isinstance(x, ManifestArray):
-                    return x.to_dask_array()
+                    return x._math_view()
                 if isinstance(x, (list, tuple)):
                     return type(x)(to_dask(v) for v in x)
                 return x
@@ -396,6 +419,17 @@ class ManifestArray(DaskMethodsMixin):
         from vzdask.dask_array import manifest_dask_array  # imports dask.array: only when asked
 
         return manifest_dask_array(self, chunks, convert=convert, dtype=dtype)
+
+
+@functools.cache
+def _library_directories() -> tuple[str, ...]:
+    """Where vzdask, xarray, dask and numpy live: a warning names the first line outside them."""
+    found = []
+    for name in ("vzdask", "xarray", "dask", "numpy"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            found.append(os.path.dirname(spec.origin) + os.sep)
+    return tuple(found)
 
 
 def _PROTOTYPE():
