@@ -182,9 +182,43 @@ def test_version0_with_relative_urls(kerchunk_refs, nc_file, tmp_path):
     refs = {k: (["../data/sample.nc", *v[1:]] if isinstance(v, list) else v) for k, v in kerchunk_refs["refs"].items()}
     path = tmp_path / "refs" / "v0.json"
     path.write_text(json.dumps(refs))
-    vds = open_virtual_dataset(path)
+    vds = open_virtual_dataset(path, parser=KerchunkJSONParser(relative_urls="references"))
     assert vds.tas.data.manifest.urls == ((data / "sample.nc").as_uri(),)
     xr.testing.assert_identical(xr.decode_cf(vds.vz.compute()), xr.open_dataset(nc_file))
+
+
+def test_relative_urls_are_refused_unless_told_how_to_read_them(kerchunk_refs, nc_file, tmp_path, monkeypatch):
+    """fsspec reads a relative url from the current directory; by default vzdask refuses to guess."""
+    beside, elsewhere = tmp_path / "beside", tmp_path / "elsewhere"
+    for directory in (beside, elsewhere):
+        directory.mkdir()
+    (beside / "sample.nc").write_bytes(nc_file.read_bytes())
+    # the same layout, other values in the uncompressed variable: tells the two files apart
+    _, offset, length = kerchunk_refs["refs"]["big/0.0"]
+    changed = bytearray(nc_file.read_bytes())
+    changed[offset : offset + length] = (np.arange(length // 8, dtype=">f8") + 0.5).tobytes()
+    (elsewhere / "sample.nc").write_bytes(bytes(changed))
+    refs = json.loads(json.dumps(kerchunk_refs))
+    refs["refs"] = {k: (["sample.nc", *v[1:]] if isinstance(v, list) else v) for k, v in refs["refs"].items()}
+    path = beside / "refs.json"
+    path.write_text(json.dumps(refs))
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ParseError, match=r"the reference url 'sample.nc' is relative: fsspec reads it from the "
+                       rf"current directory \({elsewhere}\).*relative_urls='references' or relative_urls='cwd'"):
+        open_virtual_dataset(path)
+    # "cwd" reads what fsspec reads; "references" the file beside the references
+    fs = fsspec.filesystem("reference", fo=str(path))
+    with xr.open_dataset(fs.get_mapper(""), engine="zarr", backend_kwargs={"consolidated": False}) as by_fsspec:
+        as_fsspec = open_virtual_dataset(path, parser=KerchunkJSONParser(relative_urls="cwd"))
+        assert as_fsspec.big.data.manifest.urls == ((elsewhere / "sample.nc").as_uri(),)
+        np.testing.assert_array_equal(as_fsspec["big"].data.compute(), by_fsspec["big"].values)
+        with netCDF4.Dataset(beside / "sample.nc") as original:
+            assert not np.array_equal(by_fsspec["big"].values, original["big"][:])  # fsspec read the other file
+    beside_refs = open_virtual_dataset(path, parser=KerchunkJSONParser(relative_urls="references"))
+    with netCDF4.Dataset(beside / "sample.nc") as expected:
+        np.testing.assert_array_equal(beside_refs["big"].data.compute(), expected["big"][:])
+    with pytest.raises(ValueError, match="relative_urls must be one of"):
+        KerchunkParquetParser(relative_urls="here")
 
 
 def test_compressed_json_and_refs_without_version(kerchunk_refs, nc_file, tmp_path):
@@ -436,6 +470,7 @@ def test_references_on_s3_with_relative_urls(s3_env, s3_bucket, kerchunk_refs, n
     refs = json.loads(json.dumps(kerchunk_refs))
     refs["refs"] = {k: (["sample.nc", *v[1:]] if isinstance(v, list) else v) for k, v in refs["refs"].items()}
     client.put_object(Bucket=bucket, Key="archive/refs.json", Body=json.dumps(refs).encode())
-    vds = open_virtual_dataset(f"s3://{bucket}/archive/refs.json")
+    vds = open_virtual_dataset(f"s3://{bucket}/archive/refs.json",
+                               parser=KerchunkJSONParser(relative_urls="references"))
     assert vds.tas.data.manifest.urls == (f"s3://{bucket}/archive/sample.nc",)
     xr.testing.assert_identical(xr.decode_cf(vds.vz.compute()), xr.open_dataset(nc_file))

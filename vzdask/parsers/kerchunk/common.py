@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from vzdask.codecs import fixed_chunk_bytes
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.codecs import fixed_chunk_bytes
 from vzdask.manifests.manifest import INLINED, ChunkManifest, _factorize_paths, chunk_key
 from vzdask.manifests.metadata import chunk_grid_shape, chunk_shape, replace_metadata
 from vzdask.object_io import get, get_range, head_size_async, run_sync
@@ -82,14 +83,33 @@ def _parent(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0] + "/"
 
 
-def _resolve_url(url: str, base: str) -> str:
-    """An absolute url: local paths become ``file://``; relative ones join ``base`` (``..`` resolved)."""
+#: How a parser takes urls without a scheme or leading ``/`` (see the ``relative_urls`` parameter).
+RELATIVE_URLS = ("refuse", "references", "cwd")
+
+
+def _resolve_url(url: str, base: str, relative_urls: str = "references") -> str:
+    """An absolute url: local paths become ``file://``; relative ones as ``relative_urls`` says.
+
+    ``"references"``: joined to ``base``, the reference set's directory (``..``
+    resolved); ``"cwd"``: to the current directory, as fsspec's
+    ReferenceFileSystem reads them; ``"refuse"``: an error, since the two
+    readers would read different files.
+    """
     if "::" in url:
         raise ValueError(f"chained fsspec url {url!r} is not supported; give the target url itself")
     if "://" in url:
         return url
     if url.startswith("/"):
         return "file://" + posixpath.normpath(url)
+    if relative_urls == "cwd":
+        return "file://" + posixpath.normpath(posixpath.join(os.getcwd(), url))
+    if relative_urls == "refuse":
+        raise ValueError(
+            f"the reference url {url!r} is relative: fsspec reads it from the current directory ({os.getcwd()}), "
+            f"while it sits beside the references in {base}; vzdask does not guess which is meant: pass "
+            "relative_urls='references' or relative_urls='cwd' (as fsspec) to the parser, e.g. "
+            "open_virtual_dataset(url, parser=KerchunkJSONParser(relative_urls='references')), or write absolute urls"
+        )
     scheme, sep, rest = base.partition("://")
     authority, _, path = rest.partition("/")
     joined = posixpath.normpath(posixpath.join("/" + path, url))
@@ -177,8 +197,11 @@ def _assemble(
     base: str,
     load: Callable[[dict[str, _ArrayInfo]], dict[str, _Chunks]],
     render_url: Callable[[str], str] | None = None,
+    relative_urls: str = "references",
 ) -> ManifestGroup:
-    documents = {key: _metadata_document(key, value, source, registry, base) for key, value in metadata.items()}
+    documents = {
+        key: _metadata_document(key, value, source, registry, base, relative_urls) for key, value in metadata.items()
+    }
     array_paths = {k[: -len("/.zarray")] if k != ".zarray" else "" for k in documents if k.endswith(".zarray")}
     if "" in array_paths:
         raise ParseError(f"{source}: the reference set's root is an array, not a group; open it with zarr instead")
@@ -213,7 +236,7 @@ def _assemble(
     }
     infos = {p: _ArrayInfo(p, chunk_grid_shape(m), f"{source}: variable {p!r}") for p, m in metadatas.items()}
     chunks = load(infos)
-    _resolve_references(chunks, infos, registry, source, base, render_url)
+    _resolve_references(chunks, infos, registry, source, base, render_url, relative_urls)
 
     arrays_in: dict[str, dict[str, ManifestArray]] = {g: {} for g in group_paths}
     phony: dict[str, dict[int, str]] = {g: {} for g in group_paths}
@@ -275,7 +298,8 @@ def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def _metadata_document(key: str, value: Any, source: str, registry: ObjectStoreRegistry, base: str) -> dict:
+def _metadata_document(key: str, value: Any, source: str, registry: ObjectStoreRegistry, base: str,
+                       relative_urls: str = "references") -> dict:
     if isinstance(value, dict):
         document = value
     else:
@@ -284,7 +308,7 @@ def _metadata_document(key: str, value: Any, source: str, registry: ObjectStoreR
         elif isinstance(value, list) and value and isinstance(value[0], str) and len(value) in (1, 3):
             url = value[0]
             try:
-                url = _resolve_url(url, base)
+                url = _resolve_url(url, base, relative_urls)
                 store, path = registry.resolve(url)
                 if len(value) == 3:
                     text = bytes(get_range(store, path, int(value[1]), int(value[2]), url=url))
@@ -305,7 +329,7 @@ def _metadata_document(key: str, value: Any, source: str, registry: ObjectStoreR
 
 def _resolve_references(
     chunks: dict[str, _Chunks], infos: dict[str, _ArrayInfo], registry: ObjectStoreRegistry, source: str,
-    base: str, render_url: Callable[[str], str] | None,
+    base: str, render_url: Callable[[str], str] | None, relative_urls: str = "references",
 ) -> None:
     """Render templates, resolve relative urls and look up the size of whole-object refs, in place."""
     resolved: dict[str, str] = {}
@@ -320,7 +344,7 @@ def _resolve_references(
                     rendered = render_url(url) if render_url is not None else url
                     if not isinstance(rendered, str):
                         raise ValueError(f"url {url!r} is not a string")
-                    hit = resolved[url] = _resolve_url(rendered, base)
+                    hit = resolved[url] = _resolve_url(rendered, base, relative_urls)
                 except ValueError as err:
                     raise ParseError(f"{infos[path].where}: {err}") from None
             targets.append(hit)

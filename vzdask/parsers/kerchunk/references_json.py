@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import Parser, ParseError, finish
+from vzdask.parsers.common import ParseError, Parser, finish
 from vzdask.parsers.kerchunk.common import (
     IGNORED_NAMES,
     METADATA_NAMES,
+    RELATIVE_URLS,
     STRING,
     WHOLE,
     _ArrayInfo,
@@ -27,6 +28,7 @@ from vzdask.parsers.kerchunk.common import (
     _without,
 )
 from vzdask.parsers.kerchunk.templates import _Templates
+from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 
@@ -40,7 +42,21 @@ class KerchunkJSONParser(Parser):
         own inline data always stays inlined).
     group : str, optional
         Parse only this group of the reference set.
+    relative_urls : {"refuse", "references", "cwd"}
+        Reference urls with no scheme and no leading ``/``: refused (the
+        default: fsspec reads them from the current directory, while they
+        are often meant beside the references), joined to the reference
+        set's own directory, or to the current directory as fsspec does.
     """
+
+    def __init__(
+        self, *, inline: InlinePolicy | None = None, group: str | None = None,
+        drop_variables: Iterable[str] | None = None, relative_urls: str = "refuse",
+    ) -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        if relative_urls not in RELATIVE_URLS:
+            raise ValueError(f"relative_urls must be one of {RELATIVE_URLS}, got {relative_urls!r}")
+        self.relative_urls = relative_urls
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:
@@ -62,7 +78,7 @@ class KerchunkJSONParser(Parser):
         group = _assemble(
             url, _without(metadata, self.group, self.drop_variables), registry, group=self.group, base=_parent(url),
             load=load,
-            render_url=templates.render_url if templates is not None else None,
+            render_url=templates.render_url if templates is not None else None, relative_urls=self.relative_urls,
         )
         return finish(group, registry, self.inline)
 

@@ -6,15 +6,17 @@ import asyncio
 import io
 import json
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
 from vzdask.manifests.store import ManifestStore
 from vzdask.object_io import get, get_async
-from vzdask.parsers.common import Parser, ParseError, finish
+from vzdask.parsers.common import ParseError, Parser, finish
 from vzdask.parsers.kerchunk.common import (
     CONCURRENCY,
     METADATA_NAMES,
+    RELATIVE_URLS,
     WHOLE,
     _ArrayInfo,
     _assemble,
@@ -25,6 +27,7 @@ from vzdask.parsers.kerchunk.common import (
     _run,
     _without,
 )
+from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 
@@ -42,7 +45,21 @@ class KerchunkParquetParser(Parser):
         Which further chunks to copy into the manifest.
     group : str, optional
         Parse only this group of the reference set.
+    relative_urls : {"refuse", "references", "cwd"}
+        Reference urls with no scheme and no leading ``/``: refused (the
+        default: fsspec reads them from the current directory, while they
+        are often meant beside the references), joined to the reference
+        set's own directory, or to the current directory as fsspec does.
     """
+
+    def __init__(
+        self, *, inline: InlinePolicy | None = None, group: str | None = None,
+        drop_variables: Iterable[str] | None = None, relative_urls: str = "refuse",
+    ) -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        if relative_urls not in RELATIVE_URLS:
+            raise ValueError(f"relative_urls must be one of {RELATIVE_URLS}, got {relative_urls!r}")
+        self.relative_urls = relative_urls
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:
@@ -73,7 +90,8 @@ class KerchunkParquetParser(Parser):
             return _parquet_chunks(arrays, root, record_size, registry, url)
 
         metadata = _without(metadata, self.group, self.drop_variables)
-        group = _assemble(url, metadata, registry, group=self.group, base=_parent(root), load=load)
+        group = _assemble(url, metadata, registry, group=self.group, base=_parent(root), load=load,
+                          relative_urls=self.relative_urls)
         return finish(group, registry, self.inline)
 
 
