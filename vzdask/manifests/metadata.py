@@ -36,9 +36,29 @@ def as_array_metadata(metadata: ArrayV3Metadata | dict[str, Any]) -> ArrayV3Meta
     if isinstance(metadata, ArrayV3Metadata):
         return metadata
     if isinstance(metadata, dict):
-        document = {"zarr_format": 3, "node_type": "array", **metadata}
-        return ArrayV3Metadata.from_dict(document)
+        return metadata_from_document({"zarr_format": 3, "node_type": "array", **metadata})
     raise TypeError(f"metadata must be zarr ArrayV3Metadata or its dict, not {type(metadata).__name__}")
+
+
+def metadata_from_document(document: dict[str, Any]) -> ArrayV3Metadata:
+    """``ArrayV3Metadata.from_dict``, also for a rectilinear chunk grid whatever zarr's flag says.
+
+    zarr reads a rectilinear ``zarr.json`` only with ``array.rectilinear_chunks``
+    enabled (a process-wide setting); vzdask's own documents (a store it
+    appends to, a combined array's copy) are read without asking for it.
+    """
+    grid = document.get("chunk_grid")
+    if not (isinstance(grid, dict) and grid.get("name") == "rectilinear"):
+        return ArrayV3Metadata.from_dict(document)
+    rectilinear = RectilinearChunkGridMetadata.from_dict(grid)  # type: ignore[arg-type]
+    shape = tuple(int(s) for s in document["shape"])
+    sizes = normalize_chunk_sizes(rectilinear.chunk_shapes, shape)
+    placeholder = {**document, "chunk_grid": chunk_grid_document(largest_chunk(sizes), shape)}
+    template = ArrayV3Metadata.from_dict(placeholder)
+    if is_regular(sizes):
+        return replace_metadata(template, chunk_shape=sizes)
+    grid_metadata = RectilinearChunkGridMetadata(chunk_shapes=_explicit_edges(sizes, shape))
+    return array_metadata_with_grid(template, shape, grid_metadata, template.dimension_names, template.attributes)
 
 
 @functools.lru_cache(maxsize=256)
