@@ -19,7 +19,6 @@ from vzdask.registry import ObjectStoreRegistry
 from vzdask.manifests.metadata import (
     AxisChunks,
     as_array_metadata,
-    axis_edges,
     check_ndim_change_allowed,
     chunk_grid_shape,
     chunk_shape,
