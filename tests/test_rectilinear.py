@@ -337,3 +337,21 @@ def test_icechunk_from_persisted_chunks(files, tmp_path, rectilinear_reads):
     got = repo.read()
     assert got["tas"].chunks[0] == DAYS[:4]
     xr.testing.assert_identical(got.load(), reference(paths))
+
+
+def test_parsed_and_persisted_on_a_cluster_then_written_from_the_workers(files, tmp_path, dask_client,
+                                                                         rectilinear_reads):
+    """On a LocalCluster (processes): parsed there, persisted there (blocks held by the workers), then
+    written to Icechunk by the workers that hold them; the held blocks' chunks land at their grid positions."""
+    paths = files["monthly"]
+    virtual = vzdask.open_virtual_mfdataset(paths, parallel=dask_client)
+    with dask.config.set({"vzdask.task-bytes": 2000}):  # several blocks of several months each
+        persisted = virtual.vz.persist()
+    held = persisted["tas"].data
+    assert not held.is_gathered and held.persisted.layout.nblocks[0] > 1
+    repo = Repo(tmp_path / "repo", files["root"])
+    persisted.vz.to_icechunk(repo.writable(), commit="from the workers")
+    assert not held.is_gathered  # written where the blocks are
+    got = repo.read()
+    assert got["tas"].chunks[0] == DAYS
+    xr.testing.assert_identical(got.load(), reference(paths))
