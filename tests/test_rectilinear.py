@@ -355,3 +355,18 @@ def test_parsed_and_persisted_on_a_cluster_then_written_from_the_workers(files, 
     got = repo.read()
     assert got["tas"].chunks[0] == DAYS
     xr.testing.assert_identical(got.load(), reference(paths))
+
+
+def test_a_rectilinear_zarr_store_is_virtualized_without_zarrs_flag(tmp_path):
+    """A zarr v3 store written with a rectilinear grid (zarr's own writer) parses whatever the flag says."""
+    values = np.arange(15 * 4, dtype="f4").reshape(15, 4)
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        group = zarr.open_group(tmp_path / "store.zarr", mode="w", zarr_format=3)
+        array = group.create_array("v", shape=(15, 4), chunks=[[3, 7, 5], [2, 2]], dtype="f4",
+                                   dimension_names=["t", "x"])
+        array[:] = values
+    with zarr.config.set({"array.rectilinear_chunks": False}):
+        ds = vzdask.open_virtual_dataset(str(tmp_path / "store.zarr"))
+        assert ds["v"].data.chunk_sizes == ((3, 7, 5), 2)
+        np.testing.assert_array_equal(ds["v"].data.compute(), values)
+        np.testing.assert_array_equal(ds["v"].data.to_dask_array(chunks=(4, 3)).compute(), values)
