@@ -12,7 +12,7 @@ Virtualize (issue 17 target: within 1.2x of the equal-length collection):
   kerchunk       SingleHdf5ToZarr per file + MultiZarrToZarr: the error (or the wrong result) is recorded
 Read everything, each reader's whole Dataset in one ``.compute()``/``.load()`` (target: <= 0.75x the
 single-thread read+inflate floor):
-  vzdask         open_mfdataset(...).compute()  (one manifest, rectilinear grid)
+  vzdask         open_mfdataset(...).compute()  (one manifest, rectilinear grid; and of the equal-length files)
   vzdask icechunk  xr.open_zarr(icechunk session) of what vzdask wrote, .load()
   xarray         open_mfdataset(engine="netcdf4"): one chunk per file (default) and native chunks (chunks={})
   floor          h5py read_direct_chunk + zlib.decompress of every chunk, one thread
@@ -184,6 +184,7 @@ def main() -> None:
             readers = {
                 "floor (1 thread)": lambda: floor_read(monthly),
                 "vzdask open_mfdataset": lambda: vzdask.open_mfdataset(monthly).compute(),
+                "vzdask, equal-length files": lambda: vzdask.open_mfdataset(regular).compute(),
                 "vzdask -> icechunk, xarray": lambda: _read_icechunk(repo),
                 "xarray netcdf4, chunk/file": lambda: xr.open_mfdataset(monthly, engine="netcdf4").load(),
                 "xarray netcdf4, native": lambda: xr.open_mfdataset(monthly, engine="netcdf4", chunks={}).load(),
@@ -191,7 +192,7 @@ def main() -> None:
             times = {}
             for label, read in readers.items():
                 times[label], result = timed(read, args.repeats)
-                if isinstance(result, xr.Dataset):  # every reader gives the same values
+                if isinstance(result, xr.Dataset) and "equal" not in label:  # every reader gives the same values
                     for name in VARIABLES:
                         np.testing.assert_array_equal(result[name].values, reference[name].values)
         floor = times["floor (1 thread)"]
