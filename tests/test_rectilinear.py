@@ -387,3 +387,30 @@ def test_a_rectilinear_zarr_store_is_virtualized_without_zarrs_flag(tmp_path):
         assert ds["v"].data.chunk_sizes == ((3, 7, 5), 2)
         np.testing.assert_array_equal(ds["v"].data.compute(), values)
         np.testing.assert_array_equal(ds["v"].data.to_dask_array(chunks=(4, 3)).compute(), values)
+
+
+def test_rectilinear_along_an_inner_axis(tmp_path):
+    """Files over (lat, time): the grid is rectilinear along axis 1, read at any dask chunking."""
+    paths, start = [], 0
+    for i, n in enumerate([3, 5, 4]):
+        path = tmp_path / f"inner{i}.nc"
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("lat", 2)
+            nc.createDimension("time", n)
+            nc.createVariable("time", "i4", ("time",))[:] = np.arange(start, start + n)
+            nc.createVariable("v", "f8", ("lat", "time"), zlib=True, chunksizes=(1, n))[:] = (
+                np.arange(2 * n).reshape(2, n) + 100 * i)
+        paths.append(str(path))
+        start += n
+    ref = reference(paths)
+    virtual = vzdask.open_virtual_mfdataset(paths)
+    assert virtual["v"].data.chunk_sizes == (1, (3, 5, 4))
+    xr.testing.assert_identical(virtual.vz.compute(), ref)
+    xr.testing.assert_identical(virtual.vz.persist().vz.compute(), ref)
+    np.testing.assert_array_equal(virtual["v"].data[:, 3:8].compute(), ref["v"].values[:, 3:8])
+    for chunks in ((1, 2), "auto", (2, 7)):
+        np.testing.assert_array_equal(virtual["v"].data.to_dask_array(chunks=chunks).compute(), ref["v"].values)
+    with dask.config.set({"vzdask.task-bytes": 1}):
+        analysis = vzdask.open_mfdataset(paths)
+    assert analysis["v"].data.chunks == ((1, 1), (3, 5, 4))
+    xr.testing.assert_identical(analysis.compute(), ref)
