@@ -91,12 +91,14 @@ def _joined_edges(arrays: Sequence[ManifestArray], axis: int) -> int | tuple[int
     sizes = [a.chunk_sizes[axis] for a in arrays]
     for i, (a, size) in enumerate(zip(arrays[:-1], sizes)):
         n = a.shape[axis]
+        if isinstance(size, int):
+            if n % size:
+                raise CombineError(
+                    f"cannot concatenate along axis {axis}: array {i} has length {n}, not a multiple of "
+                    f"the chunk size {size}, so its last chunk is partial and would end up inside the result"
+                )
+            continue
         edges = axis_edges(size, n)
-        if sum(edges) != n and isinstance(size, int):
-            raise CombineError(
-                f"cannot concatenate along axis {axis}: array {i} has length {n}, not a multiple of "
-                f"the chunk size {size}, so its last chunk is partial and would end up inside the result"
-            )
         if sum(edges) != n:
             raise CombineError(
                 f"cannot concatenate along axis {axis}: array {i} has length {n}, but its chunks along that "
