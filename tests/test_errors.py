@@ -47,5 +47,7 @@ def test_concatenate_refusal_is_a_combine_error():
     """A partial last chunk inside the result: CombineError (still a ValueError), naming the array and sizes."""
     with pytest.raises(errors.CombineError, match="array 0 has length 31, not a multiple of the chunk size 10"):
         np.concatenate([_array(31, 10), _array(20, 10)])
-    with pytest.raises(errors.CombineError, match="chunk_shape differs"):
-        np.concatenate([_array(30, 10), _array(20, 5)])
+    with pytest.raises(errors.CombineError, match="chunk_shape differs"):  # along the other axis
+        np.stack([_array(30, 10), _array(30, 5)])
+    # chunked differently along the concatenation axis: a rectilinear grid, not an error
+    assert np.concatenate([_array(30, 10), _array(20, 5)]).chunk_sizes == ((10, 10, 10, 5, 5, 5, 5),)

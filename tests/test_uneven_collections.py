@@ -163,9 +163,14 @@ def test_monthly_files_open_for_analysis_like_xarray(collections, case):
     ds = assert_like_xarray(paths)
     assert ds.sizes["time"] == 366
     assert int(ds["tas"].isnull().sum()) > 0  # the masked points are there (not vacuous)
-    if case != "chunk1":
+    days = [calendar.monthrange(YEAR, m)[1] for m in range(1, 13)]
+    if case == "contiguous":
+        # one manifest with a rectilinear grid along time (one chunk per file): with a block per chunk,
+        # the dask chunks are the months
+        with dask.config.set({"vzdask.task-bytes": 1}):
+            assert vzdask.open_mfdataset(paths)["tas"].data.chunks[0] == tuple(days)
+    elif case != "chunk1":
         # joined file by file: no dask block crosses a file boundary
-        days = [calendar.monthrange(YEAR, m)[1] for m in range(1, 13)]
         bounds = set(np.cumsum(days).tolist())
         assert bounds <= set(np.cumsum(ds["tas"].data.chunks[0]).tolist())
 
@@ -189,7 +194,7 @@ def test_uniform_files_still_take_the_one_manifest_path(collections):
 
 @pytest.mark.parametrize("parallel", ["threads", "processes", "client"])
 def test_analysis_fallback_in_every_parallel_mode(collections, parallel, process_pool, request):
-    paths = collections["contiguous"]
+    paths = collections["chunk5"]  # partial chunks inside: no one manifest (contiguous files now make one)
     if parallel == "client":
         parallel = request.getfixturevalue("dask_cluster")
         assert_like_xarray(paths, parallel=parallel)
@@ -228,23 +233,22 @@ def test_partial_chunk_inside_is_an_error_naming_variable_files_and_shapes(colle
     assert "vzdask.open_mfdataset" in message and "IndexError" not in message
 
 
-def test_contiguous_files_are_an_error_naming_both_chunk_shapes(collections):
+def test_contiguous_files_combine_virtually_with_a_rectilinear_grid(collections):
+    """One chunk per file, files of 31, 29, 31... days: one virtual dataset (tests/test_rectilinear.py: the rest)."""
     paths = collections["contiguous"]
-    with pytest.raises(CombineError) as info:
-        vzdask.open_virtual_mfdataset(paths)
-    message = str(info.value)
-    assert "chunked differently" in message and "variable 'tas'" in message
-    assert f"{paths[0]} (shape [31, {NLAT}, {NLON}], chunks [31, {NLAT}, {NLON}])" in message
-    assert f"{paths[1]} (shape [29, {NLAT}, {NLON}], chunks [29, {NLAT}, {NLON}])" in message
-    assert "vzdask.open_mfdataset" in message
+    virtual = vzdask.open_virtual_mfdataset(paths)
+    days = tuple(calendar.monthrange(YEAR, m)[1] for m in range(1, 13))
+    assert virtual["tas"].data.chunk_sizes == (days, NLAT, NLON)
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths))
 
 
-def test_files_chunked_differently_is_an_error_naming_both(collections):
+def test_files_chunked_differently_with_a_partial_chunk_inside_is_an_error_naming_both(collections):
+    """Chunks of 5 and 10 days could share a rectilinear grid, but January (31 days by 5) ends in a partial chunk."""
     paths = collections["mixed"]
     with pytest.raises(CombineError) as info:
         vzdask.open_virtual_mfdataset(paths, combine="nested", concat_dim="time")
     message = str(info.value)
-    assert "chunked differently" in message
+    assert "partial" in message and ("variable 'tas'" in message or "variable 'pr'" in message)
     assert f"{paths[0]} (shape [31, {NLAT}, {NLON}], chunks [5, {NLAT}, {NLON}])" in message
     assert f"{paths[1]} (shape [29, {NLAT}, {NLON}], chunks [10, {NLAT}, {NLON}])" in message
 

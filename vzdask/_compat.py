@@ -132,6 +132,10 @@ from zarr.core.sync import sync
 # the zarr v3 array metadata object: the data model of ManifestArray (what zarr.Array.metadata is)
 from zarr.core.metadata.v3 import ArrayV3Metadata, RegularChunkGridMetadata, parse_dimension_names
 
+# zarr 3.4's rectilinear chunk grid (experimental, behind zarr.config "array.rectilinear_chunks"): files of
+# different lengths along the concatenation axis
+from zarr.core.metadata.v3 import RectilinearChunkGridMetadata
+
 # v2 metadata: the .zarray documents of the kerchunk writer and the zarr v2 parser
 from zarr.core.metadata.v2 import ArrayV2Metadata
 
@@ -175,6 +179,25 @@ def array_metadata_like(template: ArrayV3Metadata, shape, dimension_names, attri
     return metadata
 
 
+def array_metadata_with_grid(template: ArrayV3Metadata, shape, chunk_grid, dimension_names,
+                             attributes) -> ArrayV3Metadata:
+    """``array_metadata_like`` that also sets the chunk grid (a ``RectilinearChunkGridMetadata``, say).
+
+    ``ArrayV3Metadata.from_dict`` refuses a rectilinear grid unless the process enabled zarr's
+    ``array.rectilinear_chunks`` flag, a global setting that a context manager would flip for every
+    thread at once; the constructor's own check (``_validate_metadata``: edges cover the shape, codecs
+    accept the grid) still runs.
+    """
+    metadata = object.__new__(type(template))
+    metadata.__dict__.update(template.__dict__)
+    object.__setattr__(metadata, "chunk_grid", chunk_grid)
+    object.__setattr__(metadata, "shape", parse_shapelike(shape))
+    object.__setattr__(metadata, "dimension_names", parse_dimension_names(dimension_names))
+    object.__setattr__(metadata, "attributes", parse_attributes(attributes))
+    metadata._validate_metadata()
+    return metadata
+
+
 __all__ = [
     "DASK_VERSION",
     "XARRAY_VERSION",
@@ -190,11 +213,13 @@ __all__ = [
     "GroupMetadata",
     "HighLevelGraph",
     "MaterializedLayer",
+    "RectilinearChunkGridMetadata",
     "RegularChunkGridMetadata",
     "TIME_UNITS",
     "Task",
     "TaskRef",
     "array_metadata_like",
+    "array_metadata_with_grid",
     "dataset_replace",
     "decode_cf_variable",
     "decode_cf_variables",

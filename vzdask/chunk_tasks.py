@@ -82,13 +82,72 @@ class BlockLayout:
     def grid_slices(self, index: Sequence[int]) -> tuple[slice, ...]:
         return tuple(slice(i * b, min((i + 1) * b, g)) for i, b, g in zip(index, self.block, self.grid))
 
-    def element_chunks(self, shape: Sequence[int], chunks: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-        """The dask ``chunks`` (in elements) of these blocks."""
+    def element_chunks(self, shape: Sequence[int], chunks: Sequence[int | tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+        """The dask ``chunks`` (in elements) of these blocks; ``chunks`` per axis a size or every chunk's size."""
         out = []
         for n, c, b, nb in zip(shape, chunks, self.block, self.nblocks):
-            step = b * c
-            out.append(tuple(min(step, n - i * step) for i in range(nb)) if n else (0,))
+            if not n:
+                out.append((0,))
+            elif isinstance(c, int):
+                step = b * c
+                out.append(tuple(min(step, n - i * step) for i in range(nb)))
+            else:
+                ends = [min(n, e) for e in itertools.accumulate(c)][b - 1 :: b]
+                if len(ends) < nb:
+                    ends.append(n)
+                out.append(tuple(np.diff([0, *ends]).tolist()))
         return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AxisRun:
+    """Consecutive chunks of one rectilinear axis: chunk ``first + k`` starts at ``start + sum(sizes[:k])``."""
+
+    first: int
+    start: int
+    sizes: tuple[int, ...]
+
+
+#: A task's chunk geometry: None for a regular grid (the codec's chunk shape), else per axis the chunk size
+#: or the ``AxisRun`` of the chunks the task covers.
+Geometry = tuple[int | AxisRun, ...] | None
+
+
+class ChunkGeometry:
+    """Where the chunks of an array lie: per axis a chunk size, or the size of every chunk (rectilinear).
+
+    ``part(where)`` gives what a task covering the grid slices ``where`` needs
+    (``Geometry``), so a task carries only its own chunks' sizes.
+    """
+
+    def __init__(self, sizes: Sequence[int | tuple[int, ...]]) -> None:
+        self.sizes = tuple(c if isinstance(c, int) else tuple(int(e) for e in c) for c in sizes)
+        self.regular = all(isinstance(c, int) for c in self.sizes)
+        self.bounds = tuple(None if isinstance(c, int) else np.cumsum((0, *c), dtype=np.int64) for c in self.sizes)
+
+    def part(self, where: Sequence[slice] | None = None) -> Geometry:
+        if self.regular:
+            return None
+        out: list[int | AxisRun] = []
+        for axis, (c, bounds) in enumerate(zip(self.sizes, self.bounds)):
+            if isinstance(c, int):
+                out.append(c)
+                continue
+            lo, hi = (0, len(c)) if where is None else (where[axis].start, where[axis].stop)
+            out.append(AxisRun(int(lo), int(bounds[lo]), c[lo:hi]))
+        return tuple(out)
+
+    def grid_span(self, axis: int, start: int, stop: int) -> slice:
+        """The chunks along ``axis`` that elements ``start:stop`` touch."""
+        c = self.sizes[axis]
+        if isinstance(c, int):
+            return slice(start // c, -(-stop // c)) if stop > start else slice(0, 0)
+        if stop <= start:
+            return slice(0, 0)
+        bounds = self.bounds[axis]
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        last = int(np.searchsorted(bounds, stop, side="left"))
+        return slice(first, min(last, len(c)))
 
 
 # -- fetching ----------------------------------------------------------------
@@ -261,14 +320,16 @@ def decode_into(
     grid_origin: Sequence[int],
     element_origin: Sequence[int],
     threads: int = 1,
+    geometry: Geometry = None,
 ) -> None:
     """Decode a block's chunks into ``out``; missing chunks become the fill value.
 
     ``grid_origin`` is the block's first chunk in the array's grid;
-    ``element_origin`` the array position that ``out[0, 0, ...]`` holds.
+    ``element_origin`` the array position that ``out[0, 0, ...]`` holds;
+    ``geometry`` where the block's chunks lie if they differ in size (``ChunkGeometry.part``).
     """
     codec = codec_for_key(codec_key)
-    jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, element_origin, out.shape)
+    jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, element_origin, out.shape, geometry)
     for region in fills:
         out[region] = codec.fill_value
     _run_jobs(codec, out, jobs, threads)
@@ -280,12 +341,14 @@ def _chunk_jobs(
     grid_origin: Sequence[int],
     element_origin: Sequence[int],
     out_shape: Sequence[int],
+    geometry: Geometry = None,
 ) -> tuple[list, list]:
     """What decoding one block into ``out`` takes, worked out with numpy rather than per chunk.
 
     Returns ``(jobs, fills)``: a job ``(chunk index in the grid, encoded bytes,
-    region of out, part of the chunk or None for all of it)`` per non-missing
-    chunk in C order, and the region of ``out`` of each missing chunk.
+    region of out, part of the chunk or None for all of it, the chunk's shape
+    or None for ``chunks``)`` per non-missing chunk in C order, and the region
+    of ``out`` of each missing chunk.
     """
     states = block.states
     ndim = states.ndim
@@ -295,14 +358,19 @@ def _chunk_jobs(
     else:
         grid = np.indices(states.shape, dtype=np.int64).reshape(ndim, -1).T + np.asarray(grid_origin, np.int64)
         present = (states != MISSING).ravel()
-    chunks_ = np.asarray(chunks, np.int64)
-    start = grid * chunks_ - np.asarray(element_origin, np.int64)
-    stop = start + chunks_
+    if geometry is None:
+        sizes = np.asarray(chunks, np.int64)
+        start = grid * sizes - np.asarray(element_origin, np.int64)
+    else:
+        start, sizes = _rectilinear_bounds(grid, geometry)
+        start -= np.asarray(element_origin, np.int64)
+    stop = start + sizes
     limit = np.asarray(out_shape, np.int64)
     lo = np.clip(start, 0, limit)
     hi = np.clip(stop, 0, limit)
     whole = ((lo == start) & (hi == stop)).all(axis=1)
     lo_l, hi_l, start_l, grid_l = lo.tolist(), hi.tolist(), start.tolist(), grid.tolist()
+    shapes = None if geometry is None else sizes.tolist()
     views = iter(block.chunk_views())  # one per present chunk, in the same C order
     jobs, fills = [], []
     for k, (is_present, is_whole) in enumerate(zip(present.tolist(), whole.tolist())):
@@ -311,14 +379,30 @@ def _chunk_jobs(
             fills.append(region)
             continue
         inner = None if is_whole else tuple(slice(a - s, b - s) for a, b, s in zip(lo_l[k], hi_l[k], start_l[k]))
-        jobs.append((grid_l[k], next(views), region, inner))
+        jobs.append((grid_l[k], next(views), region, inner, None if shapes is None else tuple(shapes[k])))
     return jobs, fills
 
 
+def _rectilinear_bounds(grid: np.ndarray, geometry: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Each chunk's first element and size per axis, for chunk indices ``grid`` (one row per chunk)."""
+    start = np.empty(grid.shape, np.int64)
+    sizes = np.empty(grid.shape, np.int64)
+    for axis, c in enumerate(geometry):
+        if isinstance(c, int):
+            start[:, axis] = grid[:, axis] * c
+            sizes[:, axis] = c
+        else:
+            local = grid[:, axis] - c.first
+            edges = np.asarray(c.sizes, np.int64)
+            start[:, axis] = c.start + (np.cumsum(edges) - edges)[local]
+            sizes[:, axis] = edges[local]
+    return start, sizes
+
+
 def _decode_jobs(codec, out: np.ndarray, jobs: Sequence) -> None:
-    for index, data, region, inner in jobs:
+    for index, data, region, inner, shape in jobs:
         try:
-            codec.decode_into(data, out[region], inner)
+            codec.decode_into(data, out[region], inner, shape)
         except Exception as err:
             raise ValueError(f"cannot decode chunk {chunk_key(index)} ({len(data)} bytes): {err}") from err
 
@@ -347,14 +431,16 @@ def load_region(
     codec_key: str,
     grid_origin: Sequence[int],
     region: tuple[slice, ...],
+    geometry: Geometry = None,
 ) -> np.ndarray:
     """Fetch and decode the chunks covering ``region`` (array coordinates) of one output block."""
-    return decode_region(fetch_part(part, registry, len(region)), codec_key, grid_origin, region)
+    return decode_region(fetch_part(part, registry, len(region)), codec_key, grid_origin, region, geometry)
 
 
-def load_converted(convert, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
+def load_converted(convert, part, registry, codec_key: str, grid_origin, region, geometry: Geometry = None
+                   ) -> np.ndarray:
     """``load_region``, then ``convert`` (an elementwise step such as CF decoding) on the block."""
-    return convert(load_region(part, registry, codec_key, grid_origin, region))
+    return convert(load_region(part, registry, codec_key, grid_origin, region, geometry))
 
 
 def fetch_part(part: ChunkManifest | ChunkRef, registry: ObjectStoreRegistry, ndim: int) -> EncodedBlock:
@@ -363,12 +449,13 @@ def fetch_part(part: ChunkManifest | ChunkRef, registry: ObjectStoreRegistry, nd
 
 
 def decode_region(
-    block: EncodedBlock, codec_key: str, grid_origin: Sequence[int], region: tuple[slice, ...]
+    block: EncodedBlock, codec_key: str, grid_origin: Sequence[int], region: tuple[slice, ...],
+    geometry: Geometry = None,
 ) -> np.ndarray:
     """Decode an already fetched block into the array region ``region``."""
     codec = codec_for_key(codec_key)
     out = np.empty(tuple(r.stop - r.start for r in region), dtype=codec.dtype)
-    decode_into(out, block, codec_key, grid_origin, tuple(r.start for r in region))
+    decode_into(out, block, codec_key, grid_origin, tuple(r.start for r in region), geometry=geometry)
     return out
 
 
@@ -377,17 +464,22 @@ def assemble(
     codec_key: str,
     shape: Sequence[int],
     layout: BlockLayout,
+    sizes: Sequence[int | tuple[int, ...]] | None = None,
 ) -> np.ndarray:
-    """``compute``'s final step: decode every block into one numpy array, on all cores."""
+    """``compute``'s final step: decode every block into one numpy array, on all cores.
+
+    ``sizes``: the array's chunk sizes (``chunk_sizes``) if its chunks differ in size along an axis.
+    """
     codec = codec_for_key(codec_key)
     out = np.empty(tuple(shape), dtype=codec.dtype)
     if out.size == 0:
         return out
     origin = (0,) * out.ndim
+    geometry = None if sizes is None else ChunkGeometry(sizes).part()
     jobs: list = []
     for index, block in zip(layout.indices(), blocks):
         grid_origin = tuple(i * b for i, b in zip(index, layout.block))
-        block_jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, origin, out.shape)
+        block_jobs, fills = _chunk_jobs(block, codec.chunk_shape, grid_origin, origin, out.shape, geometry)
         for region in fills:
             out[region] = codec.fill_value
         jobs.extend(block_jobs)
@@ -522,7 +614,10 @@ def read_arrays(arrays: Sequence, parsed_bytes=None) -> list[np.ndarray]:
             layout = array.layout
             blocks = [fetch_block(array.manifest[layout.grid_slices(index)], array.registry)
                       for index in layout.indices()]
-            out[i] = assemble(blocks, make_codec_key(array.metadata), array.shape, layout)
+            sizes = array.chunk_sizes
+            rectilinear = not all(isinstance(c, int) for c in sizes)
+            out[i] = assemble(blocks, make_codec_key(array.metadata), array.shape, layout,
+                              sizes if rectilinear else None)
         else:
             url, offset, length = whole
             data = parsed_bytes(url, offset, length) if parsed_bytes is not None else None

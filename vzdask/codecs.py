@@ -29,10 +29,14 @@ from vzdask.manifests.metadata import chunk_shape
 dask.config.update_defaults({"vzdask": {"zlib-ng": True}})
 
 
-def codec_key(metadata: ArrayV3Metadata) -> str:
-    """JSON of a one-chunk array with this metadata's dtype, codecs and fill value."""
+def codec_key(metadata: ArrayV3Metadata, shape: tuple[int, ...] | None = None) -> str:
+    """JSON of a one-chunk array with this metadata's dtype, codecs and fill value.
+
+    The chunk is ``shape``, by default the array's chunk shape (the largest
+    chunk of a rectilinear grid; ``ChunkCodec.for_shape`` decodes the others).
+    """
     document = metadata.to_dict()
-    shape = chunk_shape(metadata)
+    shape = chunk_shape(metadata) if shape is None else tuple(shape)
     minimal = {
         "zarr_format": 3,
         "node_type": "array",
@@ -73,6 +77,8 @@ class ChunkCodec:
     """Decode/encode whole chunks of one array through zarr's codec chain."""
 
     def __init__(self, key: str, zlib_ng: bool = False) -> None:
+        self._key, self._zlib_ng = key, zlib_ng
+        self._shapes: dict[tuple[int, ...], ChunkCodec] = {}
         metadata = ArrayV3Metadata.from_dict(json.loads(key))
         self.chunk_shape: tuple[int, ...] = chunk_shape(metadata)
         self.dtype: np.dtype = metadata.data_type.to_native_dtype()
@@ -93,6 +99,19 @@ class ChunkCodec:
         else:
             self._decode_transform, self._decode_pipeline = _chain(self.decoders)
 
+    def for_shape(self, shape: tuple[int, ...]) -> ChunkCodec:
+        """The codec chain for chunks of another shape (a rectilinear grid's chunks differ in size)."""
+        if shape == self.chunk_shape:
+            return self
+        codec = self._shapes.get(shape)
+        if codec is None:
+            document = json.loads(self._key)
+            document["shape"] = list(shape)
+            document["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(shape)}}
+            codec = _codec_for_key(json.dumps(document, sort_keys=True), self._zlib_ng)
+            self._shapes[shape] = codec
+        return codec
+
     def decode(self, data) -> np.ndarray:
         """Encoded bytes (any buffer) -> the chunk as a numpy array of the full chunk shape."""
         buffer = self._prototype.buffer.from_array_like(np.frombuffer(data, dtype=np.uint8))
@@ -105,9 +124,13 @@ class ChunkCodec:
             array = array.reshape(self.chunk_shape)
         return array
 
-    def decode_into(self, data, dest: np.ndarray, inner: tuple[slice, ...] | None = None) -> None:
-        """Decode one chunk (through zarr's chain) and write it, or its part ``inner``, into ``dest``."""
-        chunk = self.decode(data)
+    def decode_into(self, data, dest: np.ndarray, inner: tuple[slice, ...] | None = None,
+                    shape: tuple[int, ...] | None = None) -> None:
+        """Decode one chunk (through zarr's chain) and write it, or its part ``inner``, into ``dest``.
+
+        ``shape``: the chunk's shape where it is not ``chunk_shape`` (rectilinear grids).
+        """
+        chunk = (self if shape is None else self.for_shape(shape)).decode(data)
         dest[...] = chunk if inner is None else chunk[inner]
 
     def encode(self, array: np.ndarray) -> bytes:

@@ -42,7 +42,7 @@ def cf_signature(ds) -> dict[str, dict[str, object]]:
         data = variable_data(var)
         entry: dict[str, object] = {"dims": tuple(var.dims), "shape": tuple(var.shape)}
         if isinstance(data, ManifestArray):
-            entry.update({"dtype": str(var.dtype), "chunks": tuple(data.chunk_shape)})
+            entry.update({"dtype": str(var.dtype), "chunks": tuple(data.chunk_sizes)})
             entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES if attr in var.attrs})
         else:
             entry["loaded"] = True
@@ -183,46 +183,71 @@ def _uneven_chunks(signatures, combine: str, concat_dim) -> CombineError | None:
     names: dict[str, None] = {}
     for _, signature in signatures:
         names.update({n: None for n, e in signature.items() if not e.get("loaded")})
+    joined = _joined_dims(signatures, combine, concat_dim)
     for name in names:
         entries = [(path, signature[name]) for path, signature in signatures
                    if name in signature and not signature[name].get("loaded")]
         if len(entries) < 2:
             continue
-        problem = _chunk_problem(name, entries, combine, concat_dim)
+        problem = _chunk_problem(name, entries, joined)
         if problem:
             return CombineError(
-                f"{problem}. A virtual dataset keeps one regular chunk grid per variable, so files whose lengths "
-                "or chunkings along the concatenation dimension differ cannot be joined into one manifest "
-                f"(variable-length chunk grids are not supported yet). Use {_ANALYSIS_WAY_OUT}; or leave the variable "
-                f"out (drop_variables=[{name!r}])."
+                f"{problem}. A virtual dataset keeps one chunk grid per variable: chunks may differ in size "
+                "along the dimension the files are joined along (a rectilinear grid), but every other dimension "
+                "must be chunked alike, and a chunk is stored whole, so only the last file may end in a partial "
+                f"chunk. Use {_ANALYSIS_WAY_OUT}; or leave the variable out (drop_variables=[{name!r}])."
             )
     return None
 
 
+def _joined_dims(signatures, combine: str, concat_dim) -> set[str]:
+    """The dimensions files are joined along: given (nested), or whose coordinate or length differs between files."""
+    joined: set[str] = set()
+    if combine == "nested":
+        joined |= {concat_dim} if isinstance(concat_dim, str) else {d for d in concat_dim or () if d is not None}
+    seen: dict[str, set] = {}
+    for _, signature in signatures:
+        for name, entry in signature.items():
+            for dim, n in zip(entry.get("dims", ()), entry.get("shape", ())):  # type: ignore[call-overload]
+                seen.setdefault(f"len:{dim}", set()).add(n)
+            if "digest" in entry:
+                seen.setdefault(f"coord:{name}", set()).add(entry["digest"])
+    for key, values in seen.items():
+        if len(values) > 1:
+            joined.add(key.split(":", 1)[1])
+    return joined
+
+
+def _show_chunks(chunks) -> str:
+    return _list(_list(c) if isinstance(c, (tuple, list)) else c for c in chunks)
+
+
 def _describe(path: str, entry: dict) -> str:
-    return f"{path} (shape {_list(entry['shape'])}, chunks {_list(entry['chunks'])})"
+    return f"{path} (shape {_list(entry['shape'])}, chunks {_show_chunks(entry['chunks'])})"
 
 
-def _chunk_problem(name: str, entries: list, combine: str, concat_dim) -> str | None:
+def _chunk_problem(name: str, entries: list, joined: set[str]) -> str | None:
     first_path, first = entries[0]
     for path, entry in entries[1:]:
         if entry["dims"] != first["dims"]:
             return (f"variable {name!r} has dimensions {tuple(first['dims'])} in {first_path} but "
                     f"{tuple(entry['dims'])} in {path}")
-    for path, entry in entries[1:]:
-        if entry["chunks"] != first["chunks"]:
-            return (f"variable {name!r} is chunked differently in {_describe(first_path, first)} and "
-                    f"{_describe(path, entry)}")
     dims = list(first["dims"])
-    varying = {axis for axis in range(len(dims)) if len({e["shape"][axis] for _, e in entries}) > 1}
-    if combine == "nested" and isinstance(concat_dim, str) and concat_dim in dims:
-        varying.add(dims.index(concat_dim))
-    for axis in sorted(varying):
+    for path, entry in entries[1:]:
+        for axis, dim in enumerate(dims):
+            if dim not in joined and entry["chunks"][axis] != first["chunks"][axis]:
+                return (f"variable {name!r} is chunked differently along {dim!r} in {_describe(first_path, first)} "
+                        f"and {_describe(path, entry)}")
+    for axis, dim in enumerate(dims):
+        if dim not in joined:
+            continue
         for (path, entry), (next_path, next_entry) in zip(entries, entries[1:]):
             length, chunk = entry["shape"][axis], entry["chunks"][axis]
-            if chunk and length % chunk:
-                return (f"variable {name!r}: {_describe(path, entry)} has length {length} along {dims[axis]!r}, "
-                        f"not a multiple of its chunk size {chunk}, so its last chunk is partial and would sit "
+            stored = sum(chunk) if isinstance(chunk, (tuple, list)) else -(-length // chunk) * chunk if chunk else 0
+            if stored != length:
+                size = f"its chunk size {chunk}" if isinstance(chunk, int) else f"its chunks' total {stored}"
+                return (f"variable {name!r}: {_describe(path, entry)} has length {length} along {dim!r}, "
+                        f"not a multiple of {size}, so its last chunk is partial and would sit "
                         f"inside the combined array, before {_describe(next_path, next_entry)}")
     return None
 

@@ -29,7 +29,8 @@ import numpy as np
 from vzdask._compat import HighLevelGraph, MaterializedLayer, Task, TaskRef, flatten, slices_from_chunks
 from vzdask._compat import dask_array_finalize as dask_finalize
 from vzdask._compat import dask_array_optimize as dask_optimize
-from vzdask.chunk_tasks import BlockLayout, decode_into, decode_region, fetch_part, load_converted, load_region
+from vzdask.chunk_tasks import BlockLayout, ChunkGeometry, Geometry, decode_into, decode_region, fetch_part
+from vzdask.chunk_tasks import load_converted, load_region
 from vzdask.codecs import codec_key as make_codec_key
 from vzdask.graph import LoadTasks, axis_starts
 
@@ -80,20 +81,22 @@ def _in_distributed_worker() -> bool:
     return True
 
 
-def load_region_into(result: SharedResult, part, registry, codec_key: str, grid_origin, region) -> np.ndarray:
+def load_region_into(result: SharedResult, part, registry, codec_key: str, grid_origin, region,
+                     geometry: Geometry = None) -> np.ndarray:
     """``load_region``, decoding into ``region`` of the execution's shared result; returns that view."""
     buffer = result.array()
     if buffer is None:
-        return load_region(part, registry, codec_key, grid_origin, region)
+        return load_region(part, registry, codec_key, grid_origin, region, geometry)
     out = buffer[region] if region else buffer[...]  # buffer[()] of a 0-d array is a scalar, not a view
-    decode_into(out, fetch_part(part, registry, len(region)), codec_key, grid_origin, tuple(r.start for r in region))
+    decode_into(out, fetch_part(part, registry, len(region)), codec_key, grid_origin, tuple(r.start for r in region),
+                geometry=geometry)
     return out
 
 
-def load_converted_into(result: SharedResult, convert, part, registry, codec_key: str, grid_origin, region
-                        ) -> np.ndarray:
+def load_converted_into(result: SharedResult, convert, part, registry, codec_key: str, grid_origin, region,
+                        geometry: Geometry = None) -> np.ndarray:
     """``load_converted``, its output copied into ``region`` of the shared result; returns that view."""
-    block = load_converted(convert, part, registry, codec_key, grid_origin, region)
+    block = load_converted(convert, part, registry, codec_key, grid_origin, region, geometry)
     buffer = result.array()
     if buffer is None:
         return block
@@ -113,12 +116,13 @@ class SharedLoadTasks(LoadTasks):
     def __getitem__(self, key):
         if key == self.result_key:
             return Task(key, SharedResult, self.shape, self.dtype.str)
-        part, origin, region = self.task_inputs(key)
+        part, origin, region, geometry = self.task_inputs(key)
+        extra = () if geometry is None else (geometry,)
         if self.convert is not None:
             return Task(key, load_converted_into, TaskRef(self.result_key), self.convert, part, self.registry,
-                        self.codec_key, origin, region)
+                        self.codec_key, origin, region, *extra)
         return Task(key, load_region_into, TaskRef(self.result_key), part, self.registry, self.codec_key, origin,
-                    region)
+                    region, *extra)
 
     def __iter__(self):
         yield self.result_key
@@ -196,11 +200,13 @@ def manifest_dask_array(array, chunks=None, convert=None, dtype=None):
         raise ValueError("convert and dtype go together")
     key = make_codec_key(array.metadata)
     layout = array.layout
-    native = array.chunk_shape
+    native = array.chunk_sizes  # per axis a size, or every chunk's size (rectilinear)
+    largest = array.chunk_shape
+    geometry = ChunkGeometry(native)
     persisted = array.persisted
     if dtype is not None and persisted is None:  # blocks of about vzdask.task-bytes of converted values
         itemsize = max(np.dtype(dtype).itemsize, array.dtype.itemsize)
-        layout = BlockLayout.for_array(array.manifest.shape, math.prod(native) * itemsize)
+        layout = BlockLayout.for_array(array.manifest.shape, math.prod(largest) * itemsize)
     block_chunks = layout.element_chunks(array.shape, native)
     meta = np.empty((0,) * array.ndim, dtype=array.dtype if dtype is None else dtype)
     if persisted is not None:  # persisted on a cluster: decode the held blocks
@@ -211,7 +217,9 @@ def manifest_dask_array(array, chunks=None, convert=None, dtype=None):
         for index in layout.indices():
             region = tuple(slice(s[i], s[i] + c[i]) for i, s, c in zip(index, starts, block_chunks))
             origin = tuple(i * b for i, b in zip(index, layout.block))
-            dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region)
+            part = geometry.part(layout.grid_slices(index))
+            dsk[(name, *index)] = Task((name, *index), decode_region, TaskRef((source_name, *index)), key, origin, region,
+                                       *(() if part is None else (part,)))
         graph = HighLevelGraph({name: dsk, source_name: dict(tasks)}, {name: {source_name}, source_name: set()})
         result = da.Array(graph, name, block_chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
         if convert is not None:
@@ -221,7 +229,7 @@ def manifest_dask_array(array, chunks=None, convert=None, dtype=None):
     if chunks is None:
         out_chunks = block_chunks
     else:
-        out_chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype, previous_chunks=native)
+        out_chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype, previous_chunks=largest)
     from dask.base import tokenize
 
     name = "load-" + tokenize(array.name, out_chunks, convert)

@@ -30,6 +30,10 @@ class CFEncodingMismatchError(CombineError):
     """Files whose CF encoding of one variable differs cannot be concatenated virtually."""
 
 
+class UnsupportedChunkGridError(VzdaskError, ValueError):
+    """An output format that cannot hold an array's chunk grid (kerchunk's zarr v2 metadata: regular grids only)."""
+
+
 class FileOpenError(VzdaskError, RuntimeError):
     """A file of a multi-file open could not be parsed; the message names it."""
 
@@ -58,6 +62,7 @@ __all__ = [
     "ParseError",
     "RawValuesWarning",
     "ReadOnlyStoreError",
+    "UnsupportedChunkGridError",
     "UnsupportedVariableWarning",
     "VzdaskError",
     "VzdaskWarning",

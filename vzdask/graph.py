@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vzdask._compat import Task
-from vzdask.chunk_tasks import BlockLayout, TaskParts, fetch_block, load_converted, load_region
+from vzdask.chunk_tasks import BlockLayout, ChunkGeometry, TaskParts, fetch_block, load_converted, load_region
 from vzdask.codecs import codec_for_key
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
@@ -82,39 +82,49 @@ class LoadTasks(Mapping):
     """
 
     def __init__(self, name: str, manifest: ChunkManifest, registry: ObjectStoreRegistry, codec_key: str,
-                 native: Sequence[int], chunks: tuple[tuple[int, ...], ...], convert=None, dtype=None):
-        """``convert(block) -> block`` (picklable, elementwise) runs on each decoded block; ``dtype`` is its output's."""
+                 native: Sequence[int | tuple[int, ...]], chunks: tuple[tuple[int, ...], ...], convert=None,
+                 dtype=None):
+        """``native``: per axis the chunk size, or every chunk's size (a rectilinear axis).
+
+        ``convert(block) -> block`` (picklable, elementwise) runs on each decoded block; ``dtype`` is its output's.
+        """
         self.name, self.registry, self.codec_key = name, registry, codec_key
         self.part = TaskParts(manifest)
         self.native = tuple(native)
+        self.geometry = ChunkGeometry(self.native)
         self.chunks = chunks
         self.starts = tuple(axis_starts(c) for c in chunks)
         self.convert = convert
         self.dtype = np.dtype(dtype) if dtype is not None else codec_for_key(codec_key).dtype
 
     def __getitem__(self, key):
-        part, origin, region = self.task_inputs(key)
+        part, origin, region, geometry = self.task_inputs(key)
+        extra = () if geometry is None else (geometry,)  # regular grids: the tasks they always had
         if self.convert is not None:
-            return Task(key, load_converted, self.convert, part, self.registry, self.codec_key, origin, region)
-        return Task(key, load_region, part, self.registry, self.codec_key, origin, region)
+            return Task(key, load_converted, self.convert, part, self.registry, self.codec_key, origin, region,
+                        *extra)
+        return Task(key, load_region, part, self.registry, self.codec_key, origin, region, *extra)
 
     def task_inputs(self, key) -> tuple:
-        """``(part, grid origin, region)`` of the task ``key``: what it fetches and where its block lies."""
+        """``(part, grid origin, region, geometry)`` of the task ``key``: what it fetches and where its block lies.
+
+        ``geometry`` is None for a regular grid, else where the part's chunks lie (``ChunkGeometry.part``).
+        """
         if not (isinstance(key, tuple) and key and key[0] == self.name and len(key) == len(self.chunks) + 1):
             raise KeyError(key)
         region, grid = [], []
-        for i, starts, chunks, c in zip(key[1:], self.starts, self.chunks, self.native):
+        for axis, (i, starts, chunks) in enumerate(zip(key[1:], self.starts, self.chunks)):
             if not (isinstance(i, int) and 0 <= i < len(chunks)):
                 raise KeyError(key)
             start = starts[i]
             stop = start + chunks[i]
             region.append(slice(start, stop))
-            grid.append(slice(start // c, -(-stop // c)) if stop > start else slice(0, 0))
+            grid.append(self.geometry.grid_span(axis, start, stop))
         grid = tuple(grid)
         origin = tuple(g.start for g in grid)
         one_chunk = all(g.stop - g.start == 1 for g in grid)
         part = self.part.chunk(origin) if one_chunk else self.part(grid)
-        return part, origin, tuple(region)
+        return part, origin, tuple(region), self.geometry.part(grid)
 
     def __iter__(self):
         return ((self.name, *index) for index in itertools.product(*(range(len(c)) for c in self.chunks)))

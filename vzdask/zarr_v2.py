@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from vzdask._compat import ArrayV3Metadata
-from vzdask.errors import ParseError
+from vzdask.errors import ParseError, UnsupportedChunkGridError
 
 #: The ``.zattrs`` key naming an array's dimensions (xarray's convention).
 DIMENSION_KEY = "_ARRAY_DIMENSIONS"
@@ -434,7 +434,8 @@ def v3_to_v2(
     Parameters
     ----------
     metadata : ArrayV3Metadata
-        Regular chunk grid; codecs as described in the module docstring.
+        Regular chunk grid (a rectilinear one raises ``UnsupportedChunkGridError``); codecs as
+        described in the module docstring.
     name : str
         Variable name, used in error messages.
     attributes : dict, optional
@@ -450,7 +451,22 @@ def v3_to_v2(
     from zarr.buffer import default_buffer_prototype
 
     from vzdask._compat import ArrayV2Metadata, get_data_type_from_native_dtype
-    from vzdask.manifests.metadata import chunk_shape, decode_cf_fill_value
+    from vzdask.manifests.metadata import chunk_shape, chunk_sizes, decode_cf_fill_value, is_regular
+
+    sizes = chunk_sizes(metadata)
+    if not is_regular(sizes):
+        names = metadata.dimension_names if dimension_names is ... else dimension_names
+        axis = next(i for i, c in enumerate(sizes) if not isinstance(c, int))
+        dim = repr(names[axis]) if names and names[axis] is not None else f"axis {axis}"
+        edges = list(sizes[axis])
+        shown = ", ".join(map(str, edges[:6])) + (", ..." if len(edges) > 6 else "")
+        raise UnsupportedChunkGridError(
+            f"variable {name!r} has chunks of different sizes along {dim} ([{shown}]: files of different lengths "
+            "or chunkings joined), a rectilinear chunk grid; kerchunk references carry zarr v2 metadata, whose "
+            "chunk grid is regular, so they cannot describe it. Write it to Icechunk instead "
+            "(ds.vz.to_icechunk(...)), which stores rectilinear grids, or leave the variable out "
+            f"(drop_variables=[{name.rsplit('/', 1)[-1]!r}])."
+        )
 
     if attributes is None:
         attributes = decode_cf_fill_value(dict(metadata.attributes), metadata.data_type.to_native_dtype())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.util
 import math
@@ -21,11 +22,16 @@ from vzdask.graph import FetchTasks, PersistedBlocks
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.manifests.metadata import (
+    AxisChunks,
     as_array_metadata,
     check_ndim_change_allowed,
     chunk_grid_shape,
     chunk_shape,
+    chunk_sizes,
+    is_regular,
+    metadata_json,
     replace_metadata,
+    show_chunk_sizes,
 )
 
 
@@ -46,7 +52,8 @@ class ManifestArray(DaskMethodsMixin):
     Parameters
     ----------
     metadata : zarr.core.metadata.v3.ArrayV3Metadata or dict
-        Zarr v3 array metadata with a regular chunk grid.
+        Zarr v3 array metadata with a regular chunk grid, or a rectilinear one
+        (chunks of different sizes along an axis: files of different lengths joined).
     chunkmanifest : ChunkManifest
         One entry per chunk; its shape must equal the chunk grid's shape.
     registry : ObjectStoreRegistry, optional
@@ -86,7 +93,7 @@ class ManifestArray(DaskMethodsMixin):
             else:
                 raise ValueError(
                     f"manifest has chunk grid {chunkmanifest.shape} but an array of shape {tuple(metadata.shape)} "
-                    f"with chunks {chunk_shape(metadata)} has chunk grid {grid}"
+                    f"with chunks {_show_chunks(chunk_sizes(metadata))} has chunk grid {grid}"
                 )
         if registry is not None and not isinstance(registry, ObjectStoreRegistry):
             raise TypeError(f"registry must be an ObjectStoreRegistry, not {type(registry).__name__}")
@@ -141,8 +148,18 @@ class ManifestArray(DaskMethodsMixin):
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
-        """Shape of one stored chunk."""
+        """Shape of one stored chunk; for a rectilinear grid the largest chunk along each axis."""
         return chunk_shape(self._metadata)
+
+    @property
+    def chunk_sizes(self) -> tuple[AxisChunks, ...]:
+        """Per axis the chunk size, or (a rectilinear axis) the tuple of every chunk's size along it."""
+        return chunk_sizes(self._metadata)
+
+    @property
+    def is_rectilinear(self) -> bool:
+        """Whether chunks differ in size along some axis (zarr's rectilinear chunk grid)."""
+        return not is_regular(self.chunk_sizes)
 
     @property
     def fill_value(self) -> Any:
@@ -163,7 +180,8 @@ class ManifestArray(DaskMethodsMixin):
             where = f"persisted, not gathered: {c['inlined']} inlined, {c['missing']} missing chunks"
         else:
             where = repr(self._manifest)
-        return f"ManifestArray<shape={self.shape}, dtype={self.dtype}, chunks={self.chunk_shape}, {where}>"
+        chunks = _show_chunks(self.chunk_sizes)
+        return f"ManifestArray<shape={self.shape}, dtype={self.dtype}, chunks={chunks}, {where}>"
 
     def count(self) -> dict[str, int]:
         """The number of chunks in each state: ``{"virtual": n, "inlined": n, "missing": n}``.
@@ -307,8 +325,7 @@ class ManifestArray(DaskMethodsMixin):
         if self._name is None or self._name[0] != block:
             from dask.base import tokenize
 
-            token = tokenize(self._metadata.to_buffer_dict(_PROTOTYPE())["zarr.json"].to_bytes(), self._manifest,
-                             self._registry, block)
+            token = tokenize(metadata_json(self._metadata), self._manifest, self._registry, block)
             self._name = (block, f"manifestarray-{token}")
         return self._name[1]
 
@@ -348,7 +365,9 @@ class ManifestArray(DaskMethodsMixin):
     def __dask_postcompute__(self):
         from vzdask.codecs import codec_key
 
-        return _assemble_results, (assemble, codec_key(self._metadata), self.shape, self.layout)
+        sizes = self.chunk_sizes
+        return _assemble_results, (assemble, codec_key(self._metadata), self.shape, self.layout,
+                                   None if is_regular(sizes) else sizes)
 
     def __dask_postpersist__(self):
         return self._rebuild, ()
@@ -432,14 +451,8 @@ def _library_directories() -> tuple[str, ...]:
     return tuple(found)
 
 
-def _PROTOTYPE():
-    from zarr.buffer import default_buffer_prototype
-
-    return default_buffer_prototype()
-
-
-def _assemble_results(results, assemble, codec_key, shape, layout):
-    return assemble(list(results), codec_key, shape, layout)
+def _assemble_results(results, assemble, codec_key, shape, layout, sizes=None):
+    return assemble(list(results), codec_key, shape, layout, sizes)
 
 
 def _chunk_aligned_key(array: ManifestArray, key):
@@ -458,7 +471,10 @@ def _chunk_aligned_key(array: ManifestArray, key):
         key = key + (slice(None),) * (array.ndim - consumed)
 
     dims_in = array.dimension_names or (None,) * array.ndim
-    grid_key, shape, chunks, dims = [], [], [], []
+    grid_key: list = []
+    shape: list[int] = []
+    chunks: list[AxisChunks] = []
+    dims: list = []
     axis = 0
     ndim_changed = False
     for k in key:
@@ -469,7 +485,12 @@ def _chunk_aligned_key(array: ManifestArray, key):
             dims.append(None)
             ndim_changed = True
             continue
-        n, c = array.shape[axis], array.chunk_shape[axis]
+        n, c = array.shape[axis], array.chunk_sizes[axis]
+        if not isinstance(c, int):
+            grid_key.append(_rectilinear_axis_key(k, axis, n, c, shape, chunks, dims, dims_in[axis]))
+            ndim_changed |= not isinstance(k, slice)
+            axis += 1
+            continue
         if isinstance(k, slice):
             start, stop, step = k.indices(n)
             if step != 1:
@@ -490,15 +511,7 @@ def _chunk_aligned_key(array: ManifestArray, key):
             chunks.append(c)
             dims.append(dims_in[axis])
         else:
-            try:
-                i = operator.index(k)
-            except TypeError:
-                raise IndexError(
-                    f"axis {axis}: index of type {type(k).__name__} is not supported on a virtual array; "
-                    "use slices on chunk boundaries"
-                ) from None
-            if not -n <= i < n:
-                raise IndexError(f"axis {axis}: index {i} is out of bounds for size {n}")
+            i = _integer_index(k, axis, n)
             if c != 1:
                 raise IndexError(
                     f"axis {axis}: an integer index needs chunk size 1 along that axis, but it is {c}; "
@@ -508,3 +521,61 @@ def _chunk_aligned_key(array: ManifestArray, key):
             ndim_changed = True
         axis += 1
     return tuple(grid_key), tuple(shape), tuple(chunks), tuple(dims), ndim_changed
+
+
+def _integer_index(k, axis: int, n: int) -> int:
+    try:
+        i = operator.index(k)
+    except TypeError:
+        raise IndexError(
+            f"axis {axis}: index of type {type(k).__name__} is not supported on a virtual array; "
+            "use slices on chunk boundaries"
+        ) from None
+    if not -n <= i < n:
+        raise IndexError(f"axis {axis}: index {i} is out of bounds for size {n}")
+    return i
+
+
+def _rectilinear_axis_key(k, axis: int, n: int, edges: tuple[int, ...], shape: list, chunks: list, dims: list,
+                          dim) -> slice | int:
+    """``_chunk_aligned_key`` along an axis of chunks of different sizes: cuts only where chunks meet."""
+    bounds = np.cumsum((0, *edges)).tolist()  # where each chunk starts, then where the last one ends
+    if isinstance(k, slice):
+        start, stop, step = k.indices(n)
+        if step != 1:
+            raise IndexError(f"axis {axis}: step {step} is not supported on a virtual array, only contiguous slices")
+        stop = max(stop, start)
+        first = bisect.bisect_left(bounds, start)
+        if bounds[first] != start and start != n:
+            raise IndexError(
+                f"axis {axis}: slice start {start} is not on a chunk boundary (chunks start at "
+                f"{_some(bounds[:-1])}); a virtual array can only be sliced along whole chunks"
+            )
+        last = len(edges) if stop == n else bisect.bisect_left(bounds, stop)
+        if stop != n and bounds[last] != stop:
+            raise IndexError(
+                f"axis {axis}: slice stop {stop} is not on a chunk boundary (chunks start at {_some(bounds[:-1])}) "
+                f"nor the end ({n}); a virtual array can only be sliced along whole chunks"
+            )
+        first = min(first, last)
+        shape.append(stop - start)
+        chunks.append(tuple(edges[first:last]) or (edges[-1],))
+        dims.append(dim)
+        return slice(first, last)
+    i = _integer_index(k, axis, n) % n
+    position = bisect.bisect_right(bounds, i) - 1
+    if edges[position] != 1:
+        raise IndexError(
+            f"axis {axis}: an integer index needs a chunk of size 1 there, but index {i} is in a chunk of size "
+            f"{edges[position]}; use a slice such as [{bounds[position]}:{bounds[position + 1]}] instead"
+        )
+    return position
+
+
+def _some(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 8 else ", ".join(map(str, values[:8])) + ", ..."
+
+
+def _show_chunks(sizes) -> str:
+    """``(2, 3)`` for a regular grid (as before rectilinear grids), ``[[31, 29], 6]`` for a rectilinear one."""
+    return str(tuple(sizes)) if is_regular(sizes) else show_chunk_sizes(sizes)

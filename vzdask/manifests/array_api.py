@@ -13,7 +13,13 @@ import numpy as np
 from vzdask.errors import CombineError
 from vzdask.manifests.array import HANDLED_FUNCTIONS, ManifestArray
 from vzdask.manifests.manifest import ChunkManifest
-from vzdask.manifests.metadata import check_combinable, check_ndim_change_allowed, replace_metadata
+from vzdask.manifests.metadata import (
+    axis_edges,
+    check_combinable,
+    check_ndim_change_allowed,
+    replace_metadata,
+    show_chunk_sizes,
+)
 from vzdask.registry import ObjectStoreRegistry
 
 
@@ -65,19 +71,43 @@ def concatenate(arrays: Sequence[ManifestArray], /, axis: int | None = 0, **kwar
                     f"cannot concatenate along axis {axis}: array 0 has length {first.shape[d]} on axis {d} "
                     f"but array {i} has {a.shape[d]}"
                 )
-    check_combinable([a.metadata for a in arrays], "concatenate")
-    chunk = first.chunk_shape[axis]
-    for i, a in enumerate(arrays[:-1]):
-        if a.shape[axis] % chunk:
-            raise CombineError(
-                f"cannot concatenate along axis {axis}: array {i} has length {a.shape[axis]}, not a multiple of "
-                f"the chunk size {chunk}, so its last chunk is partial and would end up inside the result"
-            )
+    check_combinable([a.metadata for a in arrays], "concatenate", ignore_axis=axis)
+    sizes = list(first.chunk_sizes)
+    sizes[axis] = _joined_edges(arrays, axis)
     shape = list(first.shape)
     shape[axis] = sum(a.shape[axis] for a in arrays)
     manifest = ChunkManifest.concatenate([a.manifest for a in arrays], axis=axis)
     registry = ObjectStoreRegistry.union(a.registry for a in arrays)
-    return ManifestArray(replace_metadata(first.metadata, shape=shape), manifest, registry=registry)
+    return ManifestArray(replace_metadata(first.metadata, shape=shape, chunk_shape=sizes), manifest, registry=registry)
+
+
+def _joined_edges(arrays: Sequence[ManifestArray], axis: int) -> int | tuple[int, ...]:
+    """The chunk sizes along ``axis`` of the arrays joined: one size if they share it, else every chunk's.
+
+    Arrays whose lengths or chunkings along the axis differ make a rectilinear
+    grid there. A chunk is stored whole, so one that is partial (a file's
+    length not a multiple of its chunk size) can only end the result.
+    """
+    sizes = [a.chunk_sizes[axis] for a in arrays]
+    for i, (a, size) in enumerate(zip(arrays[:-1], sizes)):
+        n = a.shape[axis]
+        if isinstance(size, int):
+            if n % size:
+                raise CombineError(
+                    f"cannot concatenate along axis {axis}: array {i} has length {n}, not a multiple of "
+                    f"the chunk size {size}, so its last chunk is partial and would end up inside the result"
+                )
+            continue
+        edges = axis_edges(size, n)
+        if sum(edges) != n:
+            raise CombineError(
+                f"cannot concatenate along axis {axis}: array {i} has length {n}, but its chunks along that "
+                f"axis ({show_chunk_sizes([size])}) are stored {sum(edges)} long: the last chunk is partial "
+                "(holds only part of a whole chunk's values) and would end up inside the result"
+            )
+    if all(isinstance(s, int) for s in sizes) and len(set(sizes)) == 1:
+        return sizes[0]  # one chunk size, every array but the last filled: a regular axis
+    return tuple(edge for a, size in zip(arrays, sizes) for edge in axis_edges(size, a.shape[axis]))
 
 
 @implements(np.expand_dims)
@@ -119,14 +149,14 @@ def broadcast_to(a: ManifestArray, /, shape: Sequence[int], subok: bool = False)
             continue
         if have != 1:
             raise ValueError(f"cannot broadcast axis {d} of length {have} to {want}")
-        if a.chunk_shape[d] != 1:
+        if a.chunk_sizes[d] != 1:
             raise ValueError(
-                f"cannot broadcast axis {d} of length 1 to {want}: its chunk size is {a.chunk_shape[d]}, "
+                f"cannot broadcast axis {d} of length 1 to {want}: its chunk size is {a.chunk_sizes[d]}, "
                 "so repeated chunks would overlap; only chunk size 1 can be repeated"
             )
     if new_axes:
         check_ndim_change_allowed(a.metadata, "broadcast_to")
-    chunks = (1,) * new_axes + a.chunk_shape
+    chunks = (1,) * new_axes + a.chunk_sizes
     grid = tuple(s if c == 1 else g for s, c, g in zip(shape, chunks, (1,) * new_axes + a.manifest.shape))
     dims = a.dimension_names
     if dims is not None:

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.metadata import show_chunk_sizes
 
 RESERVED_NAMES = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
 
@@ -124,10 +125,15 @@ class ManifestGroup:
         for path, array in self.walk_arrays():
             counts = array.manifest.count()
             lines.append(
-                f"  {path}: {array.dtype} {array.shape} chunks={array.chunk_shape} "
+                f"  {path}: {array.dtype} {array.shape} chunks={_chunks(array)} "
                 f"virtual={counts['virtual']} inlined={counts['inlined']} missing={counts['missing']}"
             )
         return "\n".join(lines)
+
+
+def _chunks(array: ManifestArray) -> str:
+    """``(10, 4)``, or every chunk's size along a rectilinear axis: ``[[31, 29, 31], 4]``."""
+    return show_chunk_sizes(array.chunk_sizes) if array.is_rectilinear else str(array.chunk_shape)
 
 
 def coordinate_names(group: ManifestGroup) -> set[str]:

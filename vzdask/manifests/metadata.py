@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import math
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,8 +12,10 @@ import numpy as np
 from vzdask._compat import (
     ArrayV3Metadata,
     FillValueCoder,
+    RectilinearChunkGridMetadata,
     RegularChunkGridMetadata,
     array_metadata_like,
+    array_metadata_with_grid,
     get_data_type_from_native_dtype,
 )
 from vzdask.errors import CombineError
@@ -24,15 +26,39 @@ NDIM_DEPENDENT_CODECS = frozenset({"transpose", "sharding_indexed"})
 #: Fields two arrays must share to be combined into one.
 COMBINE_FIELDS = ("data_type", "chunk_shape", "codecs", "fill_value")
 
+#: Chunk sizes along one axis: one size (a regular axis) or the stored size of every chunk along it
+#: (a rectilinear axis of zarr's experimental ``rectilinear`` chunk grid, ``array.rectilinear_chunks``).
+AxisChunks = int | tuple[int, ...]
+
 
 def as_array_metadata(metadata: ArrayV3Metadata | dict[str, Any]) -> ArrayV3Metadata:
     """Accept zarr v3 array metadata as the object or its ``zarr.json`` dict."""
     if isinstance(metadata, ArrayV3Metadata):
         return metadata
     if isinstance(metadata, dict):
-        document = {"zarr_format": 3, "node_type": "array", **metadata}
-        return ArrayV3Metadata.from_dict(document)
+        return metadata_from_document({"zarr_format": 3, "node_type": "array", **metadata})
     raise TypeError(f"metadata must be zarr ArrayV3Metadata or its dict, not {type(metadata).__name__}")
+
+
+def metadata_from_document(document: dict[str, Any]) -> ArrayV3Metadata:
+    """``ArrayV3Metadata.from_dict``, also for a rectilinear chunk grid whatever zarr's flag says.
+
+    zarr reads a rectilinear ``zarr.json`` only with ``array.rectilinear_chunks``
+    enabled (a process-wide setting); vzdask's own documents (a store it
+    appends to, a combined array's copy) are read without asking for it.
+    """
+    grid = document.get("chunk_grid")
+    if not (isinstance(grid, dict) and grid.get("name") == "rectilinear"):
+        return ArrayV3Metadata.from_dict(document)
+    rectilinear = RectilinearChunkGridMetadata.from_dict(grid)  # type: ignore[arg-type]
+    shape = tuple(int(s) for s in document["shape"])
+    sizes = normalize_chunk_sizes(rectilinear.chunk_shapes, shape)
+    placeholder = {**document, "chunk_grid": chunk_grid_document(largest_chunk(sizes), shape)}
+    template = ArrayV3Metadata.from_dict(placeholder)
+    if is_regular(sizes):
+        return replace_metadata(template, chunk_shape=sizes)
+    grid_metadata = RectilinearChunkGridMetadata(chunk_shapes=_explicit_edges(sizes, shape))
+    return array_metadata_with_grid(template, shape, grid_metadata, template.dimension_names, template.attributes)
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,33 +237,140 @@ def decode_cf_fill_value(attributes: dict[str, Any], dtype: np.dtype) -> dict[st
     return {**attributes, "_FillValue": dtype.type(FillValueCoder.decode(value, dtype)).item()}
 
 
-def chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
-    """Shape of one stored chunk (the outer chunk: a whole shard when sharded)."""
+def chunk_sizes(metadata: ArrayV3Metadata) -> tuple[AxisChunks, ...]:
+    """Per axis: the chunk size (regular), or the stored size of each chunk along it (rectilinear).
+
+    A rectilinear axis lists the chunks that hold data (edges past the end are
+    dropped); its sizes sum to the length, or beyond it only by the last
+    chunk, which may be stored partial as a regular grid's last chunk is. An
+    axis whose chunks are all one size is given as that size: a regular grid
+    describes it exactly, so chunk geometry compares equal however it was made.
+    """
     grid = metadata.chunk_grid
-    if not isinstance(grid, RegularChunkGridMetadata):
-        raise NotImplementedError(f"only regular chunk grids are supported, got {type(grid).__name__}")
-    return tuple(int(c) for c in grid.chunk_shape)
+    if isinstance(grid, RegularChunkGridMetadata):
+        return tuple(int(c) for c in grid.chunk_shape)
+    if isinstance(grid, RectilinearChunkGridMetadata):
+        return normalize_chunk_sizes(grid.chunk_shapes, metadata.shape)
+    raise NotImplementedError(f"unknown chunk grid {type(grid).__name__}")
+
+
+def normalize_chunk_sizes(sizes: Sequence[int | Sequence[int]], shape: Sequence[int]) -> tuple[AxisChunks, ...]:
+    """``sizes`` with each axis's edges trimmed to the chunks that start inside it, and one size where they agree."""
+    out: list[AxisChunks] = []
+    for spec, n in zip(sizes, shape):
+        if isinstance(spec, (int, np.integer)):
+            out.append(int(spec))
+            continue
+        edges, start = [], 0
+        for edge in spec:
+            if start >= n and edges:
+                break
+            edges.append(int(edge))
+            start += int(edge)
+        if len(set(edges)) <= 1:
+            out.append(edges[0] if edges else 1)
+        else:
+            out.append(tuple(edges))
+    return tuple(out)
+
+
+def is_regular(sizes: Sequence[AxisChunks]) -> bool:
+    """Whether chunk sizes (``chunk_sizes``) make a regular grid."""
+    return all(isinstance(c, int) for c in sizes)
+
+
+def axis_edges(size: AxisChunks, n: int) -> tuple[int, ...]:
+    """The stored size of every chunk along an axis of length ``n`` (a regular axis repeats its size)."""
+    if isinstance(size, int):
+        return (size,) * (-(-n // size) if size else 0)
+    return tuple(size)
+
+
+def largest_chunk(sizes: Sequence[AxisChunks]) -> tuple[int, ...]:
+    """The largest chunk along each axis (a regular grid's chunk shape)."""
+    return tuple(c if isinstance(c, int) else max(c) for c in sizes)
+
+
+def chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
+    """Shape of one stored chunk (the outer chunk: a whole shard when sharded).
+
+    For a rectilinear grid: the largest chunk along each axis (what memory
+    estimates need); ``chunk_sizes`` gives every chunk's size.
+    """
+    return largest_chunk(chunk_sizes(metadata))
 
 
 def chunk_grid_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
     """Number of chunks along each axis."""
-    return tuple(math.ceil(s / c) for s, c in zip(metadata.shape, chunk_shape(metadata)))
+    return tuple(len(axis_edges(c, n)) for c, n in zip(chunk_sizes(metadata), metadata.shape))
+
+
+def show_chunk_sizes(sizes: Sequence[AxisChunks]) -> str:
+    """Chunk sizes for messages: ``[31, 6, 8]``, or ``[[31, 29, 31], 6, 8]`` with a rectilinear axis."""
+    return "[" + ", ".join(str(c) if isinstance(c, int) else "[" + ", ".join(map(str, c)) + "]" for c in sizes) + "]"
+
+
+def chunk_grid_document(sizes: Sequence[AxisChunks], shape: Sequence[int]) -> dict[str, Any]:
+    """The ``chunk_grid`` of ``zarr.json``: regular, or rectilinear with every axis's edges written out.
+
+    Icechunk 2.3 refuses the rectilinear spec's bare-integer shorthand for an
+    axis, so regular axes of a rectilinear grid are written as run-length
+    edges too (``[[10, 3]]``), which zarr reads as the same grid.
+    """
+    if is_regular(sizes):
+        return {"name": "regular", "configuration": {"chunk_shape": [int(c) for c in sizes]}}
+    return RectilinearChunkGridMetadata(chunk_shapes=_explicit_edges(sizes, shape)).to_dict()  # type: ignore[return-value]
+
+
+def _explicit_edges(sizes: Sequence[AxisChunks], shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    return tuple(axis_edges(c, n) or ((c,) if isinstance(c, int) else ()) for c, n in zip(sizes, shape))
+
+
+def metadata_document(metadata: ArrayV3Metadata) -> dict[str, Any]:
+    """``metadata.to_dict()`` with the chunk grid as ``chunk_grid_document`` writes it (JSON-ready)."""
+    document = metadata.to_dict()
+    if isinstance(metadata.chunk_grid, RectilinearChunkGridMetadata):
+        document["chunk_grid"] = chunk_grid_document(chunk_sizes(metadata), metadata.shape)
+    return document
+
+
+def metadata_json(metadata: ArrayV3Metadata) -> bytes:
+    """The array's ``zarr.json``, also for a rectilinear grid.
+
+    zarr refuses to serialise a rectilinear grid unless the process enabled
+    ``array.rectilinear_chunks``; writing one is vzdask's own decision here,
+    while reading it back stays the reader's (zarr asks for the flag then).
+    """
+    if isinstance(metadata.chunk_grid, RegularChunkGridMetadata):
+        from zarr.buffer import default_buffer_prototype
+
+        return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    return json.dumps(metadata_document(metadata), allow_nan=True).encode()
 
 
 def replace_metadata(
     metadata: ArrayV3Metadata,
     *,
     shape: Sequence[int] | None = None,
-    chunk_shape: Sequence[int] | None = None,
+    chunk_shape: Sequence[AxisChunks] | None = None,
     dimension_names: Sequence[str | None] | None | type[...] = ...,
     attributes: dict[str, Any] | None = None,
 ) -> ArrayV3Metadata:
-    """A copy of ``metadata`` with some fields replaced."""
+    """A copy of ``metadata`` with some fields replaced.
+
+    ``chunk_shape`` takes per axis a size or a tuple of chunk sizes (see
+    ``chunk_sizes``); the grid is regular whenever the sizes allow it.
+    """
+    new_shape = tuple(int(s) for s in (metadata.shape if shape is None else shape))
+    sizes = normalize_chunk_sizes(chunk_sizes(metadata) if chunk_shape is None else chunk_shape, new_shape)
+    if not is_regular(sizes):
+        names = metadata.dimension_names if dimension_names is ... else dimension_names
+        grid = RectilinearChunkGridMetadata(chunk_shapes=_explicit_edges(sizes, new_shape))
+        return array_metadata_with_grid(metadata, new_shape, grid, names,
+                                        metadata.attributes if attributes is None else attributes)
     document = metadata.to_dict()
-    if shape is not None:
-        document["shape"] = tuple(int(s) for s in shape)
-    if chunk_shape is not None:
-        document["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": tuple(int(c) for c in chunk_shape)}}
+    document["shape"] = new_shape
+    document["chunk_grid"] = chunk_grid_document(sizes, new_shape)
     if dimension_names is not ...:
         document["dimension_names"] = tuple(dimension_names) if dimension_names is not None else None
     if attributes is not None:
@@ -255,31 +388,36 @@ def check_ndim_change_allowed(metadata: ArrayV3Metadata, operation: str) -> None
         )
 
 
-def combine_fields(metadata: ArrayV3Metadata) -> dict[str, Any]:
-    """The metadata fields that must agree for arrays to be combined, JSON-comparable."""
+def combine_fields(metadata: ArrayV3Metadata, ignore_axis: int | None = None) -> dict[str, Any]:
+    """The metadata fields that must agree for arrays to be combined, JSON-comparable.
+
+    The chunk sizes along ``ignore_axis`` (the one arrays are joined along) may differ.
+    """
     document = metadata.to_dict()
+    sizes = chunk_sizes(metadata)
     return {
         "data_type": document["data_type"],
-        "chunk_shape": tuple(chunk_shape(metadata)),
+        "chunk_shape": tuple("any" if axis == ignore_axis else c for axis, c in enumerate(sizes)),
         "codecs": tuple(_freeze(c) for c in document["codecs"]),
         "fill_value": _freeze(document["fill_value"]),
     }
 
 
 def check_combinable(metadatas: Sequence[ArrayV3Metadata], operation: str, ignore_axis: int | None = None) -> None:
-    """Raise ``ValueError`` naming the first field that differs between arrays."""
+    """Raise ``CombineError`` naming the first field that differs between arrays (chunks along ``ignore_axis`` may)."""
     head = metadatas[0]
     first = None
     for i, metadata in enumerate(metadatas[1:], start=1):
         if _shares_combine_fields(metadata, head):  # built from one template: nothing to compare
             continue
-        first = combine_fields(head) if first is None else first
-        other = combine_fields(metadata)
+        first = combine_fields(head, ignore_axis) if first is None else first
+        other = combine_fields(metadata, ignore_axis)
         for field in COMBINE_FIELDS:
             if first[field] != other[field]:
+                shown = ((show_chunk_sizes(chunk_sizes(head)), show_chunk_sizes(chunk_sizes(metadata)))
+                         if field == "chunk_shape" else (_show(first[field]), _show(other[field])))
                 raise CombineError(
-                    f"cannot {operation}: {field} differs between array 0 ({_show(first[field])}) "
-                    f"and array {i} ({_show(other[field])})"
+                    f"cannot {operation}: {field} differs between array 0 ({shown[0]}) and array {i} ({shown[1]})"
                 )
 
 

@@ -21,6 +21,7 @@ from vzdask.errors import ReadOnlyStoreError
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, chunk_key
+from vzdask.manifests.metadata import metadata_json
 from vzdask.object_io import read_ranges_async
 from vzdask.registry import ObjectStoreRegistry
 
@@ -50,6 +51,10 @@ class ManifestStore(Store):
     --------
     >>> store = ManifestStore(group)                               # doctest: +SKIP
     >>> ds = xr.open_zarr(store, consolidated=False, zarr_format=3)  # doctest: +SKIP
+
+    An array whose chunks differ in size along an axis (files of different
+    lengths combined) has a rectilinear chunk grid, which zarr reads only
+    with ``zarr.config.set({"array.rectilinear_chunks": True})``.
     """
 
     supports_writes = False
@@ -148,9 +153,9 @@ class ManifestStore(Store):
         if cached is None:
             if kind == "group":
                 document = GroupMetadata(attributes=dict(node.attributes), zarr_format=3)
-            else:
-                document = node.metadata
-            cached = document.to_buffer_dict(default_buffer_prototype())[METADATA_KEY].to_bytes()
+                cached = document.to_buffer_dict(default_buffer_prototype())[METADATA_KEY].to_bytes()
+            else:  # a rectilinear grid too (zarr then asks the reader to enable array.rectilinear_chunks)
+                cached = metadata_json(node.metadata)
             self._metadata_cache[path] = cached
         return cached
 

@@ -25,7 +25,7 @@ import numpy as np
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
-from vzdask.manifests.metadata import chunk_grid_shape
+from vzdask.manifests.metadata import chunk_grid_shape, metadata_from_document
 from vzdask.manifests.store import ManifestStore
 from vzdask.object_io import get_async, head_size_async, list_prefixes_async, list_sizes_async, run_sync
 from vzdask.parsers.common import Parser, ParseError, finish
@@ -279,8 +279,6 @@ class _Reader:
         return [(path[start:], size) for path, size in listed]
 
     def array_metadata(self, node: _Node):
-        from vzdask._compat import ArrayV3Metadata
-
         where = f"{self.url}: variable {node.path!r}"
         if node.zarr_format == 2:  # v2 chunk keys in the source; the v3 metadata uses the default encoding
             metadata = v2_to_v3(node.document, node.attributes, where=where)
@@ -295,7 +293,7 @@ class _Reader:
         if document.get("storage_transformers"):
             raise ParseError(f"{where}: storage transformers {document['storage_transformers']!r} are not supported")
         try:
-            metadata = ArrayV3Metadata.from_dict(document)
+            metadata = metadata_from_document(document)  # rectilinear grids too, whatever zarr's flag says
             chunk_grid_shape(metadata)
         except NotImplementedError as err:
             raise ParseError(f"{where}: {err}") from err

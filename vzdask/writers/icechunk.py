@@ -43,7 +43,16 @@ from vzdask._compat import sync  # zarr's loop: see object_io.run_sync
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, VIRTUAL, ChunkManifest
-from vzdask.manifests.metadata import encode_cf_fill_value
+from vzdask.manifests.metadata import (
+    axis_edges,
+    chunk_grid_document,
+    chunk_sizes,
+    encode_cf_fill_value,
+    metadata_from_document,
+    metadata_json,
+    normalize_chunk_sizes,
+    show_chunk_sizes,
+)
 from vzdask.manifests.store import ManifestStore
 from vzdask.writers.cluster import HeldBlocks, tree_reduce, wait_all, wait_and_raise
 from vzdask.writers.plan import PlannedArray, PlannedGroup, plan_write
@@ -93,9 +102,11 @@ def write_icechunk(
         or replaces variables, or appends along ``append_dim``.
     append_dim : str, optional
         With ``mode="a"``: grow existing arrays along this dimension. Dtype,
-        codecs, chunk shape, fill value, CF encoding attributes and the other
-        dimensions must agree, and the stored length must be a multiple of
-        the chunk size.
+        codecs, chunking of the other dimensions, fill value, CF encoding
+        attributes and the other dimensions must agree, and the stored
+        length must end on a chunk boundary (a multiple of the chunk size).
+        New chunks of another size along ``append_dim`` make the stored
+        grid rectilinear there (zarr's ``array.rectilinear_chunks``).
     commit : str, optional
         Commit with this message and return the snapshot id; otherwise the
         changes stay uncommitted in the session (returns ``None``).
@@ -182,7 +193,7 @@ def _icechunk_array(planned: PlannedArray) -> ManifestArray:
     document["chunk_key_encoding"] = CHUNK_KEY_ENCODING
     document["attributes"] = {k: encode_zarr_attr_value(v) for k, v in attributes.items()}
     document["dimension_names"] = planned.dimension_names
-    metadata = ArrayV3Metadata.from_dict(document)
+    metadata = metadata_from_document(document)
     if planned.held is None:
         return ManifestArray(metadata, array.manifest, registry=array.registry)
     return ManifestArray(metadata, ChunkManifest.empty(planned.held.layout.grid), registry=array.registry)
@@ -192,6 +203,19 @@ def _icechunk_array(planned: PlannedArray) -> ManifestArray:
 
 
 def _write(root: PlannedGroup, store_or_session, mode: str, append_dim: str | None, commit: str | None) -> str | None:
+    """``write_icechunk``, with zarr reading rectilinear chunk grids meanwhile.
+
+    The arrays written or already stored may have rectilinear grids (files of
+    different lengths joined), which zarr (and xarray's writer of the loaded
+    variables, through it) reads only with ``array.rectilinear_chunks`` on;
+    the setting is the process's, so it is on only while this write runs.
+    """
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        return _write_unchecked_grids(root, store_or_session, mode, append_dim, commit)
+
+
+def _write_unchecked_grids(root: PlannedGroup, store_or_session, mode: str, append_dim: str | None,
+                           commit: str | None) -> str | None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if append_dim is not None and mode != "a":
@@ -278,14 +302,31 @@ def _create_array(store, path: str, array: ManifestArray, *, replace: bool) -> t
 
 
 def _grow_array(store, path: str, array: ManifestArray, existing: dict[str, Any], dim: str) -> tuple[int, ...]:
-    """Grow the stored array's metadata; returns where the new chunks start in its chunk grid."""
+    """Grow the stored array's metadata; returns where the new chunks start in its chunk grid.
+
+    The grid along ``dim`` stays regular where the new chunks are the stored
+    size; otherwise it becomes rectilinear: the stored chunks, then the new ones.
+    """
     axis = array.dimension_names.index(dim)
     stored = int(existing["shape"][axis])
-    chunk = array.chunk_shape[axis]
+    old_sizes = _stored_sizes(existing)
+    old_edges = axis_edges(old_sizes[axis], stored)
+    new_size = array.chunk_sizes[axis]
     document = dict(existing)
-    document["shape"] = [stored + array.shape[axis] if i == axis else int(s) for i, s in enumerate(existing["shape"])]
+    shape = [stored + array.shape[axis] if i == axis else int(s) for i, s in enumerate(existing["shape"])]
+    document["shape"] = shape
+    sizes = list(old_sizes)
+    if not (isinstance(new_size, int) and new_size == old_sizes[axis]):
+        sizes[axis] = old_edges + axis_edges(new_size, array.shape[axis])
+    # rewritten also when only the length changes: a rectilinear grid writes every axis's edges out
+    document["chunk_grid"] = chunk_grid_document(normalize_chunk_sizes(sizes, shape), shape)
     _set(store, f"{path}/zarr.json", json.dumps(document).encode())
-    return tuple(stored // chunk if i == axis else 0 for i in range(array.ndim))
+    return tuple(len(old_edges) if i == axis else 0 for i in range(array.ndim))
+
+
+def _stored_sizes(existing: dict[str, Any]) -> tuple:
+    """The chunk sizes (``chunk_sizes``) of a stored array's ``zarr.json``."""
+    return chunk_sizes(metadata_from_document({**existing, "attributes": {}}))
 
 
 def _write_chunks(store, path: str, array: ManifestArray, grid_offset: tuple[int, ...]) -> None:
@@ -503,17 +544,21 @@ def _check_append(path: str, array: ManifestArray, existing: dict[str, Any], dim
     new_dims = tuple(array.dimension_names)
     if old_dims != new_dims:
         raise ValueError(f"{where}: dimensions differ: stored {old_dims}, new {new_dims}")
-    old_chunks = tuple(existing["chunk_grid"]["configuration"]["chunk_shape"])
+    old_chunks = _stored_sizes(existing)
+    axis = new_dims.index(dim)
     checks = [
         ("dtype", existing["data_type"], new["data_type"]),
         ("codecs", existing["codecs"], new["codecs"]),
-        ("chunk shape", old_chunks, tuple(array.chunk_shape)),
+        ("chunk shape", _other_axes(old_chunks, axis), _other_axes(array.chunk_sizes, axis)),
         ("fill value", existing.get("fill_value"), new.get("fill_value")),
     ]
     for name, old, value in checks:
         if old != value:
+            if name == "chunk shape":
+                old, value = show_chunk_sizes(old_chunks), show_chunk_sizes(array.chunk_sizes)
+                raise ValueError(f"{where}: chunk shape differs along another dimension than {dim!r}: "
+                                 f"stored {old}, new {value}")
             raise ValueError(f"{where}: {name} differs: stored {_show(old)}, new {_show(value)}")
-    axis = new_dims.index(dim)
     for i, d in enumerate(new_dims):
         if i != axis and int(existing["shape"][i]) != array.shape[i]:
             raise ValueError(
@@ -527,7 +572,12 @@ def _check_append(path: str, array: ManifestArray, existing: dict[str, Any], dim
                 "(the appended values would be decoded with the stored one)"
             )
     stored, chunk = int(existing["shape"][axis]), old_chunks[axis]
-    if stored % chunk:
+    if not isinstance(chunk, int) and sum(axis_edges(chunk, stored)) != stored:
+        raise ValueError(
+            f"{where}: the last stored chunk along {dim!r} is {chunk[-1]} long but holds only "
+            f"{stored - sum(chunk[:-1])} values (partial), so the appended chunks cannot start on a chunk boundary"
+        )
+    if isinstance(chunk, int) and stored % chunk:
         raise ValueError(
             f"{where}: the stored length {stored} is not a multiple of the chunk size {chunk}, so the "
             "appended chunks cannot start on a chunk boundary (the last stored chunk is partial). Load the "
@@ -568,7 +618,11 @@ def _read_json(store, key: str) -> dict[str, Any] | None:
 
 
 def _metadata_bytes(metadata: ArrayV3Metadata) -> bytes:
-    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    return metadata_json(metadata)
+
+
+def _other_axes(sizes: tuple, axis: int) -> tuple:
+    return tuple(c for i, c in enumerate(sizes) if i != axis)
 
 
 def _set(store, key: str, data: bytes) -> None:
