@@ -353,3 +353,33 @@ def test_unexplained_indexing_failure_is_still_a_combine_error(collections, monk
     message = str(info.value)
     assert paths[0] in message and "join='outer'" in message and "vzdask.open_mfdataset" in message
     assert isinstance(info.value.__cause__, IndexError)
+
+
+def test_strings_of_different_widths_combine_and_are_written_whole(tmp_path):
+    """Variable-length strings are loaded (their bytes are in the manifest): '<U2' and '<U4' files combine,
+    and the writers keep the longest strings (the first file's width used to cut them: 'cccc' -> 'cc')."""
+    import fsspec
+    import icechunk
+
+    paths = []
+    for i, words in enumerate([["a", "bb"], ["cccc", "d"]]):
+        path = tmp_path / f"s{i}.nc"
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("t", None)
+            nc.createVariable("t", "f8", ("t",))[:] = [2 * i, 2 * i + 1]
+            nc.createVariable("name", str, ("t",))[:] = np.array(words, dtype=object)
+        paths.append(str(path))
+    with xr.open_mfdataset(paths, engine="netcdf4") as expected:
+        words = [str(w) for w in expected["name"].values.tolist()]
+    ds = vzdask.open_virtual_mfdataset(paths)
+    assert ds["name"].values.tolist() == words == ["a", "bb", "cccc", "d"]
+    refs = tmp_path / "refs.json"
+    ds.vz.to_kerchunk(refs, format="json")
+    fs = fsspec.filesystem("reference", fo=str(refs))
+    with xr.open_dataset(fs.get_mapper(""), engine="zarr", backend_kwargs={"consolidated": False}) as back:
+        assert [str(w) for w in back["name"].values.tolist()] == words
+    repo = icechunk.Repository.create(icechunk.in_memory_storage())
+    session = repo.writable_session("main")
+    ds.vz.to_icechunk(session, commit="strings")
+    with xr.open_zarr(repo.readonly_session("main").store, consolidated=False) as back:
+        assert [str(w) for w in back["name"].values.tolist()] == words

@@ -12,6 +12,7 @@ import xarray as xr
 from vzdask._compat import decode_cf_variables, variable_data, variable_fastpath
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup, coordinate_names
+from vzdask.manifests.manifest import VIRTUAL
 from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
 from vzdask.manifests.store import ManifestStore
 from vzdask.policy import InlinePolicy
@@ -143,7 +144,10 @@ def to_virtual_parts(
     names = [n for n in node.arrays if n not in drop]
     coords = coordinate_names(node)
     if loadable_variables is None:
-        loadable = {n for n in names if tuple(node.arrays[n].dimension_names or ()) == (n,)}
+        # dimension coordinates, and strings held as inlined <U chunks (variable-length strings): their bytes
+        # are here already, and loaded they combine across files whose widest string differs (<U2 + <U4)
+        loadable = {n for n in names if tuple(node.arrays[n].dimension_names or ()) == (n,)
+                    or _inlined_text(node.arrays[n])}
     else:
         loadable = set(loadable_variables)
         unknown = loadable - set(names)
@@ -162,6 +166,11 @@ def to_virtual_parts(
         variables[name] = _variable(name, array, array)
     return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), numpy_attributes(node.attributes),
                         raw_times=raw_times, decode_times=decode_times)
+
+
+def _inlined_text(array: ManifestArray) -> bool:
+    """A unicode (``<U``) array none of whose chunks is a reference: variable-length strings, decoded at parse."""
+    return array.dtype.kind == "U" and not bool((array.manifest.states == VIRTUAL).any())
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:

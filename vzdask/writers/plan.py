@@ -126,7 +126,12 @@ def _plan_dataset(ds, path: str, in_memory: str) -> PlannedGroup:
         else:
             in_memory_names.append(name)
     if in_memory_names:
-        planned.loaded = ds.drop_vars(list(planned.arrays))
+        loaded = ds.drop_vars(list(planned.arrays)).copy(deep=False)  # its own Variables: encodings change below
+        for name in loaded.variables:
+            var = loaded.variables[name]
+            if var.dtype.kind in "UO" and "dtype" in var.encoding:  # the first file's width would cut strings
+                var.encoding = {k: v for k, v in var.encoding.items() if k != "dtype"}
+        planned.loaded = loaded
     return planned
 
 
@@ -173,6 +178,8 @@ def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
 
     var = var.copy(deep=False)
     var.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
+    if var.dtype.kind in "UO":  # a string width from the first file (<U2) would cut the others' longer strings
+        var.encoding.pop("dtype", None)
     encoded = encode_cf_variable(var, name=name)
     values = np.asarray(encoded.values)
     attrs = dict(encoded.attrs)
