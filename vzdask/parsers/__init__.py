@@ -3,7 +3,7 @@
 Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
-Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``,
+Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``, ``dmrpp``,
 ``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
 ``read_ahead`` (opening the files of a serial walk ahead). Optional
 dependencies (h5py, pyarrow, jinja2) are imported when a parser needs them.
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
+from vzdask.parsers.dmrpp import DMRPPParser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
@@ -22,7 +23,8 @@ from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
-PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser)
+PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, KerchunkJSONParser, KerchunkParquetParser,
+                                     ZarrParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -93,7 +95,7 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser: Parser = cls(inline=inline)
     elif cls is ZarrParser:  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
-    elif cls is HDFParser:  # the one that parses on past a variable it cannot represent
+    elif cls is HDFParser or cls is DMRPPParser:  # these parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
@@ -107,6 +109,7 @@ __all__ = [
     "HEAD_BYTES",
     "NETCDF3_SIGNATURES",
     "PARSERS",
+    "DMRPPParser",
     "HDFParser",
     "InlinePolicy",
     "KerchunkJSONParser",
