@@ -21,6 +21,7 @@ from vzdask.parsers import (
     HEAD_BYTES,
     PARSERS,
     DMRPPParser,
+    FITSParser,
     HDFParser,
     InlinePolicy,
     KerchunkJSONParser,
@@ -185,7 +186,7 @@ def test_every_parser_is_exported_and_is_a_parser():
         assert issubclass(cls, Parser), cls
         assert isinstance(cls(), Parser)
     assert set(PARSERS) == {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser,
-                            DMRPPParser}
+                            DMRPPParser, FITSParser}
     from vzdask.errors import ParseError as error
     from vzdask.policy import InlinePolicy as policy
 

@@ -3,10 +3,10 @@
 Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
-Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``, ``dmrpp``,
+Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``, ``dmrpp``, ``fits``,
 ``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
 ``read_ahead`` (opening the files of a serial walk ahead). Optional
-dependencies (h5py, pyarrow, jinja2) are imported when a parser needs them.
+dependencies (h5py, pyarrow, jinja2, astropy) are imported when a parser needs them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
 from vzdask.parsers.dmrpp import DMRPPParser
+from vzdask.parsers.fits import FITSParser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
@@ -23,8 +24,8 @@ from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
-PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, KerchunkJSONParser, KerchunkParquetParser,
-                                     ZarrParser)
+PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, FITSParser, KerchunkJSONParser,
+                                     KerchunkParquetParser, ZarrParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -97,6 +98,8 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser = cls(inline=inline, group=group)
     elif cls is HDFParser or cls is DMRPPParser:  # these parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
+    elif cls is FITSParser:  # no groups to choose
+        parser = cls(inline=inline, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
     if handle is not None and handle.size:
@@ -110,6 +113,7 @@ __all__ = [
     "NETCDF3_SIGNATURES",
     "PARSERS",
     "DMRPPParser",
+    "FITSParser",
     "HDFParser",
     "InlinePolicy",
     "KerchunkJSONParser",
