@@ -75,7 +75,7 @@ def assert_same_as_hdf(name: str, dmr, hdf, dropped=()) -> None:
             assert ma[key] == mb[key], (path, key)
         assert a.manifest == b.manifest, path  # the same byte ranges in the same file, or the same inlined bytes
         codecs_a, codecs_b = list(ma["codecs"]), list(mb["codecs"])
-        if "deflateLevel" not in document:  # zlib levels do not matter for decoding; older documents omit them
+        if "deflateLevel" not in document and "deflate_level" not in document:  # zlib levels do not matter for decoding; older documents omit them
             codecs_b = [{**c, "configuration": {"level": 4}} if c["name"] == "numcodecs.zlib" else c for c in codecs_b]
         assert codecs_a == codecs_b, path
         if "fillValue" in document or ma["fill_value"] != mb["fill_value"] and "_FillValue" in ma["attributes"]:
@@ -314,3 +314,45 @@ def test_bad_documents(tmp_path):
         DMRPPParser(group="nope")(url("chunked_twoD.h5.dmrpp"), REGISTRY)
     with pytest.raises(ValueError, match="on_unsupported must be one of"):
         DMRPPParser(on_unsupported="ignore")
+
+
+def test_strings_the_document_holds_equal_hdf_parser(tmp_path):
+    """``dmrpp:vlsa`` (repeats, a packed deflated value) and compact fixed-length strings: HDFParser's ``<U`` arrays."""
+    long = "x" * 400
+    words = ["Bannana", "bread", "is", "so", "so", "so", long]
+    with h5py.File(tmp_path / "made.h5", "w") as f:
+        f.create_dataset("vl", data=np.array(words, dtype=object), dtype=h5py.string_dtype())
+    packed = base64.b64encode(zlib.compress(long.encode())).decode()
+    fixed = base64.b64encode(b"ab\0\0cdef").decode()
+    body = f"""<String name="vl"><Dim size="7"/><dmrpp:vlsa><v>Bannana</v><v>bread</v><v>is</v><v c="3">so</v>
+        <v s="400">{packed}</v></dmrpp:vlsa></String>
+    <String name="fixed"><Dim size="2"/><dmrpp:FixedLengthStringArray string_length="4" pad="null_pad"/>
+        <dmrpp:compact>{fixed}</dmrpp:compact></String>
+    """
+    document = write_document(tmp_path, body)
+    group = DMRPPParser()(document, REGISTRY).group
+    hdf = HDFParser()((tmp_path / "made.h5").as_uri(), REGISTRY).group
+    assert group["vl"].metadata == hdf["vl"].metadata and group["vl"].manifest == hdf["vl"].manifest
+    assert list(group["vl"].compute()) == words
+    assert list(group["fixed"].compute()) == ["ab", "cdef"] and group["fixed"].metadata.dtype.to_native_dtype() == "<U4"
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        ('<dmrpp:chunk offset="1" nBytes="16" fm="2"/>', "skipped some filters .filter mask fm=2."),
+        ('<dmrpp:block offset="1" nBytes="8"/><dmrpp:block offset="20" nBytes="8"/>', "linked blocks"),
+    ],
+)
+def test_chunks_zarr_cannot_read(tmp_path, chunk, message):
+    document = write_document(tmp_path, f'<Int32 name="v"><Dim size="4"/><dmrpp:chunks>{chunk}</dmrpp:chunks></Int32>')
+    with pytest.raises(ParseError, match=f"(?s)'/v': .*{message}"):
+        DMRPPParser()(document, REGISTRY)
+
+
+def test_deflate_level_spellings(tmp_path):
+    for spelling in ("deflateLevel", "deflate_level"):
+        body = (f'<Int32 name="v"><Dim size="4"/><dmrpp:chunks compressionType="deflate" {spelling}="7">'
+                '<dmrpp:chunk offset="1" nBytes="8"/></dmrpp:chunks></Int32>')
+        codecs = DMRPPParser()(write_document(tmp_path, body), REGISTRY).group["v"].metadata.to_dict()["codecs"]
+        assert codecs[-1] == {"name": "numcodecs.zlib", "configuration": {"level": 7}}

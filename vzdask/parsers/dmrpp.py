@@ -14,7 +14,9 @@ the document says less than the file:
 * a variable without ``fillValue`` has fill value ``_FillValue`` or 0 (netCDF-4
   files keep netCDF's default fill values in the file, not in the document);
 * zlib levels are ``deflateLevel`` when given, else 4 (levels do not matter
-  for decoding);
+  for decoding); filters are applied in ``compressionType``'s order, which is
+  the file's pipeline order in the documents tested (documents without
+  ``dmrpp:version`` may list them otherwise, OPeNDAP's reader emulates that);
 * dimensions of anonymous axes are named ``phony_dim_N`` as ``HDFParser``
   (netCDF-C) names them, none counted as unlimited (the document does not say);
 * attributes: the HDF5 handler's bookkeeping (``origname``, ``fullnamepath``,
@@ -22,8 +24,8 @@ the document says less than the file:
   containers (``build_dmrpp_metadata``, ``DODS_EXTRA``) are left out, and so
   are attributes of unknown type (``type="null"``); other containers become
   nested dicts;
-* strings: values in the document (``dmrpp:compact``) become ``<U{n}`` arrays,
-  inlined, as in ``HDFParser``; netCDF ``char`` variables (one byte per
+* strings: values in the document (``dmrpp:compact``, ``dmrpp:vlsa``) become
+  ``<U{n}`` arrays, inlined, as in ``HDFParser``; netCDF ``char`` variables (one byte per
   element) are referenced virtually as ``S1``, as in ``HDFParser``; strings
   of a declared length (``dmrpp:FixedLengthStringArray``) are referenced
   virtually as ``S{n}`` bytes (``HDFParser`` inlines them as ``<U{n}``);
@@ -36,6 +38,8 @@ the document says less than the file:
 * enums are their base integer type with ``enum_dict`` and, for a named type
   of the variable's own group, ``enum_name`` (h5py's boolean enum
   ``FALSE=0, TRUE=1`` of int8 is ``bool``, as in ``HDFParser``);
+* chunks stored as linked blocks (``dmrpp:block``) or with a non-zero filter
+  mask (``fm``) cannot be virtualized, as in ``HDFParser``;
 * names are the document's: a document made with the HDF5 handler's CF
   option renames groups and variables (``Data Fields`` -> ``Data_Fields``).
 
@@ -289,17 +293,28 @@ class _Walk:
         return dtype
 
     def _string(self, var, chunks, where, shape, dims, attrs) -> ManifestArray:
+        count = int(np.prod(shape, dtype=np.int64))
         compact = var.find(_P + "compact")
-        if compact is not None:
-            return _inline_text(base64.b64decode(compact.text or ""), shape, dims, attrs, self.registry, where)
         fixed = var.find(_P + "FixedLengthStringArray")
+        vlsa = var.find(_P + "vlsa")
+        if vlsa is not None:
+            return _inline_text(_vlsa_values(vlsa, where), shape, dims, attrs, self.registry, where)
+        if compact is not None:
+            raw = base64.b64decode(compact.text or "")
+            if fixed is not None:
+                length = int(fixed.get("string_length", "0"))
+                texts = [raw[i * length : (i + 1) * length] for i in range(count)]
+            else:  # a scalar's bytes, or an array's strings one after another, each ended by a NUL
+                texts = raw.split(b"\0")[:count] if count > 1 else [raw]
+            return _inline_text([t.rstrip(b"\0").decode("utf-8", "replace") for t in texts], shape, dims, attrs,
+                                self.registry, where)
         if fixed is not None and chunks is not None:
             length = int(fixed.get("string_length", "0"))
             return self._array(var, chunks, where, np.dtype(f"S{length}"), shape, dims, attrs, fill=b"")
         if chunks is not None and not chunks.get("compressionType"):
             pieces = chunks.findall(_P + "chunk")
             stored = sum(int(c.get("nBytes", "0")) for c in pieces)
-            if pieces and stored == int(np.prod(shape, dtype=np.int64)):
+            if pieces and stored == count:
                 return self._array(var, chunks, where, np.dtype("S1"), shape, dims, attrs, fill=b"")
         raise ParseError(f"{where}: the document holds neither the values of this string variable nor their length "
                          "(variable-length strings live in the HDF5 heap)")
@@ -314,13 +329,24 @@ class _Walk:
         missing = var.find(_P + "missingdata")
         if compact is not None or missing is not None:
             raw = base64.b64decode((compact if compact is not None else missing).text or "")
-            if compact is None:
-                raw = zlib.decompress(raw)
+            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if compact is None and len(raw) != expected:  # missing data is deflated when that is shorter
+                try:
+                    raw = zlib.decompress(raw)
+                except zlib.error as err:
+                    raise ParseError(f"{where}: dmrpp:missingdata cannot be inflated: {err}") from err
             return _inline_values(raw, dtype, native, shape, dims, attrs, fill, self.registry, where)
         if chunks is None:
             raise ParseError(f"{where}: the document gives neither its chunks nor its values")
         sizes = chunks.find(_P + "chunkDimensionSizes")
         pieces = chunks.findall(_P + "chunk")
+        if chunks.find(_P + "block") is not None or any(p.get("LinkedBlockIndex") for p in pieces):
+            raise ParseError(f"{where}: chunks stored as linked blocks (dmrpp:block) are not one byte range each; "
+                             "zarr cannot read them")
+        masked = next((p for p in pieces if int(p.get("fm", "0") or 0)), None)
+        if masked is not None:
+            raise ParseError(f"{where}: chunk {masked.get('chunkPositionInArray', '')} skipped some filters (filter "
+                             f"mask fm={masked.get('fm')}); cannot virtualize it")
         if sizes is not None:
             chunk_shape = tuple(int(v) for v in (sizes.text or "").split())
             if len(chunk_shape) != len(shape):
@@ -407,7 +433,7 @@ def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
 
     endian: Literal["big", "little"] = "big" if dtype.byteorder == ">" else "little"
     codecs: list[Any] = [zc.BytesCodec(endian=endian if dtype.itemsize > 1 else None)]
-    levels = [int(v) for v in (chunks.get("deflateLevel") or "").split()]
+    levels = [int(v) for v in (chunks.get("deflateLevel") or chunks.get("deflate_level") or "").split()]
     for name in (chunks.get("compressionType") or "").split():
         if name == "deflate":
             codecs.append(zc.Zlib(level=levels.pop(0) if levels else 4))
@@ -443,19 +469,37 @@ def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, a
     return _one_inlined(metadata, data, grid, registry)
 
 
-def _inline_text(raw: bytes, shape, dims, attrs, registry, where: str) -> ManifestArray:
-    """Strings the document holds, as ``<U{n}`` (``n`` the longest), inlined: what ``HDFParser`` makes of text.
+def _vlsa_values(vlsa, where: str) -> list[str]:
+    """The strings of a ``dmrpp:vlsa`` element: ``<v>`` values, ``c`` repeats, ``s`` the size of a packed value.
 
-    A compact scalar holds the string's bytes; an array holds its strings
-    one after another, each ended by a NUL.
+    A value with ``s`` (its length in bytes) is base64 text, of zlib-deflated
+    bytes when that is shorter; ``c`` repeats a value that many times.
     """
+    out: list[str] = []
+    for v in vlsa:
+        if v.tag.rsplit("}", 1)[-1] != "v":
+            continue
+        text = v.text or ""
+        size = v.get("s")
+        if size is not None:
+            raw = base64.b64decode(text)
+            if len(raw) != int(size):
+                try:
+                    raw = zlib.decompress(raw)
+                except zlib.error as err:
+                    raise ParseError(f"{where}: a dmrpp:vlsa value cannot be inflated: {err}") from err
+            text = raw.decode("utf-8", "replace")
+        out.extend([text] * int(v.get("c", "1")))
+    return out
+
+
+def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> ManifestArray:
+    """Strings the document holds, as ``<U{n}`` (``n`` the longest), inlined: what ``HDFParser`` makes of text."""
     import warnings
 
     from vzdask.codecs import codec_for
 
     count = int(np.prod(shape, dtype=np.int64))
-    parts = raw.split(b"\0") if count > 1 else [raw.rstrip(b"\0")]
-    texts = [p.decode("utf-8", "replace") for p in parts[:count]]
     if len(texts) != count:
         raise ParseError(f"{where}: the document holds {len(texts)} strings, expected {count}")
     width = max((len(t) for t in texts), default=0)
