@@ -340,13 +340,16 @@ class _Walk:
             raise ParseError(f"{where}: the document gives neither its chunks nor its values")
         sizes = chunks.find(_P + "chunkDimensionSizes")
         pieces = chunks.findall(_P + "chunk")
-        if chunks.find(_P + "block") is not None or any(p.get("LinkedBlockIndex") for p in pieces):
+        attribs = [piece.attrib for piece in pieces]
+        keys: set[str] = set().union(*attribs) if attribs else set()
+        if "LinkedBlockIndex" in keys or chunks.find(_P + "block") is not None:
             raise ParseError(f"{where}: chunks stored as linked blocks (dmrpp:block) are not one byte range each; "
                              "zarr cannot read them")
-        masked = next((p for p in pieces if int(p.get("fm", "0") or 0)), None)
-        if masked is not None:
-            raise ParseError(f"{where}: chunk {masked.get('chunkPositionInArray', '')} skipped some filters (filter "
-                             f"mask fm={masked.get('fm')}); cannot virtualize it")
+        if "fm" in keys:
+            masked = next((a for a in attribs if int(a.get("fm", "0") or 0)), None)
+            if masked is not None:
+                raise ParseError(f"{where}: chunk {masked.get('chunkPositionInArray', '')} skipped some filters "
+                                 f"(filter mask fm={masked.get('fm')}); cannot virtualize it")
         if sizes is not None:
             chunk_shape = tuple(int(v) for v in (sizes.text or "").split())
             if len(chunk_shape) != len(shape):
@@ -369,25 +372,29 @@ class _Walk:
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
         paths = None
-        for piece in pieces:
-            position = piece.get("chunkPositionInArray")
-            if position is None:
-                index: tuple[int, ...] = (0,) * len(grid)
-            else:
-                start = [int(v) for v in position.strip("[] ").split(",") if v.strip()]
-                if len(start) != len(grid):
-                    raise ParseError(f"{where}: chunk position {position} does not match the shape {shape}")
-                index = tuple(s // c for s, c in zip(start, chunk_shape))
-            if not present.size or any(i >= n for i, n in zip(index, grid)):
+        if len(attribs) == 1 and "href" not in keys and all(n == 1 for n in grid):  # the usual small variable
+            one = attribs[0]
+            try:
+                offsets[...], lengths[...] = int(one["offset"]), int(one["nBytes"])
+            except (KeyError, ValueError) as err:
+                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+            position = one.get("chunkPositionInArray")
+            if position is not None and any(int(v) for v in position.strip("[] ").split(",") if v.strip()):
                 raise ParseError(f"{where}: chunk position {position} lies outside the chunk grid {grid}")
-            present[index] = True
-            offsets[index] = int(piece.get("offset", "0"))
-            lengths[index] = int(piece.get("nBytes", "0"))
-            href = piece.get("href")
-            if href:
-                if paths is None:
-                    paths = np.full(grid, self.data_url, dtype=object)
-                paths[index] = normalize_url(_chunk_href(href, self.data_url))
+            present[...] = True
+        elif attribs:
+            flat = self._chunk_indices(attribs, "chunkPositionInArray" in keys, chunk_shape, grid, shape, where)
+            try:  # every chunk's numbers at once: documents list thousands of chunks
+                offsets.flat[flat] = np.array([a["offset"] for a in attribs]).astype(np.uint64)
+                lengths.flat[flat] = np.array([a["nBytes"] for a in attribs]).astype(np.uint64)
+            except (KeyError, ValueError) as err:
+                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+            present.flat[flat] = True
+            if "href" in keys:
+                paths = np.full(grid, self.data_url, dtype=object)
+                for index, a in zip(flat.tolist(), attribs):
+                    if a.get("href"):
+                        paths.flat[index] = normalize_url(_chunk_href(a["href"], self.data_url))
         if not present.any():
             manifest = ChunkManifest.empty(grid)
         elif paths is None:
@@ -397,6 +404,27 @@ class _Walk:
             manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
         return ManifestArray(metadata, manifest, registry=self.registry)
 
+
+    @staticmethod
+    def _chunk_indices(attribs, positioned: bool, chunk_shape, grid, shape, where: str) -> np.ndarray:
+        """The flat grid index of each chunk, from ``chunkPositionInArray`` (element indices of its first element)."""
+        ndim = len(grid)
+        if not positioned:  # one chunk, unpositioned: the whole (contiguous or scalar) variable
+            if len(attribs) > 1 or not int(np.prod(grid)):
+                raise ParseError(f"{where}: {len(attribs)} dmrpp:chunk elements without chunkPositionInArray for a "
+                                 f"chunk grid {grid}")
+            return np.zeros(1, np.int64)
+        try:
+            text = ",".join(a["chunkPositionInArray"] for a in attribs).replace("[", "").replace("]", "")
+            starts = np.array(text.split(","), dtype=np.int64).reshape(len(attribs), ndim)
+        except (KeyError, ValueError) as err:
+            raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({err})") from err
+        index = starts // np.asarray(chunk_shape, np.int64)
+        outside = (index < 0) | (index >= np.asarray(grid, np.int64))
+        if outside.any():
+            bad = attribs[int(np.flatnonzero(outside.any(axis=1))[0])]["chunkPositionInArray"]
+            raise ParseError(f"{where}: chunk position {bad} lies outside the chunk grid {grid}")
+        return np.ravel_multi_index(tuple(index.T), grid)
 
 def _chunk_href(href: str, data_url: str) -> str:
     """A chunk's own file: a url with a scheme as it is, else by name beside the data file."""
@@ -429,6 +457,22 @@ def _bad_fill(where: str, text: str):
 
 def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
     """The zarr codecs of ``compressionType`` (in the document's order, which is HDF5's filter order)."""
+    key = (chunks.get("compressionType"), chunks.get("deflateLevel") or chunks.get("deflate_level"), dtype.str)
+    codecs = _CODECS.get(key)
+    if codecs is None:
+        codecs = _build_codecs(chunks, dtype, where)
+        if len(_CODECS) >= 256:
+            _CODECS.clear()
+        _CODECS[key] = codecs
+    return list(codecs)
+
+
+#: Codecs per (filters, levels, dtype): a document's variables share a few pipelines, and shared (immutable)
+#: codec objects let ``create_array_metadata`` reuse its templates.
+_CODECS: dict[tuple, tuple] = {}
+
+
+def _build_codecs(chunks, dtype: np.dtype, where: str) -> tuple[Any, ...]:
     import zarr.codecs as zc
 
     endian: Literal["big", "little"] = "big" if dtype.byteorder == ">" else "little"
@@ -443,7 +487,7 @@ def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
             codecs.append(zc.Fletcher32())
         else:
             raise ParseError(f"{where}: compression {name!r} has no zarr codec that can read its stored chunks")
-    return codecs
+    return tuple(codecs)
 
 
 def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, attrs, fill, registry,
