@@ -201,3 +201,21 @@ def test_bad_files(tmp_path):
     with pytest.raises(ParseError, match="empty file"):
         parse(path)
     assert FITSParser.guess_can_open(good.read_bytes()[:4096], "x") and not FITSParser.guess_can_open(b"\x89HDF", "x")
+
+
+def test_headers_of_alike_extensions_are_fetched_ahead(tmp_path, monkeypatch):
+    """20 detectors of one camera: their headers, 160 KB apart, come in a few requests, not one each."""
+    import obstore
+
+    values = RNG.random((200, 200)).astype(">f4")
+    path = tmp_path / "camera.fits"
+    fits.HDUList([fits.PrimaryHDU(), *[fits.ImageHDU(values, name=f"CCD{i}") for i in range(20)]]).writeto(path)
+    calls: list = []
+    for name in ("get", "get_range", "get_ranges"):
+        real = getattr(obstore, name)
+        monkeypatch.setattr(obstore, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    group = parse(path)
+    assert len(calls) <= 4, calls
+    assert set(group.arrays) == {f"CCD{i}" for i in range(20)}
+    monkeypatch.undo()
+    np.testing.assert_array_equal(compute(group["CCD19"]), values)

@@ -54,6 +54,8 @@ BLOCK = 2880
 CARD = 80
 #: What every FITS file starts with.
 FITS_SIGNATURE = b"SIMPLE  =                    T"
+#: Headers fetched ahead in one request, guessing that HDUs are spaced alike (the detectors of one camera).
+PREFETCH = 8
 BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 #: Binary table TFORM codes with a fixed width that zarr holds: numpy dtype (big-endian).
 TFORM_DTYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "C": ">c8", "M": ">c16"}
@@ -149,6 +151,11 @@ def _hdus(handle: ObstoreFile, url: str):
         yield index, header, offset
         offset += -(-_data_size(header) // BLOCK) * BLOCK
         index += 1
+        stride = offset - start
+        if offset + BLOCK <= handle.size and handle.cached_range(handle.url, offset, BLOCK) is None:
+            # the next header, and a guess that those after it are spaced alike (a right guess saves requests)
+            guesses = [offset + k * stride for k in range(PREFETCH)]
+            handle.prefetch([*guesses, *(g + BLOCK - 1 for g in guesses)])  # a header block may span two blocks
 
 
 def _data_size(header) -> int:
