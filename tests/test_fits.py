@@ -219,3 +219,23 @@ def test_headers_of_alike_extensions_are_fetched_ahead(tmp_path, monkeypatch):
     assert set(group.arrays) == {f"CCD{i}" for i in range(20)}
     monkeypatch.undo()
     np.testing.assert_array_equal(compute(group["CCD19"]), values)
+
+
+def test_tile_compressed_scaled_images(tmp_path):
+    """Unsigned (BZERO = 32768) and scaled, blanked compressed images: raw and decoded values are astropy's."""
+    unsigned = RNG.integers(0, 65535, (32, 32)).astype("uint16")
+    scaled = RNG.integers(-100, 100, (32, 32)).astype("int16")
+    scaled[0, :4] = -32768
+    blanked = fits.CompImageHDU(scaled, compression_type="GZIP_1", name="B", do_not_scale_image_data=True)
+    blanked.header["BLANK"], blanked.header["BSCALE"] = -32768, 2.0
+    path = tmp_path / "scaled.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(unsigned, compression_type="RICE_1", name="U"), blanked]
+                 ).writeto(path)
+    group = parse(path)
+    assert group["B"].metadata.attributes["_FillValue"] == -32768
+    with fits.open(path) as f:
+        np.testing.assert_array_equal(decoded(group["U"]), f["U"].data)
+        np.testing.assert_array_equal(decoded(group["B"]), f["B"].data)
+        assert np.isnan(f["B"].data[0, :4]).all()
+    with fits.open(path, do_not_scale_image_data=True) as f:
+        np.testing.assert_array_equal(compute(group["B"]), f["B"].data)

@@ -326,6 +326,8 @@ def _compressed(header, data_offset: int, name: str, handle: ObstoreFile, url: s
     bitpix = int(header["ZBITPIX"])
     dtype = np.dtype(BITPIX_DTYPES[bitpix])
     columns = {column: (code, offset) for _, column, code, _, offset in _columns(header, where)}
+    if "ZBLANK" in columns:
+        raise ParseError(f"{where}: blank values given per tile (a ZBLANK column); a zarr array has one fill value")
     if bitpix < 0 and ("ZSCALE" in columns or "ZSCALE" in header):
         raise ParseError(f"{where}: quantized floating-point tiles ({kind}, ZQUANTIZ "
                          f"{str(header.get('ZQUANTIZ', 'NO_DITHER')).strip()!r}) are scaled per tile; no zarr codec "
@@ -366,7 +368,8 @@ def _compressed(header, data_offset: int, name: str, handle: ObstoreFile, url: s
     chunks = tuple(reversed(tile))
     if rows != int(np.prod([s // t for s, t in zip(size, tile)])):
         raise ParseError(f"{where}: {rows} tiles for a tile grid of {[s // t for s, t in zip(size, tile)]}")
-    attrs = {**_cards(header), **_cf(header.get("BSCALE"), header.get("BZERO"), header.get("BLANK"), bitpix > 0)}
+    blank = header.get("BLANK", header.get("ZBLANK"))
+    attrs = {**_cards(header), **_cf(header.get("BSCALE"), header.get("BZERO"), blank, bitpix > 0)}
     dims = tuple(f"{name}_naxis{i}" for i in range(naxis, 0, -1))
     return _array(dtype, shape, chunks, dims, attrs, url, registry, (heap + pairs[:, 1]).tolist(),
                   pairs[:, 0].tolist(), codecs=codecs)
