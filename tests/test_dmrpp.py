@@ -356,3 +356,13 @@ def test_deflate_level_spellings(tmp_path):
                 '<dmrpp:chunk offset="1" nBytes="8"/></dmrpp:chunks></Int32>')
         codecs = DMRPPParser()(write_document(tmp_path, body), REGISTRY).group["v"].metadata.to_dict()["codecs"]
         assert codecs[-1] == {"name": "numcodecs.zlib", "configuration": {"level": 7}}
+
+
+def test_relative_and_hidden_dimension_names(tmp_path):
+    """Dims named relative to their group resolve upwards; an ancestor's dimension hidden by a nearer one is named by path."""
+    body = """<Dimension name="x" size="2"/><Dimension name="t" size="3"/>
+    <Group name="g"><Dimension name="x" size="4"/>
+        <Int32 name="v"><Dim name="t"/><Dim name="/x"/><Dim name="x"/><dmrpp:chunks/></Int32></Group>
+    """
+    v = DMRPPParser()(write_document(tmp_path, body), REGISTRY).group["g"]["v"]
+    assert v.shape == (3, 2, 4) and v.metadata.dimension_names == ("t", "/x", "x")

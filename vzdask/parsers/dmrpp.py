@@ -210,7 +210,7 @@ class _Walk:
         for dim in var.findall(_D + "Dim"):
             name = dim.get("name")
             if name is not None:
-                full = name if name.startswith("/") else _join(path, name)
+                full = name if name.startswith("/") else self._relative(name, path)
                 if full not in self.dims:
                     raise ParseError(f"{self.url}: variable {_join(path, var.get('name', ''))!r}: dimension {name!r} "
                                      "is declared nowhere in the document")
@@ -224,6 +224,15 @@ class _Walk:
         else:
             dims = [d for d in found if d is not None]
         return tuple(shape), dims
+
+    def _relative(self, name: str, path: str) -> str:
+        """A relative dimension name: declared in this group or the nearest ancestor that declares it."""
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        for depth in range(len(parts), -1, -1):
+            full = "/" + "/".join([*parts[:depth], name])
+            if full in self.dims:
+                return full
+        return _join(path, name)
 
     def _dim_name(self, full: str, path: str) -> str:
         """Its bare name, or its path when a nearer group's dimension of that name hides it (as ``HDFParser``)."""
