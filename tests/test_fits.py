@@ -239,3 +239,19 @@ def test_tile_compressed_scaled_images(tmp_path):
         assert np.isnan(f["B"].data[0, :4]).all()
     with fits.open(path, do_not_scale_image_data=True) as f:
         np.testing.assert_array_equal(compute(group["B"]), f["B"].data)
+
+
+def test_large_images_are_cut_into_row_bands(tmp_path, monkeypatch):
+    import vzdask.parsers.fits as fits_parser
+
+    monkeypatch.setattr(fits_parser, "IMAGE_CHUNK_BYTES", 4096)
+    values = RNG.random((3, 30, 20)).astype(">f8")  # a plane is 4800 bytes, more than a band may hold
+    square = RNG.integers(0, 9, (60, 100)).astype(">i2")  # 200-byte rows: bands of 20 rows, the most that fit
+    path = tmp_path / "large.fits"
+    fits.HDUList([fits.PrimaryHDU(values), fits.ImageHDU(square, name="SQ")]).writeto(path)
+    group = parse(path)
+    assert group["PRIMARY"].chunk_shape == (1, 30, 20)  # a plane per chunk: the smallest band
+    assert group["SQ"].chunk_shape == (20, 100) and group["SQ"].manifest.count()["virtual"] == 3
+    with fits.open(path) as f:
+        np.testing.assert_array_equal(compute(group["PRIMARY"]), f[0].data)
+        np.testing.assert_array_equal(compute(group["SQ"]), f["SQ"].data)

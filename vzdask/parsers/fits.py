@@ -9,7 +9,8 @@ What each HDU becomes:
 
 * the primary header's cards: the root group's attributes;
 * image HDUs (the primary one if it has data, ``IMAGE`` extensions): one
-  big-endian array each, a single virtual chunk, named by ``EXTNAME``
+  big-endian array each, one virtual chunk (bands of whole rows, each a
+  byte range, when larger than ``IMAGE_CHUNK_BYTES``), named by ``EXTNAME``
   (``PRIMARY`` for the primary HDU, ``HDU{i}`` without a name or when a name
   repeats), its cards as attributes; ``BSCALE``/``BZERO``/``BLANK`` are also
   given as CF ``scale_factor``/``add_offset``/``_FillValue``, so CF decoding
@@ -54,6 +55,9 @@ BLOCK = 2880
 CARD = 80
 #: What every FITS file starts with.
 FITS_SIGNATURE = b"SIMPLE  =                    T"
+#: Uncompressed images larger than this are cut into bands of whole rows (contiguous byte ranges), so dask tasks
+#: and reads stay this size.
+IMAGE_CHUNK_BYTES = 16 * 2**20
 #: Headers fetched ahead in one request, guessing that HDUs are spaced alike (the detectors of one camera).
 PREFETCH = 8
 BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -231,8 +235,23 @@ def _image(header, data_offset: int, name: str, url: str, registry, where: str) 
     dims = tuple(f"{name}_naxis{i}" for i in range(naxis, 0, -1))
     attrs = {**_cards(header), **_cf(header.get("BSCALE"), header.get("BZERO"), header.get("BLANK"), bitpix > 0)}
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return _array(dtype, shape, tuple(max(s, 1) for s in shape), dims, attrs, url, registry,
-                  [data_offset] if size else [], [size] if size else [])
+    chunks = _image_chunks(shape, dtype.itemsize)
+    if not size:
+        return _array(dtype, shape, chunks, dims, attrs, url, registry, [], [])
+    step = int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize
+    count = -(-shape[0] // chunks[0])
+    return _array(dtype, shape, chunks, dims, attrs, url, registry, [data_offset + i * step for i in range(count)],
+                  [step] * count)
+
+
+def _image_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """One chunk, or bands of whole rows (the data is contiguous) of at most ``IMAGE_CHUNK_BYTES`` that divide the image."""
+    full = tuple(max(s, 1) for s in shape)
+    row = int(np.prod(full[1:], dtype=np.int64)) * itemsize
+    if full[0] * row <= IMAGE_CHUNK_BYTES:
+        return full
+    rows = max((d for d in range(1, full[0] + 1) if full[0] % d == 0 and d * row <= IMAGE_CHUNK_BYTES), default=1)
+    return (rows, *full[1:])
 
 
 def _endian(dtype: np.dtype) -> Literal["big"] | None:
