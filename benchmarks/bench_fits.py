@@ -3,7 +3,7 @@
 Run by hand: ``.venv/bin/python benchmarks/bench_fits.py [--files 100] [--repeats 5]``.
 
 ``--files`` FITS files written with astropy: a primary 512x512 int16 image
-(BSCALE/BZERO) and three float32 1024x1024 IMAGE extensions, as an exposure
+(BSCALE/BZERO) and three float32 ``--size`` x ``--size`` (256) IMAGE extensions, as an exposure
 of a multi-detector camera would be. Each round times every method over all
 files, taking turns 10 files at a time; figures are medians over rounds.
 kerchunk reads one HDU per call (``extension=``), so it is called once per
@@ -26,16 +26,16 @@ BATCH = 10
 HDUS = 4
 
 
-def make_files(n: int) -> list[Path]:
+def make_files(n: int, size: int) -> list[Path]:
     from astropy.io import fits
 
     DATA.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     primary = rng.integers(0, 1000, (512, 512)).astype(">i2")
-    detectors = [rng.random((1024, 1024)).astype(">f4") for _ in range(HDUS - 1)]
+    detectors = [rng.random((size, size)).astype(">f4") for _ in range(HDUS - 1)]
     paths = []
     for i in range(n):
-        path = DATA / f"exposure_{i:04d}.fits"
+        path = DATA / f"exposure_{size}_{i:04d}.fits"
         if not path.exists():
             hdu = fits.PrimaryHDU(primary, do_not_scale_image_data=True)
             hdu.header["BSCALE"], hdu.header["BZERO"], hdu.header["EXPOSURE"] = 0.5, 100.0, i
@@ -67,9 +67,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    paths = make_files(args.files)
+    paths = make_files(args.files, args.size)
     methods = dict(METHODS)
     for name, func in list(methods.items()):
         try:
@@ -87,7 +88,7 @@ def main() -> None:
                 totals[name] += time.perf_counter() - begin
         for name in methods:
             times[name].append(totals[name])
-    print(f"\n{len(paths)} files of {HDUS} HDUs, median of {args.repeats} rounds")
+    print(f"\n{len(paths)} files of {HDUS} HDUs ({args.size}^2 detectors), median of {args.repeats} rounds")
     print(f"{'method':42s} {'seconds':>9s} {'ms/file':>8s}")
     for name, t in times.items():
         seconds = statistics.median(t)
