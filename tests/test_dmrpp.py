@@ -366,3 +366,23 @@ def test_relative_and_hidden_dimension_names(tmp_path):
     """
     v = DMRPPParser()(write_document(tmp_path, body), REGISTRY).group["g"]["v"]
     assert v.shape == (3, 2, 4) and v.metadata.dimension_names == ("t", "/x", "x")
+
+
+def test_one_request_for_the_document(tmp_path, monkeypatch):
+    """A document is read in one request (two past 64 KiB) and its data file not at all."""
+    import obstore
+
+    big = tmp_path / "big.h5.dmrpp"  # the 3-D document with its chunk list repeated past 64 KiB
+    text = (FIXTURES / "chunked_shufzip_threeD.h5.dmrpp").read_text("latin-1")
+    big.write_text(text.replace("</Dataset>", "<!--" + "x" * 70000 + "--></Dataset>"), encoding="latin-1")
+    calls: list = []
+    for name in ("get", "get_range", "get_ranges", "head"):
+        real = getattr(obstore, name)
+        monkeypatch.setattr(obstore, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[1])) or
+                            _real(*a, **k))
+    DMRPPParser()(url("chunked_shufzip_threeD.h5.dmrpp"), REGISTRY)
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["chunked_shufzip_threeD.h5.dmrpp"]
+    calls.clear()
+    store = DMRPPParser(data_url=url("chunked_shufzip_threeD.h5"))(big.as_uri(), REGISTRY)
+    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["big.h5.dmrpp", "big.h5.dmrpp"]
+    assert store.group["d_8_shufzip_chunks"].manifest.count()["virtual"] == 128
