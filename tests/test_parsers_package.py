@@ -20,6 +20,8 @@ import vzdask.parsers
 from vzdask.parsers import (
     HEAD_BYTES,
     PARSERS,
+    DMRPPParser,
+    FITSParser,
     HDFParser,
     InlinePolicy,
     KerchunkJSONParser,
@@ -183,7 +185,8 @@ def test_every_parser_is_exported_and_is_a_parser():
     for cls in (HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser):
         assert issubclass(cls, Parser), cls
         assert isinstance(cls(), Parser)
-    assert set(PARSERS) >= {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser}
+    assert set(PARSERS) >= {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser,
+                            DMRPPParser, FITSParser}
     from vzdask.errors import ParseError as error
     from vzdask.policy import InlinePolicy as policy
 

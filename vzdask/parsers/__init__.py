@@ -3,10 +3,10 @@
 Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
-Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``hdf4``, ``netcdf3``,
+Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``hdf4``, ``netcdf3``, ``dmrpp``, ``fits``,
 ``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
 ``read_ahead`` (opening the files of a serial walk ahead). Optional
-dependencies (h5py, pyarrow, jinja2) are imported when a parser needs them.
+dependencies (h5py, pyarrow, jinja2, astropy) are imported when a parser needs them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
+from vzdask.parsers.dmrpp import DMRPPParser
+from vzdask.parsers.fits import FITSParser
 from vzdask.parsers.hdf4 import HDF4_SIGNATURE, HDF4Parser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
@@ -23,8 +25,8 @@ from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
-PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser,
-                                     HDF4Parser)
+PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, FITSParser, KerchunkJSONParser,
+                                     KerchunkParquetParser, ZarrParser, HDF4Parser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -44,8 +46,8 @@ def detect_parser(
     file (``Parser.continue_from``) if it reads through one.
 
     ``opened``: ``url`` already open (read ahead); used instead of opening it again.
-    ``on_unsupported``: for ``HDFParser`` and ``HDF4Parser`` (see there); the other parsers raise at the first variable they
-    cannot represent.
+    ``on_unsupported``: for ``HDFParser``, ``HDF4Parser``, ``DMRPPParser`` and ``FITSParser`` (see there);
+    the other parsers raise at the first variable they cannot represent.
 
     Raises
     ------
@@ -82,7 +84,8 @@ def detect_parser(
     if open_error is not None:
         raise open_error
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, Zarr or kerchunk references"
+        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, "
+        "DMR++, FITS, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
     )
@@ -95,8 +98,10 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser: Parser = cls(inline=inline)
     elif cls is ZarrParser:  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
-    elif cls in (HDFParser, HDF4Parser):  # the ones that parse on past a variable they cannot represent
+    elif cls in (HDFParser, HDF4Parser, DMRPPParser):  # the ones that parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
+    elif cls is FITSParser:  # no groups to choose
+        parser = cls(inline=inline, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
     if handle is not None and handle.size:
@@ -110,6 +115,8 @@ __all__ = [
     "HEAD_BYTES",
     "NETCDF3_SIGNATURES",
     "PARSERS",
+    "DMRPPParser",
+    "FITSParser",
     "HDF4Parser",
     "HDFParser",
     "InlinePolicy",

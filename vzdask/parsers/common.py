@@ -146,6 +146,21 @@ class ObstoreFile(io.RawIOBase):
         """The numbers of the blocks read so far (what ``prefetch`` takes for a file laid out alike)."""
         return sorted(self._blocks)
 
+    def prefetch(self, offsets: Iterable[int]) -> None:
+        """Fetch the blocks holding these byte offsets that are not cached yet, all in one request.
+
+        For parsers whose next reads can be guessed (FITS headers spaced
+        alike): a right guess saves a request, a wrong one costs its bytes
+        only. Errors are ignored (a needed block is fetched again when read).
+        """
+        size = self._block_size
+        wanted = sorted({o // size for o in offsets if 0 <= o < self.size} - set(self._blocks))
+        if wanted:
+            try:
+                self._fetch(wanted)
+            except OSError:
+                pass
+
     def readable(self) -> bool:
         return True
 
