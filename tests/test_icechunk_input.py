@@ -15,7 +15,7 @@ import zarr
 from icechunk_repos import Repo
 
 from vzdask.errors import ParseError
-from vzdask.manifests.manifest import INLINED, MISSING, VIRTUAL
+from vzdask.manifests.manifest import MISSING, VIRTUAL
 from vzdask.parsers import IcechunkParser, detect_parser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry

@@ -168,7 +168,7 @@ class IcechunkParser(Parser):
 
         source = self.source
         which = {"branch": self.branch, "tag": self.tag, "snapshot_id": self.snapshot_id}
-        asked = {k: v for k, v in which.items() if v is not None}
+        asked: dict[str, Any] = {k: v for k, v in which.items() if v is not None}
         if isinstance(source, (icechunk.Session, icechunk.IcechunkStore)):
             if asked:
                 raise ValueError(f"{', '.join(asked)}= cannot be given with an icechunk "

@@ -26,11 +26,17 @@ directory follows the last one. So a member's local header is as long as the
 distance to the next member's header (or to the central directory) minus its
 compressed size. The deduction is checked against the local headers that are
 read anyway (every metadata member's, spread through the file as zarr writes
-metadata before chunks) plus the first and last member's; members with a data
-descriptor (whose length is ambiguous) have their 30-byte local header read
-in that same call. If any checked header disagrees (the zip has gaps or
-padding), every member's 30-byte local header is read, in one more
-``get_ranges`` call. Zips with bytes prepended (self-extracting archives)
+metadata before chunks) plus the first and last member's, and it is taken
+only where it equals the length the member's central directory entry implies
+(same name and extra lengths: what zipfile and zarr's ``ZipStore`` write).
+Where it does not (padding after the member, zip64 extras only in the local
+header) or cannot be made (a data descriptor of 12 to 24 bytes follows the
+data), the member's 30-byte local header is read in that same call. So an
+ordinary ``ZipStore`` zip costs two calls; a zip written with zip64 local
+extras or data descriptors throughout has every local header read, still in
+one ``get_ranges`` call (obstore merges nearby ranges; far apart ones are
+fetched concurrently). If a checked header disagrees with the deduction
+anyway, every member's local header is read, in one more call. Zips with bytes prepended (self-extracting archives)
 are handled as Python's ``zipfile`` handles them: offsets are shifted by the
 distance between where the central directory says it starts and where it
 is.
@@ -84,6 +90,8 @@ class Member:
     flags: int
     compressed_size: int
     header_offset: int
+    name_length: int = 0  # the central directory's (the local header's is normally the same)
+    extra_length: int = 0  # the central directory's (the local header's may differ: zip64 extras)
     data_offset: int = -1
 
     @property
@@ -227,7 +235,7 @@ def _parse_central_directory(url: str, directory: bytes, entries: int, shift: in
             continue  # a directory entry
         if flags & _ENCRYPTED_BIT:
             raise ParseError(f"{url}: member {name!r} is encrypted; encrypted zips are not supported")
-        members[name] = Member(name, method, flags, csize, header_offset + shift)
+        members[name] = Member(name, method, flags, csize, header_offset + shift, name_length, extra_length)
     return members
 
 
@@ -258,14 +266,24 @@ def _check_overlaps(url: str, members: dict[str, Member], directory_start: int) 
 
 
 def _deduced_header_lengths(members: list[Member], directory_start: int) -> dict[str, int]:
-    """The local header length of each member without a data descriptor, from the distance to the next member."""
+    """The local header length of members whose layout gives it: ``{name: length}``.
+
+    The distance from a member's local header to the next one's (or to the
+    central directory) minus its compressed size is its local header's
+    length if nothing lies between the members. That is taken only where it
+    equals the length the central directory's entry implies (same name and
+    extra lengths, as zipfile writes them unless zip64 extras differ): a gap
+    after a member makes the two disagree, so it is never taken for header.
+    Members with a data descriptor (12 to 24 bytes, not known without
+    reading) and every disagreement are left out: their local headers are read.
+    """
     out = {}
     for member, following in zip(members, [*members[1:], None]):
         end = following.header_offset if following is not None else directory_start
         if member.flags & _DESCRIPTOR_BIT:
-            continue  # its data descriptor's length (12 to 24 bytes) is not known without reading
+            continue
         length = end - member.header_offset - member.compressed_size
-        if _LOCAL.size + len(member.name.encode()) <= length <= _LOCAL.size + 2 * 0xFFFF:
+        if length == _LOCAL.size + member.name_length + member.extra_length:
             out[member.name] = length
     return out
 
