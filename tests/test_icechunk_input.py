@@ -16,6 +16,7 @@ from icechunk_repos import Repo
 
 from vzdask.errors import ParseError
 from vzdask.manifests.manifest import MISSING, VIRTUAL
+from vzdask.mfdataset import open_virtual_mfdataset
 from vzdask.parsers import IcechunkParser, detect_parser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -186,9 +187,7 @@ def test_not_a_repository(tmp_path):
 
 def test_combined_with_a_new_file_written_to_icechunk_and_kerchunk(source, tmp_path):
     """Icechunk input + a new netCDF4 file -> a new repository and kerchunk JSON, each read back independently."""
-    old = open_virtual_dataset(source["url"], loadable_variables=["time", "lat", "lon"])
-    new = open_virtual_dataset(source["nc2"], loadable_variables=["time", "lat", "lon"])
-    combined = xr.concat([old, new], dim="time", coords="minimal", compat="override")
+    combined = open_virtual_mfdataset([source["repo"].path, source["nc2"]], combine="by_coords")
     assert combined.tas.data.manifest.count()["virtual"] == 12
     expected = xr.open_mfdataset([source["nc1"], source["nc2"]], engine="netcdf4", combine="by_coords").load()
 
@@ -219,3 +218,27 @@ def test_combined_with_a_new_file_written_to_icechunk_and_kerchunk(source, tmp_p
     expected_native = icechunk_read(source, "native")
     np.testing.assert_array_equal(got.n.values, expected_native.n.values)
     np.testing.assert_array_equal(got.flag.values, expected_native.flag.values)
+
+
+def test_repository_on_s3(s3_server, s3_bucket, s3_env):
+    """A repository in a (moto) S3 bucket: opened from its url, native chunks referenced and read through obstore."""
+    bucket, _ = s3_bucket
+    storage = icechunk.s3_storage(
+        bucket=bucket, prefix="repos/one", endpoint_url=s3_server.endpoint, allow_http=True, region="us-east-1",
+        access_key_id="testing", secret_access_key="testing", force_path_style=True,
+    )
+    repo = icechunk.Repository.create(storage)
+    session = repo.writable_session("main")
+    add_native_group(session)
+    session.commit("native on S3")
+    expected = xr.open_zarr(repo.readonly_session("main").store, consolidated=False, group="native").load()
+
+    url = f"s3://{bucket}/repos/one"
+    registry = ObjectStoreRegistry.default()
+    assert isinstance(detect_parser(url, registry), IcechunkParser)
+    store = IcechunkParser()(url, registry)
+    n = store.group.groups["native"].arrays["n"].manifest
+    assert n.count()["virtual"] == 3 and all(u.startswith(f"{url}/chunks/") for u in n.urls)
+    xr.testing.assert_identical(vz_read(store, "native"), expected)
+    from_repo = IcechunkParser(repo)("ignored", registry)  # the location from the repository's storage
+    assert set(from_repo.group.groups["native"].arrays["n"].manifest.urls) == set(n.urls)

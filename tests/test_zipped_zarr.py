@@ -252,3 +252,19 @@ def test_not_a_zip_or_damaged(tmp_path):
     cut.write_bytes(data[:200] + data[-22:])  # members gone, the end record still pointing at them
     with pytest.raises(ParseError, match="damaged zip"):
         ZippedZarrParser()(f"file://{cut}", registry)
+
+
+def test_zip_on_s3(tmp_path, s3_bucket, s3_env):
+    path = write_store(tmp_path / "s.zarr.zip", 3)
+    bucket, client = s3_bucket
+    client.upload_file(path, bucket, "stores/s.zarr.zip")
+    url = f"s3://{bucket}/stores/s.zarr.zip"
+    vds = open_virtual_dataset(url, loadable_variables=["time"])
+    assert set(vds.t.data.manifest.urls) == {url}
+    xr.testing.assert_identical(vds.load(), zarr_read(path))
+
+
+def test_registered_with_the_parsers():
+    from vzdask.parsers import PARSERS, IcechunkParser
+
+    assert ZippedZarrParser in PARSERS and IcechunkParser in PARSERS
