@@ -62,6 +62,7 @@ def add_native_group(session) -> None:
     small[:] = [1, 2, 3, 4]  # 2-byte chunks: Icechunk keeps them inline in its manifest
     nested = group.create_group("deeper")
     nested.create_array("z", shape=(3,), chunks=(3,), dtype="<i4", fill_value=0, dimension_names=("m",))[:] = [5, 6, 7]
+    nested.create_array("scalar", shape=(), dtype="f8", fill_value=0.0, dimension_names=())[()] = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,10 @@ def test_values_metadata_and_chunk_kinds_match_icechunk(source):
     ours = zarr.open_group(store, mode="r", zarr_format=3)
     for path in ("tas", "p", "time", "native/n", "native/flag", "native/deeper/z"):
         assert ours[path].metadata.to_dict() == ice[path].metadata.to_dict(), path
+    # a scalar gets its (empty) dimension names, as ZarrParser gives it, so xarray opens it
+    scalar = ice["native/deeper/scalar"].metadata.to_dict()
+    assert "dimension_names" not in scalar
+    assert ours["native/deeper/scalar"].metadata.to_dict() == scalar | {"dimension_names": ()}
     assert ours["native"].attrs.asdict() == {"about": "written by zarr"}
     assert ours.attrs.asdict() == ice.attrs.asdict()
 

@@ -270,8 +270,10 @@ class _SnapshotReader(ZarrTreeReader):
         lengths = np.zeros(grid, dtype=np.uint64)
         inlined: dict[tuple[int, ...], bytes] = {}
         native_keys: list[tuple[int, ...]] = []
+        flat_paths, flat_offsets, flat_lengths = paths.reshape(-1), offsets.reshape(-1), lengths.reshape(-1)
         async for coords, kinds, locations, starts, sizes, held in self.store.array_chunk_iterator("/" + node.path):
-            index = tuple(np.asarray(coords, dtype=np.intp).T)
+            coords = np.asarray(coords, dtype=np.intp).reshape(len(kinds), len(grid))
+            flat = np.ravel_multi_index(tuple(coords.T), grid) if grid else np.zeros(len(kinds), dtype=np.intp)
             kinds = np.asarray(kinds)
             locations = np.asarray(locations, dtype=object)
             virtual = kinds == _VIRTUAL
@@ -280,13 +282,12 @@ class _SnapshotReader(ZarrTreeReader):
                 locations = np.where(native, self.chunks_url + locations.astype(str), locations)
                 virtual = virtual | native
             elif native.any():
-                native_keys.extend(tuple(int(i) for i in row) for row in np.asarray(coords)[native])
-            picked = tuple(i[virtual] for i in index)
-            paths[picked] = locations[virtual]
-            offsets[picked] = np.asarray(starts)[virtual]
-            lengths[picked] = np.asarray(sizes)[virtual]
+                native_keys.extend(tuple(int(i) for i in row) for row in coords[native])
+            flat_paths[flat[virtual]] = locations[virtual]
+            flat_offsets[flat[virtual]] = np.asarray(starts)[virtual]
+            flat_lengths[flat[virtual]] = np.asarray(sizes)[virtual]
             for row, data in held.items():
-                inlined[tuple(int(i[row]) for i in index)] = bytes(data)
+                inlined[tuple(int(i) for i in coords[row])] = bytes(data)
         if native_keys:
             inlined.update(await self.native_bytes(node.path, metadata, native_keys))
         try:
