@@ -268,3 +268,14 @@ def test_registered_with_the_parsers():
     from vzdask.parsers import PARSERS, IcechunkParser
 
     assert ZippedZarrParser in PARSERS and IcechunkParser in PARSERS
+
+
+def test_a_small_zip_costs_no_request_after_detection(tmp_path, monkeypatch):
+    """Detection reads the first 64 KiB; a zip that small is parsed from those bytes."""
+    path = write_store(tmp_path / "s.zarr.zip", 3)
+    calls = count_reads(monkeypatch)
+    vds = open_virtual_dataset(path, loadable_variables=["time"])
+    assert calls == []
+    xr.testing.assert_identical(vds.load(), zarr_read(path))
+    ZippedZarrParser()(f"file://{path}", ObjectStoreRegistry.default())  # not opened before: its own reads
+    assert calls == [("end", 1), ("ranges", 6)]

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.store import ManifestStore
 from vzdask.object_io import read_end, read_ranges, run_sync
-from vzdask.parsers.common import Parser, ParseError, finish
+from vzdask.parsers.common import ObstoreFile, Parser, ParseError, finish
 from vzdask.parsers.zarr import V2_ARRAY, V2_ATTRS, V2_CONSOLIDATED, V2_GROUP, V3_DOC, ZarrTreeReader
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -139,9 +139,10 @@ class ZippedZarrParser(Parser):
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         url = url.rstrip("/")
-        store, path = registry.resolve(url)
-        members = read_directory(url, store, path)
-        documents = _read_documents(url, store, path, members)
+        opened, self._opened = self._opened, None
+        source = ZipReads(url, registry, opened if opened is not None and opened.registry is registry else None)
+        members = read_directory(source)
+        documents = _read_documents(source, members)
         reader = _ZipReader(url, registry, self.consolidated, members, documents)
         group = run_sync(reader.parse(self.group or ""))
         return finish(group, registry, self.inline)
@@ -150,14 +151,46 @@ class ZippedZarrParser(Parser):
 # --------------------------------------------------------------------------- #
 # the zip's structure
 # --------------------------------------------------------------------------- #
-def read_directory(url: str, store, path: str) -> dict[str, Member]:
+class ZipReads:
+    """The reads of one zip: through obstore, or from the blocks detection already read when they hold the bytes.
+
+    ``detect_parser`` opens the file (its first 64 KiB) before the parser
+    runs; a zip that small is then parsed without another request.
+    """
+
+    def __init__(self, url: str, registry: ObjectStoreRegistry, opened: ObstoreFile | None = None) -> None:
+        self.url = url
+        self.store, self.path = registry.resolve(url)
+        self.opened = opened if opened is not None and opened.url == url and opened.size else None
+
+    def end(self, length: int) -> tuple[bytes, int]:
+        """``(last bytes, size)``: the last ``length`` bytes of the zip (all of it if shorter) and its size."""
+        if self.opened is not None:
+            size = self.opened.size
+            start = max(0, size - length)
+            cached = self.opened.cached_range(self.url, start, size - start)
+            if cached is not None:
+                return cached, size
+        data, size = read_end(self.store, self.path, length, url=self.url)
+        return bytes(data), size
+
+    def ranges(self, starts: list[int], lengths: list[int], what: str) -> list[bytes]:
+        """The bytes of each range, in one request (none if detection's blocks hold them all)."""
+        if self.opened is not None:
+            cached = [self.opened.cached_range(self.url, s, n) for s, n in zip(starts, lengths)]
+            if all(c is not None for c in cached):
+                return [c for c in cached if c is not None]
+        return [bytes(b) for b in read_ranges(self.store, self.path, starts, lengths, url=self.url, what=what)]
+
+
+def read_directory(source: ZipReads) -> dict[str, Member]:
     """The zip's members by name (the last of duplicate names, as ``zipfile`` reads them), data offsets unset.
 
     One request for the end of the file; one more only if the central
     directory (or the zip64 record) starts before the bytes it returned.
     """
-    tail, size = read_end(store, path, TAIL_BYTES, url=url)
-    tail = bytes(tail)
+    url = source.url
+    tail, size = source.end(TAIL_BYTES)
     base = size - len(tail)  # file offset of tail[0]
     if size < _EOCD.size:
         raise ParseError(f"{url}: not a zip file ({size} bytes, too short for an end of central directory record)")
@@ -172,7 +205,7 @@ def read_directory(url: str, store, path: str) -> dict[str, Member]:
         if disks > 1:
             raise ParseError(f"{url}: a multi-disk (split) zip archive ({disks} disks) is not supported")
         record_at = base + locator_at - _ZIP64_EOCD.size  # where the record lies when nothing is prepended
-        record = _bytes_at(url, store, path, tail, base, record_at, _ZIP64_EOCD.size)
+        record = _bytes_at(source, tail, base, record_at, _ZIP64_EOCD.size)
         if record[:4] != ZIP64_EOCD_SIGNATURE:
             raise ParseError(f"{url}: zip64 end of central directory record not found (locator says offset {record_offset})")
         _, _, _, _, disk, cd_disk, _, entries, cd_size, cd_offset = _ZIP64_EOCD.unpack_from(record)
@@ -183,7 +216,7 @@ def read_directory(url: str, store, path: str) -> dict[str, Member]:
     if directory_start < 0:
         raise ParseError(f"{url}: damaged zip: its central directory ({cd_size} bytes) would start before the file")
     shift = directory_start - cd_offset  # bytes prepended to the archive (0 for an ordinary zip)
-    directory = _bytes_at(url, store, path, tail, base, directory_start, cd_size)
+    directory = _bytes_at(source, tail, base, directory_start, cd_size)
     members = _parse_central_directory(url, directory, entries, shift)
     _check_overlaps(url, members, directory_start)
     members["\0directory_start"] = Member("", 0, 0, 0, directory_start)  # the end of the last member's bytes
@@ -204,14 +237,14 @@ def _find_eocd(tail: bytes) -> int | None:
             return at
 
 
-def _bytes_at(url: str, store, path: str, tail: bytes, base: int, start: int, length: int) -> bytes:
+def _bytes_at(source: ZipReads, tail: bytes, base: int, start: int, length: int) -> bytes:
     """Bytes ``[start, start + length)`` of the file: from the tail when it holds them, else one request."""
     if start >= base:
         return tail[start - base : start - base + length]
     if length <= 0:
         return b""
     missing = min(length, base - start)
-    head = bytes(read_ranges(store, path, [start], [missing], url=url, what="the zip's central directory")[0])
+    head = source.ranges([start], [missing], "the zip's central directory")[0]
     return head + tail[: length - missing]
 
 
@@ -295,7 +328,7 @@ def _local_header_length(url: str, member: Member, header: bytes) -> int:
     return _LOCAL.size + fields[9] + fields[10]
 
 
-def _read_documents(url: str, store, path: str, members: dict[str, Member]) -> dict[str, bytes]:
+def _read_documents(source: ZipReads, members: dict[str, Member]) -> dict[str, bytes]:
     """Set every member's data offset and return the metadata documents' bytes (by member name).
 
     One ``get_ranges`` call reads the metadata members with their local
@@ -303,6 +336,7 @@ def _read_documents(url: str, store, path: str, members: dict[str, Member]) -> d
     module's docstring); a second one reads every local header only if a
     check failed.
     """
+    url = source.url
     directory_start = members.pop("\0directory_start").header_offset
     ordered = sorted(members.values(), key=lambda m: m.header_offset)
     deduced = _deduced_header_lengths(ordered, directory_start)
@@ -318,7 +352,7 @@ def _read_documents(url: str, store, path: str, members: dict[str, Member]) -> d
     starts = [m.header_offset for m in documents] + [m.header_offset for m in checked.values()]
     lengths = [min(slack[m.name] + m.compressed_size, directory_start - m.header_offset) for m in documents]
     lengths += [_LOCAL.size] * len(checked)
-    got = [bytes(b) for b in read_ranges(store, path, starts, lengths, url=url, what="the zip's metadata members")]
+    got = source.ranges(starts, lengths, "the zip's metadata members")
     consistent = True
     texts = {}
     document_names = {m.name for m in documents}
@@ -331,8 +365,7 @@ def _read_documents(url: str, store, path: str, members: dict[str, Member]) -> d
             texts[member.name] = data[header_length : header_length + member.compressed_size]
     if not consistent:  # gaps between members: the layout says nothing; read every local header
         rest = [m for m in ordered if m.name not in texts and m.name not in checked]
-        headers = read_ranges(store, path, [m.header_offset for m in rest], [_LOCAL.size] * len(rest),
-                              url=url, what="the zip's local headers")
+        headers = source.ranges([m.header_offset for m in rest], [_LOCAL.size] * len(rest), "the zip's local headers")
         for member, header in zip(rest, headers):
             member.data_offset = member.header_offset + _local_header_length(url, member, bytes(header))
     else:
@@ -342,8 +375,7 @@ def _read_documents(url: str, store, path: str, members: dict[str, Member]) -> d
     for name, text in list(texts.items()):
         if len(text) < members[name].compressed_size:  # a longer local header than guessed: read the data alone
             member = members[name]
-            texts[name] = bytes(read_ranges(store, path, [member.data_offset], [member.compressed_size], url=url,
-                                            what=f"zip member {name!r}")[0])
+            texts[name] = source.ranges([member.data_offset], [member.compressed_size], f"zip member {name!r}")[0]
     return texts
 
 
@@ -403,4 +435,4 @@ class _ZipReader(ZarrTreeReader):
         return self.manifest_of(node, described, objects)
 
 
-__all__ = ["TAIL_BYTES", "Member", "ZippedZarrParser", "read_directory"]
+__all__ = ["TAIL_BYTES", "Member", "ZipReads", "ZippedZarrParser", "read_directory"]
