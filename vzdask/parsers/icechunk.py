@@ -278,8 +278,8 @@ class _SnapshotReader(ZarrTreeReader):
             locations = np.asarray(locations, dtype=object)
             virtual = kinds == _VIRTUAL
             native = kinds == _NATIVE
-            if self.chunks_url is not None:
-                locations = np.where(native, self.chunks_url + locations.astype(str), locations)
+            if self.chunks_url is not None and native.any():
+                locations[native] = [self.chunks_url + chunk_id for chunk_id in locations[native]]
                 virtual = virtual | native
             elif native.any():
                 native_keys.extend(tuple(int(i) for i in row) for row in coords[native])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -338,16 +339,17 @@ class ZarrTreeReader:
         offsets = np.zeros(grid, dtype=np.uint64)
         lengths = np.zeros(grid, dtype=np.uint64)
         empty = {}
-        for key, url, offset, size in objects:
-            index = _decode_key(key, name, separator, grid)
-            if index is None:
-                continue
-            if size == 0:  # not a valid encoded chunk: inline it so decoding fails loudly
-                empty[index] = b""
-                continue
-            paths[index] = url
-            offsets[index] = offset
-            lengths[index] = size
+        rows, index = _decode_keys([key for key, _, _, _ in objects], name, separator, grid)
+        if len(rows):
+            flat = np.ravel_multi_index(tuple(index.T), grid) if grid else np.zeros(len(rows), dtype=np.intp)
+            sizes = np.array([objects[r][3] for r in rows], dtype=np.uint64)
+            for i in index[sizes == 0]:  # not a valid encoded chunk: inline it so decoding fails loudly
+                empty[tuple(int(x) for x in i)] = b""
+            keep = sizes > 0
+            rows, flat = rows[keep], flat[keep]
+            paths.reshape(-1)[flat] = [objects[r][1] for r in rows]
+            offsets.reshape(-1)[flat] = [objects[r][2] for r in rows]
+            lengths.reshape(-1)[flat] = sizes[keep]
         try:
             return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=empty or None)
         except ValueError as err:
@@ -367,22 +369,26 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix and name else prefix or name
 
 
-def _decode_key(key: str, encoding: str, separator: str, grid: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The grid index of a chunk object key, or None if the key is not a chunk of this grid."""
+def _decode_keys(keys: list[str], encoding: str, separator: str,
+                 grid: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, indices)``: which ``keys`` are chunks of this grid, and their grid indices (an ``(n, ndim)`` array).
+
+    Keys that are not chunks (metadata documents, stray files) or lie beyond
+    the grid (a shrunk shape) are left out. One compiled pattern matches
+    every key: a store of a million chunks decodes in about a second.
+    """
+    ndim = len(grid)
+    digits, sep = "([0-9]+)", re.escape(separator)
     if encoding == "default":
-        if key == "c":
-            parts: list[str] = []
-        elif key.startswith("c" + separator):
-            parts = key[2:].split(separator)
-        else:
-            return None
+        pattern = re.compile("c" + (sep + digits) * ndim)
     else:
-        parts = key.split(separator)
-        if not grid and parts == ["0"]:
-            return ()
-    if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
-        return None
-    index = tuple(int(p) for p in parts)
-    if any(i >= n for i, n in zip(index, grid)):
-        return None
-    return index
+        pattern = re.compile(sep.join([digits] * ndim) if ndim else "0")
+    matched = [(row, m.groups()) for row, m in enumerate(map(pattern.fullmatch, keys)) if m is not None]
+    try:
+        index = np.array([groups for _, groups in matched], dtype=np.int64).reshape(len(matched), ndim)
+    except OverflowError:  # a number beyond int64 is beyond any grid too
+        matched = [(row, groups) for row, groups in matched if all(len(g) <= 18 for g in groups)]
+        index = np.array([groups for _, groups in matched], dtype=np.int64).reshape(len(matched), ndim)
+    rows = np.array([row for row, _ in matched], dtype=np.intp)
+    inside = (index < np.array(grid, dtype=np.int64)).all(axis=1) if ndim else np.ones(len(rows), dtype=bool)
+    return rows[inside], index[inside]
