@@ -247,3 +247,16 @@ def test_repository_on_s3(s3_server, s3_bucket, s3_env):
     xr.testing.assert_identical(vz_read(store, "native"), expected)
     from_repo = IcechunkParser(repo)("ignored", registry)  # the location from the repository's storage
     assert set(from_repo.group.groups["native"].arrays["n"].manifest.urls) == set(n.urls)
+
+
+def test_format_1_repository_detected_and_parsed(tmp_path):
+    """Icechunk's format 1 layout (refs/branch.main/ref.json, no ``repo`` object) is recognised too."""
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "v1")), spec_version=1)
+    session = repo.writable_session("main")
+    add_native_group(session)
+    session.commit("format 1")
+    assert not (tmp_path / "v1" / "repo").exists() and (tmp_path / "v1" / "refs" / "branch.main").is_dir()
+    url = f"file://{tmp_path / 'v1'}"
+    assert isinstance(detect_parser(url, ObjectStoreRegistry.default()), IcechunkParser)
+    expected = xr.open_zarr(repo.readonly_session("main").store, consolidated=False, group="native").load()
+    xr.testing.assert_identical(vz_read(IcechunkParser()(url, ObjectStoreRegistry.default()), "native"), expected)
