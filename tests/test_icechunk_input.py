@@ -124,6 +124,9 @@ def test_detected_from_the_repository_layout(source):
     assert isinstance(detect_parser(source["url"], registry), IcechunkParser)
     vds = open_virtual_dataset(source["repo"].path, group="native", loadable_variables=[])
     assert set(vds.data_vars) == {"n", "flag"}
+    assert "tas" not in open_virtual_dataset(source["repo"].path, drop_variables=["tas"]).variables
+    assert set(IcechunkParser(drop_variables=["p"])(source["url"], registry).group.arrays) == {"tas", "time", "lat",
+                                                                                              "lon"}
     xr.testing.assert_identical(vds.load(), icechunk_read(source, "native"))
 
 

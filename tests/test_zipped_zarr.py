@@ -279,3 +279,14 @@ def test_a_small_zip_costs_no_request_after_detection(tmp_path, monkeypatch):
     xr.testing.assert_identical(vds.load(), zarr_read(path))
     ZippedZarrParser()(f"file://{path}", ObjectStoreRegistry.default())  # not opened before: its own reads
     assert calls == [("end", 1), ("ranges", 6)]
+
+
+def test_bytes_after_the_archive(tmp_path):
+    """Trailing bytes after the end record (zipfile reads such zips too)."""
+    path = write_store(tmp_path / "s.zarr.zip", 3)
+    padded = tmp_path / "padded.zarr.zip"
+    padded.write_bytes(open(path, "rb").read() + b"\0" * 100)
+    with zipfile.ZipFile(padded) as archive:
+        assert archive.read("t/c/0/0")
+    xr.testing.assert_identical(vz_read(ZippedZarrParser()(f"file://{padded}", ObjectStoreRegistry.default())),
+                                zarr_read(path))

@@ -224,17 +224,24 @@ def read_directory(source: ZipReads) -> dict[str, Member]:
 
 
 def _find_eocd(tail: bytes) -> int | None:
-    """Position of the EOCD record in ``tail``: the last signature whose comment runs to the end of the file."""
+    """Position of the EOCD record in ``tail``: the last signature whose comment runs to the end of the file.
+
+    Failing that (bytes appended after the archive), the last signature
+    whose record fits, as Python's ``zipfile`` accepts such zips too.
+    """
+    fitting = None
     at = len(tail)
     while True:
         at = tail.rfind(EOCD_SIGNATURE, 0, at)
-        if at < 0 or at + _EOCD.size > len(tail):
-            if at < 0:
-                return None
+        if at < 0:
+            return fitting
+        if at + _EOCD.size > len(tail):
             continue
         comment = _EOCD.unpack_from(tail, at)[7]
         if at + _EOCD.size + comment == len(tail):
             return at
+        if fitting is None:
+            fitting = at
 
 
 def _bytes_at(source: ZipReads, tail: bytes, base: int, start: int, length: int) -> bytes:
@@ -347,10 +354,13 @@ def _read_documents(source: ZipReads, members: dict[str, Member]) -> dict[str, b
         checked.setdefault(ordered[-1].name, ordered[-1])
     for member in documents:
         checked.pop(member.name, None)
-    # a document is read with its local header: the deduced length (or the most a header can be) plus its data
+    # a document is read with its local header: the deduced length (or the most a header can be) plus its data,
+    # and no further than the next member
     slack = {m.name: deduced.get(m.name, _LOCAL.size + 2 * 0xFFFF) for m in documents}
+    span_end = {m.name: n.header_offset for m, n in zip(ordered, ordered[1:])}
     starts = [m.header_offset for m in documents] + [m.header_offset for m in checked.values()]
-    lengths = [min(slack[m.name] + m.compressed_size, directory_start - m.header_offset) for m in documents]
+    lengths = [min(slack[m.name] + m.compressed_size, span_end.get(m.name, directory_start) - m.header_offset)
+               for m in documents]
     lengths += [_LOCAL.size] * len(checked)
     got = source.ranges(starts, lengths, "the zip's metadata members")
     consistent = True
