@@ -290,3 +290,17 @@ def test_bytes_after_the_archive(tmp_path):
         assert archive.read("t/c/0/0")
     xr.testing.assert_identical(vz_read(ZippedZarrParser()(f"file://{padded}", ObjectStoreRegistry.default())),
                                 zarr_read(path))
+
+
+def test_empty_and_missing_files(tmp_path):
+    from vzdask.object_io import read_end
+
+    registry = ObjectStoreRegistry.default()
+    empty = tmp_path / "empty.zarr.zip"
+    empty.write_bytes(b"")
+    with pytest.raises(ParseError, match=r"not a zip file \(0 bytes"):
+        ZippedZarrParser()(f"file://{empty}", registry)
+    store, path = registry.resolve(f"file://{empty}")
+    assert read_end(store, path, 100, url=f"file://{empty}") == (b"", 0)
+    with pytest.raises(FileNotFoundError):
+        ZippedZarrParser()(f"file://{tmp_path}/missing.zarr.zip", registry)
