@@ -36,10 +36,14 @@ ordinary ``ZipStore`` zip costs two calls; a zip written with zip64 local
 extras or data descriptors throughout has every local header read, still in
 one ``get_ranges`` call (obstore merges nearby ranges; far apart ones are
 fetched concurrently). If a checked header disagrees with the deduction
-anyway, every member's local header is read, in one more call. Zips with bytes prepended (self-extracting archives)
-are handled as Python's ``zipfile`` handles them: offsets are shifted by the
-distance between where the central directory says it starts and where it
-is.
+anyway, every member's local header is read, in one more call. A zip small
+enough to lie within the first block ``detect_parser`` read costs no request
+at all.
+
+Zips with bytes prepended (self-extracting archives) are handled as Python's
+``zipfile`` handles them: offsets are shifted by the distance between where
+the central directory says it starts and where it is. Bytes appended after
+the end record are accepted too.
 
 Compressed members (deflate, bzip2, lzma, ...) cannot be referenced as byte
 ranges: one that the store uses (a chunk or a metadata document) raises a
