@@ -248,6 +248,35 @@ def read_start(store: Any, path: str, length: int, *, url: str) -> tuple[Any, in
     return data, size
 
 
+def read_end(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int]:
+    """``(last bytes, size)``: the last ``length`` bytes of an object (all of it if shorter) and its size.
+
+    One suffix-ranged ``get`` answers both, so a format whose directory is
+    at the end (a zip's central directory) costs one request to open.
+
+    Raises
+    ------
+    FileNotFoundError
+        The object does not exist.
+    ChunkReadError
+        Any other failure, or fewer bytes than the size promises.
+    """
+    try:
+        got = obstore.get(store, path, options={"range": {"suffix": length}})
+        data = got.bytes()
+        size = int(got.meta["size"])
+    except BaseException as err:
+        if not is_read_error(err):
+            raise
+        size = head_size(store, path, url=url)
+        if size:
+            raise _request_error(err, url, None, [max(0, size - length)], [min(length, size)]) from err
+        return b"", 0
+    if len(data) != min(length, size):
+        raise _short_read(url, None, max(0, size - length), min(length, size), len(data))
+    return data, size
+
+
 # -- whole objects and sizes -------------------------------------------------
 
 
@@ -373,6 +402,7 @@ __all__ = [
     "list_prefixes_async",
     "list_sizes_async",
     "read_ranges",
+    "read_end",
     "read_ranges_async",
     "read_start",
     "run_sync",

@@ -4,9 +4,9 @@ Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
 Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``hdf4``, ``netcdf3``, ``dmrpp``, ``fits``,
-``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
+``zarr``, ``zipped_zarr``, ``icechunk``, ``kerchunk`` (a package: JSON, Parquet, templates) and
 ``read_ahead`` (opening the files of a serial walk ahead). Optional
-dependencies (h5py, pyarrow, jinja2, astropy) are imported when a parser needs them.
+dependencies (h5py, pyarrow, jinja2, astropy, icechunk) are imported when a parser needs them.
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ from vzdask.parsers.dmrpp import DMRPPParser
 from vzdask.parsers.fits import FITSParser
 from vzdask.parsers.hdf4 import HDF4_SIGNATURE, HDF4Parser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
+from vzdask.parsers.icechunk import IcechunkParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
 from vzdask.parsers.zarr import ZarrParser
+from vzdask.parsers.zipped_zarr import ZippedZarrParser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
 PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, FITSParser, KerchunkJSONParser,
-                                     KerchunkParquetParser, ZarrParser, HDF4Parser)
+                                     KerchunkParquetParser, ZarrParser, HDF4Parser, ZippedZarrParser, IcechunkParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -74,11 +76,14 @@ def detect_parser(
                 return _configured(cls, handle, inline, group, drop_variables, on_unsupported)
 
     # late imports: the probes are looked up at call time (tests replace them)
+    from vzdask.parsers.icechunk import is_icechunk_repository
     from vzdask.parsers.kerchunk import is_kerchunk_parquet
     from vzdask.parsers.zarr import is_zarr_store
 
     if is_kerchunk_parquet(url, registry):  # before zarr: its .zmetadata holds "record_size"
         return _configured(KerchunkParquetParser, None, inline, group, drop_variables, on_unsupported)
+    if is_icechunk_repository(url, registry):  # a directory/prefix with Icechunk's ``repo`` (or v1 refs)
+        return _configured(IcechunkParser, None, inline, group, drop_variables, on_unsupported)
     if is_zarr_store(url, registry):  # a directory/prefix with zarr.json, .zgroup or .zarray
         return _configured(ZarrParser, None, inline, group, drop_variables, on_unsupported)
     if open_error is not None:
@@ -96,7 +101,7 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
     """A ``cls`` parser with the options its constructor takes, going on from ``handle`` if there is one."""
     if cls is NetCDF3Parser:  # no groups; variables are dropped after parsing
         parser: Parser = cls(inline=inline)
-    elif cls is ZarrParser:  # variables are dropped after parsing
+    elif cls in (ZarrParser, ZippedZarrParser):  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
     elif cls in (HDFParser, HDF4Parser, DMRPPParser):  # the ones that parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
@@ -119,6 +124,7 @@ __all__ = [
     "FITSParser",
     "HDF4Parser",
     "HDFParser",
+    "IcechunkParser",
     "InlinePolicy",
     "KerchunkJSONParser",
     "KerchunkParquetParser",
@@ -127,5 +133,6 @@ __all__ = [
     "ParseError",
     "Parser",
     "ZarrParser",
+    "ZippedZarrParser",
     "detect_parser",
 ]

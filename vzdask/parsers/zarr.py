@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,7 +94,7 @@ class ZarrParser(Parser):
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
         url = url.rstrip("/")
         store, root = registry.resolve(url)
-        reader = _Reader(url, store, root, registry, self.consolidated)
+        reader = ZarrTreeReader(url, store, root, registry, self.consolidated)
         group = run_sync(reader.parse(self.group or ""))
         return finish(group, registry, self.inline)
 
@@ -102,7 +103,7 @@ class ZarrParser(Parser):
 # the hierarchy: which nodes exist and their metadata documents
 # --------------------------------------------------------------------------- #
 @dataclass
-class _Node:
+class ZarrNode:
     """One node's metadata, in either format; ``path`` is relative to the store root."""
 
     path: str
@@ -110,10 +111,18 @@ class _Node:
     zarr_format: int
     document: dict  # zarr.json, or .zarray / .zgroup
     attributes: dict = field(default_factory=dict)  # v2 .zattrs (v3: inside ``document``)
-    children: dict[str, _Node] = field(default_factory=dict)
+    children: dict[str, ZarrNode] = field(default_factory=dict)
 
 
-class _Reader:
+class ZarrTreeReader:
+    """Reads a Zarr hierarchy's metadata and chunk references, through obstore by default.
+
+    Other containers of Zarr stores (a zip, an Icechunk repository) reuse the
+    metadata handling by overriding the three ways it touches storage:
+    ``read_document`` (one metadata object's bytes), ``list_children`` (the
+    child paths of a group) and ``chunk_manifest`` (an array's chunks).
+    """
+
     def __init__(self, url: str, store, root: str, registry: ObjectStoreRegistry, consolidated: bool | None):
         self.url = url
         self.store = store
@@ -138,15 +147,14 @@ class _Reader:
                 top = tree
         else:  # the url (or group=) names an array: a group holding just it
             name = (group or self.url).rstrip("/").rsplit("/", 1)[-1]
-            top = _Node(group, "group", top.zarr_format, {}, children={name: top})
+            top = ZarrNode(group, "group", top.zarr_format, {}, children={name: top})
         return await self.build(top)
 
     # -- metadata documents ------------------------------------------------ #
     async def get_json(self, path: str, name: str, *, required_error=None) -> dict | None:
         """A JSON document, or None if it does not exist."""
-        key = _join(_join(self.root, path), name)
         try:
-            data = await get_async(self.store, key, url=self.where(_join(path, name)))
+            data = await self.read_document(path, name)
         except FileNotFoundError:
             return None
         except OSError as err:
@@ -162,7 +170,17 @@ class _Reader:
             raise ParseError(f"{self.where(_join(path, name))}: expected a JSON object, got {type(document).__name__}")
         return document
 
-    async def read_node(self, path: str, zarr_format: int | None, *, required: bool = False) -> _Node | None:
+    async def read_document(self, path: str, name: str) -> bytes:
+        """The bytes of metadata document ``name`` of the node at ``path``; FileNotFoundError if there is none."""
+        return await get_async(self.store, _join(_join(self.root, path), name), url=self.where(_join(path, name)))
+
+    async def list_children(self, path: str) -> list[str]:
+        """The paths (from the store root) of the entries directly under the group at ``path``."""
+        listing = await list_prefixes_async(self.store, _join(self.root, path) or None, url=self.where(path))
+        start = len(self.root) + 1 if self.root else 0
+        return [p[start:].strip("/") for p in listing]
+
+    async def read_node(self, path: str, zarr_format: int | None, *, required: bool = False) -> ZarrNode | None:
         """The node at ``path``: v3 ``zarr.json`` or v2 ``.zarray``/``.zgroup`` (+ ``.zattrs``)."""
         errors: list[str] | None = [] if required else None
         names = {3: (V3_DOC,), 2: (V2_ARRAY, V2_GROUP, V2_ATTRS)}.get(zarr_format, (V3_DOC, V2_ARRAY, V2_GROUP, V2_ATTRS))
@@ -175,12 +193,12 @@ class _Reader:
                     f"{self.where(_join(path, V3_DOC))}: not zarr v3 metadata "
                     f"(zarr_format={document.get('zarr_format')!r}, node_type={kind!r})"
                 )
-            return _Node(path, kind, 3, document)
+            return ZarrNode(path, kind, 3, document)
         attributes = docs.get(V2_ATTRS) or {}
         if docs.get(V2_ARRAY) is not None:
-            return _Node(path, "array", 2, docs[V2_ARRAY], attributes)
+            return ZarrNode(path, "array", 2, docs[V2_ARRAY], attributes)
         if docs.get(V2_GROUP) is not None:
-            return _Node(path, "group", 2, docs[V2_GROUP], attributes)
+            return ZarrNode(path, "group", 2, docs[V2_GROUP], attributes)
         if required:
             what = f"no group {path!r} in the Zarr store {self.url}" if path else f"{self.url}: not a Zarr store"
             if path and await self.read_node("", None) is None:
@@ -189,7 +207,7 @@ class _Reader:
             raise ParseError(f"{what}: no zarr.json, .zgroup or .zarray found at {self.where(path)}{detail}")
         return None
 
-    async def consolidated_tree(self, path: str, top: _Node) -> _Node | None:
+    async def consolidated_tree(self, path: str, top: ZarrNode) -> ZarrNode | None:
         """The tree from consolidated metadata (the store root's, else the group's), or None if there is none."""
         nodes = None
         for base in ("", path) if path else ("",):
@@ -200,7 +218,7 @@ class _Reader:
             return None
         # rebuild the tree below ``path`` (the top node's own document comes from ``top``)
         prefix = path + "/" if path else ""
-        tree = _Node(top.path, "group", top.zarr_format, top.document, top.attributes)
+        tree = ZarrNode(top.path, "group", top.zarr_format, top.document, top.attributes)
         for key in sorted(k for k in nodes if k.startswith(prefix) and k != path):
             parent, _, name = key.rpartition("/")
             parent_node = tree if parent == path else _find(tree, parent[len(prefix):])
@@ -209,7 +227,7 @@ class _Reader:
             parent_node.children[name] = nodes[key]
         return tree
 
-    async def consolidated_nodes(self, base: str, node: _Node | None, zarr_format: int) -> dict[str, _Node] | None:
+    async def consolidated_nodes(self, base: str, node: ZarrNode | None, zarr_format: int) -> dict[str, ZarrNode] | None:
         """Nodes (by path from the store root) in the consolidated metadata of the group at ``base``."""
         nodes = {}
         if zarr_format == 3:
@@ -222,7 +240,7 @@ class _Reader:
                 if kind not in ("array", "group"):
                     raise ParseError(f"{self.where(base)}: consolidated metadata for {key!r} is not a zarr v3 node")
                 full = _join(base, key.strip("/"))
-                nodes[full] = _Node(full, kind, 3, document)
+                nodes[full] = ZarrNode(full, kind, 3, document)
             return nodes
         document = await self.get_json(base, V2_CONSOLIDATED)
         if document is None or not isinstance(document.get("metadata"), dict):
@@ -233,14 +251,12 @@ class _Reader:
             if name in (V2_ARRAY, V2_GROUP) and node_path:
                 kind = "array" if name == V2_ARRAY else "group"
                 full = _join(base, node_path)
-                nodes[full] = _Node(full, kind, 2, value, docs.get(_join(node_path, V2_ATTRS)) or {})
+                nodes[full] = ZarrNode(full, kind, 2, value, docs.get(_join(node_path, V2_ATTRS)) or {})
         return nodes
 
-    async def walk(self, node: _Node) -> None:
+    async def walk(self, node: ZarrNode) -> None:
         """Fill ``node.children`` by listing the group's prefix (one level) and reading each child."""
-        listing = await list_prefixes_async(self.store, _join(self.root, node.path) or None, url=self.where(node.path))
-        start = len(self.root) + 1 if self.root else 0
-        children = [p[start:].strip("/") for p in listing]
+        children = await self.list_children(node.path)
         found = await asyncio.gather(*(self.read_node(c, node.zarr_format) for c in children))
         groups = []
         for child in found:
@@ -252,14 +268,14 @@ class _Reader:
         await asyncio.gather(*(self.walk(g) for g in groups))
 
     # -- building manifests ---------------------------------------------- #
-    async def build(self, node: _Node) -> ManifestGroup:
+    async def build(self, node: ZarrNode) -> ManifestGroup:
         arrays = {name: child for name, child in node.children.items() if child.kind == "array"}
         groups = {name: child for name, child in node.children.items() if child.kind == "group"}
         metadatas = {name: self.array_metadata(child) for name, child in arrays.items()}
-        listed = await asyncio.gather(*(self.list_chunks(child) for child in arrays.values()))
+        manifests = await asyncio.gather(*(self.chunk_manifest(child, metadatas[name]) for name, child in arrays.items()))
         built = {
-            name: self.array(child, metadatas[name], objects)
-            for (name, child), objects in zip(arrays.items(), listed)
+            name: ManifestArray(metadatas[name][0], manifest, registry=self.registry)
+            for name, manifest in zip(arrays, manifests)
         }
         subgroups = dict(zip(groups, await asyncio.gather(*(self.build(g) for g in groups.values()))))
         if node.zarr_format == 3:
@@ -271,14 +287,16 @@ class _Reader:
         except ValueError as err:
             raise ParseError(f"{self.where(node.path)}: {err}") from err
 
-    async def list_chunks(self, node: _Node) -> list[tuple[str, int]]:
-        """``(key relative to the array, size)`` of every object under the array's prefix."""
+    async def chunk_manifest(self, node: ZarrNode, described) -> ChunkManifest:
+        """The ChunkManifest of one array node: ``described`` is ``(metadata, (key encoding, separator))``."""
         prefix = _join(self.root, node.path)
         start = len(prefix) + 1 if prefix else 0
         listed = await list_sizes_async(self.store, prefix or None, url=self.where(node.path))
-        return [(path[start:], size) for path, size in listed]
+        base = self.where(node.path)
+        return self.manifest_of(node, described, [(path[start:], f"{base}/{path[start:]}", 0, size)
+                                                  for path, size in listed])
 
-    def array_metadata(self, node: _Node):
+    def array_metadata(self, node: ZarrNode):
         where = f"{self.url}: variable {node.path!r}"
         if node.zarr_format == 2:  # v2 chunk keys in the source; the v3 metadata uses the default encoding
             metadata = v2_to_v3(node.document, node.attributes, where=where)
@@ -306,34 +324,37 @@ class _Reader:
         separator = (encoding.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
         return metadata, (name, separator)
 
-    def array(self, node: _Node, described, objects: list[tuple[str, int]]) -> ManifestArray:
-        """The ManifestArray of one array node: ``described`` is ``(metadata, (key encoding, separator))``."""
+    def manifest_of(self, node: ZarrNode, described, objects: list[tuple[str, str, int, int]]) -> ChunkManifest:
+        """The ChunkManifest of an array from its objects ``(key relative to the array, url, offset, length)``.
+
+        Keys that are not chunks of the grid (metadata documents, stray
+        files, chunks beyond a shrunk shape) are skipped.
+        """
         metadata, (name, separator) = described
         where = f"{self.url}: variable {node.path!r}"
         grid = chunk_grid_shape(metadata)
         paths = np.full(grid, "", dtype=object)
+        offsets = np.zeros(grid, dtype=np.uint64)
         lengths = np.zeros(grid, dtype=np.uint64)
         empty = {}
-        base = self.where(node.path)
-        for key, size in objects:
-            index = _decode_key(key, name, separator, grid)
-            if index is None:
-                continue  # metadata documents, stray files, chunks beyond a shrunk shape
-            if size == 0:  # not a valid encoded chunk: inline it so decoding fails loudly
-                empty[index] = b""
-                continue
-            paths[index] = f"{base}/{key}"
-            lengths[index] = size
+        rows, index = _decode_keys([key for key, _, _, _ in objects], name, separator, grid)
+        if len(rows):
+            flat = np.ravel_multi_index(tuple(index.T), grid) if grid else np.zeros(len(rows), dtype=np.intp)
+            sizes = np.array([objects[r][3] for r in rows], dtype=np.uint64)
+            for i in index[sizes == 0]:  # not a valid encoded chunk: inline it so decoding fails loudly
+                empty[tuple(int(x) for x in i)] = b""
+            keep = sizes > 0
+            rows, flat = rows[keep], flat[keep]
+            paths.reshape(-1)[flat] = [objects[r][1] for r in rows]
+            offsets.reshape(-1)[flat] = [objects[r][2] for r in rows]
+            lengths.reshape(-1)[flat] = sizes[keep]
         try:
-            manifest = ChunkManifest.from_arrays(
-                paths=paths, offsets=np.zeros(grid, dtype=np.uint64), lengths=lengths, inlined=empty or None
-            )
+            return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=empty or None)
         except ValueError as err:
             raise ParseError(f"{where}: {err}") from err
-        return ManifestArray(metadata, manifest, registry=self.registry)
 
 
-def _find(tree: _Node, path: str) -> _Node | None:
+def _find(tree: ZarrNode, path: str) -> ZarrNode | None:
     node = tree
     for part in path.split("/"):
         node = node.children.get(part)
@@ -346,22 +367,26 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix and name else prefix or name
 
 
-def _decode_key(key: str, encoding: str, separator: str, grid: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The grid index of a chunk object key, or None if the key is not a chunk of this grid."""
+def _decode_keys(keys: list[str], encoding: str, separator: str,
+                 grid: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, indices)``: which ``keys`` are chunks of this grid, and their grid indices (an ``(n, ndim)`` array).
+
+    Keys that are not chunks (metadata documents, stray files) or lie beyond
+    the grid (a shrunk shape) are left out. One compiled pattern matches
+    every key: a store of a million chunks decodes in about a second.
+    """
+    ndim = len(grid)
+    digits, sep = "([0-9]+)", re.escape(separator)
     if encoding == "default":
-        if key == "c":
-            parts: list[str] = []
-        elif key.startswith("c" + separator):
-            parts = key[2:].split(separator)
-        else:
-            return None
+        pattern = re.compile("c" + (sep + digits) * ndim)
     else:
-        parts = key.split(separator)
-        if not grid and parts == ["0"]:
-            return ()
-    if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
-        return None
-    index = tuple(int(p) for p in parts)
-    if any(i >= n for i, n in zip(index, grid)):
-        return None
-    return index
+        pattern = re.compile(sep.join([digits] * ndim) if ndim else "0")
+    matched = [(row, m.groups()) for row, m in enumerate(map(pattern.fullmatch, keys)) if m is not None]
+    try:
+        index = np.array([groups for _, groups in matched], dtype=np.int64).reshape(len(matched), ndim)
+    except OverflowError:  # a number beyond int64 is beyond any grid too
+        matched = [(row, groups) for row, groups in matched if all(len(g) <= 18 for g in groups)]
+        index = np.array([groups for _, groups in matched], dtype=np.int64).reshape(len(matched), ndim)
+    rows = np.array([row for row, _ in matched], dtype=np.intp)
+    inside = (index < np.array(grid, dtype=np.int64)).all(axis=1) if ndim else np.ones(len(rows), dtype=bool)
+    return rows[inside], index[inside]
