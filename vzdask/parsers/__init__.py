@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
+from vzdask.parsers.grib import GRIB_SIGNATURE, GRIBParser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
@@ -23,6 +24,7 @@ from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
 PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser)
+PARSERS += (GRIBParser,)  # GRIB2: "GRIB" and the edition byte
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -103,10 +105,12 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
 
 
 __all__ = [
+    "GRIB_SIGNATURE",
     "HDF5_SIGNATURE",
     "HEAD_BYTES",
     "NETCDF3_SIGNATURES",
     "PARSERS",
+    "GRIBParser",
     "HDFParser",
     "InlinePolicy",
     "KerchunkJSONParser",
