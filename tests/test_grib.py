@@ -273,3 +273,70 @@ def test_many_files_along_time(tmp_path):
     read = vzdask.open_mfdataset(paths, combine="nested", concat_dim="time")
     np.testing.assert_array_equal(read["t"].values, theirs["t"].values)
     np.testing.assert_array_equal(read["time"].values, theirs["time"].values)
+
+
+IDX_NAMES = {"t": "TMP", "u": "UGRD", "2t": "TMP", "10u": "UGRD", "tp": "APCP"}
+
+
+def write_idx(path):
+    """The wgrib2/NOAA index of ``path`` (``n:offset:d=YYYYMMDDHH:NAME:level:forecast:``), from ecCodes' keys."""
+    lines = []
+    with open(path, "rb") as f:
+        number = 0
+        while (h := eccodes.codes_grib_new_from_file(f)) is not None:
+            number += 1
+            get = lambda key: eccodes.codes_get(h, key)  # noqa: E731
+            level = {"isobaricInhPa": f"{get('level')} mb", "heightAboveGround": f"{get('level')} m above ground",
+                     "surface": "surface"}[get("typeOfLevel")]
+            if get("stepType") == "accum":
+                forecast = f"{get('startStep')}-{get('endStep')} hour acc fcst"
+            else:
+                forecast = "anl" if get("endStep") == 0 else f"{get('endStep')} hour fcst"
+            date = f"{get('dataDate')}{get('dataTime') // 100:02d}"
+            lines.append(f"{number}:{eccodes.codes_get(h, 'offset', int)}:d={date}:{IDX_NAMES[get('shortName')]}:{level}:{forecast}:")
+            eccodes.codes_release(h)
+    idx = path.with_name(path.name + ".idx")
+    idx.write_text("\n".join(lines) + "\n")
+    return idx
+
+
+def test_index_file_gives_the_scans_values(one_cube, tmp_path):
+    path = tmp_path / one_cube.name
+    path.write_bytes(one_cube.read_bytes())
+    idx = write_idx(path)
+    assert idx.read_text().splitlines()[0] == "1:0:d=2024010100:TMP:1000 mb:anl:"
+    ours = decoded(vzdask.open_virtual_dataset(str(path), parser=GRIBParser(idx=True)))
+    scanned = decoded(vzdask.open_virtual_dataset(str(path)))
+    assert sorted(ours.data_vars) == ["TMP", "UGRD"]
+    assert ours["TMP"].attrs["GRIB_idx_level"] == "1000 mb" and ours["TMP"].attrs["GRIB_stepType"] == "instant"
+    for idx_name, name in (("TMP", "t"), ("UGRD", "u")):
+        assert ours[idx_name].dims == scanned[name].dims
+        np.testing.assert_array_equal(ours[idx_name].values, scanned[name].values)
+    for coord in ("time", "step", "isobaricInhPa", "valid_time", "latitude", "longitude"):
+        np.testing.assert_array_equal(ours[coord].values, scanned[coord].values)
+
+
+def test_index_file_reads_no_message_bodies(mixed, tmp_path):
+    data = bytearray(mixed.read_bytes())
+    path = tmp_path / "damaged.grib2"
+    ends = [i for i in range(len(data)) if data[i : i + 4] == b"7777"]
+    for end in ends[1:]:  # every message but the first damaged: a scan must read them, the index path must not
+        data[end : end + 4] = b"0000"
+    path.write_bytes(bytes(data))
+    write_idx(mixed).replace(path.with_name("damaged.grib2.idx"))
+    with pytest.raises(ParseError, match=r"damaged\.grib2: GRIB message 2 at byte \d+: damaged"):
+        vzdask.open_virtual_dataset(str(path))
+    store = GRIBParser(idx=True)(f"file://{path}", ObjectStoreRegistry.default())
+    assert sorted(store.group.attributes["GRIB_groups"]) == [
+        "heightAboveGround_10", "heightAboveGround_2", "isobaricInhPa", "surface"]
+    ds = vzdask.open_virtual_dataset(str(path), parser=GRIBParser(idx=True, group="surface"))
+    assert ds["APCP"].attrs["GRIB_stepType"] == "accum"
+    np.testing.assert_array_equal(ds["step"].values, np.array([3, 9], "timedelta64[h]"))
+
+
+def test_bad_index_file_names_it_and_the_line(one_cube, tmp_path):
+    path = tmp_path / one_cube.name
+    path.write_bytes(one_cube.read_bytes())
+    path.with_name(path.name + ".idx").write_text("1:0:d=2024010100:TMP:1000 mb:anl:\nnot an index line\n")
+    with pytest.raises(ParseError, match=r"cube\.grib2\.idx: line 2 is not a wgrib2 index line"):
+        GRIBParser(idx=True)(f"file://{path}", ObjectStoreRegistry.default())

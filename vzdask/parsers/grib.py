@@ -239,14 +239,16 @@ def _grid(handle: Any) -> Grid:
     grid_type = _get(handle, "gridType")
     lat, lon = COORDINATE_ATTRIBUTES["latitude"], COORDINATE_ATTRIBUTES["longitude"]
     coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {}
+    latitudes: Any
+    longitudes: Any
     if grid_type in REGULAR_GRIDS:
-        latitudes = np.atleast_1d(np.asarray(_get(handle, "distinctLatitudes"), dtype="f8"))
-        longitudes = np.atleast_1d(np.asarray(_get(handle, "distinctLongitudes"), dtype="f8"))
+        distinct_lat = np.atleast_1d(np.asarray(_get(handle, "distinctLatitudes"), dtype="f8"))
+        distinct_lon = np.atleast_1d(np.asarray(_get(handle, "distinctLongitudes"), dtype="f8"))
         lat_attrs = dict(lat)
-        if latitudes[0] > latitudes[-1]:
+        if distinct_lat[0] > distinct_lat[-1]:
             lat_attrs["stored_direction"] = "decreasing"
-        coords["latitude"] = (("latitude",), latitudes, lat_attrs)
-        coords["longitude"] = (("longitude",), longitudes, dict(lon))
+        coords["latitude"] = (("latitude",), distinct_lat, lat_attrs)
+        coords["longitude"] = (("longitude",), distinct_lon, dict(lon))
         return Grid(("latitude", "longitude"), (int(_get(handle, "Ny")), int(_get(handle, "Nx"))), coords)
     if grid_type in PROJECTED_GRIDS:
         shape = (int(_get(handle, "Ny")), int(_get(handle, "Nx")))
@@ -531,7 +533,7 @@ def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_a
         key = (entry.name, type_of_level, step_type)
         variable = variables.get(key)
         if variable is None:
-            attributes = {"GRIB_idx_name": entry.name, "GRIB_typeOfLevel": type_of_level, "GRIB_stepType": step_type,
+            attributes: dict[str, Any] = {"GRIB_idx_name": entry.name, "GRIB_typeOfLevel": type_of_level, "GRIB_stepType": step_type,
                           "GRIB_idx_level": entry.level, "GRIB_idx_forecast": entry.forecast}
             if step_type in _IDX_STEP_TYPES.values():
                 attributes["GRIB_stepUnits"] = 1
