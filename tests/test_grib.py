@@ -254,15 +254,7 @@ def test_kerchunk_references_read_by_fsspec_and_zarr(one_cube, tmp_path):
 
 
 def test_many_files_along_time(tmp_path):
-    paths = []
-    for day in (1, 2, 3):
-        path = tmp_path / f"gfs.202401{day:02d}.grib2"
-        with open(path, "wb") as f:
-            for step in (0, 6):
-                write_message(f, "t", "isobaricInhPa", 500, step, date=20240100 + day, seed=day * 10 + step)
-                write_message(f, "t", "isobaricInhPa", 850, step, date=20240100 + day, seed=day * 10 + step + 1,
-                              bitmap=day == 2)
-        paths.append(str(path))
+    paths = [str(p) for p in write_days(tmp_path)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = xr.open_mfdataset(paths, engine="cfgrib", combine="nested", concat_dim="time",
@@ -340,3 +332,58 @@ def test_bad_index_file_names_it_and_the_line(one_cube, tmp_path):
     path.with_name(path.name + ".idx").write_text("1:0:d=2024010100:TMP:1000 mb:anl:\nnot an index line\n")
     with pytest.raises(ParseError, match=r"cube\.grib2\.idx: line 2 is not a wgrib2 index line"):
         GRIBParser(idx=True)(f"file://{path}", ObjectStoreRegistry.default())
+
+
+def write_days(directory, days=(1, 2, 3)):
+    paths = []
+    for day in days:
+        path = directory / f"gfs.202401{day:02d}.grib2"
+        with open(path, "wb") as f:
+            for step in (0, 6):
+                write_message(f, "t", "isobaricInhPa", 500, step, date=20240100 + day, seed=day * 10 + step)
+                write_message(f, "t", "isobaricInhPa", 850, step, date=20240100 + day, seed=day * 10 + step + 1,
+                              bitmap=day == 2)
+        paths.append(path)
+    return paths
+
+
+def test_files_on_s3_parsed_on_the_cluster(tmp_path, dask_cluster, s3_server, s3_bucket):
+    from obstore.store import S3Store
+
+    bucket, s3 = s3_bucket
+    local = write_days(tmp_path)
+    remote = []
+    for path in local:
+        s3.upload_file(str(path), bucket, path.name)
+        s3.upload_file(str(write_idx(path)), bucket, path.name + ".idx")
+        remote.append(f"s3://{bucket}/{path.name}")
+    registry = ObjectStoreRegistry({f"s3://{bucket}": S3Store(bucket, **s3_server.store_kwargs())},
+                                   create_missing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = xr.open_mfdataset([str(p) for p in local], engine="cfgrib", combine="nested", concat_dim="time",
+                                   backend_kwargs={"indexpath": ""}).load()
+    scanned = vzdask.open_virtual_mfdataset(remote, registry=registry, parallel=dask_cluster, combine="nested",
+                                            concat_dim="time")
+    indexed = vzdask.open_virtual_mfdataset(remote, registry=registry, parallel=dask_cluster, combine="nested",
+                                            concat_dim="time", parser=GRIBParser(idx=True))
+    np.testing.assert_array_equal(decoded(scanned)["t"].values, theirs["t"].values)
+    np.testing.assert_array_equal(decoded(indexed)["TMP"].values, theirs["t"].values)
+    with dask_cluster.as_current():  # read on the workers
+        read = vzdask.open_mfdataset(remote, registry=registry, combine="nested", concat_dim="time")
+        np.testing.assert_array_equal(read["t"].values, theirs["t"].values)
+
+
+def test_codec_registrations():
+    import numcodecs
+    from zarr.registry import get_codec_class
+
+    from vzdask.grib_codec import GribCodec, GribNumcodec
+
+    assert get_codec_class("numcodecs.vzdask_grib") is GribCodec
+    assert isinstance(numcodecs.get_codec({"id": "vzdask_grib"}), GribNumcodec)
+    assert GribCodec.from_dict({"name": "numcodecs.vzdask_grib"}).to_dict() == {"name": "numcodecs.vzdask_grib"}
+    with pytest.raises(NotImplementedError, match="GRIB messages cannot be written"):
+        GribNumcodec().encode(np.zeros(3, "f4"))
+    with pytest.raises(ValueError, match=r"ecCodes cannot (read|decode the values of) this GRIB message \(4 bytes"):
+        GribNumcodec().decode(b"GRIB")
