@@ -41,8 +41,10 @@ instead of scanning; see ``GRIBParser`` for what it gives.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,9 @@ from vzdask.registry import ObjectStoreRegistry
 GRIB_SIGNATURE = b"GRIB"
 #: How much of the file is fetched per read while scanning (a message longer than this is fetched whole).
 SCAN_WINDOW = 16 * 2**20
+#: Threads reading messages' keys with ecCodes while scanning, and how many messages each round hands them.
+SCAN_THREADS = 4
+SCAN_BATCH = 64
 
 #: Keys that must be unique within one variable (cfgrib splits a parameter into several variables on them).
 VARIABLE_KEYS = ("paramId", "dataType", "numberOfPoints", "typeOfLevel", "stepUnits", "stepType", "gridType",
@@ -213,27 +218,6 @@ def _seconds(date: Any, time: Any) -> int | None:
     return int((stamp - _EPOCH).total_seconds())
 
 
-def _step_hours(handle: Any) -> float | None:
-    end, unit = _get(handle, "endStep", int), _get(handle, "stepUnits", int)
-    if end is UNDEF or unit is UNDEF:
-        return None
-    seconds = STEP_UNIT_SECONDS.get(int(unit))
-    if seconds is None:
-        raise ValueError(f"unsupported stepUnits {unit!r}")
-    return int(end) * seconds / 3600.0
-
-
-def _header(handle: Any) -> tuple:
-    return (
-        _get(handle, "number"),
-        _seconds(_get(handle, "dataDate"), _get(handle, "dataTime")),
-        _step_hours(handle),
-        _get(handle, "level", float),
-        _get(handle, "directionNumber"),
-        _get(handle, "frequencyNumber"),
-    )
-
-
 def _grid(handle: Any) -> Grid:
     """The grid's dimensions and coordinates, as cfgrib builds them."""
     grid_type = _get(handle, "gridType")
@@ -275,93 +259,170 @@ def _variable_name(attributes: dict[str, Any], param_id: Any) -> str:
     return str(attributes.get("GRIB_shortName", f"paramId_{param_id}"))
 
 
+#: Shared by the files one process parses (a collection's files have the same grids and variables): grids by
+#: ``md5GridSection``, variable attributes by their keys and grid, and the packings ecCodes was seen to decode.
+_GRIDS: dict[Any, Grid] = {}
+_ATTRIBUTES: dict[tuple, dict[str, Any]] = {}
+_DECODABLE: set[tuple] = set()
+_CACHE_SIZE = 1024
+
+
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MessageKeys:
+    """What one message's keys say: its variable, file keys, header values, grid and packing."""
+
+    variable: tuple  # VARIABLE_KEYS values
+    file: tuple  # FILE_KEYS values
+    header: tuple  # HEADER_DIMS values
+    grid: Any  # md5GridSection
+    packing: tuple  # (packingType, dataRepresentationTemplateNumber)
+
+
+def _scalar(handle: Any, key: str, ktype: type | None = None) -> Any:
+    """A scalar key's value, None if the message does not define it (no size query: cheaper than ``_get``)."""
+    import eccodes
+
+    try:
+        value = eccodes.codes_get(handle, key, ktype)
+    except eccodes.KeyValueNotFoundError:
+        return UNDEF
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def message_keys(data: Any, where: str) -> MessageKeys:
+    """One message's keys, read by ecCodes from its bytes (ParseError naming ``where`` if it cannot)."""
+    import eccodes
+
+    try:
+        handle = eccodes.codes_new_from_message(bytes(data))
+    except Exception as err:
+        raise ParseError(f"{where}: ecCodes cannot read it: {type(err).__name__}: {err}") from err
+    try:
+        unit, end = _scalar(handle, "stepUnits", int), _scalar(handle, "endStep", int)
+        seconds = STEP_UNIT_SECONDS.get(int(unit)) if unit is not UNDEF else None
+        if unit is not UNDEF and seconds is None:
+            raise ValueError(f"unsupported stepUnits {unit!r}")
+        header = (
+            _scalar(handle, "number"),
+            _seconds(_scalar(handle, "dataDate"), _scalar(handle, "dataTime")),
+            int(end) * seconds / 3600.0 if end is not UNDEF and seconds is not None else None,
+            _scalar(handle, "level", float),
+            _scalar(handle, "directionNumber"),
+            _scalar(handle, "frequencyNumber"),
+        )
+        return MessageKeys(
+            tuple(_scalar(handle, k) for k in VARIABLE_KEYS), tuple(_scalar(handle, k) for k in FILE_KEYS), header,
+            _scalar(handle, "md5GridSection"),
+            (_scalar(handle, "packingType"), _scalar(handle, "dataRepresentationTemplateNumber")),
+        )
+    except ParseError:
+        raise
+    except Exception as err:
+        raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
+    finally:
+        eccodes.codes_release(handle)
+
+
 class _Catalogue:
-    """Variables and grids met so far while reading a file's messages."""
+    """Variables met so far while reading a file's messages."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.variables: dict[tuple, Variable] = {}
-        self.grids: dict[Any, Grid] = {}
-        self.checked_packings: set[Any] = set()
 
-    def add_message(self, data: Any, number: int, offset: int) -> None:
-        """Read one message's keys with ecCodes and file it under its variable."""
-        import eccodes
+    def where(self, number: int, offset: int) -> str:
+        return f"{self.url}: GRIB message {number} at byte {offset}"
 
-        where = f"{self.url}: GRIB message {number} at byte {offset}"
-        try:
+    def add_message(self, data: Any, number: int, offset: int, keys: MessageKeys | None = None) -> None:
+        """File one message under its variable (``keys``: its keys if already read)."""
+        where = self.where(number, offset)
+        if keys is None:
+            keys = message_keys(data, where)
+        if keys.packing not in _DECODABLE:  # one message per packing is decoded: can ecCodes do it?
+            try:
+                decode_message(data)
+            except ValueError as err:
+                raise ParseError(f"{where} (packingType {keys.packing[0]!r}, data representation template "
+                                 f"{keys.packing[1]!r}): {err}") from err
+            _DECODABLE.add(keys.packing)
+        key = keys.variable + keys.file
+        variable = self.variables.get(key)
+        if variable is None:
+            variable = self.variables[key] = self._new_variable(data, keys, where)
+        variable.fields.append(Field(number, offset, len(data), keys.header))
+
+    def _new_variable(self, data: Any, keys: MessageKeys, where: str) -> Variable:
+        grid = _GRIDS.get(keys.grid) if keys.grid is not UNDEF else None
+        attributes = _ATTRIBUTES.get((keys.variable, keys.grid)) if keys.grid is not UNDEF else None
+        if grid is None or attributes is None:
+            import eccodes
+
             handle = eccodes.codes_new_from_message(bytes(data))
-        except Exception as err:
-            raise ParseError(f"{where}: ecCodes cannot read it: {type(err).__name__}: {err}") from err
-        try:
             try:
-                variable_values = tuple(_get(handle, k) for k in VARIABLE_KEYS)
-                file_values = tuple(_get(handle, k) for k in FILE_KEYS)
-                header = _header(handle)
-                grid_key = _get(handle, "md5GridSection")
-                packing = (_get(handle, "packingType"), _get(handle, "dataRepresentationTemplateNumber"))
-            except Exception as err:
-                raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
-            if packing not in self.checked_packings:  # one message per packing is decoded: can ecCodes do it?
-                try:
-                    decode_message(data)
-                except ValueError as err:
-                    raise ParseError(f"{where} (packingType {packing[0]!r}, data representation template "
-                                     f"{packing[1]!r}): {err}") from err
-                self.checked_packings.add(packing)
-            key = variable_values + file_values
-            variable = self.variables.get(key)
-            if variable is None:
-                variable = self.variables[key] = self._new_variable(handle, key, grid_key, where)
-        finally:
-            eccodes.codes_release(handle)
-        variable.fields.append(Field(number, offset, len(data), header))
-
-    def _new_variable(self, handle: Any, key: tuple, grid_key: Any, where: str) -> Variable:
-        import eccodes
-
-        eccodes.codes_set(handle, "missingValue", float(np.finfo(np.float32).max))  # what the codec sets
-        variable_values, file_values = key[: len(VARIABLE_KEYS)], key[len(VARIABLE_KEYS):]
-        attributes = {f"GRIB_{k}": v for k, v in zip(VARIABLE_KEYS, variable_values)
-                      if v is not UNDEF and v not in ("undef", "unknown")}
-        grid_type = attributes.get("GRIB_gridType")
-        for k in sorted(EXTRA_KEYS + GRID_KEYS.get(str(grid_type), ())):
-            try:
-                value = _get(handle, k)
-            except Exception:
-                continue
-            if value is not UNDEF:
-                attributes[f"GRIB_{k}"] = list(value) if isinstance(value, tuple) else value
-        param_id = variable_values[0]
-        attributes["long_name"] = f"original GRIB paramId: {param_id}"
-        attributes["units"] = "1"
-        if "GRIB_cfName" in attributes:
-            attributes["standard_name"] = attributes["GRIB_cfName"]
-        if "GRIB_name" in attributes:
-            attributes["long_name"] = attributes["GRIB_name"]
-        if "GRIB_units" in attributes:
-            attributes["units"] = attributes["GRIB_units"]
-        grid = self.grids.get(grid_key) if grid_key is not UNDEF else None
-        if grid is None:
-            try:
-                grid = _grid(handle)
-            except Exception as err:
-                raise ParseError(f"{where}: cannot read its grid ({grid_type!r}): {type(err).__name__}: {err}") from err
-            if grid_key is not UNDEF:
-                self.grids[grid_key] = grid
-        file_attributes = {f"GRIB_{k}": v for k, v in zip(FILE_KEYS, file_values) if v is not UNDEF}
+                if attributes is None:
+                    attributes = _variable_attributes(handle, keys.variable)
+                    if keys.grid is not UNDEF:
+                        _remember(_ATTRIBUTES, (keys.variable, keys.grid), attributes)
+                if grid is None:
+                    try:
+                        grid = _grid(handle)
+                    except Exception as err:
+                        raise ParseError(f"{where}: cannot read its grid ({attributes.get('GRIB_gridType')!r}): "
+                                         f"{type(err).__name__}: {err}") from err
+                    if keys.grid is not UNDEF:
+                        _remember(_GRIDS, keys.grid, grid)
+            finally:
+                eccodes.codes_release(handle)
+        type_of_level = keys.variable[VARIABLE_KEYS.index("typeOfLevel")]
         return Variable(
-            name=_variable_name(attributes, param_id),
-            type_of_level=str(variable_values[3]) if variable_values[3] is not UNDEF else "level",
-            file_attributes=file_attributes,
-            attributes=attributes,
+            name=_variable_name(attributes, keys.variable[0]),
+            type_of_level=str(type_of_level) if type_of_level is not UNDEF else "level",
+            file_attributes={f"GRIB_{k}": v for k, v in zip(FILE_KEYS, keys.file) if v is not UNDEF},
+            attributes=dict(attributes),
             grid=grid,
-            sort_key=tuple("" if v is UNDEF else str(v) for v in key),
+            sort_key=tuple("" if v is UNDEF else str(v) for v in keys.variable + keys.file),
         )
 
 
+def _variable_attributes(handle: Any, variable_values: tuple) -> dict[str, Any]:
+    """A variable's attributes from its first message, as cfgrib gives them."""
+    import eccodes
+
+    eccodes.codes_set(handle, "missingValue", float(np.finfo(np.float32).max))  # what the codec sets
+    attributes = {f"GRIB_{k}": v for k, v in zip(VARIABLE_KEYS, variable_values)
+                  if v is not UNDEF and v not in ("undef", "unknown")}
+    grid_type = attributes.get("GRIB_gridType")
+    for k in sorted(EXTRA_KEYS + GRID_KEYS.get(str(grid_type), ())):
+        try:
+            value = _get(handle, k)
+        except Exception:
+            continue
+        if value is not UNDEF:
+            attributes[f"GRIB_{k}"] = list(value) if isinstance(value, tuple) else value
+    attributes["long_name"] = f"original GRIB paramId: {variable_values[0]}"
+    attributes["units"] = "1"
+    if "GRIB_cfName" in attributes:
+        attributes["standard_name"] = attributes["GRIB_cfName"]
+    if "GRIB_name" in attributes:
+        attributes["long_name"] = attributes["GRIB_name"]
+    if "GRIB_units" in attributes:
+        attributes["units"] = attributes["GRIB_units"]
+    return attributes
+
+
 def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
-    """Read every message of the file (front to back, in windows) into ``catalogue``; the number of messages."""
+    """Read every message of the file (front to back, in windows) into ``catalogue``; the number of messages.
+
+    ecCodes reads the keys of a window's messages on a few threads (its
+    calls release the GIL); the messages are filed in file order.
+    """
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
     window_start, window = 0, opened.read_range(0, min(size, 2**16))  # the block read when the file was opened
@@ -374,36 +435,58 @@ def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
             window_start, window = start, memoryview(piece)  # type: ignore[assignment]
         return memoryview(window)[start - window_start : start - window_start + length]
 
+    batch: list[tuple[Any, int, int]] = []
+    threads = min(SCAN_THREADS, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib") if threads > 1 else None
+
+    def flush() -> None:
+        if pool is not None and len(batch) > 1:
+            keys = pool.map(lambda m: message_keys(m[0], catalogue.where(m[1], m[2])), batch)
+        else:
+            keys = (message_keys(data, catalogue.where(n, o)) for data, n, o in batch)
+        for (data, number, offset), found in zip(batch, keys):
+            catalogue.add_message(data, number, offset, found)
+        batch.clear()
+
     position, number = 0, 0
-    while position < size:
-        head = bytes(read(position, min(16, size - position)))
-        if not head.startswith(GRIB_SIGNATURE):
-            if not head.strip(b"\x00"):  # zero padding between or after messages
-                position += len(head)
+    try:
+        while position < size:
+            head = bytes(read(position, min(16, size - position)))
+            if not head.startswith(GRIB_SIGNATURE):
+                if not head.strip(b"\x00"):  # zero padding between or after messages
+                    position += len(head)
+                    continue
+                found = _find_next(read, position, size)
+                if found is None:
+                    if number == 0:
+                        raise ParseError(f"{url}: no GRIB message found (first bytes {head[:8]!r})")
+                    break  # trailing bytes that are no message
+                position = found
                 continue
-            found = _find_next(read, position, size)
-            if found is None:
-                if number == 0:
-                    raise ParseError(f"{url}: no GRIB message found (first bytes {head[:8]!r})")
-                break  # trailing bytes that are no message
-            position = found
-            continue
-        number += 1
-        where = f"{url}: GRIB message {number} at byte {position}"
-        if len(head) < 16:
-            raise ParseError(f"{where}: truncated: the file ends {size - position} bytes into the message")
-        edition = head[7]
-        if edition != 2:
-            raise ParseError(f"{where}: GRIB edition {edition} is not supported (only GRIB2)")
-        length = int.from_bytes(head[8:16], "big")
-        if position + length > size:
-            raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
-                             f"{size - position} bytes into it (file size {size})")
-        data = read(position, length)
-        if bytes(data[-4:]) != b"7777":
-            raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
-        catalogue.add_message(data, number, position)
-        position += length
+            number += 1
+            where = catalogue.where(number, position)
+            if len(head) < 16:
+                raise ParseError(f"{where}: truncated: the file ends {size - position} bytes into the message")
+            edition = head[7]
+            if edition != 2:
+                raise ParseError(f"{where}: GRIB edition {edition} is not supported (only GRIB2)")
+            length = int.from_bytes(head[8:16], "big")
+            if position + length > size:
+                flush()  # the messages before it first: their errors come first
+                raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
+                                 f"{size - position} bytes into it (file size {size})")
+            data = read(position, length)
+            if bytes(data[-4:]) != b"7777":
+                flush()
+                raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
+            batch.append((data, number, position))
+            if len(batch) >= SCAN_BATCH:
+                flush()
+            position += length
+        flush()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     if number == 0:
         raise ParseError(f"{url}: no GRIB message found")
     return number
@@ -520,6 +603,7 @@ def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_a
     ends = dict(zip(offsets, offsets[1:] + [size]))
     variables: dict[tuple, Variable] = {}
     seen: set[int] = set()
+    times: dict[str, int] = {}
     for entry in entries:
         if entry.offset in seen:  # submessages of one message: not expressible as one chunk each
             raise ParseError(f"{where}: message {entry.number} holds several fields (submessages); "
@@ -540,7 +624,10 @@ def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_a
             variable = variables[key] = Variable(
                 name=entry.name, type_of_level=type_of_level, file_attributes=file_attributes,
                 attributes=attributes, grid=grid, sort_key=key)
-        header = (UNDEF, _idx_seconds(entry.date, where), step, level, UNDEF, UNDEF)
+        time = times.get(entry.date)
+        if time is None:
+            time = times[entry.date] = _idx_seconds(entry.date, where)
+        header = (UNDEF, time, step, level, UNDEF, UNDEF)
         variable.fields.append(Field(entry.number, entry.offset, ends[entry.offset] - entry.offset, header))
     return variables
 
