@@ -858,7 +858,10 @@ class GRIBParser(Parser):
             catalogue = _Catalogue(url)
             scan_messages(opened, catalogue)
             variables = list(catalogue.variables.values())
-        cubes = hypercubes(variables)
+        try:
+            cubes = hypercubes(variables)
+        except ParseError as err:
+            raise ParseError(f"{url}: {err}") from None
         names = cube_names(cubes)
         if self.group not in (None, "", "/"):
             wanted = str(self.group).strip("/")
