@@ -169,6 +169,9 @@ def test_hypercubes_as_cfgrib_open_datasets_splits_them(mixed):
         ours = decoded(vzdask.open_virtual_dataset(str(mixed), group=name))
         (match,) = [ds for ds in theirs if sorted(ds.data_vars) == sorted(ours.data_vars)]
         assert_like_cfgrib(ours, match)
+    tree = xr.open_datatree(store, engine="zarr", zarr_format=3, consolidated=False)  # the groups as a DataTree
+    assert sorted(tree.children) == sorted(names)
+    np.testing.assert_array_equal(tree["surface"]["tp"].values, [ds for ds in theirs if "tp" in ds][0]["tp"].values)
 
 
 def test_bitmap_points_are_nan_exactly_where_cfgrib_has_nan(mixed):
@@ -413,3 +416,16 @@ def test_other_grids_match_cfgrib(tmp_path, sample):
             eccodes.codes_release(h)
     ours = decoded(vzdask.open_virtual_dataset(str(path)))
     assert_like_cfgrib(ours, open_cfgrib(path))
+
+
+def test_icechunk_holds_the_messages_as_virtual_chunks(one_cube, tmp_path):
+    pytest.importorskip("icechunk")
+    from icechunk_repos import Repo
+
+    repo = Repo(tmp_path / "repo", one_cube.parent)
+    session = repo.writable()
+    vzdask.open_virtual_dataset(str(one_cube)).vz.to_icechunk(session, commit="GRIB messages")
+    read = repo.read()
+    theirs = open_cfgrib(one_cube)
+    np.testing.assert_array_equal(read["u"].values, theirs["u"].values)
+    np.testing.assert_array_equal(read["valid_time"].values, theirs["valid_time"].values)
