@@ -135,6 +135,9 @@ def one_cube(tmp_path_factory):
 
 
 def test_detected_from_the_head(mixed):
+    from vzdask.parsers import PARSERS
+
+    assert GRIBParser in PARSERS and "GRIBParser" in vzdask.parsers.__all__
     registry = ObjectStoreRegistry.default()
     assert isinstance(detect_parser(f"file://{mixed}", registry), GRIBParser)
     assert GRIBParser.guess_can_open(b"GRIB\x00\x00\x00\x02" + bytes(8), "x")
