@@ -724,8 +724,11 @@ def _seconds_array(values: np.ndarray) -> np.ndarray:
 
 
 def cube_group(cube: Hypercube, url: str, registry: ObjectStoreRegistry,
-               drop_variables: frozenset[str] = frozenset()) -> ManifestGroup:
-    """One hypercube as a ManifestGroup: its variables (one message per chunk) and its coordinates."""
+               drop_variables: frozenset[str] = frozenset(), made: dict | None = None) -> ManifestGroup:
+    """One hypercube as a ManifestGroup: its variables (one message per chunk) and its coordinates.
+
+    ``made``: grid coordinates already built for other hypercubes of the file, by grid (shared, not rebuilt).
+    """
     dims = [name for name, values in cube.coords.items() if values.size > 1]  # length 1: squeezed
     arrays: dict[str, ManifestArray] = {}
     for name, values in cube.coords.items():
@@ -749,8 +752,12 @@ def cube_group(cube: Hypercube, url: str, registry: ObjectStoreRegistry,
         valid_dims = tuple(d for d, a in (("time", time), ("step", step)) if a.ndim)
         arrays["valid_time"] = _inlined(_seconds_array(np.asarray(valid)), valid_dims,
                                         dict(COORDINATE_ATTRIBUTES["valid_time"]), registry)
-    for name, (coord_dims, values, attributes) in cube.grid.coords.items():
-        arrays[name] = _inlined(values, coord_dims, dict(attributes), registry)
+    made = {} if made is None else made
+    grid_arrays = made.get(id(cube.grid))
+    if grid_arrays is None:
+        grid_arrays = made[id(cube.grid)] = {name: _inlined(values, coord_dims, dict(attributes), registry)
+                                             for name, (coord_dims, values, attributes) in cube.grid.coords.items()}
+    arrays.update(grid_arrays)
     coordinate_list = list(arrays)
     for variable in cube.variables:
         if variable.name in drop_variables:
@@ -871,7 +878,9 @@ class GRIBParser(Parser):
         elif len(cubes) == 1:
             root = cube_group(cubes[0], url, registry, self.drop_variables)
         else:
-            groups = {name: cube_group(cube, url, registry, self.drop_variables) for name, cube in zip(names, cubes)}
+            made: dict = {}
+            groups = {name: cube_group(cube, url, registry, self.drop_variables, made)
+                      for name, cube in zip(names, cubes)}
             root = ManifestGroup(groups=groups, attributes={"GRIB_groups": names})
         return finish(root, registry, self.inline)
 
