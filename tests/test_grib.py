@@ -432,3 +432,22 @@ def test_icechunk_holds_the_messages_as_virtual_chunks(one_cube, tmp_path):
     theirs = open_cfgrib(one_cube)
     np.testing.assert_array_equal(read["u"].values, theirs["u"].values)
     np.testing.assert_array_equal(read["valid_time"].values, theirs["valid_time"].values)
+
+
+def test_ensemble_members_are_the_number_dimension(tmp_path):
+    path = tmp_path / "ens.grib2"
+    with open(path, "wb") as f:
+        for number in (0, 1, 2):
+            for step in (0, 6):
+                h = eccodes.codes_grib_new_from_samples("GRIB2")
+                eccodes.codes_set(h, "productDefinitionTemplateNumber", 1)  # an ensemble member's forecast
+                eccodes.codes_set(h, "typeOfEnsembleForecast", 3)
+                eccodes.codes_set(h, "perturbationNumber", number)
+                eccodes.codes_set(h, "numberOfForecastsInEnsemble", 3)
+                eccodes.codes_set(h, "stepRange", str(step))
+                eccodes.codes_set_values(h, np.random.default_rng(number * 10 + step).random(496))
+                eccodes.codes_write(h, f)
+                eccodes.codes_release(h)
+    ours = decoded(vzdask.open_virtual_dataset(str(path)))
+    assert ours["t"].dims[:2] == ("number", "step")
+    assert_like_cfgrib(ours, open_cfgrib(path))
