@@ -684,6 +684,7 @@ def cube_names(cubes: Sequence[Hypercube]) -> list[str]:
                 break
         for i in clash:
             names[i] = "_".join([type_of_level, *(parts[i][k] for k in chosen)])
+    names = [name.replace("/", "_") for name in names]  # a level phrase of an index file may hold one
     counts: dict[str, int] = {}
     for i, name in enumerate(names):
         if names.count(name) > 1:
