@@ -207,7 +207,7 @@ LAYERS = [
     ["vzdask.object_io"],
     ["vzdask.registry"],
     ["vzdask.manifests", "vzdask.manifests.manifest", "vzdask.manifests.metadata"],
-    ["vzdask.codecs"],
+    ["vzdask.codecs", "vzdask.grib_codec"],
     ["vzdask.chunk_tasks"],
     ["vzdask.graph"],
     ["vzdask.dask_array"],

@@ -2,6 +2,7 @@
 
 from vzdask import accessor as _accessor  # noqa: F401  (registers ds.vz)
 from vzdask import errors
+from vzdask import grib_codec as _grib_codec  # noqa: F401  (registers the GRIB codec with zarr and numcodecs)
 from vzdask.manifests import array_api as _array_api  # noqa: F401  (ManifestArray's numpy functions)
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser
 from vzdask.parsers.dmrpp import DMRPPParser
 from vzdask.parsers.fits import FITSParser
+from vzdask.parsers.grib import GRIB_SIGNATURE, GRIBParser
 from vzdask.parsers.hdf4 import HDF4_SIGNATURE, HDF4Parser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.icechunk import IcechunkParser
@@ -28,7 +29,8 @@ from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
 PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, FITSParser, KerchunkJSONParser,
-                                     KerchunkParquetParser, ZarrParser, HDF4Parser, ZippedZarrParser, IcechunkParser)
+                                     KerchunkParquetParser, ZarrParser, HDF4Parser, ZippedZarrParser, IcechunkParser,
+                                     GRIBParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -89,7 +91,7 @@ def detect_parser(
     if open_error is not None:
         raise open_error
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, "
+        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, GRIB2, "
         "DMR++, FITS, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
@@ -115,6 +117,7 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
 
 
 __all__ = [
+    "GRIB_SIGNATURE",
     "HDF4_SIGNATURE",
     "HDF5_SIGNATURE",
     "HEAD_BYTES",
@@ -122,6 +125,7 @@ __all__ = [
     "PARSERS",
     "DMRPPParser",
     "FITSParser",
+    "GRIBParser",
     "HDF4Parser",
     "HDFParser",
     "IcechunkParser",

@@ -1,0 +1,260 @@
+"""GRIB2: virtualizing and reading a GFS-like collection, vzdask against kerchunk, gribberish and cfgrib.
+
+Run by hand: ``.venv/bin/python benchmarks/bench_grib.py [--files 100] [--repeats 3] [--peer-files 20]``.
+
+The collection (issue 20): ``--files`` GRIB2 files of 51 messages each on a
+1-degree global grid (181 x 360), written with ecCodes, packed as GFS packs
+(complex packing with spatial differencing, template 5.3): t, u, v, gh, r
+on 9 pressure levels, 2 m temperature, 10 m winds, mean-sea-level pressure,
+surface pressure and a 6-hour accumulated precipitation with a bitmap; one
+reference time per file, 6 hours apart, each with its wgrib2-style
+``.idx``.
+
+Virtualize (parse every message's references, per file; medians of the
+rounds, in seconds per file): vzdask ``GRIBParser`` scanning the messages
+and reading the ``.idx``, kerchunk ``scan_grib`` and gribberish's
+VirtualiZarr parser (both only on the first ``--peer-files`` files when that
+is smaller: they are slow). Target: >= 5x faster than the fastest peer.
+
+Read (all values of every hypercube, all files): the single-thread decode
+floor (every message's bytes already in memory, decoded one after another
+with ecCodes, as the codec does), vzdask (``ds.vzdask.compute()`` of each
+group's combined virtual dataset, on the local threaded scheduler), and
+``xr.open_mfdataset(engine="cfgrib")`` per hypercube (``filter_by_keys``).
+Target: vzdask <= 0.75x the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DATA = Path(__file__).resolve().parent / "_data" / "grib"
+NI, NJ = 360, 181
+LEVELS = (1000, 925, 850, 700, 500, 300, 250, 200, 100)
+#: (shortName, typeOfLevel, level, stepType, wgrib2 name)
+FIELDS = (
+    [(name, "isobaricInhPa", level, "instant", idx) for name, idx in
+     (("t", "TMP"), ("u", "UGRD"), ("v", "VGRD"), ("gh", "HGT"), ("r", "RH")) for level in LEVELS]
+    + [("2t", "heightAboveGround", 2, "instant", "TMP"), ("10u", "heightAboveGround", 10, "instant", "UGRD"),
+       ("10v", "heightAboveGround", 10, "instant", "VGRD"), ("prmsl", "meanSea", 0, "instant", "PRMSL"),
+       ("sp", "surface", 0, "instant", "PRES"), ("tp", "surface", 0, "accum", "APCP")]
+)
+#: vzdask's group names for this collection, and cfgrib's filters for the same hypercubes
+GROUPS = {
+    "heightAboveGround_2": {"typeOfLevel": "heightAboveGround", "level": 2},
+    "heightAboveGround_10": {"typeOfLevel": "heightAboveGround", "level": 10},
+    "isobaricInhPa": {"typeOfLevel": "isobaricInhPa"},
+    "meanSea": {"typeOfLevel": "meanSea"},
+    "surface": {"typeOfLevel": "surface"},
+}
+
+
+def make_collection(n_files: int) -> list[Path]:
+    import eccodes
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lat = np.linspace(90, -90, NJ)[:, None]
+    lon = np.linspace(0, 359, NI)[None, :]
+    base = (np.cos(np.radians(lat)) * np.sin(np.radians(lon) * 3)).ravel()
+    paths = []
+    for i in range(n_files):
+        path = DATA / f"gfs.{i:04d}.grib2"
+        paths.append(path)
+        if path.exists() and path.with_name(path.name + ".idx").exists():
+            continue
+        date, hour = 20240101 + i // 4, (i % 4) * 6
+        lines, offset = [], 0
+        with open(path, "wb") as f:
+            for number, (short, level_type, level, step_type, idx_name) in enumerate(FIELDS, 1):
+                h = eccodes.codes_grib_new_from_samples("GRIB2")
+                for key, value in (("Ni", NI), ("Nj", NJ), ("latitudeOfFirstGridPointInDegrees", 90.0),
+                                   ("latitudeOfLastGridPointInDegrees", -90.0),
+                                   ("longitudeOfFirstGridPointInDegrees", 0.0),
+                                   ("longitudeOfLastGridPointInDegrees", 359.0),
+                                   ("iDirectionIncrementInDegrees", 1.0), ("jDirectionIncrementInDegrees", 1.0),
+                                   ("dataDate", date), ("dataTime", hour * 100), ("typeOfLevel", level_type),
+                                   ("level", level), ("shortName", short), ("bitsPerValue", 16)):
+                    eccodes.codes_set(h, key, value)
+                if step_type == "accum":
+                    eccodes.codes_set(h, "stepType", "accum")
+                    eccodes.codes_set(h, "stepRange", "0-6")
+                    forecast = "0-6 hour acc fcst"
+                else:
+                    eccodes.codes_set(h, "stepRange", "6")
+                    forecast = "6 hour fcst"
+                eccodes.codes_set(h, "packingType", "grid_complex_spatial_differencing")
+                values = 280 + 20 * base + rng.normal(0, 1, NI * NJ)
+                if step_type == "accum":
+                    eccodes.codes_set(h, "bitmapPresent", 1)
+                    values[values < 280] = 9999  # dry points: absent
+                eccodes.codes_set_values(h, values)
+                message = eccodes.codes_get_message(h)
+                eccodes.codes_release(h)
+                f.write(message)
+                level_text = {"isobaricInhPa": f"{level} mb", "heightAboveGround": f"{level} m above ground",
+                              "meanSea": "mean sea level", "surface": "surface"}[level_type]
+                lines.append(f"{number}:{offset}:d={date}{hour:02d}:{idx_name}:{level_text}:{forecast}:")
+                offset += len(message)
+        path.with_name(path.name + ".idx").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------- virtualize
+def vzdask_scan(paths):
+    from vzdask import ObjectStoreRegistry
+    from vzdask.parsers import GRIBParser
+
+    registry, parser = ObjectStoreRegistry(), GRIBParser()
+    return [parser(f"file://{p}", registry) for p in paths]
+
+
+def vzdask_idx(paths):
+    from vzdask import ObjectStoreRegistry
+    from vzdask.parsers import GRIBParser
+
+    registry, parser = ObjectStoreRegistry(), GRIBParser(idx=True)
+    return [parser(f"file://{p}", registry) for p in paths]
+
+
+def kerchunk_scan(paths):
+    from kerchunk.grib2 import scan_grib
+
+    return [scan_grib(str(p)) for p in paths]
+
+
+def gribberish_parse(paths):
+    from gribberish.virtualizarr import GribberishParser
+    from obstore.store import LocalStore
+    from virtualizarr.registry import ObjectStoreRegistry
+
+    registry, parser = ObjectStoreRegistry({"file://": LocalStore()}), GribberishParser()
+    return [parser(f"file://{p}", registry) for p in paths]
+
+
+def gribberish_idx(paths):
+    from gribberish.virtualizarr import GribberishParser
+    from obstore.store import LocalStore
+    from virtualizarr.registry import ObjectStoreRegistry
+
+    registry, parser = ObjectStoreRegistry({"file://": LocalStore()}), GribberishParser(use_index=".idx")
+    return [parser(f"file://{p}", registry) for p in paths]
+
+
+# ---------------------------------------------------------------------- read
+def decode_floor(messages):
+    import eccodes
+
+    total = 0
+    for message in messages:
+        h = eccodes.codes_new_from_message(message)
+        eccodes.codes_set(h, "missingValue", float(np.finfo(np.float32).max))
+        values = eccodes.codes_get_values(h).astype(np.float32)
+        eccodes.codes_release(h)
+        total += values.size
+    return total
+
+
+def vzdask_read(virtual):
+    return sum(int(v.size) for ds in virtual.values() for v in ds.vzdask.compute().data_vars.values())
+
+
+def cfgrib_read(paths):
+    import xarray as xr
+
+    total = 0
+    for filters in GROUPS.values():
+        ds = xr.open_mfdataset([str(p) for p in paths], engine="cfgrib", combine="nested", concat_dim="time",
+                               backend_kwargs={"indexpath": "", "filter_by_keys": filters}).load()
+        total += sum(int(v.size) for v in ds.data_vars.values())
+    return total
+
+
+def timed(func, *args) -> float:
+    start = time.perf_counter()
+    func(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    import vzdask
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--peer-files", type=int, default=20, help="files the slow peers virtualize per round")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-cfgrib-read", action="store_true", help="skip reading everything with cfgrib")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    paths = make_collection(args.files)
+    peer_paths = paths[: args.peer_files]
+    size = sum(p.stat().st_size for p in paths)
+    print(f"{len(paths)} files, {len(FIELDS)} messages each, {size / 2**20:.1f} MiB; grid {NJ}x{NI}")
+
+    virtualizers = {
+        "vzdask GRIBParser (scan)": (vzdask_scan, paths),
+        "vzdask GRIBParser(idx=True)": (vzdask_idx, paths),
+        "kerchunk scan_grib": (kerchunk_scan, peer_paths),
+        "gribberish VirtualiZarr parser (scan)": (gribberish_parse, peer_paths),
+        "gribberish VirtualiZarr parser (.idx)": (gribberish_idx, peer_paths),
+    }
+    for label, (func, files) in list(virtualizers.items()):
+        try:
+            func(files[:1])  # imports, caches
+        except ImportError as err:
+            print(f"{label}: skipped ({err})")
+            del virtualizers[label]
+    per_file: dict[str, list[float]] = {label: [] for label in virtualizers}
+    for _ in range(args.repeats):
+        for label, (func, files) in virtualizers.items():
+            per_file[label].append(timed(func, files) / len(files))
+    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds)")
+    medians = {label: statistics.median(t) * 1e3 for label, t in per_file.items()}
+    for label, ms in medians.items():
+        print(f"  {label:42s} {ms:9.2f}")
+    peers = {k: v for k, v in medians.items() if not k.startswith("vzdask")}
+    if peers:
+        fastest = min(peers, key=peers.__getitem__)
+        for label in ("vzdask GRIBParser (scan)", "vzdask GRIBParser(idx=True)"):
+            print(f"  {label} is {peers[fastest] / medians[label]:.1f}x faster than the fastest peer ({fastest})")
+
+    messages = []
+    for p in paths:
+        data = p.read_bytes()
+        position = 0
+        while position < len(data):
+            length = int.from_bytes(data[position + 8 : position + 16], "big")
+            messages.append(data[position : position + length])
+            position += length
+    from vzdask.parsers import GRIBParser
+
+    virtual = {group: vzdask.open_virtual_mfdataset([str(p) for p in paths], parser=GRIBParser(group=group),
+                                                    combine="nested", concat_dim="time") for group in GROUPS}
+    readers = {
+        "single-thread ecCodes decode (floor)": lambda: decode_floor(messages),
+        "vzdask ds.vzdask.compute() per group": lambda: vzdask_read(virtual),
+    }
+    if not args.no_cfgrib_read:
+        readers["cfgrib + xr.open_mfdataset per group"] = lambda: cfgrib_read(paths)
+    read_times: dict[str, list[float]] = {label: [] for label in readers}
+    for _ in range(args.repeats):
+        for label, func in readers.items():
+            read_times[label].append(timed(func))
+    floor = "single-thread ecCodes decode (floor)"
+    print(f"\nread all values ({len(messages)} messages), seconds (median of {args.repeats} rounds)")
+    for label, t in read_times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, read_times[floor]))
+        print(f"  {label:42s} {statistics.median(t):9.3f}  {ratio:5.2f}x floor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,911 @@
+"""GRIB2 parser: every message one chunk, variables and hypercubes built as cfgrib builds them.
+
+The file is scanned message by message: section 0 of each message gives its
+edition and total length (so its byte range), and the message's bytes are
+handed to ecCodes (``codes_new_from_message``) for its keys. Nothing here
+reads GRIB sections beyond section 0; ecCodes does. Bytes are read through
+``vzdask.object_io`` in large windows (a file is read once, front to back,
+never held whole).
+
+Variables and dimensions follow cfgrib (``xr.open_dataset(engine="cfgrib")``,
+``cfgrib.open_datasets``):
+
+* messages are grouped into variables by ``paramId`` and the keys cfgrib
+  requires to be unique in a variable (``dataType``, ``numberOfPoints``,
+  ``typeOfLevel``, ``stepUnits``, ``stepType``, ``gridType``,
+  ``uvRelativeToGrid``, and the file keys ``edition``, ``centre``,
+  ``subCentre``); each is named by ``cfVarName`` (else ``shortName``);
+* a variable's header dimensions are ``number``, ``time`` (``dataDate`` +
+  ``dataTime``), ``step`` (``endStep``, in hours), its level (named by
+  ``typeOfLevel``), ``directionNumber`` and ``frequencyNumber``, each
+  holding the sorted distinct values of its messages (pressure levels
+  decreasing); then the grid: ``(latitude, longitude)`` for regular grids,
+  ``(y, x)`` with 2-D ``latitude``/``longitude`` for projected and rotated
+  grids, else ``(values,)``;
+* variables of one ``typeOfLevel`` share a hypercube when their
+  coordinates are equal (cfgrib's exact-join merge); each hypercube is one
+  group (the root when there is one), length-1 dimensions squeezed into
+  scalar coordinates; ``valid_time`` = ``time`` + ``step``.
+
+The chunk grid of a variable is 1 along each header dimension and the whole
+grid along the others: chunk ``(i, j, ...)`` is the message at those header
+values, decoded by ``vzdask.grib_codec`` (float32, NaN where a bitmap marks
+points absent, as cfgrib). Header combinations no message has are missing
+chunks (NaN); of duplicate messages the first is used, as cfgrib does.
+Coordinates are built from the keys and inlined.
+
+``idx=True`` reads the NOAA/wgrib2 index beside the file (``<url>.idx``)
+instead of scanning; see ``GRIBParser`` for what it gives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vzdask.grib_codec import GribCodec, decode_message
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.group import ManifestGroup
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.metadata import create_array_metadata
+from vzdask.manifests.store import ManifestStore
+from vzdask.object_io import read_ranges
+from vzdask.parsers.common import ObstoreFile, ParseError, Parser, finish
+from vzdask.policy import InlinePolicy
+from vzdask.registry import ObjectStoreRegistry
+
+#: The first bytes of a GRIB file (every message starts so).
+GRIB_SIGNATURE = b"GRIB"
+#: How much of the file is fetched per read while scanning (a message longer than this is fetched whole).
+SCAN_WINDOW = 16 * 2**20
+#: Threads reading messages' keys with ecCodes while scanning, and how many messages each round hands them.
+SCAN_THREADS = 4
+SCAN_BATCH = 64
+
+#: Keys that must be unique within one variable (cfgrib splits a parameter into several variables on them).
+VARIABLE_KEYS = ("paramId", "dataType", "numberOfPoints", "typeOfLevel", "stepUnits", "stepType", "gridType",
+                 "uvRelativeToGrid")
+#: Keys of the whole hypercube: its group's attributes (``GRIB_<key>``).
+FILE_KEYS = ("edition", "centre", "centreDescription", "subCentre")
+#: Header dimensions, in cfgrib's order (``level`` is named by ``typeOfLevel``).
+HEADER_DIMS = ("number", "time", "step", "level", "directionNumber", "frequencyNumber")
+#: Keys read from a variable's first message into its ``GRIB_<key>`` attributes.
+EXTRA_KEYS = ("shortName", "units", "name", "cfName", "cfVarName", "missingValue", "totalNumber",
+              "numberOfDirections", "numberOfFrequencies", "NV", "gridDefinitionDescription")
+#: Grid keys cfgrib keeps as attributes, by ``gridType``.
+_LL = ("iDirectionIncrementInDegrees", "iScansNegatively", "jDirectionIncrementInDegrees",
+       "jPointsAreConsecutive", "jScansPositively", "latitudeOfFirstGridPointInDegrees",
+       "latitudeOfLastGridPointInDegrees", "longitudeOfFirstGridPointInDegrees",
+       "longitudeOfLastGridPointInDegrees")
+_ROTATION = ("angleOfRotationInDegrees", "latitudeOfSouthernPoleInDegrees", "longitudeOfSouthernPoleInDegrees")
+GRID_KEYS: dict[str, tuple[str, ...]] = {
+    "regular_ll": ("Nx", "Ny", *_LL),
+    "rotated_ll": ("Nx", "Ny", *_LL, *_ROTATION),
+    "reduced_ll": ("Ny", "jDirectionIncrementInDegrees", "jPointsAreConsecutive", "jScansPositively",
+                   "latitudeOfFirstGridPointInDegrees", "latitudeOfLastGridPointInDegrees"),
+    "regular_gg": ("N", "Ni", "Nj", *(k for k in _LL if k != "jDirectionIncrementInDegrees")),
+    "rotated_gg": ("Nx", "Ny", "N", *(k for k in _LL if k != "jDirectionIncrementInDegrees"), *_ROTATION),
+    "lambert": ("LaDInDegrees", "LoVInDegrees", "iScansNegatively", "jPointsAreConsecutive", "jScansPositively",
+                "latitudeOfFirstGridPointInDegrees", "latitudeOfSouthernPoleInDegrees",
+                "longitudeOfFirstGridPointInDegrees", "longitudeOfSouthernPoleInDegrees", "DyInMetres",
+                "DxInMetres", "Latin2InDegrees", "Latin1InDegrees", "Ny", "Nx"),
+    "reduced_gg": ("N", "pl"),
+    "sh": ("M", "K", "J"),
+}
+#: Grids whose latitude and longitude are dimension coordinates.
+REGULAR_GRIDS = frozenset({"regular_ll", "regular_gg"})
+#: Grids with 2-D latitude/longitude over ``(y, x)``.
+PROJECTED_GRIDS = frozenset({"rotated_ll", "rotated_gg", "lambert", "lambert_azimuthal_equal_area", "albers",
+                             "polar_stereographic"})
+#: Seconds per unit of GRIB code table 4.4 (``stepUnits``); steps are given in hours.
+STEP_UNIT_SECONDS = {0: 60, 1: 3600, 2: 86400, 10: 10800, 11: 21600, 12: 43200, 13: 1, 14: 900, 15: 1800}
+_EPOCH = datetime.datetime(1970, 1, 1)
+_TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+#: CF attributes of the coordinates (cfgrib's conventions).
+COORDINATE_ATTRIBUTES: dict[str, dict[str, str]] = {
+    "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"},
+    "longitude": {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"},
+    "number": {"units": "1", "standard_name": "realization", "long_name": "ensemble member numerical id"},
+    "time": {"units": _TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "forecast_reference_time",
+             "long_name": "initial time of forecast"},
+    "step": {"units": "hours", "standard_name": "forecast_period",
+             "long_name": "time since forecast_reference_time", "dtype": "timedelta64[ns]"},
+    "valid_time": {"units": _TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time",
+                   "long_name": "time"},
+    "depthBelowLand": {"units": "m", "positive": "down", "long_name": "soil depth", "standard_name": "depth"},
+    "depthBelowLandLayer": {"units": "m", "positive": "down", "long_name": "soil depth", "standard_name": "depth"},
+    "hybrid": {"units": "1", "positive": "down", "long_name": "hybrid level",
+               "standard_name": "atmosphere_hybrid_sigma_pressure_coordinate"},
+    "heightAboveGround": {"units": "m", "positive": "up", "long_name": "height above the surface",
+                          "standard_name": "height"},
+    "isobaricInhPa": {"units": "hPa", "positive": "down", "stored_direction": "decreasing",
+                      "standard_name": "air_pressure", "long_name": "pressure"},
+    "isobaricInPa": {"units": "Pa", "positive": "down", "stored_direction": "decreasing",
+                     "standard_name": "air_pressure", "long_name": "pressure"},
+    "isobaricLayer": {"units": "Pa", "positive": "down", "standard_name": "air_pressure", "long_name": "pressure"},
+}
+UNDEF = None
+
+
+# --------------------------------------------------------------------------- #
+# what a scan (or an index file) gives
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One message: where it is and the values of its header dimensions (None where undefined)."""
+
+    number: int  # 1-based message number in the file (as wgrib2 and .idx files count)
+    offset: int
+    length: int
+    header: tuple  # values of HEADER_DIMS
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid's dimensions, shape and coordinates (name -> (dims, values, attributes))."""
+
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]
+
+    def same_as(self, other: Grid) -> bool:
+        if self is other:
+            return True
+        if (self.dims, self.shape, sorted(self.coords)) != (other.dims, other.shape, sorted(other.coords)):
+            return False
+        return all(np.array_equal(self.coords[k][1], other.coords[k][1]) for k in self.coords)
+
+
+@dataclass
+class Variable:
+    """Messages of one variable (unique ``VARIABLE_KEYS``), with its attributes from its first message."""
+
+    name: str
+    type_of_level: str
+    file_attributes: dict[str, Any]
+    attributes: dict[str, Any]
+    grid: Grid
+    fields: list[Field] = field(default_factory=list)
+    sort_key: tuple = ()
+
+    def coordinates(self) -> dict[str, np.ndarray]:
+        """Header dimension -> its sorted distinct values (dimensions no message defines left out)."""
+        out = {}
+        for i, dim in enumerate(HEADER_DIMS):
+            values = {f.header[i] for f in self.fields}
+            if values == {UNDEF}:
+                continue
+            if UNDEF in values:
+                raise ParseError(f"variable {self.name!r}: key {dim!r} is defined in some of its messages only")
+            name = self.type_of_level if dim == "level" else dim
+            decreasing = COORDINATE_ATTRIBUTES.get(name, {}).get("stored_direction") == "decreasing"
+            out[name] = np.array(sorted(values, reverse=decreasing))
+        return out
+
+
+# --------------------------------------------------------------------------- #
+# scanning messages with ecCodes
+# --------------------------------------------------------------------------- #
+def _get(handle: Any, key: str, ktype: type | None = None) -> Any:
+    """A key's value as cfgrib reads it (arrays as tuples), None if the message does not define it."""
+    import eccodes
+
+    try:
+        if eccodes.codes_get_size(handle, key) > 1:
+            values = eccodes.codes_get_array(handle, key, ktype)
+            return tuple(np.asarray(values).tolist())
+        value = eccodes.codes_get(handle, key, ktype)
+    except eccodes.KeyValueNotFoundError:
+        return UNDEF
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _seconds(date: Any, time: Any) -> int | None:
+    if date is UNDEF or time is UNDEF:
+        return None
+    date, time = int(date), int(time)
+    stamp = datetime.datetime(date // 10000, date // 100 % 100, date % 100, time // 100, time % 100)
+    return int((stamp - _EPOCH).total_seconds())
+
+
+def _grid(handle: Any) -> Grid:
+    """The grid's dimensions and coordinates, as cfgrib builds them."""
+    grid_type = _get(handle, "gridType")
+    lat, lon = COORDINATE_ATTRIBUTES["latitude"], COORDINATE_ATTRIBUTES["longitude"]
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {}
+    latitudes: Any
+    longitudes: Any
+    if grid_type in REGULAR_GRIDS:
+        distinct_lat = np.atleast_1d(np.asarray(_get(handle, "distinctLatitudes"), dtype="f8"))
+        distinct_lon = np.atleast_1d(np.asarray(_get(handle, "distinctLongitudes"), dtype="f8"))
+        lat_attrs = dict(lat)
+        if distinct_lat[0] > distinct_lat[-1]:
+            lat_attrs["stored_direction"] = "decreasing"
+        coords["latitude"] = (("latitude",), distinct_lat, lat_attrs)
+        coords["longitude"] = (("longitude",), distinct_lon, dict(lon))
+        return Grid(("latitude", "longitude"), (int(_get(handle, "Ny")), int(_get(handle, "Nx"))), coords)
+    if grid_type in PROJECTED_GRIDS:
+        shape = (int(_get(handle, "Ny")), int(_get(handle, "Nx")))
+        latitudes, longitudes = _get(handle, "latitudes"), _get(handle, "longitudes")
+        if latitudes is not UNDEF and longitudes is not UNDEF:
+            coords["latitude"] = (("y", "x"), np.asarray(latitudes, dtype="f8").reshape(shape), dict(lat))
+            coords["longitude"] = (("y", "x"), np.asarray(longitudes, dtype="f8").reshape(shape), dict(lon))
+        return Grid(("y", "x"), shape, coords)
+    size = int(_get(handle, "numberOfPoints"))
+    try:
+        latitudes, longitudes = _get(handle, "latitudes"), _get(handle, "longitudes")
+    except Exception:  # grids ecCodes gives no points for (spherical harmonics)
+        latitudes = longitudes = UNDEF
+    if latitudes is not UNDEF and longitudes is not UNDEF:
+        coords["latitude"] = (("values",), np.atleast_1d(np.asarray(latitudes, dtype="f8")), dict(lat))
+        coords["longitude"] = (("values",), np.atleast_1d(np.asarray(longitudes, dtype="f8")), dict(lon))
+    return Grid(("values",), (size,), coords)
+
+
+def _variable_name(attributes: dict[str, Any], param_id: Any) -> str:
+    var_name = attributes.get("GRIB_cfVarName", "unknown")
+    if var_name not in ("undef", "unknown"):
+        return str(var_name)
+    return str(attributes.get("GRIB_shortName", f"paramId_{param_id}"))
+
+
+#: Shared by the files one process parses (a collection's files have the same grids and variables): grids by
+#: ``md5GridSection``, variable attributes by their keys and grid, and the packings ecCodes was seen to decode.
+_GRIDS: dict[Any, Grid] = {}
+_ATTRIBUTES: dict[tuple, dict[str, Any]] = {}
+_DECODABLE: set[tuple] = set()
+_CACHE_SIZE = 1024
+
+
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MessageKeys:
+    """What one message's keys say: its variable, file keys, header values, grid and packing."""
+
+    variable: tuple  # VARIABLE_KEYS values
+    file: tuple  # FILE_KEYS values
+    header: tuple  # HEADER_DIMS values
+    grid: Any  # md5GridSection
+    packing: tuple  # (packingType, dataRepresentationTemplateNumber)
+
+
+def _scalar(handle: Any, key: str, ktype: type | None = None) -> Any:
+    """A scalar key's value, None if the message does not define it (no size query: cheaper than ``_get``)."""
+    import eccodes
+
+    try:
+        value = eccodes.codes_get(handle, key, ktype)
+    except eccodes.KeyValueNotFoundError:
+        return UNDEF
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def message_keys(data: Any, where: str) -> MessageKeys:
+    """One message's keys, read by ecCodes from its bytes (ParseError naming ``where`` if it cannot)."""
+    import eccodes
+
+    try:
+        handle = eccodes.codes_new_from_message(bytes(data))
+    except Exception as err:
+        raise ParseError(f"{where}: ecCodes cannot read it: {type(err).__name__}: {err}") from err
+    try:
+        unit, end = _scalar(handle, "stepUnits", int), _scalar(handle, "endStep", int)
+        seconds = STEP_UNIT_SECONDS.get(int(unit)) if unit is not UNDEF else None
+        if unit is not UNDEF and seconds is None:
+            raise ValueError(f"unsupported stepUnits {unit!r}")
+        header = (
+            _scalar(handle, "number"),
+            _seconds(_scalar(handle, "dataDate"), _scalar(handle, "dataTime")),
+            int(end) * seconds / 3600.0 if end is not UNDEF and seconds is not None else None,
+            _scalar(handle, "level", float),
+            _scalar(handle, "directionNumber"),
+            _scalar(handle, "frequencyNumber"),
+        )
+        return MessageKeys(
+            tuple(_scalar(handle, k) for k in VARIABLE_KEYS), tuple(_scalar(handle, k) for k in FILE_KEYS), header,
+            _scalar(handle, "md5GridSection"),
+            (_scalar(handle, "packingType"), _scalar(handle, "dataRepresentationTemplateNumber")),
+        )
+    except ParseError:
+        raise
+    except Exception as err:
+        raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
+    finally:
+        eccodes.codes_release(handle)
+
+
+class _Catalogue:
+    """Variables met so far while reading a file's messages."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.variables: dict[tuple, Variable] = {}
+
+    def where(self, number: int, offset: int) -> str:
+        return f"{self.url}: GRIB message {number} at byte {offset}"
+
+    def add_message(self, data: Any, number: int, offset: int, keys: MessageKeys | None = None) -> None:
+        """File one message under its variable (``keys``: its keys if already read)."""
+        where = self.where(number, offset)
+        if keys is None:
+            keys = message_keys(data, where)
+        if keys.packing not in _DECODABLE:  # one message per packing is decoded: can ecCodes do it?
+            try:
+                decode_message(data)
+            except ValueError as err:
+                raise ParseError(f"{where} (packingType {keys.packing[0]!r}, data representation template "
+                                 f"{keys.packing[1]!r}): {err}") from err
+            _DECODABLE.add(keys.packing)
+        key = keys.variable + keys.file
+        variable = self.variables.get(key)
+        if variable is None:
+            variable = self.variables[key] = self._new_variable(data, keys, where)
+        variable.fields.append(Field(number, offset, len(data), keys.header))
+
+    def _new_variable(self, data: Any, keys: MessageKeys, where: str) -> Variable:
+        grid = _GRIDS.get(keys.grid) if keys.grid is not UNDEF else None
+        attributes = _ATTRIBUTES.get((keys.variable, keys.grid)) if keys.grid is not UNDEF else None
+        if grid is None or attributes is None:
+            import eccodes
+
+            handle = eccodes.codes_new_from_message(bytes(data))
+            try:
+                if attributes is None:
+                    attributes = _variable_attributes(handle, keys.variable)
+                    if keys.grid is not UNDEF:
+                        _remember(_ATTRIBUTES, (keys.variable, keys.grid), attributes)
+                if grid is None:
+                    try:
+                        grid = _grid(handle)
+                    except Exception as err:
+                        raise ParseError(f"{where}: cannot read its grid ({attributes.get('GRIB_gridType')!r}): "
+                                         f"{type(err).__name__}: {err}") from err
+                    if keys.grid is not UNDEF:
+                        _remember(_GRIDS, keys.grid, grid)
+            finally:
+                eccodes.codes_release(handle)
+        type_of_level = keys.variable[VARIABLE_KEYS.index("typeOfLevel")]
+        return Variable(
+            name=_variable_name(attributes, keys.variable[0]),
+            type_of_level=str(type_of_level) if type_of_level is not UNDEF else "level",
+            file_attributes={f"GRIB_{k}": v for k, v in zip(FILE_KEYS, keys.file) if v is not UNDEF},
+            attributes=dict(attributes),
+            grid=grid,
+            sort_key=tuple("" if v is UNDEF else str(v) for v in keys.variable + keys.file),
+        )
+
+
+def _variable_attributes(handle: Any, variable_values: tuple) -> dict[str, Any]:
+    """A variable's attributes from its first message, as cfgrib gives them."""
+    import eccodes
+
+    eccodes.codes_set(handle, "missingValue", float(np.finfo(np.float32).max))  # what the codec sets
+    attributes = {f"GRIB_{k}": v for k, v in zip(VARIABLE_KEYS, variable_values)
+                  if v is not UNDEF and v not in ("undef", "unknown")}
+    grid_type = attributes.get("GRIB_gridType")
+    for k in sorted(EXTRA_KEYS + GRID_KEYS.get(str(grid_type), ())):
+        try:
+            value = _get(handle, k)
+        except Exception:
+            continue
+        if value is not UNDEF:
+            attributes[f"GRIB_{k}"] = list(value) if isinstance(value, tuple) else value
+    attributes["long_name"] = f"original GRIB paramId: {variable_values[0]}"
+    attributes["units"] = "1"
+    if "GRIB_cfName" in attributes:
+        attributes["standard_name"] = attributes["GRIB_cfName"]
+    if "GRIB_name" in attributes:
+        attributes["long_name"] = attributes["GRIB_name"]
+    if "GRIB_units" in attributes:
+        attributes["units"] = attributes["GRIB_units"]
+    return attributes
+
+
+def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
+    """Read every message of the file (front to back, in windows) into ``catalogue``; the number of messages.
+
+    ecCodes reads the keys of a window's messages on a few threads (its
+    calls release the GIL); the messages are filed in file order.
+    """
+    url, size = opened.url, opened.size
+    store, path = opened.registry.resolve(url)
+    window_start, window = 0, opened.read_range(0, min(size, 2**16))  # the block read when the file was opened
+
+    def read(start: int, length: int) -> memoryview:
+        nonlocal window_start, window
+        if start < window_start or start + length > window_start + len(window):
+            want = min(max(length, SCAN_WINDOW), size - start)
+            (piece,) = read_ranges(store, path, [start], [want], url=url, what="GRIB messages", coalesce=0)
+            window_start, window = start, memoryview(piece)  # type: ignore[assignment]
+        return memoryview(window)[start - window_start : start - window_start + length]
+
+    batch: list[tuple[Any, int, int]] = []
+    threads = min(SCAN_THREADS, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib") if threads > 1 else None
+
+    def flush() -> None:
+        if pool is not None and len(batch) > 1:
+            keys = pool.map(lambda m: message_keys(m[0], catalogue.where(m[1], m[2])), batch)
+        else:
+            keys = (message_keys(data, catalogue.where(n, o)) for data, n, o in batch)
+        for (data, number, offset), found in zip(batch, keys):
+            catalogue.add_message(data, number, offset, found)
+        batch.clear()
+
+    position, number = 0, 0
+    try:
+        while position < size:
+            head = bytes(read(position, min(16, size - position)))
+            if not head.startswith(GRIB_SIGNATURE):
+                if not head.strip(b"\x00"):  # zero padding between or after messages
+                    position += len(head)
+                    continue
+                found = _find_next(read, position, size)
+                if found is None:
+                    if number == 0:
+                        raise ParseError(f"{url}: no GRIB message found (first bytes {head[:8]!r})")
+                    break  # trailing bytes that are no message
+                position = found
+                continue
+            number += 1
+            where = catalogue.where(number, position)
+            if len(head) < 16:
+                raise ParseError(f"{where}: truncated: the file ends {size - position} bytes into the message")
+            edition = head[7]
+            if edition != 2:
+                raise ParseError(f"{where}: GRIB edition {edition} is not supported (only GRIB2)")
+            length = int.from_bytes(head[8:16], "big")
+            if position + length > size:
+                flush()  # the messages before it first: their errors come first
+                raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
+                                 f"{size - position} bytes into it (file size {size})")
+            data = read(position, length)
+            if bytes(data[-4:]) != b"7777":
+                flush()
+                raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
+            batch.append((data, number, position))
+            if len(batch) >= SCAN_BATCH:
+                flush()
+            position += length
+        flush()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    if number == 0:
+        raise ParseError(f"{url}: no GRIB message found")
+    return number
+
+
+def _find_next(read, start: int, size: int) -> int | None:
+    """Where the next ``GRIB`` signature starts at or after ``start``, None if there is none."""
+    position = start
+    while position < size:
+        length = min(2**20, size - position)
+        chunk = bytes(read(position, length))
+        found = chunk.find(GRIB_SIGNATURE)
+        if found >= 0:
+            return position + found
+        if position + length >= size:
+            return None
+        position += length - 3
+    return None
+
+
+# --------------------------------------------------------------------------- #
+# index files (.idx)
+# --------------------------------------------------------------------------- #
+#: wgrib2 level phrases -> (typeOfLevel, the level value's group in the pattern, or a fixed level).
+_IDX_LEVELS: tuple[tuple[re.Pattern, str, Any], ...] = (
+    (re.compile(r"^([-+.\deE]+) mb$"), "isobaricInhPa", 1),
+    (re.compile(r"^([-+.\deE]+) Pa$"), "isobaricInPa", 1),
+    (re.compile(r"^([-+.\deE]+) m above ground$"), "heightAboveGround", 1),
+    (re.compile(r"^([-+.\deE]+) m above mean sea level$"), "heightAboveSea", 1),
+    (re.compile(r"^([-+.\deE]+) m below ground$"), "depthBelowLand", 1),
+    (re.compile(r"^([-+.\deE]+) hybrid level$"), "hybrid", 1),
+    (re.compile(r"^([-+.\deE]+) sigma level$"), "sigma", 1),
+    (re.compile(r"^([-+.\deE]+) K isentropic level$"), "theta", 1),
+    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) m below ground$"), "depthBelowLandLayer", 2),
+    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) m above ground$"), "heightAboveGroundLayer", 2),
+    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) mb above ground$"), "pressureFromGroundLayer", 2),
+    (re.compile(r"^surface$"), "surface", 0.0),
+    (re.compile(r"^mean sea level$"), "meanSea", 0.0),
+    (re.compile(r"^entire atmosphere( \(considered as a single layer\))?$"), "atmosphere", 0.0),
+    (re.compile(r"^top of atmosphere$"), "nominalTop", 0.0),
+    (re.compile(r"^tropopause$"), "tropopause", 0.0),
+    (re.compile(r"^max wind$"), "maxWind", 0.0),
+    (re.compile(r"^cloud ceiling$"), "cloudCeiling", 0.0),
+)
+#: wgrib2 forecast phrases -> (stepType, step in hours of the last group, or 0 for analyses).
+_IDX_STEP_UNITS = {"min": 1 / 60, "hour": 1.0, "day": 24.0}
+_IDX_FORECAST = re.compile(r"^(?:(\d+)-)?(\d+) (min|hour|day) (?:(acc|ave|max|min) )?fcst$")
+_IDX_STEP_TYPES = {None: "instant", "acc": "accum", "ave": "avg", "max": "max", "min": "min"}
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of an index file, as given: ``number:offset:d=YYYYMMDDHH:NAME:level:forecast:``."""
+
+    number: int
+    offset: int
+    date: str
+    name: str
+    level: str
+    forecast: str
+
+
+def parse_index(text: str, where: str) -> list[IndexEntry]:
+    """The lines of a NOAA/wgrib2 ``.idx`` file; ParseError naming the line that is not one."""
+    entries = []
+    for line_number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(":")
+        if len(parts) < 6 or not parts[2].startswith("d="):
+            raise ParseError(f"{where}: line {line_number} is not a wgrib2 index line: {line!r}")
+        try:
+            number = int(parts[0].split(".")[0])  # submessages (``3.1``) share their message's offset
+            offset = int(parts[1])
+        except ValueError:
+            raise ParseError(f"{where}: line {line_number}: message number or offset is not an integer: {line!r}") from None
+        entries.append(IndexEntry(number, offset, parts[2][2:], parts[3], parts[4], parts[5]))
+    if not entries:
+        raise ParseError(f"{where}: the index file lists no message")
+    return entries
+
+
+def _idx_level(text: str) -> tuple[str, float | None]:
+    for pattern, type_of_level, which in _IDX_LEVELS:
+        match = pattern.match(text)
+        if match:
+            if isinstance(which, int) and which >= 1:
+                return type_of_level, float(match.group(which))
+            return type_of_level, float(which)
+    return text, None  # an unlisted level: its own hypercube, without a level coordinate
+
+
+def _idx_step(text: str) -> tuple[str, float | None]:
+    if text == "anl":
+        return "instant", 0.0
+    match = _IDX_FORECAST.match(text)
+    if match:
+        return _IDX_STEP_TYPES[match.group(4)], int(match.group(2)) * _IDX_STEP_UNITS[match.group(3)]
+    return text, None
+
+
+def _idx_seconds(date: str, where: str) -> int:
+    try:
+        stamp = datetime.datetime.strptime(date, "%Y%m%d%H" if len(date) == 10 else "%Y%m%d%H%M")
+    except ValueError:
+        raise ParseError(f"{where}: date {date!r} is not YYYYMMDDHH") from None
+    return int((stamp - _EPOCH).total_seconds())
+
+
+def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_attributes: dict[str, Any],
+                    where: str) -> dict[tuple, Variable]:
+    """Variables from index lines: named by the index (wgrib2 names), on ``grid``."""
+    offsets = sorted({e.offset for e in entries})
+    ends = dict(zip(offsets, offsets[1:] + [size]))
+    variables: dict[tuple, Variable] = {}
+    seen: set[int] = set()
+    times: dict[str, int] = {}
+    for entry in entries:
+        if entry.offset in seen:  # submessages of one message: not expressible as one chunk each
+            raise ParseError(f"{where}: message {entry.number} holds several fields (submessages); "
+                             "open the file without idx=")
+        seen.add(entry.offset)
+        if entry.offset >= size:
+            raise ParseError(f"{where}: message {entry.number} at byte {entry.offset} lies past the end of the "
+                             f"file ({size} bytes)")
+        type_of_level, level = _idx_level(entry.level)
+        step_type, step = _idx_step(entry.forecast)
+        key = (entry.name, type_of_level, step_type)
+        variable = variables.get(key)
+        if variable is None:
+            attributes: dict[str, Any] = {"GRIB_idx_name": entry.name, "GRIB_typeOfLevel": type_of_level, "GRIB_stepType": step_type,
+                          "GRIB_idx_level": entry.level, "GRIB_idx_forecast": entry.forecast}
+            if step_type in _IDX_STEP_TYPES.values():
+                attributes["GRIB_stepUnits"] = 1
+            variable = variables[key] = Variable(
+                name=entry.name, type_of_level=type_of_level, file_attributes=file_attributes,
+                attributes=attributes, grid=grid, sort_key=key)
+        time = times.get(entry.date)
+        if time is None:
+            time = times[entry.date] = _idx_seconds(entry.date, where)
+        header = (UNDEF, time, step, level, UNDEF, UNDEF)
+        variable.fields.append(Field(entry.number, entry.offset, ends[entry.offset] - entry.offset, header))
+    return variables
+
+
+# --------------------------------------------------------------------------- #
+# hypercubes -> groups
+# --------------------------------------------------------------------------- #
+@dataclass
+class Hypercube:
+    """Variables of one ``typeOfLevel`` sharing their coordinates: one group."""
+
+    type_of_level: str
+    file_attributes: dict[str, Any]
+    grid: Grid
+    coords: dict[str, np.ndarray]  # header dimension -> values (unsqueezed)
+    variables: list[Variable]
+
+    def accepts(self, variable: Variable, coords: dict[str, np.ndarray]) -> bool:
+        """Whether cfgrib's merge (exact join, identical attributes, no clashing names) takes ``variable`` in."""
+        if variable.file_attributes != self.file_attributes or not variable.grid.same_as(self.grid):
+            return False
+        if any(v.name == variable.name for v in self.variables):
+            return False
+        return all(np.array_equal(values, self.coords[name]) for name, values in coords.items() if name in self.coords)
+
+
+def hypercubes(variables: Iterable[Variable]) -> list[Hypercube]:
+    """Merge variables into hypercubes as ``cfgrib.open_datasets`` does, in its order."""
+    ordered = sorted(variables, key=lambda v: (v.type_of_level, v.sort_key))
+    cubes: list[Hypercube] = []
+    for variable in ordered:
+        coords = variable.coordinates()
+        for cube in cubes:
+            if cube.type_of_level == variable.type_of_level and cube.accepts(variable, coords):
+                cube.variables.append(variable)
+                cube.coords.update(coords)
+                break
+        else:
+            cubes.append(Hypercube(variable.type_of_level, variable.file_attributes, variable.grid, dict(coords),
+                                   [variable]))
+    return cubes
+
+
+def cube_names(cubes: Sequence[Hypercube]) -> list[str]:
+    """Group names: the ``typeOfLevel``, then what tells hypercubes of one ``typeOfLevel`` apart."""
+    names = [c.type_of_level for c in cubes]
+    for type_of_level in set(names):
+        clash = [i for i, c in enumerate(cubes) if c.type_of_level == type_of_level]
+        if len(clash) < 2:
+            continue
+        parts = {i: _descriptors(cubes[i]) for i in clash}
+        for chosen in ((0,), (1,), (2,), (0, 1), (0, 1, 2)):  # the fewest descriptors that tell them apart
+            if len({tuple(parts[i][k] for k in chosen) for i in clash}) == len(clash):
+                break
+        for i in clash:
+            names[i] = "_".join([type_of_level, *(parts[i][k] for k in chosen)])
+    names = [name.replace("/", "_") for name in names]  # a level phrase of an index file may hold one
+    counts: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if names.count(name) > 1:
+            counts[name] = counts.get(name, 0) + 1
+            names[i] = f"{name}_{counts[name]}"
+    return names
+
+
+def _descriptors(cube: Hypercube) -> tuple[str, ...]:
+    step_types = "+".join(sorted({str(v.attributes.get("GRIB_stepType", "")) for v in cube.variables}))
+    level = cube.coords.get(cube.type_of_level)
+    level_text = _number_text(level[0]) if level is not None and level.size == 1 else "levels"
+    return step_types, level_text, "+".join(sorted(v.name for v in cube.variables))
+
+
+def _number_text(value: Any) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def _inlined(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, Any],
+             registry: ObjectStoreRegistry) -> ManifestArray:
+    """A coordinate held in the manifest (little-endian bytes, one chunk)."""
+    values = np.asarray(values, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
+    dtype = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
+    grid = (1,) * values.ndim
+    manifest = ChunkManifest.from_arrays(
+        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
+        lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * values.ndim: values.astype(dtype).tobytes()},
+    )
+    metadata = create_array_metadata(shape=values.shape, chunk_shape=values.shape, dtype=values.dtype.newbyteorder("="),
+                                     dimension_names=dims, attributes=attributes)
+    return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _seconds_array(values: np.ndarray) -> np.ndarray:
+    return values.astype("i8") if np.all(np.mod(values, 1) == 0) else values.astype("f8")
+
+
+def cube_group(cube: Hypercube, url: str, registry: ObjectStoreRegistry,
+               drop_variables: frozenset[str] = frozenset(), made: dict | None = None) -> ManifestGroup:
+    """One hypercube as a ManifestGroup: its variables (one message per chunk) and its coordinates.
+
+    ``made``: grid coordinates already built for other hypercubes of the file, by grid (shared, not rebuilt).
+    """
+    dims = [name for name, values in cube.coords.items() if values.size > 1]  # length 1: squeezed
+    arrays: dict[str, ManifestArray] = {}
+    for name, values in cube.coords.items():
+        attributes = {"long_name": f"original GRIB coordinate for key: {_key_of(name, cube)}({name})", "units": "1"}
+        attributes.update(COORDINATE_ATTRIBUTES.get(name, {}))
+        if name == "time":
+            values = _seconds_array(values)
+        elif name in ("number", "directionNumber", "frequencyNumber"):
+            values = values.astype("i8")
+        else:
+            values = values.astype("f8")
+        if values.size > 1:
+            arrays[name] = _inlined(values, (name,), attributes, registry)
+        else:
+            arrays[name] = _inlined(values.reshape(()), (), attributes, registry)
+    if "time" in cube.coords and "step" in cube.coords:
+        time, step = cube.coords["time"], cube.coords["step"]
+        time = time if time.size > 1 else time.reshape(())
+        step = step if step.size > 1 else step.reshape(())
+        valid = np.add.outer(time, step * 3600) if time.ndim and step.ndim else time + step * 3600
+        valid_dims = tuple(d for d, a in (("time", time), ("step", step)) if a.ndim)
+        arrays["valid_time"] = _inlined(_seconds_array(np.asarray(valid)), valid_dims,
+                                        dict(COORDINATE_ATTRIBUTES["valid_time"]), registry)
+    made = {} if made is None else made
+    grid_arrays = made.get(id(cube.grid))
+    if grid_arrays is None:
+        grid_arrays = made[id(cube.grid)] = {name: _inlined(values, coord_dims, dict(attributes), registry)
+                                             for name, (coord_dims, values, attributes) in cube.grid.coords.items()}
+    arrays.update(grid_arrays)
+    coordinate_list = list(arrays)
+    for variable in cube.variables:
+        if variable.name in drop_variables:
+            continue
+        arrays[variable.name] = _variable_array(variable, cube, dims, coordinate_list, url, registry)
+    attributes = dict(cube.file_attributes)
+    attributes["Conventions"] = "CF-1.7"
+    if "GRIB_centreDescription" in attributes:
+        attributes["institution"] = attributes["GRIB_centreDescription"]
+    for name in drop_variables & set(arrays):
+        del arrays[name]
+    return ManifestGroup(arrays=arrays, attributes=attributes)
+
+
+def _key_of(name: str, cube: Hypercube) -> str:
+    return "level" if name == cube.type_of_level else name
+
+
+def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordinates: list[str], url: str,
+                    registry: ObjectStoreRegistry) -> ManifestArray:
+    positions = []  # per header dimension of the cube: (index into Field.header, value -> position)
+    for name in dims:
+        key = HEADER_DIMS.index(_key_of(name, cube))
+        positions.append((key, {v: i for i, v in enumerate(cube.coords[name].tolist())}))
+    grid = tuple(len(cube.coords[name]) for name in dims)
+    chunk_grid = grid + (1,) * len(cube.grid.dims)
+    paths = np.full(chunk_grid, "", dtype=object)
+    offsets = np.zeros(chunk_grid, dtype=np.uint64)
+    lengths = np.zeros(chunk_grid, dtype=np.uint64)
+    tail = (0,) * len(cube.grid.dims)
+    for f in variable.fields:
+        index = tuple(lookup[f.header[key]] for key, lookup in positions) + tail
+        if paths[index] == "":  # the first of duplicate messages, as cfgrib
+            paths[index], offsets[index], lengths[index] = url, f.offset, f.length
+    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+    attributes = dict(variable.attributes)
+    attributes["coordinates"] = " ".join(c for c in coordinates if c not in dims and c not in cube.grid.dims)
+    metadata = create_array_metadata(
+        shape=grid + cube.grid.shape, chunk_shape=(1,) * len(grid) + cube.grid.shape, dtype="float32",
+        codecs=[GribCodec()], fill_value=float("nan"), dimension_names=(*dims, *cube.grid.dims),
+        attributes=attributes,
+    )
+    return ManifestArray(metadata, manifest, registry=registry)
+
+
+# --------------------------------------------------------------------------- #
+# the parser
+# --------------------------------------------------------------------------- #
+class GRIBParser(Parser):
+    """Parse a GRIB2 file into a ManifestStore: one chunk per message, cfgrib's variables and hypercubes.
+
+    Needs ``eccodes`` (the ``grib`` extra). When the file holds several
+    hypercubes (as ``cfgrib.open_datasets`` splits them), each is a group
+    named by its ``typeOfLevel`` (then by what tells hypercubes of one
+    ``typeOfLevel`` apart: ``stepType``, the level, the variable names, e.g.
+    ``heightAboveGround_2``); the root then holds no variables and lists the
+    groups in its ``GRIB_groups`` attribute. One hypercube is the root.
+
+    Parameters
+    ----------
+    inline, group, drop_variables
+        As for every parser (``group``: one hypercube's name).
+    idx : bool or str
+        ``True`` reads the wgrib2/NOAA index file ``<url>.idx`` (a string:
+        that index's url) instead of scanning the messages: one request for
+        the index and one for the first message. The index gives each
+        message's offset (its length is the distance to the next offset, or
+        to the end of the file), the reference time (``d=``), a wgrib2
+        variable name, a level phrase and a forecast phrase; the common level
+        phrases become ``typeOfLevel`` and a level coordinate (``500 mb`` ->
+        ``isobaricInhPa`` 500, ``2 m above ground`` -> ``heightAboveGround``
+        2), the forecast phrases ``stepType`` and ``step`` (``anl`` -> 0,
+        ``6 hour fcst``, ``0-6 hour acc fcst`` -> ``accum`` at 6). Variables
+        are named by the index (``TMP``, not ecCodes' ``t``/``2t``) and carry
+        the index's text as attributes, since the index gives no
+        ``paramId``; the grid (dimensions, latitude, longitude) comes from
+        the first message, which every message is taken to share (as in NOAA's
+        files: a file whose messages have several grids needs the scan). The
+        values read are those the scan gives.
+    """
+
+    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
+                 drop_variables: Iterable[str] | None = None, idx: bool | str = False) -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        self.idx = idx
+
+    def __repr__(self) -> str:
+        return f"GRIBParser(inline={self.inline!r}, group={self.group!r}, idx={self.idx!r})"
+
+    @classmethod
+    def guess_can_open(cls, head: bytes, url: str) -> bool:
+        return head[:4] == GRIB_SIGNATURE and len(head) >= 8 and head[7] in (1, 2)
+
+    def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
+        try:
+            import eccodes  # noqa: F401
+        except ImportError as err:
+            raise ImportError("reading GRIB files needs eccodes: pip install 'vzdask[grib]'") from err
+        opened = self._open(url, registry)
+        if not opened.size:
+            raise ParseError(f"{url}: empty file; nothing to virtualize")
+        if self.idx:
+            variables = self._from_index(opened, url, registry)
+        else:
+            catalogue = _Catalogue(url)
+            scan_messages(opened, catalogue)
+            variables = list(catalogue.variables.values())
+        try:
+            cubes = hypercubes(variables)
+        except ParseError as err:
+            raise ParseError(f"{url}: {err}") from None
+        names = cube_names(cubes)
+        if self.group not in (None, "", "/"):
+            wanted = str(self.group).strip("/")
+            if wanted not in names:
+                raise ParseError(f"{url}: no group {wanted!r}; the file's hypercubes are {names}")
+            root = cube_group(cubes[names.index(wanted)], url, registry, self.drop_variables)
+        elif len(cubes) == 1:
+            root = cube_group(cubes[0], url, registry, self.drop_variables)
+        else:
+            made: dict = {}
+            groups = {name: cube_group(cube, url, registry, self.drop_variables, made)
+                      for name, cube in zip(names, cubes)}
+            root = ManifestGroup(groups=groups, attributes={"GRIB_groups": names})
+        return finish(root, registry, self.inline)
+
+    def _from_index(self, opened: ObstoreFile, url: str, registry: ObjectStoreRegistry) -> list[Variable]:
+        from vzdask.object_io import get
+
+        index_url = self.idx if isinstance(self.idx, str) else url + ".idx"
+        store, path = registry.resolve(index_url)
+        text = bytes(get(store, path, url=index_url)).decode("ascii", errors="replace")
+        entries = parse_index(text, index_url)
+        first = min(entries, key=lambda e: e.offset)
+        head = opened.read_range(first.offset, 16)
+        where = f"{url}: GRIB message {first.number} at byte {first.offset}"
+        if head[:4] != GRIB_SIGNATURE or len(head) < 16:
+            raise ParseError(f"{where} (from {index_url}): no GRIB message there (bytes {head[:8]!r})")
+        length = int.from_bytes(head[8:16], "big")
+        if first.offset + length > opened.size:
+            raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
+                             f"{opened.size - first.offset} bytes into it (file size {opened.size})")
+        catalogue = _Catalogue(url)
+        catalogue.add_message(opened.read_range(first.offset, length), first.number, first.offset)
+        (template,) = catalogue.variables.values()
+        return list(index_variables(entries, opened.size, template.grid, template.file_attributes,
+                                    index_url).values())
+
+
+__all__ = ["GRIB_SIGNATURE", "GRIBParser", "parse_index", "scan_messages"]
