@@ -437,16 +437,83 @@ def open_virtual_parts(
         store, parsed_bytes = parser.parse_keeping_reads(url, registry)
     else:  # any callable (url, registry) -> ManifestStore
         store, parsed_bytes = parser(url, registry), None
+    # a parser configured with a group already made that group the store's root
+    group = group if not getattr(parser, "group", None) else None
+    _check_group(store, group, url)
     return to_virtual_parts(
         store,
-        # a parser configured with a group already made that group the store's root
-        group=group if not getattr(parser, "group", None) else None,
+        group=group,
         drop_variables=drop_variables,
         loadable_variables=loadable_variables,
         decode_times=decode_times,
         cache=cache,
         parsed_bytes=parsed_bytes,
     )
+
+
+def _check_group(store: ManifestStore, group: str | None, url: str) -> None:
+    """A clear error when ``group`` is not a group of the parsed file (for parsers without ``group=``, netCDF3)."""
+    from vzdask.errors import ParseError
+
+    if not group or not group.strip("/"):
+        return
+    node = store.group[group] if group in store.group else None
+    if node is None:
+        groups = [path for path, _ in store.group.walk_groups() if path]
+        raise ParseError(f"{url}: no group {group!r} (its groups: {', '.join(groups) or 'none, only the root'})")
+    if not isinstance(node, ManifestGroup):
+        raise ParseError(f"{url}: {group!r} is an array, not a group")
+
+
+def open_virtual_groups(
+    url: str,
+    *,
+    parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
+    registry: ObjectStoreRegistry | None = None,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+    inline: InlinePolicy | None = None,
+    on_unsupported: str = "raise",
+) -> dict[str, VirtualParts]:
+    """Every group of one file (below ``group``) as ``VirtualParts``, by path from there ("" first), parsed once.
+
+    ``drop_variables`` and ``loadable_variables`` name variables of any group: each group drops and loads
+    the ones it has (``loadable_variables`` naming a variable of no group is an error).
+    """
+    from vzdask.parsers import detect_parser
+
+    url = as_url(url)
+    registry = registry if registry is not None else ObjectStoreRegistry.default()
+    if parser is None:
+        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+                               on_unsupported=on_unsupported)
+    elif inline is not None or on_unsupported != "raise":
+        raise ValueError("pass inline= and on_unsupported= to the parser's constructor when giving parser=")
+    if hasattr(parser, "parse_keeping_reads"):
+        store, parsed_bytes = parser.parse_keeping_reads(url, registry)
+    else:
+        store, parsed_bytes = parser(url, registry), None
+    group = group if not getattr(parser, "group", None) else None
+    _check_group(store, group, url)
+    top = store.group[group] if group and group.strip("/") else store.group
+    assert isinstance(top, ManifestGroup)  # _check_group
+    loadable = None if loadable_variables is None else set(loadable_variables)
+    if loadable:
+        found = {name for _, node in top.walk_groups() for name in node.arrays}
+        unknown = loadable - found
+        if unknown:
+            raise ValueError(f"{url}: loadable_variables in no group of the file: {sorted(unknown)}")
+    base = group.strip("/") if group else ""
+    out = {}
+    for path, node in top.walk_groups():
+        out[path] = to_virtual_parts(
+            store, group="/".join(p for p in (base, path) if p) or None, drop_variables=drop_variables,
+            loadable_variables=None if loadable is None else loadable & set(node.arrays),
+            decode_times=decode_times, parsed_bytes=parsed_bytes,
+        )
+    return out
 
 
 def as_url(url: str) -> str:

@@ -1,0 +1,133 @@
+"""Every group of a file (or of many files, group by group) as an ``xarray.DataTree``: virtual or for analysis.
+
+A group's virtual Dataset is what ``open_virtual_mfdataset(paths, group=...)``
+gives; the tree holds each group's own variables (children inherit their
+ancestors' coordinates, as in ``xr.open_datatree``). One file is parsed
+once for all its groups; many files are combined group by group, with the
+groups (and their variables) found in the first file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import xarray as xr
+
+from vzdask.errors import VzdaskError
+from vzdask.mfdataset import expand_paths, open_mfdataset, open_virtual_mfdataset, to_analysis
+from vzdask.xarray import VirtualParts, open_virtual_groups
+
+#: The arguments that configure how one file is opened (the others say how files are combined).
+_FILE_OPTIONS = ("parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+                 "decode_times")
+
+
+def open_virtual_datatree(paths, *, group: str | None = None, **kwargs: Any) -> xr.DataTree:
+    """Every group of one file or many as a DataTree of virtual Datasets.
+
+    Parameters
+    ----------
+    paths : str, path, list or nested list
+        One file, or many as for ``open_virtual_mfdataset``.
+    group : str, optional
+        The tree's root: this group and the groups below it (default: the file's root).
+    **kwargs
+        Those of ``open_virtual_mfdataset`` (``combine``, ``concat_dim``, ``join``, ``parallel``,
+        ``loadable_variables``...). ``loadable_variables`` and ``drop_variables`` name variables of
+        any group: each group loads (or drops) the ones it has.
+
+    Returns
+    -------
+    xarray.DataTree
+        Node ``/a/b`` is group ``a/b`` below ``group``; ``tree.vz.to_kerchunk(...)`` and
+        ``tree.vz.to_icechunk(...)`` write every group.
+
+    Raises
+    ------
+    ParseError
+        ``group`` is not a group of the file (the message names the file, the group and the file's groups).
+    FileOpenError, CombineError...
+        As ``open_virtual_mfdataset`` raises them for one group, the message starting with the group's path.
+    """
+    arguments = _bind(paths, group, kwargs)
+    files, first = _first_file(arguments)
+    if _one_file(arguments, files):
+        preprocess = arguments["preprocess"]
+        datasets = {path: parts.to_dataset() for path, parts in first.items()}
+        if preprocess is not None:
+            datasets = {path: preprocess(ds) for path, ds in datasets.items()}
+    else:
+        datasets = {path: _each_group(open_virtual_mfdataset, arguments, path, parts)
+                    for path, parts in first.items()}
+    return _tree(datasets)
+
+
+def open_datatree(paths, *, group: str | None = None, chunks=None, **kwargs: Any) -> xr.DataTree:
+    """Every group of one file or many as a DataTree of dask-backed Datasets for analysis.
+
+    The analysis counterpart of ``open_virtual_datatree`` (the same arguments, and ``chunks`` as for
+    ``open_mfdataset``); each group is what ``vzdask.open_mfdataset(paths, group=...)`` gives, CF-decoded
+    as ``xr.open_datatree`` decodes it.
+    """
+    arguments = _bind(paths, group, kwargs)
+    files, first = _first_file(arguments)
+    if _one_file(arguments, files) and arguments["preprocess"] is None:
+        decode_times = arguments["decode_times"]
+        datasets = {path: to_analysis(parts.to_dataset(), chunks, decode_times) for path, parts in first.items()}
+    else:
+        def analysis(paths, **options):
+            return open_mfdataset(paths, chunks=chunks, **options)
+
+        datasets = {path: _each_group(analysis, arguments, path, parts) for path, parts in first.items()}
+    return _tree(datasets)
+
+
+def _bind(paths, group: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """All of ``open_virtual_mfdataset``'s arguments (TypeError on unknown names), with the tree's root group."""
+    if "group" in kwargs:
+        raise TypeError("group is given once")
+    bound = inspect.signature(open_virtual_mfdataset).bind(paths, group=group, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _first_file(arguments: dict[str, Any]) -> tuple[list[str], dict[str, VirtualParts]]:
+    """The files, and the first one's groups (which groups the tree has, and which variables each holds)."""
+    nested = expand_paths(arguments["paths"])
+    files = _flatten(nested)
+    options = {key: arguments[key] for key in _FILE_OPTIONS}
+    return files, open_virtual_groups(files[0], group=arguments["group"], **options)
+
+
+def _flatten(nested: list) -> list[str]:
+    return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
+
+
+def _one_file(arguments: dict[str, Any], files: list[str]) -> bool:
+    """One file that combining would leave as it is: its groups come from one parse."""
+    paths = arguments["paths"]
+    return len(files) == 1 and arguments["combine"] == "by_coords" and not (
+        isinstance(paths, (list, tuple)) and any(isinstance(p, (list, tuple)) for p in paths))
+
+
+def _each_group(open_group, arguments: dict[str, Any], path: str, parts: VirtualParts) -> xr.Dataset:
+    """One group of every file, combined by ``open_group`` (``open_virtual_mfdataset`` or ``open_mfdataset``)."""
+    if not parts.variables:  # a group of attributes only (or of subgroups): nothing to combine
+        return xr.Dataset(attrs=dict(parts.attrs))
+    options = dict(arguments)
+    paths = options.pop("paths")
+    root = arguments["group"].strip("/") if arguments["group"] else ""
+    options["group"] = "/".join(p for p in (root, path) if p) or None
+    if options["loadable_variables"] is not None:  # the ones of this group (named in no group: already refused)
+        options["loadable_variables"] = [n for n in options["loadable_variables"] if n in parts.variables]
+    try:
+        return open_group(paths, **options)
+    except VzdaskError as err:
+        if not path:
+            raise
+        raise type(err)(f"group {path!r}: {err}") from err
+
+
+def _tree(datasets: dict[str, xr.Dataset]) -> xr.DataTree:
+    return xr.DataTree.from_dict({"/" + path: ds for path, ds in datasets.items()})
