@@ -14,7 +14,7 @@ from typing import Any
 
 import xarray as xr
 
-from vzdask.errors import VzdaskError
+from vzdask.errors import CombineError, FileOpenError, VzdaskError
 from vzdask.mfdataset import expand_paths, open_mfdataset, open_virtual_mfdataset, to_analysis
 from vzdask.xarray import VirtualParts, open_virtual_groups
 
@@ -45,8 +45,9 @@ def open_virtual_datatree(paths, *, group: str | None = None, **kwargs: Any) -> 
 
     Raises
     ------
-    ParseError
-        ``group`` is not a group of the file (the message names the file, the group and the file's groups).
+    FileOpenError
+        A file cannot be parsed, or ``group`` is not one of its groups (the message names the file, the
+        group and the file's groups).
     FileOpenError, CombineError...
         As ``open_virtual_mfdataset`` raises them for one group, the message starting with the group's path.
     """
@@ -58,8 +59,9 @@ def open_virtual_datatree(paths, *, group: str | None = None, **kwargs: Any) -> 
         if preprocess is not None:
             datasets = {path: preprocess(ds) for path, ds in datasets.items()}
     else:
-        datasets = {path: _each_group(open_virtual_mfdataset, arguments, path, parts)
-                    for path, parts in first.items()}
+        datasets = {}
+        for path, parts in first.items():  # parents first
+            datasets[path] = _each_group(open_virtual_mfdataset, arguments, path, parts, datasets)
     return _tree(datasets)
 
 
@@ -79,8 +81,14 @@ def open_datatree(paths, *, group: str | None = None, chunks=None, **kwargs: Any
         def analysis(paths, **options):
             return open_mfdataset(paths, chunks=chunks, **options)
 
-        datasets = {path: _each_group(analysis, arguments, path, parts) for path, parts in first.items()}
+        datasets = {}
+        for path, parts in first.items():
+            datasets[path] = _each_group(analysis, arguments, path, parts, datasets)
     return _tree(datasets)
+
+
+#: xarray's combine_by_coords when no dimension coordinate differs between the datasets.
+_NO_ORDER = "Could not find any dimension coordinates"
 
 
 def _bind(paths, group: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +105,10 @@ def _first_file(arguments: dict[str, Any]) -> tuple[list[str], dict[str, Virtual
     nested = expand_paths(arguments["paths"])
     files = _flatten(nested)
     options = {key: arguments[key] for key in _FILE_OPTIONS}
-    return files, open_virtual_groups(files[0], group=arguments["group"], **options)
+    try:
+        return files, open_virtual_groups(files[0], group=arguments["group"], **options)
+    except (VzdaskError, OSError) as err:  # as open_virtual_mfdataset names the file
+        raise FileOpenError(f"failed to open {files[0]}: {type(err).__name__}: {err}") from err
 
 
 def _flatten(nested: list) -> list[str]:
@@ -111,22 +122,62 @@ def _one_file(arguments: dict[str, Any], files: list[str]) -> bool:
         isinstance(paths, (list, tuple)) and any(isinstance(p, (list, tuple)) for p in paths))
 
 
-def _each_group(open_group, arguments: dict[str, Any], path: str, parts: VirtualParts) -> xr.Dataset:
-    """One group of every file, combined by ``open_group`` (``open_virtual_mfdataset`` or ``open_mfdataset``)."""
+def _each_group(open_group, arguments: dict[str, Any], path: str, parts: VirtualParts,
+                done: dict[str, xr.Dataset]) -> xr.Dataset:
+    """One group of every file, combined by ``open_group`` (``open_virtual_mfdataset`` or ``open_mfdataset``).
+
+    A group below the file's root is opened with the dimension coordinates it inherits (``inherit_coords``),
+    so its files are ordered and aligned by them as the root's are; they are dropped again (the tree
+    inherits them), after checking they came out as the ancestor group's in ``done``.
+    """
     if not parts.variables:  # a group of attributes only (or of subgroups): nothing to combine
         return xr.Dataset(attrs=dict(parts.attrs))
     options = dict(arguments)
     paths = options.pop("paths")
     root = arguments["group"].strip("/") if arguments["group"] else ""
     options["group"] = "/".join(p for p in (root, path) if p) or None
+    options["inherit_coords"] = options["group"] is not None
+    dims = {d for var in parts.variables.values() for d in var.dims}
+    if options["combine"] == "nested" and isinstance(options["concat_dim"], str) and options["concat_dim"] not in dims:
+        # a group without the concatenation dimension is the same in every file: merged, as xr.concat of
+        # DataTrees leaves such a node (not stacked along a new dimension)
+        options["concat_dim"] = [None]
     if options["loadable_variables"] is not None:  # the ones of this group (named in no group: already refused)
         options["loadable_variables"] = [n for n in options["loadable_variables"] if n in parts.variables]
     try:
-        return open_group(paths, **options)
+        try:
+            ds = open_group(paths, **options)
+        except ValueError as err:
+            if options["combine"] != "by_coords" or _NO_ORDER not in str(err):
+                raise
+            # no coordinate of the group varies between the files (a group of constants, say): merged, as
+            # xr.combine_nested(..., concat_dim=None) does (compat as given; "override": the first file's)
+            ds = open_group(paths, **{**options, "combine": "nested", "concat_dim": [None]})
     except VzdaskError as err:
         if not path:
             raise
         raise type(err)(f"group {path!r}: {err}") from err
+    inherited = [name for name in ds.variables if name not in parts.variables]
+    for name in inherited:
+        ancestor = _ancestor_with(done, path, str(name))
+        if ancestor is not None and not ds[name].equals(done[ancestor][name]):
+            raise CombineError(
+                f"group {path!r}: its files combine to other {name!r} values than group {ancestor or '/'!r} "
+                f"({ds.sizes.get(name)} vs {done[ancestor].sizes.get(name)} along {name!r}): a DataTree "
+                "needs a child's inherited dimension to match its parent's; open the groups separately "
+                "(open_virtual_mfdataset(..., group=...))"
+            )
+    return ds.drop_vars(inherited)
+
+
+def _ancestor_with(done: dict[str, xr.Dataset], path: str, name: str) -> str | None:
+    """The nearest ancestor of ``path`` already opened whose dataset has the coordinate ``name``."""
+    parts = path.split("/") if path else []
+    for depth in range(len(parts) - 1, -1, -1):
+        ancestor = "/".join(parts[:depth])
+        if ancestor in done and name in done[ancestor].coords:
+            return ancestor
+    return None
 
 
 def _tree(datasets: dict[str, xr.Dataset]) -> xr.DataTree:

@@ -125,6 +125,7 @@ def open_virtual_mfdataset(
     parser: Callable | None = None,
     registry: ObjectStoreRegistry | None = None,
     group: str | None = None,
+    inherit_coords: bool = False,
     loadable_variables=None,
     inline: InlinePolicy | None = None,
     drop_variables=None,
@@ -150,7 +151,11 @@ def open_virtual_mfdataset(
         (``coords="minimal"``, ``compat="override"``): that would read them.
     parser, registry, group, loadable_variables, inline, drop_variables, on_unsupported, decode_times
         As in ``open_virtual_dataset``, for every file (``group``: open this group of each file, as
-        ``xr.open_mfdataset(..., group=)``; every group at once: ``vzdask.open_virtual_datatree``). (``on_unsupported="warn"`` warns in the process
+        ``xr.open_mfdataset(..., group=)``; every group at once: ``vzdask.open_virtual_datatree``).
+    inherit_coords : bool
+        With ``group``: also load the dimension coordinates the group inherits from its ancestor groups
+        (netCDF-4 dimensions of a parent group; what a DataTree node sees), so files are ordered and
+        aligned by them. Each file is then parsed whole. (``on_unsupported="warn"`` warns in the process
         that parsed the file: with ``parallel=`` processes or a cluster, the warning stays there.)
     preprocess : callable, optional
         Applied to each file's virtual dataset before combining.
@@ -199,7 +204,7 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     if any(isinstance(p, list) for p in nested) and combine != "nested":
         raise ValueError("a nested list of paths needs combine='nested'")
     options = {key: arguments[key] for key in (
-        "parser", "registry", "group", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+        "parser", "registry", "group", "inherit_coords", "loadable_variables", "inline", "drop_variables", "on_unsupported",
         "decode_times", "preprocess")}
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
     client = _resolve_client(parallel)
@@ -533,7 +538,7 @@ def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list
     files = _flatten(nested) if grid else list(nested)
     if results is None:
         options = {key: arguments[key] for key in (
-            "parser", "registry", "group", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+            "parser", "registry", "group", "inherit_coords", "loadable_variables", "inline", "drop_variables", "on_unsupported",
             "decode_times", "preprocess")}
         client = _resolve_client(arguments["parallel"])
         if client is not None:

@@ -130,11 +130,14 @@ def to_virtual_parts(
     decode_times: bool | None = None,
     cache: DecodedCache | None = None,
     parsed_bytes=None,
+    inherit: bool = False,
 ) -> VirtualParts:
     """``to_virtual_dataset`` without assembling the Dataset; ``cache`` shares decoded coordinates between files.
 
     ``parsed_bytes(url, offset, length)``, from ``Parser.parse_keeping_reads``, gives bytes the parser
-    already read (or None): loaded variables found there are not fetched again.
+    already read (or None): loaded variables found there are not fetched again. With ``inherit``, the
+    dimension coordinates ``group`` inherits from its ancestor groups (see ``inherited_coordinates``) are
+    loaded into it too, as a DataTree node sees them.
     """
     node = store.group[group] if group else store.group
     if not isinstance(node, ManifestGroup):
@@ -149,8 +152,15 @@ def to_virtual_parts(
         unknown = loadable - set(names)
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
+    arrays = dict(node.arrays)
+    if inherit and group:
+        inherited = inherited_coordinates(store.group, group, [node.arrays[n] for n in names])
+        arrays.update(inherited)
+        names += list(inherited)
+        coords = coords | set(inherited)
+        loadable |= set(inherited)
 
-    loaded, raw_times = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache,
+    loaded, raw_times = _load_variables({n: arrays[n] for n in names if n in loadable}, decode_times, cache,
                                         parsed_bytes)
 
     variables = {}
@@ -158,10 +168,32 @@ def to_virtual_parts(
         if name in loaded:
             variables[name] = loaded[name]
             continue
-        array = node.arrays[name]
+        array = arrays[name]
         variables[name] = _variable(name, array, array)
     return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), numpy_attributes(node.attributes),
                         raw_times=raw_times, decode_times=decode_times)
+
+
+def inherited_coordinates(root: ManifestGroup, group: str, arrays: Iterable[ManifestArray]
+                          ) -> dict[str, ManifestArray]:
+    """The dimension coordinates of ``group``'s ancestors for dimensions its ``arrays`` use and it lacks.
+
+    The nearest ancestor's wins, as netCDF-4 and DataTree resolve inherited dimensions; they give a
+    group of a multi-file open the coordinates to order and align its files by.
+    """
+    parts = [p for p in group.split("/") if p]
+    node = root[group]
+    assert isinstance(node, ManifestGroup)
+    wanted = {d for array in arrays for d in (array.dimension_names or ()) if d is not None} - set(node.arrays)
+    found: dict[str, ManifestArray] = {}
+    for depth in range(len(parts) - 1, -1, -1):  # the parent first, the root last
+        ancestor = root["/".join(parts[:depth])] if depth else root
+        assert isinstance(ancestor, ManifestGroup)
+        for dim in sorted(wanted - set(found)):
+            array = ancestor.arrays.get(dim)
+            if array is not None and tuple(array.dimension_names or ()) == (dim,):
+                found[dim] = array
+    return found
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
@@ -414,17 +446,22 @@ def open_virtual_parts(
     on_unsupported: str = "raise",
     cache: DecodedCache | None = None,
     opened=None,
+    inherit_coords: bool = False,
 ) -> VirtualParts:
     """``open_virtual_dataset`` without assembling the Dataset (see ``VirtualParts``).
 
     ``opened``: the file already open (``vzdask.parsers.read_ahead``), for the parser to go on from.
+    ``inherit_coords``: ``group`` with the dimension coordinates it inherits from its ancestors
+    (``inherited_coordinates``); the detected parser then parses the whole file.
     """
     from vzdask.parsers import Parser, detect_parser
 
     url = as_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
+    inherit = bool(inherit_coords and group and group.strip("/"))
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+        parser = detect_parser(url, registry, inline=inline, group=None if inherit else group,
+                               drop_variables=None if inherit else drop_variables,
                                on_unsupported=on_unsupported,
                                opened=opened)
     elif inline is not None:
@@ -448,6 +485,7 @@ def open_virtual_parts(
         decode_times=decode_times,
         cache=cache,
         parsed_bytes=parsed_bytes,
+        inherit=inherit and group is not None,
     )
 
 
