@@ -92,12 +92,14 @@ _NO_ORDER = "Could not find any dimension coordinates"
 
 
 def _bind(paths, group: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """All of ``open_virtual_mfdataset``'s arguments (TypeError on unknown names), with the tree's root group."""
-    if "group" in kwargs:
-        raise TypeError("group is given once")
+    """All of ``open_virtual_mfdataset``'s arguments (TypeError on unknown names), with the tree's root group.
+
+    ``"given"`` holds the ones the caller gave: only those are passed on (``open_mfdataset`` leaves
+    the others to xarray when it combines file by file).
+    """
     bound = inspect.signature(open_virtual_mfdataset).bind(paths, group=group, **kwargs)
     bound.apply_defaults()
-    return dict(bound.arguments)
+    return {**bound.arguments, "given": dict(kwargs)}
 
 
 def _first_file(arguments: dict[str, Any]) -> tuple[list[str], dict[str, VirtualParts]]:
@@ -132,23 +134,24 @@ def _each_group(open_group, arguments: dict[str, Any], path: str, parts: Virtual
     """
     if not parts.variables:  # a group of attributes only (or of subgroups): nothing to combine
         return xr.Dataset(attrs=dict(parts.attrs))
-    options = dict(arguments)
-    paths = options.pop("paths")
+    options = dict(arguments["given"])
+    paths = arguments["paths"]
     root = arguments["group"].strip("/") if arguments["group"] else ""
     options["group"] = "/".join(p for p in (root, path) if p) or None
     options["inherit_coords"] = options["group"] is not None
     dims = {d for var in parts.variables.values() for d in var.dims}
-    if options["combine"] == "nested" and isinstance(options["concat_dim"], str) and options["concat_dim"] not in dims:
+    concat_dim = arguments["concat_dim"]
+    if arguments["combine"] == "nested" and isinstance(concat_dim, str) and concat_dim not in dims:
         # a group without the concatenation dimension is the same in every file: merged, as xr.concat of
         # DataTrees leaves such a node (not stacked along a new dimension)
         options["concat_dim"] = [None]
-    if options["loadable_variables"] is not None:  # the ones of this group (named in no group: already refused)
-        options["loadable_variables"] = [n for n in options["loadable_variables"] if n in parts.variables]
+    if arguments["loadable_variables"] is not None:  # the ones of this group (named in no group: already refused)
+        options["loadable_variables"] = [n for n in arguments["loadable_variables"] if n in parts.variables]
     try:
         try:
             ds = open_group(paths, **options)
         except ValueError as err:
-            if options["combine"] != "by_coords" or _NO_ORDER not in str(err):
+            if arguments["combine"] != "by_coords" or _NO_ORDER not in str(err):
                 raise
             # no coordinate of the group varies between the files (a group of constants, say): merged, as
             # xr.combine_nested(..., concat_dim=None) does (compat as given; "override": the first file's)

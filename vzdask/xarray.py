@@ -461,8 +461,7 @@ def open_virtual_parts(
     inherit = bool(inherit_coords and group and group.strip("/"))
     if parser is None:
         parser = detect_parser(url, registry, inline=inline, group=None if inherit else group,
-                               drop_variables=None if inherit else drop_variables,
-                               on_unsupported=on_unsupported,
+                               drop_variables=drop_variables, on_unsupported=on_unsupported,
                                opened=opened)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
