@@ -308,7 +308,7 @@ def test_bad_arguments(grouped):
         vzdask.open_virtual_datatree(grouped, loadable_variables=["time", "nosuch"])
     with pytest.raises(TypeError):
         vzdask.open_virtual_datatree(grouped, no_such_option=1)
-    with pytest.raises(TypeError, match="to_kerchunk takes an xarray.Dataset, DataTree"):
+    with pytest.raises(TypeError, match="to_kerchunk takes an xarray.DataTree, Dataset, ManifestGroup or Manifest"):
         vzdask.writers.kerchunk.to_kerchunk([1, 2])
 
 

@@ -143,7 +143,7 @@ def write_icechunk(
 
     if not isinstance(data, (xr.Dataset, xr.DataTree)):
         raise TypeError(
-            f"expected an xarray.Dataset, DataTree, ManifestGroup or ManifestStore, not {type(data).__name__}"
+            f"expected an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(data).__name__}"
         )
     return _write(plan_write(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
 

@@ -133,7 +133,7 @@ def _plan(obj: Any) -> PlannedGroup:
 
     if not isinstance(obj, (xr.Dataset, xr.DataTree, ManifestGroup, ManifestStore)):
         raise TypeError(
-            f"to_kerchunk takes an xarray.Dataset, DataTree, ManifestGroup or ManifestStore, not {type(obj).__name__}"
+            f"to_kerchunk takes an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
         )
     datasets = [obj] if isinstance(obj, xr.Dataset) else (
         [node.to_dataset(inherit=False) for node in obj.subtree] if isinstance(obj, xr.DataTree) else [])

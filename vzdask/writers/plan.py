@@ -94,7 +94,7 @@ def plan_write(obj: Any, path: str = "", *, in_memory: Literal["keep", "inline"]
     if isinstance(obj, xr.DataTree):
         return _plan_tree(obj, path, in_memory)
     raise TypeError(
-        f"expected an xarray.Dataset, DataTree, ManifestGroup or ManifestStore, not {type(obj).__name__}"
+        f"expected an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
     )
 
 
