@@ -359,3 +359,21 @@ def test_cli_writes_every_group_and_picks_one(grouped, collection, tmp_path):
     assert result.returncode == 1
     assert f"failed to open {grouped}" in result.stderr and "no group 'nope'" in result.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_group_without_coordinates_across_files_is_refused_by_coords(tmp_path):
+    """Plain HDF5 groups (phony dimensions): nothing orders the files, so by_coords refuses; nested combines."""
+    paths = [str(write_h5py_groups(tmp_path / f"p{k}.h5")) for k in range(2)]
+    with pytest.raises(vzdask.errors.CombineError,
+                       match=r"group '/' of .*p0.h5, .*p1.h5: its dimensions \['phony_dim_\d', 'phony_dim_\d'\] "
+                             r"have no coordinate"):
+        vzdask.open_virtual_datatree(paths)
+    # g1's dataset is phony_dim_2 (netCDF-C numbers the subgroups' phony dimensions first); the groups
+    # without it are merged (the same in both files), as xr.concat of DataTrees leaves them
+    tree = vzdask.open_datatree(paths, combine="nested", concat_dim="phony_dim_2")
+    with xr.open_mfdataset(paths, engine="netcdf4", combine="nested", concat_dim="phony_dim_2", group="g1") as ref:
+        xr.testing.assert_identical(tree["g1"].to_dataset(inherit=False).compute(), ref.load())
+    assert tree["g1/b"].shape == (20,)
+    for group in ("/", "/g1/g2"):
+        with xr.open_dataset(paths[0], engine="netcdf4", group=group) as ref:
+            xr.testing.assert_identical(tree[group].to_dataset(inherit=False).compute(), ref.load())

@@ -153,6 +153,14 @@ def _each_group(open_group, arguments: dict[str, Any], path: str, parts: Virtual
         except ValueError as err:
             if arguments["combine"] != "by_coords" or _NO_ORDER not in str(err):
                 raise
+            bare = sorted(d for d in dims if d not in parts.variables and _ancestor_with(done, path, d) is None)
+            if bare:  # nothing to order these files by: refuse, rather than take one file's values
+                raise CombineError(
+                    f"group {path or '/'!r} of {_some(paths)}: its dimensions {bare} have no coordinate (in the "
+                    "group or inherited) to order the files by with combine='by_coords'; pass "
+                    "combine='nested', concat_dim=... (the files in order) or open the group on its own "
+                    "(open_virtual_mfdataset(..., group=...))"
+                ) from err
             # no coordinate of the group varies between the files (a group of constants, say): merged, as
             # xr.combine_nested(..., concat_dim=None) does (compat as given; "override": the first file's)
             ds = open_group(paths, **{**options, "combine": "nested", "concat_dim": [None]})
@@ -171,6 +179,11 @@ def _each_group(open_group, arguments: dict[str, Any], path: str, parts: Virtual
                 "(open_virtual_mfdataset(..., group=...))"
             )
     return ds.drop_vars(inherited)
+
+
+def _some(paths) -> str:
+    files = _flatten(expand_paths(paths))
+    return ", ".join(files) if len(files) <= 3 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
 
 
 def _ancestor_with(done: dict[str, xr.Dataset], path: str, name: str) -> str | None:
