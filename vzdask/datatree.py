@@ -139,7 +139,7 @@ def _each_group(open_group, arguments: dict[str, Any], path: str, parts: Virtual
     root = arguments["group"].strip("/") if arguments["group"] else ""
     options["group"] = "/".join(p for p in (root, path) if p) or None
     options["inherit_coords"] = options["group"] is not None
-    dims = {d for var in parts.variables.values() for d in var.dims}
+    dims = {str(d) for var in parts.variables.values() for d in var.dims}
     concat_dim = arguments["concat_dim"]
     if arguments["combine"] == "nested" and isinstance(concat_dim, str) and concat_dim not in dims:
         # a group without the concatenation dimension is the same in every file: merged, as xr.concat of
