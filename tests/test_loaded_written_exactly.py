@@ -151,3 +151,15 @@ def test_cli_repro_of_the_issue(scaleov, tmp_path):
                 back = stored.load()
         np.testing.assert_array_equal(back["pr"].values, [[200.0, 250.0], [30000.0, 100.0]])
         xr.testing.assert_identical(back, want)
+
+
+def test_finer_packing_in_a_later_file_is_not_rounded(tmp_path):
+    """In range for the first file's int16 packing, but finer: re-encoding would round 1.234 to 1.23."""
+    paths = [write_packed(tmp_path / "a.nc", 0, 0.01, [1.5, 2.25]),
+             write_packed(tmp_path / "b.nc", 1, 0.001, [1.234, 2.0])]
+    want = originals(paths)
+    ds = vzdask.open_virtual_mfdataset(paths, loadable_variables=LOADED)
+    with pytest.warns(VzdaskWarning, match="'pr'"):
+        back = read_kerchunk(ds.vz.to_kerchunk())
+    xr.testing.assert_identical(back, want)
+    assert back["pr"].values[1, 0] == want["pr"].values[1, 0] != 1.23
