@@ -122,6 +122,12 @@ def kerchunk_tree(path) -> xr.DataTree:
         return tree.load()
 
 
+def kerchunk_tree_of(refs: dict) -> xr.DataTree:
+    store = zarr.storage.FsspecStore.from_mapper(fsspec.get_mapper("reference://", fo=refs), read_only=True)
+    with xr.open_datatree(store, engine="zarr", consolidated=False, zarr_format=2) as tree:
+        return tree.load()
+
+
 def icechunk_tree(repo: Repo) -> xr.DataTree:
     session = repo.open().readonly_session("main")
     with xr.open_datatree(session.store, engine="zarr", consolidated=False) as tree:
@@ -252,6 +258,13 @@ def test_datatree_of_many_files(collection, tmp_path):
     for got in (analysis, back_k, back_i):
         assert_tree_identical(got, expected)
         xr.testing.assert_identical(got["obs"].to_dataset().compute().drop_vars("x"), groups["/obs"])
+    # the inline policy reaches every group (each file is parsed once for all of them)
+    inlined = vzdask.open_virtual_datatree(collection, inline=vzdask.InlinePolicy(variables=["temp", "z"]))
+    refs = inlined.vz.to_kerchunk()["refs"]
+    assert all(v.startswith("base64:") for k, v in refs.items() if k.startswith(("obs/temp/", "obs/deep/z/"))
+               and not k.rsplit("/", 1)[1].startswith("."))
+    assert isinstance(refs["tas/0.0"], list)
+    assert_tree_identical(kerchunk_tree_of(refs), expected)
 
 
 def test_datatree_of_many_files_nested_with_inherited_dimension(tmp_path):

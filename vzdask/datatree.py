@@ -15,6 +15,7 @@ from typing import Any
 import xarray as xr
 
 from vzdask.errors import CombineError, FileOpenError, VzdaskError
+from vzdask.parsers import Parser, detect_parser
 from vzdask.mfdataset import expand_paths, open_mfdataset, open_virtual_mfdataset, to_analysis
 from vzdask.xarray import VirtualParts, open_virtual_groups
 
@@ -59,6 +60,7 @@ def open_virtual_datatree(paths, *, group: str | None = None, **kwargs: Any) -> 
         if preprocess is not None:
             datasets = {path: preprocess(ds) for path, ds in datasets.items()}
     else:
+        arguments = _parsing_once(arguments, first)
         datasets = {}
         for path, parts in first.items():  # parents first
             datasets[path] = _each_group(open_virtual_mfdataset, arguments, path, parts, datasets)
@@ -81,10 +83,50 @@ def open_datatree(paths, *, group: str | None = None, chunks=None, **kwargs: Any
         def analysis(paths, **options):
             return open_mfdataset(paths, chunks=chunks, **options)
 
+        arguments = _parsing_once(arguments, first)
         datasets = {}
         for path, parts in first.items():
             datasets[path] = _each_group(analysis, arguments, path, parts, datasets)
     return _tree(datasets)
+
+
+class _ParsedOnce(Parser):
+    """The detected parser of each file, run once (the whole file) for every group of a tree, in this process.
+
+    Each group of a multi-file tree is combined by its own ``open_virtual_mfdataset`` call; this parser
+    keeps each file's parse for the next group instead of parsing it again. Pickled (to processes or a
+    cluster) it starts empty there: those parse each file again per group.
+    """
+
+    def __init__(self, *, inline, drop_variables, on_unsupported: str) -> None:
+        super().__init__(inline=inline, drop_variables=drop_variables)
+        self.on_unsupported = on_unsupported
+        self._parsed: dict[str, tuple[Any, Any]] = {}
+
+    def parse_keeping_reads(self, url: str, registry) -> tuple[Any, Any]:
+        found = self._parsed.get(url)
+        if found is None:
+            opened, self._opened = self._opened, None
+            parser = detect_parser(url, registry, inline=self.inline, drop_variables=self.drop_variables,
+                                   on_unsupported=self.on_unsupported, opened=opened)
+            found = self._parsed[url] = parser.parse_keeping_reads(url, registry)
+        return found
+
+    def __call__(self, url: str, registry):
+        return self.parse_keeping_reads(url, registry)[0]
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_parsed": {}}
+
+
+def _parsing_once(arguments: dict[str, Any], first: dict[str, VirtualParts]) -> dict[str, Any]:
+    """``arguments`` with a ``_ParsedOnce`` parser when the tree has several groups and no parser was given."""
+    if len(first) < 2 or arguments["parser"] is not None:
+        return arguments
+    parser = _ParsedOnce(inline=arguments["inline"], drop_variables=arguments["drop_variables"],
+                         on_unsupported=arguments["on_unsupported"])
+    given = {key: value for key, value in arguments["given"].items() if key not in ("inline", "on_unsupported")}
+    return {**arguments, "parser": parser, "given": {**given, "parser": parser}}
 
 
 #: xarray's combine_by_coords when no dimension coordinate differs between the datasets.
