@@ -220,6 +220,7 @@ LAYERS = [
     ["vzdask.writers.*"],
     ["vzdask.accessor"],
     ["vzdask.mfdataset"],
+    ["vzdask.datatree"],
     ["vzdask.process"],
     ["vzdask.cli", "vzdask.demo", "vzdask.__main__"],
 ]

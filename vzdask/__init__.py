@@ -10,6 +10,7 @@ from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.store import ManifestStore
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.mfdataset import open_mfdataset, open_virtual_mfdataset
+from vzdask.datatree import open_datatree, open_virtual_datatree
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import open_virtual_dataset
@@ -25,7 +26,9 @@ __all__ = [
     "ObjectStoreRegistry",
     "create_array_metadata",
     "errors",
+    "open_datatree",
     "open_mfdataset",
     "open_virtual_dataset",
+    "open_virtual_datatree",
     "open_virtual_mfdataset",
 ]

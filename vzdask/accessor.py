@@ -126,3 +126,59 @@ def _axis_chunks(chunks: Any, dims: tuple) -> Any:
     if isinstance(chunks, dict) and any(isinstance(k, str) for k in chunks):
         return {dims.index(d): c for d, c in chunks.items() if d in dims}
     return chunks
+
+
+@xr.register_datatree_accessor("vzdask")
+@xr.register_datatree_accessor("vz")
+class VirtualDataTreeAccessor:
+    """``tree.vz`` (also ``tree.vzdask``): the ``ds.vz`` operations on every group of a DataTree.
+
+    Each node is handled with its own variables (``node.to_dataset(inherit=False)``), so a group's
+    inherited coordinates stay its ancestors' and are written once, where they are.
+    """
+
+    def __init__(self, tree: xr.DataTree) -> None:
+        self._tree = tree
+
+    def _map(self, method: str, *args, **kwargs) -> xr.DataTree:
+        return xr.DataTree.from_dict({
+            node.path: getattr(VirtualDatasetAccessor(node.to_dataset(inherit=False)), method)(*args, **kwargs)
+            for node in self._tree.subtree
+        }, name=self._tree.name)
+
+    @property
+    def virtual_variables(self) -> list[str]:
+        """Paths (``"group/name"``, from this node) of the variables backed by ManifestArrays."""
+        return [
+            "/".join(p for p in (node.relative_to(self._tree).strip("."), str(name)) if p)
+            for node in self._tree.subtree
+            for name in VirtualDatasetAccessor(node.to_dataset(inherit=False)).virtual_variables
+        ]
+
+    def compute(self, **kwargs) -> xr.DataTree:
+        """Every group's lazy variables loaded into numpy (``ds.vz.compute`` group by group)."""
+        return self._map("compute", **kwargs)
+
+    def persist(self, **kwargs) -> xr.DataTree:
+        """Every group's lazy variables persisted: virtual ones become fully inlined ManifestArrays."""
+        return self._map("persist", **kwargs)
+
+    def to_dask(self, chunks: Any = None, *, mask_and_scale: bool = False) -> xr.DataTree:
+        """Every group's virtual variables as dask arrays (``ds.vz.to_dask``)."""
+        return self._map("to_dask", chunks, mask_and_scale=mask_and_scale)
+
+    def to_icechunk(self, store_or_session, *, group=None, mode="w", append_dim=None, commit=None):
+        """Write every group to an Icechunk session or store (below ``group``); see ``write_icechunk``."""
+        from vzdask.writers.icechunk import write_icechunk
+
+        return write_icechunk(
+            self._tree, store_or_session, group=group, mode=mode, append_dim=append_dim, commit=commit
+        )
+
+    def to_kerchunk(self, path=None, *, format="dict", record_size=100_000, categorical_threshold=10):
+        """Write every group as kerchunk references (nested groups are key prefixes); see ``to_kerchunk``."""
+        from vzdask.writers.kerchunk import to_kerchunk
+
+        return to_kerchunk(
+            self._tree, path, format=format, record_size=record_size, categorical_threshold=categorical_threshold
+        )

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--load-var", action="append", default=None, metavar="NAME",
                    help="load NAME for indexing; replaces the default, the dimension coordinates "
                         "(combining by coordinates needs every one of them)")
+    v.add_argument("--group", default=None, metavar="PATH",
+                   help="virtualize only this group of every file, written as the output's root "
+                        "(default: every group, each written as a group of the output)")
     v.add_argument("--drop-var", action="append", default=None, metavar="NAME", help="leave NAME out of every file")
     v.add_argument("--skip-unsupported", action="store_true",
                    help="leave out variables that cannot be virtualized, with a warning naming them "
@@ -204,6 +207,7 @@ def _output_format(args) -> str:
 
 
 def virtualize(args) -> int:
+    from vzdask.datatree import open_virtual_datatree
     from vzdask.mfdataset import expand_paths, open_virtual_mfdataset
     from vzdask.policy import InlinePolicy
 
@@ -225,8 +229,7 @@ def virtualize(args) -> int:
     try:
         # progress bars (dask's, distributed's) write to stdout: keep stdout for the report
         with contextlib.redirect_stdout(sys.stderr):
-            ds = open_virtual_mfdataset(
-                files,
+            options = dict(
                 combine="nested" if args.concat_dim else "by_coords",
                 concat_dim=args.concat_dim,
                 loadable_variables=args.load_var,
@@ -237,6 +240,11 @@ def virtualize(args) -> int:
                 parallel=parallel,
                 progress=progress,
             )
+            if args.group is not None:
+                ds = open_virtual_mfdataset(files, group=args.group, **options)
+            else:  # every group; files without groups give the root alone, written as before
+                tree = open_virtual_datatree(files, **options)
+                ds = tree if tree.children else tree.to_dataset()
         _write(ds, args.output, fmt, files, prefixes)
     finally:
         if client is not None:
@@ -259,8 +267,10 @@ def _parallel(args):
 
 
 def _write(ds, output: str, fmt: str, files: list[str], prefixes: list[str]) -> None:
+    """Write a virtual Dataset, or a DataTree (every group), as ``fmt``."""
+    accessor = ds.vzdask  # the Dataset's or the DataTree's
     if fmt in ("json", "parquet"):
-        VirtualDatasetAccessor(ds).to_kerchunk(output, format=fmt)
+        accessor.to_kerchunk(output, format=fmt)
         return
     import icechunk
 
@@ -277,7 +287,7 @@ def _write(ds, output: str, fmt: str, files: list[str], prefixes: list[str]) -> 
             authorize_virtual_chunk_access=icechunk.containers_credentials(credentials),
         )
         session = repo.writable_session("main")
-        VirtualDatasetAccessor(ds).to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
+        accessor.to_icechunk(session, commit=f"vzdask virtualize: {len(files)} files")
     except BaseException:  # leave no half-made repository behind (the directory was new or empty)
         if existed:
             for name in os.listdir(output):
@@ -321,12 +331,17 @@ def _summary(ds, files, fmt, output, seconds) -> str:
 
     Kerchunk references hold loaded variables as inlined chunks (counted
     here as the writer plans them); Icechunk stores them as native chunks
-    (said on their own line).
+    (said on their own line). A DataTree is counted over all its groups.
     """
+    import xarray as xr
+
     from vzdask.writers.plan import plan_write
 
     counts = {"virtual": 0, "inlined": 0, "missing": 0}
     referenced = 0
+    groups = [node.to_dataset(inherit=False) for node in ds.subtree] if isinstance(ds, xr.DataTree) else [ds]
+    n_variables = sum(len(group.variables) for group in groups)
+    n_virtual = sum(len(VirtualDatasetAccessor(group).virtual_variables) for group in groups)
     plan = plan_write(ds, in_memory="inline" if fmt in ("json", "parquet") else "keep")
     for planned in plan.all_arrays():
         manifest = planned.array.manifest
@@ -336,7 +351,8 @@ def _summary(ds, files, fmt, output, seconds) -> str:
     native = [name for group in plan.walk() if group.loaded is not None for name in group.loaded.variables]
     lines = [
         f"files       {len(files)}",
-        f"variables   {len(ds.variables)} ({len(VirtualDatasetAccessor(ds).virtual_variables)} virtual)",
+        *([f"groups      {len(groups)}"] if len(groups) > 1 else []),
+        f"variables   {n_variables} ({n_virtual} virtual)",
         f"chunks      {counts['virtual']} virtual, {counts['inlined']} inlined, {counts['missing']} missing"
         + (f"; {len(native)} loaded variable(s) stored as native Icechunk chunks" if native else ""),
         f"referenced  {_human(referenced)}",

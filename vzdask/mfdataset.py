@@ -124,6 +124,8 @@ def open_virtual_mfdataset(
     combine: str = "by_coords",
     parser: Callable | None = None,
     registry: ObjectStoreRegistry | None = None,
+    group: str | None = None,
+    inherit_coords: bool = False,
     loadable_variables=None,
     inline: InlinePolicy | None = None,
     drop_variables=None,
@@ -147,8 +149,13 @@ def open_virtual_mfdataset(
     concat_dim, combine, data_vars, coords, compat, join, combine_attrs
         As in ``xr.open_mfdataset``. The defaults never compare virtual values
         (``coords="minimal"``, ``compat="override"``): that would read them.
-    parser, registry, loadable_variables, inline, drop_variables, on_unsupported, decode_times
-        As in ``open_virtual_dataset``, for every file. (``on_unsupported="warn"`` warns in the process
+    parser, registry, group, loadable_variables, inline, drop_variables, on_unsupported, decode_times
+        As in ``open_virtual_dataset``, for every file (``group``: open this group of each file, as
+        ``xr.open_mfdataset(..., group=)``; every group at once: ``vzdask.open_virtual_datatree``).
+    inherit_coords : bool
+        With ``group``: also load the dimension coordinates the group inherits from its ancestor groups
+        (netCDF-4 dimensions of a parent group; what a DataTree node sees), so files are ordered and
+        aligned by them. Each file is then parsed whole. (``on_unsupported="warn"`` warns in the process
         that parsed the file: with ``parallel=`` processes or a cluster, the warning stays there.)
     preprocess : callable, optional
         Applied to each file's virtual dataset before combining.
@@ -200,8 +207,8 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     if any(isinstance(p, list) for p in nested) and combine != "nested":
         raise ValueError("a nested list of paths needs combine='nested'")
     options = {key: arguments[key] for key in (
-        "parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported", "decode_times",
-        "preprocess")}
+        "parser", "registry", "group", "inherit_coords", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+        "decode_times", "preprocess")}
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
     client = _resolve_client(parallel)
     if client is not None:
@@ -527,10 +534,10 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
         # xarray combines values here, so the options not given are left to xarray, as xr.open_mfdataset
         # leaves them: with compat="override" a variable missing from one file would hide another's values
         return _open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
-    return _analysis(virtual, chunks, decode_times)
+    return to_analysis(virtual, chunks, decode_times)
 
 
-def _analysis(virtual: xr.Dataset, chunks, decode_times) -> xr.Dataset:
+def to_analysis(virtual: xr.Dataset, chunks, decode_times) -> xr.Dataset:
     """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks)."""
     analysis = VirtualDatasetAccessor(virtual).to_dask(chunks=chunks, mask_and_scale=True)
     return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
@@ -547,14 +554,14 @@ def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list
     files = _flatten(nested) if grid else list(nested)
     if results is None:
         options = {key: arguments[key] for key in (
-            "parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported",
+            "parser", "registry", "group", "inherit_coords", "loadable_variables", "inline", "drop_variables", "on_unsupported",
             "decode_times", "preprocess")}
         client = _resolve_client(arguments["parallel"])
         if client is not None:
             results = client.gather([client.submit(_open_batch, files, dict(options), pure=False)])[0]
         else:
             results = _parse_locally(files, options, arguments["parallel"], arguments["progress"])
-    datasets = [_analysis(opened.to_dataset() if isinstance(opened, VirtualParts) else opened, chunks,
+    datasets = [to_analysis(opened.to_dataset() if isinstance(opened, VirtualParts) else opened, chunks,
                           arguments["decode_times"])
                 for opened, _ in results]
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join") if key in given}

@@ -131,11 +131,14 @@ def to_virtual_parts(
     decode_times: bool | None = None,
     cache: DecodedCache | None = None,
     parsed_bytes=None,
+    inherit: bool = False,
 ) -> VirtualParts:
     """``to_virtual_dataset`` without assembling the Dataset; ``cache`` shares decoded coordinates between files.
 
     ``parsed_bytes(url, offset, length)``, from ``Parser.parse_keeping_reads``, gives bytes the parser
-    already read (or None): loaded variables found there are not fetched again.
+    already read (or None): loaded variables found there are not fetched again. With ``inherit``, the
+    dimension coordinates ``group`` inherits from its ancestor groups (see ``inherited_coordinates``) are
+    loaded into it too, as a DataTree node sees them.
     """
     node = store.group[group] if group else store.group
     if not isinstance(node, ManifestGroup):
@@ -153,8 +156,15 @@ def to_virtual_parts(
         unknown = loadable - set(names)
         if unknown:
             raise ValueError(f"loadable_variables not in the file: {sorted(unknown)}")
+    arrays = dict(node.arrays)
+    if inherit and group:
+        inherited = inherited_coordinates(store.group, group, [node.arrays[n] for n in names])
+        arrays.update(inherited)
+        names += list(inherited)
+        coords = coords | set(inherited)
+        loadable |= set(inherited)
 
-    loaded, raw_times = _load_variables({n: node.arrays[n] for n in names if n in loadable}, decode_times, cache,
+    loaded, raw_times = _load_variables({n: arrays[n] for n in names if n in loadable}, decode_times, cache,
                                         parsed_bytes)
 
     variables = {}
@@ -162,7 +172,7 @@ def to_virtual_parts(
         if name in loaded:
             variables[name] = loaded[name]
             continue
-        array = node.arrays[name]
+        array = arrays[name]
         variables[name] = _variable(name, array, array)
     return VirtualParts(variables, frozenset(coords & set(names)), frozenset(loaded), numpy_attributes(node.attributes),
                         raw_times=raw_times, decode_times=decode_times)
@@ -171,6 +181,28 @@ def to_virtual_parts(
 def _inlined_text(array: ManifestArray) -> bool:
     """A unicode (``<U``) array none of whose chunks is a reference: variable-length strings, decoded at parse."""
     return array.dtype.kind == "U" and not bool((array.manifest.states == VIRTUAL).any())
+
+
+def inherited_coordinates(root: ManifestGroup, group: str, arrays: Iterable[ManifestArray]
+                          ) -> dict[str, ManifestArray]:
+    """The dimension coordinates of ``group``'s ancestors for dimensions its ``arrays`` use and it lacks.
+
+    The nearest ancestor's wins, as netCDF-4 and DataTree resolve inherited dimensions; they give a
+    group of a multi-file open the coordinates to order and align its files by.
+    """
+    parts = [p for p in group.split("/") if p]
+    node = root[group]
+    assert isinstance(node, ManifestGroup)
+    wanted = {d for array in arrays for d in (array.dimension_names or ()) if d is not None} - set(node.arrays)
+    found: dict[str, ManifestArray] = {}
+    for depth in range(len(parts) - 1, -1, -1):  # the parent first, the root last
+        ancestor = root["/".join(parts[:depth])] if depth else root
+        assert isinstance(ancestor, ManifestGroup)
+        for dim in sorted(wanted - set(found)):
+            array = ancestor.arrays.get(dim)
+            if array is not None and tuple(array.dimension_names or ()) == (dim,):
+                found[dim] = array
+    return found
 
 
 def _variable(name: str, array: ManifestArray, data) -> xr.Variable:
@@ -426,18 +458,22 @@ def open_virtual_parts(
     on_unsupported: str = "raise",
     cache: DecodedCache | None = None,
     opened=None,
+    inherit_coords: bool = False,
 ) -> VirtualParts:
     """``open_virtual_dataset`` without assembling the Dataset (see ``VirtualParts``).
 
     ``opened``: the file already open (``vzdask.parsers.read_ahead``), for the parser to go on from.
+    ``inherit_coords``: ``group`` with the dimension coordinates it inherits from its ancestors
+    (``inherited_coordinates``); the detected parser then parses the whole file.
     """
     from vzdask.parsers import Parser, detect_parser
 
     url = as_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
+    inherit = bool(inherit_coords and group and group.strip("/"))
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
-                               on_unsupported=on_unsupported,
+        parser = detect_parser(url, registry, inline=inline, group=None if inherit else group,
+                               drop_variables=drop_variables, on_unsupported=on_unsupported,
                                opened=opened)
     elif inline is not None:
         raise ValueError("pass inline= to the parser's constructor when giving parser=")
@@ -449,16 +485,84 @@ def open_virtual_parts(
         store, parsed_bytes = parser.parse_keeping_reads(url, registry)
     else:  # any callable (url, registry) -> ManifestStore
         store, parsed_bytes = parser(url, registry), None
+    # a parser configured with a group already made that group the store's root
+    group = group if not getattr(parser, "group", None) else None
+    _check_group(store, group, url)
     return to_virtual_parts(
         store,
-        # a parser configured with a group already made that group the store's root
-        group=group if not getattr(parser, "group", None) else None,
+        group=group,
         drop_variables=drop_variables,
         loadable_variables=loadable_variables,
         decode_times=decode_times,
         cache=cache,
         parsed_bytes=parsed_bytes,
+        inherit=inherit and group is not None,
     )
+
+
+def _check_group(store: ManifestStore, group: str | None, url: str) -> None:
+    """A clear error when ``group`` is not a group of the parsed file (for parsers without ``group=``, netCDF3)."""
+    from vzdask.errors import ParseError
+
+    if not group or not group.strip("/"):
+        return
+    node = store.group[group] if group in store.group else None
+    if node is None:
+        groups = [path for path, _ in store.group.walk_groups() if path]
+        raise ParseError(f"{url}: no group {group!r} (its groups: {', '.join(groups) or 'none, only the root'})")
+    if not isinstance(node, ManifestGroup):
+        raise ParseError(f"{url}: {group!r} is an array, not a group")
+
+
+def open_virtual_groups(
+    url: str,
+    *,
+    parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
+    registry: ObjectStoreRegistry | None = None,
+    group: str | None = None,
+    drop_variables: Iterable[str] | None = None,
+    loadable_variables: Iterable[str] | None = None,
+    decode_times: bool | None = None,
+    inline: InlinePolicy | None = None,
+    on_unsupported: str = "raise",
+) -> dict[str, VirtualParts]:
+    """Every group of one file (below ``group``) as ``VirtualParts``, by path from there ("" first), parsed once.
+
+    ``drop_variables`` and ``loadable_variables`` name variables of any group: each group drops and loads
+    the ones it has (``loadable_variables`` naming a variable of no group is an error).
+    """
+    from vzdask.parsers import detect_parser
+
+    url = as_url(url)
+    registry = registry if registry is not None else ObjectStoreRegistry.default()
+    if parser is None:
+        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+                               on_unsupported=on_unsupported)
+    elif inline is not None or on_unsupported != "raise":
+        raise ValueError("pass inline= and on_unsupported= to the parser's constructor when giving parser=")
+    if hasattr(parser, "parse_keeping_reads"):
+        store, parsed_bytes = parser.parse_keeping_reads(url, registry)
+    else:
+        store, parsed_bytes = parser(url, registry), None
+    group = group if not getattr(parser, "group", None) else None
+    _check_group(store, group, url)
+    top = store.group[group] if group and group.strip("/") else store.group
+    assert isinstance(top, ManifestGroup)  # _check_group
+    loadable = None if loadable_variables is None else set(loadable_variables)
+    if loadable:
+        found = {name for _, node in top.walk_groups() for name in node.arrays}
+        unknown = loadable - found
+        if unknown:
+            raise ValueError(f"{url}: loadable_variables in no group of the file: {sorted(unknown)}")
+    base = group.strip("/") if group else ""
+    out = {}
+    for path, node in top.walk_groups():
+        out[path] = to_virtual_parts(
+            store, group="/".join(p for p in (base, path) if p) or None, drop_variables=drop_variables,
+            loadable_variables=None if loadable is None else loadable & set(node.arrays),
+            decode_times=decode_times, parsed_bytes=parsed_bytes,
+        )
+    return out
 
 
 def as_url(url: str) -> str:

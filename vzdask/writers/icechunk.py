@@ -77,7 +77,7 @@ _SAFE = ":@!$&'()*+,;=-._~"  # characters an Icechunk location may hold unescape
 
 
 def write_icechunk(
-    data: xr.Dataset | ManifestGroup | ManifestStore,
+    data: xr.Dataset | xr.DataTree | ManifestGroup | ManifestStore,
     store_or_session: icechunk.Session | icechunk.IcechunkStore,
     *,
     group: str | None = None,
@@ -89,8 +89,8 @@ def write_icechunk(
 
     Parameters
     ----------
-    data : xarray.Dataset, ManifestGroup or ManifestStore
-        ManifestArray variables are written as references (virtual chunks)
+    data : xarray.Dataset, xarray.DataTree, ManifestGroup or ManifestStore
+        A DataTree writes every node as a group below ``group``. ManifestArray variables are written as references (virtual chunks)
         and native chunks (inlined chunks); other variables as native zarr
         arrays through ``icechunk.xarray.to_icechunk``.
     store_or_session : icechunk.Session or icechunk.IcechunkStore
@@ -152,8 +152,10 @@ def write_icechunk(
         )
     import xarray as xr
 
-    if not isinstance(data, xr.Dataset):
-        raise TypeError(f"expected an xarray.Dataset, ManifestGroup or ManifestStore, not {type(data).__name__}")
+    if not isinstance(data, (xr.Dataset, xr.DataTree)):
+        raise TypeError(
+            f"expected an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(data).__name__}"
+        )
     return _write(plan_write(data, _normalize_path(group)), store_or_session, mode, append_dim, commit)
 
 

@@ -64,8 +64,8 @@ def to_kerchunk(
 
     Parameters
     ----------
-    obj : xarray.Dataset, ManifestGroup or ManifestStore
-        In a Dataset, virtual variables are written as their references;
+    obj : xarray.Dataset, xarray.DataTree, ManifestGroup or ManifestStore
+        A DataTree is written group by group (every node, its own variables). In a Dataset, virtual variables are written as their references;
         loaded variables that still hold their ManifestArray (in
         ``encoding["vzdask_manifest_array"]``) and whose values came from it
         are written in that stored form; any other variable (numpy, dask) is
@@ -132,12 +132,14 @@ def _plan(obj: Any) -> PlannedGroup:
     """The shared writer plan, with in-memory variables inlined and names zarr v2 can hold."""
     import xarray as xr
 
-    if not isinstance(obj, (xr.Dataset, ManifestGroup, ManifestStore)):
+    if not isinstance(obj, (xr.Dataset, xr.DataTree, ManifestGroup, ManifestStore)):
         raise TypeError(
-            f"to_kerchunk takes an xarray.Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
+            f"to_kerchunk takes an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
         )
-    if isinstance(obj, xr.Dataset):
-        for name in obj.variables:
+    datasets = [obj] if isinstance(obj, xr.Dataset) else (
+        [node.to_dataset(inherit=False) for node in obj.subtree] if isinstance(obj, xr.DataTree) else [])
+    for ds in datasets:
+        for name in ds.variables:
             name = str(name)
             if not name or "/" in name or name.startswith(".z") or name == "zarr.json":
                 raise ValueError(f"variable name {name!r} cannot be a zarr v2 array name")

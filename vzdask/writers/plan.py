@@ -1,7 +1,7 @@
 """What a writer writes: one tree of groups and arrays, the same for the kerchunk and Icechunk writers.
 
-A plan is made from a virtual ``xarray.Dataset``, a ``ManifestGroup`` or a
-``ManifestStore``. Each array is in its stored form (a ManifestArray of
+A plan is made from a virtual ``xarray.Dataset`` or ``xarray.DataTree`` (every
+group), a ``ManifestGroup`` or a ``ManifestStore``. Each array is in its stored form (a ManifestArray of
 references and inlined encoded chunks) with its CF attributes as xarray
 holds them in memory (a plain numeric ``_FillValue``) and non-index
 coordinates named in ``coordinates`` attributes by xarray's own encoding
@@ -17,13 +17,16 @@ CF-encoded here as ``to_zarr`` would (``in_memory="inline"``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from xarray import SerializationWarning
 
-from vzdask._compat import decode_cf_variable, encode_cf_variable, encode_dataset_coordinates, variable_data
+from vzdask._compat import dataset_replace, decode_cf_variable, encode_cf_variable, encode_dataset_coordinates, variable_data
+from vzdask.errors import VzdaskWarning
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
@@ -70,7 +73,8 @@ def plan_write(obj: Any, path: str = "", *, in_memory: Literal["keep", "inline"]
 
     Parameters
     ----------
-    obj : xarray.Dataset, ManifestGroup or ManifestStore
+    obj : xarray.Dataset, xarray.DataTree, ManifestGroup or ManifestStore
+        A DataTree is written node by node, each group with its own variables.
     path : str
         Where the root of ``obj`` goes in the output ("" for the root).
     in_memory : {"keep", "inline"}
@@ -87,7 +91,18 @@ def plan_write(obj: Any, path: str = "", *, in_memory: Literal["keep", "inline"]
 
     if isinstance(obj, xr.Dataset):
         return _plan_dataset(obj, path, in_memory)
-    raise TypeError(f"expected an xarray.Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}")
+    if isinstance(obj, xr.DataTree):
+        return _plan_tree(obj, path, in_memory)
+    raise TypeError(
+        f"expected an xarray.DataTree, Dataset, ManifestGroup or ManifestStore, not {type(obj).__name__}"
+    )
+
+
+def _plan_tree(tree, path: str, in_memory: str) -> PlannedGroup:
+    """Every node of a DataTree: each group with its own variables (children inherit coordinates on reading)."""
+    planned = _plan_dataset(tree.to_dataset(inherit=False), path, in_memory)
+    planned.groups = [_plan_tree(child, join_path(path, str(name)), in_memory) for name, child in tree.children.items()]
+    return planned
 
 
 def join_path(parent: str, name: str) -> str:
@@ -126,11 +141,10 @@ def _plan_dataset(ds, path: str, in_memory: str) -> PlannedGroup:
         else:
             in_memory_names.append(name)
     if in_memory_names:
-        loaded = ds.drop_vars(list(planned.arrays)).copy(deep=False)  # its own Variables: encodings change below
-        for name in loaded.variables:
-            var = loaded.variables[name]
-            if var.dtype.kind in "UO" and "dtype" in var.encoding:  # the first file's width would cut strings
-                var.encoding = {k: v for k, v in var.encoding.items() if k != "dtype"}
+        loaded = ds.drop_vars(list(planned.arrays))
+        exact = {name: exact_encoding(name, _whole_strings(var)) for name, var in loaded.variables.items()}
+        if any(var is not loaded.variables[name] for name, var in exact.items()):
+            loaded = dataset_replace(loaded, exact, set(loaded.coords))
         planned.loaded = loaded
     return planned
 
@@ -171,6 +185,15 @@ def _values_came_from(name: str, var, stored: ManifestArray) -> bool:
         return False
 
 
+def _whole_strings(var):
+    """``var`` without an encoding ``dtype`` that would cut its strings (the first file's ``<U2`` for ``<U4``)."""
+    if var.dtype.kind not in "UO" or "dtype" not in var.encoding:
+        return var
+    var = var.copy(deep=False)
+    var.encoding = {k: v for k, v in var.encoding.items() if k != "dtype"}
+    return var
+
+
 def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
     """CF-encode a loaded variable as ``to_zarr`` would and hold its chunks inlined (zarr-encoded)."""
     from vzdask.codecs import codec_for
@@ -178,9 +201,10 @@ def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
 
     var = var.copy(deep=False)
     var.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
-    if var.dtype.kind in "UO":  # a string width from the first file (<U2) would cut the others' longer strings
-        var.encoding.pop("dtype", None)
-    encoded = encode_cf_variable(var, name=name)
+    var = exact_encoding(name, _whole_strings(var))
+    with warnings.catch_warnings():  # exact_encoding warned already where the encoding changes anything
+        warnings.simplefilter("ignore", SerializationWarning)
+        encoded = encode_cf_variable(var, name=name)
     values = np.asarray(encoded.values)
     attrs = dict(encoded.attrs)
     codecs = None
@@ -215,6 +239,66 @@ def _encode_inline(name: str, var) -> tuple[ManifestArray, dict[str, Any]]:
         lengths=np.zeros(grid, np.uint64), inlined=inlined or None,
     )
     return ManifestArray(metadata, manifest), attrs
+
+
+#: Encoding keys that pack or mask values: dropped when the values do not fit them.
+_PACKING = ("scale_factor", "add_offset", "dtype", "_FillValue", "missing_value", "_Unsigned")
+
+
+def exact_encoding(name: str, var):
+    """The in-memory variable with an encoding that writes its values exactly (``var`` itself if it has one).
+
+    A variable loaded from many files keeps the first file's encoding: when
+    the files pack it differently (``scale_factor``, ``add_offset``, an
+    integer dtype), the other files' values do not fit it and writing them
+    with it would silently change them (int16 overflows). Such a variable is
+    written unpacked in its in-memory dtype instead (the packing attributes
+    dropped), with a ``VzdaskWarning``. Values that fit are written as
+    encoded. Only numeric numpy values are checked (dask values would be
+    computed).
+    """
+    data = variable_data(var)
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biufcmM" or _round_trips(name, var):
+        return var
+    drop = set(_PACKING)
+    if data.dtype.kind in "mM":  # times in other units than the first file's
+        drop |= {"units", "calendar"}
+    unpacked = var.copy(deep=False)
+    unpacked.encoding = {k: v for k, v in var.encoding.items() if k not in drop}
+    unpacked.attrs = {k: v for k, v in var.attrs.items() if k not in drop}
+    if not _round_trips(name, unpacked):
+        raise ValueError(f"variable {name!r}: its {data.dtype} values cannot be written exactly, neither with "
+                         f"their encoding {_packing_text(var)} nor unpacked")
+    warnings.warn(
+        f"variable {name!r}: its values do not fit the encoding it carries, {_packing_text(var)} (a variable loaded "
+        f"from files that pack it differently keeps the first file's): written unpacked as {data.dtype}, "
+        "without packing attributes, so that they read back exactly",
+        VzdaskWarning, stacklevel=2,
+    )
+    return unpacked
+
+
+def _packing_text(var) -> str:
+    found = {k: var.encoding.get(k, var.attrs.get(k)) for k in (*_PACKING, "units")}
+    return ", ".join(f"{k}={v!r}" for k, v in found.items() if v is not None) or "(none)"
+
+
+def _round_trips(name: str, var) -> bool:
+    """Whether CF-encoding ``var`` as ``to_zarr`` would and decoding it back gives exactly its values and dtype."""
+    from vzdask.xarray import MANIFEST_ENCODING_KEY
+
+    probe = var.copy(deep=False)
+    probe.encoding = {k: v for k, v in var.encoding.items() if k != MANIFEST_ENCODING_KEY}
+    kind = var.dtype.kind
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # overflow, "no _FillValue for NaNs": what is being checked
+            encoded = encode_cf_variable(probe, name=name)
+            decoded = decode_cf_variable(name, encoded, decode_times=kind == "M", decode_timedelta=kind == "m")
+            ours, theirs = np.asarray(decoded.values), np.asarray(var.values)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return ours.dtype == theirs.dtype and bool(np.array_equal(ours, theirs, equal_nan=kind in "fcmM"))
 
 
 def _encoding_chunks(chunks: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
