@@ -154,3 +154,26 @@ def test_cli_skip_unsupported(tmp_path):
     with netCDF4.Dataset(path) as nc:
         np.testing.assert_array_equal(got["good"].values, nc["good"][:])
     assert "ragged" not in got.variables
+
+
+@pytest.mark.parametrize("parallel", ["processes", "client"])
+def test_warnings_from_worker_processes_reach_the_caller(tmp_path, parallel, request):
+    """Files parsed in a process pool or on a cluster's worker processes: the warning is given here, once per file."""
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"w{i}.nc"
+        _write(path, [_vlen_ints])
+        with netCDF4.Dataset(path, "a") as nc:
+            nc["x"][:] = np.arange(4) + 4 * i + 0.5
+        paths.append(str(path))
+    where = request.getfixturevalue("dask_client") if parallel == "client" else "processes"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = open_virtual_mfdataset(paths, concat_dim="x", combine="nested", on_unsupported="warn", parallel=where)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UnsupportedVariableWarning)]
+    assert len(messages) == 2, messages
+    for path, message in zip(paths, messages):
+        assert path in message and "ragged" in message
+    assert [w.filename for w in caught if issubclass(w.category, UnsupportedVariableWarning)] == [__file__] * 2
+    assert set(ds.variables) == {"x", "good"}
+    np.testing.assert_array_equal(ds["good"].data.compute(), [1, 2, 3, 4, 1, 2, 3, 4])

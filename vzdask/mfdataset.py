@@ -7,8 +7,11 @@ the final virtual dataset and each file's small CF signature reach the client.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +20,13 @@ import xarray as xr
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
 from vzdask.fast_combine import combine_parts
-from vzdask.errors import CFEncodingMismatchError, CombineError, FileOpenError, VzdaskError
+from vzdask.errors import (
+    CFEncodingMismatchError,
+    CombineError,
+    FileOpenError,
+    UnsupportedVariableWarning,
+    VzdaskError,
+)
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import DecodedCache, VirtualParts
@@ -66,16 +75,40 @@ def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = F
 
     options = dict(options)  # workers may hand several tasks the same deserialized dict: never mutate it
     preprocess = options.pop("preprocess", None)
-    try:
-        result = open_virtual_parts(path, cache=cache, opened=opened, **options)
-        if preprocess is not None or not as_parts:
-            result = result.to_dataset()
-        if preprocess is not None:
-            result = preprocess(result)
-    except Exception as err:
-        detail = str(err) if isinstance(err, VzdaskError) else (str(err).splitlines() or [""])[0]
-        raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {detail}") from err
-    return result, cf_signature(result)
+    in_worker = multiprocessing.parent_process() is not None  # a pool's or a cluster's worker process
+    with warnings.catch_warnings(record=True) if in_worker else contextlib.nullcontext() as caught:
+        if in_worker:
+            warnings.simplefilter("always", UnsupportedVariableWarning)
+        try:
+            result = open_virtual_parts(path, cache=cache, opened=opened, **options)
+            if preprocess is not None or not as_parts:
+                result = result.to_dataset()
+            if preprocess is not None:
+                result = preprocess(result)
+        except Exception as err:
+            detail = str(err) if isinstance(err, VzdaskError) else (str(err).splitlines() or [""])[0]
+            raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {detail}") from err
+    signature = Signature(cf_signature(result))
+    if caught:  # said again where the user is (rewarn), not left in the worker's log
+        signature.warnings = tuple(str(w.message) for w in caught if issubclass(w.category, UnsupportedVariableWarning))
+        for w in caught:
+            if not issubclass(w.category, UnsupportedVariableWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, signature
+
+
+class Signature(dict):
+    """A file's CF signature (``cf_signature``), with the variables a worker process left out (``warnings``)."""
+
+    warnings: tuple[str, ...] = ()
+
+
+def rewarn(signatures) -> None:
+    """Give again, here, the ``UnsupportedVariableWarning``s worker processes caught while parsing."""
+    for signature in signatures:
+        for message in getattr(signature, "warnings", ()):
+            warnings.warn(message, UnsupportedVariableWarning,
+                          skip_file_prefixes=(os.path.dirname(os.path.abspath(__file__)) + os.sep,))
 
 
 def _combine(datasets: list, combine: str, concat_dim, kwargs: dict) -> xr.Dataset:
@@ -155,8 +188,8 @@ def open_virtual_mfdataset(
     inherit_coords : bool
         With ``group``: also load the dimension coordinates the group inherits from its ancestor groups
         (netCDF-4 dimensions of a parent group; what a DataTree node sees), so files are ordered and
-        aligned by them. Each file is then parsed whole. (``on_unsupported="warn"`` warns in the process
-        that parsed the file: with ``parallel=`` processes or a cluster, the warning stays there.)
+        aligned by them. Each file is then parsed whole. (``on_unsupported="warn"`` warns here once per file, also
+        when the files are parsed in worker processes or on a cluster.)
     preprocess : callable, optional
         Applied to each file's virtual dataset before combining.
     parallel : None, "threads", "processes", distributed.Client or True
@@ -219,6 +252,7 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
         return _open_in_processes(files, options, combine, concat_dim, kwargs, analysis)
     results = _parse_locally(files, options, parallel, progress)
     signatures = [(path, signature) for path, (_, signature) in zip(files, results)]
+    rewarn(signature for _, signature in signatures)
     try:
         check_cf_compatible(signatures)
         return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
@@ -317,6 +351,7 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
     extra = {} if dask.config.get("pool", None) is not None else {"pool": _process_pool()}
     batches = dask.compute(*tasks, scheduler="processes", **extra)
     signatures = list(zip(files, (s for signatures, _ in batches for s in signatures)))
+    rewarn(signature for _, signature in signatures)
     combined = [result for _, result in batches]
     try:
         check_cf_compatible(signatures)
@@ -436,6 +471,7 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             raise FileOpenError(f"failed to open {_files_of(batch)}: {type(error).__name__}: {error} "
                                 f"(task {future.key!r} {future.status})") from error
         parsed_signatures = list(zip(files, (s for batch in client.gather(signatures) for s in batch)))
+        rewarn(signature for _, signature in parsed_signatures)
         try:
             check_cf_compatible(parsed_signatures)
             return _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
