@@ -185,11 +185,12 @@ def open_virtual_mfdataset(
     parser, registry, group, loadable_variables, inline, drop_variables, on_unsupported, decode_times
         As in ``open_virtual_dataset``, for every file (``group``: open this group of each file, as
         ``xr.open_mfdataset(..., group=)``; every group at once: ``vzdask.open_virtual_datatree``).
+        ``on_unsupported="warn"`` warns here once per file, also when the files are parsed in worker
+        processes or on a cluster.
     inherit_coords : bool
         With ``group``: also load the dimension coordinates the group inherits from its ancestor groups
         (netCDF-4 dimensions of a parent group; what a DataTree node sees), so files are ordered and
-        aligned by them. Each file is then parsed whole. (``on_unsupported="warn"`` warns here once per file, also
-        when the files are parsed in worker processes or on a cluster.)
+        aligned by them. Each file is then parsed whole.
     preprocess : callable, optional
         Applied to each file's virtual dataset before combining.
     parallel : None, "threads", "processes", distributed.Client or True
