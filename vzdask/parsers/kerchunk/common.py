@@ -11,7 +11,7 @@ import binascii
 import json
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,8 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import INLINED, ChunkManifest, _factorize_paths, chunk_key
 from vzdask.manifests.metadata import chunk_grid_shape, chunk_shape, replace_metadata
 from vzdask.object_io import get, get_range, head_size_async, run_sync
-from vzdask.parsers.common import ParseError
+from vzdask.parsers.common import ParseError, Parser
+from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.zarr_v2 import v2_to_v3
 
@@ -85,6 +86,19 @@ def _parent(url: str) -> str:
 
 #: How a parser takes urls without a scheme or leading ``/`` (see the ``relative_urls`` parameter).
 RELATIVE_URLS = ("refuse", "references", "cwd")
+
+
+class ReferenceParser(Parser):
+    """What the JSON and Parquet reference parsers share: the ``relative_urls`` option (see their docstrings)."""
+
+    def __init__(
+        self, *, inline: InlinePolicy | None = None, group: str | None = None,
+        drop_variables: Iterable[str] | None = None, relative_urls: str = "refuse",
+    ) -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        if relative_urls not in RELATIVE_URLS:
+            raise ValueError(f"relative_urls must be one of {RELATIVE_URLS}, got {relative_urls!r}")
+        self.relative_urls = relative_urls
 
 
 def _resolve_url(url: str, base: str, relative_urls: str = "references") -> str:

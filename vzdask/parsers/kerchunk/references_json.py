@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ParseError, Parser, finish
+from vzdask.parsers.common import ParseError, finish
 from vzdask.parsers.kerchunk.common import (
     IGNORED_NAMES,
     METADATA_NAMES,
-    RELATIVE_URLS,
+    ReferenceParser,
     STRING,
     WHOLE,
     _ArrayInfo,
@@ -28,11 +28,10 @@ from vzdask.parsers.kerchunk.common import (
     _without,
 )
 from vzdask.parsers.kerchunk.templates import _Templates
-from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 
-class KerchunkJSONParser(Parser):
+class KerchunkJSONParser(ReferenceParser):
     """Parse a kerchunk JSON reference set (spec version 0 or 1) into a ManifestStore.
 
     Parameters
@@ -48,15 +47,6 @@ class KerchunkJSONParser(Parser):
         are often meant beside the references), joined to the reference
         set's own directory, or to the current directory as fsspec does.
     """
-
-    def __init__(
-        self, *, inline: InlinePolicy | None = None, group: str | None = None,
-        drop_variables: Iterable[str] | None = None, relative_urls: str = "refuse",
-    ) -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
-        if relative_urls not in RELATIVE_URLS:
-            raise ValueError(f"relative_urls must be one of {RELATIVE_URLS}, got {relative_urls!r}")
-        self.relative_urls = relative_urls
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:

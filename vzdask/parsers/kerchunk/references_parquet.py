@@ -6,17 +6,16 @@ import asyncio
 import io
 import json
 import math
-from collections.abc import Iterable
 
 import numpy as np
 
 from vzdask.manifests.store import ManifestStore
 from vzdask.object_io import get, get_async
-from vzdask.parsers.common import ParseError, Parser, finish
+from vzdask.parsers.common import ParseError, finish
 from vzdask.parsers.kerchunk.common import (
     CONCURRENCY,
     METADATA_NAMES,
-    RELATIVE_URLS,
+    ReferenceParser,
     WHOLE,
     _ArrayInfo,
     _assemble,
@@ -27,11 +26,10 @@ from vzdask.parsers.kerchunk.common import (
     _run,
     _without,
 )
-from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 
-class KerchunkParquetParser(Parser):
+class KerchunkParquetParser(ReferenceParser):
     """Parse a kerchunk/fsspec Parquet reference directory into a ManifestStore.
 
     The directory holds ``.zmetadata`` (``{"metadata": {...}, "record_size": N}``)
@@ -51,15 +49,6 @@ class KerchunkParquetParser(Parser):
         are often meant beside the references), joined to the reference
         set's own directory, or to the current directory as fsspec does.
     """
-
-    def __init__(
-        self, *, inline: InlinePolicy | None = None, group: str | None = None,
-        drop_variables: Iterable[str] | None = None, relative_urls: str = "refuse",
-    ) -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
-        if relative_urls not in RELATIVE_URLS:
-            raise ValueError(f"relative_urls must be one of {RELATIVE_URLS}, got {relative_urls!r}")
-        self.relative_urls = relative_urls
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:
