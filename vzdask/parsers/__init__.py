@@ -4,9 +4,9 @@ Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
 Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``netcdf3``,
-``zarr``, ``kerchunk`` (a package: JSON, Parquet, templates) and
+``zarr``, ``tiff`` (TIFF/GeoTIFF, with tifffile), ``kerchunk`` (a package: JSON, Parquet, templates) and
 ``read_ahead`` (opening the files of a serial walk ahead). Optional
-dependencies (h5py, pyarrow, jinja2) are imported when a parser needs them.
+dependencies (h5py, tifffile, pyarrow, jinja2) are imported when a parser needs them.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from vzdask.parsers.common import ObstoreFile, ParseError, Parser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
+from vzdask.parsers.tiff import TIFF_SIGNATURES, TIFFParser
 from vzdask.parsers.zarr import ZarrParser
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
-PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser)
+PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, KerchunkJSONParser, KerchunkParquetParser, ZarrParser,
+                                     TIFFParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -80,7 +82,7 @@ def detect_parser(
     if open_error is not None:
         raise open_error
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, Zarr or kerchunk references"
+        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, TIFF, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
     )
@@ -93,7 +95,7 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser: Parser = cls(inline=inline)
     elif cls is ZarrParser:  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
-    elif cls is HDFParser:  # the one that parses on past a variable it cannot represent
+    elif cls in (HDFParser, TIFFParser):  # parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
@@ -115,6 +117,8 @@ __all__ = [
     "ObstoreFile",
     "ParseError",
     "Parser",
+    "TIFF_SIGNATURES",
+    "TIFFParser",
     "ZarrParser",
     "detect_parser",
 ]
