@@ -547,10 +547,13 @@ def _level_group(level: _Level, url: str, registry: ObjectStoreRegistry, geo: di
             if b == 0 and d == 0:
                 x_attrs, y_attrs = _AXIS_ATTRIBUTES.get(kind or "", ({}, {}))
                 cols, rows = np.arange(image.width, dtype=np.float64), np.arange(image.height, dtype=np.float64)
+                # pixel centres computed as rioxarray does (the transform shifted by half a pixel, then applied),
+                # so the numbers are equal to the last bit
+                c_centre, f_centre = a * 0.5 + b * 0.5 + c, d * 0.5 + e * 0.5 + f
                 if "x" not in drop:
-                    arrays["x"] = _inlined((cols + 0.5) * a + 0.5 * b + c, ("x",), dict(x_attrs), registry)
+                    arrays["x"] = _inlined(cols * a + c_centre, ("x",), dict(x_attrs), registry)
                 if "y" not in drop:
-                    arrays["y"] = _inlined(0.5 * d + (rows + 0.5) * e + f, ("y",), dict(y_attrs), registry)
+                    arrays["y"] = _inlined(rows * e + f_centre, ("y",), dict(y_attrs), registry)
         for key in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation"):
             if key in geo and base is None:
                 attributes[key] = _json(geo[key])
