@@ -89,7 +89,7 @@ class _Image:
     fill: Any
     offsets: np.ndarray  # uint64, shaped like the chunk grid
     lengths: np.ndarray
-    lossless: bool
+    compression: int
     height: int
     width: int
     attributes: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +137,10 @@ def _image(page, url: str, ifd: str, byteorder: str) -> _Image:
     else:
         rows, cols = max(1, min(int(page.rowsperstrip or height), height)), width
     ny, nx = math.ceil(height / rows), math.ceil(width / cols)
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    grid: tuple[int, ...]
+    dims: tuple[str, ...]
     if planar:
         shape, chunks, grid, dims = (samples, height, width), (1, rows, cols), (samples, ny, nx), ("band", "y", "x")
     elif samples > 1:
@@ -159,7 +163,7 @@ def _image(page, url: str, ifd: str, byteorder: str) -> _Image:
     fill = nodata if nodata is not None else (False if dtype.kind == "b" else dtype.type(0).item())
     attributes = {"_FillValue": nodata} if nodata is not None else {}
     return _Image(ifd, shape, chunks, dims, dtype, codecs, fill, offsets.reshape(grid), lengths.reshape(grid),
-                  compression in _LOSSLESS, height, width, attributes)
+                  compression, height, width, attributes)
 
 
 def _codecs(page, where: str, compression: int, dtype: np.dtype, bits: int, chunks: tuple[int, ...],
@@ -227,8 +231,7 @@ def _codecs(page, where: str, compression: int, dtype: np.dtype, bits: int, chun
         elif predictor == 3:
             serializer = ic.Floatpred(axis=x_axis)
         else:
-            endian = ("little" if byteorder == "<" else "big") if dtype.itemsize > 1 else None
-            serializer = BytesCodec(endian=endian)
+            serializer = BytesCodec(endian=("little" if byteorder == "<" else "big") if dtype.itemsize > 1 else None)
             if predictor == 2:
                 array_codecs.append(ic.Delta(axis=x_axis))
     return [*array_codecs, serializer, *bytes_codecs]
@@ -254,8 +257,8 @@ def _jpeg_colorspaces(page, where: str) -> tuple[int | None, int | None]:
             outcolorspace = 4
         elif photometric > 3:
             raise ParseError(f"{where}: JPEG with Photometric {photometric} is not supported")
-    if int(page.planarconfig) != 1:
-        outcolorspace = 1
+    if int(page.planarconfig) != 1:  # each plane its own one-component JPEG, decoded as grey
+        colorspace, outcolorspace = None, 1
     return colorspace, outcolorspace
 
 
@@ -333,8 +336,22 @@ def _walk(tif, url: str) -> tuple[list[_Level | ParseError], list[_Level | Parse
             home.masks.append(img)
         else:
             others.append((label, img))
-    geo = dict(tif.geotiff_metadata or {}) if tif.pages and tif.pages.first.is_geotiff else {}
-    return stacked, overviews, others, geo
+    return stacked, overviews, others, _geotiff_tags(tif)
+
+
+#: GeoTIFF's georeferencing tags, also read when a file has no GeoKeys (no CRS, as GDAL writes it).
+_MODEL_TAGS = {33550: "ModelPixelScale", 33922: "ModelTiepoint", 34264: "ModelTransformation"}
+
+
+def _geotiff_tags(tif) -> dict[str, Any]:
+    """The first IFD's GeoKeys (tifffile's names) and model tags; empty for a file without georeferencing."""
+    first = tif.pages.first
+    geo = dict(tif.geotiff_metadata or {}) if first.is_geotiff else {}
+    for code, name in _MODEL_TAGS.items():
+        tag = first.tags.get(code)
+        if name not in geo and tag is not None:
+            geo[name] = list(tag.value)
+    return geo
 
 
 # --------------------------------------------------------------------------- #
@@ -387,6 +404,18 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
+def _pyproj_crs(epsg: int) -> Any:
+    """pyproj's CRS of an EPSG code; None without pyproj (optional) or for a code it does not know."""
+    try:
+        from pyproj import CRS
+    except ImportError:
+        return None
+    try:
+        return CRS.from_epsg(epsg)
+    except Exception:
+        return None
+
+
 def _spatial_ref_attributes(geo: dict[str, Any], transform) -> tuple[dict[str, Any], str | None]:
     """rioxarray's ``spatial_ref`` attributes (pyproj's CF form when installed), and the CRS kind."""
     attrs: dict[str, Any] = {}
@@ -394,20 +423,12 @@ def _spatial_ref_attributes(geo: dict[str, Any], transform) -> tuple[dict[str, A
     epsg = _epsg(geo)
     if epsg is not None:
         attrs["epsg"] = epsg
-        try:
-            from pyproj import CRS
-        except ImportError:
-            CRS = None
-        if CRS is not None:
-            try:
-                crs = CRS.from_epsg(epsg)
-            except Exception:  # an EPSG code this pyproj does not know: keep the code alone
-                crs = None
-            if crs is not None:
-                attrs.update({k: _json(v) for k, v in crs.to_cf().items()})
-                attrs["crs_wkt"] = attrs.get("crs_wkt") or crs.to_wkt()
-                attrs["spatial_ref"] = attrs["crs_wkt"]
-                kind = "geographic" if crs.is_geographic else "projected"
+        crs = _pyproj_crs(epsg)
+        if crs is not None:
+            attrs.update({k: _json(v) for k, v in crs.to_cf().items()})
+            attrs["crs_wkt"] = attrs.get("crs_wkt") or crs.to_wkt()
+            attrs["spatial_ref"] = attrs["crs_wkt"]
+            kind = "geographic" if crs.is_geographic else "projected"
     if kind is None:
         model = int(geo.get("GTModelTypeGeoKey", 0) or 0)
         kind = {1: "projected", 2: "geographic"}.get(model)
@@ -456,11 +477,11 @@ def _stack(images: list[_Image], url: str, registry: ObjectStoreRegistry, attrib
     shape = ((len(images),) if dims_prefix else ()) + first.shape
     chunks = ((1,) if dims_prefix else ()) + first.chunks
     paths = np.where(lengths > 0, url, "").astype(object)
-    inlined = _padded_last_strips(images, url, registry)
+    padded = _padded_last_strips(images, url, registry)
     if dims_prefix:
-        inlined = {(p, *index): data for (p, index), data in inlined.items()}
+        inlined = {(p, *index): data for (p, index), data in padded.items()}
     else:
-        inlined = {index: data for (_, index), data in inlined.items()}
+        inlined = {index: data for (_, index), data in padded.items()}
     for index in inlined:
         paths[index] = ""
     manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined or None)
@@ -487,10 +508,10 @@ def _padded_last_strips(images: list[_Image], url: str, registry: ObjectStoreReg
     left = first.height % rows
     if not left or first.chunks[first.dims.index("x")] != first.width:  # tiles are always whole
         return {}
-    if not first.lossless:
+    if first.compression not in _LOSSLESS:
         raise ParseError(
             f"{_where(url, first.ifd)}: the last strip holds {left} of {rows} rows and its compression "
-            f"({first.codecs[-1 if len(first.codecs) > 1 else 0].to_dict()['name']}) is lossy, so it cannot be "
+            f"{_compression_name(first.compression)} is lossy, so it cannot be "
             "padded to a whole zarr chunk (variable-length chunk grids are not supported yet)"
         )
     partial_chunks = tuple(left if axis == y_axis else c for axis, c in enumerate(first.chunks))
@@ -499,10 +520,11 @@ def _padded_last_strips(images: list[_Image], url: str, registry: ObjectStoreReg
     whole = codec_for(create_array_metadata(shape=first.chunks, chunk_shape=first.chunks, dtype=first.dtype,
                                             codecs=first.codecs, fill_value=first.fill))
     wanted: list[tuple[int, tuple[int, ...]]] = []
+    grid = first.offsets.shape
     for p, img in enumerate(images):
-        for index in np.argwhere(np.ones(img.offsets.shape, bool)):
-            index = tuple(int(i) for i in index)
-            if index[y_axis] == img.offsets.shape[y_axis] - 1 and img.lengths[index]:
+        for rest in np.ndindex(*(n for axis, n in enumerate(grid) if axis != y_axis)):
+            index = (*rest[:y_axis], grid[y_axis] - 1, *rest[y_axis:])
+            if img.lengths[index]:
                 wanted.append((p, index))
     if not wanted:
         return {}
@@ -631,6 +653,8 @@ class TIFFParser(Parser):
         except Exception as err:
             raise ParseError(f"{url}: not a readable TIFF file: {err}") from err
         with tif:
+            if not len(tif.pages):
+                raise ParseError(f"{url}: the TIFF file has no image (no readable IFD)")
             try:
                 stacked, overviews, others, geo = _walk(tif, url)
             except ParseError:
