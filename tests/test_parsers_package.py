@@ -28,6 +28,7 @@ from vzdask.parsers import (
     ObstoreFile,
     ParseError,
     Parser,
+    TIFFParser,
     ZarrParser,
     detect_parser,
 )
@@ -183,7 +184,9 @@ def test_every_parser_is_exported_and_is_a_parser():
     for cls in (HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser):
         assert issubclass(cls, Parser), cls
         assert isinstance(cls(), Parser)
-    assert set(PARSERS) == {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser}
+    # every format parser is detected (new formats add theirs: TIFF, ...)
+    assert {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser, TIFFParser} <= set(PARSERS)
+    assert all(issubclass(cls, Parser) for cls in PARSERS)
     from vzdask.errors import ParseError as error
     from vzdask.policy import InlinePolicy as policy
 
