@@ -41,6 +41,8 @@ value and ``_FillValue``.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -404,16 +406,25 @@ def _json(value: Any) -> Any:
     return str(value)
 
 
-def _pyproj_crs(epsg: int) -> Any:
-    """pyproj's CRS of an EPSG code; None without pyproj (optional) or for a code it does not know."""
+@functools.lru_cache(maxsize=64)
+def _crs_attributes(epsg: int) -> tuple[tuple[tuple[str, Any], ...], str | None]:
+    """pyproj's CF attributes and the kind (projected/geographic) of an EPSG code; empty without pyproj.
+
+    Cached: a collection of scenes shares a few CRSs, and pyproj takes
+    milliseconds per ``to_cf``.
+    """
     try:
         from pyproj import CRS
-    except ImportError:
-        return None
+    except ImportError:  # optional: the EPSG code alone then
+        return (), None
     try:
-        return CRS.from_epsg(epsg)
-    except Exception:
-        return None
+        crs = CRS.from_epsg(epsg)
+    except Exception:  # a code this pyproj does not know
+        return (), None
+    attrs = {k: _json(v) for k, v in crs.to_cf().items()}
+    attrs["crs_wkt"] = attrs.get("crs_wkt") or crs.to_wkt()
+    attrs["spatial_ref"] = attrs["crs_wkt"]
+    return tuple(attrs.items()), "geographic" if crs.is_geographic else "projected"
 
 
 def _spatial_ref_attributes(geo: dict[str, Any], transform) -> tuple[dict[str, Any], str | None]:
@@ -423,12 +434,8 @@ def _spatial_ref_attributes(geo: dict[str, Any], transform) -> tuple[dict[str, A
     epsg = _epsg(geo)
     if epsg is not None:
         attrs["epsg"] = epsg
-        crs = _pyproj_crs(epsg)
-        if crs is not None:
-            attrs.update({k: _json(v) for k, v in crs.to_cf().items()})
-            attrs["crs_wkt"] = attrs.get("crs_wkt") or crs.to_wkt()
-            attrs["spatial_ref"] = attrs["crs_wkt"]
-            kind = "geographic" if crs.is_geographic else "projected"
+        items, kind = _crs_attributes(epsg)
+        attrs.update(copy.deepcopy(dict(items)))
     if kind is None:
         model = int(geo.get("GTModelTypeGeoKey", 0) or 0)
         kind = {1: "projected", 2: "geographic"}.get(model)
