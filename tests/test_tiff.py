@@ -58,7 +58,7 @@ def _ramp(count, height, width, dtype):
 
 def _assert_image(path, compare_tifffile=True, **kwargs):
     vds = open_virtual_dataset(path, **kwargs)
-    got = vds.vz.compute()["image"]
+    got = vds.vzdask.compute()["image"]
     np.testing.assert_array_equal(got.values, _values(path, got.dims))
     if compare_tifffile:
         np.testing.assert_array_equal(got.values, tifffile.imread(path, key=0))
@@ -155,7 +155,7 @@ def test_tifffile_layouts(tmp_path, byteorder, kind):
     path = str(tmp_path / "t.tif")
     tifffile.imwrite(path, data, byteorder=byteorder, metadata=None, **options)
     vds = open_virtual_dataset(path)
-    np.testing.assert_array_equal(vds.vz.compute()["image"].values, data)
+    np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, data)
     assert vds["image"].dtype == data.dtype.newbyteorder("=")
 
 
@@ -165,15 +165,15 @@ def test_multipage_stack_and_mixed_pages(tmp_path):
     tifffile.imwrite(path, pages, photometric="minisblack", tile=(16, 16), compression="zlib", metadata=None)
     vds = open_virtual_dataset(path)
     assert vds["image"].dims == ("page", "y", "x") and vds.attrs["tiff_ifd"] == ["0", "1", "2", "3"]
-    np.testing.assert_array_equal(vds.vz.compute()["image"].values, pages)
+    np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, pages)
 
     mixed = str(tmp_path / "mixed.tif")
     other = _ramp(1, 20, 25, "float32")[0]
     with tifffile.TiffWriter(mixed) as tif:
         tif.write(pages[0], compression="zlib", metadata=None)
         tif.write(other, compression="zlib", predictor=3, metadata=None)
-    np.testing.assert_array_equal(open_virtual_dataset(mixed).vz.compute()["image"].values, pages[0])
-    np.testing.assert_array_equal(open_virtual_dataset(mixed, group="page_1").vz.compute()["image"].values, other)
+    np.testing.assert_array_equal(open_virtual_dataset(mixed).vzdask.compute()["image"].values, pages[0])
+    np.testing.assert_array_equal(open_virtual_dataset(mixed, group="page_1").vzdask.compute()["image"].values, other)
 
 
 def test_subifd_pyramid_levels_are_overviews(tmp_path):
@@ -187,7 +187,7 @@ def test_subifd_pyramid_levels_are_overviews(tmp_path):
     assert sorted(store.group.groups) == ["overview_1", "overview_2"]
     assert store.group.groups["overview_2"].attributes["tiff_ifd"] == "0.1"
     for level, expected in ((1, base[::2, ::2]), (2, base[::4, ::4])):
-        got = open_virtual_dataset(path, group=f"overview_{level}").vz.compute()["image"].values
+        got = open_virtual_dataset(path, group=f"overview_{level}").vzdask.compute()["image"].values
         np.testing.assert_array_equal(got, expected)
 
 
@@ -195,7 +195,7 @@ def test_bilevel_and_12_bit_packed_samples(tmp_path):
     bits = (np.arange(50 * 37).reshape(50, 37) % 3) == 0
     path = str(tmp_path / "bits.tif")
     tifffile.imwrite(path, bits, compression="zlib", rowsperstrip=16)  # 1-bit, short last strip
-    got = open_virtual_dataset(path).vz.compute()["image"]
+    got = open_virtual_dataset(path).vzdask.compute()["image"]
     assert got.dtype == bool
     np.testing.assert_array_equal(got.values, tifffile.imread(path))
     np.testing.assert_array_equal(got.values, bits)
@@ -203,7 +203,7 @@ def test_bilevel_and_12_bit_packed_samples(tmp_path):
     twelve = str(tmp_path / "twelve.tif")
     values = (np.arange(30 * 21) % 4096).astype("uint16").reshape(30, 21)
     tifffile.imwrite(twelve, values, bitspersample=12, rowsperstrip=7)  # tifffile packs uncompressed only
-    got = open_virtual_dataset(twelve).vz.compute()["image"].values
+    got = open_virtual_dataset(twelve).vzdask.compute()["image"].values
     np.testing.assert_array_equal(got, tifffile.imread(twelve))
     np.testing.assert_array_equal(got, values)
 
@@ -246,10 +246,10 @@ def test_cog_structure_values_and_masks(cog):
     assert list(vds["band"].values) == [1, 2, 3]
     with rasterio.open(cog) as src:
         masks = src.read_masks(1)
-    got = vds.vz.compute()
+    got = vds.vzdask.compute()
     np.testing.assert_array_equal(got["mask"].values.astype("uint8") * 255, masks)
     for level in (1, 2):
-        ov = open_virtual_dataset(cog, group=f"overview_{level}").vz.compute()
+        ov = open_virtual_dataset(cog, group=f"overview_{level}").vzdask.compute()
         expected = rioxarray.open_rasterio(cog, overview_level=level - 1)
         np.testing.assert_array_equal(ov["image"].values, np.moveaxis(expected.values, 0, -1))
         np.testing.assert_array_equal(ov["x"].values, expected["x"].values)
@@ -273,7 +273,7 @@ def test_cog_georeferencing_equals_rioxarray(cog):
     assert vds.attrs["transform"] == list(expected.rio.transform())[:6]
     assert vds.attrs["ModelPixelScale"] == [30.0, 30.0, 0.0]
     assert vds.attrs["GeoKeys"]["ProjectedCSTypeGeoKey"] == 32633
-    computed = vds.vz.compute()
+    computed = vds.vzdask.compute()
     assert computed.rio.crs == expected.rio.crs and computed.rio.transform() == expected.rio.transform()
     assert vds["x"].attrs["standard_name"] == "projection_x_coordinate"
 
@@ -292,7 +292,7 @@ def test_pixel_is_point_nodata_and_geographic(tmp_path):
     np.testing.assert_array_equal(vds["x"].values, expected["x"].values)
     np.testing.assert_array_equal(vds["y"].values, expected["y"].values)
     assert np.isnan(vds["image"].attrs["_FillValue"]) and vds["x"].attrs["units"] == "degrees_east"
-    np.testing.assert_array_equal(vds.vz.compute()["image"].values, data[0])
+    np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, data[0])
 
 
 def test_integer_nodata_is_fill_value_and_sparse_tiles_read_as_it(tmp_path):
@@ -305,7 +305,7 @@ def test_integer_nodata_is_fill_value_and_sparse_tiles_read_as_it(tmp_path):
     assert vds["image"].data.manifest.count() == {"virtual": 1, "inlined": 0, "missing": 3}
     assert vds["image"].attrs["_FillValue"] == 7 and vds["image"].data.metadata.fill_value == 7
     with rasterio.open(path) as src:
-        np.testing.assert_array_equal(vds.vz.compute()["image"].values, src.read(1))
+        np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, src.read(1))
 
 
 def test_rotated_transform_gives_attributes_not_coordinates(tmp_path):
@@ -314,7 +314,7 @@ def test_rotated_transform_gives_attributes_not_coordinates(tmp_path):
     vds = open_virtual_dataset(path)
     assert vds.attrs["transform"] == list(transform)[:6] and "ModelTransformation" in vds.attrs
     assert "x" not in vds.variables and "y" not in vds.variables
-    assert vds.vz.compute().rio.transform() == transform
+    assert vds.vzdask.compute().rio.transform() == transform
 
 
 def test_plain_tiff_has_no_georeferencing(tmp_path):
@@ -343,7 +343,7 @@ def test_inline_policy_drop_variables_and_parser_options(cog):
     vds = open_virtual_dataset(cog, inline=InlinePolicy(variables=["mask"]), drop_variables=["band"])
     assert "band" not in vds.variables
     assert vds["mask"].data.manifest.count()["virtual"] == 0 and vds["image"].data.manifest.count()["inlined"] == 0
-    np.testing.assert_array_equal(vds.vz.compute()["image"].values, _values(cog, ("y", "x", "band")))
+    np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, _values(cog, ("y", "x", "band")))
     with pytest.raises(ParseError, match=r"cog\.tif: no group 'overview_9'; the groups are \['overview_1', "):
         open_virtual_dataset(cog, group="overview_9")
     assert "TIFFParser" in repr(TIFFParser(group="overview_1"))
@@ -386,7 +386,7 @@ def test_s3_equals_local(cog, s3_bucket, s3_env):
     url = f"s3://{bucket}/cogs/scene.tif"
     remote = open_virtual_dataset(url)
     assert remote["image"].data.manifest.urls == (url,)
-    xr.testing.assert_identical(remote.vz.compute(), open_virtual_dataset(cog).vz.compute())
+    xr.testing.assert_identical(remote.vzdask.compute(), open_virtual_dataset(cog).vzdask.compute())
 
 
 # --------------------------------------------------------------------------- #
@@ -406,7 +406,7 @@ def test_many_cogs_stack_along_a_new_dimension(tmp_path):
     files = [p for p, _ in scenes]
     ds = vzdask.open_virtual_mfdataset(files, concat_dim="time", combine="nested")
     assert ds["image"].dims == ("time", "y", "x")
-    np.testing.assert_array_equal(ds.vz.compute()["image"].values, np.stack([d for _, d in scenes]))
+    np.testing.assert_array_equal(ds.vzdask.compute()["image"].values, np.stack([d for _, d in scenes]))
     expected = xr.concat([rioxarray.open_rasterio(f).squeeze("band", drop=True) for f in files], dim="time")
     np.testing.assert_array_equal(ds["x"].values, expected["x"].values)
     analysis = vzdask.open_mfdataset(files, concat_dim="band", combine="nested")
@@ -457,7 +457,7 @@ def test_kerchunk_json_read_by_fsspec_and_zarr(tmp_path, case):
                   **options)
     vds = open_virtual_dataset(path)
     out = str(tmp_path / "refs.json")
-    vds.vz.to_kerchunk(out, format="json")
+    vds.vzdask.to_kerchunk(out, format="json")
     refs = json.loads(open(out).read())
     assert json.loads(refs["refs"]["image/.zarray"])["compressor"]["id"]
     mapper = fsspec.filesystem("reference", fo=out).get_mapper("")
@@ -465,7 +465,7 @@ def test_kerchunk_json_read_by_fsspec_and_zarr(tmp_path, case):
     expected = _values(path, vds["image"].dims)
     np.testing.assert_array_equal(back["image"].values, expected)
     np.testing.assert_array_equal(back["x"].values, vds["x"].values)
-    np.testing.assert_array_equal(open_virtual_dataset(out).vz.compute()["image"].values, expected)
+    np.testing.assert_array_equal(open_virtual_dataset(out).vzdask.compute()["image"].values, expected)
 
 
 def test_kerchunk_of_a_stack_with_a_padded_strip_and_masks(cog, tmp_path):
@@ -475,14 +475,14 @@ def test_kerchunk_of_a_stack_with_a_padded_strip_and_masks(cog, tmp_path):
                     predictor=2) for i in range(2)]
     ds = vzdask.open_virtual_mfdataset(files, concat_dim="time", combine="nested")
     out = str(tmp_path / "stack.json")
-    ds.vz.to_kerchunk(out, format="json")
+    ds.vzdask.to_kerchunk(out, format="json")
     back = xr.open_dataset(fsspec.filesystem("reference", fo=out).get_mapper(""), engine="zarr",
                            consolidated=False, zarr_format=2, mask_and_scale=False)
     np.testing.assert_array_equal(back["image"].values, np.stack([_values(f, ("y", "x")) for f in files]))
 
     masked = open_virtual_dataset(cog)
     out = str(tmp_path / "cog.json")
-    masked.vz.to_kerchunk(out, format="json")
+    masked.vzdask.to_kerchunk(out, format="json")
     back = xr.open_dataset(fsspec.filesystem("reference", fo=out).get_mapper(""), engine="zarr",
                            consolidated=False, zarr_format=2, mask_and_scale=False)
     with rasterio.open(cog) as src:
@@ -501,7 +501,7 @@ def test_icechunk_read_back_by_icechunk_and_xarray(cog, tmp_path):
     shutil.copy(cog, path)
     vds = open_virtual_dataset(path)
     repo = Repo(tmp_path / "repo", data_dir)
-    vds.vz.to_icechunk(repo.writable(), commit="cog")
+    vds.vzdask.to_icechunk(repo.writable(), commit="cog")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         back = repo.read()
