@@ -409,6 +409,8 @@ def test_many_cogs_stack_along_a_new_dimension(tmp_path):
     np.testing.assert_array_equal(ds.vzdask.compute()["image"].values, np.stack([d for _, d in scenes]))
     expected = xr.concat([rioxarray.open_rasterio(f).squeeze("band", drop=True) for f in files], dim="time")
     np.testing.assert_array_equal(ds["x"].values, expected["x"].values)
+    threads = vzdask.open_virtual_mfdataset(files, concat_dim="time", combine="nested", parallel="threads")
+    xr.testing.assert_identical(threads.vzdask.compute(), ds.vzdask.compute())
     analysis = vzdask.open_mfdataset(files, concat_dim="band", combine="nested")
     np.testing.assert_array_equal(analysis["image"].values, np.stack([d for _, d in scenes]))
 
