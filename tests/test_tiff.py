@@ -308,6 +308,22 @@ def test_integer_nodata_is_fill_value_and_sparse_tiles_read_as_it(tmp_path):
         np.testing.assert_array_equal(vds.vzdask.compute()["image"].values, src.read(1))
 
 
+def test_gdal_band_metadata_as_rioxarray_gives_it(tmp_path):
+    path = str(tmp_path / "scaled.tif")
+    with rasterio.open(path, "w", driver="COG", width=600, height=600, count=2, dtype="int16", crs=UTM,
+                       transform=from_origin(500000, 4000000, 30, 30), blocksize=256, overview_count=1) as dst:
+        dst.scales, dst.offsets = (0.5, 0.5), (10, 10)
+        dst.descriptions, dst.units = ("red", "nir"), ("K", "K")
+        dst.write(_ramp(2, 600, 600, "int16"))
+    expected = rioxarray.open_rasterio(path).attrs
+    for vds in (open_virtual_dataset(path), open_virtual_dataset(path, group="overview_1")):
+        attrs = vds["image"].attrs
+        assert (attrs["scale_factor"], attrs["add_offset"]) == (expected["scale_factor"], expected["add_offset"])
+        assert tuple(attrs["long_name"]) == expected["long_name"] and tuple(attrs["units"]) == expected["units"]
+    unpacked = vzdask.open_mfdataset([path])["image"]  # CF-decoded with the scale and offset
+    np.testing.assert_allclose(unpacked.values, _values(path, unpacked.dims) * 0.5 + 10)
+
+
 def test_rotated_transform_gives_attributes_not_coordinates(tmp_path):
     transform = Affine(10, 2, 500000, 1, -10, 4000000)
     path = _write(tmp_path / "rot.tif", _ramp(1, 40, 50, "uint8"), transform=transform)

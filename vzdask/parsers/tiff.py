@@ -163,7 +163,9 @@ def _image(page, url: str, ifd: str, byteorder: str) -> _Image:
     codecs = _codecs(page, where, compression, dtype, int(bits), chunks, planar or samples == 1, byteorder)
     nodata = _nodata(page, dtype)
     fill = nodata if nodata is not None else (False if dtype.kind == "b" else dtype.type(0).item())
-    attributes = {"_FillValue": nodata} if nodata is not None else {}
+    attributes = _gdal_metadata(page, samples)
+    if nodata is not None:
+        attributes["_FillValue"] = nodata
     return _Image(ifd, shape, chunks, dims, dtype, codecs, fill, offsets.reshape(grid), lengths.reshape(grid),
                   compression, height, width, attributes)
 
@@ -237,6 +239,53 @@ def _codecs(page, where: str, compression: int, dtype: np.dtype, bits: int, chun
             if predictor == 2:
                 array_codecs.append(ic.Delta(axis=x_axis))
     return [*array_codecs, serializer, *bytes_codecs]
+
+
+#: GDAL_METADATA per-band roles -> the attribute rioxarray gives them as.
+_GDAL_ROLES = {"scale": "scale_factor", "offset": "add_offset", "description": "long_name", "unittype": "units"}
+_GDAL_METADATA = 42112
+
+
+def _gdal_metadata(page, samples: int) -> dict[str, Any]:
+    """GDAL's per-band scale, offset, description and units (tag 42112) as rioxarray's attributes.
+
+    One value when every band has the same (``scale_factor``/``add_offset``
+    a number, so CF decoding unpacks with it); bands that differ get a list
+    of ``long_name``/``units``, and ``scales``/``offsets`` (not CF: packing
+    that differs per band cannot be one ``scale_factor``). Dataset items of
+    the default domain become attributes as they are.
+    """
+    import xml.etree.ElementTree as ET
+
+    tag = page.tags.get(_GDAL_METADATA)
+    if tag is None:
+        return {}
+    try:
+        root = ET.fromstring(str(tag.value).strip().rstrip("\x00"))
+    except ET.ParseError:
+        return {}
+    per_band: dict[str, dict[int, str]] = {}
+    attributes: dict[str, Any] = {}
+    for item in root.iter("Item"):
+        text, role, sample = (item.text or "").strip(), item.get("role"), item.get("sample")
+        if role in _GDAL_ROLES and sample is not None and sample.isdigit():
+            per_band.setdefault(role, {})[int(sample)] = text
+        elif sample is None and not item.get("domain") and item.get("name"):
+            attributes[str(item.get("name"))] = text
+    for role, values in per_band.items():
+        texts = [values.get(b, "") for b in range(samples)]
+        if role in ("scale", "offset"):
+            try:
+                numbers = [float(t) if t else (1.0 if role == "scale" else 0.0) for t in texts]
+            except ValueError:
+                continue
+            if len(set(numbers)) == 1:
+                attributes[_GDAL_ROLES[role]] = numbers[0]
+            else:
+                attributes[role + "s"] = numbers
+        else:
+            attributes[_GDAL_ROLES[role]] = texts[0] if samples == 1 else texts
+    return attributes
 
 
 def _jpeg_colorspaces(page, where: str) -> tuple[int | None, int | None]:
@@ -565,6 +614,8 @@ def _level_group(level: _Level, url: str, registry: ObjectStoreRegistry, geo: di
         a, b, c, d, e, f = transform
         transform = (a * sx, b * sy, c, d * sx, e * sy, f)
     image_attrs: dict[str, Any] = {}
+    if base is not None:  # GDAL writes band metadata on the full-resolution IFD only; overviews mean the same
+        image_attrs.update({k: v for k, v in base.attributes.items() if k != "_FillValue"})
     if geo:
         ref_attrs, kind = _spatial_ref_attributes(geo, transform)
         if "spatial_ref" not in drop:
