@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -513,15 +514,21 @@ def _inlined(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, An
              registry: ObjectStoreRegistry) -> ManifestArray:
     """A small array held in the manifest (coordinates, ``spatial_ref``): one chunk, its bytes inlined."""
     values = np.asarray(values, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
-    shape = values.shape
-    grid = (1,) * len(shape)
-    empty_paths = np.full(grid, "", dtype=object)
-    zeros = np.zeros(grid, dtype=np.uint64)
     data = values.astype(values.dtype.newbyteorder("<")).tobytes()
-    manifest = ChunkManifest.from_arrays(paths=empty_paths, offsets=zeros, lengths=zeros, inlined={(0,) * len(grid): data})
-    metadata = create_array_metadata(shape=shape, chunk_shape=shape or (), dtype=values.dtype,
-                                     dimension_names=dims or None, attributes=attributes)
+    metadata, manifest = _inlined_parts(data, values.dtype.str, values.shape, dims,
+                                        json.dumps(attributes, sort_keys=True))
     return ManifestArray(metadata, manifest, registry=registry)
+
+
+@functools.lru_cache(maxsize=256)
+def _inlined_parts(data: bytes, dtype: str, shape: tuple[int, ...], dims: tuple[str, ...], attributes: str):
+    """Metadata and manifest of an inlined array, shared by the files of a collection on one grid (both immutable)."""
+    grid = (1,) * len(shape)
+    manifest = ChunkManifest.from_arrays(paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64),
+                                         lengths=np.zeros(grid, np.uint64), inlined={(0,) * len(grid): data})
+    metadata = create_array_metadata(shape=shape, chunk_shape=shape or (), dtype=np.dtype(dtype),
+                                     dimension_names=dims or None, attributes=json.loads(attributes))
+    return metadata, manifest
 
 
 def _stack(images: list[_Image], url: str, registry: ObjectStoreRegistry, attributes: dict[str, Any],
