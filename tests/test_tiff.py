@@ -175,6 +175,14 @@ def test_multipage_stack_and_mixed_pages(tmp_path):
     np.testing.assert_array_equal(open_virtual_dataset(mixed).vzdask.compute()["image"].values, pages[0])
     np.testing.assert_array_equal(open_virtual_dataset(mixed, group="page_1").vzdask.compute()["image"].values, other)
 
+    # a GeoTIFF's georeferencing (first IFD) is the image's and its overviews', not another page's
+    geo = _write(tmp_path / "geo.tif", _ramp(1, 40, 30, "uint8"))
+    with tifffile.TiffWriter(geo, append=True) as tif:
+        tif.write(other, metadata=None)
+    assert "x" in open_virtual_dataset(geo).variables
+    page = open_virtual_dataset(geo, group="page_1")
+    assert list(page.variables) == ["image"] and "transform" not in page.attrs
+
 
 def test_subifd_pyramid_levels_are_overviews(tmp_path):
     base = _ramp(1, 64, 48, "uint8")[0]

@@ -733,27 +733,28 @@ class TIFFParser(Parser):
         problems: list[tuple[str, str]] = []
         wanted = (self.group or "").strip("/")
         base = stacked[0].images[0] if stacked and isinstance(stacked[0], _Level) else None
-        children: dict[str, tuple[Any, _Image | None]] = {}
+        # (level, the full-resolution image it reduces, its georeferencing): overviews share the image's
+        # (scaled); other pages are other images, whose georeferencing the first IFD's tags do not give
+        children: dict[str, tuple[Any, _Image | None, dict[str, Any]]] = {}
         for n, level in enumerate(overviews, start=1):
-            children[f"overview_{n}"] = (level, base)
+            children[f"overview_{n}"] = (level, base, geo)
         for label, img in others:
-            children[f"page_{label}"] = (_Level([img]) if isinstance(img, _Image) else img, None)
+            children[f"page_{label}"] = (_Level([img]) if isinstance(img, _Image) else img, None, {})
 
-        def build(level, base_image, path: str) -> ManifestGroup:
+        def build(level, base_image, level_geo, path: str) -> ManifestGroup:
             if isinstance(level, ParseError):
                 if "image" not in self.drop_variables:
                     problems.append((f"{path}image", str(level)))
                 return ManifestGroup(arrays={}, attributes={})
-            return _level_group(level, url, registry, geo, base_image, self.drop_variables, problems, path)
+            return _level_group(level, url, registry, level_geo, base_image, self.drop_variables, problems, path)
 
         if wanted:
             if wanted not in children:
                 raise ParseError(f"{url}: no group {wanted!r}; the groups are {sorted(children)}")
-            level, base_image = children[wanted]
-            group = build(level, base_image, f"/{wanted}/")
+            group = build(*children[wanted], f"/{wanted}/")
         else:
-            root = build(stacked[0], None, "/") if stacked else ManifestGroup(arrays={}, attributes={})
-            groups = {name: build(level, base_image, f"/{name}/") for name, (level, base_image) in children.items()}
+            root = build(stacked[0], None, geo, "/") if stacked else ManifestGroup(arrays={}, attributes={})
+            groups = {name: build(*child, f"/{name}/") for name, child in children.items()}
             group = ManifestGroup(arrays=root.arrays, groups=groups, attributes=root.attributes)
         report_unsupported(url, problems, self.on_unsupported, "/" + wanted)
         return group
