@@ -135,13 +135,14 @@ def explain_combine_failure(
     """
     if not signatures:
         return None
-    if combine == "nested" and isinstance(concat_dim, str) and not any(
-            concat_dim in _file_dims(signature) for _, signature in signatures):
-        # stacking along a new dimension: a coordinate that differs (rasters on different grids) is the reason
+    missing = _missing_concat_dim(signatures, combine, concat_dim)
+    if missing is not None and not any(concat_dim in _file_dims(signature) for _, signature in signatures):
+        # stacking along a new dimension (or a misspelt one): a coordinate that differs (rasters on
+        # different grids) is what the alignment tripped on; say which, and between which files
         misaligned = _misaligned(signatures, combine, concat_dim, join)
         if misaligned is not None:
-            return misaligned
-    return (_missing_concat_dim(signatures, combine, concat_dim) or _missing_variable(signatures)
+            return CombineError(f"{missing} Here: {misaligned}")
+    return (missing or _missing_variable(signatures)
             or _uneven_chunks(signatures, combine, concat_dim) or _misaligned(signatures, combine, concat_dim, join))
 
 
