@@ -439,6 +439,14 @@ def test_many_cogs_stack_along_a_new_dimension(tmp_path):
     np.testing.assert_array_equal(analysis["image"].values, np.stack([d for _, d in scenes]))
 
 
+def test_many_cogs_on_a_cluster(tmp_path, dask_client):
+    scenes = [_scene(tmp_path / f"c{i}.tif", i) for i in range(4)]
+    ds = vzdask.open_virtual_mfdataset([p for p, _ in scenes], concat_dim="time", combine="nested",
+                                       parallel=dask_client)
+    np.testing.assert_array_equal(ds.vzdask.compute()["image"].values, np.stack([d for _, d in scenes]))
+    assert ds["spatial_ref"].attrs["epsg"] == 32633
+
+
 def test_cogs_on_different_grids_are_refused_naming_both_files(tmp_path):
     first, _ = _scene(tmp_path / "a.tif", 0)
     shifted, _ = _scene(tmp_path / "shifted.tif", 1, origin=(500030, 4000000))
