@@ -94,6 +94,13 @@ def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, obje
             problems = [f"{k} {first.get(k)!r} in {first_path} vs {entry.get(k)!r} in {path}"
                         for k in keys if not _same(first.get(k), entry.get(k))
                         or k in PACKING_ATTRIBUTES and _float_type(first.get(k)) != _float_type(entry.get(k))]
+            if problems and all(k in GRID_MAPPING_ATTRIBUTES for k in keys
+                                if not _same(first.get(k), entry.get(k))):
+                raise CFEncodingMismatchError(
+                    f"grid mapping {name!r} differs between {first_path} and {path}: {'; '.join(problems)}. "
+                    "Their rasters lie on different grids or in different CRSs, so one set of coordinates "
+                    "cannot describe both; combine files of one grid (reproject the others first)."
+                )
             if problems:
                 raise CFEncodingMismatchError(
                     f"variable {name!r} is encoded differently in {first_path} and {path}: "
@@ -136,7 +143,8 @@ def explain_combine_failure(
     if not signatures:
         return None
     missing = _missing_concat_dim(signatures, combine, concat_dim)
-    if missing is not None and not any(concat_dim in _file_dims(signature) for _, signature in signatures):
+    if missing is not None and isinstance(concat_dim, str) and not any(
+            concat_dim in _file_dims(signature) for _, signature in signatures):
         # stacking along a new dimension (or a misspelt one): a coordinate that differs (rasters on
         # different grids) is what the alignment tripped on; say which, and between which files
         misaligned = _misaligned(signatures, combine, concat_dim, join)
