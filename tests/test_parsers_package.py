@@ -30,6 +30,7 @@ from vzdask.parsers import (
     ObstoreFile,
     ParseError,
     Parser,
+    TIFFParser,
     ZarrParser,
     detect_parser,
 )
@@ -186,7 +187,7 @@ def test_every_parser_is_exported_and_is_a_parser():
         assert issubclass(cls, Parser), cls
         assert isinstance(cls(), Parser)
     assert set(PARSERS) >= {HDFParser, NetCDF3Parser, ZarrParser, KerchunkJSONParser, KerchunkParquetParser,
-                            DMRPPParser, FITSParser}
+                            DMRPPParser, FITSParser, TIFFParser}
     assert all(issubclass(cls, Parser) and cls.__name__ in vzdask.parsers.__all__ for cls in PARSERS)
     from vzdask.errors import ParseError as error
     from vzdask.policy import InlinePolicy as policy

@@ -21,6 +21,11 @@ from vzdask.manifests.array import ManifestArray
 CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
 
 
+#: Attributes of a grid mapping (CF ``crs_wkt``, GDAL's/rioxarray's ``spatial_ref`` and ``GeoTransform``): files
+#: whose rasters sit on different grids or in different CRSs must not share one grid mapping.
+GRID_MAPPING_ATTRIBUTES = ("crs_wkt", "spatial_ref", "GeoTransform")
+
+
 #: Attributes whose float type is the type packed integers unpack into (xarray's rule, as netCDF readers').
 PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
 
@@ -43,7 +48,8 @@ def cf_signature(ds) -> dict[str, dict[str, object]]:
         entry: dict[str, object] = {"dims": tuple(var.dims), "shape": tuple(var.shape)}
         if isinstance(data, ManifestArray):
             entry.update({"dtype": str(var.dtype), "chunks": tuple(data.chunk_sizes)})
-            entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES if attr in var.attrs})
+            entry.update({attr: var.attrs[attr] for attr in CF_ENCODING_ATTRIBUTES + GRID_MAPPING_ATTRIBUTES
+                          if attr in var.attrs})
         else:
             entry["loaded"] = True
             if tuple(var.dims) == (name,) and var.size <= _DIGEST_MAX_SIZE:  # a dimension coordinate
@@ -84,10 +90,17 @@ def check_cf_compatible(signatures: Sequence[tuple[str, dict[str, dict[str, obje
                 seen[name] = (path, entry)
                 continue
             first_path, first = seen[name]
-            keys = ("dtype",) + CF_ENCODING_ATTRIBUTES
+            keys = ("dtype",) + CF_ENCODING_ATTRIBUTES + GRID_MAPPING_ATTRIBUTES
             problems = [f"{k} {first.get(k)!r} in {first_path} vs {entry.get(k)!r} in {path}"
                         for k in keys if not _same(first.get(k), entry.get(k))
                         or k in PACKING_ATTRIBUTES and _float_type(first.get(k)) != _float_type(entry.get(k))]
+            if problems and all(k in GRID_MAPPING_ATTRIBUTES for k in keys
+                                if not _same(first.get(k), entry.get(k))):
+                raise CFEncodingMismatchError(
+                    f"grid mapping {name!r} differs between {first_path} and {path}: {'; '.join(problems)}. "
+                    "Their rasters lie on different grids or in different CRSs, so one set of coordinates "
+                    "cannot describe both; combine files of one grid (reproject the others first)."
+                )
             if problems:
                 raise CFEncodingMismatchError(
                     f"variable {name!r} is encoded differently in {first_path} and {path}: "
@@ -129,7 +142,15 @@ def explain_combine_failure(
     """
     if not signatures:
         return None
-    return (_missing_concat_dim(signatures, combine, concat_dim) or _missing_variable(signatures)
+    missing = _missing_concat_dim(signatures, combine, concat_dim)
+    if missing is not None and isinstance(concat_dim, str) and not any(
+            concat_dim in _file_dims(signature) for _, signature in signatures):
+        # stacking along a new dimension (or a misspelt one): a coordinate that differs (rasters on
+        # different grids) is what the alignment tripped on; say which, and between which files
+        misaligned = _misaligned(signatures, combine, concat_dim, join)
+        if misaligned is not None:
+            return CombineError(f"{missing} Here: {misaligned}")
+    return (missing or _missing_variable(signatures)
             or _uneven_chunks(signatures, combine, concat_dim) or _misaligned(signatures, combine, concat_dim, join))
 
 

@@ -288,10 +288,17 @@ def _v3_codec_of(codec_id: str, options: dict[str, Any], dtype: np.dtype) -> Any
             blocksize=int(options.get("blocksize", 0)),
         )
     if codec_id.startswith(_IMAGECODECS_PREFIX):
+        import inspect
+
         try:
-            return get_codec_class(codec_id).from_dict({"name": codec_id, "configuration": options})
+            cls = get_codec_class(codec_id)
         except KeyError:
             return None
+        # numcodecs-only options (the chunk shape and dtype of delta/floatpred/packints, squeeze) are the
+        # array's own in zarr v3; unset (None) options are the defaults
+        accepted = inspect.signature(cls.__init__).parameters
+        options = {k: v for k, v in options.items() if k in accepted and v is not None}
+        return cls.from_dict({"name": codec_id, "configuration": options})
     try:
         cls = get_codec_class(_NUMCODECS_PREFIX + codec_id)
     except KeyError:
@@ -354,6 +361,8 @@ def v2_codecs(metadata: ArrayV3Metadata, name: str = "") -> tuple[np.dtype | str
                 order = "F"
             elif codec_name.startswith(_NUMCODECS_PREFIX):
                 array_filters.append(_numcodecs_config(codec_name, config))
+            elif codec_name.startswith(_IMAGECODECS_PREFIX):  # e.g. TIFF's predictor 2 (imagecodecs_delta)
+                array_filters.append(_imagecodecs_array_config(codec_name, config, metadata, where))
             else:
                 raise ValueError(f"{where}: array codec {codec_name!r} has no zarr v2 equivalent")
         elif isinstance(codec, ArrayBytesCodec):
@@ -367,6 +376,8 @@ def v2_codecs(metadata: ArrayV3Metadata, name: str = "") -> tuple[np.dtype | str
                 dtype = "|O"
             elif codec_name.startswith(_NUMCODECS_PREFIX):  # zfpy, pcodec: array in, bytes out
                 byte_steps.append(_numcodecs_config(codec_name, config))
+            elif codec_name.startswith(_IMAGECODECS_PREFIX):  # jpeg, lerc, floatpred...: array in, bytes out
+                byte_steps.append(_imagecodecs_array_config(codec_name, config, metadata, where))
             else:
                 raise ValueError(f"{where}: codec {codec_name!r} has no zarr v2 equivalent")
         else:
@@ -390,6 +401,41 @@ def v2_codecs(metadata: ArrayV3Metadata, name: str = "") -> tuple[np.dtype | str
     filters = array_filters + ([object_codec] if object_codec else []) + byte_steps[:-1]
     compressor = byte_steps[-1] if byte_steps else None
     return dtype, order, filters, compressor
+
+
+def _imagecodecs_array_config(codec_name: str, config: Mapping[str, Any], metadata: ArrayV3Metadata,
+                              where: str) -> dict:
+    """An imagecodecs zarr array codec as its imagecodecs-numcodecs config (same name and options).
+
+    numcodecs codecs see a flat buffer: where the numcodecs class takes a
+    ``shape`` or ``dtype`` (delta, floatpred, packints), the chunk's are added
+    (the dtype in native order; filters get the stored one later).
+    """
+    import inspect
+
+    import numcodecs
+
+    from vzdask.manifests.metadata import chunk_shape
+
+    from numcodecs.registry import codec_registry, entries
+
+    cls = codec_registry.get(codec_name)
+    if cls is None and codec_name in entries:  # registered through an entry point, not loaded yet
+        cls = entries[codec_name].load()
+    if cls is None:
+        raise ValueError(f"{where}: codec {codec_name!r} has no numcodecs equivalent installed "
+                         "(pip install imagecodecs-numcodecs)")
+    accepted = inspect.signature(cls.__init__).parameters
+    step = {"id": codec_name, **config}
+    if "shape" in accepted:
+        step["shape"] = list(chunk_shape(metadata))
+    if "dtype" in accepted:
+        step["dtype"] = metadata.data_type.to_native_dtype().str
+    try:
+        numcodecs.get_codec(dict(step))
+    except Exception as err:
+        raise ValueError(f"{where}: codec {codec_name!r} has no numcodecs equivalent: {err}") from None
+    return step
 
 
 def _numcodecs_config(codec_name: str, config: Mapping[str, Any]) -> dict:

@@ -4,9 +4,9 @@ Every parser takes ``inline=InlinePolicy(...)`` and applies it while parsing.
 ``detect_parser`` picks one from a file's first bytes (``Parser.guess_can_open``).
 
 Modules: ``common`` (``Parser``, ``ObstoreFile``), ``hdf5``, ``hdf4``, ``netcdf3``, ``dmrpp``, ``fits``,
-``zarr``, ``zipped_zarr``, ``icechunk``, ``kerchunk`` (a package: JSON, Parquet, templates) and
-``read_ahead`` (opening the files of a serial walk ahead). Optional
-dependencies (h5py, pyarrow, jinja2, astropy, icechunk) are imported when a parser needs them.
+``grib``, ``tiff`` (TIFF/GeoTIFF, with tifffile), ``zarr``, ``zipped_zarr``, ``icechunk``, ``kerchunk`` (a package:
+JSON, Parquet, templates) and ``read_ahead`` (opening the files of a serial walk ahead). Optional
+dependencies (h5py, tifffile, pyarrow, jinja2, astropy, eccodes, icechunk) are imported when a parser needs them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
 from vzdask.parsers.icechunk import IcechunkParser
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
+from vzdask.parsers.tiff import TIFF_SIGNATURES, TIFFParser
 from vzdask.parsers.zarr import ZarrParser
 from vzdask.parsers.zipped_zarr import ZippedZarrParser
 from vzdask.policy import InlinePolicy
@@ -30,7 +31,7 @@ from vzdask.registry import ObjectStoreRegistry
 #: The parsers ``detect_parser`` asks, in this order: the first whose ``guess_can_open`` is true is chosen.
 PARSERS: tuple[type[Parser], ...] = (HDFParser, NetCDF3Parser, DMRPPParser, FITSParser, KerchunkJSONParser,
                                      KerchunkParquetParser, ZarrParser, HDF4Parser, ZippedZarrParser, IcechunkParser,
-                                     GRIBParser)
+                                     GRIBParser, TIFFParser)
 #: How many first bytes of an object ``guess_can_open`` sees (all within the first block ``ObstoreFile`` reads).
 HEAD_BYTES = 4096
 
@@ -91,8 +92,8 @@ def detect_parser(
     if open_error is not None:
         raise open_error
     raise ParseError(
-        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, GRIB2, "
-        "DMR++, FITS, Zarr or kerchunk references"
+        f"{url}: unrecognised file format (first bytes {head[:8]!r}); expected HDF5/netCDF4, netCDF3, HDF4, "
+        "GRIB2, TIFF, DMR++, FITS, Zarr or kerchunk references"
         if head
         else f"{url}: empty file; nothing to virtualize"
     )
@@ -105,7 +106,7 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser: Parser = cls(inline=inline)
     elif cls in (ZarrParser, ZippedZarrParser):  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
-    elif cls in (HDFParser, HDF4Parser, DMRPPParser):  # the ones that parse on past a variable they cannot represent
+    elif cls in (HDFParser, HDF4Parser, DMRPPParser, TIFFParser):  # parse on past a variable they cannot represent
         parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     elif cls is FITSParser:  # no groups to choose
         parser = cls(inline=inline, drop_variables=drop_variables, on_unsupported=on_unsupported)
@@ -136,6 +137,8 @@ __all__ = [
     "ObstoreFile",
     "ParseError",
     "Parser",
+    "TIFF_SIGNATURES",
+    "TIFFParser",
     "ZarrParser",
     "ZippedZarrParser",
     "detect_parser",

@@ -1,0 +1,211 @@
+"""Many COGs: virtualize a collection of Cloud-Optimized GeoTIFFs, and read all their data.
+
+Run by hand: ``.venv/bin/python benchmarks/bench_tiff.py [--files 100] [--size 1024] [--bands 3] [--repeats 3]
+[--skip-read] [--virtual-tiff-path DIR]``.
+The collection (issue 20): ``--files`` COGs of ``--size`` x ``--size`` pixels, ``--bands`` uint16 bands,
+deflate + predictor 2, 512x512 tiles, with overviews (GDAL's COG driver, through rasterio),
+written once to ``benchmarks/_data/``.
+
+Virtualize (target: >= 5x faster than the fastest peer), each stacked along a new ``time`` dimension:
+  vzdask            open_virtual_mfdataset(files, concat_dim="time", combine="nested") (serial, like the peers)
+  virtual-tiff      VirtualiZarr 2.x open_virtual_mfdataset(..., parser=VirtualTIFF(ifd=0)) (serial), in a
+                    child process (see virtual_tiff_virtualize: it cannot share a process with vzdask's codecs)
+  kerchunk          tiff_to_zarr per file (references of each file only: no combine step, which favours it)
+  vzdask parse      TIFFParser per file, no combine (kerchunk's measure)
+Read all data into one numpy array (target: <= 0.75x the single-thread decode floor):
+  vzdask            open_mfdataset(files, concat_dim="time", combine="nested")["image"].values
+  rioxarray         xr.open_mfdataset(files, engine="rasterio", concat_dim="time", combine="nested")
+  floor             tifffile.imread(file, key=0, maxworkers=1) per file, one after another: every tile read
+                    and decoded in one thread (the same libraries: zlib + imagecodecs' delta)
+Figures are medians of ``--repeats`` runs, each reader in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "_data"
+
+
+def make_collection(n: int, size: int, count: int = 3) -> list[Path]:
+    """``n`` COGs (``count`` bands uint16, deflate + predictor 2, overviews), made once and kept."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder = DATA / f"cogs_{n}x{size}x{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"scene_{i:04d}.tif" for i in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        field = 2000 + 1500 * np.sin(6 * xx + i / 7) * np.cos(4 * yy - i / 11)
+        bands = np.stack([field * (1 + 0.2 * b) for b in range(count)])
+        data = (bands + rng.normal(0, 20, bands.shape)).clip(0, 65535).astype("uint16")
+        with rasterio.open(path, "w", driver="COG", width=size, height=size, count=count, dtype="uint16",
+                           compress="deflate", predictor=2, blocksize=512, crs="EPSG:32633",
+                           transform=from_origin(500000, 4000000, 10, 10)) as dst:
+            dst.write(data)
+    return paths
+
+
+def vzdask_virtualize(paths):
+    import vzdask
+
+    ds = vzdask.open_virtual_mfdataset([str(p) for p in paths], concat_dim="time", combine="nested")
+    return ds["image"].shape
+
+
+_VIRTUAL_TIFF = """
+import statistics, sys, time, warnings
+warnings.filterwarnings("ignore")
+from obstore.store import LocalStore
+from virtual_tiff import VirtualTIFF
+from virtualizarr import open_virtual_mfdataset
+from virtualizarr.registry import ObjectStoreRegistry
+
+paths, repeats = sys.argv[2:], int(sys.argv[1])
+registry = ObjectStoreRegistry({"file://": LocalStore()})
+open_virtual_mfdataset([f"file://{p}" for p in paths[:2]], registry=registry, parser=VirtualTIFF(ifd=0),
+                       concat_dim="time", combine="nested")
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    open_virtual_mfdataset([f"file://{p}" for p in paths], registry=registry, parser=VirtualTIFF(ifd=0),
+                           concat_dim="time", combine="nested")
+    times.append(time.perf_counter() - start)
+print(statistics.median(times))
+"""
+
+
+def vzdask_parse(paths):
+    from vzdask.parsers import TIFFParser
+    from vzdask.registry import ObjectStoreRegistry
+
+    registry = ObjectStoreRegistry.default()
+    return [TIFFParser()(f"file://{p}", registry) for p in paths]
+
+
+def virtual_tiff_virtualize(paths, repeats: int, where: str | None) -> float:
+    """virtual-tiff + VirtualiZarr in a child process, with virtual-tiff on its path only.
+
+    virtual-tiff registers zarr codecs under imagecodecs-zarr's names
+    (``imagecodecs_deflate``...) and importing it imports VirtualiZarr, which
+    takes over ``ds.vz``: install it apart (``pip install --target DIR
+    virtual-tiff``) and name the directory with ``--virtual-tiff-path``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    if not where:
+        raise RuntimeError("not run: give --virtual-tiff-path (a `pip install --target DIR virtual-tiff` directory)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (where, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", _VIRTUAL_TIFF, str(repeats), *map(str, paths)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def kerchunk_virtualize(paths):
+    from kerchunk.tiff import tiff_to_zarr
+
+    return len([tiff_to_zarr(str(p)) for p in paths])
+
+
+def vzdask_read(paths):
+    import vzdask
+
+    ds = vzdask.open_mfdataset([str(p) for p in paths], concat_dim="time", combine="nested")
+    return ds["image"].values
+
+
+def rioxarray_read(paths):
+    import xarray as xr
+
+    ds = xr.open_mfdataset([str(p) for p in paths], engine="rasterio", concat_dim="time", combine="nested")
+    return ds["band_data"].values
+
+
+def floor_read(paths):
+    import tifffile
+
+    return [tifffile.imread(p, key=0, maxworkers=1) for p in paths]
+
+
+def timed(fn, paths, repeats: int) -> tuple[float, object]:
+    fn(paths[:2])  # warm-up: imports, pyproj's database, codec registries are not what is measured
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(paths)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--bands", type=int, default=3)
+    parser.add_argument("--skip-read", action="store_true", help="virtualize only")
+    parser.add_argument("--virtual-tiff-path", help="a directory virtual-tiff is installed in (pip install --target)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    paths = make_collection(args.files, args.size, args.bands)
+    print(f"{args.files} COGs of {args.size}x{args.size}x{args.bands} uint16 (deflate + predictor 2, 512x512 tiles, overviews); "
+          f"medians of {args.repeats}")
+
+    print("virtualize (stack along a new 'time' dimension):")
+    virtualized = {}
+    for name, fn in (("vzdask", vzdask_virtualize), ("virtual-tiff + VirtualiZarr", None),
+                     ("kerchunk tiff_to_zarr (per file, no combine)", kerchunk_virtualize),
+                     ("vzdask TIFFParser (per file, no combine)", vzdask_parse)):
+        try:
+            if fn is None:
+                virtualized[name] = virtual_tiff_virtualize(paths, args.repeats, args.virtual_tiff_path)
+            else:
+                virtualized[name], _ = timed(fn, paths, args.repeats)
+        except Exception as err:  # a peer that cannot open the collection is reported, not timed
+            print(f"  {name:46s}   failed: {type(err).__name__}: {err}")
+            continue
+        print(f"  {name:46s} {virtualized[name]:8.3f} s")
+    fastest_peer = min(v for k, v in virtualized.items() if not k.startswith("vzdask"))
+    print(f"  vzdask vs the fastest peer: {fastest_peer / virtualized['vzdask']:.1f}x faster (target >= 5x); "
+          f"per file, no combine: {virtualized['kerchunk tiff_to_zarr (per file, no combine)'] / virtualized['vzdask TIFFParser (per file, no combine)']:.1f}x faster than kerchunk")
+
+    if args.skip_read:
+        return
+    print("read all data:")
+    read = {}
+    expected = None
+    for name, fn in (("vzdask open_mfdataset", vzdask_read), ("rioxarray + xr.open_mfdataset", rioxarray_read),
+                     ("single-thread decode floor (tifffile)", floor_read)):
+        read[name], values = timed(fn, paths, args.repeats)
+        stacked = np.stack(values) if isinstance(values, list) else np.asarray(values)
+        if name.startswith("rioxarray"):  # (time, band, y, x) -> vzdask's (time, y, x[, band])
+            stacked = np.moveaxis(stacked, 1, -1) if args.bands > 1 else stacked[:, 0]
+        if expected is None:
+            expected = stacked
+        elif not np.array_equal(stacked, expected):
+            raise AssertionError(f"{name} read other values than vzdask")
+        del values, stacked
+        print(f"  {name:46s} {read[name]:8.3f} s")
+    floor = read["single-thread decode floor (tifffile)"]
+    print(f"  vzdask / floor: {read['vzdask open_mfdataset'] / floor:.2f}x (target <= 0.75x); "
+          f"vs rioxarray: {read['rioxarray + xr.open_mfdataset'] / read['vzdask open_mfdataset']:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
