@@ -220,6 +220,7 @@ LAYERS = [
     ["vzdask.writers.*"],
     ["vzdask.accessor"],
     ["vzdask.mfdataset"],
+    ["vzdask.backend"],
     ["vzdask.process"],
     ["vzdask.cli", "vzdask.demo"],
 ]
