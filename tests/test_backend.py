@@ -258,6 +258,12 @@ def test_large_reads_are_cut_into_task_blocks(rich):
     xr.testing.assert_identical(got, want)
 
 
+def test_computes_on_a_distributed_cluster(rich, dask_client):
+    """The workers read the byte ranges themselves (obstore): nothing but the arrays' references is shipped."""
+    ds = xr.open_dataset(rich, engine="vzdask", chunks={"time": 2})
+    xr.testing.assert_identical(ds.compute(), netcdf4(rich))
+
+
 # --------------------------------------------------------------------------- #
 # open_mfdataset, open_datatree
 # --------------------------------------------------------------------------- #
