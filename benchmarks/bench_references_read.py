@@ -109,6 +109,8 @@ def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> Non
         for v in VARIABLES:
             if not np.array_equal(got[v], expected[v]):
                 raise AssertionError(f"{label}: {v} differs from the floor")
+    nbytes = sum(a.nbytes for a in expected.values())
+    del expected, got  # the timed rounds hold one result at a time
     times: dict[str, list[float]] = {label: [] for label in readers}
     busy: dict[str, list[float]] = {label: [] for label in readers}
     for _ in range(repeats):
@@ -116,7 +118,6 @@ def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> Non
             seconds, others, _ = measure(func)
             times[label].append(seconds)
             busy[label].append(others)
-    nbytes = sum(a.nbytes for a in expected.values())
     floor = statistics.median(times["floor (1 thread, zlib)"])
     print(f"\nopen + compute everything ({nbytes / 1e9:.2f} GB decoded), median of {repeats} rounds")
     print(f"  {'reader':34s} {'seconds':>8s} {'x floor':>8s} {'others busy':>12s}")
