@@ -66,6 +66,11 @@ def write_rich(path: Path, offset: int = 0, *, groups: bool = True) -> Path:
         packed.scale_factor = np.float32(0.01)
         packed.add_offset = np.float32(10)
         packed.coordinates = "area"
+        packed.grid_mapping = "crs"
+        crs = nc.createVariable("crs", "i4", ())  # a scalar
+        crs.grid_mapping_name = "latitude_longitude"
+        crs[...] = 4326
+        nc.createVariable("never_written", "f8", ("lat", "lon"), chunksizes=(2, 5), fill_value=-1.5)
         packed.set_auto_maskandscale(False)
         raw = (np.arange(120).reshape(6, 4, 5) + offset).astype(np.int16)
         raw[1, 2, 3] = -32767
