@@ -37,7 +37,9 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 
 from vzdask._compat import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
-from vzdask.chunk_tasks import read_arrays, task_bytes
+from vzdask.chunk_tasks import load_region, read_arrays, task_bytes
+from vzdask.codecs import codec_key
+from vzdask.graph import LoadTasks
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
@@ -94,11 +96,11 @@ def covering_region(key: tuple, shape: tuple[int, ...]) -> tuple[tuple[slice, ..
 
 
 def read_region(array: ManifestArray, region: tuple[slice, ...]) -> np.ndarray:
-    """Fetch and decode ``array[region]`` (contiguous slices) with the tasks of ``to_dask_array``.
+    """Fetch and decode ``array[region]`` (contiguous slices) with the load tasks of ``to_dask_array``.
 
-    The dask array is cut so that ``region`` is whole blocks (one, or task-sized
-    blocks of it when it is large), and only those blocks are computed: the
-    chunks around it are never read.
+    The array is cut so that ``region`` is whole blocks (one, or task-sized
+    blocks of it when it is large), and only those blocks are loaded: the
+    chunks around it are never read. One block's task runs right here.
     """
     shape = tuple(r.stop - r.start for r in region)
     if not region:
@@ -119,6 +121,12 @@ def read_region(array: ManifestArray, region: tuple[slice, ...]) -> np.ndarray:
         after = [n - r.stop] if r.stop < n else []
         chunks.append(tuple(before + inner + after))
         blocks.append(slice(len(before), len(before) + len(inner)))
+    if not large and array.persisted is None:
+        # one block: run its load task here, as a dask worker would (dask's compute of one block copies it)
+        tasks = LoadTasks("read", array.manifest, array.registry, codec_key(array.metadata), array.chunk_shape,
+                          tuple(chunks))
+        part, origin, where = tasks.task_inputs(("read", *(b.start for b in blocks)))
+        return load_region(part, array.registry, tasks.codec_key, origin, where)
     lazy = array.to_dask_array(chunks=tuple(chunks)).blocks[tuple(blocks)]
     return np.asarray(lazy.compute(scheduler="threads" if large else "sync"))
 
