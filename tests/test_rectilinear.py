@@ -414,3 +414,21 @@ def test_rectilinear_along_an_inner_axis(tmp_path):
         analysis = vzdask.open_mfdataset(paths)
     assert analysis["v"].data.chunks == ((1, 1), (3, 5, 4))
     xr.testing.assert_identical(analysis.compute(), ref)
+
+
+def test_the_xarray_engine_reads_a_rectilinear_store(files):
+    """engine="vzdask" on a ManifestStore whose time axis is rectilinear: values, and task blocks as dask chunks."""
+    paths = files["mixed"]
+    virtual = vzdask.open_virtual_mfdataset(paths)
+    store = vzdask.ManifestStore(vzdask.ManifestGroup(
+        {name: virtual[name].data for name in ("tas", "pr")}, attributes={}))
+    expected = reference(paths)
+    import dask
+
+    for chunks, task_bytes in ((None, "64MiB"), ({}, "64MiB"), (None, "1kB")):  # 1 kB: several blocks per read
+        with dask.config.set({"vzdask.task-bytes": task_bytes}), \
+                xr.open_dataset(store, engine="vzdask", chunks=chunks) as opened:
+            for name in ("tas", "pr"):
+                np.testing.assert_array_equal(opened[name].values, expected[name].values)
+                # a window across the files' chunk edges, read through the load tasks
+                np.testing.assert_array_equal(opened[name][27:64].values, expected[name][27:64].values)

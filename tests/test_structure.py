@@ -221,6 +221,7 @@ LAYERS = [
     ["vzdask.accessor"],
     ["vzdask.mfdataset"],
     ["vzdask.datatree"],
+    ["vzdask.backend"],
     ["vzdask.process"],
     ["vzdask.cli", "vzdask.demo", "vzdask.__main__"],
 ]

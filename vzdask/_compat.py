@@ -105,6 +105,10 @@ else:
 # how xarray's zarr backend turns attribute values into JSON (numpy scalars, arrays, bytes)
 from xarray.backends.zarr import encode_zarr_attr_value
 
+# the lazy indexing layer a backend's arrays live under (xarray's "how to add a new backend" guide uses these:
+# BackendArray.__getitem__ hands its key to explicit_indexing_adapter; variables wrap LazilyIndexedArray)
+from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
+
 
 def variable_data(var: Any) -> Any:
     """The array a Variable wraps, as it is: ``Variable.data`` would load a lazily indexed backend array."""
@@ -212,6 +216,8 @@ __all__ = [
     "FillValueCoder",
     "GroupMetadata",
     "HighLevelGraph",
+    "IndexingSupport",
+    "LazilyIndexedArray",
     "MaterializedLayer",
     "RectilinearChunkGridMetadata",
     "RegularChunkGridMetadata",
@@ -227,6 +233,7 @@ __all__ = [
     "encode_dataset_coordinates",
     "encode_zarr_attr_value",
     "evolve_codecs",
+    "explicit_indexing_adapter",
     "flatten",
     "get_data_type_from_json",
     "get_data_type_from_native_dtype",

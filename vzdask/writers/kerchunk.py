@@ -364,21 +364,34 @@ def _record_table(state, codes, positions, sizes, urls, buffer, categorical_thre
 
     virtual = state == VIRTUAL
     inlined = state == INLINED
+    path = _path_column(codes, virtual, urls, categorical_threshold)
+    raw = _raw_column(inlined, positions, sizes, buffer)
+    # offset and size are never null, so they are REQUIRED columns (see _write_record for their statistics).
+    schema = pa.schema([
+        pa.field("path", path.type),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("raw", raw.type),
+    ])
     return pa.Table.from_arrays(
         [
-            _path_column(codes, virtual, urls, categorical_threshold),
+            path,
             pa.array(np.where(virtual, positions, 0).astype(np.int64), type=pa.int64()),
             pa.array(np.where(virtual, sizes, 0).astype(np.int64), type=pa.int64()),
-            _raw_column(inlined, positions, sizes, buffer),
+            raw,
         ],
-        names=["path", "offset", "size", "raw"],
+        schema=schema,
     )
 
 
 def _write_record(file: Path, table) -> None:
     import pyarrow.parquet as pq
 
-    pq.write_table(table, file, compression="zstd", write_statistics=False)
+    # fastparquet (fsspec's default Parquet engine) reads an integer column as float64 unless the row group's
+    # statistics say it has no nulls; fsspec would then seek to np.float64(offset) and fail (ReferenceNotReachable
+    # ... TypeError: 'numpy.float64' object cannot be interpreted as an integer). So offset and size carry
+    # statistics (their null count, 0), the other columns none (min/max of urls and raw bytes are of no use).
+    pq.write_table(table, file, compression="zstd", write_statistics=["offset", "size"])
 
 
 def _submit_held_records(directory: Path, held: HeldBlocks, record_size: int) -> Iterator[tuple[int, Any]]:
