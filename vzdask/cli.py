@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -342,7 +343,9 @@ def _summary(ds, files, fmt, output, seconds) -> str:
     groups = [node.to_dataset(inherit=False) for node in ds.subtree] if isinstance(ds, xr.DataTree) else [ds]
     n_variables = sum(len(group.variables) for group in groups)
     n_virtual = sum(len(VirtualDatasetAccessor(group).virtual_variables) for group in groups)
-    plan = plan_write(ds, in_memory="inline" if fmt in ("json", "parquet") else "keep")
+    with warnings.catch_warnings():  # the write itself said what it had to (exact_encoding's warnings)
+        warnings.simplefilter("ignore")
+        plan = plan_write(ds, in_memory="inline" if fmt in ("json", "parquet") else "keep")
     for planned in plan.all_arrays():
         manifest = planned.array.manifest
         for k, n in manifest.count().items():
