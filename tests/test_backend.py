@@ -195,8 +195,14 @@ def test_decode_cf_false_gives_the_stored_values(rich):
 @pytest.mark.parametrize("chunks", [{}, "auto", {"time": 1}, {"time": 4, "lat": 3}, 2, {"lon": -1}], ids=repr)
 def test_chunks_are_honoured(rich, chunks):
     want = netcdf4(rich)
-    with xr.open_dataset(rich, engine="netcdf4", chunks=chunks) as reference:
-        expected = {name: var.chunks for name, var in reference.variables.items()}
+    try:
+        with xr.open_dataset(rich, engine="netcdf4", chunks=chunks) as reference:
+            expected = {name: var.chunks for name, var in reference.variables.items()}
+    except NotImplementedError:  # dask 2025.4 cannot "auto"-chunk cftime objects: the same refusal from ours
+        assert chunks == "auto"
+        with dask.config.set({"vzdask.task-bytes": 64}), pytest.raises(NotImplementedError, match="object dtype"):
+            xr.open_dataset(rich, engine="vzdask", chunks=chunks)
+        return
     with dask.config.set({"vzdask.task-bytes": 64}):  # small task blocks: chunks={} is several of them
         ds = xr.open_dataset(rich, engine="vzdask", chunks=chunks)
     assert ds["packed"].chunks is not None
