@@ -383,3 +383,37 @@ def test_strings_of_different_widths_combine_and_are_written_whole(tmp_path):
     ds.vz.to_icechunk(session, commit="strings")
     with xr.open_zarr(repo.readonly_session("main").store, consolidated=False) as back:
         assert [str(w) for w in back["name"].values.tolist()] == words
+
+
+def _timed_file(path, times, values=None) -> str:
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("x", 3)
+        t = nc.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = times
+        nc.createVariable("v", "f4", ("time", "x"))[:] = np.ones((len(times), 3)) if values is None else values
+    return str(path)
+
+
+@pytest.mark.parametrize("parallel", [None, "processes"])
+def test_overlapping_files_are_refused_naming_them(tmp_path, parallel):
+    """[0, 1] and [1, 2]: xr.open_mfdataset keeps day 1 twice; a virtual dataset refuses (issue 17, bad input)."""
+    a = _timed_file(tmp_path / "a.nc", [0, 1])
+    b = _timed_file(tmp_path / "b.nc", [1, 2])
+    c = _timed_file(tmp_path / "c.nc", [2, 3])
+    named = f"2000-01-02 00:00:00 is in {b} and {a}" if parallel is None else "2000-01-02 00:00:00 is in two of"
+    with pytest.raises(CombineError, match=rf"the files overlap along 'time': {named}"):
+        vzdask.open_virtual_mfdataset([b, a], parallel=parallel)
+    with xr.open_mfdataset([a, b], engine="netcdf4") as expected:  # the analysis path opens what xarray opens
+        xr.testing.assert_identical(vzdask.open_mfdataset([b, a]).load(), expected.load())
+    ds = vzdask.open_virtual_mfdataset([c, a], parallel=parallel)  # no overlap: fine
+    assert ds.sizes["time"] == 4
+
+
+def test_files_that_cannot_be_ordered_name_the_coordinate_and_files(tmp_path):
+    a = _timed_file(tmp_path / "a.nc", [0, 1])
+    down = _timed_file(tmp_path / "down.nc", [5, 4])  # decreasing where the other increases
+    with pytest.raises(CombineError, match=rf"cannot order the files by 'time': .*\({a}, {down}\).*"
+                                           r"combine='nested', concat_dim='time'"):
+        vzdask.open_virtual_mfdataset([a, down])

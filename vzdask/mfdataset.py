@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from vzdask.accessor import VirtualDatasetAccessor
@@ -208,6 +210,8 @@ def open_virtual_mfdataset(
         When a virtual variable's CF encoding differs between files.
     """
     ds = _open_virtual(dict(locals()), analysis=False)
+    if combine == "by_coords":  # the parallel paths (the serial one checked, naming the files)
+        check_no_overlap(ds, _flatten(expand_paths(paths)))
     if inline is not None:  # a variable that comes and goes is fine; one in no file is a typo
         inline.check_variables([str(name) for name in ds.variables], "is in none of the files")
     return ds
@@ -256,12 +260,44 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     rewarn(signature for _, signature in signatures)
     try:
         check_cf_compatible(signatures)
-        return _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
+        combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
     except Exception as err:
         failure = _combine_failure(err, signatures, combine, concat_dim, analysis, results, kwargs["join"])
         if failure is None:
             raise
         raise failure from err
+    if combine == "by_coords" and not analysis:
+        check_no_overlap(combined, files, results)
+    return combined
+
+
+def _coordinate_values(opened, name: str):
+    """A file's decoded values of coordinate ``name`` (from its parts or dataset), or None."""
+    try:
+        variables = opened.decoded().variables if isinstance(opened, VirtualParts) else opened.variables
+        return pd.Index(np.asarray(variables[name].values))
+    except Exception:  # not loaded, not decodable: this file cannot be told apart
+        return None
+
+
+def check_no_overlap(ds: xr.Dataset, files: Sequence[str], results: list | None = None) -> None:
+    """``combine="by_coords"``: a dimension coordinate whose values repeat means files cover the same range.
+
+    ``xr.open_mfdataset`` keeps both copies; a virtual dataset written with them would hold that coordinate
+    value twice, so this is refused, naming the files where ``results`` (each file's parse) are at hand.
+    """
+    for name, index in ds.indexes.items():
+        if index.is_unique:
+            continue
+        value = index[index.duplicated()][0]
+        holders = [path for path, (opened, _) in zip(files, results or ())
+                   if (values := _coordinate_values(opened, str(name))) is not None and values.isin([value]).any()]
+        where = (" and ".join(holders[:2]) if len(holders) >= 2 else
+                 f"{holders[0]} (twice)" if holders else "two of the files (parsed elsewhere: not named here)")
+        raise CombineError(
+            f"the files overlap along {name!r}: {value} is in {where}, so the combined {name!r} would hold it "
+            f"twice. Leave one of them out, or trim each file to its own range with preprocess=..."
+        )
 
 
 def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None,
@@ -271,6 +307,8 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
         return _NoSingleManifest(results)
     if isinstance(err, CFEncodingMismatchError):
         return None  # names the variable, the files and the values already
+    if isinstance(err, ValueError) and "monotonically" in str(err):  # xarray's, naming no file
+        return _not_monotonic(err, [path for path, _ in signatures], results)
     explained = explain_combine_failure(signatures, combine, concat_dim, join)
     if explained is None and isinstance(err, (IndexError, NotImplementedError)) and not isinstance(err, VzdaskError):
         # xarray asked the virtual arrays for something references cannot do (reindexing, padding...)
@@ -283,6 +321,23 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
             "xr.open_mfdataset combines them), or combine options that need no alignment (join='override')."
         )
     return explained
+
+
+def _not_monotonic(err: Exception, files: list[str], results: list | None) -> CombineError:
+    """xarray's "Coordinate variable X is neither monotonically increasing nor decreasing", with the files."""
+    words = str(err).split()
+    name = words[words.index("variable") + 1] if "variable" in words[:-1] else None
+    within = [path for path, (opened, _) in zip(files, results or ())
+              if name is not None and (values := _coordinate_values(opened, name)) is not None
+              and not (values.is_monotonic_increasing or values.is_monotonic_decreasing)]
+    what = (f"its values in {', '.join(within)} are not in order" if within else
+            "the files' ranges interleave or are not in order (" + ", ".join(files[:4])
+            + (f" and {len(files) - 4} more" if len(files) > 4 else "") + ")")
+    return CombineError(
+        f"combine='by_coords' cannot order the files by {name!r}: {what}. Sort the values within each file "
+        "(preprocess=lambda ds: ds.sortby(...) on loaded coordinates), or give the order yourself with "
+        f"combine='nested', concat_dim={name!r}"
+    )
 
 
 def _arrange(nested, datasets):
