@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vzdask.parsers.common import ObstoreFile, ParseError, Parser
+from vzdask.parsers.common import IsolatingParser, ObstoreFile, ParseError, Parser
 from vzdask.parsers.dmrpp import DMRPPParser
 from vzdask.parsers.fits import FITSParser
 from vzdask.parsers.grib import GRIB_SIGNATURE, GRIBParser
@@ -106,10 +106,10 @@ def _configured(cls: type[Parser], handle: ObstoreFile | None, inline, group, dr
         parser: Parser = cls(inline=inline)
     elif cls in (ZarrParser, ZippedZarrParser):  # variables are dropped after parsing
         parser = cls(inline=inline, group=group)
-    elif cls in (HDFParser, HDF4Parser, DMRPPParser, TIFFParser):  # parse on past a variable they cannot represent
-        parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     elif cls is FITSParser:  # no groups to choose
         parser = cls(inline=inline, drop_variables=drop_variables, on_unsupported=on_unsupported)
+    elif issubclass(cls, IsolatingParser):  # parse on past a variable they cannot represent
+        parser = cls(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
     else:
         parser = cls(inline=inline, group=group, drop_variables=drop_variables)
     if handle is not None and handle.size:

@@ -267,6 +267,16 @@ def check_on_unsupported(value: str) -> str:
     return value
 
 
+class IsolatingParser(Parser):
+    """A parser that parses on past a variable it cannot represent: ``on_unsupported`` ("raise" or "warn")
+    says what happens to such variables once the rest is parsed (``report_unsupported``)."""
+
+    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
+                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        self.on_unsupported = check_on_unsupported(on_unsupported)
+
+
 def report_unsupported(url: str, problems: list[tuple[str, str]], on_unsupported: str, group_path: str = "/") -> None:
     """Raise one ParseError listing every variable a parse could not represent, with its reason (or warn).
 

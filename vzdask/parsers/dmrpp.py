@@ -63,7 +63,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, normalize_url
 from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ParseError, Parser, check_on_unsupported, finish, report_unsupported
+from vzdask.parsers.common import IsolatingParser, ParseError, finish, report_unsupported
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -86,7 +86,7 @@ SKIPPED_ATTRIBUTES = frozenset(
 _NO_NAME_ENUM = re.compile(r"NoNameE\w*\d+$")  # "NoNameEum0" in some documents
 
 
-class DMRPPParser(Parser):
+class DMRPPParser(IsolatingParser):
     """Parse DMR++ documents into ManifestStores whose references point at the data file.
 
     Parameters
@@ -107,9 +107,8 @@ class DMRPPParser(Parser):
 
     def __init__(self, data_url: str | None = None, *, inline: InlinePolicy | None = None, group: str | None = None,
                  drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
+        super().__init__(inline=inline, group=group, drop_variables=drop_variables, on_unsupported=on_unsupported)
         self.data_url = data_url
-        self.on_unsupported = check_on_unsupported(on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:

@@ -47,7 +47,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, normalize_url
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ObstoreFile, ParseError, Parser, check_on_unsupported, finish, report_unsupported
+from vzdask.parsers.common import IsolatingParser, ObstoreFile, ParseError, finish, report_unsupported
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -67,7 +67,7 @@ TFORM_DTYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": 
 TFORM_WIDTHS = {"L": 1, "X": 0, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
 
 
-class FITSParser(Parser):
+class FITSParser(IsolatingParser):
     """Parse FITS files into ManifestStores (see the module docstring for what each HDU becomes).
 
     Parameters
@@ -83,8 +83,7 @@ class FITSParser(Parser):
 
     def __init__(self, *, inline: InlinePolicy | None = None, drop_variables: Iterable[str] | None = None,
                  on_unsupported: str = "raise") -> None:
-        super().__init__(inline=inline, drop_variables=drop_variables)
-        self.on_unsupported = check_on_unsupported(on_unsupported)
+        super().__init__(inline=inline, drop_variables=drop_variables, on_unsupported=on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:

@@ -68,7 +68,6 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,15 +79,13 @@ from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import (
+    IsolatingParser,
     ObstoreFile,
     ParseError,
-    Parser,
-    check_on_unsupported,
     finish,
     report_unsupported,
 )
 from vzdask.object_io import read_ranges
-from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: The first four bytes of every HDF4 file.
@@ -862,7 +859,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-class HDF4Parser(Parser):
+class HDF4Parser(IsolatingParser):
     """Parse HDF4 (and HDF-EOS2) files: every SDS as a virtual array.
 
     Parameters
@@ -884,11 +881,6 @@ class HDF4Parser(Parser):
     --------
     >>> store = HDF4Parser()("s3://bucket/MOD021KM.hdf", registry)  # doctest: +SKIP
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
-                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
-        self.on_unsupported = check_on_unsupported(on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -45,14 +44,12 @@ from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import attribute_value, create_array_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.parsers.common import (
+    IsolatingParser,
     ObstoreFile,
     ParseError,
-    Parser,
-    check_on_unsupported,
     finish,
     report_unsupported,
 )
-from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
 #: netCDF4/HDF5 bookkeeping attributes that are not user metadata.
@@ -77,7 +74,7 @@ SMALL_VARIABLE_BYTES = 2**20
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class HDFParser(Parser):
+class HDFParser(IsolatingParser):
     """Parse netCDF4/HDF5 files into ManifestStores.
 
     Parameters
@@ -97,11 +94,6 @@ class HDFParser(Parser):
         ``UnsupportedVariableWarning``. (An attribute JSON cannot hold is
         left out with an ``UnsupportedAttributeWarning``, its variable kept.)
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
-                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
-        self.on_unsupported = check_on_unsupported(on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:

@@ -45,7 +45,6 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +56,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.parsers.common import ObstoreFile, Parser, check_on_unsupported, finish, report_unsupported
-from vzdask.policy import InlinePolicy
+from vzdask.parsers.common import IsolatingParser, ObstoreFile, finish, report_unsupported
 from vzdask.registry import ObjectStoreRegistry
 
 #: First four bytes: classic TIFF and BigTIFF, little- and big-endian.
@@ -668,7 +666,7 @@ def _level_group(level: _Level, url: str, registry: ObjectStoreRegistry, geo: di
     return ManifestGroup(arrays=arrays, attributes=attributes)
 
 
-class TIFFParser(Parser):
+class TIFFParser(IsolatingParser):
     """Parse a TIFF, BigTIFF or (Cloud-Optimized) GeoTIFF file into a ManifestStore.
 
     The root group holds the full-resolution ``image`` (``y``, ``x``
@@ -697,11 +695,6 @@ class TIFFParser(Parser):
     >>> vds = vzdask.open_virtual_dataset("s3://bucket/scene_B4.tif")  # doctest: +SKIP
     >>> vds.image  # (y, x), with x/y and spatial_ref as rioxarray gives them  # doctest: +SKIP
     """
-
-    def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
-                 drop_variables: Iterable[str] | None = None, on_unsupported: str = "raise") -> None:
-        super().__init__(inline=inline, group=group, drop_variables=drop_variables)
-        self.on_unsupported = check_on_unsupported(on_unsupported)
 
     @classmethod
     def guess_can_open(cls, head: bytes, url: str) -> bool:
