@@ -232,20 +232,7 @@ def read_start(store: Any, path: str, length: int, *, url: str) -> tuple[Any, in
     ChunkReadError
         Any other failure, or fewer bytes than the size promises.
     """
-    try:
-        got = obstore.get(store, path, options={"range": (0, length)})
-        data = got.bytes()
-        size = int(got.meta["size"])
-    except BaseException as err:
-        if not is_read_error(err):
-            raise
-        size = head_size(store, path, url=url)
-        if size:
-            raise _request_error(err, url, None, [0], [min(length, size)]) from err
-        return b"", 0
-    if len(data) != min(length, size):
-        raise _short_read(url, None, 0, min(length, size), len(data))
-    return data, size
+    return _read_sized(store, path, (0, length), length, lambda size: 0, url=url)
 
 
 def read_end(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int]:
@@ -253,16 +240,16 @@ def read_end(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int]
 
     One suffix-ranged ``get`` answers both, so a format whose directory is
     at the end (a zip's central directory) costs one request to open.
-
-    Raises
-    ------
-    FileNotFoundError
-        The object does not exist.
-    ChunkReadError
-        Any other failure, or fewer bytes than the size promises.
+    Raises as ``read_start``.
     """
+    return _read_sized(store, path, {"suffix": length}, length, lambda size: max(0, size - length), url=url)
+
+
+def _read_sized(store: Any, path: str, byte_range: Any, length: int, start_of: Callable[[int], int], *,
+                url: str) -> tuple[Any, int]:
+    """One ranged ``get`` of up to ``length`` bytes and the object's size; ``start_of(size)``: where they begin."""
     try:
-        got = obstore.get(store, path, options={"range": {"suffix": length}})
+        got = obstore.get(store, path, options={"range": byte_range})
         data = got.bytes()
         size = int(got.meta["size"])
     except BaseException as err:
@@ -270,10 +257,10 @@ def read_end(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int]
             raise
         size = head_size(store, path, url=url)
         if size:
-            raise _request_error(err, url, None, [max(0, size - length)], [min(length, size)]) from err
+            raise _request_error(err, url, None, [start_of(size)], [min(length, size)]) from err
         return b"", 0
     if len(data) != min(length, size):
-        raise _short_read(url, None, max(0, size - length), min(length, size), len(data))
+        raise _short_read(url, None, start_of(size), min(length, size), len(data))
     return data, size
 
 
