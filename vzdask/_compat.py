@@ -122,9 +122,41 @@ def variable_fastpath(dims, data, attrs=None, encoding=None):
     return xr.Variable(dims, data, attrs, encoding, fastpath=True)
 
 
-def dataset_replace(ds: Any, variables: dict, coord_names: set):
-    """``ds`` with these variables (same dims, indexes untouched): the constructor would re-align and copy them."""
-    return ds._replace(variables=variables, coord_names=coord_names)
+def dataset_replace(ds: Any, variables: dict, coord_names: set, dims: dict | None = None):
+    """``ds`` with these variables (indexes untouched; ``dims`` if they change): the constructor would re-align
+    and copy them."""
+    if dims is None:
+        return ds._replace(variables=variables, coord_names=coord_names)
+    return ds._replace(variables=variables, coord_names=coord_names, dims=dims)
+
+
+def install_xarray_write_hook(prepare) -> None:
+    """Have every xarray writer run ``prepare(dataset, store) -> dataset`` before it encodes a dataset.
+
+    ``dump_to_store`` is the one function ``to_netcdf`` (every engine), ``to_zarr``, ``save_mfdataset`` and
+    the DataTree writers pass a dataset through on its way to the store (in ``xarray.backends.writers``;
+    ``xarray.backends.api`` in xarray 2025.8). xarray offers no public hook there, and the writers look the
+    function up in their module at each call, so it is wrapped in that module; installing again replaces
+    the wrapper (a reloaded module). Datasets ``prepare`` returns unchanged are written exactly as before.
+    """
+    import functools
+    import importlib
+
+    module: Any
+    try:
+        module = importlib.import_module("xarray.backends.writers")
+    except ImportError:
+        module = importlib.import_module("xarray.backends.api")
+    original = module.dump_to_store
+    if hasattr(original, "__vzdask_prepare__"):
+        original = original.__wrapped__
+
+    @functools.wraps(original)
+    def dump_to_store(dataset, store, *args, **kwargs):
+        return original(prepare(dataset, store), store, *args, **kwargs)
+
+    dump_to_store.__vzdask_prepare__ = prepare  # type: ignore[attr-defined]
+    module.dump_to_store = dump_to_store
 
 
 # --- zarr -----------------------------------------------------------------------------------------------------------
@@ -237,6 +269,7 @@ __all__ = [
     "flatten",
     "get_data_type_from_json",
     "get_data_type_from_native_dtype",
+    "install_xarray_write_hook",
     "parse_attributes",
     "parse_dimension_names",
     "parse_shapelike",
