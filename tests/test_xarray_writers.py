@@ -212,6 +212,42 @@ def test_lazy_in_memory_and_persisted_writes(tmp_path):
     xr.testing.assert_identical(read(tmp_path / "persisted.zarr", "zarr3"), want)
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_appending_to_a_zarr_store_and_writing_a_region(tmp_path, zarr_format):
+    """Writes into existing arrays encode with the store's encoding: the virtual variables go in decoded."""
+    source = write_source(tmp_path / "source.nc", "NETCDF4")
+    vds = vzdask.open_virtual_dataset(str(source))
+    out = tmp_path / "grown.zarr"
+    write(vds, out, f"zarr{zarr_format}")
+    later = vds[["tas", "pr", "count"]].assign_coords(time=vds["time"] + np.timedelta64(10, "D"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        later.drop_vars("count").to_zarr(out, append_dim="time")
+        # packed values again into a region of the appended steps (the same values into the same place)
+        later[["tas"]].isel(time=slice(2, 4)).drop_vars(["height", "lat", "lon"]).to_zarr(out, mode="r+",
+                                                                                         region="auto")
+        vds[["count"]].drop_vars("height").to_zarr(out, mode="a")  # an existing array, written over whole
+    got, want = read(out, "zarr"), original(source)
+    assert got.sizes["time"] == 8
+    xr.testing.assert_identical(got.isel(time=slice(0, 4)), want)
+    xr.testing.assert_identical(got[["tas", "pr"]].isel(time=slice(4, 8)).drop_vars("time"),
+                                want[["tas", "pr"]].drop_vars("time"))
+    raw_got, raw_want = read(out, "zarr", decode_cf=False), original(source, decode_cf=False)
+    np.testing.assert_array_equal(raw_got["tas"].values[4:], raw_want["tas"].values)  # packed, exactly as stored
+    np.testing.assert_array_equal(raw_got["pr"].values[4:], raw_want["pr"].values)
+
+
+def test_a_users_encoding_keeps_the_character_dimension(tmp_path):
+    source = write_source(tmp_path / "source.nc", "NETCDF4")
+    out = tmp_path / "copy.nc"
+    vzdask.open_virtual_dataset(str(source)).to_netcdf(
+        out, encoding={"station": {"zlib": True}, "tas": {"zlib": True, "complevel": 1}})
+    xr.testing.assert_identical(read(out, "netcdf4"), original(source))
+    with netCDF4.Dataset(out) as copy:
+        assert copy["station"].dimensions == ("lat", "nchar")
+        assert copy["station"].filters()["zlib"] and copy["tas"].filters()["complevel"] == 1
+
+
 def test_a_missing_source_file_is_named(tmp_path):
     source = write_source(tmp_path / "gone.nc", "NETCDF4")
     vds = vzdask.open_virtual_dataset(str(source))

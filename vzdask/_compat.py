@@ -131,13 +131,15 @@ def dataset_replace(ds: Any, variables: dict, coord_names: set, dims: dict | Non
 
 
 def install_xarray_write_hook(prepare) -> None:
-    """Have every xarray writer run ``prepare(dataset, store) -> dataset`` before it encodes a dataset.
+    """Have every xarray writer run ``prepare(dataset, store, encoding) -> (dataset, encoding)`` first.
 
-    ``dump_to_store`` is the one function ``to_netcdf`` (every engine), ``to_zarr``, ``save_mfdataset`` and
-    the DataTree writers pass a dataset through on its way to the store (in ``xarray.backends.writers``;
-    ``xarray.backends.api`` in xarray 2025.8). xarray offers no public hook there, and the writers look the
-    function up in their module at each call, so it is wrapped in that module; installing again replaces
-    the wrapper (a reloaded module). Datasets ``prepare`` returns unchanged are written exactly as before.
+    ``dump_to_store(dataset, store, writer=None, encoder=None, encoding=None, unlimited_dims=None)`` is the
+    one function ``to_netcdf`` (every engine), ``to_zarr``, ``save_mfdataset`` and the DataTree writers
+    pass a dataset through on its way to the store, with the ``encoding=`` the user gave (in
+    ``xarray.backends.writers``; ``xarray.backends.api`` in xarray 2025.8). xarray offers no public hook
+    there, and the writers look the function up in their module at each call, so it is wrapped in that
+    module; installing again replaces the wrapper (a reloaded module). What ``prepare`` returns unchanged
+    is written exactly as before.
     """
     import functools
     import importlib
@@ -152,11 +154,18 @@ def install_xarray_write_hook(prepare) -> None:
         original = original.__wrapped__
 
     @functools.wraps(original)
-    def dump_to_store(dataset, store, *args, **kwargs):
-        return original(prepare(dataset, store), store, *args, **kwargs)
+    def dump_to_store(dataset, store, writer=None, encoder=None, encoding=None, unlimited_dims=None):
+        dataset, encoding = prepare(dataset, store, encoding)
+        return original(dataset, store, writer, encoder=encoder, encoding=encoding, unlimited_dims=unlimited_dims)
 
     dump_to_store.__vzdask_prepare__ = prepare  # type: ignore[attr-defined]
     module.dump_to_store = dump_to_store
+
+
+def zarr_store_mode(store: Any) -> str:
+    """The mode xarray's ``ZarrStore`` writes in (``"w"``, ``"w-"``: new arrays; ``"a"``, ``"a-"``, ``"r+"``:
+    into a store whose existing arrays keep their own CF encoding)."""
+    return store._mode
 
 
 # --- zarr -----------------------------------------------------------------------------------------------------------
@@ -276,6 +285,7 @@ __all__ = [
     "sync",
     "variable_data",
     "variable_fastpath",
+    "zarr_store_mode",
 ]
 
 

@@ -12,22 +12,27 @@ the dask array of its stored values, as a ``decode_cf=False`` dataset opened
 with ``chunks`` is written; the CF attributes go along, so the written file
 reads back decoded exactly as the original does.
 
-Two forms differ from a plain dask write so that the file matches the source:
+Where a plain dask write would not reproduce the source, the hook adapts:
 netCDF char arrays (``S1`` with the character dimension last) go to netCDF
 writers as the fixed-width strings xarray's own decoding makes of them, with
-their character dimension's name, so the writer splits them into the very same
-characters (a plain ``S1`` array would get a new ``string1`` dimension); and
-vzdask's chunk encoding (``chunks``, a zarr word) becomes netCDF's
-``chunksizes``.
+their character dimension's name (also under a user's ``encoding=``), so the
+writer splits them into the very same characters (a plain ``S1`` array would
+get a new ``string1`` dimension); the chunk encoding is the stored chunk shape
+(``chunksizes`` for netCDF); and a zarr write into existing arrays
+(``append_dim``, ``region``, ``mode="a"``), which encodes values with each
+array's own encoding, gets the virtual variables CF-decoded (lazily), as it
+would a dataset from ``xr.open_dataset``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
 
-from vzdask._compat import dataset_replace, install_xarray_write_hook, variable_data, variable_fastpath
+from vzdask._compat import (dataset_replace, decode_cf_variables, install_xarray_write_hook, variable_data,
+                            variable_fastpath, zarr_store_mode)
 from vzdask.manifests.array import ManifestArray
 from vzdask.xarray import MANIFEST_ENCODING_KEY
 
@@ -93,10 +98,37 @@ def _join_characters(block: np.ndarray) -> np.ndarray:
     return block.view(f"S{block.shape[-1]}").reshape(block.shape[:-1])
 
 
-def _prepare(dataset: Any, store: Any) -> Any:
+def decoded_for_existing_store(ds: Any, virtual: Iterable[Hashable]) -> Any:
+    """``ds`` (stored values, as dask arrays) with the ``virtual`` variables CF-decoded, lazily.
+
+    What xarray's zarr writer needs when it writes into existing arrays (``append_dim``, ``region``,
+    ``mode="a"``): it encodes the values with each array's own encoding, so they must be the decoded ones
+    (stored values whose ``_FillValue`` or ``scale_factor`` attributes clash with that encoding are refused).
+    Character arrays stay characters, as the store holds them.
+    """
+    variables = dict(ds.variables)
+    raw = {name: variables[name] for name in virtual}
+    decoded, _, _ = decode_cf_variables(raw, {}, concat_characters=False, decode_coords=False)
+    variables.update(decoded)
+    return dataset_replace(ds, variables, set(ds.coords))
+
+
+def _prepare(dataset: Any, store: Any, encoding: Any) -> tuple[Any, Any]:
+    """The hook every xarray writer runs (``vzdask._compat.install_xarray_write_hook``)."""
     from xarray.backends import ZarrStore
 
-    return stored_values_dataset(dataset, netcdf=not isinstance(store, ZarrStore))
+    virtual = [name for name, var in dataset.variables.items() if isinstance(variable_data(var), ManifestArray)]
+    if not isinstance(store, ZarrStore):
+        written = stored_values_dataset(dataset, netcdf=True)
+        for name in virtual:  # the user's encoding of a char array replaces its own: keep its dimension's name
+            char_dim = written.variables[name].encoding.get("char_dim_name")
+            if encoding and name in encoding and char_dim and "char_dim_name" not in encoding[name]:
+                encoding = {**encoding, name: {**encoding[name], "char_dim_name": char_dim}}
+        return written, encoding
+    written = stored_values_dataset(dataset, netcdf=False)
+    if virtual and zarr_store_mode(store) not in ("w", "w-"):
+        written = decoded_for_existing_store(written, virtual)
+    return written, encoding
 
 
 install_xarray_write_hook(_prepare)
