@@ -206,6 +206,12 @@ def test_lazy_in_memory_and_persisted_writes(tmp_path):
     with xr.open_dataset(bytes(memory), engine="scipy") as ds:
         xr.testing.assert_identical(ds.load(), original(source, NOT_IN_NETCDF3))
 
+    halves = [vds.isel(time=slice(0, 2)), vds.isel(time=slice(2, 4))]  # whole chunks of every variable
+    xr.save_mfdataset(halves, [tmp_path / "first.nc", tmp_path / "second.nc"], engine="h5netcdf")
+    with xr.open_mfdataset([tmp_path / "first.nc", tmp_path / "second.nc"], engine="netcdf4", combine="nested",
+                           concat_dim="time", data_vars="minimal", coords="minimal", compat="override") as both:
+        xr.testing.assert_identical(both.load(), want)
+
     persisted = vds.vz.persist()  # every chunk inlined: the same values
     assert all(persisted[n].data.count()["virtual"] == 0 for n in ("tas", "station"))
     write(persisted, tmp_path / "persisted.zarr", "zarr3")
