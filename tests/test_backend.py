@@ -417,5 +417,5 @@ def test_bad_inputs(rich, tmp_path):
     garbage.write_bytes(b"\x00\x01not a format" * 100)
     with pytest.raises(ParseError, match="garbage.bin: unrecognised file format"):
         xr.open_dataset(garbage, engine="vzdask")
-    with pytest.raises(TypeError, match="engine='vzdask' opens a path or url, a ManifestStore or a ManifestGroup"):
+    with pytest.raises(TypeError, match="engine='vzdask' opens a path or url, an icechunk Repository, Session or IcechunkStore, a ManifestStore"):
         xr.open_dataset(b"\x89HDF", engine="vzdask")

@@ -215,7 +215,7 @@ LAYERS = [
     ["vzdask.policy"],
     ["vzdask.zarr_v2"],
     ["vzdask.parsers.*"],
-    ["vzdask.xarray"],
+    ["vzdask.xarray", "vzdask.xarray_writers"],
     ["vzdask.cf_tasks", "vzdask.combine", "vzdask.fast_combine"],
     ["vzdask.writers.*"],
     ["vzdask.accessor"],

@@ -14,6 +14,7 @@ from vzdask.datatree import open_datatree, open_virtual_datatree
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import open_virtual_dataset
+from vzdask import xarray_writers as _xarray_writers  # noqa: F401  (xarray's writers write virtual variables' values)
 
 __version__ = "0.1.0.dev0"
 

@@ -122,9 +122,50 @@ def variable_fastpath(dims, data, attrs=None, encoding=None):
     return xr.Variable(dims, data, attrs, encoding, fastpath=True)
 
 
-def dataset_replace(ds: Any, variables: dict, coord_names: set):
-    """``ds`` with these variables (same dims, indexes untouched): the constructor would re-align and copy them."""
-    return ds._replace(variables=variables, coord_names=coord_names)
+def dataset_replace(ds: Any, variables: dict, coord_names: set, dims: dict | None = None):
+    """``ds`` with these variables (indexes untouched; ``dims`` if they change): the constructor would re-align
+    and copy them."""
+    if dims is None:
+        return ds._replace(variables=variables, coord_names=coord_names)
+    return ds._replace(variables=variables, coord_names=coord_names, dims=dims)
+
+
+def install_xarray_write_hook(prepare) -> None:
+    """Have every xarray writer run ``prepare(dataset, store, encoding) -> (dataset, encoding)`` first.
+
+    ``dump_to_store(dataset, store, writer=None, encoder=None, encoding=None, unlimited_dims=None)`` is the
+    one function ``to_netcdf`` (every engine), ``to_zarr``, ``save_mfdataset`` and the DataTree writers
+    pass a dataset through on its way to the store, with the ``encoding=`` the user gave (in
+    ``xarray.backends.writers``; ``xarray.backends.api`` in xarray 2025.8). xarray offers no public hook
+    there, and the writers look the function up in their module at each call, so it is wrapped in that
+    module; installing again replaces the wrapper (a reloaded module). What ``prepare`` returns unchanged
+    is written exactly as before.
+    """
+    import functools
+    import importlib
+
+    module: Any
+    try:
+        module = importlib.import_module("xarray.backends.writers")
+    except ImportError:
+        module = importlib.import_module("xarray.backends.api")
+    original = module.dump_to_store
+    if hasattr(original, "__vzdask_prepare__"):
+        original = original.__wrapped__
+
+    @functools.wraps(original)
+    def dump_to_store(dataset, store, writer=None, encoder=None, encoding=None, unlimited_dims=None):
+        dataset, encoding = prepare(dataset, store, encoding)
+        return original(dataset, store, writer, encoder=encoder, encoding=encoding, unlimited_dims=unlimited_dims)
+
+    dump_to_store.__vzdask_prepare__ = prepare  # type: ignore[attr-defined]
+    module.dump_to_store = dump_to_store
+
+
+def zarr_store_mode(store: Any) -> str:
+    """The mode xarray's ``ZarrStore`` writes in (``"w"``, ``"w-"``: new arrays; ``"a"``, ``"a-"``, ``"r+"``:
+    into a store whose existing arrays keep their own CF encoding)."""
+    return store._mode
 
 
 # --- zarr -----------------------------------------------------------------------------------------------------------
@@ -237,12 +278,14 @@ __all__ = [
     "flatten",
     "get_data_type_from_json",
     "get_data_type_from_native_dtype",
+    "install_xarray_write_hook",
     "parse_attributes",
     "parse_dimension_names",
     "parse_shapelike",
     "sync",
     "variable_data",
     "variable_fastpath",
+    "zarr_store_mode",
 ]
 
 

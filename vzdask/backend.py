@@ -3,7 +3,9 @@
 ``xr.open_dataset(url, engine="vzdask")`` (and ``xr.open_mfdataset``,
 ``xr.open_datatree``) parse the file or reference set once with the parser
 ``vzdask.parsers.detect_parser`` picks (netCDF4/HDF5, netCDF3, Zarr, kerchunk
-JSON/Parquet references, and every parser registered there), then give xarray
+JSON/Parquet references, and every parser registered there; an icechunk
+``Repository``, ``Session`` or ``IcechunkStore`` object is parsed by
+``IcechunkParser``), then give xarray
 one lazily indexed array per variable. xarray decodes them as it decodes any
 backend's (``decode_cf``, ``mask_and_scale``, ``decode_times``... all
 honoured, lazily) and turns them into dask arrays when ``chunks=`` is given.
@@ -20,7 +22,7 @@ file's in one request (or from the blocks the parser already read).
 
 Format guessing (``xr.open_dataset(path)`` without ``engine=``) claims only
 what no built-in xarray engine reads: kerchunk references (JSON, Parquet
-directories) and the formats of vzdask's other parsers. netCDF4/HDF5 and
+directories), the formats of vzdask's other parsers and Icechunk objects. netCDF4/HDF5 and
 netCDF3 files are left to the netcdf4/h5netcdf/scipy engines and ``.zarr``
 stores to the zarr engine (``engine="vzdask"`` opens them all when asked).
 """
@@ -45,8 +47,9 @@ from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.metadata import numpy_attributes, xarray_attributes
 from vzdask.manifests.store import ManifestStore
+from vzdask.parsers.icechunk import is_icechunk_source
 from vzdask.registry import ObjectStoreRegistry
-from vzdask.xarray import as_url, dimension_names
+from vzdask.xarray import as_url, dimension_names, source_url
 
 #: Dimension coordinates up to this size are read when the file is opened (xarray indexes them anyway).
 EAGER_COORDINATE_BYTES = 16 * 2**20
@@ -197,20 +200,21 @@ def parse(
     """``(group node, parsed_bytes)``: what ``filename_or_obj`` holds at ``group``, parsed once.
 
     ``filename_or_obj``: a path or url (its parser detected from its first
-    bytes, or ``parser``), a ``ManifestStore`` or a ``ManifestGroup``.
+    bytes, or ``parser``), an icechunk ``Repository`` (branch ``main``),
+    ``Session`` or ``IcechunkStore``, a ``ManifestStore`` or a ``ManifestGroup``.
     """
     if isinstance(filename_or_obj, ManifestGroup):
         filename_or_obj = ManifestStore(filename_or_obj)
     parsed_bytes = None
     if isinstance(filename_or_obj, ManifestStore):
         store, rooted = filename_or_obj, False
-    elif isinstance(filename_or_obj, (str, os.PathLike)):
+    elif isinstance(filename_or_obj, (str, os.PathLike)) or is_icechunk_source(filename_or_obj):
         from vzdask.parsers import detect_parser
 
-        url = as_url(os.fspath(filename_or_obj))
+        source, url = source_url(filename_or_obj)
         registry = registry if registry is not None else ObjectStoreRegistry.default()
         if parser is None:
-            parser = detect_parser(url, registry, group=group, drop_variables=drop_variables,
+            parser = detect_parser(source, registry, group=group, drop_variables=drop_variables,
                                    on_unsupported=on_unsupported)
         if hasattr(parser, "parse_keeping_reads"):
             store, parsed_bytes = parser.parse_keeping_reads(url, registry)
@@ -219,7 +223,8 @@ def parse(
         rooted = bool(getattr(parser, "group", None))  # the parser made the group the store's root
     else:
         raise TypeError(
-            f"engine='vzdask' opens a path or url, a ManifestStore or a ManifestGroup, not {type(filename_or_obj).__name__}"
+            "engine='vzdask' opens a path or url, an icechunk Repository, Session or IcechunkStore, a ManifestStore "
+            f"or a ManifestGroup, not {type(filename_or_obj).__name__}"
         )
     node: Any = store.group
     if group and not rooted:
@@ -248,9 +253,9 @@ class VzdaskBackendEntrypoint(BackendEntrypoint):
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
-        """Kerchunk references and formats no built-in engine reads; never netCDF/HDF5 or ``.zarr`` (see module)."""
-        if isinstance(filename_or_obj, (ManifestStore, ManifestGroup)):
-            return True
+        """Kerchunk references, formats no built-in engine reads, Icechunk objects; never netCDF/HDF5 or ``.zarr``."""
+        if isinstance(filename_or_obj, (ManifestStore, ManifestGroup)) or is_icechunk_source(filename_or_obj):
+            return True  # objects no other engine claims
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             return False
         try:

@@ -389,7 +389,7 @@ def _freeze(mapping: dict[str, Any]) -> tuple | None:
 
 
 def open_virtual_dataset(
-    url: str,
+    url: str | Any,
     *,
     parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
     registry: ObjectStoreRegistry | None = None,
@@ -404,8 +404,10 @@ def open_virtual_dataset(
 
     Parameters
     ----------
-    url : str
-        Local path or ``file://``, ``s3://``, ``http(s)://``, ``memory://`` url.
+    url : str or icechunk object
+        Local path or ``file://``, ``s3://``, ``http(s)://``, ``memory://`` url; or an
+        icechunk ``Repository`` (its branch ``main``), ``Session`` or ``IcechunkStore``
+        (for a tag, snapshot or location: ``parser=IcechunkParser(obj, tag=...)``).
     parser : Parser or callable, optional
         A ``vzdask.parsers`` parser (``HDFParser(...)``, ...) or any callable
         ``parser(url, registry) -> ManifestStore``; detected from the file's
@@ -446,7 +448,7 @@ def open_virtual_dataset(
 
 
 def open_virtual_parts(
-    url: str,
+    url: str | Any,
     *,
     parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
     registry: ObjectStoreRegistry | None = None,
@@ -468,11 +470,11 @@ def open_virtual_parts(
     """
     from vzdask.parsers import Parser, detect_parser
 
-    url = as_url(url)
+    source, url = source_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
     inherit = bool(inherit_coords and group and group.strip("/"))
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=None if inherit else group,
+        parser = detect_parser(source, registry, inline=inline, group=None if inherit else group,
                                drop_variables=drop_variables, on_unsupported=on_unsupported,
                                opened=opened)
     elif inline is not None:
@@ -515,7 +517,7 @@ def _check_group(store: ManifestStore, group: str | None, url: str) -> None:
 
 
 def open_virtual_groups(
-    url: str,
+    url: str | Any,
     *,
     parser: Parser | Callable[[str, ObjectStoreRegistry], ManifestStore] | None = None,
     registry: ObjectStoreRegistry | None = None,
@@ -533,10 +535,10 @@ def open_virtual_groups(
     """
     from vzdask.parsers import detect_parser
 
-    url = as_url(url)
+    source, url = source_url(url)
     registry = registry if registry is not None else ObjectStoreRegistry.default()
     if parser is None:
-        parser = detect_parser(url, registry, inline=inline, group=group, drop_variables=drop_variables,
+        parser = detect_parser(source, registry, inline=inline, group=group, drop_variables=drop_variables,
                                on_unsupported=on_unsupported)
     elif inline is not None or on_unsupported != "raise":
         raise ValueError("pass inline= and on_unsupported= to the parser's constructor when giving parser=")
@@ -563,6 +565,20 @@ def open_virtual_groups(
             decode_times=decode_times, parsed_bytes=parsed_bytes,
         )
     return out
+
+
+def source_url(source: Any) -> tuple[Any, str]:
+    """``(what detect_parser is given, the url the parser is called with)`` for what the user opens.
+
+    A path or url gives its url twice; an icechunk ``Repository``, ``Session`` or ``IcechunkStore`` is
+    itself what the parser reads, named by its location (or kind and snapshot) in messages.
+    """
+    from vzdask.parsers.icechunk import icechunk_source_url, is_icechunk_source
+
+    if is_icechunk_source(source):
+        return source, icechunk_source_url(source)
+    url = as_url(source)
+    return url, url
 
 
 def as_url(url: str) -> str:

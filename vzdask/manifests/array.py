@@ -408,11 +408,10 @@ class ManifestArray(DaskMethodsMixin):
         return self._persisted is None
 
     def astype(self, dtype, copy: bool = True):
-        """A lazy dask array of the stored (raw) values cast to ``dtype``.
+        """A lazy dask array of the stored (raw) values cast to ``dtype``, as ``dask.array.Array.astype``.
 
-        What xarray's netCDF writers call: ``vds.to_netcdf(path)`` writes the
-        stored values with their CF attributes, as a ``decode_cf=False``
-        dataset would be written, so the file reads back as the originals.
+        (xarray's writers do not need it: ``vzdask.xarray_writers`` hands them
+        the dask array of the stored values.)
         """
         return self.to_dask_array().astype(dtype, copy=copy)
 

@@ -12,6 +12,7 @@ dependencies (h5py, tifffile, pyarrow, jinja2, astropy, eccodes, icechunk) are i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from vzdask.parsers.common import IsolatingParser, ObstoreFile, ParseError, Parser
 from vzdask.parsers.dmrpp import DMRPPParser
@@ -19,7 +20,7 @@ from vzdask.parsers.fits import FITSParser
 from vzdask.parsers.grib import GRIB_SIGNATURE, GRIBParser
 from vzdask.parsers.hdf4 import HDF4_SIGNATURE, HDF4Parser
 from vzdask.parsers.hdf5 import HDF5_SIGNATURE, HDFParser
-from vzdask.parsers.icechunk import IcechunkParser
+from vzdask.parsers.icechunk import IcechunkParser, is_icechunk_source
 from vzdask.parsers.kerchunk import KerchunkJSONParser, KerchunkParquetParser
 from vzdask.parsers.netcdf3 import NETCDF3_SIGNATURES, NetCDF3Parser
 from vzdask.parsers.tiff import TIFF_SIGNATURES, TIFFParser
@@ -37,7 +38,7 @@ HEAD_BYTES = 4096
 
 
 def detect_parser(
-    url: str, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group: str | None = None,
+    url: str | Any, registry: ObjectStoreRegistry, *, inline: InlinePolicy | None = None, group: str | None = None,
     drop_variables: Iterable[str] | None = None, opened: ObstoreFile | None = None, on_unsupported: str = "raise",
 ) -> Parser:
     """Choose a parser from the first bytes of ``url``; error naming the url and what was found.
@@ -49,6 +50,10 @@ def detect_parser(
     (``.zmetadata`` with ``record_size``), then a Zarr store (``zarr.json``,
     ``.zgroup`` or ``.zarray``). The chosen parser goes on from the open
     file (``Parser.continue_from``) if it reads through one.
+
+    ``url`` may also be an icechunk ``Repository``, ``Session`` or ``IcechunkStore``: an
+    ``IcechunkParser`` of it (a repository's branch ``main``; call it with
+    ``vzdask.parsers.icechunk.icechunk_source_url(obj)`` as the url).
 
     ``opened``: ``url`` already open (read ahead); used instead of opening it again.
     ``on_unsupported``: for ``HDFParser``, ``HDF4Parser``, ``DMRPPParser`` and ``FITSParser`` (see there);
@@ -62,6 +67,8 @@ def detect_parser(
     FileNotFoundError, ChunkReadError
         There is no object at ``url`` and no store or reference directory either.
     """
+    if is_icechunk_source(url):  # the object is the repository: nothing to read to know what it is
+        return IcechunkParser(url, inline=inline, group=group, drop_variables=drop_variables)
     handle: ObstoreFile | None = None
     open_error: Exception | None = None
     try:

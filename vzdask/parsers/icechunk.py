@@ -67,6 +67,29 @@ def is_icechunk_repository(url: str, registry: ObjectStoreRegistry) -> bool:
     return run_sync(any_exists())
 
 
+def is_icechunk_source(obj: Any) -> bool:
+    """Whether ``obj`` is an icechunk Repository, Session or IcechunkStore (icechunk is imported only for those)."""
+    if type(obj).__module__.partition(".")[0] != "icechunk":
+        return False
+    import icechunk
+
+    return isinstance(obj, (icechunk.Repository, icechunk.Session, icechunk.IcechunkStore))
+
+
+def icechunk_source_url(obj: Any) -> str:
+    """What names an Icechunk object in messages (the url its parser is called with).
+
+    A repository's location where its storage tells it (``file:///...``,
+    ``s3://bucket/prefix``); else the kind of object and its snapshot.
+    """
+    import icechunk
+
+    if isinstance(obj, icechunk.Repository):
+        return _location_of(obj.storage) or "icechunk Repository"
+    session = obj if isinstance(obj, icechunk.Session) else obj.session
+    return f"icechunk {type(obj).__name__} (snapshot {session.snapshot_id})"
+
+
 class IcechunkParser(Parser):
     """Parse one snapshot of an Icechunk repository into a ManifestStore.
 
@@ -314,4 +337,5 @@ class _SnapshotReader(ZarrTreeReader):
         return dict(zip(keys, got))
 
 
-__all__ = ["REPOSITORY_MARKERS", "IcechunkParser", "is_icechunk_repository"]
+__all__ = ["REPOSITORY_MARKERS", "IcechunkParser", "icechunk_source_url", "is_icechunk_repository",
+           "is_icechunk_source"]
