@@ -157,7 +157,7 @@ def _hdus(handle: ObstoreFile, url: str):
                 break
             cards.extend(found)
         try:
-            header = fits.Header.fromstring(b"".join(cards).decode("ascii", "replace"))
+            header = _Values(fits.Header.fromstring(b"".join(cards).decode("ascii", "replace")))
         except Exception as err:
             raise ParseError(f"{url}: HDU {index}: unreadable header: {err}") from err
         yield index, header, offset
@@ -202,11 +202,30 @@ def _name(header, index: int, used: set[str]) -> str:
     return name
 
 
-def _cards(header) -> dict[str, Any]:
-    """Header cards as attributes: their values (COMMENT/HISTORY/blank cards as lists of text)."""
+class _Values(dict):
+    """A header's values by keyword (a keyword's first card), and its cards as attributes (``_cards``).
+
+    astropy's ``Header`` parses a card's value again at every lookup (with
+    its configuration looked up each time): read once here, the lookups of
+    a parse cost dict lookups.
+    """
+
+    def __init__(self, header) -> None:
+        pairs = [(card.keyword, card.value) for card in header.cards]
+        values: dict[str, Any] = {}
+        for key, value in pairs:
+            values.setdefault(key, value)
+        super().__init__(values)
+        self.attributes = _cards(pairs)
+
+
+def _cards(cards) -> dict[str, Any]:
+    """Header cards (``_Values``, or ``(keyword, value)`` pairs) as attributes: their values (COMMENT/HISTORY/blank
+    cards as lists of text)."""
+    if isinstance(cards, _Values):
+        return dict(cards.attributes)
     out: dict[str, Any] = {}
-    for card in header.cards:
-        key, value = card.keyword, card.value
+    for key, value in cards:
         if key == "END":
             continue
         if key in ("COMMENT", "HISTORY", ""):
