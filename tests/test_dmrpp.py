@@ -429,3 +429,15 @@ def test_chunk_lists_not_plain_go_to_elementtree(tmp_path):
     with pytest.raises(ParseError, match=r"'/v': chunk position \[20\] lies outside the chunk grid \(10,\)"):
         _ten_chunks(tmp_path, chunk=lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
                     f'chunkPositionInArray="[{4 * i + 4}]"/>')
+
+
+def test_chunk_lists_read_ahead_under_another_prefix(tmp_path):
+    """The read-ahead finds the DMR++ namespace by its prefix, whatever the document calls it."""
+    name = "chunked_shufzip_threeD.h5.dmrpp"
+    text = (FIXTURES / name).read_text("latin-1").replace("dmrpp:", "pp:").replace("xmlns:dmrpp=", "xmlns:pp=")
+    renamed = tmp_path / name
+    renamed.write_text(text, encoding="latin-1")
+    ours = DMRPPParser(data_url=url(name.removesuffix(".dmrpp")))(renamed.as_uri(), REGISTRY)
+    published = DMRPPParser()(url(name), REGISTRY)
+    for path, array in arrays(published).items():
+        assert arrays(ours)[path].manifest == array.manifest and arrays(ours)[path].metadata == array.metadata
