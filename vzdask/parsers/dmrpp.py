@@ -417,6 +417,8 @@ class _Walk:
         if found is not None:
             return found
         attribs = [piece.attrib for piece in chunks.findall(_P + "chunk")]
+        if len(attribs) == 1:  # the usual small variable
+            return _Pieces(1, {key: [value] for key, value in attribs[0].items()})
         keys: set[str] = set().union(*attribs) if attribs else set()
         return _Pieces(len(attribs), {key: [a.get(key) for a in attribs] for key in keys})
 
@@ -429,6 +431,8 @@ class _Walk:
                 raise ParseError(f"{where}: {count} dmrpp:chunk elements without chunkPositionInArray for a "
                                  f"chunk grid {grid}")
             return np.zeros(1, np.int64)
+        if not isinstance(positions, np.ndarray) and count <= _MANY:  # a few: numpy's per-call costs would dominate
+            return np.array([_flat_index(p, chunk_shape, grid, shape, where) for p in positions], np.int64)
         try:
             if isinstance(positions, np.ndarray):  # read by _parse
                 starts = positions.reshape(count, ndim)
@@ -469,6 +473,23 @@ def _starts(position) -> list[int]:
     if not isinstance(position, str):
         return [int(v) for v in position]
     return [int(v) for v in position.strip("[] ").split(",") if v.strip()]
+
+
+def _flat_index(position: str | None, chunk_shape, grid, shape, where: str) -> int:
+    """One chunk's flat grid index from its ``chunkPositionInArray``."""
+    try:
+        starts = _starts(position) if position is not None else None
+    except ValueError as err:
+        raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({err})") from err
+    if starts is None or len(starts) != len(grid):
+        raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({position!r})")
+    flat = 0
+    for start, size, extent in zip(starts, chunk_shape, grid):
+        index = start // size
+        if not 0 <= index < extent:
+            raise ParseError(f"{where}: chunk position {position} lies outside the chunk grid {grid}")
+        flat = flat * extent + index
+    return flat
 
 
 def _integers(column, count: int) -> np.ndarray:
