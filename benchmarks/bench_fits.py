@@ -1,11 +1,14 @@
 """FITS parsing speed: vzdask FITSParser vs kerchunk's ``fits.process_file`` (what VirtualiZarr's FITSParser wraps).
 
-Run by hand: ``.venv/bin/python benchmarks/bench_fits.py [--files 100] [--repeats 5]``.
+Run by hand: ``.venv/bin/python benchmarks/bench_fits.py [--files 100] [--repeats 5] [--sizes 256,1024] [--quick]``.
 
 ``--files`` FITS files written with astropy: a primary 512x512 int16 image
-(BSCALE/BZERO) and three float32 ``--size`` x ``--size`` (256) IMAGE extensions, as an exposure
-of a multi-detector camera would be. Each round times every method over all
-files, taking turns 10 files at a time; figures are medians over rounds.
+(BSCALE/BZERO) and three float32 ``size`` x ``size`` IMAGE extensions, as an exposure
+of a multi-detector camera would be, for each of ``--sizes`` (a parse reads headers
+only, so its time should not grow with the images). Each round times every method over all
+files, taking turns 10 files at a time; figures are medians over rounds, ratios the
+median of the per-round ratios. ``--quick``: 20 files, 3 rounds. The last line is a
+JSON summary (for ``bench_formats.py``).
 kerchunk reads one HDU per call (``extension=``), so it is called once per
 HDU, as a user wanting every HDU must. Target (issue 21): >= 5x faster than
 kerchunk.
@@ -14,6 +17,7 @@ kerchunk.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 import warnings
@@ -24,6 +28,7 @@ import numpy as np
 DATA = Path(__file__).resolve().parent / "_data" / "fits"
 BATCH = 10
 HDUS = 4
+OURS = "vzdask FITSParser"
 
 
 def make_files(n: int, size: int) -> list[Path]:
@@ -63,14 +68,8 @@ def kerchunk_fits(paths):
 METHODS = {"vzdask FITSParser": vzdask_fits, "kerchunk fits.process_file (every HDU)": kerchunk_fits}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
-    paths = make_files(args.files, args.size)
+def run(paths: list[Path], size: int, repeats: int) -> dict[str, float]:
+    """Time every method on ``paths``; print the table; our ms per file and the ratio to kerchunk."""
     methods = dict(METHODS)
     for name, func in list(methods.items()):
         try:
@@ -79,7 +78,7 @@ def main() -> None:
             print(f"{name}: skipped ({err})")
             del methods[name]
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         totals = dict.fromkeys(methods, 0.0)
         for start in range(0, len(paths), BATCH):
             for name, func in methods.items():
@@ -88,16 +87,40 @@ def main() -> None:
                 totals[name] += time.perf_counter() - begin
         for name in methods:
             times[name].append(totals[name])
-    print(f"\n{len(paths)} files of {HDUS} HDUs ({args.size}^2 detectors), median of {args.repeats} rounds")
+    print(f"\n{len(paths)} files of {HDUS} HDUs ({size}^2 detectors), median of {repeats} rounds")
     print(f"{'method':42s} {'seconds':>9s} {'ms/file':>8s}")
     for name, t in times.items():
         seconds = statistics.median(t)
         print(f"{name:42s} {seconds:9.3f} {1000 * seconds / len(paths):8.2f}")
-    ours = times["vzdask FITSParser"]
+    ours = times[OURS]
+    figures = {f"ms_per_file_{size}": round(1000 * statistics.median(ours) / len(paths), 3)}
     for name in methods:
-        if name != "vzdask FITSParser":
+        if name != OURS:
             ratio = statistics.median(b / a for a, b in zip(ours, times[name]))
             print(f"vzdask FITSParser is {ratio:.1f}x faster than {name}")
+            figures[f"vs_kerchunk_{size}"] = round(ratio, 2)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="256,1024", help="detector sizes, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="20 files, 3 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.repeats = 20, 3
+    warnings.simplefilter("ignore")
+    summary: dict[str, object] = {"format": "fits", "files": args.files, "rounds": args.repeats}
+    ratios = []
+    for size in (int(v) for v in args.sizes.split(",")):
+        figures = run(make_files(args.files, size), size, args.repeats)
+        summary.update(figures)
+        ratios += [v for k, v in figures.items() if k.startswith("vs_kerchunk")]
+    if ratios:
+        summary["vs_kerchunk"] = min(ratios)  # the worst size
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

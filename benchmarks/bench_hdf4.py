@@ -1,6 +1,7 @@
 """HDF4 parsing speed: vzdask ``HDF4Parser`` against kerchunk's ``HDF4ToZarr`` and VirtualiZarr's ``HDF4Parser``.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_hdf4.py [--files 100] [--repeats 5]``.
+Run by hand: ``.venv/bin/python benchmarks/bench_hdf4.py [--files 100] [--repeats 5] [--quick]``
+(``--quick``: 30 files, 3 rounds; the last line is a JSON summary for ``bench_formats.py``).
 Target (issue 21): vzdask >= 5x faster than kerchunk's HDF4 reader. The collection is
 ``--files`` local copies of the real HDF4 files in tests/fixtures/hdf4 that kerchunk 0.2.10
 can parse (it fails on contiguous SDSs, the TRMM granule and the HDF-EOS2 grids: KeyError
@@ -12,6 +13,7 @@ per-round ratio. VirtualiZarr's HDF4Parser (which wraps kerchunk) runs after the
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -74,7 +76,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="30 files, 3 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.repeats = 30, 3
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="bench-hdf4-") as tmp:
         paths = make_collection(Path(tmp), args.files)
@@ -101,10 +106,16 @@ def main() -> None:
     ours = times[pair[0]]
     print(f"\n{args.files} files, median of {args.repeats} rounds")
     print(f"{'method':40s} {'seconds':>9s} {'ms/file':>8s} {'x vzdask':>9s}")
+    keys = {pair[1]: "vs_kerchunk", "VirtualiZarr 2.x HDF4Parser": "vs_virtualizarr"}
+    summary: dict[str, object] = {"format": "hdf4", "files": args.files, "rounds": args.repeats,
+                                  "ms_per_file": round(statistics.median(ours) / args.files * 1e3, 3)}
     for label, t in times.items():
         seconds = statistics.median(t)
         ratio = statistics.median(a / b for a, b in zip(t, ours))
         print(f"{label:40s} {seconds:9.3f} {seconds / args.files * 1e3:8.2f} {ratio:9.1f}")
+        if label in keys:
+            summary[keys[label]] = round(ratio, 2)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -386,3 +386,58 @@ def test_one_request_for_the_document(tmp_path, monkeypatch):
     store = DMRPPParser(data_url=url("chunked_shufzip_threeD.h5"))(big.as_uri(), REGISTRY)
     assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["big.h5.dmrpp", "big.h5.dmrpp"]
     assert store.group["d_8_shufzip_chunks"].manifest.count()["virtual"] == 128
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have a Zarr V3 specification")
+@pytest.mark.parametrize("name", ["chunked_shufzip_threeD.h5.dmrpp", "test32v3.nc4.dmrpp", "nc4_unlimited_0.h5.dmrpp"])
+def test_chunk_lists_read_ahead_equal_elementtree(name, monkeypatch):
+    """Long plain chunk lists are read ahead of ElementTree (``_parse``); the store is the same as ElementTree's."""
+    from vzdask.parsers import dmrpp
+
+    fast = DMRPPParser()(url(name), REGISTRY)
+    monkeypatch.setattr(dmrpp, "_MANY", 10**9)  # every list to ElementTree
+    slow = DMRPPParser()(url(name), REGISTRY)
+    assert arrays(fast).keys() == arrays(slow).keys()
+    for path, array in arrays(fast).items():
+        assert array.metadata == arrays(slow)[path].metadata and array.manifest == arrays(slow)[path].manifest, path
+
+
+def _ten_chunks(tmp_path, chunk=lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
+                f'chunkPositionInArray="[{2 * i}]"/>', between=""):
+    pieces = between.join(chunk(i) for i in range(10))
+    body = (f'<Int32 name="v"><Dim size="20"/><dmrpp:chunks><dmrpp:chunkDimensionSizes>2</dmrpp:chunkDimensionSizes>'
+            f'{pieces}</dmrpp:chunks></Int32>')
+    return DMRPPParser()(write_document(tmp_path, body), REGISTRY).group["v"]
+
+
+def test_chunk_lists_not_plain_go_to_elementtree(tmp_path):
+    """Lists the read-ahead does not take (other spellings, attributes, comments) give the same manifest."""
+    plain = _ten_chunks(tmp_path)
+    assert plain.manifest.count()["virtual"] == 10
+    assert plain.manifest.dict()["9"] == {"path": plain.manifest.dict()["0"]["path"], "offset": 172, "length": 8}
+    variants = [
+        {"chunk": lambda i: f'<dmrpp:chunk chunkPositionInArray="[{2 * i}]" offset="{100 + 8 * i}" nBytes="8"/>'},
+        {"chunk": lambda i: f"<dmrpp:chunk offset='{100 + 8 * i}' nBytes='8' chunkPositionInArray='[{2 * i}]'/>"},
+        {"chunk": lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" chunkPositionInArray="[ {2 * i} ]" '
+                            f'fm="0"/>'},
+        {"between": "<!-- a comment -->\n"},
+        {"chunk": lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" chunkPositionInArray="[{2 * i}]">'
+                            "</dmrpp:chunk>"},
+    ]
+    for variant in variants:
+        assert _ten_chunks(tmp_path, **variant).manifest == plain.manifest, variant
+    with pytest.raises(ParseError, match=r"'/v': chunk position \[20\] lies outside the chunk grid \(10,\)"):
+        _ten_chunks(tmp_path, chunk=lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
+                    f'chunkPositionInArray="[{4 * i + 4}]"/>')
+
+
+def test_chunk_lists_read_ahead_under_another_prefix(tmp_path):
+    """The read-ahead finds the DMR++ namespace by its prefix, whatever the document calls it."""
+    name = "chunked_shufzip_threeD.h5.dmrpp"
+    text = (FIXTURES / name).read_text("latin-1").replace("dmrpp:", "pp:").replace("xmlns:dmrpp=", "xmlns:pp=")
+    renamed = tmp_path / name
+    renamed.write_text(text, encoding="latin-1")
+    ours = DMRPPParser(data_url=url(name.removesuffix(".dmrpp")))(renamed.as_uri(), REGISTRY)
+    published = DMRPPParser()(url(name), REGISTRY)
+    for path, array in arrays(published).items():
+        assert arrays(ours)[path].manifest == array.manifest and arrays(ours)[path].metadata == array.metadata

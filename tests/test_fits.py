@@ -255,3 +255,39 @@ def test_large_images_are_cut_into_row_bands(tmp_path, monkeypatch):
     with fits.open(path) as f:
         np.testing.assert_array_equal(compute(group["PRIMARY"]), f[0].data)
         np.testing.assert_array_equal(compute(group["SQ"]), f["SQ"].data)
+
+
+@pytest.mark.filterwarnings("ignore:.*TDIM:astropy.io.fits.verify.VerifyWarning")
+def test_binary_table_columns_with_tdim(tmp_path):
+    """TDIMn shapes columns as astropy does: C order, character columns' first axis the string length."""
+    rows = 4
+    columns = [
+        fits.Column("cube", "24J", dim="(4,3,2)", array=np.arange(rows * 24).reshape(rows, 2, 3, 4)),
+        fits.Column("names", "15A", dim="(5,3)", array=np.array([["ab", "cde", "f"], ["g", "", "hijkl"]] * 2)),
+        fits.Column("one", "E", array=np.arange(rows, dtype="f4")),
+        fits.Column("part", "10E", array=RNG.random((rows, 10)).astype("f4")),
+        fits.Column("over", "2I", array=np.arange(rows * 2).reshape(rows, 2)),
+        fits.Column("plain", "3D", array=RNG.random((rows, 3))),
+    ]
+    hdu = fits.BinTableHDU.from_columns(columns, name="T")
+    hdu.header["TDIM3"] = "(1)"
+    hdu.header["TDIM4"] = "(2,3)"  # fewer elements than the field holds: the first six
+    hdu.header["TDIM5"] = "(3)"  # more than it holds: ignored, as by astropy
+    path = tmp_path / "tdim.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    table = parse(path)["T"]
+    assert table["cube"].shape == (rows, 2, 3, 4)
+    assert table["cube"].metadata.dimension_names == ("row", "cube_tdim3", "cube_tdim2", "cube_tdim1")
+    assert table["names"].shape == (rows, 3) and table["names"].metadata.dimension_names == ("row", "names_tdim2")
+    assert table["plain"].metadata.dimension_names == ("row", "plain_repeat")
+    assert table["over"].shape == (rows, 2)
+    with fits.open(path) as f:
+        data = f["T"].data
+        for name in ("cube", "one", "part", "over", "plain"):
+            assert compute(table[name]).shape == data[name].shape, name
+            np.testing.assert_array_equal(compute(table[name]), data[name], err_msg=name)
+        assert compute(table["names"]).astype(str).tolist() == data["names"].tolist()
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes(path.read_bytes().replace(b"'(4,3,2) '", b"'(4;3,2) '"))
+    with pytest.raises(ParseError, match=r"'/T': column 1 \('cube'\): TDIM1 '\(4;3,2\)' is not a list of axis"):
+        parse(bad)

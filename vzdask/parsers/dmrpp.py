@@ -120,14 +120,11 @@ class DMRPPParser(IsolatingParser):
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         text = handle.read_range(0, handle.size)
-        try:
-            root = ElementTree.fromstring(text)
-        except ElementTree.ParseError as err:
-            raise ParseError(f"{url}: not a DMR++ document (XML error: {err})") from err
+        root, pieces = _parse(text, url)
         if root.tag != _D + "Dataset":
             raise ParseError(f"{url}: not a DMR++ document (root element {root.tag!r}, expected DAP4 Dataset)")
         data_url = self.data_url or resolve_href(root.get(_P + "href"), url)
-        walk = _Walk(url, normalize_url(data_url), registry, root)
+        walk = _Walk(url, normalize_url(data_url), registry, root, pieces)
         node, path = root, "/"
         if self.group:
             for part in self.group.strip("/").split("/"):
@@ -158,10 +155,12 @@ def _join(parent: str, name: str) -> str:
 class _Walk:
     """One document's walk: dimensions and enumerations by path, the problems found."""
 
-    def __init__(self, url: str, data_url: str, registry: ObjectStoreRegistry, root) -> None:
+    def __init__(self, url: str, data_url: str, registry: ObjectStoreRegistry, root,
+                 pieces: dict[Any, _Pieces]) -> None:
         from vzdask.parsers.hdf5 import PhonyDimensions
 
         self.url, self.data_url, self.registry = url, data_url, registry
+        self.pieces = pieces
         self.problems: list[tuple[str, str]] = []
         self.dims: dict[str, int] = {}
         self.enums: dict[str, tuple[np.dtype, dict[str, int]]] = {}
@@ -320,9 +319,9 @@ class _Walk:
             length = int(fixed.get("string_length", "0"))
             return self._array(var, chunks, where, np.dtype(f"S{length}"), shape, dims, attrs, fill=b"")
         if chunks is not None and not chunks.get("compressionType"):
-            pieces = chunks.findall(_P + "chunk")
-            stored = sum(int(c.get("nBytes", "0")) for c in pieces)
-            if pieces and stored == count:
+            pieces = self._pieces(chunks)
+            stored = sum(int(v or 0) for v in pieces.columns.get("nBytes", ()))
+            if pieces.count and stored == count:
                 return self._array(var, chunks, where, np.dtype("S1"), shape, dims, attrs, fill=b"")
         raise ParseError(f"{where}: the document holds neither the values of this string variable nor their length "
                          "(variable-length strings live in the HDF5 heap)")
@@ -347,24 +346,24 @@ class _Walk:
         if chunks is None:
             raise ParseError(f"{where}: the document gives neither its chunks nor its values")
         sizes = chunks.find(_P + "chunkDimensionSizes")
-        pieces = chunks.findall(_P + "chunk")
-        attribs = [piece.attrib for piece in pieces]
-        keys: set[str] = set().union(*attribs) if attribs else set()
-        if "LinkedBlockIndex" in keys or chunks.find(_P + "block") is not None:
+        pieces = self._pieces(chunks)
+        columns, count = pieces.columns, pieces.count
+        if "LinkedBlockIndex" in columns or chunks.find(_P + "block") is not None:
             raise ParseError(f"{where}: chunks stored as linked blocks (dmrpp:block) are not one byte range each; "
                              "zarr cannot read them")
-        if "fm" in keys:
-            masked = next((a for a in attribs if int(a.get("fm", "0") or 0)), None)
+        if "fm" in columns:
+            masked = next((i for i, v in enumerate(columns["fm"]) if int(v or 0)), None)
             if masked is not None:
-                raise ParseError(f"{where}: chunk {masked.get('chunkPositionInArray', '')} skipped some filters "
-                                 f"(filter mask fm={masked.get('fm')}); cannot virtualize it")
+                position = (columns.get("chunkPositionInArray") or [""] * count)[masked] or ""
+                raise ParseError(f"{where}: chunk {position} skipped some filters "
+                                 f"(filter mask fm={columns['fm'][masked]}); cannot virtualize it")
         if sizes is not None:
             chunk_shape = tuple(int(v) for v in (sizes.text or "").split())
             if len(chunk_shape) != len(shape):
                 raise ParseError(f"{where}: chunk shape {chunk_shape} does not match the shape {shape}")
         else:
-            if len(pieces) > 1:
-                raise ParseError(f"{where}: a contiguous variable given as {len(pieces)} pieces is not supported")
+            if count > 1:
+                raise ParseError(f"{where}: a contiguous variable given as {count} pieces is not supported")
             chunk_shape = tuple(max(int(s), 1) for s in shape)
         grid = tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
         codecs = _codecs(chunks, dtype, where)
@@ -380,29 +379,28 @@ class _Walk:
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
         paths = None
-        if len(attribs) == 1 and "href" not in keys and all(n == 1 for n in grid):  # the usual small variable
-            one = attribs[0]
+        if count == 1 and "href" not in columns and all(n == 1 for n in grid):  # the usual small variable
             try:
-                offsets[...], lengths[...] = int(one["offset"]), int(one["nBytes"])
-            except (KeyError, ValueError) as err:
+                offsets[...], lengths[...] = int(columns["offset"][0]), int(columns["nBytes"][0])
+            except (KeyError, ValueError, TypeError) as err:
                 raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            position = one.get("chunkPositionInArray")
-            if position is not None and any(int(v) for v in position.strip("[] ").split(",") if v.strip()):
-                raise ParseError(f"{where}: chunk position {position} lies outside the chunk grid {grid}")
+            position = columns.get("chunkPositionInArray", [None])[0]
+            if position is not None and any(_starts(position)):
+                raise ParseError(f"{where}: chunk position {_text(position)} lies outside the chunk grid {grid}")
             present[...] = True
-        elif attribs:
-            flat = self._chunk_indices(attribs, "chunkPositionInArray" in keys, chunk_shape, grid, shape, where)
+        elif count:
+            flat = self._chunk_indices(columns.get("chunkPositionInArray"), count, chunk_shape, grid, shape, where)
             try:  # every chunk's numbers at once: documents list thousands of chunks
-                offsets.flat[flat] = np.array([a["offset"] for a in attribs]).astype(np.uint64)
-                lengths.flat[flat] = np.array([a["nBytes"] for a in attribs]).astype(np.uint64)
-            except (KeyError, ValueError) as err:
+                offsets.flat[flat] = _integers(columns["offset"], count)
+                lengths.flat[flat] = _integers(columns["nBytes"], count)
+            except (KeyError, ValueError, TypeError, OverflowError) as err:
                 raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
             present.flat[flat] = True
-            if "href" in keys:
+            if "href" in columns:
                 paths = np.full(grid, self.data_url, dtype=object)
-                for index, a in zip(flat.tolist(), attribs):
-                    if a.get("href"):
-                        paths.flat[index] = normalize_url(_chunk_href(a["href"], self.data_url))
+                for index, href in zip(flat.tolist(), columns["href"]):
+                    if href:
+                        paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
         if not present.any():
             manifest = ChunkManifest.empty(grid)
         elif paths is None:
@@ -413,26 +411,199 @@ class _Walk:
         return ManifestArray(metadata, manifest, registry=self.registry)
 
 
+    def _pieces(self, chunks) -> _Pieces:
+        """The ``dmrpp:chunk`` elements of ``chunks``: read ahead of ElementTree (``_parse``), else from its elements."""
+        found = self.pieces.get(chunks)
+        if found is not None:
+            return found
+        attribs = [piece.attrib for piece in chunks.findall(_P + "chunk")]
+        if len(attribs) == 1:  # the usual small variable
+            return _Pieces(1, {key: [value] for key, value in attribs[0].items()})
+        keys: set[str] = set().union(*attribs) if attribs else set()
+        return _Pieces(len(attribs), {key: [a.get(key) for a in attribs] for key in keys})
+
     @staticmethod
-    def _chunk_indices(attribs, positioned: bool, chunk_shape, grid, shape, where: str) -> np.ndarray:
+    def _chunk_indices(positions, count: int, chunk_shape, grid, shape, where: str) -> np.ndarray:
         """The flat grid index of each chunk, from ``chunkPositionInArray`` (element indices of its first element)."""
         ndim = len(grid)
-        if not positioned:  # one chunk, unpositioned: the whole (contiguous or scalar) variable
-            if len(attribs) > 1 or not int(np.prod(grid)):
-                raise ParseError(f"{where}: {len(attribs)} dmrpp:chunk elements without chunkPositionInArray for a "
+        if positions is None:  # one chunk, unpositioned: the whole (contiguous or scalar) variable
+            if count > 1 or not int(np.prod(grid)):
+                raise ParseError(f"{where}: {count} dmrpp:chunk elements without chunkPositionInArray for a "
                                  f"chunk grid {grid}")
             return np.zeros(1, np.int64)
+        if not isinstance(positions, np.ndarray) and count <= _MANY:  # a few: numpy's per-call costs would dominate
+            return np.array([_flat_index(p, chunk_shape, grid, shape, where) for p in positions], np.int64)
         try:
-            text = ",".join(a["chunkPositionInArray"] for a in attribs).replace("[", "").replace("]", "")
-            starts = np.array(text.split(","), dtype=np.int64).reshape(len(attribs), ndim)
-        except (KeyError, ValueError) as err:
+            if isinstance(positions, np.ndarray):  # read by _parse
+                starts = positions.reshape(count, ndim)
+            else:
+                text = ",".join(positions).replace("[", "").replace("]", "").split(",")
+                starts = np.fromiter(map(int, text), np.int64, len(text)).reshape(count, ndim)
+        except (TypeError, ValueError) as err:
             raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({err})") from err
         index = starts // np.asarray(chunk_shape, np.int64)
         outside = (index < 0) | (index >= np.asarray(grid, np.int64))
         if outside.any():
-            bad = attribs[int(np.flatnonzero(outside.any(axis=1))[0])]["chunkPositionInArray"]
-            raise ParseError(f"{where}: chunk position {bad} lies outside the chunk grid {grid}")
+            bad = positions[int(np.flatnonzero(outside.any(axis=1))[0])]
+            raise ParseError(f"{where}: chunk position {_text(bad)} lies outside the chunk grid {grid}")
         return np.ravel_multi_index(tuple(index.T), grid)
+
+
+class _Pieces:
+    """The ``dmrpp:chunk`` elements of one ``dmrpp:chunks`` as columns: attribute name -> each chunk's value.
+
+    Values are ``str`` (or None where a chunk lacks the attribute) from
+    ElementTree; numbers (a column of ints, positions as rows) when
+    ``_parse`` read them ahead of it.
+    """
+
+    __slots__ = ("columns", "count")
+
+    def __init__(self, count: int, columns: dict[str, list]) -> None:
+        self.count, self.columns = count, columns
+
+
+def _text(position) -> str:
+    """A chunk position as the document writes it."""
+    return position if isinstance(position, str) else "[" + ",".join(str(v) for v in position) + "]"
+
+
+def _starts(position) -> list[int]:
+    """A chunk position's element indices."""
+    if not isinstance(position, str):
+        return [int(v) for v in position]
+    return [int(v) for v in position.strip("[] ").split(",") if v.strip()]
+
+
+def _flat_index(position: str | None, chunk_shape, grid, shape, where: str) -> int:
+    """One chunk's flat grid index from its ``chunkPositionInArray``."""
+    try:
+        starts = _starts(position) if position is not None else None
+    except ValueError as err:
+        raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({err})") from err
+    if starts is None or len(starts) != len(grid):
+        raise ParseError(f"{where}: chunk positions do not match the shape {shape} ({position!r})")
+    flat = 0
+    for start, size, extent in zip(starts, chunk_shape, grid):
+        index = start // size
+        if not 0 <= index < extent:
+            raise ParseError(f"{where}: chunk position {position} lies outside the chunk grid {grid}")
+        flat = flat * extent + index
+    return flat
+
+
+def _integers(column, count: int) -> np.ndarray:
+    """A column of byte offsets or sizes as uint64 (a ``_parse`` column already holds numbers)."""
+    if isinstance(column, np.ndarray):
+        return column.astype(np.uint64)
+    return np.fromiter(map(int, column), np.uint64, count)
+
+
+_PREFIX = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']" + re.escape(DMRPP_NS.encode()) + rb"[\"']")
+#: Deleting digits leaves the form of a chunk element; all digits, the rest spaces: its numbers.
+_DIGITS = b"0123456789"
+_NUMBERS = bytes(c if chr(c).isdigit() else 32 for c in range(256))
+#: The attributes read ahead of ElementTree, digits deleted: a list with any other (``href``, ``fm``...) or
+#: numbers of another form (signs, spaces) is left to it.
+_FIELD = re.compile(rb'\s+(offset|nBytes|chunkPositionInArray)="(\[,*\]|)"')
+#: Lists of fewer chunks are left to ElementTree.
+_MANY = 8
+#: Per namespace prefix: a plain (empty) chunk element, and the start of any chunk element.
+_PATTERNS: dict[bytes, tuple[re.Pattern, re.Pattern]] = {}
+
+
+def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
+    """The document's element tree, and the chunk lists read ahead of it by element.
+
+    Most of a document is its ``dmrpp:chunk`` elements, alike and plain
+    (``offset``, ``nBytes``, ``chunkPositionInArray``): ElementTree would
+    spend ~90% of its time making an element of each. Lists of only such
+    elements (``_MANY`` or more) are read here as columns of numbers and cut out of
+    the text ElementTree parses; anything else (other attributes, comments,
+    children, quotes other than ``"``, entities) is left to ElementTree, and
+    so is the whole document when the chunk lists found here do not match
+    its ``dmrpp:chunks`` elements one to one.
+    """
+    tables: list[_Pieces | None] = []
+    kept: list[bytes] = []
+    found = _PREFIX.search(text, 0, 4096)
+    if found is not None:
+        prefix = found.group(1)
+        patterns = _PATTERNS.get(prefix)
+        if patterns is None:
+            name = re.escape(prefix)
+            patterns = _PATTERNS[prefix] = (re.compile(b"<" + name + rb":chunk(\s[^>]*)/>"),
+                                            re.compile(b"<" + name + rb":chunk[\s/>]"))
+        opening, closing = b"<" + prefix + b":chunks", b"</" + prefix + b":chunks>"
+        end = 0
+        start = text.find(opening)
+        while start >= 0:
+            tag_end = text.find(b">", start)
+            if tag_end < 0 or text[start + len(opening)] not in b" \t\r\n/>":
+                break  # not a chunks element after all: leave the document to ElementTree
+            if text[tag_end - 1] == 47:  # "/>": an empty list
+                tables.append(None)
+                start = text.find(opening, tag_end)
+                continue
+            stop = text.find(closing, tag_end)
+            if stop < 0:
+                break
+            body = text[tag_end + 1 : stop]
+            # a few chunks cost ElementTree little, and reading them here more
+            read = _plain_chunks(body, *patterns) if body.count(b":chunk ") >= _MANY else None
+            tables.append(read and read[0])
+            if read is not None:
+                kept += [text[end : tag_end + 1], read[1]]
+                end = stop
+            start = text.find(opening, stop + len(closing))
+        if start >= 0:  # stopped short: ElementTree reads it all
+            kept = []
+        else:
+            kept.append(text[end:])
+    try:
+        if len(kept) > 1:  # some chunk lists were read here
+            root = ElementTree.fromstring(b"".join(kept))
+            elements = list(root.iter(_P + "chunks"))
+            if len(elements) != len(tables):
+                root, elements = ElementTree.fromstring(text), []
+        else:
+            root, elements = ElementTree.fromstring(text), []
+    except ElementTree.ParseError as err:
+        raise ParseError(f"{url}: not a DMR++ document (XML error: {err})") from err
+    return root, {e: t for e, t in zip(elements, tables) if t is not None}
+
+
+def _plain_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern) -> tuple[_Pieces, bytes] | None:
+    """The plain ``dmrpp:chunk`` elements of one list as columns and the list without them; None if it has others.
+
+    Plain elements differ in their digits only: with the digits deleted,
+    every one reads alike (``nBytes="" chunkPositionInArray="[,,]"
+    offset=""``), and that form says where each number belongs.
+    """
+    if b"<!--" in body or b"<![CDATA[" in body:
+        return None
+    split = chunk.split(body)  # the rest, a chunk's attributes, the rest, ...
+    tags, rest = split[1::2], b"".join(split[0::2])
+    if not tags or other.search(rest):
+        return None
+    form = tags[0].translate(None, _DIGITS)
+    count = len(tags)
+    if b"\n".join(tags).translate(None, _DIGITS) != b"\n".join([form] * count):
+        return None
+    fields = _FIELD.findall(form)
+    names = [name.decode() for name, _ in fields]
+    if _FIELD.sub(b"", form).strip() or len(set(names)) != len(names) or not {"offset", "nBytes"} <= set(names):
+        return None
+    widths = [1 if value == b"" else 0 if value == b"[]" else value.count(b",") + 1 for _, value in fields]
+    numbers = np.fromstring(b" ".join(tags).translate(_NUMBERS), dtype=np.int64, sep=" ")
+    if numbers.size != count * sum(widths):
+        return None
+    table = numbers.reshape(count, sum(widths))
+    columns: dict[str, Any] = {}
+    for name, width, start in zip(names, widths, np.cumsum([0, *widths]).tolist()):
+        columns[name] = table[:, start] if name != "chunkPositionInArray" else table[:, start : start + width]
+    return _Pieces(count, columns), rest
+
 
 def _chunk_href(href: str, data_url: str) -> str:
     """A chunk's own file: a url with a scheme as it is, else by name beside the data file."""

@@ -20,7 +20,12 @@ What each HDU becomes:
 * binary tables: a group named like an image HDU, its cards as attributes,
   each fixed-width column an array of ``row`` (and ``{column}_repeat`` for
   repeated fields) with one chunk per row (a column's bytes are strided
-  through the rows); ``TSCALn``/``TZEROn``/``TNULLn`` as CF attributes;
+  through the rows); a column with ``TDIMn`` has that shape after ``row``,
+  in C order (``TDIM = '(4,3,2)'``: ``(row, 2, 3, 4)``, dimensions
+  ``{column}_tdim3, _tdim2, _tdim1``; for character columns the first axis
+  is the string length), as astropy gives it (also when ``TDIMn`` asks for
+  fewer elements than ``TFORMn`` holds: the first ones; one asking for more
+  is ignored, as by astropy); ``TSCALn``/``TZEROn``/``TNULLn`` as CF attributes;
   character columns are ``S{n}`` bytes (astropy gives them as ``str``, with
   trailing spaces removed); logical, bit and variable-length columns cannot
   be virtualized;
@@ -58,6 +63,10 @@ FITS_SIGNATURE = b"SIMPLE  =                    T"
 #: Uncompressed images larger than this are cut into bands of whole rows (contiguous byte ranges), so dask tasks
 #: and reads stay this size.
 IMAGE_CHUNK_BYTES = 16 * 2**20
+#: Bytes read per cached block: headers are whole 2880-byte blocks at multiples of 2880, so blocks of four
+#: hold a header of up to 144 cards at once, and a header fetched ahead costs 11.5 KB, not 64 KiB (what a
+#: wrong guess of where the next header is wastes).
+HEADER_BYTES = 4 * BLOCK
 #: Headers fetched ahead in one request, guessing that HDUs are spaced alike (the detectors of one camera).
 PREFETCH = 8
 BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -91,7 +100,7 @@ class FITSParser(IsolatingParser):
         return head.startswith(FITS_SIGNATURE)
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        handle = self._open(url, registry)
+        handle = self._open(url, registry, block_size=HEADER_BYTES)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         if not handle.read_range(0, len(FITS_SIGNATURE)) == FITS_SIGNATURE:
@@ -148,7 +157,7 @@ def _hdus(handle: ObstoreFile, url: str):
                 break
             cards.extend(found)
         try:
-            header = fits.Header.fromstring(b"".join(cards).decode("ascii", "replace"))
+            header = _Values(fits.Header.fromstring(b"".join(cards).decode("ascii", "replace")))
         except Exception as err:
             raise ParseError(f"{url}: HDU {index}: unreadable header: {err}") from err
         yield index, header, offset
@@ -193,11 +202,30 @@ def _name(header, index: int, used: set[str]) -> str:
     return name
 
 
-def _cards(header) -> dict[str, Any]:
-    """Header cards as attributes: their values (COMMENT/HISTORY/blank cards as lists of text)."""
+class _Values(dict):
+    """A header's values by keyword (a keyword's first card), and its cards as attributes (``_cards``).
+
+    astropy's ``Header`` parses a card's value again at every lookup (with
+    its configuration looked up each time): read once here, the lookups of
+    a parse cost dict lookups.
+    """
+
+    def __init__(self, header) -> None:
+        pairs = [(card.keyword, card.value) for card in header.cards]
+        values: dict[str, Any] = {}
+        for key, value in pairs:
+            values.setdefault(key, value)
+        super().__init__(values)
+        self.attributes = _cards(pairs)
+
+
+def _cards(cards) -> dict[str, Any]:
+    """Header cards (``_Values``, or ``(keyword, value)`` pairs) as attributes: their values (COMMENT/HISTORY/blank
+    cards as lists of text)."""
+    if isinstance(cards, _Values):
+        return dict(cards.attributes)
     out: dict[str, Any] = {}
-    for card in header.cards:
-        key, value = card.keyword, card.value
+    for key, value in cards:
         if key == "END":
             continue
         if key in ("COMMENT", "HISTORY", ""):
@@ -312,18 +340,23 @@ def _table(header, data_offset: int, name: str, url: str, registry, where: str,
             kind = {"L": "logical", "X": "bit", "P": "variable-length", "Q": "variable-length"}[code]
             problems.append((f"/{name}/{column}", f"{kind} column (TFORM {code}) cannot be virtualized"))
             continue
-        if code == "A":
-            dtype, shape, chunks, dims = np.dtype(f"S{repeat}"), (rows,), (1,), ("row",)
-            width = repeat
-        else:
-            dtype = np.dtype(TFORM_DTYPES[code])
-            width = repeat * dtype.itemsize
-            if repeat == 1:
-                shape, chunks, dims = (rows,), (1,), ("row",)
-            else:
-                shape, chunks, dims = (rows, repeat), (1, repeat), ("row", f"{column}_repeat")
         if repeat == 0:
             continue
+        tdim = _tdim(header, n, repeat, f"{where}: column {n} ({column!r})")
+        if code == "A":  # TDIM's first axis is the length of the strings
+            dtype = np.dtype(f"S{tdim[0] if tdim else repeat}")
+            axes = tdim[1:] if tdim else ()
+        else:
+            dtype = np.dtype(TFORM_DTYPES[code])
+            axes = tdim if tdim else (repeat,) if repeat != 1 else ()
+        inner = tuple(reversed(axes))  # C order: the last FITS axis first
+        if tdim:
+            names = tuple(f"{column}_tdim{i}" for i in range(len(tdim), len(tdim) - len(axes), -1))
+        else:
+            names = (f"{column}_repeat",) if axes else ()
+        shape, chunks, dims = (rows, *inner), (1, *inner), ("row", *names)
+        width = int(np.prod(inner, dtype=np.int64)) * dtype.itemsize  # the first elements of the field if TDIM
+        # asks for fewer than TFORM holds
         attrs: dict[str, Any] = {}
         for key in ("TUNIT", "TDISP", "TDIM"):
             if f"{key}{n}" in header:
@@ -334,6 +367,22 @@ def _table(header, data_offset: int, name: str, url: str, registry, where: str,
         arrays[column] = _array(dtype, shape, chunks, dims, attrs, url, registry, offsets, [width] * rows,
                                 fill=b"" if code == "A" else 0)
     return ManifestGroup(arrays=arrays, attributes=_cards(header))
+
+
+def _tdim(header, n: int, repeat: int, where: str) -> tuple[int, ...] | None:
+    """``TDIMn`` as its axes in FITS order (``(4,3,2)``), or None without one or, as astropy, when it asks for more
+    elements than ``TFORMn`` holds."""
+    text = header.get(f"TDIM{n}")
+    if text is None:
+        return None
+    import re
+
+    if not re.fullmatch(r"\s*\(\s*\d+(\s*,\s*\d+)*\s*\)\s*", str(text)):
+        raise ParseError(f"{where}: TDIM{n} {text!r} is not a list of axis lengths such as '(4,3,2)'")
+    axes = tuple(int(v) for v in str(text).strip().strip("()").split(","))
+    if int(np.prod(axes, dtype=np.int64)) > repeat:
+        return None
+    return axes
 
 
 def _compressed(header, data_offset: int, name: str, handle: ObstoreFile, url: str, registry,

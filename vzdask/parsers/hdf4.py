@@ -421,12 +421,25 @@ def _comp_header(header: bytes, what: str) -> tuple[int, int, int]:
 def _check_compression(code: int) -> int:
     """``code`` if a zarr codec decodes it (none, deflate), else refuse the SDS.
 
-    SZIP might map to imagecodecs' szip codec, but no file with HDF4's SZIP
-    encoding was at hand to check it against (pyhdf's wheels cannot write
-    SZIP), so it is refused rather than guessed.
+    SZIP is refused although a codec exists: imagecodecs-zarr's ``Szip``
+    (``imagecodecs_szip``: ``options_mask``, ``pixels_per_block``,
+    ``bits_per_pixel``, ``pixels_per_scanline``, ``header``; libaec) decodes
+    a raw SZIP stream, and HDF4's own sources say where the parameters are
+    (the compression header after the coder type: pixels, pixels per
+    scanline, options mask, bits per pixel, pixels per block) and that each
+    element written since HDF4 4.2r1 (options mask bit 0x10000) starts with a
+    5-byte preamble (a stored-uncompressed flag, then the stream's length)
+    before the stream. But no HDF4 library at hand writes or reads SZIP to
+    check such a mapping's values against: pyhdf's wheels are built without
+    libsz (``setcompress(SDC.COMP_SZIP, ...)``: "Encoder not available";
+    reading an SZIP SDS fails), Debian's hdf4-tools likewise (``hrepack``:
+    "SZIP compression is not available"), and none of the shared test files
+    is SZIP-compressed. An unchecked mapping could give wrong values without
+    an error, so such an SDS is refused.
     """
     if code == 5:
-        raise _Refused("compressed with HDF4 SZIP, which this parser does not map to a zarr codec")
+        raise _Refused("compressed with HDF4 SZIP, which this parser does not map to a zarr codec (no HDF4 "
+                       "library at hand reads SZIP to check a mapping's values against)")
     if code not in (COMP_NONE, COMP_DEFLATE):
         raise _Refused(f"compressed with HDF4 {COMP_NAMES.get(code, f'code {code}')}, "
                        "for which no zarr codec reads HDF4's encoding")
