@@ -37,7 +37,8 @@ def combine_parts(
     parts : sequence of VirtualParts
         One per file.
     combine : {"by_coords", "nested"}
-        ``"nested"`` is handled for a flat list along one existing dimension.
+        ``"nested"`` is handled for a flat list along one existing dimension, or along a new one
+        (files with equal coordinates stacked, as many scenes of one grid).
     concat_dim : str or None
         The nested concatenation dimension.
     kwargs : dict
@@ -72,6 +73,10 @@ def combine_parts(
         dim = concat_dim
         if any(d != dim for d in differing):
             return None  # another dimension's coordinates differ: xarray aligns them
+    elif combine == "nested" and isinstance(concat_dim, str) and concat_dim not in first.variables:
+        if differing or any(len(n) > 1 for n in sizes.values()):
+            return None  # xarray aligns (outer join) files whose coordinates or sizes differ
+        return _stack_parts(parts, concat_dim)
     else:
         return None
     if any(len(n) > 1 for d, n in sizes.items() if d != dim):
@@ -94,6 +99,30 @@ def combine_parts(
     if dim in variables and combine == "by_coords" and not _monotonic(variables[dim]):
         return None  # xarray refuses a non-monotonic global index
     return VirtualParts(variables, first.coord_names, first.loaded, first.attrs).to_dataset()
+
+
+def _stack_parts(parts: Sequence[VirtualParts], dim: str) -> xr.Dataset | None:
+    """``xr.concat`` of uniform files along a new dimension ``dim``, as ``combine_nested`` makes it.
+
+    With ``data_vars="all"`` every data variable gains ``dim`` first (virtual
+    ones stacked by their manifests in one step, not expanded and joined file
+    by file); with ``coords="minimal"`` and ``compat="override"`` every
+    coordinate is the first file's; ``dim`` has no coordinate.
+    """
+    first = parts[0]
+    variables = {}
+    for name, var in first.variables.items():
+        if name in first.coord_names:
+            variables[name] = decode_loaded(name, var, first.decode_times) if name in first.raw_times else var
+            continue
+        stacked = _concat([p.variables[name] for p in parts], dim)
+        if stacked is None:
+            return None
+        variables[name] = stacked
+    # xarray lists the coordinates the files share first, then the stacked variables
+    ordered = {name: var for name, var in variables.items() if name in first.coord_names}
+    ordered.update((name, var) for name, var in variables.items() if name not in first.coord_names)
+    return VirtualParts(ordered, first.coord_names, first.loaded, first.attrs).to_dataset()
 
 
 def _same_raw_times(parts: Sequence[VirtualParts]) -> list[VirtualParts]:
@@ -225,8 +254,13 @@ def _concat(variables: list[xr.Variable], dim: str) -> xr.Variable | None:
     first = variables[0]
     try:
         if isinstance(variable_data(first), ManifestArray) and all(v.dtype == first.dtype for v in variables):
-            data = np.concatenate([variable_data(v) for v in variables], axis=first.get_axis_num(dim))
-            return xr.Variable(first.dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
+            arrays = [variable_data(v) for v in variables]
+            if dim in first.dims:
+                data = np.concatenate(arrays, axis=first.get_axis_num(dim))
+                dims = first.dims
+            else:  # a new dimension, first (xarray's ``set_dims`` then ``concat``)
+                data, dims = np.stack(arrays, axis=0), (dim, *first.dims)
+            return xr.Variable(dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
         return xr.Variable.concat(variables, dim, combine_attrs="override")
     except (ValueError, TypeError):
         return None  # e.g. a partial last chunk inside the result
