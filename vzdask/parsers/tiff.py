@@ -362,8 +362,8 @@ def _nodata(page, dtype: np.dtype) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def _walk(tif, url: str) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
-    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags)."""
+def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
+    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``)."""
     tifffile = _tifffile()
     byteorder = tif.byteorder
     entries: list[tuple[str, Any, int]] = []  # (ifd label, page, role flags)
@@ -413,7 +413,7 @@ def _walk(tif, url: str) -> tuple[list[_Level | ParseError], list[_Level | Parse
             home.masks.append(img)
         else:
             others.append((label, img))
-    return stacked, overviews, others, _geotiff_tags(tif)
+    return stacked, overviews, others, _geotiff_tags(tif) if geo else {}
 
 
 #: GeoTIFF's georeferencing tags, also read when a file has no GeoKeys (no CRS, as GDAL writes it).
@@ -834,8 +834,66 @@ class TIFFParser(IsolatingParser):
         report_unsupported(url, problems, self.on_unsupported, "/" + wanted)
         return group
 
+    def scene_table(self, url: str, registry: ObjectStoreRegistry) -> SceneTable | None:
+        """The chunk tables of this file's root ``image`` (and ``mask``), and the key of everything else it is made of.
+
+        For stacking many scenes of one layout and grid (``vzdask.fast_combine.stack_tiff_scenes``):
+        files with equal keys parse to root groups that differ in their chunk references only, so
+        one file's parse and every file's tables make the stack. The key holds each array's layout,
+        codecs, fill value and attributes, the IFDs' labels and the raw GeoTIFF tags (the grid).
+        None when this file needs the whole parse: not readable, an IFD that does not parse
+        (``on_unsupported``), a multi-page stack, a short last strip (inlined when padded).
+        """
+        tifffile = _tifffile()
+        try:
+            file = self._open(url, registry)
+            tif = tifffile.TiffFile(_Unclosable(file), name=url.rsplit("/", 1)[-1])
+        except Exception:  # the whole parse reports it
+            return None
+        with tif:
+            try:
+                stacked, overviews, others, _ = _walk(tif, url, geo=False)
+                first = tif.pages.first
+                geo = tuple((code, first.tags[code].value) for code in _GEO_TAGS if code in first.tags)
+            except Exception:
+                return None
+        levels = [*stacked, *overviews, *(img for _, img in others)]
+        if not stacked or any(isinstance(lv, ParseError) for lv in levels):
+            return None
+        if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
+            return None
+        root = stacked[0]
+        if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
+            return None
+        parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
+        key: list[Any] = [geo]
+        for name, img in parts.items():
+            if not isinstance(img, _Image):
+                return None
+            rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
+            if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+                return None
+            key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
+        try:
+            hash(tuple(key))
+        except TypeError:
+            return None
+        return SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+
     def __repr__(self) -> str:
         return f"TIFFParser(inline={self.inline!r}, group={self.group!r})"
+
+
+#: The first IFD's GeoTIFF tags (model tags, GeoKey directory, double and ASCII params): equal raw tags, one grid.
+_GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+
+
+@dataclass(frozen=True)
+class SceneTable:
+    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``."""
+
+    key: tuple
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 class _Unclosable:
@@ -851,4 +909,4 @@ class _Unclosable:
         pass
 
 
-__all__ = ["TIFF_SIGNATURES", "TIFFParser", "geotransform"]
+__all__ = ["TIFF_SIGNATURES", "SceneTable", "TIFFParser", "geotransform"]
