@@ -411,6 +411,11 @@ def test_s3_equals_local(cog, s3_bucket, s3_env):
     remote = open_virtual_dataset(url)
     assert remote["image"].data.manifest.urls == (url,)
     xr.testing.assert_identical(remote.vzdask.compute(), open_virtual_dataset(cog).vzdask.compute())
+    client.put_object(Bucket=bucket, Key="cogs/again.tif", Body=open(cog, "rb").read())
+    stack = vzdask.open_virtual_mfdataset([url, f"s3://{bucket}/cogs/again.tif"], concat_dim="time", combine="nested")
+    assert stack["image"].data.manifest.urls == (url, f"s3://{bucket}/cogs/again.tif")  # the scene path, remotely
+    local = vzdask.open_virtual_mfdataset([cog, cog], concat_dim="time", combine="nested")
+    xr.testing.assert_identical(stack.vzdask.compute(), local.vzdask.compute())
 
 
 # --------------------------------------------------------------------------- #

@@ -901,9 +901,18 @@ class _Unclosable:
 
     def __init__(self, file: ObstoreFile) -> None:
         self._file = file
+        self.seek, self.tell, self.readinto = file.seek, file.tell, file.readinto  # tifffile's calls, unwrapped
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Bytes from the position on, sliced from the cached blocks (no ``readinto`` buffer per tag)."""
+        file = self._file
+        start = file.tell()
+        data = file.read_range(start, file.size - start if size is None or size < 0 else size)
+        file.seek(start + len(data))
+        return data
 
     def close(self) -> None:
         pass
