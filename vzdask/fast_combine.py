@@ -130,6 +130,10 @@ def _stacked(first: VirtualParts, dim: str, stack) -> xr.Dataset | None:
     return VirtualParts(ordered, first.coord_names, first.loaded, first.attrs).to_dataset()
 
 
+#: Remote scenes whose headers ``stack_tiff_scenes`` fetches at once (with ``vzdask.read-ahead: auto``).
+SCENE_READ_AHEAD = 16
+
+
 def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict) -> xr.Dataset | None:
     """Many TIFF scenes of one layout and grid stacked along a new ``concat_dim``, reading only their chunk tables.
 
@@ -144,7 +148,9 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     """
     from contextlib import closing
 
-    from vzdask.parsers.read_ahead import read_ahead
+    import dask
+
+    from vzdask.parsers.read_ahead import read_ahead, read_ahead_depth
     from vzdask.parsers.tiff import TIFFParser
     from vzdask.registry import ObjectStoreRegistry
     from vzdask.xarray import DecodedCache, as_url, open_virtual_parts
@@ -162,7 +168,10 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     registry = options.get("registry") or ObjectStoreRegistry.default()
     scenes = parser if parser is not None else TIFFParser(drop_variables=options.get("drop_variables"))
     tables = []
-    with closing(read_ahead(urls, registry)) as ahead:
+    depth = read_ahead_depth(urls, registry)
+    if depth and dask.config.get("vzdask.read-ahead", "auto") == "auto":
+        depth = SCENE_READ_AHEAD  # remote: a header each is all that is read, so many are in flight at once
+    with closing(read_ahead(urls, registry, depth=depth)) as ahead:
         for url, opened in ahead:
             if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
                 return None
