@@ -130,8 +130,8 @@ def _stacked(first: VirtualParts, dim: str, stack) -> xr.Dataset | None:
     return VirtualParts(ordered, first.coord_names, first.loaded, first.attrs).to_dataset()
 
 
-#: Remote scenes whose headers ``stack_tiff_scenes`` fetches at once (with ``vzdask.read-ahead: auto``).
-SCENE_READ_AHEAD = 16
+#: Scenes whose headers ``stack_tiff_scenes`` fetches ahead, remote and local (with ``vzdask.read-ahead: auto``).
+SCENE_READ_AHEAD, LOCAL_SCENE_READ_AHEAD = 16, 4
 
 
 def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict) -> xr.Dataset | None:
@@ -169,8 +169,10 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     scenes = parser if parser is not None else TIFFParser(drop_variables=options.get("drop_variables"))
     tables = []
     depth = read_ahead_depth(urls, registry)
-    if depth and dask.config.get("vzdask.read-ahead", "auto") == "auto":
-        depth = SCENE_READ_AHEAD  # remote: a header each is all that is read, so many are in flight at once
+    if dask.config.get("vzdask.read-ahead", "auto") == "auto":
+        # a header each is all that is read: remote, many in flight at once; local, a few read while
+        # tifffile parses (on a loaded machine each read otherwise waits for obstore's threads to run)
+        depth = SCENE_READ_AHEAD if depth else LOCAL_SCENE_READ_AHEAD
     with closing(read_ahead(urls, registry, depth=depth)) as ahead:
         for url, opened in ahead:
             if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
