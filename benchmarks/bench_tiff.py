@@ -1,7 +1,11 @@
 """Many COGs: virtualize a collection of Cloud-Optimized GeoTIFFs, and read all their data.
 
 Run by hand: ``.venv/bin/python benchmarks/bench_tiff.py [--files 100] [--size 1024] [--bands 3] [--repeats 3]
-[--skip-read] [--virtual-tiff-path DIR]``.
+[--skip-read] [--virtual-tiff-path DIR] [--quick]``. ``--quick``: 20 COGs of 512x512 (seconds, for
+``bench_formats.py``). The last line printed is a JSON summary ``{"format": "tiff", ...}``: the ratios to
+the peers (``virtualize_vs_fastest_peer``: how many times faster than the fastest peer, target >= 5;
+``read_vs_floor``: vzdask's read time over the single-thread decode floor, target <= 0.75), the peers
+that failed and why, and the machine's load average.
 The collection (issue 20): ``--files`` COGs of ``--size`` x ``--size`` pixels, ``--bands`` uint16 bands,
 deflate + predictor 2, 512x512 tiles, with overviews (GDAL's COG driver, through rasterio),
 written once to ``benchmarks/_data/``.
@@ -9,7 +13,8 @@ written once to ``benchmarks/_data/``.
 Virtualize (target: >= 5x faster than the fastest peer), each stacked along a new ``time`` dimension:
   vzdask            open_virtual_mfdataset(files, concat_dim="time", combine="nested") (serial, like the peers)
   virtual-tiff      VirtualiZarr 2.x open_virtual_mfdataset(..., parser=VirtualTIFF(ifd=0)) (serial), in a
-                    child process (see virtual_tiff_virtualize: it cannot share a process with vzdask's codecs)
+                    child process (see virtual_tiff_virtualize: it cannot share a process with vzdask's codecs);
+                    virtual-tiff 0.5.0 fails with zarr 3.4 (``Endian() takes no arguments``): reported as failed
   kerchunk          tiff_to_zarr per file (references of each file only: no combine step, which favours it)
   vzdask parse      TIFFParser per file, no combine (kerchunk's measure)
 Read all data into one numpy array (target: <= 0.75x the single-thread decode floor):
@@ -17,13 +22,17 @@ Read all data into one numpy array (target: <= 0.75x the single-thread decode fl
   rioxarray         xr.open_mfdataset(files, engine="rasterio", concat_dim="time", combine="nested")
   floor             tifffile.imread(file, key=0, maxworkers=1) per file, one after another: every tile read
                     and decoded in one thread (the same libraries: zlib + imagecodecs' delta)
-Figures are medians of ``--repeats`` runs, each reader in turn.
+Figures are medians of ``--repeats`` runs (at least 7 for virtualizing), each reader in turn; CPU times
+(``time.process_time``, every thread of the process) are printed beside wall times, as the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -95,25 +104,35 @@ def vzdask_parse(paths):
     return [TIFFParser()(f"file://{p}", registry) for p in paths]
 
 
+#: Where ``pip install --target`` put virtual-tiff (and async-tiff, obspec-utils) beside the venv's packages.
+VIRTUAL_TIFF_DIR = os.environ.get("VZDASK_VIRTUAL_TIFF_DIR", os.path.join(sys.prefix, "virtual-tiff"))
+
+
 def virtual_tiff_virtualize(paths, repeats: int, where: str | None) -> float:
     """virtual-tiff + VirtualiZarr in a child process, with virtual-tiff on its path only.
 
     virtual-tiff registers zarr codecs under imagecodecs-zarr's names
-    (``imagecodecs_deflate``...) and importing it imports VirtualiZarr, which
-    takes over ``ds.vz``: install it apart (``pip install --target DIR
-    virtual-tiff``) and name the directory with ``--virtual-tiff-path``.
+    (``imagecodecs_deflate``...), so zarr warns and picks either class for
+    every TIFF codec where both are installed, and importing it imports
+    VirtualiZarr, which takes over ``ds.vz``: it is installed apart (``pip
+    install --target DIR --no-deps virtual-tiff async-tiff obspec-utils``,
+    ``DIR`` = ``--virtual-tiff-path``, default ``<venv>/virtual-tiff``).
     """
-    import os
     import subprocess
-    import sys
+    from importlib.metadata import distributions
 
-    if not where:
-        raise RuntimeError("not run: give --virtual-tiff-path (a `pip install --target DIR virtual-tiff` directory)")
+    if not where or not os.path.isdir(where):
+        raise RuntimeError(f"not installed: `pip install --target {VIRTUAL_TIFF_DIR} --no-deps virtual-tiff "
+                           "async-tiff obspec-utils` (or give --virtual-tiff-path)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (where, os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run([sys.executable, "-c", _VIRTUAL_TIFF, str(repeats), *map(str, paths)], env=env,
                           capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+        import zarr
+
+        versions = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions(path=[where])}
+        raise RuntimeError(f"{done.stderr.strip().splitlines()[-1]} (virtual-tiff {versions.get('virtual-tiff')}, "
+                           f"async-tiff {versions.get('async-tiff')}, zarr {zarr.__version__})")
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -143,68 +162,108 @@ def floor_read(paths):
     return [tifffile.imread(p, key=0, maxworkers=1) for p in paths]
 
 
+#: CPU seconds (this process, every thread) of the last ``timed`` call's runs, by function name: on a
+#: loaded machine wall times wander, the work done does not.
+CPU: dict[str, float] = {}
+
+
 def timed(fn, paths, repeats: int) -> tuple[float, object]:
+    """The median wall time of ``repeats`` runs (and the median CPU time into ``CPU``), and the last result."""
     fn(paths[:2])  # warm-up: imports, pyproj's database, codec registries are not what is measured
-    times, result = [], None
+    times, cpu, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        result = None  # the last result is freed before the next run (reads hold gigabytes)
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn(paths)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    CPU[fn.__name__] = statistics.median(cpu)
     return statistics.median(times), result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--bands", type=int, default=3)
     parser.add_argument("--skip-read", action="store_true", help="virtualize only")
-    parser.add_argument("--virtual-tiff-path", help="a directory virtual-tiff is installed in (pip install --target)")
+    parser.add_argument("--virtual-tiff-path", default=VIRTUAL_TIFF_DIR,
+                        help="a directory virtual-tiff is installed in (pip install --target)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="20 COGs of 512x512: a small run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.size = min(args.files, 20), min(args.size, 512)
+    args.repeats = max(3, args.repeats)  # medians of at least three runs
     warnings.filterwarnings("ignore")
     paths = make_collection(args.files, args.size, args.bands)
-    print(f"{args.files} COGs of {args.size}x{args.size}x{args.bands} uint16 (deflate + predictor 2, 512x512 tiles, overviews); "
-          f"medians of {args.repeats}")
+    print(f"{args.files} COGs of {args.size}x{args.size}x{args.bands} uint16 (deflate + predictor 2, 512x512 tiles, "
+          f"overviews); medians of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    summary: dict = {"format": "tiff", "files": args.files, "size": args.size, "bands": args.bands,
+                     "repeats": args.repeats}
+    failed: dict[str, str] = {}
 
     print("virtualize (stack along a new 'time' dimension):")
     virtualized = {}
+    kerchunk_name, parse_name = "kerchunk tiff_to_zarr (per file, no combine)", "vzdask TIFFParser (per file, no combine)"
     for name, fn in (("vzdask", vzdask_virtualize), ("virtual-tiff + VirtualiZarr", None),
-                     ("kerchunk tiff_to_zarr (per file, no combine)", kerchunk_virtualize),
-                     ("vzdask TIFFParser (per file, no combine)", vzdask_parse)):
+                     (kerchunk_name, kerchunk_virtualize), (parse_name, vzdask_parse)):
         try:
             if fn is None:
-                virtualized[name] = virtual_tiff_virtualize(paths, args.repeats, args.virtual_tiff_path)
+                virtualized[name] = virtual_tiff_virtualize(paths, max(args.repeats, 7), args.virtual_tiff_path)
             else:
-                virtualized[name], _ = timed(fn, paths, args.repeats)
+                virtualized[name], _ = timed(fn, paths, max(args.repeats, 7))  # cheap: more runs, a steadier median
         except Exception as err:  # a peer that cannot open the collection is reported, not timed
-            print(f"  {name:46s}   failed: {type(err).__name__}: {err}")
+            failed[name] = f"{type(err).__name__}: {err}"
+            print(f"  {name:46s}   failed: {failed[name]}")
             continue
-        print(f"  {name:46s} {virtualized[name]:8.3f} s")
-    fastest_peer = min(v for k, v in virtualized.items() if not k.startswith("vzdask"))
-    print(f"  vzdask vs the fastest peer: {fastest_peer / virtualized['vzdask']:.1f}x faster (target >= 5x); "
-          f"per file, no combine: {virtualized['kerchunk tiff_to_zarr (per file, no combine)'] / virtualized['vzdask TIFFParser (per file, no combine)']:.1f}x faster than kerchunk")
+        cpu = f" ({CPU[fn.__name__]:.3f} s CPU)" if fn is not None else ""
+        print(f"  {name:46s} {virtualized[name]:8.3f} s{cpu}")
+    peers = {k: v for k, v in virtualized.items() if not k.startswith("vzdask")}
+    if peers and "vzdask" in virtualized:
+        fastest = min(peers, key=peers.__getitem__)
+        summary["virtualize_s"] = round(virtualized["vzdask"], 4)
+        summary["virtualize_fastest_peer"] = fastest
+        summary["virtualize_vs_fastest_peer"] = round(peers[fastest] / virtualized["vzdask"], 2)
+        print(f"  vzdask vs the fastest peer ({fastest}): {summary['virtualize_vs_fastest_peer']:.2f}x faster "
+              "(target >= 5x)")
+    if "vzdask_virtualize" in CPU and "kerchunk_virtualize" in CPU:
+        summary["virtualize_vs_kerchunk_cpu"] = round(CPU["kerchunk_virtualize"] / CPU["vzdask_virtualize"], 2)
+        print(f"  in CPU time: vzdask {summary['virtualize_vs_kerchunk_cpu']:.2f}x faster than kerchunk")
+    if kerchunk_name in virtualized and parse_name in virtualized:
+        summary["parse_vs_kerchunk"] = round(virtualized[kerchunk_name] / virtualized[parse_name], 2)
+        print(f"  per file, no combine: vzdask {summary['parse_vs_kerchunk']:.2f}x faster than kerchunk")
+    summary["virtualize_target"] = 5
 
-    if args.skip_read:
-        return
-    print("read all data:")
-    read = {}
-    expected = None
-    for name, fn in (("vzdask open_mfdataset", vzdask_read), ("rioxarray + xr.open_mfdataset", rioxarray_read),
-                     ("single-thread decode floor (tifffile)", floor_read)):
-        read[name], values = timed(fn, paths, args.repeats)
-        stacked = np.stack(values) if isinstance(values, list) else np.asarray(values)
-        if name.startswith("rioxarray"):  # (time, band, y, x) -> vzdask's (time, y, x[, band])
-            stacked = np.moveaxis(stacked, 1, -1) if args.bands > 1 else stacked[:, 0]
-        if expected is None:
-            expected = stacked
-        elif not np.array_equal(stacked, expected):
-            raise AssertionError(f"{name} read other values than vzdask")
-        del values, stacked
-        print(f"  {name:46s} {read[name]:8.3f} s")
-    floor = read["single-thread decode floor (tifffile)"]
-    print(f"  vzdask / floor: {read['vzdask open_mfdataset'] / floor:.2f}x (target <= 0.75x); "
-          f"vs rioxarray: {read['rioxarray + xr.open_mfdataset'] / read['vzdask open_mfdataset']:.1f}x faster")
+    if not args.skip_read:
+        print("read all data:")
+        read = {}
+        expected = None
+        for name, fn in (("vzdask open_mfdataset", vzdask_read), ("rioxarray + xr.open_mfdataset", rioxarray_read),
+                         ("single-thread decode floor (tifffile)", floor_read)):
+            read[name], values = timed(fn, paths, args.repeats)
+            stacked = np.stack(values) if isinstance(values, list) else np.asarray(values)
+            if name.startswith("rioxarray"):  # (time, band, y, x) -> vzdask's (time, y, x[, band])
+                stacked = np.moveaxis(stacked, 1, -1) if args.bands > 1 else stacked[:, 0]
+            if expected is None:
+                expected = stacked
+            elif not np.array_equal(stacked, expected):
+                raise AssertionError(f"{name} read other values than vzdask")
+            del values, stacked
+            print(f"  {name:46s} {read[name]:8.3f} s ({CPU[fn.__name__]:.3f} s CPU)")
+        del expected
+        floor = read["single-thread decode floor (tifffile)"]
+        summary["read_s"] = round(read["vzdask open_mfdataset"], 4)
+        summary["read_vs_floor"] = round(read["vzdask open_mfdataset"] / floor, 3)
+        summary["read_vs_rioxarray"] = round(read["rioxarray + xr.open_mfdataset"] / read["vzdask open_mfdataset"], 2)
+        summary["read_vs_floor_cpu"] = round(CPU["vzdask_read"] / CPU["floor_read"], 3)
+        summary["read_target"] = 0.75
+        print(f"  vzdask / floor: {summary['read_vs_floor']:.2f}x (target <= 0.75x; CPU time "
+              f"{summary['read_vs_floor_cpu']:.2f}x); vs rioxarray: {summary['read_vs_rioxarray']:.1f}x faster")
+    summary["failed"] = failed
+    summary["load_average"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

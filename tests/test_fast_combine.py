@@ -84,6 +84,7 @@ def files(tmp_path_factory):
         # beyond datetime64[ns] (year 2262): that file alone decodes to another dtype than the first
         "far": [make("near", np.arange(NT)), make("far", np.arange(NT) + 200000.0),
                 make("nearer", np.arange(NT) + NT)],
+        "same_grid": [make(f"same{i}", np.arange(NT), aux=True) for i in range(3)],
         "fractional": [make(f"frac{i}", np.arange(i * NT, (i + 1) * NT) + 0.25, time_units="hours since 2001-01-01")
                        for i in range(3)],
     }
@@ -172,6 +173,40 @@ FALLBACK_CASES = {
     "virtual time coordinate": ("ascending", {"loadable_variables": ["lat", "lon"]}),
     "a file beyond datetime64[ns]": ("far", {}),
 }
+
+
+NEW_DIMENSION_CASES = {
+    "virtual variables": {},
+    "loaded data variable": {"loadable_variables": ["time", "lat", "lon", "temp"]},
+    "loaded auxiliary coordinates": {"loadable_variables": ["time", "lat", "lon", "height", "area"]},
+    "undecoded times": {"decode_times": False},
+    "threads": {"parallel": "threads"},
+}
+
+
+@pytest.mark.parametrize("case", list(NEW_DIMENSION_CASES))
+def test_fast_path_stacks_along_a_new_dimension_as_xarray(files, monkeypatch, case):
+    fast, slow, handled = open_both(files["same_grid"], monkeypatch, combine="nested", concat_dim="run",
+                                    **NEW_DIMENSION_CASES[case])
+    assert handled
+    assert_same_dataset(fast, slow)
+    assert fast["temp"].dims == ("run", "time", "lat", "lon") and fast.sizes["run"] == 3
+
+
+@pytest.mark.parametrize("group", ["ascending", "other_lat", "no_precip"])
+def test_fast_path_leaves_a_new_dimension_over_differing_files_to_xarray(files, monkeypatch, group):
+    """Coordinates that differ (xarray aligns them) or variables that come and go: not stacked here."""
+    kwargs = {"combine": "nested", "concat_dim": "run"}
+    try:
+        fast, slow, handled = open_both(files[group], monkeypatch, **kwargs)
+    except Exception as err:  # refused: with the fast path off, the very same error
+        monkeypatch.setattr(mfdataset, "combine_parts", lambda *args: None)
+        with pytest.raises(type(err)) as slow_err:
+            open_virtual_mfdataset(files[group], **kwargs)
+        assert str(slow_err.value) == str(err)
+        return
+    assert not handled
+    assert_same_dataset(fast, slow)
 
 
 @pytest.mark.parametrize("case", list(FALLBACK_CASES))

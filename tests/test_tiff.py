@@ -411,6 +411,11 @@ def test_s3_equals_local(cog, s3_bucket, s3_env):
     remote = open_virtual_dataset(url)
     assert remote["image"].data.manifest.urls == (url,)
     xr.testing.assert_identical(remote.vzdask.compute(), open_virtual_dataset(cog).vzdask.compute())
+    client.put_object(Bucket=bucket, Key="cogs/again.tif", Body=open(cog, "rb").read())
+    stack = vzdask.open_virtual_mfdataset([url, f"s3://{bucket}/cogs/again.tif"], concat_dim="time", combine="nested")
+    assert stack["image"].data.manifest.urls == (url, f"s3://{bucket}/cogs/again.tif")  # the scene path, remotely
+    local = vzdask.open_virtual_mfdataset([cog, cog], concat_dim="time", combine="nested")
+    xr.testing.assert_identical(stack.vzdask.compute(), local.vzdask.compute())
 
 
 # --------------------------------------------------------------------------- #
@@ -466,6 +471,103 @@ def test_cogs_on_different_grids_are_refused_naming_both_files(tmp_path):
     with pytest.raises(CombineError, match=r"coordinate 'x' differs between .*pa\.tif .* and .*pb\.tif"):
         vzdask.open_virtual_mfdataset([plain_a, plain_b], concat_dim="time", combine="nested",
                                       drop_variables=["spatial_ref"])
+
+
+def _open_both(files, monkeypatch, **kwargs):
+    """``(scenes, file by file, stacked)``: with the TIFF scene path, without it, and whether it stacked."""
+    from vzdask import fast_combine, mfdataset
+
+    used = []
+
+    def spy(*args):
+        result = fast_combine.stack_tiff_scenes(*args)
+        used.append(result is not None)
+        return result
+
+    kwargs = {"combine": "nested", "concat_dim": "time", **kwargs}
+    monkeypatch.setattr(mfdataset, "stack_tiff_scenes", spy)
+    fast = vzdask.open_virtual_mfdataset(files, **kwargs)
+    monkeypatch.setattr(mfdataset, "stack_tiff_scenes", lambda *args: None)
+    slow = vzdask.open_virtual_mfdataset(files, **kwargs)
+    return fast, slow, used == [True]
+
+
+def _assert_same(fast, slow):
+    assert list(fast.variables) == list(slow.variables) and list(fast.coords) == list(slow.coords)
+    assert fast.attrs == slow.attrs and dict(fast.sizes) == dict(slow.sizes) and list(fast.xindexes) == list(slow.xindexes)
+    for name, want in slow.variables.items():
+        got = fast.variables[name]
+        assert got.dims == want.dims and got.dtype == want.dtype and got.attrs == want.attrs, name
+        assert got.encoding.keys() == want.encoding.keys(), name
+        if isinstance(want.data, vzdask.ManifestArray):
+            assert isinstance(got.data, vzdask.ManifestArray) and got.data.equals(want.data), name
+        else:
+            np.testing.assert_array_equal(got.values, want.values, err_msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, {"drop_variables": ["spatial_ref"]}, {"loadable_variables": ["x", "y"]},
+                                     {"parser": TIFFParser()}, {"decode_times": False}])
+def test_scenes_of_one_grid_stack_from_their_chunk_tables_as_file_by_file(cog, tmp_path, monkeypatch, options):
+    """COGs of one layout and grid (mask, overviews): the first parsed, the others' chunk tables read; the same Dataset."""
+    import shutil
+
+    files = [shutil.copy(cog, tmp_path / f"copy{i}.tif") for i in range(3)]
+    fast, slow, stacked = _open_both(files, monkeypatch, **options)
+    assert stacked
+    _assert_same(fast, slow)
+    assert fast["image"].dims == ("time", "y", "x", "band") and fast["mask"].dims == ("time", "y", "x")
+    assert fast["image"].data.manifest.urls == tuple(f"file://{f}" for f in files)
+    with rasterio.open(cog) as src:
+        expected = np.moveaxis(src.read(), 0, -1)
+        masks = src.read_masks(1)
+    got = fast.vzdask.compute()
+    np.testing.assert_array_equal(got["image"].values, np.stack([expected] * 3))
+    np.testing.assert_array_equal(got["mask"].values.astype("uint8") * 255, np.stack([masks] * 3))
+
+
+def test_scenes_with_their_own_values_and_a_missing_tile(tmp_path, monkeypatch):
+    scenes = [_scene(tmp_path / f"s{i}.tif", i) for i in range(4)]
+    sparse = _write(tmp_path / "sparse.tif", np.full((1, 200, 300), -1, "int16"), driver="COG", compress="deflate",
+                    predictor=2, blocksize=64, nodata=-1, crs=UTM, transform=from_origin(500000, 4000000, 30, 30),
+                    sparse_ok=True)
+    files = [p for p, _ in scenes] + [sparse]
+    fast, slow, stacked = _open_both(files, monkeypatch)
+    assert stacked and fast["image"].data.manifest.count()["missing"] > 0
+    _assert_same(fast, slow)
+    expected = np.stack([d for _, d in scenes] + [np.full((200, 300), -1, "int16")])
+    np.testing.assert_array_equal(fast.vzdask.compute()["image"].values, expected)
+    analysis = vzdask.open_mfdataset(files, concat_dim="time", combine="nested")  # reads through the same stack
+    np.testing.assert_array_equal(analysis["image"].values, np.where(expected == -1, np.nan, expected))
+
+
+def test_scenes_that_differ_are_opened_file_by_file(cog, tmp_path, monkeypatch):
+    """Another grid, size or layout, a short last strip, another format: the scene path steps aside."""
+    first, _ = _scene(tmp_path / "a.tif", 0)
+    bigger, _ = _scene(tmp_path / "big.tif", 1, size=(256, 300))
+    deflate = _write(tmp_path / "strips_a.tif", _ramp(1, 50, 40, "uint16"), compress="deflate", blockysize=16)
+    deflate_b = _write(tmp_path / "strips_b.tif", _ramp(1, 50, 40, "uint16")[:, ::-1].copy(), compress="deflate",
+                       blockysize=16)
+    from vzdask import fast_combine
+
+    registry = ObjectStoreRegistry.default()
+    key = TIFFParser().scene_table(f"file://{first}", registry).key
+    assert TIFFParser().scene_table(f"file://{bigger}", registry).key != key
+    assert TIFFParser().scene_table(f"file://{deflate}", registry) is None  # 50 rows in strips of 16: padded
+    for files in ([first, bigger], [deflate, deflate_b]):
+        try:
+            fast, slow, stacked = _open_both(files, monkeypatch)
+        except (CombineError, ValueError) as err:  # refused: the file-by-file path's own error
+            assert "big.tif" in str(err)
+            continue
+        assert not stacked
+        _assert_same(fast, slow)
+    loaded_mask = _open_both([cog, cog], monkeypatch, loadable_variables=["x", "y", "mask"])
+    assert not loaded_mask[2]  # a loaded data variable is xarray's to stack
+    _assert_same(*loaded_mask[:2])
+    options = {"inline": None, "parser": None, "registry": registry}
+    assert fast_combine.stack_tiff_scenes([first, first], {**options, "group": "overview_1"}, "time",
+                                          dict(fast_combine.HANDLED)) is None
+    assert fast_combine.stack_tiff_scenes([first, first], options, "y", dict(fast_combine.HANDLED)) is None
 
 
 # --------------------------------------------------------------------------- #

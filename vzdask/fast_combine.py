@@ -20,6 +20,7 @@ import xarray as xr
 
 from vzdask._compat import variable_data, variable_fastpath
 from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.manifest import ChunkManifest
 from vzdask.xarray import VirtualParts, decode_loaded
 
 #: The combine keywords this path reproduces (``open_virtual_mfdataset``'s defaults); ``join`` does not
@@ -37,7 +38,8 @@ def combine_parts(
     parts : sequence of VirtualParts
         One per file.
     combine : {"by_coords", "nested"}
-        ``"nested"`` is handled for a flat list along one existing dimension.
+        ``"nested"`` is handled for a flat list along one existing dimension, or along a new one
+        (files with equal coordinates stacked, as many scenes of one grid).
     concat_dim : str or None
         The nested concatenation dimension.
     kwargs : dict
@@ -72,6 +74,10 @@ def combine_parts(
         dim = concat_dim
         if any(d != dim for d in differing):
             return None  # another dimension's coordinates differ: xarray aligns them
+    elif combine == "nested" and isinstance(concat_dim, str) and concat_dim not in first.variables:
+        if differing or any(len(n) > 1 for n in sizes.values()):
+            return None  # xarray aligns (outer join) files whose coordinates or sizes differ
+        return _stack_parts(parts, concat_dim)
     else:
         return None
     if any(len(n) > 1 for d, n in sizes.items() if d != dim):
@@ -94,6 +100,107 @@ def combine_parts(
     if dim in variables and combine == "by_coords" and not _monotonic(variables[dim]):
         return None  # xarray refuses a non-monotonic global index
     return VirtualParts(variables, first.coord_names, first.loaded, first.attrs).to_dataset()
+
+
+def _stack_parts(parts: Sequence[VirtualParts], dim: str) -> xr.Dataset | None:
+    """``xr.concat`` of uniform files along a new dimension ``dim``, as ``combine_nested`` makes it.
+
+    With ``data_vars="all"`` every data variable gains ``dim`` first (virtual
+    ones stacked by their manifests in one step, not expanded and joined file
+    by file); with ``coords="minimal"`` and ``compat="override"`` every
+    coordinate is the first file's; ``dim`` has no coordinate.
+    """
+    return _stacked(parts[0], dim, lambda name: _concat([p.variables[name] for p in parts], dim))
+
+
+def _stacked(first: VirtualParts, dim: str, stack) -> xr.Dataset | None:
+    """The Dataset of ``_stack_parts``: ``stack(name)`` gives each data variable stacked (None: not handled)."""
+    variables = {}
+    for name, var in first.variables.items():
+        if name in first.coord_names:
+            variables[name] = decode_loaded(name, var, first.decode_times) if name in first.raw_times else var
+            continue
+        stacked = stack(name)
+        if stacked is None:
+            return None
+        variables[name] = stacked
+    # xarray lists the coordinates the files share first, then the stacked variables
+    ordered = {name: var for name, var in variables.items() if name in first.coord_names}
+    ordered.update((name, var) for name, var in variables.items() if name not in first.coord_names)
+    return VirtualParts(ordered, first.coord_names, first.loaded, first.attrs).to_dataset()
+
+
+#: Scenes whose headers ``stack_tiff_scenes`` fetches ahead, remote and local (with ``vzdask.read-ahead: auto``).
+SCENE_READ_AHEAD, LOCAL_SCENE_READ_AHEAD = 16, 4
+
+
+def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict) -> xr.Dataset | None:
+    """Many TIFF scenes of one layout and grid stacked along a new ``concat_dim``, reading only their chunk tables.
+
+    ``open_virtual_mfdataset(files, combine="nested", concat_dim=<new>)`` of
+    COGs parses every file into a virtual dataset and stacks them; when every
+    file has the first one's layout and grid (``TIFFParser.scene_table``: equal
+    keys), those datasets differ in their chunk references only. So the first
+    file is opened as usual and the others give their tables: the same
+    Dataset (``_stack_parts``' result), for a fraction of the work per file.
+    None when anything differs or is not a plain serial open of TIFF files:
+    the caller then opens the files one by one, and its checks name them.
+    """
+    from contextlib import closing
+
+    import dask
+
+    from vzdask.parsers.read_ahead import read_ahead, read_ahead_depth
+    from vzdask.parsers.tiff import TIFFParser
+    from vzdask.registry import ObjectStoreRegistry
+    from vzdask.xarray import DecodedCache, as_url, open_virtual_parts
+
+    parser = options.get("parser")
+    if (len(files) < 2 or not isinstance(concat_dim, str) or any(kwargs.get(k) != v for k, v in HANDLED.items())
+            or any(options.get(k) for k in ("preprocess", "group", "inherit_coords"))
+            or options.get("inline") is not None or options.get("on_unsupported", "raise") != "raise"
+            or parser is not None and (type(parser) is not TIFFParser or parser.inline is not None or parser.group
+                                       or parser.on_unsupported != "raise")):
+        return None
+    urls = [as_url(f) for f in files]
+    if parser is None and not urls[0].lower().endswith((".tif", ".tiff")):
+        return None  # (an extra request for any other collection: the suffix says whether to look)
+    registry = options.get("registry") or ObjectStoreRegistry.default()
+    scenes = parser if parser is not None else TIFFParser(drop_variables=options.get("drop_variables"))
+    tables = []
+    depth = read_ahead_depth(urls, registry)
+    if dask.config.get("vzdask.read-ahead", "auto") == "auto":
+        # a header each is all that is read: remote, many in flight at once; local, a few read while
+        # tifffile parses (on a loaded machine each read otherwise waits for obstore's threads to run)
+        depth = SCENE_READ_AHEAD if depth else LOCAL_SCENE_READ_AHEAD
+    with closing(read_ahead(urls, registry, depth=depth)) as ahead:
+        for url, opened in ahead:
+            if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
+                return None
+            table = scenes.continue_from(opened).scene_table(url, registry)
+            if table is None or tables and table.key != tables[0].key:
+                return None
+            tables.append(table)
+    # the first file opened as every file is in a serial open (mfdataset._open_batch)
+    first = open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),
+                               **{**{k: v for k, v in options.items() if k != "preprocess"}, "registry": registry})
+    if concat_dim in first.variables or any(concat_dim in var.dims for var in first.variables.values()):
+        return None
+
+    def stack(name: str) -> xr.Variable | None:
+        var = first.variables[name]
+        array = variable_data(var)
+        if name not in tables[0].tables or not isinstance(array, ManifestArray):
+            return None
+        arrays = [array] + [
+            ManifestArray(array.metadata, ChunkManifest.from_file_table(url, lengths > 0, offsets, lengths),
+                          registry=array.registry)
+            for url, (offsets, lengths) in ((url, t.tables[name]) for url, t in zip(urls[1:], tables[1:]))
+        ]
+        return xr.Variable((concat_dim, *var.dims), np.stack(arrays, axis=0), attrs=dict(var.attrs),
+                           encoding=dict(var.encoding))
+
+    return _stacked(first, concat_dim, stack)
 
 
 def _same_raw_times(parts: Sequence[VirtualParts]) -> list[VirtualParts]:
@@ -225,8 +332,13 @@ def _concat(variables: list[xr.Variable], dim: str) -> xr.Variable | None:
     first = variables[0]
     try:
         if isinstance(variable_data(first), ManifestArray) and all(v.dtype == first.dtype for v in variables):
-            data = np.concatenate([variable_data(v) for v in variables], axis=first.get_axis_num(dim))
-            return xr.Variable(first.dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
+            arrays = [variable_data(v) for v in variables]
+            if dim in first.dims:
+                data = np.concatenate(arrays, axis=first.get_axis_num(dim))
+                dims = first.dims
+            else:  # a new dimension, first (xarray's ``set_dims`` then ``concat``)
+                data, dims = np.stack(arrays, axis=0), (dim, *first.dims)
+            return xr.Variable(dims, data, attrs=dict(first.attrs), encoding=dict(first.encoding))
         return xr.Variable.concat(variables, dim, combine_attrs="override")
     except (ValueError, TypeError):
         return None  # e.g. a partial last chunk inside the result

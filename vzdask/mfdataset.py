@@ -21,7 +21,7 @@ import xarray as xr
 
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
-from vzdask.fast_combine import combine_parts
+from vzdask.fast_combine import combine_parts, stack_tiff_scenes
 from vzdask.errors import (
     CFEncodingMismatchError,
     CombineError,
@@ -253,6 +253,10 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
         return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress, analysis)
 
     grid = any(isinstance(p, list) for p in nested)
+    if combine == "nested" and not grid and parallel in (None, False, "serial") and not progress:
+        scenes = stack_tiff_scenes(files, options, concat_dim, kwargs)  # many TIFF scenes of one grid: tables only
+        if scenes is not None:
+            return scenes
     if parallel in (True, "processes") and not progress and not grid:
         return _open_in_processes(files, options, combine, concat_dim, kwargs, analysis)
     results = _parse_locally(files, options, parallel, progress)

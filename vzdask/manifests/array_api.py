@@ -130,11 +130,22 @@ def stack(arrays: Sequence[ManifestArray], /, axis: int = 0, **kwargs) -> Manife
     if kwargs.get("out") is not None or kwargs.get("dtype") is not None:
         raise TypeError("stack of ManifestArrays does not support out= or dtype=")
     arrays = _only_manifest_arrays(arrays, "stack")
+    first = arrays[0]
     for i, a in enumerate(arrays[1:], start=1):
-        if a.shape != arrays[0].shape:
-            raise CombineError(f"cannot stack: array 0 has shape {arrays[0].shape} but array {i} has {a.shape}")
-    axis = _normalize_axis(axis, arrays[0].ndim + 1, "stack")
-    return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
+        if a.shape != first.shape:
+            raise CombineError(f"cannot stack: array 0 has shape {first.shape} but array {i} has {a.shape}")
+    axis = _normalize_axis(axis, first.ndim + 1, "stack")
+    # what expand_dims of each and concatenate give, with one metadata and one manifest join (many files' scenes)
+    check_ndim_change_allowed(first.metadata, "this indexing")
+    check_combinable([a.metadata for a in arrays], "concatenate")
+    shape, sizes = list(first.shape), list(first.chunk_sizes)
+    shape.insert(axis, len(arrays))
+    sizes.insert(axis, 1)
+    names = first.metadata.dimension_names
+    metadata = replace_metadata(first.metadata, shape=shape, chunk_shape=sizes,
+                                dimension_names=None if names is None else (*names[:axis], None, *names[axis:]))
+    manifest = ChunkManifest.stack([a.manifest for a in arrays], axis=axis)
+    return ManifestArray(metadata, manifest, registry=ObjectStoreRegistry.union(a.registry for a in arrays))
 
 
 @implements(np.broadcast_to)

@@ -496,6 +496,15 @@ class ChunkManifest:
     @staticmethod
     def concatenate(manifests: Sequence[ChunkManifest], axis: int = 0) -> ChunkManifest:
         """Join manifests along an existing axis of the chunk grid."""
+        return ChunkManifest._join(manifests, axis, np.concatenate)
+
+    @staticmethod
+    def stack(manifests: Sequence[ChunkManifest], axis: int = 0) -> ChunkManifest:
+        """Join equally shaped manifests along a new axis of the chunk grid (one step, not one expand per manifest)."""
+        return ChunkManifest._join(manifests, axis, np.stack)
+
+    @staticmethod
+    def _join(manifests: Sequence[ChunkManifest], axis: int, join: Callable) -> ChunkManifest:
         if not manifests:
             raise ValueError("need at least one manifest to concatenate")
         urls, url_maps = _merge_url_tables([m._urls for m in manifests])
@@ -504,17 +513,17 @@ class ChunkManifest:
             inline_parts.append(m._inline)
             shifts.append(position)
             position += len(m._inline)
-        state = np.concatenate([m._state for m in manifests], axis=axis)
-        path_index = np.concatenate(
+        state = join([m._state for m in manifests], axis=axis)
+        path_index = join(
             # remap gets a trailing -1 so that -1 (not virtual) maps to -1, even when a url table is empty
             [np.append(remap, -1).astype(np.int32)[m._path_index] for m, remap in zip(manifests, url_maps)],
             axis=axis,
         )
-        offsets = np.concatenate(
+        offsets = join(
             [np.where(m._state == INLINED, m._offsets + np.uint64(shift), m._offsets) for m, shift in zip(manifests, shifts)],
             axis=axis,
         )
-        lengths = np.concatenate([m._lengths for m in manifests], axis=axis)
+        lengths = join([m._lengths for m in manifests], axis=axis)
         return ChunkManifest._from_parts(state, path_index, offsets, lengths, urls, b"".join(inline_parts))
 
     # -- helpers ------------------------------------------------------------

@@ -169,8 +169,35 @@ def _image(page, url: str, ifd: str, byteorder: str) -> _Image:
                   compression, height, width, attributes)
 
 
+#: Codec chains by what ``_codec_chain`` reads of an IFD: the files of a collection share a few (and zarr's
+#: numcodecs wrappers warn on each construction).
+_CODEC_CHAINS: dict[tuple, list[Any]] = {}
+
+
 def _codecs(page, where: str, compression: int, dtype: np.dtype, bits: int, chunks: tuple[int, ...],
             one_sample_per_chunk: bool, byteorder: str) -> list[Any]:
+    """zarr v3 codecs, in order, decoding one tile/strip of this IFD (the same objects for IFDs alike)."""
+    lerc = page.tags.get(_LERC_PARAMETERS) if compression == _LERC else None
+    try:
+        key = (compression, int(page.predictor), int(page.fillorder), int(page.photometric),
+               tuple(page.subsampling or ()), tuple(page.extrasamples),
+               (page.jpegtables, bool(page.is_jfif)) if compression == _JPEG else None,
+               int(page.planarconfig), None if lerc is None else tuple(lerc.value), dtype.str, bits, chunks,
+               one_sample_per_chunk, byteorder)
+        hash(key)
+    except TypeError:  # a tag value that is not hashable: build the chain for this IFD alone
+        return _codec_chain(page, where, compression, dtype, bits, chunks, one_sample_per_chunk, byteorder)
+    chain = _CODEC_CHAINS.get(key)
+    if chain is None:  # errors name the file and IFD: not cached, raised for each
+        chain = _codec_chain(page, where, compression, dtype, bits, chunks, one_sample_per_chunk, byteorder)
+        if len(_CODEC_CHAINS) >= 256:
+            _CODEC_CHAINS.clear()
+        _CODEC_CHAINS[key] = chain
+    return list(chain)
+
+
+def _codec_chain(page, where: str, compression: int, dtype: np.dtype, bits: int, chunks: tuple[int, ...],
+                 one_sample_per_chunk: bool, byteorder: str) -> list[Any]:
     """zarr v3 codecs, in order, decoding one tile/strip of this IFD."""
     from imagecodecs import zarr as ic
     from zarr.codecs import BytesCodec, ZstdCodec
@@ -335,8 +362,8 @@ def _nodata(page, dtype: np.dtype) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def _walk(tif, url: str) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
-    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags)."""
+def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
+    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``)."""
     tifffile = _tifffile()
     byteorder = tif.byteorder
     entries: list[tuple[str, Any, int]] = []  # (ifd label, page, role flags)
@@ -386,7 +413,7 @@ def _walk(tif, url: str) -> tuple[list[_Level | ParseError], list[_Level | Parse
             home.masks.append(img)
         else:
             others.append((label, img))
-    return stacked, overviews, others, _geotiff_tags(tif)
+    return stacked, overviews, others, _geotiff_tags(tif) if geo else {}
 
 
 #: GeoTIFF's georeferencing tags, also read when a file has no GeoKeys (no CRS, as GDAL writes it).
@@ -511,11 +538,15 @@ _AXIS_ATTRIBUTES = {
 def _inlined(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, Any],
              registry: ObjectStoreRegistry) -> ManifestArray:
     """A small array held in the manifest (coordinates, ``spatial_ref``): one chunk, its bytes inlined."""
+    metadata, manifest = _inlined_array(values, dims, attributes)
+    return ManifestArray(metadata, manifest, registry=registry)
+
+
+def _inlined_array(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, Any]):
+    """The metadata and manifest of ``_inlined``."""
     values = np.asarray(values, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
     data = values.astype(values.dtype.newbyteorder("<")).tobytes()
-    metadata, manifest = _inlined_parts(data, values.dtype.str, values.shape, dims,
-                                        json.dumps(attributes, sort_keys=True))
-    return ManifestArray(metadata, manifest, registry=registry)
+    return _inlined_parts(data, values.dtype.str, values.shape, dims, json.dumps(attributes, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=256)
@@ -529,6 +560,71 @@ def _inlined_parts(data: bytes, dtype: str, shape: tuple[int, ...], dims: tuple[
     return metadata, manifest
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """A level's georeferenced arrays (``spatial_ref``, ``x``, ``y``: metadata and manifest) and attributes."""
+
+    arrays: dict[str, tuple[Any, ChunkManifest]]
+    attributes: dict[str, Any]
+    image_attributes: dict[str, Any]
+
+
+#: ``_Grid``s by their inputs: the scenes of a collection share a few grids (a dict, as GeoKeys are not hashable).
+_GRIDS: dict[tuple, _Grid] = {}
+
+
+def _grid_arrays(geo: dict[str, Any], transform, width: int, height: int, full: bool,
+                 wanted: tuple[str, ...]) -> _Grid:
+    """The georeferenced arrays and attributes of a level, built once per grid (metadata and manifests are immutable).
+
+    ``full``: the full-resolution level (which also carries the raw GeoTIFF tags); ``wanted``: which of
+    ``spatial_ref``, ``x``, ``y`` to build (the others are dropped).
+    """
+    key = (repr(sorted(geo.items())), transform, width, height, full, wanted)
+    grid = _GRIDS.get(key)
+    if grid is not None:
+        return _Grid(grid.arrays, _copied(grid.attributes), dict(grid.image_attributes))
+    arrays: dict[str, tuple[Any, ChunkManifest]] = {}
+    attributes: dict[str, Any] = {}
+    image_attrs: dict[str, Any] = {}
+    ref_attrs, kind = _spatial_ref_attributes(geo, transform)
+    if "spatial_ref" in wanted:
+        arrays["spatial_ref"] = _inlined_array(np.array(0, dtype=np.int64), (), ref_attrs)
+        image_attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"})
+    if transform is not None:
+        attributes["transform"] = list(transform)
+        a, b, c, d, e, f = transform
+        if b == 0 and d == 0:
+            x_attrs, y_attrs = _AXIS_ATTRIBUTES.get(kind or "", ({}, {}))
+            cols, rows = np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64)
+            # pixel centres computed as rioxarray does (the transform shifted by half a pixel, then applied),
+            # so the numbers are equal to the last bit
+            c_centre, f_centre = a * 0.5 + b * 0.5 + c, d * 0.5 + e * 0.5 + f
+            if "x" in wanted:
+                arrays["x"] = _inlined_array(cols * a + c_centre, ("x",), dict(x_attrs))
+            if "y" in wanted:
+                arrays["y"] = _inlined_array(rows * e + f_centre, ("y",), dict(y_attrs))
+    if full:
+        for key_name in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation"):
+            if key_name in geo:
+                attributes[key_name] = _json(geo[key_name])
+        attributes["GeoKeys"] = {k: _json(v) for k, v in geo.items()
+                                 if k not in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation")}
+    if len(_GRIDS) >= 256:
+        _GRIDS.clear()
+    _GRIDS[key] = _Grid(arrays, attributes, image_attrs)
+    return _Grid(arrays, _copied(attributes), dict(image_attrs))
+
+
+def _copied(value: Any) -> Any:
+    """A copy of JSON-like attributes (dicts and lists of numbers and strings), each file its own."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
 def _stack(images: list[_Image], url: str, registry: ObjectStoreRegistry, attributes: dict[str, Any],
            dims_prefix: tuple[str, ...]) -> ManifestArray:
     """One ManifestArray of these same-layout images (stacked along ``page`` when there are several)."""
@@ -537,15 +633,18 @@ def _stack(images: list[_Image], url: str, registry: ObjectStoreRegistry, attrib
     lengths = np.stack([img.lengths for img in images]) if dims_prefix else first.lengths
     shape = ((len(images),) if dims_prefix else ()) + first.shape
     chunks = ((1,) if dims_prefix else ()) + first.chunks
-    paths = np.where(lengths > 0, url, "").astype(object)
     padded = _padded_last_strips(images, url, registry)
     if dims_prefix:
         inlined = {(p, *index): data for (p, index), data in padded.items()}
     else:
         inlined = {index: data for (_, index), data in padded.items()}
-    for index in inlined:
-        paths[index] = ""
-    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined or None)
+    if inlined:
+        paths = np.where(lengths > 0, url, "").astype(object)
+        for index in inlined:
+            paths[index] = ""
+        manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths, inlined=inlined)
+    else:  # tiles: every chunk in this file, or missing (byte count 0)
+        manifest = ChunkManifest.from_file_table(url, lengths > 0, offsets, lengths)
     metadata = create_array_metadata(shape=shape, chunk_shape=chunks, dtype=first.dtype, codecs=first.codecs,
                                      fill_value=first.fill, dimension_names=dims_prefix + first.dims,
                                      attributes={**first.attributes, **attributes})
@@ -622,29 +721,12 @@ def _level_group(level: _Level, url: str, registry: ObjectStoreRegistry, geo: di
     if base is not None:  # GDAL writes band metadata on the full-resolution IFD only; overviews mean the same
         image_attrs.update({k: v for k, v in base.attributes.items() if k != "_FillValue"})
     if geo:
-        ref_attrs, kind = _spatial_ref_attributes(geo, transform)
-        if "spatial_ref" not in drop:
-            arrays["spatial_ref"] = _inlined(np.array(0, dtype=np.int64), (), ref_attrs, registry)
-            image_attrs.update({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"})
-        if transform is not None:
-            attributes["transform"] = list(transform)
-            a, b, c, d, e, f = transform
-            if b == 0 and d == 0:
-                x_attrs, y_attrs = _AXIS_ATTRIBUTES.get(kind or "", ({}, {}))
-                cols, rows = np.arange(image.width, dtype=np.float64), np.arange(image.height, dtype=np.float64)
-                # pixel centres computed as rioxarray does (the transform shifted by half a pixel, then applied),
-                # so the numbers are equal to the last bit
-                c_centre, f_centre = a * 0.5 + b * 0.5 + c, d * 0.5 + e * 0.5 + f
-                if "x" not in drop:
-                    arrays["x"] = _inlined(cols * a + c_centre, ("x",), dict(x_attrs), registry)
-                if "y" not in drop:
-                    arrays["y"] = _inlined(rows * e + f_centre, ("y",), dict(y_attrs), registry)
-        for key in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation"):
-            if key in geo and base is None:
-                attributes[key] = _json(geo[key])
-        if base is None:
-            attributes["GeoKeys"] = {k: _json(v) for k, v in geo.items()
-                                     if k not in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation")}
+        grid = _grid_arrays(geo, transform, image.width, image.height, base is None,
+                            tuple(n for n in ("spatial_ref", "x", "y") if n not in drop))
+        for name, (metadata, manifest) in grid.arrays.items():
+            arrays[name] = ManifestArray(metadata, manifest, registry=registry)
+        attributes.update(grid.attributes)
+        image_attrs.update(grid.image_attributes)
     if "band" in image.dims and "band" not in drop:
         n = image.shape[image.dims.index("band")]
         arrays["band"] = _inlined(np.arange(1, n + 1, dtype=np.int64), ("band",), {}, registry)
@@ -752,8 +834,66 @@ class TIFFParser(IsolatingParser):
         report_unsupported(url, problems, self.on_unsupported, "/" + wanted)
         return group
 
+    def scene_table(self, url: str, registry: ObjectStoreRegistry) -> SceneTable | None:
+        """The chunk tables of this file's root ``image`` (and ``mask``), and the key of everything else it is made of.
+
+        For stacking many scenes of one layout and grid (``vzdask.fast_combine.stack_tiff_scenes``):
+        files with equal keys parse to root groups that differ in their chunk references only, so
+        one file's parse and every file's tables make the stack. The key holds each array's layout,
+        codecs, fill value and attributes, the IFDs' labels and the raw GeoTIFF tags (the grid).
+        None when this file needs the whole parse: not readable, an IFD that does not parse
+        (``on_unsupported``), a multi-page stack, a short last strip (inlined when padded).
+        """
+        tifffile = _tifffile()
+        try:
+            file = self._open(url, registry)
+            tif = tifffile.TiffFile(_Unclosable(file), name=url.rsplit("/", 1)[-1])
+        except Exception:  # the whole parse reports it
+            return None
+        with tif:
+            try:
+                stacked, overviews, others, _ = _walk(tif, url, geo=False)
+                first = tif.pages.first
+                geo = tuple((code, first.tags[code].value) for code in _GEO_TAGS if code in first.tags)
+            except Exception:
+                return None
+        levels = [*stacked, *overviews, *(img for _, img in others)]
+        if not stacked or any(isinstance(lv, ParseError) for lv in levels):
+            return None
+        if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
+            return None
+        root = stacked[0]
+        if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
+            return None
+        parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
+        key: list[Any] = [geo]
+        for name, img in parts.items():
+            if not isinstance(img, _Image):
+                return None
+            rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
+            if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+                return None
+            key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
+        try:
+            hash(tuple(key))
+        except TypeError:
+            return None
+        return SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+
     def __repr__(self) -> str:
         return f"TIFFParser(inline={self.inline!r}, group={self.group!r})"
+
+
+#: The first IFD's GeoTIFF tags (model tags, GeoKey directory, double and ASCII params): equal raw tags, one grid.
+_GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+
+
+@dataclass(frozen=True)
+class SceneTable:
+    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``."""
+
+    key: tuple
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 class _Unclosable:
@@ -761,12 +901,21 @@ class _Unclosable:
 
     def __init__(self, file: ObstoreFile) -> None:
         self._file = file
+        self.seek, self.tell, self.readinto = file.seek, file.tell, file.readinto  # tifffile's calls, unwrapped
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Bytes from the position on, sliced from the cached blocks (no ``readinto`` buffer per tag)."""
+        file = self._file
+        start = file.tell()
+        data = file.read_range(start, file.size - start if size is None or size < 0 else size)
+        file.seek(start + len(data))
+        return data
 
     def close(self) -> None:
         pass
 
 
-__all__ = ["TIFF_SIGNATURES", "TIFFParser", "geotransform"]
+__all__ = ["TIFF_SIGNATURES", "SceneTable", "TIFFParser", "geotransform"]
