@@ -355,6 +355,25 @@ def test_index_file_reads_heads_not_bodies(mixed, tmp_path):
         ds.vz.compute()
 
 
+def test_hopping_from_head_to_head_finds_what_the_window_scan_finds(mixed, one_cube):
+    """Local files are read head by head (``hop_messages``); other stores in windows: the same messages and keys."""
+    from vzdask.object_io import read_ranges
+    from vzdask.parsers.common import ObstoreFile
+    from vzdask.parsers.grib import Catalogue, file_heads, hop_messages, scan_messages
+
+    registry = ObjectStoreRegistry.default()
+    for path in (mixed, one_cube):
+        url = f"file://{path}"
+        opened = ObstoreFile(url, registry)
+        windows, hops = Catalogue(url), Catalogue(url)
+        assert scan_messages(opened, windows) == len(found := hop_messages(opened))
+        store, key = registry.resolve(url)
+        file_heads(found, hops, lambda starts, lengths: read_ranges(store, key, starts, lengths, url=url))
+        assert list(windows.variables) == list(hops.variables)
+        for a, b in zip(windows.variables.values(), hops.variables.values()):
+            assert (a.name, a.attributes, a.fields) == (b.name, b.attributes, b.fields)
+
+
 def test_section_headers_give_eccodes_keys(tmp_path):
     """Keys taken from a head's signature equal ecCodes' own, for every message: instant, accumulated,
     ensemble (templates 4.0, 4.1, 4.8, 4.11), several dates and steps; unknown layouts fall back (None)."""
