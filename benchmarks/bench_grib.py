@@ -1,6 +1,6 @@
 """GRIB2: virtualizing and reading a GFS-like collection, vzdask against kerchunk, gribberish and cfgrib.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_grib.py [--files 100] [--repeats 3] [--peer-files 5]``;
+Run by hand: ``.venv/bin/python benchmarks/bench_grib.py [--files 100] [--repeats 5] [--peer-files 5]``;
 ``--quick`` is a small run (8 files, 2 for the peers). The last line printed
 is a one-line JSON summary (``{"format": "grib", ...}``) for
 ``benchmarks/bench_formats.py``.
@@ -215,14 +215,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--peer-files", type=int, default=5, help="files the slow peers virtualize per round")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a small run: 8 files, 2 for the peers")
     parser.add_argument("--no-cfgrib-read", action="store_true", help="skip reading everything with cfgrib")
     parser.add_argument("--no-distributed", action="store_true", help="skip reading on a distributed cluster")
     args = parser.parse_args()
     if args.quick:
         args.files, args.peer_files = 8, 2
-    args.repeats = max(args.repeats, 3)
+    args.repeats = max(args.repeats, 3)  # medians of at least 3
     warnings.simplefilter("ignore")
     load_before = os.getloadavg()[0]
     paths = make_collection(args.files)
@@ -249,14 +249,18 @@ def main() -> None:
             del virtualizers[label]
     vzdask_scan(paths[:1])  # the warm rounds: ecCodes' answers known (as after a collection's first file)
     per_file: dict[str, list[float]] = {label: [] for label in virtualizers}
-    for _ in range(args.repeats):
-        for label, (func, files) in virtualizers.items():
+    order = list(virtualizers)
+    for round_number in range(args.repeats):  # each round starts with another tool (the peers' threads linger)
+        shift = round_number % len(order)
+        for label in order[shift:] + order[:shift]:
+            func, files = virtualizers[label]
+            if "cold" not in label:
+                vzdask_scan(paths[:1])  # warm again after a cold round
             per_file[label].append(timed(func, files) / len(files))
-        vzdask_scan(paths[:1])  # warm again after the cold rounds
-    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds)")
+    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds; the rounds)")
     medians = {label: statistics.median(t) * 1e3 for label, t in per_file.items()}
     for label, ms in medians.items():
-        print(f"  {label:42s} {ms:9.2f}")
+        print(f"  {label:42s} {ms:9.2f}   ({' '.join(f'{t * 1e3:.1f}' for t in per_file[label])})")
     summary: dict[str, object] = {"format": "grib", "files": len(paths), "peer_files": len(peer_paths),
                                   "repeats": args.repeats}
     peers = {k: v for k, v in medians.items() if not k.startswith("vzdask")}
