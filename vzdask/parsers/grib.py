@@ -433,6 +433,21 @@ def read_head(data: Any) -> Head | None:
         return None
 
 
+def head_size(data: Any) -> int | None:
+    """How many bytes of a message ``read_head`` needs, as far as ``data`` (its first bytes) tells; None if malformed."""
+    if len(data) < 16:
+        return 16
+    position = 16
+    while position + 5 <= len(data):
+        if data[position + 4] == 5:
+            return position + 11
+        length = _u(data, position, 4)
+        if length < 5:
+            return None
+        position += length
+    return position + 11  # enough to see the next section's header (and section 5's template)
+
+
 def known_keys(head: Head | None) -> MessageKeys | None:
     """The keys of a message from its head, if ecCodes has read a message of the same signature before."""
     if head is None:
@@ -746,9 +761,20 @@ def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
     read later only where ecCodes must look at one (a packing or a variable
     not seen before in this process).
     """
+    heads = {offset: head for _, offset, _, head in found}
+    lengths = {offset: length for _, offset, length, _ in found}
+    for _ in range(4):  # heads longer than was read (a reduced grid's list of points): read up to section 5
+        short = {}
+        for offset, head in heads.items():
+            need = head_size(head)
+            if need is not None and len(head) < need <= lengths[offset]:
+                short[offset] = need
+        if not short:
+            break
+        heads.update(zip(short, read(list(short), list(short.values()))))
     messages = []
-    for number, offset, length, head in found:
-        fast = read_head(head)
+    for number, offset, length, _ in found:
+        fast = read_head(heads[offset])
         messages.append((number, offset, length, fast, known_keys(fast)))
     unknown = [(o, n) for _, o, n, _, keys in messages if keys is None]
     whole = dict(zip((o for o, _ in unknown), read([o for o, _ in unknown], [n for _, n in unknown])))
@@ -1068,5 +1094,5 @@ class GRIBParser(Parser):
         return list(catalogue.variables.values())
 
 
-__all__ = ["GRIB_SIGNATURE", "GRIBParser", "clear_caches", "index_messages", "known_keys", "learn", "message_keys", "parse_index",
+__all__ = ["GRIB_SIGNATURE", "GRIBParser", "clear_caches", "file_heads", "head_size", "hop_messages", "index_messages", "known_keys", "learn", "message_keys", "parse_index",
            "read_head", "scan_messages"]
