@@ -763,18 +763,21 @@ def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
     """
     heads = {offset: head for _, offset, _, head in found}
     lengths = {offset: length for _, offset, length, _ in found}
+    fast_heads = {offset: read_head(head) for offset, head in heads.items()}
     for _ in range(4):  # heads longer than was read (a reduced grid's list of points): read up to section 5
         short = {}
         for offset, head in heads.items():
-            need = head_size(head)
-            if need is not None and len(head) < need <= lengths[offset]:
-                short[offset] = need
+            if fast_heads[offset] is None:
+                need = head_size(head)
+                if need is not None and len(head) < need <= lengths[offset]:
+                    short[offset] = need
         if not short:
             break
-        heads.update(zip(short, read(list(short), list(short.values()))))
+        for offset, head in zip(short, read(list(short), list(short.values()))):
+            heads[offset], fast_heads[offset] = head, read_head(head)
     messages = []
     for number, offset, length, _ in found:
-        fast = read_head(heads[offset])
+        fast = fast_heads[offset]
         messages.append((number, offset, length, fast, known_keys(fast)))
     unknown = [(o, n) for _, o, n, _, keys in messages if keys is None]
     whole = dict(zip((o for o, _ in unknown), read([o for o, _ in unknown], [n for _, n in unknown])))
@@ -979,15 +982,15 @@ def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordi
         positions.append((key, {v: i for i, v in enumerate(cube.coords[name].tolist())}))
     grid = tuple(len(cube.coords[name]) for name in dims)
     chunk_grid = grid + (1,) * len(cube.grid.dims)
-    paths = np.full(chunk_grid, "", dtype=object)
+    present = np.zeros(chunk_grid, dtype=bool)
     offsets = np.zeros(chunk_grid, dtype=np.uint64)
     lengths = np.zeros(chunk_grid, dtype=np.uint64)
     tail = (0,) * len(cube.grid.dims)
     for f in variable.fields:
         index = tuple(lookup[f.header[key]] for key, lookup in positions) + tail
-        if paths[index] == "":  # the first of duplicate messages, as cfgrib
-            paths[index], offsets[index], lengths[index] = url, f.offset, f.length
-    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+        if not present[index]:  # the first of duplicate messages, as cfgrib
+            present[index], offsets[index], lengths[index] = True, f.offset, f.length
+    manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
     attributes = dict(variable.attributes)
     attributes["coordinates"] = " ".join(c for c in coordinates if c not in dims and c not in cube.grid.dims)
     metadata_key = (grid, cube.grid.shape, tuple(dims), cube.grid.dims, repr(attributes))
