@@ -182,6 +182,7 @@ class Variable:
     grid: Grid
     fields: list[Field] = field(default_factory=list)
     sort_key: tuple = ()
+    attributes_key: tuple | None = None  # what ecCodes' attributes were cached under (the same for the same variable)
 
     def coordinates(self) -> dict[str, np.ndarray]:
         """Header dimension -> its sorted distinct values (dimensions no message defines left out)."""
@@ -389,6 +390,7 @@ def read_head(data: Any) -> Head | None:
     forecast times, anything malformed. ecCodes then reads the message.
     """
     try:
+        data = memoryview(data)  # (obstore's Bytes index and slice slowly)
         size = len(data)
         if size < 16 or data[7] != 2:
             return None
@@ -437,6 +439,7 @@ def head_size(data: Any) -> int | None:
     """How many bytes of a message ``read_head`` needs, as far as ``data`` (its first bytes) tells; None if malformed."""
     if len(data) < 16:
         return 16
+    data = memoryview(data)
     position = 16
     while position + 5 <= len(data):
         if data[position + 4] == 5:
@@ -543,6 +546,7 @@ class Catalogue:
             attributes=dict(attributes),
             grid=grid,
             sort_key=tuple("" if v is UNDEF else str(v) for v in keys.variable + keys.file),
+            attributes_key=(keys.variable, keys.grid) if keys.grid is not UNDEF else None,
         )
 
 
@@ -738,6 +742,7 @@ def index_messages(opened: ObstoreFile, entries: Sequence[IndexEntry], catalogue
     heads = read([e.offset for e in entries], [min(HEAD_BYTES, ends[e.offset] - e.offset) for e in entries])
     found = []
     for entry, head in zip(entries, heads):
+        head = memoryview(head)  # (obstore's Bytes index and slice slowly)
         at = catalogue.where(entry.number, entry.offset)
         if bytes(head[:4]) != GRIB_SIGNATURE or len(head) < 16:
             raise ParseError(f"{at} (from {where}): no GRIB message there (bytes {bytes(head[:8])!r})")
@@ -993,7 +998,8 @@ def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordi
     manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
     attributes = dict(variable.attributes)
     attributes["coordinates"] = " ".join(c for c in coordinates if c not in dims and c not in cube.grid.dims)
-    metadata_key = (grid, cube.grid.shape, tuple(dims), cube.grid.dims, repr(attributes))
+    described = variable.attributes_key if variable.attributes_key is not None else repr(attributes)
+    metadata_key = (grid, cube.grid.shape, tuple(dims), cube.grid.dims, described, attributes["coordinates"])
     metadata = _METADATA.get(metadata_key)  # the same variable in the next file: the same metadata
     if metadata is None:
         metadata = _remember(_METADATA, metadata_key, create_array_metadata(
