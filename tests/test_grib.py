@@ -355,14 +355,20 @@ def test_index_file_reads_heads_not_bodies(mixed, tmp_path):
         ds.vz.compute()
 
 
-def test_hopping_from_head_to_head_finds_what_the_window_scan_finds(mixed, one_cube):
+def test_hopping_from_head_to_head_finds_what_the_window_scan_finds(mixed, one_cube, tmp_path):
     """Local files are read head by head (``hop_messages``); other stores in windows: the same messages and keys."""
+    many = tmp_path / "many.grib2"  # small messages past the first 64 KiB: read in windows of several
+    with open(many, "wb") as f:
+        for step in range(120):
+            for level in (850, 500):
+                write_message(f, "t", "isobaricInhPa", level, step, seed=step + level)
+    assert many.stat().st_size > 2**16
     from vzdask.object_io import read_ranges
     from vzdask.parsers.common import ObstoreFile
     from vzdask.parsers.grib import Catalogue, file_heads, head_size, hop_messages, read_head, scan_messages
 
     registry = ObjectStoreRegistry.default()
-    for path in (mixed, one_cube):
+    for path in (mixed, one_cube, many):
         url = f"file://{path}"
         opened = ObstoreFile(url, registry)
         windows, hops = Catalogue(url), Catalogue(url)

@@ -807,7 +807,8 @@ def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
     found: list[tuple[int, int, int, Any]] = []
-    position, head = 0, opened.view(0, min(size, HEAD_BYTES))
+    window_start, window = 0, memoryview(opened.view(0, min(size, 2**16)))  # read when the file was opened
+    position, head = 0, window[:HEAD_BYTES]
     while True:
         if len(head) < 16 or bytes(head[:4]) != GRIB_SIGNATURE or head[7] != 2:
             return None
@@ -816,16 +817,19 @@ def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
         if length < 16 or end > size:
             return None
         start, stop = end - 4, min(size, end + HEAD_BYTES)
-        if stop <= 2**16:  # in the block read when the file was opened
-            piece = opened.view(start, stop - start)
-        else:
-            piece = get_range(store, path, start, stop - start, url=url, what="GRIB message heads")
+        if window_start <= start and stop <= window_start + len(window):
+            piece = window[start - window_start : stop - window_start]
+        else:  # small messages: a window of several; large ones: only the end and the next head
+            want = min(size - start, stop - start if length > 2**15 else max(stop - start, 2**16))
+            window_start = start
+            window = memoryview(get_range(store, path, start, want, url=url, what="GRIB message heads"))
+            piece = window[: stop - start]
         if bytes(piece[:4]) != b"7777":
             return None
         found.append((len(found) + 1, position, length, head))
         if end >= size:
             return found
-        position, head = end, memoryview(piece)[4:]
+        position, head = end, piece[4:]
 
 
 # --------------------------------------------------------------------------- #
