@@ -1,6 +1,9 @@
 """GRIB2: virtualizing and reading a GFS-like collection, vzdask against kerchunk, gribberish and cfgrib.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_grib.py [--files 100] [--repeats 3] [--peer-files 20]``.
+Run by hand: ``.venv/bin/python benchmarks/bench_grib.py [--files 100] [--repeats 5] [--peer-files 5]``;
+``--quick`` is a small run (8 files, 2 for the peers). The last line printed
+is a one-line JSON summary (``{"format": "grib", ...}``) for
+``benchmarks/bench_formats.py``.
 
 The collection (issue 20): ``--files`` GRIB2 files of 51 messages each on a
 1-degree global grid (181 x 360), written with ecCodes, packed as GFS packs
@@ -10,23 +13,30 @@ surface pressure and a 6-hour accumulated precipitation with a bitmap; one
 reference time per file, 6 hours apart, each with its wgrib2-style
 ``.idx``.
 
-Virtualize (parse every message's references, per file; medians of the
-rounds, in seconds per file): vzdask ``GRIBParser`` scanning the messages
-and reading the ``.idx``, kerchunk ``scan_grib`` and gribberish's
-VirtualiZarr parser (both only on the first ``--peer-files`` files when that
-is smaller: they are slow). Target: >= 5x faster than the fastest peer.
+Virtualize (parse every message's references; ms per file, median of the
+rounds, every tool's rounds interleaved): vzdask ``GRIBParser`` scanning the
+messages and reading the ``.idx`` (warm: ecCodes' answers for the
+collection's kinds of message known, as for every file after a collection's
+first; cold: forgotten before each round, so every round pays ecCodes once
+per kind), kerchunk ``scan_grib`` and gribberish's VirtualiZarr parser
+(scan and ``.idx``; both on the first ``--peer-files`` files: they are
+slow). Target: >= 5x faster than the fastest peer.
 
-Read (all values of every hypercube, all files): the single-thread decode
-floor (every message's bytes already in memory, decoded one after another
-with ecCodes, as the codec does), vzdask (``ds.vzdask.compute()`` of each
-group's combined virtual dataset, on the local threaded scheduler), and
-``xr.open_mfdataset(engine="cfgrib")`` per hypercube (``filter_by_keys``).
-Target: vzdask <= 0.75x the floor.
+Read (all values of every hypercube, all files; seconds, median of the
+rounds, and the median of the rounds' ratios to the floor): the
+single-thread decode floor (every message's bytes already in memory,
+decoded one after another with ecCodes, as the codec does), vzdask (every
+group's combined virtual dataset in one ``dask.compute``; also group by
+group, ``ds.vzdask.compute()`` each) on the local threaded scheduler and on
+a ``distributed`` cluster of 2 one-thread worker processes, and ``xr.open_mfdataset(engine="cfgrib")`` per hypercube
+(``filter_by_keys``). Target: vzdask <= 0.75x the floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
@@ -165,6 +175,14 @@ def decode_floor(messages):
 
 
 def vzdask_read(virtual):
+    """Every group's variables in one ``dask.compute`` (their tasks share the workers)."""
+    import dask
+
+    arrays = [ds[name].data for ds in virtual.values() for name in ds.data_vars]
+    return sum(int(a.size) for a in dask.compute(*arrays))
+
+
+def vzdask_read_per_group(virtual):
     return sum(int(v.size) for ds in virtual.values() for v in ds.vzdask.compute().data_vars.values())
 
 
@@ -179,6 +197,20 @@ def cfgrib_read(paths):
     return total
 
 
+def vzdask_scan_cold(paths):
+    from vzdask.parsers.grib import clear_caches
+
+    clear_caches()
+    return vzdask_scan(paths)
+
+
+def vzdask_idx_cold(paths):
+    from vzdask.parsers.grib import clear_caches
+
+    clear_caches()
+    return vzdask_idx(paths)
+
+
 def timed(func, *args) -> float:
     start = time.perf_counter()
     func(*args)
@@ -190,42 +222,68 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100)
-    parser.add_argument("--peer-files", type=int, default=20, help="files the slow peers virtualize per round")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer-files", type=int, default=5, help="files the slow peers virtualize per round")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a small run: 8 files, 2 for the peers")
     parser.add_argument("--no-cfgrib-read", action="store_true", help="skip reading everything with cfgrib")
+    parser.add_argument("--no-distributed", action="store_true", help="skip reading on a distributed cluster")
     args = parser.parse_args()
+    if args.quick:
+        args.files, args.peer_files = 8, 2
+    args.repeats = max(args.repeats, 3)  # medians of at least 3
     warnings.simplefilter("ignore")
+    load_before = os.getloadavg()[0]
     paths = make_collection(args.files)
     peer_paths = paths[: args.peer_files]
     size = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} files, {len(FIELDS)} messages each, {size / 2**20:.1f} MiB; grid {NJ}x{NI}")
+    print(f"{len(paths)} files, {len(FIELDS)} messages each, {size / 2**20:.1f} MiB; grid {NJ}x{NI}; "
+          f"load average {load_before:.1f} on {os.cpu_count()} cores")
 
+    scan, idx = "vzdask GRIBParser (scan)", "vzdask GRIBParser(idx=True)"
     virtualizers = {
-        "vzdask GRIBParser (scan)": (vzdask_scan, paths),
-        "vzdask GRIBParser(idx=True)": (vzdask_idx, paths),
+        scan: (vzdask_scan, paths),
+        idx: (vzdask_idx, paths),
+        "vzdask GRIBParser (scan, cold)": (vzdask_scan_cold, paths),
+        "vzdask GRIBParser(idx=True, cold)": (vzdask_idx_cold, paths),
         "kerchunk scan_grib": (kerchunk_scan, peer_paths),
         "gribberish VirtualiZarr parser (scan)": (gribberish_parse, peer_paths),
         "gribberish VirtualiZarr parser (.idx)": (gribberish_idx, peer_paths),
     }
     for label, (func, files) in list(virtualizers.items()):
         try:
-            func(files[:1])  # imports, caches
+            func(files[:1])  # imports
         except ImportError as err:
             print(f"{label}: skipped ({err})")
             del virtualizers[label]
+    vzdask_scan(paths[:1])  # the warm rounds: ecCodes' answers known (as after a collection's first file)
     per_file: dict[str, list[float]] = {label: [] for label in virtualizers}
-    for _ in range(args.repeats):
-        for label, (func, files) in virtualizers.items():
+    order = list(virtualizers)
+    for round_number in range(args.repeats):  # each round starts with another tool (the peers' threads linger)
+        shift = round_number % len(order)
+        for label in order[shift:] + order[:shift]:
+            func, files = virtualizers[label]
+            if "cold" not in label:
+                vzdask_scan(paths[:1])  # warm again after a cold round
             per_file[label].append(timed(func, files) / len(files))
-    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds)")
+    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds; the rounds)")
     medians = {label: statistics.median(t) * 1e3 for label, t in per_file.items()}
     for label, ms in medians.items():
-        print(f"  {label:42s} {ms:9.2f}")
+        print(f"  {label:42s} {ms:9.2f}   ({' '.join(f'{t * 1e3:.1f}' for t in per_file[label])})")
+    summary: dict[str, object] = {"format": "grib", "files": len(paths), "peer_files": len(peer_paths),
+                                  "repeats": args.repeats}
     peers = {k: v for k, v in medians.items() if not k.startswith("vzdask")}
     if peers:
         fastest = min(peers, key=peers.__getitem__)
-        for label in ("vzdask GRIBParser (scan)", "vzdask GRIBParser(idx=True)"):
-            print(f"  {label} is {peers[fastest] / medians[label]:.1f}x faster than the fastest peer ({fastest})")
+        summary["fastest_peer"] = fastest
+        summary["fastest_peer_ms_per_file"] = round(peers[fastest], 3)
+        for label, key in ((scan, "scan"), (idx, "idx"), ("vzdask GRIBParser (scan, cold)", "scan_cold"),
+                           ("vzdask GRIBParser(idx=True, cold)", "idx_cold")):
+            ratio = peers[fastest] / medians[label]
+            best = min(min(per_file[p]) for p in peers) / min(per_file[label])  # the load-sensitive round left out
+            summary[f"virtualize_{key}_ms_per_file"] = round(medians[label], 3)
+            summary[f"virtualize_{key}_speedup_vs_fastest_peer"] = round(ratio, 2)
+            summary[f"virtualize_{key}_speedup_best_rounds"] = round(best, 2)
+            print(f"  {label} is {ratio:.1f}x faster than the fastest peer ({fastest}); best rounds: {best:.1f}x")
 
     messages = []
     for p in paths:
@@ -239,21 +297,54 @@ def main() -> None:
 
     virtual = {group: vzdask.open_virtual_mfdataset([str(p) for p in paths], parser=GRIBParser(group=group),
                                                     combine="nested", concat_dim="time") for group in GROUPS}
+    floor = "single-thread ecCodes decode (floor)"
+    threads = "vzdask compute, threads"
     readers = {
-        "single-thread ecCodes decode (floor)": lambda: decode_floor(messages),
-        "vzdask ds.vzdask.compute() per group": lambda: vzdask_read(virtual),
+        floor: lambda: decode_floor(messages),
+        threads: lambda: vzdask_read(virtual),
+        "vzdask compute, threads, group by group": lambda: vzdask_read_per_group(virtual),
     }
+    cluster = client = None
+    if not args.no_distributed:
+        try:
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster, set_as_default=False)
+        except ImportError as err:
+            print(f"distributed: skipped ({err})")
+
+        def on_cluster():
+            with client.as_current():  # type: ignore[union-attr]
+                return vzdask_read(virtual)
+
+        if client is not None:
+            on_cluster()  # the workers' imports
+            readers["vzdask compute, distributed 2 processes"] = on_cluster
     if not args.no_cfgrib_read:
         readers["cfgrib + xr.open_mfdataset per group"] = lambda: cfgrib_read(paths)
     read_times: dict[str, list[float]] = {label: [] for label in readers}
-    for _ in range(args.repeats):
-        for label, func in readers.items():
-            read_times[label].append(timed(func))
-    floor = "single-thread ecCodes decode (floor)"
+    try:
+        for _ in range(args.repeats):
+            for label, func in readers.items():
+                read_times[label].append(timed(func))
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()  # type: ignore[union-attr]
     print(f"\nread all values ({len(messages)} messages), seconds (median of {args.repeats} rounds)")
+    keys = {threads: "read_threads_vs_floor", "vzdask compute, distributed 2 processes": "read_distributed_vs_floor",
+            "vzdask compute, threads, group by group": "read_threads_group_by_group_vs_floor",
+            "cfgrib + xr.open_mfdataset per group": "read_cfgrib_vs_floor"}
+    summary["read_floor_s"] = round(statistics.median(read_times[floor]), 3)
     for label, t in read_times.items():
         ratio = statistics.median(a / b for a, b in zip(t, read_times[floor]))
         print(f"  {label:42s} {statistics.median(t):9.3f}  {ratio:5.2f}x floor")
+        if label in keys:
+            summary[keys[label]] = round(ratio, 3)
+    summary["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    summary["cores"] = os.cpu_count()
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

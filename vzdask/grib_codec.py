@@ -63,7 +63,10 @@ def decode_message(data: Any) -> np.ndarray:
     """
     import eccodes
 
-    message = bytes(data)
+    try:  # ecCodes copies the message itself: hand it the buffer, not a copy
+        message: Any = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    except (TypeError, ValueError):  # not a contiguous buffer
+        message = bytes(data)
     try:
         handle = eccodes.codes_new_from_message(message)
     except Exception as err:

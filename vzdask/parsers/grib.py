@@ -1,11 +1,18 @@
 """GRIB2 parser: every message one chunk, variables and hypercubes built as cfgrib builds them.
 
 The file is scanned message by message: section 0 of each message gives its
-edition and total length (so its byte range), and the message's bytes are
-handed to ecCodes (``codes_new_from_message``) for its keys. Nothing here
-reads GRIB sections beyond section 0; ecCodes does. Bytes are read through
-``vzdask.object_io`` in large windows (a file is read once, front to back,
-never held whole).
+edition and total length (so its byte range). ecCodes is the authority for
+what a message means: its keys are read by ecCodes (``codes_new_from_message``)
+once per kind of message. The kind is the message's section headers
+(sections 1-4 and section 5's template number, fixed-layout structure read
+here from the bytes, ``read_head``) with the reference time and forecast
+time left out; a message of a kind ecCodes has read before in this process
+takes ecCodes' keys of that kind with its own time and step (the messages of
+a collection's files are a few kinds repeated). Layouts the byte reading
+does not know (product templates other than 4.0-4.2, 4.8, 4.11, 4.12, time
+units other than hours, several time ranges) go to ecCodes every time.
+Bytes are read through ``vzdask.object_io`` in large windows (a file is read
+once, front to back, never held whole).
 
 Variables and dimensions follow cfgrib (``xr.open_dataset(engine="cfgrib")``,
 ``cfgrib.open_datasets``):
@@ -41,9 +48,9 @@ instead of scanning; see ``GRIBParser`` for what it gives.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +63,7 @@ from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.manifests.store import ManifestStore
-from vzdask.object_io import read_ranges
+from vzdask.object_io import get_range, is_in_process, read_ranges
 from vzdask.parsers.common import ObstoreFile, ParseError, Parser, finish
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
@@ -175,6 +182,7 @@ class Variable:
     grid: Grid
     fields: list[Field] = field(default_factory=list)
     sort_key: tuple = ()
+    attributes_key: tuple | None = None  # what ecCodes' attributes were cached under (the same for the same variable)
 
     def coordinates(self) -> dict[str, np.ndarray]:
         """Header dimension -> its sorted distinct values (dimensions no message defines left out)."""
@@ -264,7 +272,16 @@ def _variable_name(attributes: dict[str, Any], param_id: Any) -> str:
 _GRIDS: dict[Any, Grid] = {}
 _ATTRIBUTES: dict[tuple, dict[str, Any]] = {}
 _DECODABLE: set[tuple] = set()
+#: Coordinates' (metadata, manifest) and variables' metadata, by what they are built from (both immutable).
+_COORDINATES: dict[tuple, tuple[Any, ChunkManifest]] = {}
+_METADATA: dict[tuple, Any] = {}
 _CACHE_SIZE = 1024
+
+
+def clear_caches() -> None:
+    """Forget what ecCodes said about grids, variables, packings and section headers (they are kept per process)."""
+    for cache in (_GRIDS, _ATTRIBUTES, _DECODABLE, _COORDINATES, _METADATA, _SIGNATURES):
+        cache.clear()
 
 
 def _remember(cache: dict, key: Any, value: Any) -> Any:
@@ -330,7 +347,134 @@ def message_keys(data: Any, where: str) -> MessageKeys:
         eccodes.codes_release(handle)
 
 
-class _Catalogue:
+# --------------------------------------------------------------------------- #
+# the fast path: a message's section headers read from its bytes, ecCodes asked once per kind of header
+# --------------------------------------------------------------------------- #
+#: Product definition templates whose forecast time is at octets 19-22 of section 4 (templates 4.0-4.15 share
+#: that head), with where the end of the overall time interval starts in the statistical ones (0-based), else None.
+FAST_TEMPLATES: dict[int, int | None] = {0: None, 1: None, 2: None, 8: 34, 11: 37, 12: 36}
+#: How many bytes of each message the index path reads to find its section headers (more when they are longer).
+HEAD_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What the section headers of one GRIB2 message say, read from its bytes.
+
+    ``signature`` is sections 0-4 (and section 5's template number) with the
+    reference time and forecast time left out (and, for statistical
+    templates, the end of the time interval, which is checked to follow from
+    them): every key vzdask reads but those three is a function of it, so
+    ecCodes' answer for one message serves all messages of one signature.
+    """
+
+    signature: bytes
+    time: int  # the reference time, seconds since 1970 (as cfgrib's ``time``: minutes, no seconds)
+    forecast_time: int  # hours
+
+
+#: signature -> (the keys ecCodes read from one message of it, its ``step`` minus its forecast time in hours)
+_SIGNATURES: dict[bytes, tuple[MessageKeys, float]] = {}
+
+
+def _u(data: Any, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "big")
+
+
+def read_head(data: Any) -> Head | None:
+    """The section headers of a GRIB2 message (its first bytes suffice), None if the fast path does not know them.
+
+    None for: a head too short to hold sections 0-4, a product template not in
+    ``FAST_TEMPLATES``, a time unit other than hours, several time ranges, an
+    end of the time interval that does not follow from the reference and
+    forecast times, anything malformed. ecCodes then reads the message.
+    """
+    try:
+        data = memoryview(data)  # (obstore's Bytes index and slice slowly)
+        size = len(data)
+        if size < 16 or data[7] != 2:
+            return None
+        position, parts = 16, [bytes(data[6:7])]
+        sections: dict[int, Any] = {}
+        while position + 5 <= size:
+            length, number = _u(data, position, 4), data[position + 4]
+            if number == 5:
+                if position + 11 > size:
+                    return None
+                parts.append(bytes(data[position + 9 : position + 11]))  # data representation template
+                break
+            if number not in (1, 2, 3, 4) or number in sections or length < 5 or position + length > size:
+                return None
+            sections[number] = data[position : position + length]
+            position += length
+        else:
+            return None
+        s1, s4 = sections.get(1), sections.get(4)
+        if s1 is None or 3 not in sections or s4 is None or len(s1) < 21 or len(s4) < 34:
+            return None
+        end_at = FAST_TEMPLATES.get(_u(s4, 7, 2), -1)
+        if end_at == -1 or s4[17] != 1 or s4[18] & 0x80:  # forecast time in hours, not negative
+            return None
+        reference = datetime.datetime(_u(s1, 12, 2), s1[14], s1[15], s1[16], s1[17])
+        forecast_time = _u(s4, 18, 4)
+        parts.append(bytes(s1[:12]) + bytes(s1[19:]))
+        parts.append(bytes(sections.get(2, b"")))
+        parts.append(bytes(sections[3]))
+        if end_at is None:
+            parts.append(bytes(s4[:18]) + bytes(s4[22:]))
+        else:
+            if len(s4) < end_at + 19 or s4[end_at + 7] != 1 or s4[end_at + 14] != 1:  # one time range, in hours
+                return None
+            end = datetime.datetime(_u(s4, end_at, 2), *s4[end_at + 2 : end_at + 7])
+            length_of_range = _u(s4, end_at + 15, 4)
+            if end != reference + datetime.timedelta(seconds=s1[18], hours=forecast_time + length_of_range):
+                return None
+            parts.append(bytes(s4[:18]) + bytes(s4[22:end_at]) + bytes(s4[end_at + 7 :]))
+        return Head(b"".join(parts), int((reference - _EPOCH).total_seconds()), forecast_time)
+    except (ValueError, IndexError, OverflowError):  # a date that is none, a short field
+        return None
+
+
+def head_size(data: Any) -> int | None:
+    """How many bytes of a message ``read_head`` needs, as far as ``data`` (its first bytes) tells; None if malformed."""
+    if len(data) < 16:
+        return 16
+    data = memoryview(data)
+    position = 16
+    while position + 5 <= len(data):
+        if data[position + 4] == 5:
+            return position + 11
+        length = _u(data, position, 4)
+        if length < 5:
+            return None
+        position += length
+    return position + 11  # enough to see the next section's header (and section 5's template)
+
+
+def known_keys(head: Head | None) -> MessageKeys | None:
+    """The keys of a message from its head, if ecCodes has read a message of the same signature before."""
+    if head is None:
+        return None
+    known = _SIGNATURES.get(head.signature)
+    if known is None:
+        return None
+    keys, step_offset = known
+    number, _, _, level, direction, frequency = keys.header
+    header = (number, head.time, head.forecast_time + step_offset, level, direction, frequency)
+    return MessageKeys(keys.variable, keys.file, header, keys.grid, keys.packing)
+
+
+def learn(head: Head | None, keys: MessageKeys) -> None:
+    """Remember ecCodes' keys for the head's signature, if what the head says agrees with them."""
+    if head is None or head.signature in _SIGNATURES:
+        return
+    step = keys.header[2]
+    if keys.header[1] != head.time or step is None or keys.variable[VARIABLE_KEYS.index("stepUnits")] != 1:
+        return
+    _remember(_SIGNATURES, head.signature, (keys, step - head.forecast_time))
+
+
+class Catalogue:
     """Variables met so far while reading a file's messages."""
 
     def __init__(self, url: str) -> None:
@@ -340,14 +484,28 @@ class _Catalogue:
     def where(self, number: int, offset: int) -> str:
         return f"{self.url}: GRIB message {number} at byte {offset}"
 
-    def add_message(self, data: Any, number: int, offset: int, keys: MessageKeys | None = None) -> None:
-        """File one message under its variable (``keys``: its keys if already read)."""
+    def add_message(self, data: Any, number: int, offset: int, keys: MessageKeys | None = None,
+                    length: int | None = None) -> None:
+        """File one message under its variable.
+
+        ``data``: the message's bytes, or a function that reads them (the
+        index path, which needs them only when ecCodes must look: a packing
+        or a variable not seen before); ``keys``: its keys if already read;
+        ``length``: its length if ``data`` is a function.
+        """
         where = self.where(number, offset)
+        got: list[Any] = []
+
+        def message() -> Any:
+            if not got:
+                got.append(data() if callable(data) else data)
+            return got[0]
+
         if keys is None:
-            keys = message_keys(data, where)
+            keys = message_keys(message(), where)
         if keys.packing not in _DECODABLE:  # one message per packing is decoded: can ecCodes do it?
             try:
-                decode_message(data)
+                decode_message(message())
             except ValueError as err:
                 raise ParseError(f"{where} (packingType {keys.packing[0]!r}, data representation template "
                                  f"{keys.packing[1]!r}): {err}") from err
@@ -355,16 +513,16 @@ class _Catalogue:
         key = keys.variable + keys.file
         variable = self.variables.get(key)
         if variable is None:
-            variable = self.variables[key] = self._new_variable(data, keys, where)
-        variable.fields.append(Field(number, offset, len(data), keys.header))
+            variable = self.variables[key] = self._new_variable(message, keys, where)
+        variable.fields.append(Field(number, offset, len(data) if length is None else length, keys.header))
 
-    def _new_variable(self, data: Any, keys: MessageKeys, where: str) -> Variable:
+    def _new_variable(self, message: Any, keys: MessageKeys, where: str) -> Variable:
         grid = _GRIDS.get(keys.grid) if keys.grid is not UNDEF else None
         attributes = _ATTRIBUTES.get((keys.variable, keys.grid)) if keys.grid is not UNDEF else None
         if grid is None or attributes is None:
             import eccodes
 
-            handle = eccodes.codes_new_from_message(bytes(data))
+            handle = eccodes.codes_new_from_message(bytes(message()))
             try:
                 if attributes is None:
                     attributes = _variable_attributes(handle, keys.variable)
@@ -388,6 +546,7 @@ class _Catalogue:
             attributes=dict(attributes),
             grid=grid,
             sort_key=tuple("" if v is UNDEF else str(v) for v in keys.variable + keys.file),
+            attributes_key=(keys.variable, keys.grid) if keys.grid is not UNDEF else None,
         )
 
 
@@ -417,15 +576,17 @@ def _variable_attributes(handle: Any, variable_values: tuple) -> dict[str, Any]:
     return attributes
 
 
-def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
+def scan_messages(opened: ObstoreFile, catalogue: Catalogue) -> int:
     """Read every message of the file (front to back, in windows) into ``catalogue``; the number of messages.
 
-    ecCodes reads the keys of a window's messages on a few threads (its
-    calls release the GIL); the messages are filed in file order.
+    A message whose section headers (``read_head``) have a signature
+    ecCodes has read before takes its keys from that (no ecCodes call); the
+    others' keys are read by ecCodes, a window's messages on a few threads
+    (its calls release the GIL). The messages are filed in file order.
     """
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
-    window_start, window = 0, opened.read_range(0, min(size, 2**16))  # the block read when the file was opened
+    window_start, window = 0, memoryview(opened.view(0, min(size, 2**16)))  # read when the file was opened
 
     def read(start: int, length: int) -> memoryview:
         nonlocal window_start, window
@@ -435,17 +596,24 @@ def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
             window_start, window = start, memoryview(piece)  # type: ignore[assignment]
         return memoryview(window)[start - window_start : start - window_start + length]
 
-    batch: list[tuple[Any, int, int]] = []
+    batch: list[tuple[Any, int, int, Head | None, MessageKeys | None]] = []
     threads = min(SCAN_THREADS, os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib") if threads > 1 else None
+    pools: list[ThreadPoolExecutor] = []
 
     def flush() -> None:
-        if pool is not None and len(batch) > 1:
-            keys = pool.map(lambda m: message_keys(m[0], catalogue.where(m[1], m[2])), batch)
+        unknown = [m for m in batch if m[4] is None]
+        if len(unknown) > 1 and threads > 1:
+            if not pools:
+                pools.append(ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib"))
+            read = dict(zip((m[1] for m in unknown),
+                            pools[0].map(lambda m: message_keys(m[0], catalogue.where(m[1], m[2])), unknown)))
         else:
-            keys = (message_keys(data, catalogue.where(n, o)) for data, n, o in batch)
-        for (data, number, offset), found in zip(batch, keys):
-            catalogue.add_message(data, number, offset, found)
+            read = {n: message_keys(data, catalogue.where(n, o)) for data, n, o, _, _ in unknown}
+        for data, number, offset, head, keys in batch:
+            if keys is None:
+                keys = read[number]
+                learn(head, keys)
+            catalogue.add_message(data, number, offset, keys)
         batch.clear()
 
     position, number = 0, 0
@@ -479,13 +647,14 @@ def scan_messages(opened: ObstoreFile, catalogue: _Catalogue) -> int:
             if bytes(data[-4:]) != b"7777":
                 flush()
                 raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
-            batch.append((data, number, position))
+            message_head = read_head(data)
+            batch.append((data, number, position, message_head, known_keys(message_head)))
             if len(batch) >= SCAN_BATCH:
                 flush()
             position += length
         flush()
     finally:
-        if pool is not None:
+        for pool in pools:
             pool.shutdown(wait=True)
     if number == 0:
         raise ParseError(f"{url}: no GRIB message found")
@@ -510,33 +679,6 @@ def _find_next(read, start: int, size: int) -> int | None:
 # --------------------------------------------------------------------------- #
 # index files (.idx)
 # --------------------------------------------------------------------------- #
-#: wgrib2 level phrases -> (typeOfLevel, the level value's group in the pattern, or a fixed level).
-_IDX_LEVELS: tuple[tuple[re.Pattern, str, Any], ...] = (
-    (re.compile(r"^([-+.\deE]+) mb$"), "isobaricInhPa", 1),
-    (re.compile(r"^([-+.\deE]+) Pa$"), "isobaricInPa", 1),
-    (re.compile(r"^([-+.\deE]+) m above ground$"), "heightAboveGround", 1),
-    (re.compile(r"^([-+.\deE]+) m above mean sea level$"), "heightAboveSea", 1),
-    (re.compile(r"^([-+.\deE]+) m below ground$"), "depthBelowLand", 1),
-    (re.compile(r"^([-+.\deE]+) hybrid level$"), "hybrid", 1),
-    (re.compile(r"^([-+.\deE]+) sigma level$"), "sigma", 1),
-    (re.compile(r"^([-+.\deE]+) K isentropic level$"), "theta", 1),
-    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) m below ground$"), "depthBelowLandLayer", 2),
-    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) m above ground$"), "heightAboveGroundLayer", 2),
-    (re.compile(r"^([-+.\deE]+)-([-+.\deE]+) mb above ground$"), "pressureFromGroundLayer", 2),
-    (re.compile(r"^surface$"), "surface", 0.0),
-    (re.compile(r"^mean sea level$"), "meanSea", 0.0),
-    (re.compile(r"^entire atmosphere( \(considered as a single layer\))?$"), "atmosphere", 0.0),
-    (re.compile(r"^top of atmosphere$"), "nominalTop", 0.0),
-    (re.compile(r"^tropopause$"), "tropopause", 0.0),
-    (re.compile(r"^max wind$"), "maxWind", 0.0),
-    (re.compile(r"^cloud ceiling$"), "cloudCeiling", 0.0),
-)
-#: wgrib2 forecast phrases -> (stepType, step in hours of the last group, or 0 for analyses).
-_IDX_STEP_UNITS = {"min": 1 / 60, "hour": 1.0, "day": 24.0}
-_IDX_FORECAST = re.compile(r"^(?:(\d+)-)?(\d+) (min|hour|day) (?:(acc|ave|max|min) )?fcst$")
-_IDX_STEP_TYPES = {None: "instant", "acc": "accum", "ave": "avg", "max": "max", "min": "min"}
-
-
 @dataclass(frozen=True)
 class IndexEntry:
     """One line of an index file, as given: ``number:offset:d=YYYYMMDDHH:NAME:level:forecast:``."""
@@ -569,41 +711,21 @@ def parse_index(text: str, where: str) -> list[IndexEntry]:
     return entries
 
 
-def _idx_level(text: str) -> tuple[str, float | None]:
-    for pattern, type_of_level, which in _IDX_LEVELS:
-        match = pattern.match(text)
-        if match:
-            if isinstance(which, int) and which >= 1:
-                return type_of_level, float(match.group(which))
-            return type_of_level, float(which)
-    return text, None  # an unlisted level: its own hypercube, without a level coordinate
+def _one(read: Any, offset: int, length: int) -> Any:
+    return read([offset], [length])[0]
 
 
-def _idx_step(text: str) -> tuple[str, float | None]:
-    if text == "anl":
-        return "instant", 0.0
-    match = _IDX_FORECAST.match(text)
-    if match:
-        return _IDX_STEP_TYPES[match.group(4)], int(match.group(2)) * _IDX_STEP_UNITS[match.group(3)]
-    return text, None
+def index_messages(opened: ObstoreFile, entries: Sequence[IndexEntry], catalogue: Catalogue, where: str) -> None:
+    """File the messages an index lists into ``catalogue``, reading their heads, not their bodies.
 
-
-def _idx_seconds(date: str, where: str) -> int:
-    try:
-        stamp = datetime.datetime.strptime(date, "%Y%m%d%H" if len(date) == 10 else "%Y%m%d%H%M")
-    except ValueError:
-        raise ParseError(f"{where}: date {date!r} is not YYYYMMDDHH") from None
-    return int((stamp - _EPOCH).total_seconds())
-
-
-def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_attributes: dict[str, Any],
-                    where: str) -> dict[tuple, Variable]:
-    """Variables from index lines: named by the index (wgrib2 names), on ``grid``."""
+    The first ``HEAD_BYTES`` of every message come in one request (ranges);
+    a head whose signature ecCodes has read before gives the keys (as in the
+    scan), and only the other messages are read whole, for ecCodes.
+    """
+    url, size = opened.url, opened.size
     offsets = sorted({e.offset for e in entries})
     ends = dict(zip(offsets, offsets[1:] + [size]))
-    variables: dict[tuple, Variable] = {}
     seen: set[int] = set()
-    times: dict[str, int] = {}
     for entry in entries:
         if entry.offset in seen:  # submessages of one message: not expressible as one chunk each
             raise ParseError(f"{where}: message {entry.number} holds several fields (submessages); "
@@ -612,24 +734,102 @@ def index_variables(entries: Sequence[IndexEntry], size: int, grid: Grid, file_a
         if entry.offset >= size:
             raise ParseError(f"{where}: message {entry.number} at byte {entry.offset} lies past the end of the "
                              f"file ({size} bytes)")
-        type_of_level, level = _idx_level(entry.level)
-        step_type, step = _idx_step(entry.forecast)
-        key = (entry.name, type_of_level, step_type)
-        variable = variables.get(key)
-        if variable is None:
-            attributes: dict[str, Any] = {"GRIB_idx_name": entry.name, "GRIB_typeOfLevel": type_of_level, "GRIB_stepType": step_type,
-                          "GRIB_idx_level": entry.level, "GRIB_idx_forecast": entry.forecast}
-            if step_type in _IDX_STEP_TYPES.values():
-                attributes["GRIB_stepUnits"] = 1
-            variable = variables[key] = Variable(
-                name=entry.name, type_of_level=type_of_level, file_attributes=file_attributes,
-                attributes=attributes, grid=grid, sort_key=key)
-        time = times.get(entry.date)
-        if time is None:
-            time = times[entry.date] = _idx_seconds(entry.date, where)
-        header = (UNDEF, time, step, level, UNDEF, UNDEF)
-        variable.fields.append(Field(entry.number, entry.offset, ends[entry.offset] - entry.offset, header))
-    return variables
+    store, path = opened.registry.resolve(url)
+
+    def read(starts: list[int], lengths: list[int]) -> list:
+        return read_ranges(store, path, starts, lengths, url=url, what="GRIB messages", coalesce=2**16)
+
+    heads = read([e.offset for e in entries], [min(HEAD_BYTES, ends[e.offset] - e.offset) for e in entries])
+    found = []
+    for entry, head in zip(entries, heads):
+        head = memoryview(head)  # (obstore's Bytes index and slice slowly)
+        at = catalogue.where(entry.number, entry.offset)
+        if bytes(head[:4]) != GRIB_SIGNATURE or len(head) < 16:
+            raise ParseError(f"{at} (from {where}): no GRIB message there (bytes {bytes(head[:8])!r})")
+        if head[7] != 2:
+            raise ParseError(f"{at}: GRIB edition {head[7]} is not supported (only GRIB2)")
+        length = int.from_bytes(head[8:16], "big")
+        if length > ends[entry.offset] - entry.offset:
+            raise ParseError(f"{at}: truncated: the message says it is {length} bytes long, the next message "
+                             f"or the end of the file comes {ends[entry.offset] - entry.offset} bytes after it "
+                             f"(file size {size})")
+        found.append((entry.number, entry.offset, length, head))
+    file_heads(found, catalogue, read)
+
+
+def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
+               read: Callable[[list[int], list[int]], list]) -> None:
+    """File messages known by their heads (``(number, offset, length, head)``) into ``catalogue``.
+
+    A head of a known signature gives the keys; the other messages are read
+    whole (``read(starts, lengths)``, one request) for ecCodes. Messages are
+    read later only where ecCodes must look at one (a packing or a variable
+    not seen before in this process).
+    """
+    heads = {offset: head for _, offset, _, head in found}
+    lengths = {offset: length for _, offset, length, _ in found}
+    fast_heads = {offset: read_head(head) for offset, head in heads.items()}
+    for _ in range(4):  # heads longer than was read (a reduced grid's list of points): read up to section 5
+        short = {}
+        for offset, head in heads.items():
+            if fast_heads[offset] is None:
+                need = head_size(head)
+                if need is not None and len(head) < need <= lengths[offset]:
+                    short[offset] = need
+        if not short:
+            break
+        for offset, head in zip(short, read(list(short), list(short.values()))):
+            heads[offset], fast_heads[offset] = head, read_head(head)
+    messages = []
+    for number, offset, length, _ in found:
+        fast = fast_heads[offset]
+        messages.append((number, offset, length, fast, known_keys(fast)))
+    unknown = [(o, n) for _, o, n, _, keys in messages if keys is None]
+    whole = dict(zip((o for o, _ in unknown), read([o for o, _ in unknown], [n for _, n in unknown])))
+    for number, offset, length, fast, keys in messages:
+        if keys is None:
+            keys = message_keys(whole[offset], catalogue.where(number, offset))
+            learn(fast, keys)
+        data = whole.get(offset)
+        catalogue.add_message(data if data is not None else functools.partial(_one, read, offset, length),
+                              number, offset, keys, length)
+
+
+def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
+    """Messages found by reading only their heads and ends, hopping from one to the next by their lengths.
+
+    For files in this process (local disk, memory), where a request costs
+    microseconds: one read per message (its ``7777`` and the next message's
+    head) instead of every byte. None when anything is not plainly
+    message after message (padding, damage, truncation): the window scan
+    then reads the file and says what is wrong.
+    """
+    url, size = opened.url, opened.size
+    store, path = opened.registry.resolve(url)
+    found: list[tuple[int, int, int, Any]] = []
+    window_start, window = 0, memoryview(opened.view(0, min(size, 2**16)))  # read when the file was opened
+    position, head = 0, window[:HEAD_BYTES]
+    while True:
+        if len(head) < 16 or bytes(head[:4]) != GRIB_SIGNATURE or head[7] != 2:
+            return None
+        length = int.from_bytes(head[8:16], "big")
+        end = position + length
+        if length < 16 or end > size:
+            return None
+        start, stop = end - 4, min(size, end + HEAD_BYTES)
+        if window_start <= start and stop <= window_start + len(window):
+            piece = window[start - window_start : stop - window_start]
+        else:  # small messages: a window of several; large ones: only the end and the next head
+            want = min(size - start, stop - start if length > 2**15 else max(stop - start, 2**16))
+            window_start = start
+            window = memoryview(get_range(store, path, start, want, url=url, what="GRIB message heads"))
+            piece = window[: stop - start]
+        if bytes(piece[:4]) != b"7777":
+            return None
+        found.append((len(found) + 1, position, length, head))
+        if end >= size:
+            return found
+        position, head = end, piece[4:]
 
 
 # --------------------------------------------------------------------------- #
@@ -710,14 +910,20 @@ def _inlined(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, An
     """A coordinate held in the manifest (little-endian bytes, one chunk)."""
     values = np.asarray(values, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
     dtype = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
-    grid = (1,) * values.ndim
-    manifest = ChunkManifest.from_arrays(
-        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
-        lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * values.ndim: values.astype(dtype).tobytes()},
-    )
-    metadata = create_array_metadata(shape=values.shape, chunk_shape=values.shape, dtype=values.dtype.newbyteorder("="),
-                                     dimension_names=dims, attributes=attributes)
-    return ManifestArray(metadata, manifest, registry=registry)
+    data = values.astype(dtype).tobytes()
+    key = (dtype.str, values.shape, data, dims, repr(sorted(attributes.items())))
+    made = _COORDINATES.get(key)  # a collection's files mostly share their coordinates: built once
+    if made is None:
+        grid = (1,) * values.ndim
+        manifest = ChunkManifest.from_arrays(
+            paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
+            lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * values.ndim: data},
+        )
+        metadata = create_array_metadata(shape=values.shape, chunk_shape=values.shape,
+                                         dtype=values.dtype.newbyteorder("="), dimension_names=dims,
+                                         attributes=attributes)
+        made = _remember(_COORDINATES, key, (metadata, manifest))
+    return ManifestArray(made[0], made[1], registry=registry)
 
 
 def _seconds_array(values: np.ndarray) -> np.ndarray:
@@ -785,22 +991,26 @@ def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordi
         positions.append((key, {v: i for i, v in enumerate(cube.coords[name].tolist())}))
     grid = tuple(len(cube.coords[name]) for name in dims)
     chunk_grid = grid + (1,) * len(cube.grid.dims)
-    paths = np.full(chunk_grid, "", dtype=object)
+    present = np.zeros(chunk_grid, dtype=bool)
     offsets = np.zeros(chunk_grid, dtype=np.uint64)
     lengths = np.zeros(chunk_grid, dtype=np.uint64)
     tail = (0,) * len(cube.grid.dims)
     for f in variable.fields:
         index = tuple(lookup[f.header[key]] for key, lookup in positions) + tail
-        if paths[index] == "":  # the first of duplicate messages, as cfgrib
-            paths[index], offsets[index], lengths[index] = url, f.offset, f.length
-    manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+        if not present[index]:  # the first of duplicate messages, as cfgrib
+            present[index], offsets[index], lengths[index] = True, f.offset, f.length
+    manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
     attributes = dict(variable.attributes)
     attributes["coordinates"] = " ".join(c for c in coordinates if c not in dims and c not in cube.grid.dims)
-    metadata = create_array_metadata(
-        shape=grid + cube.grid.shape, chunk_shape=(1,) * len(grid) + cube.grid.shape, dtype="float32",
-        codecs=[GribCodec()], fill_value=float("nan"), dimension_names=(*dims, *cube.grid.dims),
-        attributes=attributes,
-    )
+    described = variable.attributes_key if variable.attributes_key is not None else repr(attributes)
+    metadata_key = (grid, cube.grid.shape, tuple(dims), cube.grid.dims, described, attributes["coordinates"])
+    metadata = _METADATA.get(metadata_key)  # the same variable in the next file: the same metadata
+    if metadata is None:
+        metadata = _remember(_METADATA, metadata_key, create_array_metadata(
+            shape=grid + cube.grid.shape, chunk_shape=(1,) * len(grid) + cube.grid.shape, dtype="float32",
+            codecs=[GribCodec()], fill_value=float("nan"), dimension_names=(*dims, *cube.grid.dims),
+            attributes=attributes,
+        ))
     return ManifestArray(metadata, manifest, registry=registry)
 
 
@@ -824,20 +1034,15 @@ class GRIBParser(Parser):
     idx : bool or str
         ``True`` reads the wgrib2/NOAA index file ``<url>.idx`` (a string:
         that index's url) instead of scanning the messages: one request for
-        the index and one for the first message. The index gives each
-        message's offset (its length is the distance to the next offset, or
-        to the end of the file), the reference time (``d=``), a wgrib2
-        variable name, a level phrase and a forecast phrase; the common level
-        phrases become ``typeOfLevel`` and a level coordinate (``500 mb`` ->
-        ``isobaricInhPa`` 500, ``2 m above ground`` -> ``heightAboveGround``
-        2), the forecast phrases ``stepType`` and ``step`` (``anl`` -> 0,
-        ``6 hour fcst``, ``0-6 hour acc fcst`` -> ``accum`` at 6). Variables
-        are named by the index (``TMP``, not ecCodes' ``t``/``2t``) and carry
-        the index's text as attributes, since the index gives no
-        ``paramId``; the grid (dimensions, latitude, longitude) comes from
-        the first message, which every message is taken to share (as in NOAA's
-        files: a file whose messages have several grids needs the scan). The
-        values read are those the scan gives.
+        the index, one (ranges) for the first ``HEAD_BYTES`` of every
+        message it lists, none for message bodies. The index gives each
+        message's offset; its head gives its length and section headers,
+        read as the scan reads them, so the dataset is the scan's (cfgrib's
+        names: ``t``, ``t2m``, not wgrib2's ``TMP``, which the index alone
+        cannot map: one wgrib2 name is several ecCodes parameters by level,
+        and the names depend on the centre's tables). A head of a kind
+        ecCodes has not read before in this process costs one more request
+        for that whole message (the first file of a collection).
     """
 
     def __init__(self, *, inline: InlinePolicy | None = None, group: str | None = None,
@@ -863,8 +1068,14 @@ class GRIBParser(Parser):
         if self.idx:
             variables = self._from_index(opened, url, registry)
         else:
-            catalogue = _Catalogue(url)
-            scan_messages(opened, catalogue)
+            catalogue = Catalogue(url)
+            found = hop_messages(opened) if is_in_process(registry.resolve(url)[0]) else None
+            if found is not None:
+                store, path = registry.resolve(url)
+                file_heads(found, catalogue, lambda starts, lengths: read_ranges(
+                    store, path, starts, lengths, url=url, what="GRIB messages", coalesce=0))
+            else:
+                scan_messages(opened, catalogue)
             variables = list(catalogue.variables.values())
         try:
             cubes = hypercubes(variables)
@@ -891,21 +1102,10 @@ class GRIBParser(Parser):
         index_url = self.idx if isinstance(self.idx, str) else url + ".idx"
         store, path = registry.resolve(index_url)
         text = bytes(get(store, path, url=index_url)).decode("ascii", errors="replace")
-        entries = parse_index(text, index_url)
-        first = min(entries, key=lambda e: e.offset)
-        head = opened.read_range(first.offset, 16)
-        where = f"{url}: GRIB message {first.number} at byte {first.offset}"
-        if head[:4] != GRIB_SIGNATURE or len(head) < 16:
-            raise ParseError(f"{where} (from {index_url}): no GRIB message there (bytes {head[:8]!r})")
-        length = int.from_bytes(head[8:16], "big")
-        if first.offset + length > opened.size:
-            raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
-                             f"{opened.size - first.offset} bytes into it (file size {opened.size})")
-        catalogue = _Catalogue(url)
-        catalogue.add_message(opened.read_range(first.offset, length), first.number, first.offset)
-        (template,) = catalogue.variables.values()
-        return list(index_variables(entries, opened.size, template.grid, template.file_attributes,
-                                    index_url).values())
+        catalogue = Catalogue(url)
+        index_messages(opened, parse_index(text, index_url), catalogue, index_url)
+        return list(catalogue.variables.values())
 
 
-__all__ = ["GRIB_SIGNATURE", "GRIBParser", "parse_index", "scan_messages"]
+__all__ = ["GRIB_SIGNATURE", "GRIBParser", "clear_caches", "file_heads", "head_size", "hop_messages", "index_messages", "known_keys", "learn", "message_keys", "parse_index",
+           "read_head", "scan_messages"]
