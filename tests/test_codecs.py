@@ -90,3 +90,23 @@ def test_codec_cache_follows_the_setting(hdf5_chunks):
         on = codec_for_key(key)
     with dask.config.set({"vzdask.zlib-ng": False}):
         assert codec_for_key(key) is not on
+
+
+def test_libdeflate_inflates_into_the_known_size(hdf5_chunks):
+    """With libdeflate, zlib streams inflate into the chunk's decoded size; other sizes fall back to zlib-ng."""
+    import imagecodecs
+
+    from vzdask.codecs import _sized_inflate
+
+    if not imagecodecs.DEFLATE.available:
+        pytest.fail("imagecodecs was built without libdeflate: the hdf extra's imagecodecs has it")
+    array, data, chunks = hdf5_chunks
+    with dask.config.set({"vzdask.zlib-ng": True}):
+        codec = codec_for(array.metadata)
+    (inflater,) = [c for c in codec.decoders if isinstance(c, Zlibng)]
+    assert isinstance(inflater, _sized_inflate())
+    np.testing.assert_array_equal(codec.decode(chunks[0]), data[:1, :15, :20], strict=True)
+    spec = codec._spec  # a (1, 15, 20) float32 chunk: 1200 bytes decoded
+    for payload in (bytes(range(256)) * 10, b"", bytes(1200)):  # larger than the chunk, empty, exact
+        got = inflater._decode_sync(codec._prototype.buffer.from_bytes(zlib.compress(payload)), spec)
+        assert got.to_bytes() == payload
