@@ -85,14 +85,21 @@ def scheduler_threads() -> int:
             cached = _CLIENT_THREADS.get(id(client))
             if cached is not None and now - cached[0] < 5.0:  # asking the scheduler is a round trip
                 return cached[1]
-            try:
-                threads = sum(client.nthreads().values()) or 1
+            try:  # the totals only (an asynchronous client answers from its cache, without a round trip)
+                threads = int(_scheduler_info(client).get("total_threads") or 0) or _local_threads()
             except Exception:  # noqa: BLE001 - a closed or unreachable client: size for this machine
                 threads = _local_threads()
             _CLIENT_THREADS.clear()
             _CLIENT_THREADS[id(client)] = (now, threads)
             return threads
     return _local_threads()
+
+
+def _scheduler_info(client) -> dict:
+    try:
+        return client.scheduler_info(n_workers=0)
+    except TypeError:  # distributed before 2025.5 has no n_workers
+        return client.scheduler_info()
 
 
 def _local_threads() -> int:
