@@ -16,8 +16,9 @@ reader, medians of ``--repeats`` rounds:
                  and closed in each (left open, HDF5's chunk cache serves the next round decoded chunks)
 
 Operations: ``ds["a"].sum().compute()``, ``ds["a"].values``, ``ds.compute()``. Target: each <= 0.75x
-the floor. The machine is shared (2 cores here): the load average is printed with the figures, and
-per-round ratios to the floor (same round) are given beside the medians.
+the floor. The machine is shared (2 cores here): the load average is printed with the figures,
+per-round ratios to the floor (same round) beside the medians, and the CPU seconds each reader's
+threads used (a loaded machine changes them least; wall / CPU shows how many cores a reader kept busy).
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def floor_read(paths) -> np.ndarray:
 
 
 def measure(func):
-    t0 = time.perf_counter()
+    """``(wall seconds, CPU seconds of this process's threads, result)``: CPU time is what a loaded machine
+    changes least."""
+    c0, t0 = time.process_time(), time.perf_counter()
     result = func()
-    return time.perf_counter() - t0, result
+    return time.perf_counter() - t0, time.process_time() - c0, result
 
 
 def run(n: int, repeats: int) -> None:
@@ -94,7 +97,7 @@ def run(n: int, repeats: int) -> None:
     opened = {}
     for label, config in (("before", {"vzdask.min-task-bytes": "64MiB"}), ("after", {})):
         with dask.config.set(config):
-            t, opened[label] = measure(lambda: vzdask.open_mfdataset(paths))
+            t, _, opened[label] = measure(lambda: vzdask.open_mfdataset(paths))
         print(f"  open {label}: {t:.2f} s, {opened[label]['a'].data.npartitions} task(s) for 'a'")
 
     def xarray(op):
@@ -118,16 +121,21 @@ def run(n: int, repeats: int) -> None:
             assert np.array_equal(np.asarray(got), expected), label
     del expected, got
     times: dict[str, list[float]] = {label: [] for label in readers}
+    cpu: dict[str, list[float]] = {label: [] for label in readers}
     for _ in range(repeats):
         for label, func in readers.items():
-            times[label].append(measure(func)[0])
-    floor = statistics.median(times["floor"])
+            wall, used, _ = measure(func)
+            times[label].append(wall)
+            cpu[label].append(used)
+    floor, floor_cpu = statistics.median(times["floor"]), statistics.median(cpu["floor"])
     load = os.getloadavg()[0]
     print(f"{n} files, {nbytes / 1e6:.0f} MB decoded, median of {repeats} rounds, load average {load:.1f}")
+    print(f"  {'reader':22s} {'wall':>8s} {'x floor':>8s} {'per round':>10s} {'CPU s':>8s} {'x floor CPU':>12s}")
     for label, ts in times.items():
         ratio = statistics.median(t / f for t, f in zip(ts, times["floor"]))
-        print(f"  {label:22s} {statistics.median(ts):8.3f} s {statistics.median(ts) / floor:6.2f}x floor "
-              f"(per round {ratio:.2f}x)")
+        used = statistics.median(cpu[label])
+        print(f"  {label:22s} {statistics.median(ts):8.3f} {statistics.median(ts) / floor:8.2f} {ratio:10.2f} "
+              f"{used:8.3f} {used / floor_cpu:12.2f}")
 
 
 def main() -> None:
