@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -103,13 +102,10 @@ def _scheduler_info(client) -> dict:
 
 
 def _local_threads() -> int:
-    configured = dask.config.get("num_workers", None)
-    if configured:
-        return int(configured)
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The threads of dask's local pool: ``num_workers``, else the CPUs this process may use (dask's count)."""
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT or 1)
 
 
 # -- block layout ------------------------------------------------------------
@@ -559,9 +555,7 @@ def assemble(
 
 
 def _worker_threads() -> int:
-    import os
-
-    return dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return _local_threads()
 
 
 def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> ChunkManifest:
