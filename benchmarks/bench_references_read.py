@@ -22,7 +22,8 @@ default), through the vzdask engine and through fsspec + zarr.
 
 Issue 19's targets: >= 5x faster than fsspec + zarr, <= 0.75x the single-thread floor, a
 1,000,000-reference Parquet set opened in <= 1 s. The machine is shared: the table shows the
-cores other processes kept busy during each reader's runs.
+cores other processes kept busy during each reader's runs, and the CPU seconds each reader's own
+threads used (what a loaded machine changes least; fsspec + zarr's include its event loop thread).
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ def kerchunk_engine(refs: Path):
 
 
 def measure(func):
-    """``(seconds, cores other processes kept busy, result)`` of one call."""
+    """``(seconds, cores other processes kept busy, result, CPU seconds of this process)`` of one call."""
     b0, c0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
     result = func()
     t1, c1, b1 = time.perf_counter(), time.process_time(), _busy_seconds()
-    return t1 - t0, max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0), result
+    return t1 - t0, max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0), result, c1 - c0
 
 
 def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> None:
@@ -115,17 +116,21 @@ def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> Non
     del expected, got  # the timed rounds hold one result at a time
     times: dict[str, list[float]] = {label: [] for label in readers}
     busy: dict[str, list[float]] = {label: [] for label in readers}
+    cpu: dict[str, list[float]] = {label: [] for label in readers}
     for _ in range(repeats):
         for label, func in readers.items():
-            seconds, others, _ = measure(func)
+            seconds, others, _, used = measure(func)
             times[label].append(seconds)
             busy[label].append(others)
+            cpu[label].append(used)
     floor = statistics.median(times["floor (1 thread, zlib)"])
+    floor_cpu = statistics.median(cpu["floor (1 thread, zlib)"])
     print(f"\nopen + compute everything ({nbytes / 1e9:.2f} GB decoded), median of {repeats} rounds")
-    print(f"  {'reader':40s} {'seconds':>8s} {'x floor':>8s} {'others busy':>12s}")
+    print(f"  {'reader':40s} {'seconds':>8s} {'x floor':>8s} {'others busy':>12s} {'CPU s':>7s} {'x floor CPU':>11s}")
     for label in readers:
-        seconds = statistics.median(times[label])
-        print(f"  {label:40s} {seconds:8.2f} {seconds / floor:8.2f} {statistics.median(busy[label]):9.1f} cores")
+        seconds, used = statistics.median(times[label]), statistics.median(cpu[label])
+        print(f"  {label:40s} {seconds:8.2f} {seconds / floor:8.2f} {statistics.median(busy[label]):9.1f} cores "
+              f"{used:7.2f} {used / floor_cpu:11.2f}")
     for fmt in refs:
         ours = times[f"vzdask engine, {fmt}"]
         for peer in (f"fsspec + zarr, {fmt}", f"fsspec + zarr chunks={{}}, {fmt}", f"kerchunk engine, {fmt}"):

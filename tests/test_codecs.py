@@ -80,6 +80,8 @@ def test_broken_streams_fail_with_both_inflaters(hdf5_chunks, damage):
         with dask.config.set({"vzdask.zlib-ng": zlib_ng}):
             with pytest.raises(error):
                 codec_for(array.metadata).decode(broken)
+            with pytest.raises(error):  # decode_into's chain (scratch buffers) fails alike
+                codec_for(array.metadata).decode_into(broken, np.empty((1, 15, 20), "float32"))
 
 
 def test_codec_cache_follows_the_setting(hdf5_chunks):
@@ -90,3 +92,70 @@ def test_codec_cache_follows_the_setting(hdf5_chunks):
         on = codec_for_key(key)
     with dask.config.set({"vzdask.zlib-ng": False}):
         assert codec_for_key(key) is not on
+
+
+def test_libdeflate_inflates_into_the_known_size(hdf5_chunks):
+    """With libdeflate, zlib streams inflate into the chunk's decoded size; other sizes fall back to zlib-ng."""
+    import imagecodecs
+
+    from vzdask.codecs import _sized_inflate
+
+    if not imagecodecs.DEFLATE.available:
+        pytest.fail("imagecodecs was built without libdeflate: the hdf extra's imagecodecs has it")
+    array, data, chunks = hdf5_chunks
+    with dask.config.set({"vzdask.zlib-ng": True}):
+        codec = codec_for(array.metadata)
+    (inflater,) = [c for c in codec.decoders if isinstance(c, Zlibng)]
+    assert isinstance(inflater, _sized_inflate())
+    np.testing.assert_array_equal(codec.decode(chunks[0]), data[:1, :15, :20], strict=True)
+    spec = codec._spec  # a (1, 15, 20) float32 chunk: 1200 bytes decoded
+    for payload in (bytes(range(256)) * 10, b"", bytes(1200)):  # larger than the chunk, empty, exact
+        got = inflater._decode_sync(codec._prototype.buffer.from_bytes(zlib.compress(payload)), spec)
+        assert got.to_bytes() == payload
+
+
+def _zlib_only_chunks(tmp_path):
+    """A zlib HDF5 dataset without shuffle: the inflated bytes are the values (the bytes codec views them)."""
+    data = np.arange(6 * 30 * 40, dtype="<i4").reshape(6, 30, 40) * 7 - 3000
+    path = tmp_path / "z.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("z", data=data, chunks=(1, 15, 20), compression="gzip", compression_opts=1)
+    with h5py.File(path) as f:
+        dsid = f["z"].id
+        chunks = [dsid.read_direct_chunk(dsid.get_chunk_info(i).chunk_offset)[1] for i in range(dsid.get_num_chunks())]
+    return open_virtual_dataset(str(path))["z"].data, data, chunks
+
+
+@pytest.mark.parametrize("chain", ["shuffle+zlib", "zlib"])
+@pytest.mark.parametrize("largest", [None, 100], ids=["scratch", "too-large-for-scratch"])
+def test_decode_into_scratch_buffers_never_leak(hdf5_chunks, tmp_path, monkeypatch, chain, largest):
+    """decode_into inflates/unshuffles into per-thread buffers: every chunk exact, on two threads at once,
+    and what decode() returns is never one of those buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vzdask import codecs
+
+    if largest is not None:
+        monkeypatch.setattr(codecs, "SCRATCH_MAX_BYTES", largest)
+    array, data, chunks = hdf5_chunks if chain == "shuffle+zlib" else _zlib_only_chunks(tmp_path)
+    with dask.config.set({"vzdask.zlib-ng": True}):
+        codec = codec_for(array.metadata)
+    assert codecs._scratch_decoders(codec.decoders) is not None
+    where = [(t, y, x) for t in range(6) for y in range(2) for x in range(2)]  # h5py's chunk order (C order)
+    kept = [codec.decode(raw) for raw in chunks]  # decode() results stay as they were
+    out = np.empty_like(data)
+
+    def decode(k):
+        t, y, x = where[k]
+        for _ in range(20):  # many rounds, so both threads' buffers are reused while the other decodes
+            codec.decode_into(chunks[k], out[t : t + 1, 15 * y : 15 * y + 15, 20 * x : 20 * x + 20])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(decode, range(len(chunks))))
+    np.testing.assert_array_equal(out, data, strict=True)
+    for (t, y, x), got in zip(where, kept):
+        np.testing.assert_array_equal(got, data[t : t + 1, 15 * y : 15 * y + 15, 20 * x : 20 * x + 20], strict=True)
+    inner = (slice(0, 1), slice(2, 9), slice(5, 20))  # part of a chunk (an edge block)
+    part = np.empty((1, 7, 15), data.dtype)
+    codec.decode_into(chunks[3], part, inner)
+    np.testing.assert_array_equal(part, data[0:1, 15:30, 20:40][inner], strict=True)

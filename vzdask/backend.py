@@ -40,7 +40,7 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 
 from vzdask._compat import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
-from vzdask.chunk_tasks import load_region, read_arrays, task_bytes
+from vzdask.chunk_tasks import load_region, read_arrays, task_target
 from vzdask.codecs import codec_key
 from vzdask.graph import LoadTasks
 from vzdask.manifests.array import ManifestArray
@@ -58,8 +58,8 @@ EAGER_COORDINATE_BYTES = 16 * 2**20
 class VzdaskBackendArray(BackendArray):
     """One virtual variable as xarray's lazily indexed backend array: reads go through vzdask's load tasks.
 
-    A read covering more than ``vzdask.task-bytes`` is cut into task blocks and
-    run on dask's threads; a smaller one (a dask task's block, a selection)
+    A read covering more than a task block (``vzdask.chunk_tasks.task_target``) is
+    cut into task blocks and run on dask's threads; a smaller one (a dask task's block, a selection)
     runs here. Either way each block costs one ranged read per file.
     """
 
@@ -111,7 +111,7 @@ def read_region(array: ManifestArray, region: tuple[slice, ...]) -> np.ndarray:
         return np.asarray(array.to_dask_array().compute(scheduler="sync"))
     if 0 in shape:
         return np.empty(shape, dtype=array.dtype)
-    large = math.prod(shape) * array.dtype.itemsize > task_bytes()
+    large = math.prod(shape) * array.dtype.itemsize > task_target(array.nbytes)  # the task blocks' size
     block = array.layout.element_chunks(array.shape, array.chunk_sizes) if large else None
     chunks, blocks = [], []
     for axis, (n, r) in enumerate(zip(array.shape, region)):

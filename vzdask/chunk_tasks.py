@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,14 +35,77 @@ from vzdask.object_io import is_in_process, read_ranges, read_ranges_async, run_
 from vzdask.registry import ObjectStoreRegistry
 
 DEFAULT_TASK_BYTES = 64 * 2**20
+DEFAULT_MIN_TASK_BYTES = 4 * 2**20
+DEFAULT_TASKS_PER_THREAD = 2
 
-dask.config.update_defaults({"vzdask": {"task-bytes": DEFAULT_TASK_BYTES}})
+dask.config.update_defaults({"vzdask": {"task-bytes": DEFAULT_TASK_BYTES, "min-task-bytes": DEFAULT_MIN_TASK_BYTES,
+                                        "tasks-per-thread": DEFAULT_TASKS_PER_THREAD}})
+
+
+def _config_bytes(name: str, default: int) -> int:
+    value = dask.config.get(name, default)
+    return int(parse_bytes(value) if isinstance(value, str) else value)
 
 
 def task_bytes() -> int:
-    """Decoded bytes one task aims for (dask config ``vzdask.task-bytes``)."""
-    value = dask.config.get("vzdask.task-bytes", DEFAULT_TASK_BYTES)
-    return int(parse_bytes(value) if isinstance(value, str) else value)
+    """The most decoded bytes one task aims for (dask config ``vzdask.task-bytes``)."""
+    return _config_bytes("vzdask.task-bytes", DEFAULT_TASK_BYTES)
+
+
+def task_target(total: int) -> int:
+    """Decoded bytes per task for an array of ``total`` decoded bytes.
+
+    At most ``vzdask.task-bytes``; smaller when that would leave threads idle:
+    about ``vzdask.tasks-per-thread`` (2) tasks for each thread that runs them
+    (``scheduler_threads``), so a 50 MB variable's sum is not one task on one
+    core, but never below ``vzdask.min-task-bytes`` (4 MiB: a task's overhead,
+    0.1-2 ms, stays small next to decoding it).
+    """
+    most = task_bytes()
+    least = min(most, _config_bytes("vzdask.min-task-bytes", DEFAULT_MIN_TASK_BYTES))
+    per_thread = max(1, int(dask.config.get("vzdask.tasks-per-thread", DEFAULT_TASKS_PER_THREAD)))
+    share = -(-int(total) // (per_thread * scheduler_threads()))
+    return max(least, min(most, share))
+
+
+_CLIENT_THREADS: dict[int, tuple[float, int]] = {}
+
+
+def scheduler_threads() -> int:
+    """The threads that will run tasks: the default distributed client's workers', else dask's local pool's."""
+    distributed = sys.modules.get("distributed")
+    if distributed is not None:
+        try:
+            client = distributed.default_client()
+        except ValueError:  # no client
+            client = None
+        if client is not None:
+            now = time.monotonic()
+            cached = _CLIENT_THREADS.get(id(client))
+            if cached is not None and now - cached[0] < 5.0:  # asking the scheduler is a round trip
+                return cached[1]
+            try:  # the totals only (an asynchronous client answers from its cache, without a round trip)
+                threads = int(_scheduler_info(client).get("total_threads") or 0) or _local_threads()
+            except Exception:  # noqa: BLE001 - a closed or unreachable client: size for this machine
+                threads = _local_threads()
+            _CLIENT_THREADS.clear()
+            _CLIENT_THREADS[id(client)] = (now, threads)
+            return threads
+    return _local_threads()
+
+
+def _scheduler_info(client) -> dict:
+    try:
+        return client.scheduler_info(n_workers=0)
+    except TypeError:  # distributed before 2025.5 has no n_workers
+        return client.scheduler_info()
+
+
+def _local_threads() -> int:
+    """The threads of dask's local pool: ``num_workers``, else the CPUs this process may use (dask's count)."""
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT or 1)
 
 
 # -- block layout ------------------------------------------------------------
@@ -57,11 +122,13 @@ class BlockLayout:
     def for_array(cls, grid: Sequence[int], chunk_nbytes: int, target: int | None = None) -> BlockLayout:
         """Blocks of at most about ``target`` decoded bytes, filled along the last axes first (C order).
 
-        Where an axis is cut, its blocks are made equal (2400 chunks in blocks of
-        at most 258 become 10 of 240, not 9 of 258 and one of 78), so the last
-        task is not a runt that leaves cores idle at the end.
+        ``target`` defaults to ``task_target`` of the whole array: enough tasks
+        for every thread. Where an axis is cut, its blocks are made equal (2400
+        chunks in blocks of at most 258 become 10 of 240, not 9 of 258 and one of
+        78), so the last task is not a runt that leaves cores idle at the end.
         """
-        target = task_bytes() if target is None else target
+        if target is None:
+            target = task_target(math.prod(grid) * chunk_nbytes)
         budget = max(1, target // max(1, chunk_nbytes))
         block = []
         for g in reversed(grid):
@@ -488,9 +555,7 @@ def assemble(
 
 
 def _worker_threads() -> int:
-    import os
-
-    return dask.config.get("num_workers", None) or os.cpu_count() or 1
+    return _local_threads()
 
 
 def blocks_to_manifest(layout: BlockLayout, blocks: Sequence[EncodedBlock]) -> ChunkManifest:
