@@ -417,3 +417,76 @@ def test_files_that_cannot_be_ordered_name_the_coordinate_and_files(tmp_path):
     with pytest.raises(CombineError, match=rf"cannot order the files by 'time': .*\({a}, {down}\).*"
                                            r"combine='nested', concat_dim='time'"):
         vzdask.open_virtual_mfdataset([a, down])
+
+
+# --------------------------------------------------------------------------- #
+# encoding["chunks"] of the combined result (not the first file's)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("parallel", [None, "processes"])
+def test_chunk_encoding_is_the_combined_grid_as_xr_open_zarr_shows_it(collections, tmp_path, parallel, process_pool):
+    """Monthly files one chunk each: the virtual ``chunks`` list every month (not January's 31) and
+    ``xr.open_zarr`` of the written Icechunk repository shows the same; time (loaded) is written whole."""
+    import zarr
+
+    from tests.icechunk_repos import Repo
+
+    paths = collections["contiguous"]
+    days = tuple(calendar.monthrange(YEAR, m)[1] for m in range(1, 13))
+    with dask.config.set(pool=process_pool) if parallel else dask.config.set({}):
+        virtual = vzdask.open_virtual_mfdataset(paths, parallel=parallel)
+    for name in ("tas", "pr"):
+        assert virtual[name].encoding["chunks"] == (days, NLAT, NLON)
+        assert virtual[name].encoding["preferred_chunks"] == {"time": days, "lat": NLAT, "lon": NLON}
+    assert virtual["time"].encoding["chunks"] == (366,)  # each file held its times in one chunk
+    assert virtual["lat"].encoding["chunks"] == (NLAT,)
+    repo = Repo(tmp_path / "repo", str(Path(paths[0]).parent))
+    session = repo.writable()
+    virtual.vz.to_icechunk(session)
+    session.commit("a year")
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        back = repo.read()
+        for name in ("tas", "pr", "time", "lat"):
+            assert back[name].encoding["chunks"] == virtual[name].encoding["chunks"], name
+        assert_like_from_zarr(back, reference(paths))
+    # for analysis: the stored grid in preferred_chunks; no rectilinear "chunks", which to_zarr would refuse
+    analysis = vzdask.open_mfdataset(paths)
+    assert analysis["tas"].encoding["preferred_chunks"] == {"time": days, "lat": NLAT, "lon": NLON}
+    assert "chunks" not in analysis["tas"].encoding
+    analysis.to_zarr(tmp_path / "copy.zarr", consolidated=False)
+    assert_like_from_zarr(xr.open_zarr(tmp_path / "copy.zarr", consolidated=False), reference(paths))
+
+
+def assert_like_from_zarr(back: xr.Dataset, expected: xr.Dataset) -> None:
+    """Identical but for ``pr``'s float64: zarr's JSON attributes hold its float32 scale_factor as a float64."""
+    back = back.load()
+    xr.testing.assert_identical(back.assign(pr=back["pr"].astype("f4")), expected)
+
+
+def test_chunk_encoding_of_regular_and_mixed_combines(collections, tmp_path):
+    """A regular combine keeps one size per axis (a partial last chunk too); files chunked 5 and 10 list them."""
+    regular = [str(tmp_path / f"r{i}.nc") for i in range(3)]
+    for i, n in enumerate((4, 4, 2)):  # each file one chunk of 4 days, the last one 2
+        write_file(Path(regular[i]), start=4 * i, n=n, chunk=None, seed=i, time_units="days since 2000-01-01")
+    virtual = vzdask.open_virtual_mfdataset(regular)
+    assert virtual["tas"].encoding["chunks"] == (4, NLAT, NLON)
+    assert virtual["tas"].encoding["preferred_chunks"] == {"time": 4, "lat": NLAT, "lon": NLON}
+    assert virtual["time"].encoding["chunks"] == (10,)
+    analysis = vzdask.open_mfdataset(regular)
+    assert analysis["tas"].encoding["chunks"] == (4, NLAT, NLON)
+    mixed = [str(tmp_path / f"m{i}.nc") for i in range(3)]
+    for i, (n, chunk) in enumerate([(10, 5), (10, 10), (10, 2)]):
+        write_file(Path(mixed[i]), start=10 * i, n=n, chunk=chunk, seed=i, time_units="days since 2000-01-01")
+    virtual = vzdask.open_virtual_mfdataset(mixed)
+    assert virtual["tas"].encoding["chunks"] == ((5, 5, 10, 2, 2, 2, 2, 2), NLAT, NLON)
+    assert virtual["time"].encoding["chunks"] == (30,)  # netCDF4's 512 per file: one chunk of 30
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(mixed))
+
+
+def test_chunk_encoding_where_files_are_joined_file_by_file(collections):
+    """Monthly files chunked 5 make no one grid: for analysis no ``chunks`` claims January's."""
+    paths = collections["chunk5"]
+    analysis = vzdask.open_mfdataset(paths)
+    assert "chunks" not in analysis["tas"].encoding and "preferred_chunks" not in analysis["tas"].encoding
+    assert analysis["lat"].encoding.get("chunks") in (None, (NLAT,))

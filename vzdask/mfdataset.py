@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from vzdask._compat import variable_data
 from vzdask.accessor import VirtualDatasetAccessor
 from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
 from vzdask.fast_combine import combine_parts
@@ -29,9 +30,11 @@ from vzdask.errors import (
     UnsupportedVariableWarning,
     VzdaskError,
 )
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.metadata import AxisChunks
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
-from vzdask.xarray import DecodedCache, VirtualParts
+from vzdask.xarray import MANIFEST_ENCODING_KEY, DecodedCache, VirtualParts
 
 #: Files combined by one task in the tree reduction on a cluster.
 COMBINE_BATCH = 16
@@ -202,6 +205,16 @@ def open_virtual_mfdataset(
     progress : bool
         Show a progress bar while parsing.
 
+    Returns
+    -------
+    xarray.Dataset
+        Virtual variables hold the combined ManifestArrays. Each one's ``encoding["chunks"]`` and
+        ``encoding["preferred_chunks"]`` describe the combined chunk grid, as ``xr.open_zarr`` shows the
+        written store: one size per regular axis; along a rectilinear axis (files of different lengths or
+        chunkings) the tuple of every chunk's size, e.g. ``((31, 29, 31, ...), 10, 20)``. A loaded variable
+        that was concatenated has the chunks its values are written with: its whole length along an axis
+        each file stored in one chunk, else the files' chunk size.
+
     Raises
     ------
     FileOpenError
@@ -234,6 +247,52 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     Without it, a failed combine (or CF check) is explained by the files' signatures when they show why
     (``explain_combine_failure``: the variable, the files, the way out), else re-raised as it is.
     """
+    return combined_chunk_encoding(_open_and_combine_virtual(arguments, analysis))
+
+
+def _zarr_chunks(sizes: Sequence[AxisChunks]) -> tuple[AxisChunks, ...]:
+    """Chunk sizes as xarray's zarr backend gives them: one size where the grid is regular along an axis.
+
+    (A rectilinear axis whose chunks are all one size but the last, smaller one, is that size.)
+    """
+    out: list[AxisChunks] = []
+    for size in sizes:
+        if isinstance(size, int):
+            out.append(size)
+        elif len(set(size[:-1])) <= 1 and size and size[-1] <= size[0]:
+            out.append(int(size[0]))
+        else:
+            out.append(tuple(int(s) for s in size))
+    return tuple(out)
+
+
+def combined_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (combined in place) with each variable's ``encoding["chunks"]`` describing the combined result.
+
+    Combining keeps the first file's encoding (as ``xr.concat`` does), so a virtual variable would claim the
+    first file's chunk shape whatever the combined grid. A virtual variable gets its ManifestArray's grid
+    (``_zarr_chunks``) and matching ``preferred_chunks``; a loaded variable that was concatenated (its shape
+    is no longer its stored array's) gets the chunks the writers will write it in (``_loaded_chunks``).
+    """
+    for var in ds.variables.values():
+        data = variable_data(var)
+        if isinstance(data, ManifestArray):
+            chunks = _zarr_chunks(data.chunk_sizes)
+            var.encoding = {**var.encoding, "chunks": chunks, "preferred_chunks": dict(zip(var.dims, chunks))}
+            continue
+        stored = var.encoding.get(MANIFEST_ENCODING_KEY)
+        if isinstance(stored, ManifestArray) and stored.ndim == var.ndim and stored.shape != tuple(var.shape):
+            var.encoding = {**var.encoding, "chunks": _loaded_chunks(stored, tuple(var.shape))}
+    return ds
+
+
+def _loaded_chunks(stored: ManifestArray, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A concatenated loaded variable's chunks: its whole length along an axis the file held in one chunk."""
+    return tuple(n if c >= s else c for n, s, c in zip(shape, stored.shape, stored.chunk_shape))
+
+
+def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
+    """``_open_virtual`` before the chunk encodings are made those of the combined result."""
     paths, concat_dim, combine = arguments["paths"], arguments["concat_dim"], arguments["combine"]
     parallel, progress = arguments["parallel"], arguments["progress"]
     if combine not in ("by_coords", "nested"):
@@ -613,6 +672,12 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     ``coords="different"`` today, with xarray's warnings where its coming
     defaults would differ), so ``vzdask.open_mfdataset(paths)`` gives what
     ``xr.open_mfdataset(paths)`` gives.
+
+    ``encoding["preferred_chunks"]`` is the combined stored grid (a tuple of
+    sizes along a rectilinear axis) and ``encoding["chunks"]`` its chunk shape
+    where that grid is regular (absent otherwise, so ``to_zarr`` chunks by the
+    dask blocks); both are absent where files were joined file by file along
+    an axis (no one stored grid).
     """
     import inspect
 
@@ -630,9 +695,34 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
 
 
 def to_analysis(virtual: xr.Dataset, chunks, decode_times) -> xr.Dataset:
-    """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks)."""
+    """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks).
+
+    ``encoding["chunks"]`` stays only where the stored grid is regular: a rectilinear one (kept in
+    ``preferred_chunks``) is what ``to_zarr`` refuses in encoding, while dask chunks it can write.
+    """
     analysis = VirtualDatasetAccessor(virtual).to_dask(chunks=chunks, mask_and_scale=True)
-    return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
+    decoded = xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
+    for var in decoded.variables.values():
+        if any(not isinstance(c, (int, np.integer)) for c in var.encoding.get("chunks", ())):
+            var.encoding = {k: v for k, v in var.encoding.items() if k != "chunks"}
+    return decoded
+
+
+def _chunks_of_combined(combined: xr.Dataset, first: xr.Dataset) -> xr.Dataset:
+    """``combined`` (xarray's combine of per-file datasets) without the first file's chunks where they mislead.
+
+    A variable whose shape changed in combining has no one stored grid (the files were joined as dask
+    arrays): its ``chunks`` and ``preferred_chunks`` go, except a loaded one's (``_loaded_chunks``).
+    """
+    for name, var in combined.variables.items():
+        if name not in first.variables or first.variables[name].shape == var.shape:
+            continue
+        stored = var.encoding.get(MANIFEST_ENCODING_KEY)
+        encoding = {k: v for k, v in var.encoding.items() if k not in ("chunks", "preferred_chunks")}
+        if isinstance(stored, ManifestArray) and stored.ndim == var.ndim and not hasattr(var.data, "dask"):
+            encoding["chunks"] = _loaded_chunks(stored, tuple(var.shape))
+        var.encoding = encoding
+    return combined
 
 
 def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
@@ -658,5 +748,6 @@ def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list
                 for opened, _ in results]
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join") if key in given}
     kwargs["combine_attrs"] = arguments["combine_attrs"]  # the default is xr.open_mfdataset's ("override")
-    return _combine(_arrange(nested, iter(datasets)) if grid else datasets, arguments["combine"],
-                    arguments["concat_dim"], kwargs)
+    combined = _combine(_arrange(nested, iter(datasets)) if grid else datasets, arguments["combine"],
+                        arguments["concat_dim"], kwargs)
+    return _chunks_of_combined(combined, datasets[0])
