@@ -68,7 +68,7 @@ def _flatten(nested) -> list[str]:
     return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
 
 
-def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False, opened=None
+def open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False, opened=None
               ) -> tuple[Any, dict]:
     """Parse one file (runs on a worker): its virtual dataset and CF signature.
 
@@ -315,8 +315,18 @@ def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
     if parallel in (True, "processes") and not progress and not grid:
         return _open_in_processes(files, options, combine, concat_dim, kwargs, analysis)
     results = _parse_locally(files, options, parallel, progress)
+    rewarn(signature for _, signature in results)
+    return combine_parsed(files, nested, results, combine, concat_dim, kwargs, analysis)
+
+
+def combine_parsed(files: list[str], nested: list, results: list, combine: str, concat_dim, kwargs: dict,
+                   analysis: bool) -> xr.Dataset:
+    """Files parsed already (``results``: each file's ``(parts, signature)``, in ``files`` order) combined here.
+
+    ``nested``: the paths as given (a nested list for a grid). The CF check, the combine, its failure
+    explained (``analysis``: ``_NoSingleManifest``), the overlap check: as ``open_virtual_mfdataset`` does.
+    """
     signatures = [(path, signature) for path, (_, signature) in zip(files, results)]
-    rewarn(signature for _, signature in signatures)
     try:
         check_cf_compatible(signatures)
         combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
@@ -327,7 +337,67 @@ def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
         raise failure from err
     if combine == "by_coords" and not analysis:
         check_no_overlap(combined, files, results)
-    return combined
+    return combined_chunk_encoding(combined)
+
+
+def analysis_of_parsed(arguments: dict[str, Any], given: set[str], results: list, chunks) -> xr.Dataset:
+    """``open_mfdataset`` of files parsed already (``results``, as for ``combine_parsed``); ``arguments`` as bound.
+
+    One virtual dataset made dask arrays where the files make one, else the files joined file by file.
+    """
+    nested = expand_paths(arguments["paths"])
+    files = _flatten(nested)
+    kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
+    try:
+        virtual = combine_parsed(files, nested, results, arguments["combine"], arguments["concat_dim"], kwargs,
+                                 analysis=True)
+    except _NoSingleManifest:
+        return open_file_by_file(arguments, given, results, chunks)
+    return to_analysis(virtual, chunks, arguments["decode_times"])
+
+
+def parse_files(files: list[str], options: dict[str, Any], parallel, progress: bool,
+                batch: Callable[[list[str], dict[str, Any]], list]) -> list:
+    """``batch(paths, options)`` (one result per file) over batches of ``files``, where ``parallel`` says.
+
+    For callers that need every file's parse at hand (a DataTree's groups): on a cluster the results
+    are gathered here.
+    """
+    import dask
+    from dask import delayed
+
+    client = _resolve_client(parallel)
+    if client is not None:
+        workers = len(client.scheduler_info().get("workers", {}))
+        size = _batch_size(len(files), workers, CLUSTER_PARSE_BATCH)
+        futures = [client.submit(batch, files[i : i + size], dict(options), pure=False)
+                   for i in range(0, len(files), size)]
+        try:
+            if progress:
+                from distributed import progress as show_progress
+
+                with client.as_current():
+                    show_progress(futures, notebook=False)
+            return [result for part in client.gather(futures) for result in part]
+        finally:
+            futures.clear()
+    scheduler = {None: "sync", False: "sync", "serial": "sync", True: "processes", "threads": "threads",
+                 "processes": "processes"}[parallel]
+    if scheduler == "sync" and not progress:
+        return batch(files, options)
+    size = _batch_size(len(files), os.cpu_count() or 1)
+    tasks = [delayed(batch, pure=False)(files[i : i + size], dict(options)) for i in range(0, len(files), size)]
+    extra = {}
+    if scheduler == "processes" and dask.config.get("pool", None) is None:
+        extra["pool"] = _process_pool()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            batches = dask.compute(*tasks, scheduler=scheduler, **extra)
+    else:
+        batches = dask.compute(*tasks, scheduler=scheduler, **extra)
+    return [result for part in batches for result in part]
 
 
 def _coordinate_values(opened, name: str):
@@ -436,7 +506,7 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
         options["registry"] = ObjectStoreRegistry.default()
     cache = DecodedCache(defer_times=True)
     with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
-        return [_open_one(path, options, cache, as_parts=True, opened=opened)
+        return [open_one(path, options, cache, as_parts=True, opened=opened)
                 for path, (_, opened) in zip(paths, ahead)]
 
 
@@ -500,7 +570,7 @@ def _parse_locally(files, options, parallel, progress):
         return [result for batch in dask.compute(*tasks, scheduler=scheduler, **extra) for result in batch]
     # threads share one cache (a race only decodes a coordinate twice); processes each start empty
     cache = DecodedCache(defer_times=True) if scheduler in ("sync", "threads") else None
-    tasks = [delayed(_open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
+    tasks = [delayed(open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
     if scheduler == "processes" and dask.config.get("pool", None) is None:
         extra["pool"] = _process_pool()
     if progress:
@@ -690,7 +760,7 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     except _NoSingleManifest as failed:
         # xarray combines values here, so the options not given are left to xarray, as xr.open_mfdataset
         # leaves them: with compat="override" a variable missing from one file would hide another's values
-        return _open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
+        return open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
     return to_analysis(virtual, chunks, decode_times)
 
 
@@ -725,7 +795,7 @@ def _chunks_of_combined(combined: xr.Dataset, first: xr.Dataset) -> xr.Dataset:
     return combined
 
 
-def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
+def open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
     """``open_mfdataset`` when the files make no one virtual dataset: per-file dask Datasets combined by xarray.
 
     ``given``: the arguments the caller gave (xarray's own defaults for the other combine options);
