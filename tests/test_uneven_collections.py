@@ -396,19 +396,58 @@ def _timed_file(path, times, values=None) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("parallel", [None, "processes"])
-def test_overlapping_files_are_refused_naming_them(tmp_path, parallel):
-    """[0, 1] and [1, 2]: xr.open_mfdataset keeps day 1 twice; a virtual dataset refuses (issue 17, bad input)."""
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_overlapping_files_are_refused_naming_them(tmp_path, parallel, request):
+    """[0, 1] and [1, 2]: xr.open_mfdataset keeps day 1 twice; a virtual dataset refuses (issue 17, bad input),
+    naming both files also when they were parsed in other processes (by the range each file's signature gives)."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
     a = _timed_file(tmp_path / "a.nc", [0, 1])
     b = _timed_file(tmp_path / "b.nc", [1, 2])
     c = _timed_file(tmp_path / "c.nc", [2, 3])
-    named = f"2000-01-02 00:00:00 is in {b} and {a}" if parallel is None else "2000-01-02 00:00:00 is in two of"
-    with pytest.raises(CombineError, match=rf"the files overlap along 'time': {named}"):
+    with pytest.raises(CombineError) as info:
         vzdask.open_virtual_mfdataset([b, a], parallel=parallel)
+    message = str(info.value)
+    assert "the files overlap along 'time': 2000-01-02 00:00:00 is in " in message
+    assert f"in {a} and {b}," in message or f"in {b} and {a}," in message
     with xr.open_mfdataset([a, b], engine="netcdf4") as expected:  # the analysis path opens what xarray opens
-        xr.testing.assert_identical(vzdask.open_mfdataset([b, a]).load(), expected.load())
+        xr.testing.assert_identical(vzdask.open_mfdataset([b, a], parallel=parallel).load(), expected.load())
     ds = vzdask.open_virtual_mfdataset([c, a], parallel=parallel)  # no overlap: fine
     assert ds.sizes["time"] == 4
+
+
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_nested_combine_keeps_xarrays_order_and_refuses_only_repeated_values(tmp_path, parallel, request):
+    """combine="nested" concatenates as given, as xarray does: out of order is kept (for analysis and
+    virtual); a value held twice is what xr.open_mfdataset keeps and a virtual dataset refuses, naming both."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    a = _timed_file(tmp_path / "a.nc", [0, 1], np.arange(6.0).reshape(2, 3))
+    b = _timed_file(tmp_path / "b.nc", [1, 2], np.arange(6.0, 12).reshape(2, 3))
+    c = _timed_file(tmp_path / "c.nc", [2, 3], np.arange(12.0, 18).reshape(2, 3))
+    nested = {"combine": "nested", "concat_dim": "time"}
+    for order in ([c, a], [a, b]):
+        with xr.open_mfdataset(order, engine="netcdf4", **nested) as expected:
+            expected = expected.load()
+        xr.testing.assert_identical(vzdask.open_mfdataset(order, parallel=parallel, **nested).load(), expected)
+    virtual = vzdask.open_virtual_mfdataset([c, a], parallel=parallel, **nested)  # out of order: as given
+    with xr.open_mfdataset([c, a], engine="netcdf4", **nested) as expected:
+        xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), expected.load())
+    with pytest.raises(CombineError, match=rf"overlap along 'time': 2000-01-02 00:00:00 is in {a} and {b}, so the "
+                                           r"combined 'time' would hold it twice"):
+        vzdask.open_virtual_mfdataset([a, b], parallel=parallel, **nested)
+
+
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_interleaving_files_name_both(tmp_path, parallel, request):
+    """[0, 1, 2] and [1.5, 3]: xarray cannot order them ("not monotonic"); the error names the two files."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    a = _timed_file(tmp_path / "a.nc", [0, 1, 2])
+    d = _timed_file(tmp_path / "d.nc", [1.5, 3])
+    with pytest.raises(CombineError, match=rf"cannot order the files by 'time': the ranges of {a} and {d} "
+                                           r"interleave\..*combine='nested', concat_dim='time'"):
+        vzdask.open_virtual_mfdataset([d, a], parallel=parallel)
 
 
 def test_files_that_cannot_be_ordered_name_the_coordinate_and_files(tmp_path):

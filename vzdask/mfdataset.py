@@ -21,7 +21,7 @@ import xarray as xr
 
 from vzdask._compat import variable_data
 from vzdask.accessor import VirtualDatasetAccessor
-from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
+from vzdask.combine import cf_signature, check_cf_compatible, coordinate_range, explain_combine_failure
 from vzdask.fast_combine import combine_parts
 from vzdask.errors import (
     CFEncodingMismatchError,
@@ -223,8 +223,6 @@ def open_virtual_mfdataset(
         When a virtual variable's CF encoding differs between files.
     """
     ds = _open_virtual(dict(locals()), analysis=False)
-    if combine == "by_coords":  # the parallel paths (the serial one checked, naming the files)
-        check_no_overlap(ds, _flatten(expand_paths(paths)))
     if inline is not None:  # a variable that comes and goes is fine; one in no file is a typo
         inline.check_variables([str(name) for name in ds.variables], "is in none of the files")
     return ds
@@ -335,7 +333,7 @@ def combine_parsed(files: list[str], nested: list, results: list, combine: str, 
         if failure is None:
             raise
         raise failure from err
-    if combine == "by_coords" and not analysis:
+    if not analysis:
         check_no_overlap(combined, files, results)
     return combined_chunk_encoding(combined)
 
@@ -409,24 +407,44 @@ def _coordinate_values(opened, name: str):
         return None
 
 
-def check_no_overlap(ds: xr.Dataset, files: Sequence[str], results: list | None = None) -> None:
-    """``combine="by_coords"``: a dimension coordinate whose values repeat means files cover the same range.
+def check_no_overlap(ds: xr.Dataset, files: Sequence[str], results: list | None = None,
+                     signatures: Sequence[tuple[str, dict]] | None = None) -> None:
+    """A dimension coordinate whose values repeat: files cover the same range (or one file holds a value twice).
 
-    ``xr.open_mfdataset`` keeps both copies; a virtual dataset written with them would hold that coordinate
-    value twice, so this is refused, naming the files where ``results`` (each file's parse) are at hand.
+    ``xr.open_mfdataset`` keeps both copies (``combine="nested"`` concatenates as given, ``"by_coords"``
+    too once the files are ordered); a virtual dataset written with them would hold that coordinate
+    value twice, so this is refused, naming the files: by their values where ``results`` (each file's
+    parse) are at hand, else by the range of values each file's signature gives (``signatures``: the
+    parse ran in other processes). In a combined index that is in order, a file whose range holds the
+    repeated value holds it.
     """
     for name, index in ds.indexes.items():
         if index.is_unique:
             continue
         value = index[index.duplicated()][0]
-        holders = [path for path, (opened, _) in zip(files, results or ())
-                   if (values := _coordinate_values(opened, str(name))) is not None and values.isin([value]).any()]
+        if results is not None:
+            holders = [path for path, (opened, _) in zip(files, results)
+                       if (values := _coordinate_values(opened, str(name))) is not None and values.isin([value]).any()]
+        else:
+            holders = [path for path, signature in signatures or ()
+                       if _in_range(value, coordinate_range(str(name), signature.get(str(name), {})))]
         where = (" and ".join(holders[:2]) if len(holders) >= 2 else
-                 f"{holders[0]} (twice)" if holders else "two of the files (parsed elsewhere: not named here)")
+                 f"{holders[0]} (twice)" if holders else "two of the files")
         raise CombineError(
             f"the files overlap along {name!r}: {value} is in {where}, so the combined {name!r} would hold it "
             f"twice. Leave one of them out, or trim each file to its own range with preprocess=..."
         )
+
+
+def _in_range(value, ends) -> bool:
+    """Whether ``value`` lies between a file's first and last coordinate value (either order)."""
+    if ends is None:
+        return False
+    try:
+        low, high = sorted((ends[0], ends[-1]))
+        return bool(low <= value <= high)
+    except TypeError:
+        return False
 
 
 def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None,
@@ -436,8 +454,9 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
         return _NoSingleManifest(results)
     if isinstance(err, CFEncodingMismatchError):
         return None  # names the variable, the files and the values already
-    if isinstance(err, ValueError) and "monotonically" in str(err):  # xarray's, naming no file
-        return _not_monotonic(err, [path for path, _ in signatures], results)
+    if isinstance(err, ValueError) and ("monotonically" in str(err) or "monotonic global indexes" in str(err)):
+        # xarray's, naming no file
+        return _not_monotonic(err, signatures, results)
     explained = explain_combine_failure(signatures, combine, concat_dim, join)
     if explained is None and isinstance(err, (IndexError, NotImplementedError)) and not isinstance(err, VzdaskError):
         # xarray asked the virtual arrays for something references cannot do (reindexing, padding...)
@@ -452,21 +471,50 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
     return explained
 
 
-def _not_monotonic(err: Exception, files: list[str], results: list | None) -> CombineError:
-    """xarray's "Coordinate variable X is neither monotonically increasing nor decreasing", with the files."""
+def _not_monotonic(err: Exception, signatures, results: list | None) -> CombineError:
+    """xarray's "Coordinate variable X is neither monotonically increasing nor decreasing", with the files.
+
+    A file whose own values are out of order (where its parse is at hand), else two files whose ranges
+    interleave (from each file's signature, wherever it was parsed), else the files in general.
+    """
+    files = [path for path, _ in signatures]
     words = str(err).split()
-    name = words[words.index("variable") + 1] if "variable" in words[:-1] else None
+    name = (words[words.index("variable") + 1] if "variable" in words[:-1] else
+            words[-1] if "global" in words and words[-2:-1] == ["dimension"] else None)
     within = [path for path, (opened, _) in zip(files, results or ())
               if name is not None and (values := _coordinate_values(opened, name)) is not None
               and not (values.is_monotonic_increasing or values.is_monotonic_decreasing)]
-    what = (f"its values in {', '.join(within)} are not in order" if within else
-            "the files' ranges interleave or are not in order (" + ", ".join(files[:4])
-            + (f" and {len(files) - 4} more" if len(files) > 4 else "") + ")")
+    pair = _interleaving(name, signatures) if name is not None and not within else None
+    if within:
+        what = f"its values in {', '.join(within)} are not in order"
+    elif pair is not None:
+        what = f"the ranges of {pair[0]} and {pair[1]} interleave"
+    else:
+        what = ("the files' ranges interleave or are not in order (" + ", ".join(files[:4])
+                + (f" and {len(files) - 4} more" if len(files) > 4 else "") + ")")
     return CombineError(
         f"combine='by_coords' cannot order the files by {name!r}: {what}. Sort the values within each file "
         "(preprocess=lambda ds: ds.sortby(...) on loaded coordinates), or give the order yourself with "
         f"combine='nested', concat_dim={name!r}"
     )
+
+
+def _interleaving(name: str, signatures) -> tuple[str, str] | None:
+    """Two files whose ranges of coordinate ``name`` overlap (beyond sharing an end value), from their signatures."""
+    spans = []
+    for path, signature in signatures:
+        ends = coordinate_range(name, signature.get(name, {}))
+        if ends is not None:
+            low, high = sorted((ends[0], ends[-1]))
+            spans.append((low, high, path))
+    try:
+        spans.sort(key=lambda span: (span[0], span[1]))
+    except TypeError:
+        return None
+    for (_, high, path), (next_low, _, next_path) in zip(spans, spans[1:]):
+        if next_low < high:
+            return path, next_path
+    return None
 
 
 def _arrange(nested, datasets):
@@ -543,12 +591,15 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
         for result in combined:
             if isinstance(result, Exception):
                 raise result
-        return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
+        whole = combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
     except Exception as err:
         failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None, kwargs["join"])
         if failure is None:
             raise
         raise failure from err
+    if not analysis:
+        check_no_overlap(whole, files, None, signatures)
+    return whole
 
 
 def _parse_locally(files, options, parallel, progress):
@@ -659,7 +710,7 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
         rewarn(signature for _, signature in parsed_signatures)
         try:
             check_cf_compatible(parsed_signatures)
-            return _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
+            whole = _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
         except Exception as err:
             # analysis: the parsed files come here (small: references) to be joined as dask arrays
             results = [r for batch in client.gather(parsed) for r in batch] if analysis else None
@@ -668,6 +719,9 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             if failure is None:
                 raise
             raise failure from err
+        if not analysis:
+            check_no_overlap(whole, files, None, parsed_signatures)
+        return whole
     finally:
         # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
         # last error) holds this frame, and with it every parsed file on the workers.
