@@ -376,7 +376,8 @@ def parse_files(files: list[str], options: dict[str, Any], parallel, progress: b
 
                 with client.as_current():
                     show_progress(futures, notebook=False)
-            return [result for part in client.gather(futures) for result in part]
+            parts = [_result_of(client, future) for future in futures]  # the first error, holding no future
+            return [result for part in parts for result in part]
         finally:
             futures.clear()
     scheduler = {None: "sync", False: "sync", "serial": "sync", True: "processes", "threads": "threads",
@@ -743,9 +744,28 @@ def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kw
             level.extend(client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
                          for future in parsed)
             root = _tree(client, level, combine, concat_dim, kwargs)
-        return root.result()
+        return _result_of(client, root)
     finally:
         root = None  # noqa: F841
+
+
+def _result_of(client, future):
+    """``future.result()``, but a task's error is raised without the frames that waited for it.
+
+    Raised through ``Future.result`` (or ``Client.gather``), the error's traceback keeps their frames,
+    whose locals hold the future: the failed combine tree then stays on the cluster until a garbage
+    collection breaks the cycle (traceback -> frame -> error), and a later open's tasks share the
+    cluster with it (a test of released tasks failed after one that had caught such an error).
+    """
+    from distributed import wait
+
+    with client.as_current():
+        wait([future])
+    if future.status != "error":
+        return future.result()
+    error, traceback = future.exception(), future.traceback()
+    future.release()
+    raise error.with_traceback(traceback)
 
 
 def _files_of(batch: list[str]) -> str:
