@@ -129,7 +129,7 @@ def peer_errors(paths) -> dict[str, str]:
                                     combine="nested", concat_dim="time", coords="minimal", compat="override")
         out["VirtualiZarr"] = f"no error: {dict(ds.sizes)}"
     except Exception as err:  # noqa: BLE001 - recording whatever the peer raises
-        out["VirtualiZarr"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        out["VirtualiZarr"] = _error_text(err)
     try:
         from kerchunk.combine import MultiZarrToZarr
         from kerchunk.hdf import SingleHdf5ToZarr
@@ -142,8 +142,13 @@ def peer_errors(paths) -> dict[str, str]:
         out["kerchunk"] = (f"no error, but .zarray says shape {zarray['shape']} chunks {zarray['chunks']}: "
                            "one regular chunk size for files of different lengths (wrong values)")
     except Exception as err:  # noqa: BLE001
-        out["kerchunk"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        out["kerchunk"] = _error_text(err)
     return out
+
+
+def _error_text(err: Exception) -> str:
+    """The peer's error on one line (kerchunk's message goes on over several lines)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
 
 
 def main() -> None:

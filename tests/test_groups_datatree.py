@@ -31,12 +31,14 @@ NT, NX, NS = 4, 3, 2
 VZDASK = Path(sys.executable).parent / "vzdask"
 
 
-def write_grouped(path: Path, k: int = 0, *, own_time: bool = False) -> Path:
+def write_grouped(path: Path, k: int = 0, *, own_time: bool = False, obs: bool = True, extra: bool = False
+                  ) -> Path:
     """A netCDF-4 file: root (time, x, zlib ``tas``); ``obs`` (station, packed ``temp`` on the root's time);
     ``obs/deep`` (``z`` on the root's x); ``empty`` (attributes only).
 
     ``own_time``: ``obs`` has its own ``time`` dimension and coordinate (same values), so that it can be
-    combined by coordinates on its own.
+    combined by coordinates on its own. ``obs=False``: no ``obs`` (nor ``obs/deep``); ``extra``: a group
+    ``extra`` with ``e`` on the root's time.
     """
     rng = np.random.default_rng(k)
     with netCDF4.Dataset(path, "w") as nc:
@@ -52,6 +54,15 @@ def write_grouped(path: Path, k: int = 0, *, own_time: bool = False) -> Path:
         values = rng.normal(280, 5, (NT, NX)).astype("f4")
         values[0, 0] = -999.0  # masked
         tas[:] = values
+        if extra:
+            group = nc.createGroup("extra")
+            group.source = "extra"
+            e = group.createVariable("e", "f4", ("time",), zlib=True, fill_value=np.float32(-1))
+            e[:] = np.arange(NT, dtype="f4") + 100 * k
+        empty = nc.createGroup("empty")
+        empty.a = 1
+        if not obs:
+            return path
         obs = nc.createGroup("obs")
         obs.note = "stations"
         if own_time:
@@ -71,8 +82,6 @@ def write_grouped(path: Path, k: int = 0, *, own_time: bool = False) -> Path:
         deep.level = 2
         z = deep.createVariable("z", "f8", ("x",))
         z[:] = [5.0, 6.0, 7.0]
-        empty = nc.createGroup("empty")
-        empty.a = 1
     return path
 
 
@@ -301,8 +310,11 @@ def test_group_that_does_not_exist(grouped, collection, tmp_path):
     write_grouped(plain, 9)
     with netCDF4.Dataset(plain, "a") as nc:
         nc.renameGroup("obs", "other")
-    with pytest.raises(FileOpenError, match=rf"group 'obs': failed to open {plain}: .*no group 'obs'"):
+    with pytest.raises(vzdask.errors.CombineError,
+                       match=rf"group 'obs' is missing from 1 of 4 files \({plain}; it is in {collection[0]}, "):
         vzdask.open_virtual_datatree([*collection, str(plain)])
+    with pytest.raises(FileOpenError, match=rf"failed to open {plain}: .*no group 'obs'"):  # the tree's root
+        vzdask.open_datatree([*collection, str(plain)], group="obs")
 
 
 def test_group_of_a_file_without_groups_and_an_array_path(grouped, tmp_path):
@@ -390,3 +402,90 @@ def test_group_without_coordinates_across_files_is_refused_by_coords(tmp_path):
     for group in ("/", "/g1/g2"):
         with xr.open_dataset(paths[0], engine="netcdf4", group=group) as ref:
             xr.testing.assert_identical(tree[group].to_dataset(inherit=False).compute(), ref.load())
+
+
+# --------------------------------------------------------------------------- #
+# many files: the union of their groups, each file parsed once
+# --------------------------------------------------------------------------- #
+
+
+def counting_parser(log: Path):
+    """The HDF5 parser, noting each parse in ``log`` (a class made here: cloudpickle ships it by value)."""
+    from vzdask.parsers import HDFParser
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = HDFParser()
+
+        def parse_keeping_reads(self, url, registry):
+            with open(log, "a") as out:
+                out.write(url + "\n")
+            return self.inner.parse_keeping_reads(url, registry)
+
+        def __call__(self, url, registry):
+            return self.parse_keeping_reads(url, registry)[0]
+
+    return Counting()
+
+
+def padded(path: str, like: xr.Dataset) -> xr.Dataset:
+    """A file that lacks a group, as xarray would pad it: the root's time, the group's attributes."""
+    with xr.open_dataset(path, engine="netcdf4") as root:
+        return xr.Dataset(coords={"time": root["time"].load()}, attrs=like.attrs)
+
+
+@pytest.mark.parametrize("parallel", [None, "threads", "processes", "client"])
+def test_datatree_has_the_groups_of_every_file_each_file_parsed_once(collection, tmp_path, parallel, request):
+    """``obs`` is missing from the last file, ``extra`` is only there: analysis pads each as xarray pads a
+    variable missing from some files; a virtual tree refuses, naming the group and the files."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    last = str(write_grouped(tmp_path / "coll" / "part_3.nc", 3, obs=False, extra=True))
+    paths = [*collection, last]
+    log = tmp_path / f"parses_{request.node.callspec.id}.log"
+    tree = vzdask.open_datatree(paths, parallel=parallel, parser=counting_parser(log))
+    parses = log.read_text().split()
+    assert sorted(parses) == sorted(f"file://{p}" for p in paths)  # each file once, for all its groups
+    assert sorted(n.path for n in tree.subtree) == ["/", "/empty", "/extra", "/obs", "/obs/deep"]
+    with xr.open_mfdataset(paths, engine="netcdf4") as ref:
+        xr.testing.assert_identical(tree.to_dataset(inherit=False).compute(), ref.load())
+    obs = [xr.open_dataset(p, group="obs", engine="netcdf4").load() for p in collection]
+    ref = xr.combine_by_coords([*obs, padded(last, obs[0])], combine_attrs="override", join="outer")
+    got = tree["obs"].to_dataset().compute().drop_vars("x")  # its own time equals the root's: inherited
+    xr.testing.assert_identical(got, ref)
+    assert np.isnan(got["temp"].values[3 * NT:]).all() and not np.isnan(got["temp"].values[: 3 * NT]).all()
+    with xr.open_datatree(last, engine="netcdf4") as one:
+        extra = one["extra"].to_dataset().load()
+    ref = xr.combine_by_coords([*(padded(p, extra) for p in collection), extra], combine_attrs="override",
+                               join="outer")
+    xr.testing.assert_identical(tree["extra"].to_dataset().compute(), ref)
+    assert tree["extra"].attrs == {"source": "extra"}
+    with xr.open_dataset(collection[0], group="obs/deep", engine="netcdf4") as ref:
+        xr.testing.assert_identical(tree["obs/deep"].to_dataset(inherit=False).compute(), ref.load())
+    # virtual: references cannot pad a group; the groups every file has still combine
+    log.unlink()
+    with pytest.raises(vzdask.errors.CombineError,
+                       match=rf"group 'obs' is missing from 1 of 4 files \({last}; it is in {collection[0]}, "
+                             r".*vzdask.open_datatree"):
+        vzdask.open_virtual_datatree(paths, parallel=parallel, parser=counting_parser(log))
+    assert sorted(log.read_text().split()) == sorted(f"file://{p}" for p in paths)
+    log.unlink()
+    virtual = vzdask.open_virtual_datatree(collection, parallel=parallel, parser=counting_parser(log))
+    assert sorted(log.read_text().split()) == sorted(f"file://{p}" for p in collection)
+    assert virtual["obs"].sizes["time"] == 3 * NT and virtual.vz.virtual_variables == ["tas", "obs/temp",
+                                                                                        "obs/deep/z"]
+
+
+@pytest.mark.parametrize("parallel", [None, "processes"])
+def test_datatree_of_many_files_inline_reaches_the_detected_parser_in_each_path(collection, parallel):
+    """No parser given: each task's one parse of a file is the detected parser's, with the inline policy."""
+    tree = vzdask.open_virtual_datatree(collection, parallel=parallel, inline=vzdask.InlinePolicy(variables=["z"]))
+    refs = tree.vz.to_kerchunk()["refs"]
+    assert refs["obs/deep/z/0"].startswith("base64:") and isinstance(refs["obs/temp/0.0"], list)
+    expected = {}
+    for group in ("", "obs"):
+        with xr.open_mfdataset(collection, engine="netcdf4", **({"group": group} if group else {})) as ref:
+            expected["/" + group] = ref.load()
+    back = kerchunk_tree_of(refs)
+    xr.testing.assert_identical(back.to_dataset(inherit=False), expected["/"])
+    xr.testing.assert_identical(back["obs"].to_dataset().drop_vars("x"), expected["/obs"])

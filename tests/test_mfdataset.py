@@ -481,6 +481,27 @@ def test_unparsable_file_raises_file_open_error_naming_it(files, scheduler):
         assert wait_released(scheduler) == ([], [])
 
 
+@pytest.mark.parametrize("analysis", [False, True])
+def test_a_combine_failing_on_the_workers_leaves_no_task_while_its_error_is_held(tmp_path, dask_cluster, analysis):
+    """The error (held here, as pytest or a notebook holds the last one) keeps no future of the combine tree
+    alive: before, the cluster held it until a garbage collection, and the next open's release checks failed
+    (only when tests/test_uneven_collections.py ran first)."""
+    paths = [str(tmp_path / "a.nc"), str(tmp_path / "b.nc")]
+    write_nc(paths[0], times=[0, 1])
+    write_nc(tmp_path / "full.nc", times=[2, 3])
+    with xr.open_dataset(tmp_path / "full.nc") as full:  # precip in one file only: no one virtual dataset
+        full.drop_vars("precip").to_netcdf(paths[1])
+    opener = open_mfdataset if analysis else open_virtual_mfdataset
+    held = []
+    try:
+        ds = opener(paths, parallel=dask_cluster)  # analysis: joined here after the combine failed there
+        assert ds.sizes["time"] == 4 and ds["precip"].isnull()[2:].all()
+    except vzdask.errors.CombineError as err:
+        held.append(err)
+    assert len(held) == (0 if analysis else 1)
+    assert wait_released(dask_cluster) == ([], [])
+
+
 def test_missing_glob_and_nested_list_without_nested_combine(files):
     with pytest.raises(FileNotFoundError, match="nothing_"):
         open_virtual_mfdataset(str(files.root / "nothing_*.nc"))

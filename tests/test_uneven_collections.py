@@ -396,19 +396,58 @@ def _timed_file(path, times, values=None) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("parallel", [None, "processes"])
-def test_overlapping_files_are_refused_naming_them(tmp_path, parallel):
-    """[0, 1] and [1, 2]: xr.open_mfdataset keeps day 1 twice; a virtual dataset refuses (issue 17, bad input)."""
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_overlapping_files_are_refused_naming_them(tmp_path, parallel, request):
+    """[0, 1] and [1, 2]: xr.open_mfdataset keeps day 1 twice; a virtual dataset refuses (issue 17, bad input),
+    naming both files also when they were parsed in other processes (by the range each file's signature gives)."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
     a = _timed_file(tmp_path / "a.nc", [0, 1])
     b = _timed_file(tmp_path / "b.nc", [1, 2])
     c = _timed_file(tmp_path / "c.nc", [2, 3])
-    named = f"2000-01-02 00:00:00 is in {b} and {a}" if parallel is None else "2000-01-02 00:00:00 is in two of"
-    with pytest.raises(CombineError, match=rf"the files overlap along 'time': {named}"):
+    with pytest.raises(CombineError) as info:
         vzdask.open_virtual_mfdataset([b, a], parallel=parallel)
+    message = str(info.value)
+    assert "the files overlap along 'time': 2000-01-02 00:00:00 is in " in message
+    assert f"in {a} and {b}," in message or f"in {b} and {a}," in message
     with xr.open_mfdataset([a, b], engine="netcdf4") as expected:  # the analysis path opens what xarray opens
-        xr.testing.assert_identical(vzdask.open_mfdataset([b, a]).load(), expected.load())
+        xr.testing.assert_identical(vzdask.open_mfdataset([b, a], parallel=parallel).load(), expected.load())
     ds = vzdask.open_virtual_mfdataset([c, a], parallel=parallel)  # no overlap: fine
     assert ds.sizes["time"] == 4
+
+
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_nested_combine_keeps_xarrays_order_and_refuses_only_repeated_values(tmp_path, parallel, request):
+    """combine="nested" concatenates as given, as xarray does: out of order is kept (for analysis and
+    virtual); a value held twice is what xr.open_mfdataset keeps and a virtual dataset refuses, naming both."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    a = _timed_file(tmp_path / "a.nc", [0, 1], np.arange(6.0).reshape(2, 3))
+    b = _timed_file(tmp_path / "b.nc", [1, 2], np.arange(6.0, 12).reshape(2, 3))
+    c = _timed_file(tmp_path / "c.nc", [2, 3], np.arange(12.0, 18).reshape(2, 3))
+    nested = {"combine": "nested", "concat_dim": "time"}
+    for order in ([c, a], [a, b]):
+        with xr.open_mfdataset(order, engine="netcdf4", **nested) as expected:
+            expected = expected.load()
+        xr.testing.assert_identical(vzdask.open_mfdataset(order, parallel=parallel, **nested).load(), expected)
+    virtual = vzdask.open_virtual_mfdataset([c, a], parallel=parallel, **nested)  # out of order: as given
+    with xr.open_mfdataset([c, a], engine="netcdf4", **nested) as expected:
+        xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), expected.load())
+    with pytest.raises(CombineError, match=rf"overlap along 'time': 2000-01-02 00:00:00 is in {a} and {b}, so the "
+                                           r"combined 'time' would hold it twice"):
+        vzdask.open_virtual_mfdataset([a, b], parallel=parallel, **nested)
+
+
+@pytest.mark.parametrize("parallel", [None, "processes", "client"])
+def test_interleaving_files_name_both(tmp_path, parallel, request):
+    """[0, 1, 2] and [1.5, 3]: xarray cannot order them ("not monotonic"); the error names the two files."""
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    a = _timed_file(tmp_path / "a.nc", [0, 1, 2])
+    d = _timed_file(tmp_path / "d.nc", [1.5, 3])
+    with pytest.raises(CombineError, match=rf"cannot order the files by 'time': the ranges of {a} and {d} "
+                                           r"interleave\..*combine='nested', concat_dim='time'"):
+        vzdask.open_virtual_mfdataset([d, a], parallel=parallel)
 
 
 def test_files_that_cannot_be_ordered_name_the_coordinate_and_files(tmp_path):
@@ -417,3 +456,76 @@ def test_files_that_cannot_be_ordered_name_the_coordinate_and_files(tmp_path):
     with pytest.raises(CombineError, match=rf"cannot order the files by 'time': .*\({a}, {down}\).*"
                                            r"combine='nested', concat_dim='time'"):
         vzdask.open_virtual_mfdataset([a, down])
+
+
+# --------------------------------------------------------------------------- #
+# encoding["chunks"] of the combined result (not the first file's)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("parallel", [None, "processes"])
+def test_chunk_encoding_is_the_combined_grid_as_xr_open_zarr_shows_it(collections, tmp_path, parallel, process_pool):
+    """Monthly files one chunk each: the virtual ``chunks`` list every month (not January's 31) and
+    ``xr.open_zarr`` of the written Icechunk repository shows the same; time (loaded) is written whole."""
+    import zarr
+
+    from tests.icechunk_repos import Repo
+
+    paths = collections["contiguous"]
+    days = tuple(calendar.monthrange(YEAR, m)[1] for m in range(1, 13))
+    with dask.config.set(pool=process_pool) if parallel else dask.config.set({}):
+        virtual = vzdask.open_virtual_mfdataset(paths, parallel=parallel)
+    for name in ("tas", "pr"):
+        assert virtual[name].encoding["chunks"] == (days, NLAT, NLON)
+        assert virtual[name].encoding["preferred_chunks"] == {"time": days, "lat": NLAT, "lon": NLON}
+    assert virtual["time"].encoding["chunks"] == (366,)  # each file held its times in one chunk
+    assert virtual["lat"].encoding["chunks"] == (NLAT,)
+    repo = Repo(tmp_path / "repo", str(Path(paths[0]).parent))
+    session = repo.writable()
+    virtual.vz.to_icechunk(session)
+    session.commit("a year")
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        back = repo.read()
+        for name in ("tas", "pr", "time", "lat"):
+            assert back[name].encoding["chunks"] == virtual[name].encoding["chunks"], name
+        assert_like_from_zarr(back, reference(paths))
+    # for analysis: the stored grid in preferred_chunks; no rectilinear "chunks", which to_zarr would refuse
+    analysis = vzdask.open_mfdataset(paths)
+    assert analysis["tas"].encoding["preferred_chunks"] == {"time": days, "lat": NLAT, "lon": NLON}
+    assert "chunks" not in analysis["tas"].encoding
+    analysis.to_zarr(tmp_path / "copy.zarr", consolidated=False)
+    assert_like_from_zarr(xr.open_zarr(tmp_path / "copy.zarr", consolidated=False), reference(paths))
+
+
+def assert_like_from_zarr(back: xr.Dataset, expected: xr.Dataset) -> None:
+    """Identical but for ``pr``'s float64: zarr's JSON attributes hold its float32 scale_factor as a float64."""
+    back = back.load()
+    xr.testing.assert_identical(back.assign(pr=back["pr"].astype("f4")), expected)
+
+
+def test_chunk_encoding_of_regular_and_mixed_combines(collections, tmp_path):
+    """A regular combine keeps one size per axis (a partial last chunk too); files chunked 5 and 10 list them."""
+    regular = [str(tmp_path / f"r{i}.nc") for i in range(3)]
+    for i, n in enumerate((4, 4, 2)):  # each file one chunk of 4 days, the last one 2
+        write_file(Path(regular[i]), start=4 * i, n=n, chunk=None, seed=i, time_units="days since 2000-01-01")
+    virtual = vzdask.open_virtual_mfdataset(regular)
+    assert virtual["tas"].encoding["chunks"] == (4, NLAT, NLON)
+    assert virtual["tas"].encoding["preferred_chunks"] == {"time": 4, "lat": NLAT, "lon": NLON}
+    assert virtual["time"].encoding["chunks"] == (10,)
+    analysis = vzdask.open_mfdataset(regular)
+    assert analysis["tas"].encoding["chunks"] == (4, NLAT, NLON)
+    mixed = [str(tmp_path / f"m{i}.nc") for i in range(3)]
+    for i, (n, chunk) in enumerate([(10, 5), (10, 10), (10, 2)]):
+        write_file(Path(mixed[i]), start=10 * i, n=n, chunk=chunk, seed=i, time_units="days since 2000-01-01")
+    virtual = vzdask.open_virtual_mfdataset(mixed)
+    assert virtual["tas"].encoding["chunks"] == ((5, 5, 10, 2, 2, 2, 2, 2), NLAT, NLON)
+    assert virtual["time"].encoding["chunks"] == (30,)  # netCDF4's 512 per file: one chunk of 30
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(mixed))
+
+
+def test_chunk_encoding_where_files_are_joined_file_by_file(collections):
+    """Monthly files chunked 5 make no one grid: for analysis no ``chunks`` claims January's."""
+    paths = collections["chunk5"]
+    analysis = vzdask.open_mfdataset(paths)
+    assert "chunks" not in analysis["tas"].encoding and "preferred_chunks" not in analysis["tas"].encoding
+    assert analysis["lat"].encoding.get("chunks") in (None, (NLAT,))

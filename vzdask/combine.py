@@ -33,6 +33,27 @@ PACKING_ATTRIBUTES = ("scale_factor", "add_offset")
 #: Dimension coordinates up to this many values carry a digest of them in the signature.
 _DIGEST_MAX_SIZE = 1 << 20
 
+#: The attributes that decode a loaded coordinate left raw (a time whose decoding is deferred).
+_ENDS_ATTRIBUTES = ("units", "calendar", "scale_factor", "add_offset")
+
+
+def coordinate_range(name: str, entry: dict[str, object]):
+    """A dimension coordinate's first and last value in one file, decoded as the combined one, from its signature.
+
+    None when the signature has none (a virtual coordinate, an empty one) or they do not decode.
+    """
+    import pandas as pd
+    import xarray as xr
+
+    ends = entry.get("ends")
+    if ends is None:
+        return None
+    try:
+        raw = xr.Variable((name,), np.asarray(ends), attrs=dict(entry.get("ends_attrs") or {}))  # type: ignore[call-overload]
+        return pd.Index(np.asarray(xr.decode_cf(xr.Dataset({name: raw}))[name].values))
+    except Exception:  # undecodable: this file cannot be placed
+        return None
+
 
 def cf_signature(ds) -> dict[str, dict[str, object]]:
     """Per variable: dims and shape; per virtual variable also its dtype, chunk shape and CF encoding attributes.
@@ -56,6 +77,9 @@ def cf_signature(ds) -> dict[str, dict[str, object]]:
                 values = np.ascontiguousarray(np.asarray(data))
                 if values.dtype.kind in "biufcmM":
                     entry["digest"] = (values.dtype.str, hashlib.sha1(values.tobytes()).hexdigest())
+                    if values.size:  # where the file's range lies (check_no_overlap names files by it)
+                        entry["ends"] = (values[0], values[-1])
+                        entry["ends_attrs"] = {k: var.attrs[k] for k in _ENDS_ATTRIBUTES if k in var.attrs}
         signature[str(name)] = entry
     return signature
 

@@ -3,21 +3,40 @@
 A group's virtual Dataset is what ``open_virtual_mfdataset(paths, group=...)``
 gives; the tree holds each group's own variables (children inherit their
 ancestors' coordinates, as in ``xr.open_datatree``). One file is parsed
-once for all its groups; many files are combined group by group, with the
-groups (and their variables) found in the first file.
+once for all its groups; so is each of many files (where ``parallel`` says:
+here, in threads, in processes or on a cluster; the parses are gathered
+here), and the files are then combined group by group. The tree has every
+group of any file: a group some files lack is padded for analysis as xarray
+pads a variable missing from some files, and refused for a virtual tree,
+naming the group and the files.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Generator
+from contextlib import closing, nullcontext
 from typing import Any
 
 import xarray as xr
 
+from vzdask.combine import cf_signature
 from vzdask.errors import CombineError, FileOpenError, VzdaskError
+from vzdask.manifests.group import ManifestGroup
+from vzdask.mfdataset import (
+    Signature,
+    analysis_of_parsed,
+    combine_parsed,
+    expand_paths,
+    open_one,
+    open_virtual_mfdataset,
+    parse_files,
+    rewarn,
+    to_analysis,
+)
 from vzdask.parsers import Parser, detect_parser
-from vzdask.mfdataset import expand_paths, open_mfdataset, open_virtual_mfdataset, to_analysis
-from vzdask.xarray import VirtualParts, open_virtual_groups
+from vzdask.registry import ObjectStoreRegistry
+from vzdask.xarray import DecodedCache, VirtualParts, as_url, open_virtual_groups
 
 #: The arguments that configure how one file is opened (the others say how files are combined).
 _FILE_OPTIONS = ("parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported",
@@ -41,29 +60,29 @@ def open_virtual_datatree(paths, *, group: str | None = None, **kwargs: Any) -> 
     Returns
     -------
     xarray.DataTree
-        Node ``/a/b`` is group ``a/b`` below ``group``; ``tree.vz.to_kerchunk(...)`` and
-        ``tree.vz.to_icechunk(...)`` write every group.
+        Node ``/a/b`` is group ``a/b`` below ``group``, for every group of any of the files;
+        ``tree.vz.to_kerchunk(...)`` and ``tree.vz.to_icechunk(...)`` write every group.
 
     Raises
     ------
     FileOpenError
         A file cannot be parsed, or ``group`` is not one of its groups (the message names the file, the
         group and the file's groups).
+    CombineError
+        A group with variables is missing from some of the files (naming the group and the files; the
+        analysis tree pads it).
     FileOpenError, CombineError...
         As ``open_virtual_mfdataset`` raises them for one group, the message starting with the group's path.
     """
     arguments = _bind(paths, group, kwargs)
-    files, first = _first_file(arguments)
-    if _one_file(arguments, files):
-        preprocess = arguments["preprocess"]
-        datasets = {path: parts.to_dataset() for path, parts in first.items()}
-        if preprocess is not None:
-            datasets = {path: preprocess(ds) for path, ds in datasets.items()}
-    else:
-        arguments = _parsing_once(arguments, first)
-        datasets = {}
-        for path, parts in first.items():  # parents first
-            datasets[path] = _each_group(open_virtual_mfdataset, arguments, path, parts, datasets)
+    files = _flatten(expand_paths(arguments["paths"]))
+    if not _one_file(arguments, files):
+        return _tree(_combine_groups(arguments, files, analysis=False))
+    first = _first_file(arguments, files)
+    preprocess = arguments["preprocess"]
+    datasets = {path: parts.to_dataset() for path, parts in first.items()}
+    if preprocess is not None:
+        datasets = {path: preprocess(ds) for path, ds in datasets.items()}
     return _tree(datasets)
 
 
@@ -72,44 +91,46 @@ def open_datatree(paths, *, group: str | None = None, chunks=None, **kwargs: Any
 
     The analysis counterpart of ``open_virtual_datatree`` (the same arguments, and ``chunks`` as for
     ``open_mfdataset``); each group is what ``vzdask.open_mfdataset(paths, group=...)`` gives, CF-decoded
-    as ``xr.open_datatree`` decodes it.
+    as ``xr.open_datatree`` decodes it. A group some files lack is padded over those files' ranges with
+    the fill value (NaN), as xarray pads a variable missing from some files (``join``, ``data_vars``).
     """
     arguments = _bind(paths, group, kwargs)
-    files, first = _first_file(arguments)
-    if _one_file(arguments, files) and arguments["preprocess"] is None:
-        decode_times = arguments["decode_times"]
-        datasets = {path: to_analysis(parts.to_dataset(), chunks, decode_times) for path, parts in first.items()}
-    else:
-        def analysis(paths, **options):
-            return open_mfdataset(paths, chunks=chunks, **options)
-
-        arguments = _parsing_once(arguments, first)
-        datasets = {}
-        for path, parts in first.items():
-            datasets[path] = _each_group(analysis, arguments, path, parts, datasets)
-    return _tree(datasets)
+    files = _flatten(expand_paths(arguments["paths"]))
+    if not _one_file(arguments, files) or arguments["preprocess"] is not None:
+        return _tree(_combine_groups(arguments, files, analysis=True, chunks=chunks))
+    first = _first_file(arguments, files)
+    decode_times = arguments["decode_times"]
+    return _tree({path: to_analysis(parts.to_dataset(), chunks, decode_times) for path, parts in first.items()})
 
 
 class _ParsedOnce(Parser):
-    """The detected parser of each file, run once (the whole file) for every group of a tree, in this process.
+    """One file's parse (the detected parser's, or ``inner``'s), kept for each of the file's groups.
 
-    Each group of a multi-file tree is combined by its own ``open_virtual_mfdataset`` call; this parser
-    keeps each file's parse for the next group instead of parsing it again. Pickled (to processes or a
-    cluster) it starts empty there: those parse each file again per group.
+    Made in the task that opens the file (``_open_tree_batch``), so the file is parsed once for every
+    group whatever the scheduler; pickled, it starts empty.
     """
 
-    def __init__(self, *, inline, drop_variables, on_unsupported: str) -> None:
+    def __init__(self, *, inline, drop_variables, on_unsupported: str, inner=None) -> None:
         super().__init__(inline=inline, drop_variables=drop_variables)
         self.on_unsupported = on_unsupported
+        self.inner = inner
         self._parsed: dict[str, tuple[Any, Any]] = {}
 
     def parse_keeping_reads(self, url: str, registry) -> tuple[Any, Any]:
         found = self._parsed.get(url)
         if found is None:
             opened, self._opened = self._opened, None
-            parser = detect_parser(url, registry, inline=self.inline, drop_variables=self.drop_variables,
-                                   on_unsupported=self.on_unsupported, opened=opened)
-            found = self._parsed[url] = parser.parse_keeping_reads(url, registry)
+            if self.inner is None:
+                parser = detect_parser(url, registry, inline=self.inline, drop_variables=self.drop_variables,
+                                       on_unsupported=self.on_unsupported, opened=opened)
+                found = parser.parse_keeping_reads(url, registry)
+            elif hasattr(self.inner, "parse_keeping_reads"):
+                if opened is not None and isinstance(self.inner, Parser):
+                    self.inner.continue_from(opened)
+                found = self.inner.parse_keeping_reads(url, registry)
+            else:  # any callable (url, registry) -> ManifestStore
+                found = (self.inner(url, registry), None)
+            self._parsed[url] = found
         return found
 
     def __call__(self, url: str, registry):
@@ -119,14 +140,134 @@ class _ParsedOnce(Parser):
         return {**super().__getstate__(), "_parsed": {}}
 
 
-def _parsing_once(arguments: dict[str, Any], first: dict[str, VirtualParts]) -> dict[str, Any]:
-    """``arguments`` with a ``_ParsedOnce`` parser when the tree has several groups and no parser was given."""
-    if len(first) < 2 or arguments["parser"] is not None:
-        return arguments
-    parser = _ParsedOnce(inline=arguments["inline"], drop_variables=arguments["drop_variables"],
-                         on_unsupported=arguments["on_unsupported"])
-    given = {key: value for key, value in arguments["given"].items() if key not in ("inline", "on_unsupported")}
-    return {**arguments, "parser": parser, "given": {**given, "parser": parser}}
+def _open_tree_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, list]]]:
+    """A parse task: each file parsed once, and every group below ``options["group"]`` opened from that parse.
+
+    Per file: group path (relative to the tree's root; "" first, parents before children) ->
+    ``(VirtualParts or Dataset, Signature)`` as ``open_one`` gives them, and group path -> the names of
+    the group's own arrays: a group below the file's root comes with the dimension coordinates it
+    inherits too (to order and align its files by).
+    """
+    from vzdask.parsers.read_ahead import read_ahead
+
+    options = dict(options)
+    if options.get("registry") is None:
+        options["registry"] = ObjectStoreRegistry.default()
+    root = (options.pop("group") or "").strip("/")
+    loadable = options.pop("loadable_variables")
+    given = options.pop("parser")
+    cache = DecodedCache(defer_times=True)
+    out = []
+    ahead = read_ahead([as_url(p) for p in paths], options["registry"])
+    with closing(ahead) if isinstance(ahead, Generator) else nullcontext():
+        for path, (_, opened) in zip(paths, ahead):
+            if given is not None and getattr(given, "group", None):  # its own group is its store's root
+                parser = given
+            else:
+                parser = _ParsedOnce(inline=options["inline"], drop_variables=options["drop_variables"],
+                                     on_unsupported=options["on_unsupported"], inner=given)
+            each = {**options, "parser": parser, "inline": None, "on_unsupported": "raise"}
+            # the tree's root first: the parse (its warnings, its errors naming the file) happens in open_one
+            top = open_one(path, {**each, "group": root or None, "inherit_coords": bool(root),
+                                  "loadable_variables": None}, cache, as_parts=True, opened=opened)
+            store = parser(as_url(path), options["registry"])
+            node = store.group[root] if root and not getattr(parser, "group", None) else store.group
+            assert isinstance(node, ManifestGroup)  # open_one checked the group
+            groups: dict[str, Any] = {}
+            own: dict[str, list[str]] = {}
+            for rel, child in node.walk_groups():
+                own[rel] = list(child.arrays)
+                if not rel and loadable is None:
+                    groups[rel] = top
+                    continue
+                full = "/".join(p for p in (root, rel) if p)
+                names = None if loadable is None else [n for n in loadable if n in child.arrays]
+                groups[rel] = open_one(path, {**each, "group": full or None, "inherit_coords": bool(full),
+                                              "loadable_variables": names}, cache, as_parts=True)
+            out.append((groups, own))
+    return out
+
+
+def _combine_groups(arguments: dict[str, Any], files: list[str], analysis: bool, chunks=None
+                    ) -> dict[str, xr.Dataset]:
+    """Every group of any file, each combined over the files (the multi-file tree; see the module's notes)."""
+    options = {key: arguments[key] for key in (*_FILE_OPTIONS, "group", "preprocess")}
+    parsed = parse_files(files, options, arguments["parallel"], arguments["progress"], _open_tree_batch)
+    per_file = [groups for groups, _ in parsed]
+    rewarn(signature for groups in per_file for _, signature in groups.values())
+    loadable, inline = arguments["loadable_variables"], arguments["inline"]
+    found = {str(n) for groups in per_file for parts, _ in groups.values() for n in parts.variables}
+    if loadable is not None:  # named in no group of any file: a typo
+        unknown = sorted(set(loadable) - found)
+        if unknown:
+            raise ValueError(f"loadable_variables in no group of any of the files: {unknown}")
+    if inline is not None and not analysis:  # as open_virtual_mfdataset checks it
+        inline.check_variables(sorted(found), "is in none of the files (in no group)")
+    order: dict[str, None] = {}
+    own: dict[str, set[str]] = {}
+    for groups, names in parsed:
+        order.update(dict.fromkeys(groups))
+        for path, listed in names.items():
+            own.setdefault(path, set()).update(listed)
+    datasets: dict[str, xr.Dataset] = {}
+    for path in sorted(order, key=lambda p: len(p.split("/")) if p else 0):  # parents first
+        results = [groups.get(path) for groups in per_file]
+        present = [r for r in results if r is not None]
+        if not any(r[0].variables for r in present):  # attributes (or subgroups) only
+            datasets[path] = xr.Dataset(attrs=dict(present[0][0].attrs))
+            continue
+        if len(present) < len(files):
+            results = _lacking_group(path, files, per_file, results, analysis)
+        datasets[path] = _each_group(arguments, path, results, own[path], datasets, analysis, chunks)
+    return datasets
+
+
+def _lacking_group(path: str, files: list[str], per_file: list[dict], results: list, analysis: bool) -> list:
+    """A group some files lack: refused for a virtual tree; for analysis padded as xarray pads a variable.
+
+    Each file that lacks it stands in with the dimension coordinates the group would inherit there (its
+    nearest ancestor's), so xarray's join fills the group's variables over that file's range.
+    """
+    lacking = [f for f, r in zip(files, results) if r is None]
+    having = [f for f, r in zip(files, results) if r is not None]
+    if not analysis:
+        raise CombineError(
+            f"group {path!r} is missing from {len(lacking)} of {len(files)} files ({_named(lacking)}; it is in "
+            f"{_named(having)}): a virtual DataTree cannot pad its variables over the files that lack it (the "
+            f"padding would refer to no file). Open the files that have it (open_virtual_mfdataset(..., "
+            f"group={path!r})), or use vzdask.open_datatree(...), which pads the group for analysis as xarray "
+            "pads a variable missing from some files."
+        )
+    parts = next(r for r in results if r is not None)[0]
+    dims = {str(d) for var in parts.variables.values() for d in var.dims}
+    padded = []
+    for groups, result in zip(per_file, results):
+        if result is None:
+            coords = {}
+            for dim in sorted(dims):
+                ancestor = _nearest(groups, path, dim)
+                if ancestor is not None:
+                    coords[dim] = ancestor[dim].variable
+            pad = xr.Dataset(coords=coords, attrs=dict(parts.attrs))  # the group's attributes, not none
+            result = (pad, Signature(cf_signature(pad)))
+        padded.append(result)
+    return padded
+
+
+def _nearest(groups: dict[str, Any], path: str, name: str) -> xr.Dataset | None:
+    """In one file's groups, the nearest ancestor of ``path`` with the dimension coordinate ``name``."""
+    parts = path.split("/") if path else []
+    for depth in range(len(parts) - 1, -1, -1):
+        found = groups.get("/".join(parts[:depth]))
+        if found is not None:
+            ds = found[0].to_dataset() if isinstance(found[0], VirtualParts) else found[0]
+            if name in ds.coords and ds[name].dims == (name,):
+                return ds
+    return None
+
+
+def _named(files: list[str]) -> str:
+    return ", ".join(files) if len(files) <= 4 else f"{', '.join(files[:4])} and {len(files) - 4} more"
 
 
 #: xarray's combine_by_coords when no dimension coordinate differs between the datasets.
@@ -136,21 +277,19 @@ _NO_ORDER = "Could not find any dimension coordinates"
 def _bind(paths, group: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """All of ``open_virtual_mfdataset``'s arguments (TypeError on unknown names), with the tree's root group.
 
-    ``"given"`` holds the ones the caller gave: only those are passed on (``open_mfdataset`` leaves
-    the others to xarray when it combines file by file).
+    ``"given"`` holds the ones the caller gave (``open_mfdataset`` leaves the others to xarray when it
+    combines file by file).
     """
     bound = inspect.signature(open_virtual_mfdataset).bind(paths, group=group, **kwargs)
     bound.apply_defaults()
     return {**bound.arguments, "given": dict(kwargs)}
 
 
-def _first_file(arguments: dict[str, Any]) -> tuple[list[str], dict[str, VirtualParts]]:
-    """The files, and the first one's groups (which groups the tree has, and which variables each holds)."""
-    nested = expand_paths(arguments["paths"])
-    files = _flatten(nested)
+def _first_file(arguments: dict[str, Any], files: list[str]) -> dict[str, VirtualParts]:
+    """The one file's groups, from one parse."""
     options = {key: arguments[key] for key in _FILE_OPTIONS}
     try:
-        return files, open_virtual_groups(files[0], group=arguments["group"], **options)
+        return open_virtual_groups(files[0], group=arguments["group"], **options)
     except (VzdaskError, OSError) as err:  # as open_virtual_mfdataset names the file
         raise FileOpenError(f"failed to open {files[0]}: {type(err).__name__}: {err}") from err
 
@@ -166,36 +305,41 @@ def _one_file(arguments: dict[str, Any], files: list[str]) -> bool:
         isinstance(paths, (list, tuple)) and any(isinstance(p, (list, tuple)) for p in paths))
 
 
-def _each_group(open_group, arguments: dict[str, Any], path: str, parts: VirtualParts,
-                done: dict[str, xr.Dataset]) -> xr.Dataset:
-    """One group of every file, combined by ``open_group`` (``open_virtual_mfdataset`` or ``open_mfdataset``).
+def _combined(arguments: dict[str, Any], results: list, overrides: dict[str, Any], analysis: bool,
+              chunks) -> xr.Dataset:
+    """One group's parsed files combined as ``open_virtual_mfdataset`` (or ``open_mfdataset``) would."""
+    bound = {**arguments, **overrides}
+    if analysis:
+        return analysis_of_parsed(bound, set(arguments["given"]) | set(overrides), results, chunks)
+    nested = expand_paths(bound["paths"])
+    kwargs = {key: bound[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
+    return combine_parsed(_flatten(nested), nested, results, bound["combine"], bound["concat_dim"], kwargs,
+                          analysis=False)
 
-    A group below the file's root is opened with the dimension coordinates it inherits (``inherit_coords``),
-    so its files are ordered and aligned by them as the root's are; they are dropped again (the tree
-    inherits them), after checking they came out as the ancestor group's in ``done``.
+
+def _each_group(arguments: dict[str, Any], path: str, results: list, variables: set[str],
+                done: dict[str, xr.Dataset], analysis: bool, chunks) -> xr.Dataset:
+    """One group of every file (``results``: each file's parse of it; ``variables``: its own arrays), combined.
+
+    Its files come with the dimension coordinates the group inherits, so they are ordered and aligned by
+    them as the root's are; they are dropped again (the tree inherits them), after checking they came out
+    as the ancestor group's in ``done``.
     """
-    if not parts.variables:  # a group of attributes only (or of subgroups): nothing to combine
-        return xr.Dataset(attrs=dict(parts.attrs))
-    options = dict(arguments["given"])
     paths = arguments["paths"]
-    root = arguments["group"].strip("/") if arguments["group"] else ""
-    options["group"] = "/".join(p for p in (root, path) if p) or None
-    options["inherit_coords"] = options["group"] is not None
-    dims = {str(d) for var in parts.variables.values() for d in var.dims}
+    dims = {str(d) for opened, _ in results for var in opened.variables.values() for d in var.dims}
+    overrides: dict[str, Any] = {}
     concat_dim = arguments["concat_dim"]
     if arguments["combine"] == "nested" and isinstance(concat_dim, str) and concat_dim not in dims:
         # a group without the concatenation dimension is the same in every file: merged, as xr.concat of
         # DataTrees leaves such a node (not stacked along a new dimension)
-        options["concat_dim"] = [None]
-    if arguments["loadable_variables"] is not None:  # the ones of this group (named in no group: already refused)
-        options["loadable_variables"] = [n for n in arguments["loadable_variables"] if n in parts.variables]
+        overrides["concat_dim"] = [None]
     try:
         try:
-            ds = open_group(paths, **options)
+            ds = _combined(arguments, results, overrides, analysis, chunks)
         except ValueError as err:
             if arguments["combine"] != "by_coords" or _NO_ORDER not in str(err):
                 raise
-            bare = sorted(d for d in dims if d not in parts.variables and _ancestor_with(done, path, d) is None)
+            bare = sorted(d for d in dims if d not in variables and _ancestor_with(done, path, d) is None)
             if bare:  # nothing to order these files by: refuse, rather than take one file's values
                 raise CombineError(
                     f"group {path or '/'!r} of {_some(paths)}: its dimensions {bare} have no coordinate (in the "
@@ -205,12 +349,12 @@ def _each_group(open_group, arguments: dict[str, Any], path: str, parts: Virtual
                 ) from err
             # no coordinate of the group varies between the files (a group of constants, say): merged, as
             # xr.combine_nested(..., concat_dim=None) does (compat as given; "override": the first file's)
-            ds = open_group(paths, **{**options, "combine": "nested", "concat_dim": [None]})
+            ds = _combined(arguments, results, {"combine": "nested", "concat_dim": [None]}, analysis, chunks)
     except VzdaskError as err:
         if not path:
             raise
         raise type(err)(f"group {path!r}: {err}") from err
-    inherited = [name for name in ds.variables if name not in parts.variables]
+    inherited = [name for name in ds.variables if name not in variables]
     for name in inherited:
         ancestor = _ancestor_with(done, path, str(name))
         if ancestor is not None and not ds[name].equals(done[ancestor][name]):

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from vzdask._compat import variable_data
 from vzdask.accessor import VirtualDatasetAccessor
-from vzdask.combine import cf_signature, check_cf_compatible, explain_combine_failure
+from vzdask.combine import cf_signature, check_cf_compatible, coordinate_range, explain_combine_failure
 from vzdask.fast_combine import combine_parts, stack_tiff_scenes
 from vzdask.errors import (
     CFEncodingMismatchError,
@@ -29,9 +30,11 @@ from vzdask.errors import (
     UnsupportedVariableWarning,
     VzdaskError,
 )
+from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.metadata import AxisChunks
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
-from vzdask.xarray import DecodedCache, VirtualParts
+from vzdask.xarray import MANIFEST_ENCODING_KEY, DecodedCache, VirtualParts
 
 #: Files combined by one task in the tree reduction on a cluster.
 COMBINE_BATCH = 16
@@ -65,7 +68,7 @@ def _flatten(nested) -> list[str]:
     return [p for item in nested for p in (_flatten(item) if isinstance(item, list) else [item])]
 
 
-def _open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False, opened=None
+def open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = False, opened=None
               ) -> tuple[Any, dict]:
     """Parse one file (runs on a worker): its virtual dataset and CF signature.
 
@@ -202,6 +205,16 @@ def open_virtual_mfdataset(
     progress : bool
         Show a progress bar while parsing.
 
+    Returns
+    -------
+    xarray.Dataset
+        Virtual variables hold the combined ManifestArrays. Each one's ``encoding["chunks"]`` and
+        ``encoding["preferred_chunks"]`` describe the combined chunk grid, as ``xr.open_zarr`` shows the
+        written store: one size per regular axis; along a rectilinear axis (files of different lengths or
+        chunkings) the tuple of every chunk's size, e.g. ``((31, 29, 31, ...), 10, 20)``. A loaded variable
+        that was concatenated has the chunks its values are written with: its whole length along an axis
+        each file stored in one chunk, else the files' chunk size.
+
     Raises
     ------
     FileOpenError
@@ -210,8 +223,6 @@ def open_virtual_mfdataset(
         When a virtual variable's CF encoding differs between files.
     """
     ds = _open_virtual(dict(locals()), analysis=False)
-    if combine == "by_coords":  # the parallel paths (the serial one checked, naming the files)
-        check_no_overlap(ds, _flatten(expand_paths(paths)))
     if inline is not None:  # a variable that comes and goes is fine; one in no file is a typo
         inline.check_variables([str(name) for name in ds.variables], "is in none of the files")
     return ds
@@ -234,6 +245,52 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     Without it, a failed combine (or CF check) is explained by the files' signatures when they show why
     (``explain_combine_failure``: the variable, the files, the way out), else re-raised as it is.
     """
+    return combined_chunk_encoding(_open_and_combine_virtual(arguments, analysis))
+
+
+def _zarr_chunks(sizes: Sequence[AxisChunks]) -> tuple[AxisChunks, ...]:
+    """Chunk sizes as xarray's zarr backend gives them: one size where the grid is regular along an axis.
+
+    (A rectilinear axis whose chunks are all one size but the last, smaller one, is that size.)
+    """
+    out: list[AxisChunks] = []
+    for size in sizes:
+        if isinstance(size, int):
+            out.append(size)
+        elif len(set(size[:-1])) <= 1 and size and size[-1] <= size[0]:
+            out.append(int(size[0]))
+        else:
+            out.append(tuple(int(s) for s in size))
+    return tuple(out)
+
+
+def combined_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (combined in place) with each variable's ``encoding["chunks"]`` describing the combined result.
+
+    Combining keeps the first file's encoding (as ``xr.concat`` does), so a virtual variable would claim the
+    first file's chunk shape whatever the combined grid. A virtual variable gets its ManifestArray's grid
+    (``_zarr_chunks``) and matching ``preferred_chunks``; a loaded variable that was concatenated (its shape
+    is no longer its stored array's) gets the chunks the writers will write it in (``_loaded_chunks``).
+    """
+    for var in ds.variables.values():
+        data = variable_data(var)
+        if isinstance(data, ManifestArray):
+            chunks = _zarr_chunks(data.chunk_sizes)
+            var.encoding = {**var.encoding, "chunks": chunks, "preferred_chunks": dict(zip(var.dims, chunks))}
+            continue
+        stored = var.encoding.get(MANIFEST_ENCODING_KEY)
+        if isinstance(stored, ManifestArray) and stored.ndim == var.ndim and stored.shape != tuple(var.shape):
+            var.encoding = {**var.encoding, "chunks": _loaded_chunks(stored, tuple(var.shape))}
+    return ds
+
+
+def _loaded_chunks(stored: ManifestArray, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A concatenated loaded variable's chunks: its whole length along an axis the file held in one chunk."""
+    return tuple(n if c >= s else c for n, s, c in zip(shape, stored.shape, stored.chunk_shape))
+
+
+def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
+    """``_open_virtual`` before the chunk encodings are made those of the combined result."""
     paths, concat_dim, combine = arguments["paths"], arguments["concat_dim"], arguments["combine"]
     parallel, progress = arguments["parallel"], arguments["progress"]
     if combine not in ("by_coords", "nested"):
@@ -260,8 +317,18 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
     if parallel in (True, "processes") and not progress and not grid:
         return _open_in_processes(files, options, combine, concat_dim, kwargs, analysis)
     results = _parse_locally(files, options, parallel, progress)
+    rewarn(signature for _, signature in results)
+    return combine_parsed(files, nested, results, combine, concat_dim, kwargs, analysis)
+
+
+def combine_parsed(files: list[str], nested: list, results: list, combine: str, concat_dim, kwargs: dict,
+                   analysis: bool) -> xr.Dataset:
+    """Files parsed already (``results``: each file's ``(parts, signature)``, in ``files`` order) combined here.
+
+    ``nested``: the paths as given (a nested list for a grid). The CF check, the combine, its failure
+    explained (``analysis``: ``_NoSingleManifest``), the overlap check: as ``open_virtual_mfdataset`` does.
+    """
     signatures = [(path, signature) for path, (_, signature) in zip(files, results)]
-    rewarn(signature for _, signature in signatures)
     try:
         check_cf_compatible(signatures)
         combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
@@ -270,9 +337,70 @@ def _open_virtual(arguments: dict[str, Any], analysis: bool):
         if failure is None:
             raise
         raise failure from err
-    if combine == "by_coords" and not analysis:
+    if not analysis:
         check_no_overlap(combined, files, results)
-    return combined
+    return combined_chunk_encoding(combined)
+
+
+def analysis_of_parsed(arguments: dict[str, Any], given: set[str], results: list, chunks) -> xr.Dataset:
+    """``open_mfdataset`` of files parsed already (``results``, as for ``combine_parsed``); ``arguments`` as bound.
+
+    One virtual dataset made dask arrays where the files make one, else the files joined file by file.
+    """
+    nested = expand_paths(arguments["paths"])
+    files = _flatten(nested)
+    kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
+    try:
+        virtual = combine_parsed(files, nested, results, arguments["combine"], arguments["concat_dim"], kwargs,
+                                 analysis=True)
+    except _NoSingleManifest:
+        return open_file_by_file(arguments, given, results, chunks)
+    return to_analysis(virtual, chunks, arguments["decode_times"])
+
+
+def parse_files(files: list[str], options: dict[str, Any], parallel, progress: bool,
+                batch: Callable[[list[str], dict[str, Any]], list]) -> list:
+    """``batch(paths, options)`` (one result per file) over batches of ``files``, where ``parallel`` says.
+
+    For callers that need every file's parse at hand (a DataTree's groups): on a cluster the results
+    are gathered here.
+    """
+    import dask
+    from dask import delayed
+
+    client = _resolve_client(parallel)
+    if client is not None:
+        workers = len(client.scheduler_info().get("workers", {}))
+        size = _batch_size(len(files), workers, CLUSTER_PARSE_BATCH)
+        futures = [client.submit(batch, files[i : i + size], dict(options), pure=False)
+                   for i in range(0, len(files), size)]
+        try:
+            if progress:
+                from distributed import progress as show_progress
+
+                with client.as_current():
+                    show_progress(futures, notebook=False)
+            parts = [_result_of(client, future) for future in futures]  # the first error, holding no future
+            return [result for part in parts for result in part]
+        finally:
+            futures.clear()
+    scheduler = {None: "sync", False: "sync", "serial": "sync", True: "processes", "threads": "threads",
+                 "processes": "processes"}[parallel]
+    if scheduler == "sync" and not progress:
+        return batch(files, options)
+    size = _batch_size(len(files), os.cpu_count() or 1)
+    tasks = [delayed(batch, pure=False)(files[i : i + size], dict(options)) for i in range(0, len(files), size)]
+    extra = {}
+    if scheduler == "processes" and dask.config.get("pool", None) is None:
+        extra["pool"] = _process_pool()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            batches = dask.compute(*tasks, scheduler=scheduler, **extra)
+    else:
+        batches = dask.compute(*tasks, scheduler=scheduler, **extra)
+    return [result for part in batches for result in part]
 
 
 def _coordinate_values(opened, name: str):
@@ -284,24 +412,44 @@ def _coordinate_values(opened, name: str):
         return None
 
 
-def check_no_overlap(ds: xr.Dataset, files: Sequence[str], results: list | None = None) -> None:
-    """``combine="by_coords"``: a dimension coordinate whose values repeat means files cover the same range.
+def check_no_overlap(ds: xr.Dataset, files: Sequence[str], results: list | None = None,
+                     signatures: Sequence[tuple[str, dict]] | None = None) -> None:
+    """A dimension coordinate whose values repeat: files cover the same range (or one file holds a value twice).
 
-    ``xr.open_mfdataset`` keeps both copies; a virtual dataset written with them would hold that coordinate
-    value twice, so this is refused, naming the files where ``results`` (each file's parse) are at hand.
+    ``xr.open_mfdataset`` keeps both copies (``combine="nested"`` concatenates as given, ``"by_coords"``
+    too once the files are ordered); a virtual dataset written with them would hold that coordinate
+    value twice, so this is refused, naming the files: by their values where ``results`` (each file's
+    parse) are at hand, else by the range of values each file's signature gives (``signatures``: the
+    parse ran in other processes). In a combined index that is in order, a file whose range holds the
+    repeated value holds it.
     """
     for name, index in ds.indexes.items():
         if index.is_unique:
             continue
         value = index[index.duplicated()][0]
-        holders = [path for path, (opened, _) in zip(files, results or ())
-                   if (values := _coordinate_values(opened, str(name))) is not None and values.isin([value]).any()]
+        if results is not None:
+            holders = [path for path, (opened, _) in zip(files, results)
+                       if (values := _coordinate_values(opened, str(name))) is not None and values.isin([value]).any()]
+        else:
+            holders = [path for path, signature in signatures or ()
+                       if _in_range(value, coordinate_range(str(name), signature.get(str(name), {})))]
         where = (" and ".join(holders[:2]) if len(holders) >= 2 else
-                 f"{holders[0]} (twice)" if holders else "two of the files (parsed elsewhere: not named here)")
+                 f"{holders[0]} (twice)" if holders else "two of the files")
         raise CombineError(
             f"the files overlap along {name!r}: {value} is in {where}, so the combined {name!r} would hold it "
             f"twice. Leave one of them out, or trim each file to its own range with preprocess=..."
         )
+
+
+def _in_range(value, ends) -> bool:
+    """Whether ``value`` lies between a file's first and last coordinate value (either order)."""
+    if ends is None:
+        return False
+    try:
+        low, high = sorted((ends[0], ends[-1]))
+        return bool(low <= value <= high)
+    except TypeError:
+        return False
 
 
 def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analysis: bool, results: list | None,
@@ -311,8 +459,9 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
         return _NoSingleManifest(results)
     if isinstance(err, CFEncodingMismatchError):
         return None  # names the variable, the files and the values already
-    if isinstance(err, ValueError) and "monotonically" in str(err):  # xarray's, naming no file
-        return _not_monotonic(err, [path for path, _ in signatures], results)
+    if isinstance(err, ValueError) and ("monotonically" in str(err) or "monotonic global indexes" in str(err)):
+        # xarray's, naming no file
+        return _not_monotonic(err, signatures, results)
     explained = explain_combine_failure(signatures, combine, concat_dim, join)
     if explained is None and isinstance(err, (IndexError, NotImplementedError)) and not isinstance(err, VzdaskError):
         # xarray asked the virtual arrays for something references cannot do (reindexing, padding...)
@@ -327,21 +476,50 @@ def _combine_failure(err: Exception, signatures, combine: str, concat_dim, analy
     return explained
 
 
-def _not_monotonic(err: Exception, files: list[str], results: list | None) -> CombineError:
-    """xarray's "Coordinate variable X is neither monotonically increasing nor decreasing", with the files."""
+def _not_monotonic(err: Exception, signatures, results: list | None) -> CombineError:
+    """xarray's "Coordinate variable X is neither monotonically increasing nor decreasing", with the files.
+
+    A file whose own values are out of order (where its parse is at hand), else two files whose ranges
+    interleave (from each file's signature, wherever it was parsed), else the files in general.
+    """
+    files = [path for path, _ in signatures]
     words = str(err).split()
-    name = words[words.index("variable") + 1] if "variable" in words[:-1] else None
+    name = (words[words.index("variable") + 1] if "variable" in words[:-1] else
+            words[-1] if "global" in words and words[-2:-1] == ["dimension"] else None)
     within = [path for path, (opened, _) in zip(files, results or ())
               if name is not None and (values := _coordinate_values(opened, name)) is not None
               and not (values.is_monotonic_increasing or values.is_monotonic_decreasing)]
-    what = (f"its values in {', '.join(within)} are not in order" if within else
-            "the files' ranges interleave or are not in order (" + ", ".join(files[:4])
-            + (f" and {len(files) - 4} more" if len(files) > 4 else "") + ")")
+    pair = _interleaving(name, signatures) if name is not None and not within else None
+    if within:
+        what = f"its values in {', '.join(within)} are not in order"
+    elif pair is not None:
+        what = f"the ranges of {pair[0]} and {pair[1]} interleave"
+    else:
+        what = ("the files' ranges interleave or are not in order (" + ", ".join(files[:4])
+                + (f" and {len(files) - 4} more" if len(files) > 4 else "") + ")")
     return CombineError(
         f"combine='by_coords' cannot order the files by {name!r}: {what}. Sort the values within each file "
         "(preprocess=lambda ds: ds.sortby(...) on loaded coordinates), or give the order yourself with "
         f"combine='nested', concat_dim={name!r}"
     )
+
+
+def _interleaving(name: str, signatures) -> tuple[str, str] | None:
+    """Two files whose ranges of coordinate ``name`` overlap (beyond sharing an end value), from their signatures."""
+    spans = []
+    for path, signature in signatures:
+        ends = coordinate_range(name, signature.get(name, {}))
+        if ends is not None:
+            low, high = sorted((ends[0], ends[-1]))
+            spans.append((low, high, path))
+    try:
+        spans.sort(key=lambda span: (span[0], span[1]))
+    except TypeError:
+        return None
+    for (_, high, path), (next_low, _, next_path) in zip(spans, spans[1:]):
+        if next_low < high:
+            return path, next_path
+    return None
 
 
 def _arrange(nested, datasets):
@@ -381,7 +559,7 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
         options["registry"] = ObjectStoreRegistry.default()
     cache = DecodedCache(defer_times=True)
     with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
-        return [_open_one(path, options, cache, as_parts=True, opened=opened)
+        return [open_one(path, options, cache, as_parts=True, opened=opened)
                 for path, (_, opened) in zip(paths, ahead)]
 
 
@@ -418,12 +596,15 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
         for result in combined:
             if isinstance(result, Exception):
                 raise result
-        return combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
+        whole = combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
     except Exception as err:
         failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None, kwargs["join"])
         if failure is None:
             raise
         raise failure from err
+    if not analysis:
+        check_no_overlap(whole, files, None, signatures)
+    return whole
 
 
 def _parse_locally(files, options, parallel, progress):
@@ -445,7 +626,7 @@ def _parse_locally(files, options, parallel, progress):
         return [result for batch in dask.compute(*tasks, scheduler=scheduler, **extra) for result in batch]
     # threads share one cache (a race only decodes a coordinate twice); processes each start empty
     cache = DecodedCache(defer_times=True) if scheduler in ("sync", "threads") else None
-    tasks = [delayed(_open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
+    tasks = [delayed(open_one, pure=False)(path, dict(options), cache, as_parts=True) for path in files]
     if scheduler == "processes" and dask.config.get("pool", None) is None:
         extra["pool"] = _process_pool()
     if progress:
@@ -534,7 +715,7 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
         rewarn(signature for _, signature in parsed_signatures)
         try:
             check_cf_compatible(parsed_signatures)
-            return _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
+            whole = _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
         except Exception as err:
             # analysis: the parsed files come here (small: references) to be joined as dask arrays
             results = [r for batch in client.gather(parsed) for r in batch] if analysis else None
@@ -543,6 +724,9 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             if failure is None:
                 raise
             raise failure from err
+        if not analysis:
+            check_no_overlap(whole, files, None, parsed_signatures)
+        return whole
     finally:
         # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
         # last error) holds this frame, and with it every parsed file on the workers.
@@ -564,9 +748,28 @@ def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kw
             level.extend(client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
                          for future in parsed)
             root = _tree(client, level, combine, concat_dim, kwargs)
-        return root.result()
+        return _result_of(client, root)
     finally:
         root = None  # noqa: F841
+
+
+def _result_of(client, future):
+    """``future.result()``, but a task's error is raised without the frames that waited for it.
+
+    Raised through ``Future.result`` (or ``Client.gather``), the error's traceback keeps their frames,
+    whose locals hold the future: the failed combine tree then stays on the cluster until a garbage
+    collection breaks the cycle (traceback -> frame -> error), and a later open's tasks share the
+    cluster with it (a test of released tasks failed after one that had caught such an error).
+    """
+    from distributed import wait
+
+    with client.as_current():
+        wait([future])
+    if future.status != "error":
+        return future.result()
+    error, traceback = future.exception(), future.traceback()
+    future.release()
+    raise error.with_traceback(traceback)
 
 
 def _files_of(batch: list[str]) -> str:
@@ -617,6 +820,12 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     ``coords="different"`` today, with xarray's warnings where its coming
     defaults would differ), so ``vzdask.open_mfdataset(paths)`` gives what
     ``xr.open_mfdataset(paths)`` gives.
+
+    ``encoding["preferred_chunks"]`` is the combined stored grid (a tuple of
+    sizes along a rectilinear axis) and ``encoding["chunks"]`` its chunk shape
+    where that grid is regular (absent otherwise, so ``to_zarr`` chunks by the
+    dask blocks); both are absent where files were joined file by file along
+    an axis (no one stored grid).
     """
     import inspect
 
@@ -629,17 +838,42 @@ def open_mfdataset(paths, *, chunks=None, **kwargs) -> xr.Dataset:
     except _NoSingleManifest as failed:
         # xarray combines values here, so the options not given are left to xarray, as xr.open_mfdataset
         # leaves them: with compat="override" a variable missing from one file would hide another's values
-        return _open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
+        return open_file_by_file(dict(arguments.arguments), given, failed.results, chunks)
     return to_analysis(virtual, chunks, decode_times)
 
 
 def to_analysis(virtual: xr.Dataset, chunks, decode_times) -> xr.Dataset:
-    """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks)."""
+    """A virtual Dataset as dask arrays, CF-decoded (masking and unpacking in the load tasks).
+
+    ``encoding["chunks"]`` stays only where the stored grid is regular: a rectilinear one (kept in
+    ``preferred_chunks``) is what ``to_zarr`` refuses in encoding, while dask chunks it can write.
+    """
     analysis = VirtualDatasetAccessor(virtual).to_dask(chunks=chunks, mask_and_scale=True)
-    return xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
+    decoded = xr.decode_cf(analysis, **({} if decode_times is None else {"decode_times": decode_times}))
+    for var in decoded.variables.values():
+        if any(not isinstance(c, (int, np.integer)) for c in var.encoding.get("chunks", ())):
+            var.encoding = {k: v for k, v in var.encoding.items() if k != "chunks"}
+    return decoded
 
 
-def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
+def _chunks_of_combined(combined: xr.Dataset, first: xr.Dataset) -> xr.Dataset:
+    """``combined`` (xarray's combine of per-file datasets) without the first file's chunks where they mislead.
+
+    A variable whose shape changed in combining has no one stored grid (the files were joined as dask
+    arrays): its ``chunks`` and ``preferred_chunks`` go, except a loaded one's (``_loaded_chunks``).
+    """
+    for name, var in combined.variables.items():
+        if name not in first.variables or first.variables[name].shape == var.shape:
+            continue
+        stored = var.encoding.get(MANIFEST_ENCODING_KEY)
+        encoding = {k: v for k, v in var.encoding.items() if k not in ("chunks", "preferred_chunks")}
+        if isinstance(stored, ManifestArray) and stored.ndim == var.ndim and not hasattr(var.data, "dask"):
+            encoding["chunks"] = _loaded_chunks(stored, tuple(var.shape))
+        var.encoding = encoding
+    return combined
+
+
+def open_file_by_file(arguments: dict[str, Any], given: set[str], results: list | None, chunks) -> xr.Dataset:
     """``open_mfdataset`` when the files make no one virtual dataset: per-file dask Datasets combined by xarray.
 
     ``given``: the arguments the caller gave (xarray's own defaults for the other combine options);
@@ -662,5 +896,6 @@ def _open_file_by_file(arguments: dict[str, Any], given: set[str], results: list
                 for opened, _ in results]
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join") if key in given}
     kwargs["combine_attrs"] = arguments["combine_attrs"]  # the default is xr.open_mfdataset's ("override")
-    return _combine(_arrange(nested, iter(datasets)) if grid else datasets, arguments["combine"],
-                    arguments["concat_dim"], kwargs)
+    combined = _combine(_arrange(nested, iter(datasets)) if grid else datasets, arguments["combine"],
+                        arguments["concat_dim"], kwargs)
+    return _chunks_of_combined(combined, datasets[0])
