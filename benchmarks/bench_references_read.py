@@ -1,9 +1,10 @@
-"""Reading kerchunk references: vzdask's batched reads against fsspec + zarr, same references, same run.
+"""Reading kerchunk references and Icechunk: vzdask's batched reads against fsspec + zarr and icechunk + zarr.
 
 Run by hand: ``.venv/bin/python benchmarks/bench_references_read.py [--files 100] [--repeats 3]``.
 The collection is the one ``bench_parse.py`` makes (100 netCDF4 files, 2 variables x
 24x180x360 float32 each, zlib+shuffle, chunks 1x90x180: 19,200 chunks, 1.24 GB decoded).
-vzdask writes its references once, as kerchunk JSON and as Parquet; then every reader
+vzdask writes its references once, as kerchunk JSON, as Parquet and into a local Icechunk
+repository (``.vz.to_icechunk``, a virtual chunk container for the data directory); then every reader
 opens them and computes everything (``.compute()`` of the whole Dataset), rounds of
 every reader in turn, medians of ``--repeats`` rounds:
 
@@ -13,6 +14,9 @@ every reader in turn, medians of ``--repeats`` rounds:
   fsspec + zarr     xr.open_dataset("reference://", engine="zarr", ...)   chunks=None (zarr reads each variable
                     concurrently) and chunks={} (dask, a task per native chunk)
   kerchunk engine   xr.open_dataset(refs, engine="kerchunk")                chunks=None
+  vzdask engine     xr.open_dataset(repo_path, engine="vzdask", chunks={} / None)   on the Icechunk repository
+  icechunk + zarr   xr.open_zarr(repo.readonly_session("main").store, consolidated=False)   default chunks
+                    (dask, chunks="auto") and chunks=None (zarr reads each variable concurrently through Icechunk)
   floor             a single-thread loop: read each chunk's bytes, inflate (Python's zlib) and unshuffle
                     into a preallocated array (bench_mfdataset.floor_read)
 
@@ -20,7 +24,7 @@ fsspec reads Parquet references with fastparquet, its default engine. Opening al
 no chunk read) is timed on a synthetic Parquet set of ``--open-refs`` references (1,000,000 by
 default), through the vzdask engine and through fsspec + zarr.
 
-Issue 19's targets: >= 5x faster than fsspec + zarr, <= 0.75x the single-thread floor, a
+Issue 19's targets: >= 5x faster than fsspec + zarr, >= 2x faster than icechunk + xr.open_zarr, <= 0.75x the single-thread floor, a
 1,000,000-reference Parquet set opened in <= 1 s. The machine is shared: the table shows the
 cores other processes kept busy during each reader's runs, and the CPU seconds each reader's own
 threads used (what a loaded machine changes least; fsspec + zarr's include its event loop thread).
@@ -43,17 +47,48 @@ from bench_compute import _busy_seconds  # noqa: E402
 from bench_mfdataset import floor_read  # noqa: E402
 from bench_parse import make_collection  # noqa: E402
 
+from vzdask.process import quiet_icechunk_logs  # noqa: E402
+
 VARIABLES = ("tas", "pr")
 
 
-def write_refs(paths, work: Path) -> dict[str, Path]:
+def write_refs(paths, work: Path) -> tuple[dict[str, Path], IcechunkRefs]:
     import vzdask
 
     ds = vzdask.open_virtual_mfdataset([str(p) for p in paths])
     out = {"json": work / "refs.json", "parquet": work / "refs.parq"}
     ds.vzdask.to_kerchunk(out["json"], format="json")
     ds.vzdask.to_kerchunk(out["parquet"], format="parquet")
-    return out
+    return out, IcechunkRefs(ds, work / "refs.icechunk")
+
+
+class IcechunkRefs:
+    """A local Icechunk repository of the collection's references, and how icechunk opens it."""
+
+    def __init__(self, ds, path: Path) -> None:
+        import icechunk
+
+        self.path = path
+        # the container's prefix is the data directory as the references name it
+        prefix = str(ds["tas"].data.manifest.urls[0]).rsplit("/", 1)[0] + "/"
+        config = icechunk.RepositoryConfig.default()
+        config.set_virtual_chunk_container(
+            icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(prefix[len("file://"):])))
+        self.credentials = icechunk.containers_credentials(
+            {prefix: icechunk.credentials.LocalFileSystemAccess})
+        repo = icechunk.Repository.create(self.storage(), config, authorize_virtual_chunk_access=self.credentials)
+        ds.vz.to_icechunk(repo.writable_session("main"), commit="references")
+
+    def storage(self):
+        import icechunk
+
+        return icechunk.local_filesystem_storage(str(self.path))
+
+    def session(self):
+        import icechunk
+
+        repo = icechunk.Repository.open(self.storage(), authorize_virtual_chunk_access=self.credentials)
+        return repo.readonly_session("main")
 
 
 def values(ds) -> dict[str, np.ndarray]:
@@ -88,6 +123,14 @@ def kerchunk_engine(refs: Path):
         return values(ds.compute())
 
 
+def icechunk_zarr(ice: IcechunkRefs, chunks="default"):
+    import xarray as xr
+
+    kwargs = {} if chunks == "default" else {"chunks": chunks}
+    with xr.open_zarr(ice.session().store, consolidated=False, **kwargs) as ds:
+        return values(ds.compute())
+
+
 def measure(func):
     """``(seconds, cores other processes kept busy, result, CPU seconds of this process)`` of one call."""
     b0, c0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
@@ -96,7 +139,7 @@ def measure(func):
     return t1 - t0, max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0), result, c1 - c0
 
 
-def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> None:
+def read_all(paths, refs: dict[str, Path], ice: IcechunkRefs, repeats: int, skip_slow: bool) -> None:
     readers = {"floor (1 thread, zlib)": lambda: floor_read(paths)}
     for fmt, path in refs.items():
         readers[f"vzdask engine, {fmt}"] = lambda path=path: vzdask_engine(path, {})
@@ -106,6 +149,10 @@ def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> Non
         if not skip_slow:
             readers[f"fsspec + zarr chunks={{}}, {fmt}"] = lambda path=path: fsspec_zarr(path, {})
             readers[f"kerchunk engine, {fmt}"] = lambda path=path: kerchunk_engine(path)
+    readers["vzdask engine, icechunk"] = lambda: vzdask_engine(ice.path, {})
+    readers["vzdask engine chunks=None, icechunk"] = lambda: vzdask_engine(ice.path, None)
+    readers["icechunk + xr.open_zarr"] = lambda: icechunk_zarr(ice)
+    readers["icechunk + xr.open_zarr chunks=None"] = lambda: icechunk_zarr(ice, None)
     expected = floor_read(paths)
     for label, func in readers.items():  # once each before timing: imports, caches, and the values checked
         got = func()
@@ -131,12 +178,14 @@ def read_all(paths, refs: dict[str, Path], repeats: int, skip_slow: bool) -> Non
         seconds, used = statistics.median(times[label]), statistics.median(cpu[label])
         print(f"  {label:40s} {seconds:8.2f} {seconds / floor:8.2f} {statistics.median(busy[label]):9.1f} cores "
               f"{used:7.2f} {used / floor_cpu:11.2f}")
-    for fmt in refs:
-        ours = times[f"vzdask engine, {fmt}"]
-        for peer in (f"fsspec + zarr, {fmt}", f"fsspec + zarr chunks={{}}, {fmt}", f"kerchunk engine, {fmt}"):
-            if peer in times:
-                ratio = statistics.median(p / o for p, o in zip(times[peer], ours))
-                print(f"  vzdask engine is {ratio:.1f}x faster than {peer} (median of per-round ratios)")
+    pairs = [(f"vzdask engine, {fmt}", peer) for fmt in refs
+             for peer in (f"fsspec + zarr, {fmt}", f"fsspec + zarr chunks={{}}, {fmt}", f"kerchunk engine, {fmt}")]
+    pairs += [(ours, peer) for ours in ("vzdask engine, icechunk", "vzdask engine chunks=None, icechunk")
+              for peer in ("icechunk + xr.open_zarr", "icechunk + xr.open_zarr chunks=None")]
+    for ours, peer in pairs:
+        if peer in times:
+            ratio = statistics.median(p / o for p, o in zip(times[peer], times[ours]))
+            print(f"  {ours} is {ratio:.1f}x faster than {peer} (median of per-round ratios)")
 
 
 def open_many(n: int, repeats: int, work: Path) -> None:
@@ -185,11 +234,12 @@ def main() -> None:
                         help="leave out fsspec + zarr with chunks={} and kerchunk's engine (minutes at 100 files)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    quiet_icechunk_logs()  # no Rust WARN lines about local storage in the table
     work = Path(tempfile.mkdtemp(prefix="bench_refs_"))
     paths = make_collection(args.files)
-    refs = write_refs(paths, work)
+    refs, ice = write_refs(paths, work)
     print(f"{args.files} files, {len(VARIABLES)} variables, references in {work}")
-    read_all(paths, refs, args.repeats, args.skip_slow)
+    read_all(paths, refs, ice, args.repeats, args.skip_slow)
     if args.open_refs:
         open_many(args.open_refs, args.repeats, work)
 
