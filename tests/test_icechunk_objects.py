@@ -1,9 +1,11 @@
 """Icechunk Repository / Session / IcechunkStore objects opened directly (issue 19 item 1).
 
-``xr.open_dataset(obj, engine="vzdask")``, ``xr.open_datatree(obj, ...)`` and
-``vzdask.open_virtual_dataset(obj)`` on real repositories made here (virtual
-chunks into a netCDF4 file, native chunks and chunks Icechunk keeps inline),
-compared with icechunk + ``xr.open_zarr`` on the same snapshot.
+``xr.open_dataset(obj, engine="vzdask")``, ``xr.open_datatree(obj, ...)``,
+``vzdask.open_virtual_dataset(obj)``, and, alone or in lists of them (mixed with
+paths), ``vzdask.open_virtual_mfdataset``, ``open_mfdataset``,
+``open_virtual_datatree`` and ``open_datatree`` on real repositories made here
+(virtual chunks into netCDF4 files, native chunks and chunks Icechunk keeps
+inline), compared with icechunk + ``xr.open_zarr`` on the same snapshots.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from icechunk_repos import Repo
 from test_icechunk_input import add_native_group, write_nc
 
 import vzdask
-from vzdask.errors import ParseError
+from vzdask.errors import CombineError, FileOpenError, ParseError
 from vzdask.manifests.manifest import VIRTUAL
 from vzdask.parsers import IcechunkParser, detect_parser
 from vzdask.registry import ObjectStoreRegistry
@@ -140,3 +142,156 @@ def test_detection_and_errors_name_the_object(repo):
         vzdask.open_virtual_dataset(session.store, group="nope")
     with pytest.raises(TypeError, match="an icechunk Repository, Session or IcechunkStore"):
         xr.open_dataset(object(), engine="vzdask")
+
+
+# --------------------------------------------------------------------------- #
+# many objects: open_virtual_mfdataset, open_mfdataset, the datatrees
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two repositories of consecutive netCDF4 files (time 0-2 and 3-5), and the second file's path."""
+    root = tmp_path_factory.mktemp("icechunk-pair")
+    data = root / "data"
+    data.mkdir()
+    repos = []
+    for name, t0 in (("a", 0), ("b", 3)):
+        repo = Repo(root / f"repo-{name}", data)
+        vzdask.open_virtual_dataset(write_nc(data / f"{name}.nc", t0)).vz.to_icechunk(repo.writable(), commit="v")
+        repos.append(repo)
+    return repos, str(data / "b.nc")
+
+
+def both_read(repos, **kwargs) -> xr.Dataset:
+    """icechunk + xr.open_zarr of each repository, combined by coordinates as xr.open_mfdataset combines."""
+    return xr.combine_by_coords([icechunk_read(r, **kwargs) for r in repos], combine_attrs="override")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_virtual_mfdataset_of_objects(pair, kind):
+    repos, _ = pair
+    objects = [as_object(r, kind) for r in repos]
+    want = both_read(repos)
+    for order, parallel in ((objects, None), (objects[::-1], "threads")):  # ordered by their times either way
+        vds = vzdask.open_virtual_mfdataset(order, parallel=parallel)
+        assert vds.sizes["time"] == 6 and set(vds.vz.virtual_variables) == {"tas", "p"}
+        assert vds["tas"].data.manifest.count()["virtual"] == 12
+        xr.testing.assert_identical(xr.decode_cf(vds.vz.compute()), want)
+    one = vzdask.open_virtual_mfdataset(objects[0])  # one object, not in a list
+    xr.testing.assert_identical(xr.decode_cf(one.vz.compute()), icechunk_read(repos[0]))
+
+
+def test_objects_mixed_with_paths_and_nested(pair):
+    repos, b_nc = pair
+    want = both_read(repos)
+    mixed = vzdask.open_virtual_mfdataset([b_nc, repos[0].open()])
+    xr.testing.assert_identical(xr.decode_cf(mixed.vz.compute()), want)
+    sessions = [r.open().readonly_session("main") for r in repos]
+    nested = vzdask.open_virtual_mfdataset([[s] for s in sessions], combine="nested", concat_dim=["time", None])
+    xr.testing.assert_identical(xr.decode_cf(nested.vz.compute()), want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_mfdataset_of_objects(pair, kind):
+    repos, _ = pair
+    objects = [as_object(r, kind) for r in repos]
+    want = both_read(repos)
+    ds = vzdask.open_mfdataset(objects, chunks={})
+    assert ds["tas"].chunks is not None and ds["time"].dtype.kind == "M"
+    xr.testing.assert_identical(ds.compute(), want)
+    raw = vzdask.open_mfdataset(objects, decode_times=False, parallel="threads")
+    xr.testing.assert_identical(raw.compute(), both_read(repos, decode_times=False))
+
+
+def test_file_by_file_when_no_one_manifest(pair):
+    """A variable one object lacks makes no one virtual dataset: open_mfdataset joins the objects' values."""
+    repos, _ = pair
+    session = repos[0].open().writable_session("main")
+    group = zarr.open_group(session.store, mode="a")
+    group.create_array("extra", shape=(3,), chunks=(3,), dtype="i4", fill_value=0, dimension_names=("time",))[:] = [1, 2, 3]
+    # uncommitted: a variable only this session has, so the two files make no one virtual dataset
+    ds = vzdask.open_mfdataset([session, repos[1].open()], join="outer", compat="no_conflicts")
+    assert ds["extra"].sizes["time"] == 6
+    np.testing.assert_array_equal(ds["extra"].values[:3], [1, 2, 3])
+    assert np.isnan(ds["extra"].values[3:]).all()
+    xr.testing.assert_identical(ds.drop_vars("extra").compute(), both_read(repos))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_datatrees_of_an_object(repo, kind):
+    obj = as_object(repo, kind)
+    session = repo.open().readonly_session("main")
+    want = xr.open_datatree(session.store, engine="zarr", consolidated=False, zarr_format=3).load()
+    tree = vzdask.open_datatree(obj)
+    assert tree.groups == ("/", "/native", "/native/deeper")
+    xr.testing.assert_identical(tree.load(), want)
+    virtual = vzdask.open_virtual_datatree(obj)
+    assert set(virtual.to_dataset().vz.virtual_variables) == {"tas", "p"}
+    assert virtual.groups == tree.groups
+    xr.testing.assert_identical(xr.decode_cf(virtual["native/deeper"].to_dataset(inherit=False).vz.compute()),
+                                icechunk_read(repo, "native/deeper"))
+    below = vzdask.open_datatree(obj, group="native")
+    want_below = xr.open_datatree(session.store, engine="zarr", consolidated=False, zarr_format=3, group="native")
+    assert below.groups == ("/", "/deeper")
+    xr.testing.assert_identical(below.load(), want_below.load())
+
+
+def test_datatrees_of_several_objects(repo, pair):
+    repos, b_nc = pair
+    want = both_read(repos)
+    for paths in ([r.open() for r in repos], [b_nc, repos[0].open().readonly_session("main")]):
+        tree = vzdask.open_datatree(paths, parallel="threads")
+        assert tree.groups == ("/",)
+        xr.testing.assert_identical(tree.to_dataset().compute(), want)
+        virtual = vzdask.open_virtual_datatree(paths)
+        xr.testing.assert_identical(xr.decode_cf(virtual.to_dataset().vz.compute()), want)
+    # a group in one object only: refused for a virtual tree, naming the objects; padded for analysis
+    with_group = repo.open()
+    with pytest.raises(CombineError, match=rf"group 'native' is missing from 1 of 2 files \(file://{repos[1].path};"):
+        vzdask.open_virtual_datatree([with_group, repos[1].open()], combine="nested", concat_dim="time")
+
+
+def test_a_failed_object_is_named(pair):
+    repos, _ = pair
+    session = repos[0].open().readonly_session("main")
+    with pytest.raises(FileOpenError, match=rf"failed to open icechunk Session \(snapshot {session.snapshot_id}\)"
+                                            ".*no group 'nope'"):
+        vzdask.open_virtual_mfdataset([session, repos[1].open()], group="nope")
+    with pytest.raises(FileOpenError, match=rf"failed to open file://{repos[1].path}.*no group 'nope'"):
+        vzdask.open_datatree([repos[1].open()], group="nope")
+
+
+def test_other_processes_take_what_pickles(pair):
+    """Readonly objects of a stored repository go to processes; a writable session or an in-memory one is refused."""
+    repos, _ = pair
+    want = both_read(repos)
+    sessions = [r.open().readonly_session("main") for r in repos]
+    xr.testing.assert_identical(vzdask.open_mfdataset(sessions, parallel="processes").compute(), want)
+    writable = repos[0].open().writable_session("main")
+    memory = icechunk.Repository.create(icechunk.in_memory_storage())
+    for obj, why in ((writable, "it cannot be pickled: You must opt-in to pickle writable sessions"),
+                     (writable.store, "it cannot be pickled"),
+                     (memory, "an in-memory repository's data stays in this process")):
+        name = "icechunk Repository" if obj is memory else rf"icechunk {type(obj).__name__} \(snapshot"
+        message = rf"{name}.*parallel='processes' parses files in other processes.*\({why}.*repository's path or url"
+        with pytest.raises(FileOpenError, match=message):
+            vzdask.open_virtual_mfdataset([obj, sessions[1]], parallel="processes")
+        with pytest.raises(FileOpenError, match=message):
+            vzdask.open_datatree([obj, sessions[1]], parallel="processes")
+    # here and in threads the writable session is read as it is
+    for parallel in (None, "threads"):
+        ds = vzdask.open_mfdataset([writable, sessions[1]], parallel=parallel)
+        xr.testing.assert_identical(ds.compute(), want)
+
+
+def test_a_cluster_takes_readonly_objects_and_refuses_a_writable_session(pair, dask_cluster):
+    repos, _ = pair
+    sessions = [r.open().readonly_session("main") for r in repos]
+    ds = vzdask.open_virtual_mfdataset(sessions, parallel=dask_cluster)
+    xr.testing.assert_identical(xr.decode_cf(ds.vz.compute()), both_read(repos))
+    writable = repos[0].open().writable_session("main")
+    with pytest.raises(FileOpenError, match=r"parallel=<Client.*cannot be sent there \(it cannot be pickled"):
+        vzdask.open_virtual_mfdataset([writable, sessions[1]], parallel=dask_cluster)
+    with pytest.raises(FileOpenError, match=r"cannot be sent there \(it cannot be pickled"):
+        vzdask.open_virtual_datatree([writable, sessions[1]], parallel=dask_cluster)

@@ -31,12 +31,16 @@ from vzdask.mfdataset import (
     open_one,
     open_virtual_mfdataset,
     parse_files,
+    read_ahead_sources,
     rewarn,
+    source_name,
+    source_names,
     to_analysis,
 )
 from vzdask.parsers import Parser, detect_parser
 from vzdask.registry import ObjectStoreRegistry
-from vzdask.xarray import DecodedCache, VirtualParts, as_url, open_virtual_groups
+from vzdask.parsers.icechunk import is_icechunk_source
+from vzdask.xarray import DecodedCache, VirtualParts, open_virtual_groups, source_url
 
 #: The arguments that configure how one file is opened (the others say how files are combined).
 _FILE_OPTIONS = ("parser", "registry", "loadable_variables", "inline", "drop_variables", "on_unsupported",
@@ -148,8 +152,6 @@ def _open_tree_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[di
     the group's own arrays: a group below the file's root comes with the dimension coordinates it
     inherits too (to order and align its files by).
     """
-    from vzdask.parsers.read_ahead import read_ahead
-
     options = dict(options)
     if options.get("registry") is None:
         options["registry"] = ObjectStoreRegistry.default()
@@ -158,19 +160,23 @@ def _open_tree_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[di
     given = options.pop("parser")
     cache = DecodedCache(defer_times=True)
     out = []
-    ahead = read_ahead([as_url(p) for p in paths], options["registry"])
+    ahead = read_ahead_sources(paths, options["registry"])
     with closing(ahead) if isinstance(ahead, Generator) else nullcontext():
-        for path, (_, opened) in zip(paths, ahead):
+        for path, opened in zip(paths, ahead):
+            inner = given
+            if inner is None and is_icechunk_source(path):  # the object itself is what its parser reads
+                inner = detect_parser(path, options["registry"], inline=options["inline"],
+                                      drop_variables=options["drop_variables"])
             if given is not None and getattr(given, "group", None):  # its own group is its store's root
                 parser = given
             else:
                 parser = _ParsedOnce(inline=options["inline"], drop_variables=options["drop_variables"],
-                                     on_unsupported=options["on_unsupported"], inner=given)
+                                     on_unsupported=options["on_unsupported"], inner=inner)
             each = {**options, "parser": parser, "inline": None, "on_unsupported": "raise"}
             # the tree's root first: the parse (its warnings, its errors naming the file) happens in open_one
             top = open_one(path, {**each, "group": root or None, "inherit_coords": bool(root),
                                   "loadable_variables": None}, cache, as_parts=True, opened=opened)
-            store = parser(as_url(path), options["registry"])
+            store = parser(source_url(path)[1], options["registry"])
             node = store.group[root] if root and not getattr(parser, "group", None) else store.group
             assert isinstance(node, ManifestGroup)  # open_one checked the group
             groups: dict[str, Any] = {}
@@ -228,8 +234,8 @@ def _lacking_group(path: str, files: list[str], per_file: list[dict], results: l
     Each file that lacks it stands in with the dimension coordinates the group would inherit there (its
     nearest ancestor's), so xarray's join fills the group's variables over that file's range.
     """
-    lacking = [f for f, r in zip(files, results) if r is None]
-    having = [f for f, r in zip(files, results) if r is not None]
+    lacking = [source_name(f) for f, r in zip(files, results) if r is None]
+    having = [source_name(f) for f, r in zip(files, results) if r is not None]
     if not analysis:
         raise CombineError(
             f"group {path!r} is missing from {len(lacking)} of {len(files)} files ({_named(lacking)}; it is in "
@@ -291,7 +297,7 @@ def _first_file(arguments: dict[str, Any], files: list[str]) -> dict[str, Virtua
     try:
         return open_virtual_groups(files[0], group=arguments["group"], **options)
     except (VzdaskError, OSError) as err:  # as open_virtual_mfdataset names the file
-        raise FileOpenError(f"failed to open {files[0]}: {type(err).__name__}: {err}") from err
+        raise FileOpenError(f"failed to open {source_name(files[0])}: {type(err).__name__}: {err}") from err
 
 
 def _flatten(nested: list) -> list[str]:
@@ -368,7 +374,7 @@ def _each_group(arguments: dict[str, Any], path: str, results: list, variables: 
 
 
 def _some(paths) -> str:
-    files = _flatten(expand_paths(paths))
+    files = source_names(_flatten(expand_paths(paths)))
     return ", ".join(files) if len(files) <= 3 else f"{files[0]} ... {files[-1]} ({len(files)} files)"
 
 

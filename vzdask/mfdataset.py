@@ -32,6 +32,7 @@ from vzdask.errors import (
 )
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.metadata import AxisChunks
+from vzdask.parsers.icechunk import icechunk_source_url, is_icechunk_source
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import MANIFEST_ENCODING_KEY, DecodedCache, VirtualParts
@@ -43,8 +44,14 @@ COMBINE_BATCH = 16
 CLUSTER_PARSE_BATCH = 64
 
 
-def expand_paths(paths: str | os.PathLike | Sequence) -> list:
-    """A glob string, a path, a list of paths or a nested list (for nested combine) -> list of url strings."""
+def expand_paths(paths: str | os.PathLike | Sequence | Any) -> list:
+    """A glob string, a path, a list of paths or a nested list (for nested combine) -> list of url strings.
+
+    An icechunk ``Repository``, ``Session`` or ``IcechunkStore`` (alone or in the list) stays itself: the
+    parser reads the object (``source_name`` names it in messages).
+    """
+    if is_icechunk_source(paths):
+        return [paths]
     if isinstance(paths, (str, os.PathLike)):
         text = os.fspath(paths)
         if "://" in text and not text.startswith("file://"):
@@ -58,10 +65,73 @@ def expand_paths(paths: str | os.PathLike | Sequence) -> list:
         return matches
     out = []
     for item in paths:
-        out.append(expand_paths(item) if isinstance(item, (list, tuple)) else os.fspath(item))
+        out.append(expand_paths(item) if isinstance(item, (list, tuple)) else
+                   item if is_icechunk_source(item) else os.fspath(item))
     if not out:
         raise ValueError("no files given")
     return out
+
+
+def source_name(source: Any) -> str:
+    """What names one of ``expand_paths``'s items in messages: the path or url, or an icechunk object's location.
+
+    (An icechunk object is named by its repository's location where its storage tells it, else by its kind
+    and snapshot: ``vzdask.parsers.icechunk.icechunk_source_url``.)
+    """
+    return icechunk_source_url(source) if is_icechunk_source(source) else str(source)
+
+
+def source_names(files: Sequence) -> list[str]:
+    return [source_name(f) for f in files]
+
+
+def check_shippable(files: Sequence, parallel) -> None:
+    """Refuse icechunk objects that cannot reach other processes (``parallel="processes"``, True, a cluster).
+
+    A writable session does not pickle, and an in-memory repository pickles without its data; the
+    repository's path or url opens anywhere. Serial and threaded parses take every object.
+    """
+    import pickle
+
+    for source in files:
+        if not is_icechunk_source(source):
+            continue
+        why = None
+        storage = getattr(source, "storage", None)  # a Repository's (sessions and stores do not say)
+        if storage is not None and "type: in-memory" in repr(storage):
+            why = "an in-memory repository's data stays in this process"
+        else:
+            try:
+                pickle.dumps(source)
+            except Exception as err:  # noqa: BLE001 - icechunk's reason, quoted
+                why = f"it cannot be pickled: {(str(err).splitlines() or [''])[0]}"
+        if why is not None:
+            raise FileOpenError(
+                f"{source_name(source)}: parallel={parallel!r} parses files in other processes, and this icechunk "
+                f"{type(source).__name__} cannot be sent there ({why}). Pass the repository's path or url instead "
+                "(with parser=IcechunkParser(branch=..., tag=... or snapshot_id=...) for another snapshot than "
+                "main's), a readonly session, or parallel=None or 'threads'."
+            )
+
+
+def read_ahead_sources(paths: Sequence, registry: ObjectStoreRegistry):
+    """``vzdask.parsers.read_ahead`` over ``expand_paths``'s items: each one's opened file, or None.
+
+    An icechunk object has nothing to open ahead (None); the paths and urls around it are read ahead
+    as a list of them alone would be.
+    """
+    from vzdask.parsers.read_ahead import read_ahead
+    from vzdask.xarray import as_url
+
+    ahead = read_ahead([as_url(p) for p in paths if not is_icechunk_source(p)], registry)
+    try:
+        files = iter(ahead)
+        for path in paths:
+            yield None if is_icechunk_source(path) else next(files)[1]
+    finally:
+        close = getattr(ahead, "close", None)
+        if close is not None:
+            close()
 
 
 def _flatten(nested) -> list[str]:
@@ -92,7 +162,7 @@ def open_one(path: str, options: dict[str, Any], cache=None, as_parts: bool = Fa
                 result = preprocess(result)
         except Exception as err:
             detail = str(err) if isinstance(err, VzdaskError) else (str(err).splitlines() or [""])[0]
-            raise FileOpenError(f"failed to open {path}: {type(err).__name__}: {detail}") from err
+            raise FileOpenError(f"failed to open {source_name(path)}: {type(err).__name__}: {detail}") from err
     signature = Signature(cf_signature(result))
     if caught:  # said again where the user is (rewarn), not left in the worker's log
         signature.warnings = tuple(str(w.message) for w in caught if issubclass(w.category, UnsupportedVariableWarning))
@@ -306,11 +376,14 @@ def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
         "decode_times", "preprocess")}
     kwargs = {key: arguments[key] for key in ("data_vars", "coords", "compat", "join", "combine_attrs")}
     client = _resolve_client(parallel)
+    if client is not None or parallel in (True, "processes"):
+        check_shippable(files, parallel)
     if client is not None:
         return _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs, progress, analysis)
 
     grid = any(isinstance(p, list) for p in nested)
-    if combine == "nested" and not grid and parallel in (None, False, "serial") and not progress:
+    objects = any(is_icechunk_source(f) for f in files)
+    if combine == "nested" and not grid and parallel in (None, False, "serial") and not progress and not objects:
         scenes = stack_tiff_scenes(files, options, concat_dim, kwargs)  # many TIFF scenes of one grid: tables only
         if scenes is not None:
             return scenes
@@ -328,7 +401,7 @@ def combine_parsed(files: list[str], nested: list, results: list, combine: str, 
     ``nested``: the paths as given (a nested list for a grid). The CF check, the combine, its failure
     explained (``analysis``: ``_NoSingleManifest``), the overlap check: as ``open_virtual_mfdataset`` does.
     """
-    signatures = [(path, signature) for path, (_, signature) in zip(files, results)]
+    signatures = [(source_name(path), signature) for path, (_, signature) in zip(files, results)]
     try:
         check_cf_compatible(signatures)
         combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
@@ -338,7 +411,7 @@ def combine_parsed(files: list[str], nested: list, results: list, combine: str, 
             raise
         raise failure from err
     if not analysis:
-        check_no_overlap(combined, files, results)
+        check_no_overlap(combined, source_names(files), results)
     return combined_chunk_encoding(combined)
 
 
@@ -369,6 +442,8 @@ def parse_files(files: list[str], options: dict[str, Any], parallel, progress: b
     from dask import delayed
 
     client = _resolve_client(parallel)
+    if client is not None or parallel in (True, "processes"):
+        check_shippable(files, parallel)
     if client is not None:
         workers = len(client.scheduler_info().get("workers", {}))
         size = _batch_size(len(files), workers, CLUSTER_PARSE_BATCH)
@@ -551,16 +626,12 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
     """
     from contextlib import closing
 
-    from vzdask.parsers.read_ahead import read_ahead
-    from vzdask.xarray import as_url
-
     options = dict(options)
     if options.get("registry") is None:  # one for the batch: an opened file is matched to it
         options["registry"] = ObjectStoreRegistry.default()
     cache = DecodedCache(defer_times=True)
-    with closing(read_ahead([as_url(p) for p in paths], options["registry"])) as ahead:
-        return [open_one(path, options, cache, as_parts=True, opened=opened)
-                for path, (_, opened) in zip(paths, ahead)]
+    with closing(read_ahead_sources(paths, options["registry"])) as ahead:
+        return [open_one(path, options, cache, as_parts=True, opened=opened) for path, opened in zip(paths, ahead)]
 
 
 def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, concat_dim, kwargs: dict):
@@ -588,7 +659,7 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
              for i in range(0, len(files), size)]
     extra = {} if dask.config.get("pool", None) is not None else {"pool": _process_pool()}
     batches = dask.compute(*tasks, scheduler="processes", **extra)
-    signatures = list(zip(files, (s for signatures, _ in batches for s in signatures)))
+    signatures = list(zip(source_names(files), (s for signatures, _ in batches for s in signatures)))
     rewarn(signature for _, signature in signatures)
     combined = [result for _, result in batches]
     try:
@@ -603,7 +674,7 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
             raise
         raise failure from err
     if not analysis:
-        check_no_overlap(whole, files, None, signatures)
+        check_no_overlap(whole, source_names(files), None, signatures)
     return whole
 
 
@@ -709,9 +780,10 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
             if isinstance(error, FileOpenError):
                 raise error
             # a lost worker (KilledWorker), a cancelled task...: name the files that task was parsing
-            raise FileOpenError(f"failed to open {_files_of(batch)}: {type(error).__name__}: {error} "
+            raise FileOpenError(f"failed to open {_files_of(source_names(batch))}: {type(error).__name__}: {error} "
                                 f"(task {future.key!r} {future.status})") from error
-        parsed_signatures = list(zip(files, (s for batch in client.gather(signatures) for s in batch)))
+        parsed_signatures = list(zip(source_names(files),
+                                     (s for batch in client.gather(signatures) for s in batch)))
         rewarn(signature for _, signature in parsed_signatures)
         try:
             check_cf_compatible(parsed_signatures)
@@ -725,7 +797,7 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
                 raise
             raise failure from err
         if not analysis:
-            check_no_overlap(whole, files, None, parsed_signatures)
+            check_no_overlap(whole, source_names(files), None, parsed_signatures)
         return whole
     finally:
         # Release every future now, also when raising: a traceback kept alive (pytest, a notebook's
