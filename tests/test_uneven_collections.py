@@ -279,18 +279,50 @@ def test_variable_in_one_year_only_opens_for_analysis_like_xarray(collections, o
         assert bool(evap.sel(time="2001").isnull().all()) and not bool(evap.sel(time="2002").isnull().any())
 
 
-def test_variable_in_one_year_only_is_a_virtual_error_naming_it_and_the_files(collections):
+def test_variable_in_one_year_only_is_padded_with_missing_chunks(collections, tmp_path):
+    """``evap`` (float32, _FillValue -999) is in the middle year only: the other years get all-missing chunks,
+    which read as the fill value and decode to the NaN xr.open_mfdataset pads with; written to Icechunk and
+    read back by icechunk + xarray alike."""
+    from tests.icechunk_repos import Repo
+
     paths = collections["daily"]
+    expected = reference(paths)
+    assert np.isnan(expected["evap"].values).any() and not np.isnan(expected["evap"].values).all()
     for options in ({}, {"combine": "nested", "concat_dim": "time"}):
-        with pytest.raises(CombineError) as info:
-            vzdask.open_virtual_mfdataset(paths, **options)
-        message = str(info.value)
-        assert "variable 'evap'" in message
-        assert paths[0] in message and paths[2] in message  # the files that lack it
-        assert "drop_variables=['evap']" in message and "vzdask.open_mfdataset" in message
-    # the way out works: the rest combines virtually
-    virtual = vzdask.open_virtual_mfdataset(paths, drop_variables=["evap"])
-    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths, drop_variables=["evap"]))
+        virtual = vzdask.open_virtual_mfdataset(paths, **options)
+        manifest = virtual["evap"].data.manifest
+        assert manifest.count()["missing"] > 0 and manifest.count()["virtual"] > 0
+        xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), expected)
+    repo = Repo(tmp_path / "repo", str(Path(paths[0]).parent))
+    session = repo.writable()
+    virtual.vz.to_icechunk(session)
+    session.commit("three years")
+    back = repo.read().load()
+    np.testing.assert_array_equal(back["evap"].values, expected["evap"].values)
+    np.testing.assert_array_equal(back["tas"].values, expected["tas"].values)
+
+
+def test_a_missing_variable_padding_cannot_give_exactly_is_a_virtual_error_naming_it(tmp_path):
+    """An integer variable xarray would pad with NaN (promoting it to float) cannot be all-missing chunks."""
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"i_{i}.nc"
+        with netCDF4.Dataset(path, "w") as nc:
+            nc.createDimension("time", 4)
+            nc.createVariable("time", "f8", ("time",))[:] = np.arange(4) + 4 * i
+            nc["time"].units = "days since 2000-01-01"
+            nc.createVariable("a", "f4", ("time",), chunksizes=(4,))[:] = np.arange(4) + i
+            if i == 1:
+                nc.createVariable("count", "i4", ("time",), chunksizes=(4,))[:] = np.arange(4)
+        paths.append(str(path))
+    with pytest.raises(CombineError) as info:
+        vzdask.open_virtual_mfdataset(paths)
+    message = str(info.value)
+    assert "variable 'count'" in message and paths[0] in message and paths[2] in message
+    assert "drop_variables=['count']" in message and "vzdask.open_mfdataset" in message
+    virtual = vzdask.open_virtual_mfdataset(paths, drop_variables=["count"])  # the way out
+    xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), reference(paths, drop_variables=["count"]))
+    assert_like_xarray(paths)  # for analysis: xarray's padding
 
 
 def test_concat_dim_no_file_has(collections):
@@ -349,6 +381,7 @@ def test_unexplained_indexing_failure_is_still_a_combine_error(collections, monk
 
     paths = collections["daily"]
     monkeypatch.setattr(mfdataset, "explain_combine_failure", lambda *args: None)
+    monkeypatch.setattr(mfdataset, "pad_missing_variables", lambda datasets, *args: datasets)  # evap stays absent
     with pytest.raises(CombineError) as info:
         vzdask.open_virtual_mfdataset(paths)
     message = str(info.value)

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vzdask._compat import variable_data
+from vzdask._compat import dataset_replace, variable_data, variable_fastpath
 from vzdask.errors import CFEncodingMismatchError, CombineError
 from vzdask.manifests.array import ManifestArray
+from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.metadata import replace_metadata
 
 #: Attributes that change what the stored numbers mean.
 CF_ENCODING_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "units", "calendar")
@@ -217,8 +219,10 @@ def _missing_variable(signatures) -> CombineError | None:
         having = [path for path, signature in signatures if name in signature]
         return CombineError(
             f"variable {name!r} is missing from {len(lacking)} of {len(signatures)} files "
-            f"({_name_files(lacking)}; it is in {_name_files(having)}): a virtual dataset cannot pad it as xarray "
-            f"does (the padding would refer to no file). Leave it out (drop_variables=[{name!r}]) to combine the "
+            f"({_name_files(lacking)}; it is in {_name_files(having)}): a virtual dataset pads it as xarray does "
+            f"(all-missing chunks) only where that is exact (a floating-point variable whose fill value decodes to "
+            f"NaN, on a grid the files fit) and the files are combined in this process (not parallel='processes' "
+            f"or a cluster). Leave it out (drop_variables=[{name!r}]) to combine the "
             f"rest virtually, or use {_ANALYSIS_WAY_OUT}."
         )
     return None
@@ -320,3 +324,92 @@ def _misaligned(signatures, combine: str, concat_dim, join: str) -> CombineError
             f"the same {name!r}, or join='override' to take the first file's {name!r}, or use {_ANALYSIS_WAY_OUT}."
         )
     return None
+
+
+# -- variables that come and go ----------------------------------------------
+
+
+def pad_missing_variables(datasets: list, combine: str, concat_dim, kwargs: dict) -> list:
+    """Each file's dataset with the virtual variables it lacks added as all-missing chunks, where that is exact.
+
+    xarray pads a variable absent from some files with NaN (``join="outer"``,
+    ``data_vars="all"``). A virtual variable can hold the same thing without
+    referring to any file: an empty manifest, whose chunks read as the array's
+    ``fill_value``. That is exactly xarray's padding when the variable is
+    floating point and its fill value is NaN or is its ``_FillValue`` /
+    ``missing_value`` (CF decoding masks it to NaN). Variables that do not
+    qualify are left absent, and the combine's failure is explained as before
+    (``explain_combine_failure``).
+    """
+    if len(datasets) < 2 or kwargs.get("join", "outer") != "outer" or kwargs.get("data_vars", "all") != "all":
+        return datasets
+    dim = _padding_dim(datasets, combine, concat_dim)
+    if dim is None:
+        return datasets
+    names: dict[str, None] = {}
+    for ds in datasets:
+        names.update(dict.fromkeys(ds.data_vars))
+    padded = list(datasets)
+    for name in names:
+        having = [ds for ds in datasets if name in ds.variables]
+        if len(having) == len(datasets):
+            continue
+        template = having[0].variables[name]
+        if not _paddable(template, dim):
+            continue
+        for i, ds in enumerate(padded):
+            if name in ds.variables:
+                continue
+            variable = _missing_variable_of(template, dim, ds)
+            if variable is None:
+                return datasets  # one file cannot take it: leave every file as it was
+            padded[i] = dataset_replace(ds, {**ds.variables, name: variable}, set(ds.coords))
+    return padded
+
+
+def _padding_dim(datasets: list, combine: str, concat_dim) -> str | None:
+    """The one dimension the files are joined along: ``concat_dim``, or (by_coords) the index that differs."""
+    if combine == "nested":
+        return concat_dim if isinstance(concat_dim, str) else None
+    differing = []
+    for dim in datasets[0].dims:
+        if not all(dim in ds.indexes for ds in datasets):
+            continue
+        first = datasets[0].indexes[dim]
+        if any(not first.equals(ds.indexes[dim]) for ds in datasets[1:]):
+            differing.append(dim)
+    return differing[0] if len(differing) == 1 else None
+
+
+def _paddable(var, dim: str) -> bool:
+    """A virtual floating-point variable along ``dim`` whose missing chunks decode to NaN."""
+    data = variable_data(var)
+    if not isinstance(data, ManifestArray) or dim not in var.dims or data.dtype.kind != "f":
+        return False
+    if data.is_rectilinear:
+        return False
+    fill = data.metadata.fill_value
+    if fill is not None and np.isnan(fill):
+        return True
+    declared = [var.attrs.get("_FillValue"), var.attrs.get("missing_value"), var.encoding.get("_FillValue")]
+    return any(value is not None and np.any(np.asarray(value) == fill) for value in declared)
+
+
+def _missing_variable_of(template, dim: str, ds):
+    """``template`` (a virtual variable of another file) sized as ``ds`` along ``dim``, every chunk missing."""
+    if dim not in ds.sizes:
+        return None
+    data = variable_data(template)
+    shape = []
+    for name, size in zip(template.dims, data.shape):
+        if name == dim:
+            shape.append(int(ds.sizes[dim]))
+        elif name in ds.sizes and ds.sizes[name] == size:
+            shape.append(int(size))
+        else:
+            return None  # another grid along a dimension the files share: xarray would align, not pad
+    chunks = [min(c, s) if s else c for c, s in zip(data.chunk_shape, shape)]
+    metadata = replace_metadata(data.metadata, shape=shape, chunk_shape=chunks)
+    grid = [-(-s // c) if c else 0 for s, c in zip(shape, chunks)]
+    array = ManifestArray(metadata, ChunkManifest.empty(grid))
+    return variable_fastpath(template.dims, array, dict(template.attrs), dict(template.encoding))

@@ -21,7 +21,13 @@ import xarray as xr
 
 from vzdask._compat import variable_data
 from vzdask.accessor import VirtualDatasetAccessor
-from vzdask.combine import cf_signature, check_cf_compatible, coordinate_range, explain_combine_failure
+from vzdask.combine import (
+    cf_signature,
+    check_cf_compatible,
+    coordinate_range,
+    explain_combine_failure,
+    pad_missing_variables,
+)
 from vzdask.fast_combine import combine_parts, stack_tiff_scenes
 from vzdask.errors import (
     CFEncodingMismatchError,
@@ -197,10 +203,12 @@ def _combine_batch(combine: str, concat_dim, kwargs: dict, *datasets) -> xr.Data
     return _combine(list(datasets), combine, concat_dim, kwargs)
 
 
-def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict) -> xr.Dataset:
+def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict, pad: bool = False) -> xr.Dataset:
     """Combine parsed files (``VirtualParts`` or Datasets) laid out as ``nested`` (None: a flat list).
 
-    Uniform files take ``fast_combine``'s one step; anything else goes through xarray.
+    Uniform files take ``fast_combine``'s one step; anything else goes through xarray. ``pad``: variables
+    some files lack become all-missing chunks there where that is xarray's padding exactly
+    (``pad_missing_variables``; for virtual datasets: analysis ones are joined file by file instead).
     """
     grid = nested is not None and any(isinstance(p, list) for p in nested)
     if not grid and all(isinstance(p, VirtualParts) for p in opened):
@@ -208,6 +216,8 @@ def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict
         if fast is not None:
             return fast
     datasets = [p.to_dataset() if isinstance(p, VirtualParts) else p for p in opened]
+    if pad and not grid:
+        datasets = pad_missing_variables(datasets, combine, concat_dim, kwargs)
     return _combine(_arrange(nested, iter(datasets)) if grid else datasets, combine, concat_dim, kwargs)
 
 
@@ -404,7 +414,8 @@ def combine_parsed(files: list[str], nested: list, results: list, combine: str, 
     signatures = [(source_name(path), signature) for path, (_, signature) in zip(files, results)]
     try:
         check_cf_compatible(signatures)
-        combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs)
+        combined = _combine_opened([result for result, _ in results], nested, combine, concat_dim, kwargs,
+                                   pad=not analysis)
     except Exception as err:
         failure = _combine_failure(err, signatures, combine, concat_dim, analysis, results, kwargs["join"])
         if failure is None:
