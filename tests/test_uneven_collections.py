@@ -302,6 +302,26 @@ def test_variable_in_one_year_only_is_padded_with_missing_chunks(collections, tm
     np.testing.assert_array_equal(back["tas"].values, expected["tas"].values)
 
 
+@pytest.mark.parametrize("parallel", ["processes", "client"])
+def test_a_variable_whole_parse_tasks_lack_is_padded_at_the_next_level(tmp_path, parallel, process_pool, request):
+    """Ten files, ``evap`` in two of them: parsed in batches in other processes (or on a cluster) and combined
+    there first, the batches that lack it entirely are padded where the batches are combined."""
+    paths = []
+    for i in range(10):
+        path = tmp_path / f"d_{i}.nc"
+        write_file(path, start=4 * i, n=4, chunk=2, seed=i, time_units="days since 2000-01-01", extra=i in (3, 4))
+        paths.append(str(path))
+    expected = reference(paths)
+    if parallel == "client":
+        parallel = request.getfixturevalue("dask_cluster")
+    for options in ({}, {"combine": "nested", "concat_dim": "time"}):
+        with dask.config.set(pool=process_pool):
+            virtual = vzdask.open_virtual_mfdataset(paths, parallel=parallel, **options)
+        counts = virtual["evap"].data.manifest.count()
+        assert counts["virtual"] == 4 and counts["missing"] == 16
+        xr.testing.assert_identical(xr.decode_cf(virtual.vz.compute()), expected)
+
+
 def test_a_missing_variable_padding_cannot_give_exactly_is_a_virtual_error_naming_it(tmp_path):
     """An integer variable xarray would pad with NaN (promoting it to float) cannot be all-missing chunks."""
     paths = []

@@ -221,8 +221,7 @@ def _missing_variable(signatures) -> CombineError | None:
             f"variable {name!r} is missing from {len(lacking)} of {len(signatures)} files "
             f"({_name_files(lacking)}; it is in {_name_files(having)}): a virtual dataset pads it as xarray does "
             f"(all-missing chunks) only where that is exact (a floating-point variable whose fill value decodes to "
-            f"NaN, on a grid the files fit) and the files are combined in this process (not parallel='processes' "
-            f"or a cluster). Leave it out (drop_variables=[{name!r}]) to combine the "
+            f"NaN, on a grid the files fit). Leave it out (drop_variables=[{name!r}]) to combine the "
             f"rest virtually, or use {_ANALYSIS_WAY_OUT}."
         )
     return None

@@ -198,9 +198,15 @@ def _combine(datasets: list, combine: str, concat_dim, kwargs: dict) -> xr.Datas
     return xr.combine_by_coords(datasets, **kwargs)
 
 
-def _combine_batch(combine: str, concat_dim, kwargs: dict, *datasets) -> xr.Dataset:
-    """One node of the tree reduction (a worker task)."""
-    return _combine(list(datasets), combine, concat_dim, kwargs)
+def _combine_batch(combine: str, concat_dim, kwargs: dict, pad: bool, *datasets) -> xr.Dataset:
+    """One node of the tree reduction (a worker task); ``pad``: as ``_combine_opened``'s.
+
+    A variable some parts lack is padded here too: a whole parse task's files may lack it.
+    """
+    parts = list(datasets)
+    if pad:
+        parts = pad_missing_variables(parts, combine, concat_dim, kwargs)
+    return _combine(parts, combine, concat_dim, kwargs)
 
 
 def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict, pad: bool = False) -> xr.Dataset:
@@ -221,9 +227,9 @@ def _combine_opened(opened: list, nested, combine: str, concat_dim, kwargs: dict
     return _combine(_arrange(nested, iter(datasets)) if grid else datasets, combine, concat_dim, kwargs)
 
 
-def _combine_parsed(combine: str, concat_dim, kwargs: dict, results: list) -> xr.Dataset:
+def _combine_parsed(combine: str, concat_dim, kwargs: dict, pad: bool, results: list) -> xr.Dataset:
     """The first level of the tree on a cluster: one parse task's files, combined where they were parsed."""
-    return _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs)
+    return _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs, pad=pad)
 
 
 def _signatures_of(results: list) -> list:
@@ -645,7 +651,8 @@ def _open_batch(paths: list[str], options: dict[str, Any]) -> list[tuple[Any, di
         return [open_one(path, options, cache, as_parts=True, opened=opened) for path, opened in zip(paths, ahead)]
 
 
-def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, concat_dim, kwargs: dict):
+def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, concat_dim, kwargs: dict,
+                      pad: bool):
     """A process-pool task: parse a batch of files and combine them there; ``(signatures, dataset or error)``.
 
     Shipping one combined dataset back costs far less than every file's parts.
@@ -655,7 +662,8 @@ def _open_and_combine(paths: list[str], options: dict[str, Any], combine: str, c
     results = _open_batch(paths, options)
     signatures = [signature for _, signature in results]
     try:
-        return signatures, _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs)
+        return signatures, _combine_opened([opened for opened, _ in results], None, combine, concat_dim, kwargs,
+                                           pad=pad)
     except Exception as err:  # noqa: BLE001 - re-raised by the caller after the CF check
         return signatures, err
 
@@ -666,7 +674,8 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
     from dask import delayed
 
     size = _batch_size(len(files), os.cpu_count() or 1)
-    tasks = [delayed(_open_and_combine, pure=False)(files[i : i + size], dict(options), combine, concat_dim, kwargs)
+    tasks = [delayed(_open_and_combine, pure=False)(files[i : i + size], dict(options), combine, concat_dim, kwargs,
+                                                     not analysis)
              for i in range(0, len(files), size)]
     extra = {} if dask.config.get("pool", None) is not None else {"pool": _process_pool()}
     batches = dask.compute(*tasks, scheduler="processes", **extra)
@@ -678,7 +687,8 @@ def _open_in_processes(files, options, combine, concat_dim, kwargs, analysis: bo
         for result in combined:
             if isinstance(result, Exception):
                 raise result
-        whole = combined[0] if len(combined) == 1 else _combine(combined, combine, concat_dim, kwargs)
+        whole = combined[0] if len(combined) == 1 else _combine_batch(combine, concat_dim, kwargs, not analysis,
+                                                                      *combined)
     except Exception as err:
         failure = _combine_failure(err, signatures, combine, concat_dim, analysis, None, kwargs["join"])
         if failure is None:
@@ -798,7 +808,8 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
         rewarn(signature for _, signature in parsed_signatures)
         try:
             check_cf_compatible(parsed_signatures)
-            whole = _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level)
+            whole = _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level,
+                                        pad=not analysis)
         except Exception as err:
             # analysis: the parsed files come here (small: references) to be joined as dask arrays
             results = [r for batch in client.gather(parsed) for r in batch] if analysis else None
@@ -818,8 +829,12 @@ def _open_on_cluster(client, nested, files, options, combine, concat_dim, kwargs
         future = None  # noqa: F841
 
 
-def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level: list) -> xr.Dataset:
-    """Combine the parse tasks' results as a tree on the workers; ``level`` keeps the first level's futures."""
+def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kwargs, level: list,
+                        pad: bool = False) -> xr.Dataset:
+    """Combine the parse tasks' results as a tree on the workers; ``level`` keeps the first level's futures.
+
+    ``pad``: variables some files lack padded at every level, as ``_combine_opened`` does (flat lists).
+    """
     try:
         if combine == "nested" and any(isinstance(p, list) for p in nested):
             # a grid: one dataset per file, each innermost list combined on a worker, then the rows
@@ -828,9 +843,9 @@ def _combine_on_cluster(client, nested, parsed, batches, combine, concat_dim, kw
             dims = list(concat_dim) if isinstance(concat_dim, (list, tuple)) else [concat_dim]
             root = _tree_nested(client, _arrange(nested, iter(level)), dims, kwargs)
         else:
-            level.extend(client.submit(_combine_parsed, combine, concat_dim, kwargs, future, pure=False)
+            level.extend(client.submit(_combine_parsed, combine, concat_dim, kwargs, pad, future, pure=False)
                          for future in parsed)
-            root = _tree(client, level, combine, concat_dim, kwargs)
+            root = _tree(client, level, combine, concat_dim, kwargs, pad)
         return _result_of(client, root)
     finally:
         root = None  # noqa: F841
@@ -864,12 +879,13 @@ def _files_of(batch: list[str]) -> str:
     return f"one of the {len(batch)} files {batch[0]} ... {batch[-1]} (parsed in one task)"
 
 
-def _tree(client, futures, combine, concat_dim, kwargs):
+def _tree(client, futures, combine, concat_dim, kwargs, pad: bool = False):
     """Combine ordered futures in batches of ``COMBINE_BATCH`` until one is left (all on the workers)."""
     level = list(futures)
     while len(level) > 1:
         level = [
-            client.submit(_combine_batch, combine, concat_dim, kwargs, *level[i : i + COMBINE_BATCH], pure=False)
+            client.submit(_combine_batch, combine, concat_dim, kwargs, pad, *level[i : i + COMBINE_BATCH],
+                          pure=False)
             for i in range(0, len(level), COMBINE_BATCH)
         ]
     return level[0]
