@@ -173,13 +173,19 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
         # a header each is all that is read: remote, many in flight at once; local, a few read while
         # tifffile parses (on a loaded machine each read otherwise waits for obstore's threads to run)
         depth = SCENE_READ_AHEAD if depth else LOCAL_SCENE_READ_AHEAD
+    template = None  # the first file's: the files laid out alike byte for byte are not parsed
     with closing(read_ahead(urls, registry, depth=depth)) as ahead:
         for url, opened in ahead:
-            if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
+            if opened is None:
                 return None
-            table = scenes.continue_from(opened).scene_table(url, registry)
-            if table is None or tables and table.key != tables[0].key:
-                return None
+            table = template.match(opened) if template is not None else None
+            if table is None:
+                if not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
+                    return None
+                table = scenes.continue_from(opened).scene_table(url, registry, template=not tables)
+                if table is None or tables and table.key != tables[0].key:
+                    return None
+                template = template or table.template
             tables.append(table)
     # the first file opened as every file is in a serial open (mfdataset._open_batch)
     first = open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),

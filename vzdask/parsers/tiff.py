@@ -362,8 +362,12 @@ def _nodata(page, dtype: np.dtype) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
-    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``)."""
+def _walk(tif, url: str, geo: bool = True, pages: list | None = None
+          ) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
+    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``).
+
+    ``pages``: a list to append every IFD walked to, as ``(label, tifffile page)``.
+    """
     tifffile = _tifffile()
     byteorder = tif.byteorder
     entries: list[tuple[str, Any, int]] = []  # (ifd label, page, role flags)
@@ -373,6 +377,8 @@ def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], l
         if page.subifds:
             for j, sub in enumerate(tifffile.TiffPages(page)):
                 entries.append((f"{i}.{j}", sub, int(sub.subfiletype) | _SUBFILE_REDUCED))
+    if pages is not None:
+        pages.extend((label, page) for label, page, _ in entries)
 
     def image(label, page):
         try:
@@ -834,7 +840,7 @@ class TIFFParser(IsolatingParser):
         report_unsupported(url, problems, self.on_unsupported, "/" + wanted)
         return group
 
-    def scene_table(self, url: str, registry: ObjectStoreRegistry) -> SceneTable | None:
+    def scene_table(self, url: str, registry: ObjectStoreRegistry, *, template: bool = False) -> SceneTable | None:
         """The chunk tables of this file's root ``image`` (and ``mask``), and the key of everything else it is made of.
 
         For stacking many scenes of one layout and grid (``vzdask.fast_combine.stack_tiff_scenes``):
@@ -843,42 +849,53 @@ class TIFFParser(IsolatingParser):
         codecs, fill value and attributes, the IFDs' labels and the raw GeoTIFF tags (the grid).
         None when this file needs the whole parse: not readable, an IFD that does not parse
         (``on_unsupported``), a multi-page stack, a short last strip (inlined when padded).
+        ``template``: also record what tifffile read, so files laid out byte for byte alike are
+        recognised without parsing them (``SceneTable.template``, None where that cannot be exact).
         """
         tifffile = _tifffile()
         try:
             file = self._open(url, registry)
-            tif = tifffile.TiffFile(_Unclosable(file), name=url.rsplit("/", 1)[-1])
+            handle = _Recording(file) if template else _Unclosable(file)
+            tif = tifffile.TiffFile(handle, name=url.rsplit("/", 1)[-1])
         except Exception:  # the whole parse reports it
             return None
+        pages: list[tuple[str, Any]] = []
         with tif:
             try:
-                stacked, overviews, others, _ = _walk(tif, url, geo=False)
+                stacked, overviews, others, _ = _walk(tif, url, geo=False, pages=pages)
                 first = tif.pages.first
                 geo = tuple((code, first.tags[code].value) for code in _GEO_TAGS if code in first.tags)
             except Exception:
                 return None
-        levels = [*stacked, *overviews, *(img for _, img in others)]
-        if not stacked or any(isinstance(lv, ParseError) for lv in levels):
-            return None
-        if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
-            return None
-        root = stacked[0]
-        if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
-            return None
-        parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
-        key: list[Any] = [geo]
-        for name, img in parts.items():
-            if not isinstance(img, _Image):
+            levels = [*stacked, *overviews, *(img for _, img in others)]
+            if not stacked or any(isinstance(lv, ParseError) for lv in levels):
                 return None
-            rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
-            if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+            if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
                 return None
-            key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
-        try:
-            hash(tuple(key))
-        except TypeError:
-            return None
-        return SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+            root = stacked[0]
+            if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
+                return None
+            parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
+            key: list[Any] = [geo]
+            for name, img in parts.items():
+                if not isinstance(img, _Image):
+                    return None
+                rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
+                if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+                    return None
+                key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
+            try:
+                hash(tuple(key))
+            except TypeError:
+                return None
+            table = SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+            if isinstance(handle, _Recording):
+                try:
+                    found = SceneTemplate.of(tif, pages, handle, parts, table)
+                except Exception:  # anything unexpected: no template, each file is parsed
+                    found = None
+                table = SceneTable(table.key, table.tables, found)
+        return table
 
     def __repr__(self) -> str:
         return f"TIFFParser(inline={self.inline!r}, group={self.group!r})"
@@ -890,10 +907,140 @@ _GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 
 @dataclass(frozen=True)
 class SceneTable:
-    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``."""
+    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``.
+
+    ``template``: asked for with ``scene_table(..., template=True)``, what recognises files laid out like this one.
+    """
 
     key: tuple
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
+    template: SceneTemplate | None = field(default=None, compare=False)
+
+
+#: Tags whose values are tile/strip offsets and byte counts (the values that differ between scenes alike).
+_DATA_TAGS = frozenset({273, 279, 324, 325})
+#: Compressions whose IFDs tifffile parses by reading tile bytes too (JPEG: whether the first tile is JFIF).
+_READS_TILES = frozenset({6, 7, 33007, 34892})
+
+
+@dataclass(frozen=True)
+class SceneTemplate:
+    """Every byte tifffile read of one file, but the tile/strip offsets and byte counts: files alike match it.
+
+    tifffile's parse of a file is a function of the bytes it reads (and of
+    the file's size, where it checks a tag value's extent against it). A
+    file whose bytes are equal at every position tifffile read of this one,
+    except the values of the offset and byte count tags, makes tifffile read
+    the very same positions and find the same tags; only those values
+    differ. So its ``scene_table`` is this one's key with its own tables,
+    which are read here where tifffile found them (the decoding checked equal
+    to tifffile's on this file). Files that differ in any such byte, or are
+    shorter than this file's tag values reach, do not match (and are parsed).
+    Not made (``of`` returns None) where tifffile's parse depends on more:
+    a tag it dropped, a read inside tile data, JPEG (a tile read), LSM,
+    ScanImage and NDPI files.
+    """
+
+    key: tuple
+    compare: tuple[tuple[int, bytes], ...]  # (start, bytes) of every range to be equal
+    reach: int  # the smallest file size for which tifffile keeps every tag this file has
+    specs: dict[str, tuple[tuple[int, ...], int, np.dtype, int, int, np.dtype, int]]  # name: grid, (start, dtype, n) x2
+
+    @classmethod
+    def of(cls, tif, pages: list[tuple[str, Any]], handle: _Recording, parts: dict[str, _Image],
+           table: SceneTable) -> SceneTemplate | None:
+        """The template of a file tifffile parsed through ``handle`` (its ``pages`` walked), or None."""
+        import struct
+
+        file = handle._file
+        if tif.tiff.is_ndpi or tif.is_lsm or tif.is_scanimage:
+            return None
+        fmt, size = tif.tiff.tagnoformat, tif.tiff.tagnosize
+        holes, starts, stops, reach = [], [], [], 0
+        for _, page in pages:
+            if int(page.compression) in _READS_TILES:
+                return None
+            if len(page.tags) != struct.unpack(fmt, file.read_range(page.offset, size))[0]:
+                return None  # tifffile dropped a tag (e.g. a value past the end): the size would matter
+            for tag in page.tags.values():
+                end = tag.valueoffset + tag.valuebytecount
+                reach = max(reach, end)
+                if tag.code in _DATA_TAGS:
+                    holes.append((tag.valueoffset, end))
+            offsets = np.asarray(page.dataoffsets, dtype=np.uint64).ravel()
+            lengths = np.asarray(page.databytecounts, dtype=np.uint64).ravel()
+            if offsets.size != lengths.size:
+                return None
+            starts.append(offsets[lengths > 0])
+            stops.append((offsets + lengths)[lengths > 0])
+        reads = _merged(handle.reads)
+        if not reads:
+            return None
+        begin, end = np.concatenate(starts), np.concatenate(stops)
+        read_begin, read_end = (np.array(column, dtype=np.uint64)[:, None] for column in zip(*reads))
+        if np.any((begin[None, :] < read_end) & (end[None, :] > read_begin)):
+            return None  # tifffile read tile bytes: where depends on the offsets
+        by_label = dict(pages)
+        specs = {}
+        for name, img in parts.items():
+            page = by_label[img.ifd]
+            spec: list[Any] = [img.offsets.shape]
+            for codes, want in (((324, 273), img.offsets), ((325, 279), img.lengths)):
+                tag = next((page.tags[c] for c in codes if c in page.tags), None)
+                if tag is None:
+                    return None
+                dtype = np.dtype(tif.byteorder + tag.dataformat[-1])
+                if dtype.kind != "u" or tag.count != want.size:
+                    return None
+                got = np.frombuffer(file.read_range(tag.valueoffset, tag.valuebytecount), dtype=dtype)
+                if not np.array_equal(got.astype(np.uint64).reshape(want.shape), want):
+                    return None  # tifffile made these values otherwise: not read here
+                spec += [tag.valueoffset, dtype, want.size]
+            specs[name] = tuple(spec)
+        compare = tuple((start, file.read_range(start, stop - start)) for start, stop in _without(reads, _merged(holes)))
+        return cls(table.key, compare, reach, specs)  # type: ignore[arg-type]
+
+    def match(self, file: ObstoreFile) -> SceneTable | None:
+        """This file's ``SceneTable`` if it is laid out byte for byte as the template's file, else None."""
+        if file.size < self.reach:
+            return None
+        view = file.view
+        for start, data in self.compare:
+            if view(start, len(data)) != data:
+                return None
+        tables = {}
+        for name, (grid, o_start, o_dtype, count, l_start, l_dtype, _) in self.specs.items():
+            offsets = np.frombuffer(view(o_start, count * o_dtype.itemsize), dtype=o_dtype)
+            lengths = np.frombuffer(view(l_start, count * l_dtype.itemsize), dtype=l_dtype)
+            tables[name] = (offsets.astype(np.uint64).reshape(grid), lengths.astype(np.uint64).reshape(grid))
+        file.taken = True
+        return SceneTable(self.key, tables)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, stop)`` sorted, overlapping and touching ones joined, empty ones left out."""
+    out: list[list[int]] = []
+    for start, stop in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], stop)
+        else:
+            out.append([start, stop])
+    return [(a, b) for a, b in out]
+
+
+def _without(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merged ``ranges`` minus merged ``holes``."""
+    out = []
+    for start, stop in ranges:
+        for h_start, h_stop in holes:
+            if h_stop <= start or h_start >= stop:
+                continue
+            if h_start > start:
+                out.append((start, h_start))
+            start = max(start, h_stop)
+        if start < stop:
+            out.append((start, stop))
+    return out
 
 
 class _Unclosable:
@@ -918,4 +1065,25 @@ class _Unclosable:
         pass
 
 
-__all__ = ["TIFF_SIGNATURES", "SceneTable", "TIFFParser", "geotransform"]
+class _Recording(_Unclosable):
+    """``_Unclosable`` keeping the byte range of every read tifffile makes (for ``SceneTemplate``)."""
+
+    def __init__(self, file: ObstoreFile) -> None:
+        super().__init__(file)
+        self.reads: list[tuple[int, int]] = []
+        self.readinto = self._readinto  # type: ignore[method-assign]
+
+    def _readinto(self, buffer) -> int:
+        start = self._file.tell()
+        n = self._file.readinto(buffer)
+        self.reads.append((start, start + n))
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self._file.tell()
+        data = super().read(size)
+        self.reads.append((start, start + len(data)))
+        return data
+
+
+__all__ = ["TIFF_SIGNATURES", "SceneTable", "SceneTemplate", "TIFFParser", "geotransform"]
