@@ -45,6 +45,7 @@ import copy
 import functools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -934,17 +935,22 @@ class SceneTemplate:
     the very same positions and find the same tags; only those values
     differ. So its ``scene_table`` is this one's key with its own tables,
     which are read here where tifffile found them (the decoding checked equal
-    to tifffile's on this file). Files that differ in any such byte, or are
-    shorter than this file's tag values reach, do not match (and are parsed).
+    to tifffile's on this file). A file that differs in any such byte, or is
+    shorter than this file's tag values reach, does not match (and is parsed).
     Not made (``of`` returns None) where tifffile's parse depends on more:
     a tag it dropped, a read inside tile data, JPEG (a tile read), LSM,
     ScanImage and NDPI files.
+
+    Use: fetch ``ranges`` of a file (one request), hand the pieces to ``match``.
     """
 
     key: tuple
-    compare: tuple[tuple[int, bytes], ...]  # (start, bytes) of every range to be equal
-    reach: int  # the smallest file size for which tifffile keeps every tag this file has
-    specs: dict[str, tuple[tuple[int, ...], int, np.dtype, int, int, np.dtype, int]]  # name: grid, (start, dtype, n) x2
+    ranges: tuple[tuple[int, int], ...]  # (start, length) of the pieces to fetch of each file
+    compare: tuple[tuple[int, int, bytes], ...]  # (piece, start in it, bytes) to be equal
+    specs: dict[str, tuple]  # name: (grid, (piece, start, dtype, count) of the offsets, of the byte counts)
+
+    #: Gaps between the byte ranges needed up to which they are fetched as one piece.
+    GAP = 2**16
 
     @classmethod
     def of(cls, tif, pages: list[tuple[str, Any]], handle: _Recording, parts: dict[str, _Image],
@@ -961,7 +967,7 @@ class SceneTemplate:
             if int(page.compression) in _READS_TILES:
                 return None
             if len(page.tags) != struct.unpack(fmt, file.read_range(page.offset, size))[0]:
-                return None  # tifffile dropped a tag (e.g. a value past the end): the size would matter
+                return None  # tifffile dropped a tag (e.g. a value past the end): the file size would matter
             for tag in page.tags.values():
                 end = tag.valueoffset + tag.valuebytecount
                 reach = max(reach, end)
@@ -974,17 +980,17 @@ class SceneTemplate:
             starts.append(offsets[lengths > 0])
             stops.append((offsets + lengths)[lengths > 0])
         reads = _merged(handle.reads)
-        if not reads:
+        if not reads or reach > file.size:
             return None
         begin, end = np.concatenate(starts), np.concatenate(stops)
         read_begin, read_end = (np.array(column, dtype=np.uint64)[:, None] for column in zip(*reads))
         if np.any((begin[None, :] < read_end) & (end[None, :] > read_begin)):
             return None  # tifffile read tile bytes: where depends on the offsets
         by_label = dict(pages)
-        specs = {}
+        arrays: dict[str, list] = {}
         for name, img in parts.items():
             page = by_label[img.ifd]
-            spec: list[Any] = [img.offsets.shape]
+            arrays[name] = []
             for codes, want in (((324, 273), img.offsets), ((325, 279), img.lengths)):
                 tag = next((page.tags[c] for c in codes if c in page.tags), None)
                 if tag is None:
@@ -995,33 +1001,40 @@ class SceneTemplate:
                 got = np.frombuffer(file.read_range(tag.valueoffset, tag.valuebytecount), dtype=dtype)
                 if not np.array_equal(got.astype(np.uint64).reshape(want.shape), want):
                     return None  # tifffile made these values otherwise: not read here
-                spec += [tag.valueoffset, dtype, want.size]
-            specs[name] = tuple(spec)
-        compare = tuple((start, file.read_range(start, stop - start)) for start, stop in _without(reads, _merged(holes)))
-        return cls(table.key, compare, reach, specs)  # type: ignore[arg-type]
+                arrays[name].append((tag.valueoffset, tag.valuebytecount, dtype, want.size))
+        compared = _without(reads, _merged(holes))
+        needed = compared + [(start, start + n) for specs in arrays.values() for start, n, _, _ in specs]
+        pieces = _merged([*needed, (reach - 1, reach)] if reach else needed, gap=cls.GAP)
 
-    def match(self, file: ObstoreFile) -> SceneTable | None:
-        """This file's ``SceneTable`` if it is laid out byte for byte as the template's file, else None."""
-        if file.size < self.reach:
+        def locate(start: int) -> tuple[int, int]:
+            i = next(i for i, (a, b) in enumerate(pieces) if a <= start < b)
+            return i, start - pieces[i][0]
+
+        compare = tuple((*locate(a), file.read_range(a, b - a)) for a, b in compared)
+        specs = {name: (parts[name].offsets.shape, *((*locate(a), dtype, count) for a, _, dtype, count in spec))
+                 for name, spec in arrays.items()}
+        return cls(table.key, tuple((a, b - a) for a, b in pieces), compare, specs)
+
+    def match(self, pieces: Sequence[Any]) -> SceneTable | None:
+        """The ``SceneTable`` of a file whose ``ranges`` are ``pieces``, if it is laid out as the template's file, else None."""
+        views = [memoryview(p) for p in pieces]
+        if [len(v) for v in views] != [n for _, n in self.ranges]:
             return None
-        view = file.view
-        for start, data in self.compare:
-            if view(start, len(data)) != data:
+        for i, start, data in self.compare:
+            if views[i][start : start + len(data)] != data:
                 return None
         tables = {}
-        for name, (grid, o_start, o_dtype, count, l_start, l_dtype, _) in self.specs.items():
-            offsets = np.frombuffer(view(o_start, count * o_dtype.itemsize), dtype=o_dtype)
-            lengths = np.frombuffer(view(l_start, count * l_dtype.itemsize), dtype=l_dtype)
-            tables[name] = (offsets.astype(np.uint64).reshape(grid), lengths.astype(np.uint64).reshape(grid))
-        file.taken = True
-        return SceneTable(self.key, tables)
+        for name, (grid, *columns) in self.specs.items():
+            tables[name] = tuple(np.frombuffer(views[i], dtype=dtype, count=count, offset=start)
+                                 .astype(np.uint64).reshape(grid) for i, start, dtype, count in columns)
+        return SceneTable(self.key, tables)  # type: ignore[arg-type]
 
 
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Byte ranges ``[start, stop)`` sorted, overlapping and touching ones joined, empty ones left out."""
+def _merged(ranges: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, stop)`` sorted, overlapping ones and those at most ``gap`` apart joined, empty ones left out."""
     out: list[list[int]] = []
     for start, stop in sorted(r for r in ranges if r[1] > r[0]):
-        if out and start <= out[-1][1]:
+        if out and start <= out[-1][1] + gap:
             out[-1][1] = max(out[-1][1], stop)
         else:
             out.append([start, stop])
