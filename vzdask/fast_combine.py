@@ -134,7 +134,8 @@ def _stacked(first: VirtualParts, dim: str, stack) -> xr.Dataset | None:
 SCENE_READ_AHEAD, LOCAL_SCENE_READ_AHEAD = 16, 4
 
 
-def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict) -> xr.Dataset | None:
+def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict,
+                      analysis: bool = False) -> xr.Dataset | None:
     """Many TIFF scenes of one layout and grid stacked along a new ``concat_dim``, reading only their chunk tables.
 
     ``open_virtual_mfdataset(files, combine="nested", concat_dim=<new>)`` of
@@ -145,6 +146,10 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     Dataset (``_stack_parts``' result), for a fraction of the work per file.
     None when anything differs or is not a plain serial open of TIFF files:
     the caller then opens the files one by one, and its checks name them.
+    Except (unless for ``analysis``, where each file is decoded on its own) a
+    virtual ``image``/``mask`` whose shape, chunks, dtype or codecs differ
+    from the first file's: one virtual array cannot hold both, so a
+    ``CombineError`` names both files and the difference.
     """
     from contextlib import closing
 
@@ -169,6 +174,12 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     registry = options.get("registry") or ObjectStoreRegistry.default()
     scenes = parser if parser is not None else TIFFParser(drop_variables=options.get("drop_variables"))
     first_table = scenes.scene_table(urls[0], registry, template=True)
+
+    def open_first():
+        """The first file opened as every file is in a serial open (mfdataset._open_batch)."""
+        return open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),
+                                  **{**{k: v for k, v in options.items() if k != "preprocess"}, "registry": registry})
+
     if first_table is None:
         return None
     tables: list[SceneTable | None] = [first_table] + [None] * (len(urls) - 1)
@@ -188,12 +199,15 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
             i = next(i for i in parsed if tables[i] is None)
             if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
                 return None
-            tables[i] = scenes.continue_from(opened).scene_table(url, registry)
-            if tables[i] is None or tables[i].key != first_table.key:  # type: ignore[union-attr]
+            table = tables[i] = scenes.continue_from(opened).scene_table(url, registry)
+            if table is None:
                 return None
-    # the first file opened as every file is in a serial open (mfdataset._open_batch)
-    first = open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),
-                               **{**{k: v for k, v in options.items() if k != "preprocess"}, "registry": registry})
+            if table.key != first_table.key:
+                difference = first_table.layout_difference(table)
+                if difference is not None and not analysis:
+                    _refuse_layouts(files[0], files[i], difference, concat_dim, open_first())
+                return None
+    first = open_first()
     if concat_dim in first.variables or any(concat_dim in var.dims for var in first.variables.values()):
         return None
     others = np.array(urls[1:], dtype=object)
@@ -215,6 +229,21 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
                            encoding=dict(var.encoding))
 
     return _stacked(first, concat_dim, stack)
+
+
+def _refuse_layouts(first: str, other: str, difference: tuple, concat_dim: str, parts: VirtualParts) -> None:
+    """Raise the CombineError of two scenes whose virtual array ``difference[0]`` cannot be one (if it is virtual)."""
+    from vzdask.errors import CombineError
+
+    name, what, a, b = difference
+    if name not in parts.variables or not isinstance(variable_data(parts.variables[name]), ManifestArray):
+        return  # loaded or dropped: xarray stacks it
+    raise CombineError(
+        f"cannot stack {first} and {other} along a new dimension {concat_dim!r}: the {what} of their {name!r} differs "
+        f"({a} in {first} vs {b} in {other}), and one virtual array has one chunk layout, dtype and codec chain. "
+        f"Open them with vzdask.open_mfdataset(...) (each file decoded on its own), or load {name!r} "
+        f"(loadable_variables=[..., {name!r}])"
+    )
 
 
 def _scene_heads(urls: Sequence[str], registry, ranges: Sequence[tuple[int, int]]) -> list[list | None]:

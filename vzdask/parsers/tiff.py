@@ -917,6 +917,22 @@ class SceneTable:
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
     template: SceneTemplate | None = field(default=None, compare=False)
 
+    def layout_difference(self, other: SceneTable) -> tuple[str, str, Any, Any] | None:
+        """``(array, what, this file's, other's)`` for the first root array both have whose layout differs, else None.
+
+        Layout: shape, chunk shape, dimensions, dtype and codecs, what one
+        virtual array of both files' chunks needs to be the same (fill values,
+        attributes and grids are the CF checks' to compare).
+        """
+        mine = {entry[0]: entry[4] for entry in self.key[1:]}
+        for name, *_, signature, _ in other.key[1:]:
+            if name not in mine:
+                continue
+            for what, a, b in zip(("shape", "chunk shape", "dimensions", "dtype", "codecs"), mine[name], signature):
+                if a != b:
+                    return name, what, a, b
+        return None
+
 
 #: Tags whose values are tile/strip offsets and byte counts (the values that differ between scenes alike).
 _DATA_TAGS = frozenset({273, 279, 324, 325})
