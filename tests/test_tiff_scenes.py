@@ -139,7 +139,7 @@ def test_files_alike_match_the_template_with_tifffiles_tables(tmp_path, layout):
     template = first.template
     assert template is not None
     for path in files:
-        table = template.match(_pieces(path, template))
+        table = template.match(_pieces(path, template), path)
         assert table is not None and table.key == first.key
         expected = _tifffile_tables(path)
         assert sorted(table.tables) == sorted(expected)
@@ -212,8 +212,8 @@ def test_a_scene_on_another_grid_or_codec_is_refused_naming_both_files(tmp_path,
     files = [_scene(tmp_path / "a.tif", 0), _scene(tmp_path / "b.tif", 1), _scene(tmp_path / f"{name}.tif", 2, **profile)]
     registry = ObjectStoreRegistry.default()
     template = TIFFParser().scene_table(f"file://{files[0]}", registry, template=True).template
-    assert template.match(_pieces(files[1], template)) is not None
-    assert template.match(_pieces(files[2], template)) is None  # its bytes differ where tifffile read
+    assert template.match(_pieces(files[1], template), files[1]) is not None
+    assert template.match(_pieces(files[2], template), files[2]) is None  # its bytes differ where tifffile read
     with pytest.raises(error, match=message):
         vzdask.open_virtual_mfdataset(files, concat_dim="time", combine="nested")
     if error is CombineError:  # for analysis each file is decoded with its own codecs
@@ -233,8 +233,8 @@ def test_a_truncated_scene_is_parsed_as_file_by_file(tmp_path):
     for size in (100, 400):
         cut = tmp_path / f"cut{size}.tif"
         cut.write_bytes(whole[:size])
-        assert template.match(_pieces(cut, template)) is None  # short pieces
-        assert template.match([b"\0" * n for _, n in template.ranges]) is None
+        assert template.match(_pieces(cut, template), str(cut)) is None  # short pieces
+        assert template.match([b"\0" * n for _, n in template.ranges], str(cut)) is None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if size == 100:
@@ -283,3 +283,39 @@ def test_copies_of_one_file_and_a_single_reference_layout(cog_copies):
 def cog_copies(tmp_path):
     first = _masked_cog(tmp_path / "orig.tif", 0)
     return [first, shutil.copy(first, tmp_path / "copy.tif")]
+
+
+def test_no_template_where_tifffile_warns_or_the_name_says_ndpi(tmp_path, caplog):
+    """A tag whose value lies past the end (tifffile drops it, warning): the size would matter, so every file parses."""
+    import logging
+    import struct
+
+    files = []
+    for i in range(3):
+        path = tmp_path / f"w{i}.tif"
+        tifffile.imwrite(path, _noise(i, (64, 64), "uint16"), tile=(32, 32), compression="zlib",
+                         extratags=[(65000, "s", 0, "x" * 40, True)])
+        with tifffile.TiffFile(path) as tif:
+            entry = tif.pages[0].tags[65000].offset
+        with open(path, "r+b") as f:  # the value's offset field, pointed past the end of the file
+            f.seek(entry + 8)
+            f.write(struct.pack("<I", 10**8))
+        files.append(str(path))
+    registry = ObjectStoreRegistry.default()
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        table = TIFFParser().scene_table(f"file://{files[0]}", registry, template=True)
+    assert "invalid value offset" in caplog.text
+    assert table is not None and table.template is None
+    fast, slow, parsed = _open_both(files)
+    assert parsed == 3
+    _assert_same(fast, slow)
+
+    plain = [_scene(tmp_path / "p.tif", 0), _scene(tmp_path / "q.tif", 1)]
+    template = TIFFParser().scene_table(f"file://{plain[0]}", registry, template=True).template
+    assert template.match(_pieces(plain[1], template), "s3://bucket/q.tif") is not None
+    assert template.match(_pieces(plain[1], template), "s3://bucket/q.NDPI") is None
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    try:  # tifffile's warnings unheard: no template
+        assert TIFFParser().scene_table(f"file://{plain[0]}", registry, template=True).template is None
+    finally:
+        logging.getLogger("tifffile").setLevel(logging.NOTSET)

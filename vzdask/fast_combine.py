@@ -186,7 +186,7 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     template = first_table.template
     if template is not None:  # the files laid out as the first byte for byte: one small read each, no parse
         for i, pieces in enumerate(_scene_heads(urls[1:], registry, template.ranges), start=1):
-            tables[i] = template.match(pieces) if pieces is not None else None
+            tables[i] = template.match(pieces, urls[i]) if pieces is not None else None
     rest = [url for url, table in zip(urls, tables) if table is None]
     depth = read_ahead_depth(rest, registry)
     if dask.config.get("vzdask.read-ahead", "auto") == "auto":

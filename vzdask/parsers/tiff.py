@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -853,10 +854,22 @@ class TIFFParser(IsolatingParser):
         ``template``: also record what tifffile read, so files laid out byte for byte alike are
         recognised without parsing them (``SceneTable.template``, None where that cannot be exact).
         """
+        tifffile_log = logging.getLogger("tifffile")
+        if not template or not tifffile_log.isEnabledFor(logging.WARNING):  # (its warnings unheard: no template)
+            return self._scene_table(url, registry, None)
+        warned = _Warned(logging.WARNING)
+        tifffile_log.addHandler(warned)
+        try:
+            return self._scene_table(url, registry, warned)
+        finally:
+            tifffile_log.removeHandler(warned)
+
+    def _scene_table(self, url: str, registry: ObjectStoreRegistry, warned: _Warned | None) -> SceneTable | None:
+        """``scene_table``; with a template if ``warned`` (what tifffile logs meanwhile) is given."""
         tifffile = _tifffile()
         try:
             file = self._open(url, registry)
-            handle = _Recording(file) if template else _Unclosable(file)
+            handle = _Recording(file) if warned is not None else _Unclosable(file)
             tif = tifffile.TiffFile(handle, name=url.rsplit("/", 1)[-1])
         except Exception:  # the whole parse reports it
             return None
@@ -890,9 +903,9 @@ class TIFFParser(IsolatingParser):
             except TypeError:
                 return None
             table = SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
-            if isinstance(handle, _Recording):
-                try:
-                    found = SceneTemplate.of(tif, pages, handle, parts, table)
+            if isinstance(handle, _Recording) and warned is not None:
+                try:  # tifffile warns of what it repaired or skipped, which may depend on more than the bytes read
+                    found = None if warned.count else SceneTemplate.of(tif, pages, handle, parts, table)
                 except Exception:  # anything unexpected: no template, each file is parsed
                     found = None
                 table = SceneTable(table.key, table.tables, found)
@@ -954,8 +967,9 @@ class SceneTemplate:
     to tifffile's on this file). A file that differs in any such byte, or is
     shorter than this file's tag values reach, does not match (and is parsed).
     Not made (``of`` returns None) where tifffile's parse depends on more:
-    a tag it dropped, a read inside tile data, JPEG (a tile read), LSM,
-    ScanImage and NDPI files.
+    anything it warned of (a tag it dropped, an IFD offset past the end...),
+    a read inside tile data, JPEG (a tile read), LSM, ScanImage and NDPI
+    files (and no ``.ndpi`` name matches).
 
     Use: fetch ``ranges`` of a file (one request), hand the pieces to ``match``.
     """
@@ -1031,8 +1045,10 @@ class SceneTemplate:
                  for name, spec in arrays.items()}
         return cls(table.key, tuple((a, b - a) for a, b in pieces), compare, specs)
 
-    def match(self, pieces: Sequence[Any]) -> SceneTable | None:
-        """The ``SceneTable`` of a file whose ``ranges`` are ``pieces``, if it is laid out as the template's file, else None."""
+    def match(self, pieces: Sequence[Any], url: str) -> SceneTable | None:
+        """The ``SceneTable`` of the file at ``url`` whose ``ranges`` are ``pieces``, if laid out as the template's file, else None."""
+        if url.lower().endswith(".ndpi"):
+            return None  # tifffile reads a classic TIFF named so as NDPI
         views = [memoryview(p) for p in pieces]
         if [len(v) for v in views] != [n for _, n in self.ranges]:
             return None
@@ -1092,6 +1108,17 @@ class _Unclosable:
 
     def close(self) -> None:
         pass
+
+
+class _Warned(logging.Handler):
+    """A logging handler counting the records it is handed (tifffile's warnings and errors while it parses)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
 
 
 class _Recording(_Unclosable):
