@@ -222,11 +222,10 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
         offsets = np.stack([t.tables[name][0] for t in tables[1:]])  # type: ignore[union-attr]
         lengths = np.stack([t.tables[name][1] for t in tables[1:]])  # type: ignore[union-attr]
         paths = np.where(lengths > 0, others.reshape((-1,) + (1,) * (lengths.ndim - 1)), "")
-        tail = ManifestArray(replace_metadata(head.metadata, shape=(len(others), *array.shape)),
-                             ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths),
-                             registry=array.registry)
-        return xr.Variable((concat_dim, *var.dims), np.concatenate([head, tail], axis=0), attrs=dict(var.attrs),
-                           encoding=dict(var.encoding))
+        tail = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+        stacked = ManifestArray(replace_metadata(head.metadata, shape=(len(urls), *array.shape)),
+                                ChunkManifest.concatenate([head.manifest, tail]), registry=head.registry)
+        return xr.Variable((concat_dim, *var.dims), stacked, attrs=dict(var.attrs), encoding=dict(var.encoding))
 
     return _stacked(first, concat_dim, stack)
 
