@@ -319,3 +319,19 @@ def test_no_template_where_tifffile_warns_or_the_name_says_ndpi(tmp_path, caplog
         assert TIFFParser().scene_table(f"file://{plain[0]}", registry, template=True).template is None
     finally:
         logging.getLogger("tifffile").setLevel(logging.NOTSET)
+
+
+def test_byte_range_helpers_against_brute_force():
+    """The template's range arithmetic (tile overlap test, ranges minus holes) against sets of byte positions."""
+    from vzdask.parsers.tiff import _merged, _overlaps, _without
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        begin = rng.integers(0, 100, rng.integers(0, 8)).astype(np.uint64)
+        end = begin + rng.integers(1, 20, begin.size).astype(np.uint64)
+        ranges = [(int(s), int(s + rng.integers(1, 15))) for s in rng.integers(0, 110, rng.integers(1, 6))]
+        brute = any(b < stop and e > start for b, e in zip(begin, end) for start, stop in ranges)
+        assert _overlaps(ranges, begin, end) == brute
+        holes = _merged([(int(b), int(e)) for b, e in zip(begin, end)])
+        kept = {i for a, b in _without(_merged(ranges), holes) for i in range(a, b)}
+        assert kept == {i for a, b in ranges for i in range(a, b)} - {i for a, b in holes for i in range(a, b)}

@@ -1012,9 +1012,7 @@ class SceneTemplate:
         reads = _merged(handle.reads)
         if not reads or reach > file.size:
             return None
-        begin, end = np.concatenate(starts), np.concatenate(stops)
-        read_begin, read_end = (np.array(column, dtype=np.uint64)[:, None] for column in zip(*reads))
-        if np.any((begin[None, :] < read_end) & (end[None, :] > read_begin)):
+        if _overlaps(reads, np.concatenate(starts), np.concatenate(stops)):
             return None  # tifffile read tile bytes: where depends on the offsets
         by_label = dict(pages)
         arrays: dict[str, list] = {}
@@ -1060,6 +1058,17 @@ class SceneTemplate:
             tables[name] = tuple(np.frombuffer(views[i], dtype=dtype, count=count, offset=start)
                                  .astype(np.uint64).reshape(grid) for i, start, dtype, count in columns)
         return SceneTable(self.key, tables)  # type: ignore[arg-type]
+
+
+def _overlaps(ranges: list[tuple[int, int]], begin: np.ndarray, end: np.ndarray) -> bool:
+    """Whether any byte range ``[start, stop)`` overlaps any segment ``[begin, end)`` (many tiles, few ranges)."""
+    if not begin.size:
+        return False
+    order = np.argsort(begin, kind="stable")
+    furthest = np.maximum.accumulate(end[order])  # the furthest end of the segments beginning up to here
+    starts, stops = (np.array(column, dtype=np.uint64) for column in zip(*ranges))
+    before = np.searchsorted(begin[order], stops, side="left")  # the segments beginning before each range ends
+    return bool(np.any((before > 0) & (furthest[np.maximum(before, 1) - 1] > starts)))
 
 
 def _merged(ranges: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
