@@ -335,3 +335,24 @@ def test_byte_range_helpers_against_brute_force():
         holes = _merged([(int(b), int(e)) for b, e in zip(begin, end)])
         kept = {i for a, b in _without(_merged(ranges), holes) for i in range(a, b)}
         assert kept == {i for a, b in ranges for i in range(a, b)} - {i for a, b in holes for i in range(a, b)}
+
+
+def test_a_batch_without_a_match_ends_the_template(tmp_path, monkeypatch):
+    """Scenes all laid out otherwise than the first: one batch of small reads, then each file parsed."""
+    files = []
+    for i in range(fast_combine.SCENE_READ_AHEAD + 4):
+        path = tmp_path / f"d{i}.tif"
+        tifffile.imwrite(path, _noise(i, (32, 32), "uint8"), tile=(16, 16), compression="zlib",
+                         description="scene " + "x" * i, metadata=None)
+        files.append(str(path))
+    heads = []
+    scene_heads = fast_combine._scene_heads
+
+    def counting(urls, registry, ranges):
+        heads.append(len(urls))
+        return scene_heads(urls, registry, ranges)
+
+    monkeypatch.setattr(fast_combine, "_scene_heads", counting)
+    fast, slow, parsed = _open_both(files)
+    assert heads == [fast_combine.SCENE_READ_AHEAD] and parsed == len(files)
+    _assert_same(fast, slow)

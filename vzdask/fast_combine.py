@@ -184,9 +184,17 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
         return None
     tables: list[SceneTable | None] = [first_table] + [None] * (len(urls) - 1)
     template = first_table.template
-    if template is not None:  # the files laid out as the first byte for byte: one small read each, no parse
-        for i, pieces in enumerate(_scene_heads(urls[1:], registry, template.ranges), start=1):
+    # the files laid out as the first byte for byte: one small read each, no parse; a batch without any
+    # such file ends it (a collection laid out otherwise pays one batch of reads more, not one per file)
+    for start in range(1, len(urls), SCENE_READ_AHEAD):
+        if template is None:
+            break
+        batch = range(start, min(start + SCENE_READ_AHEAD, len(urls)))
+        heads = _scene_heads([urls[i] for i in batch], registry, template.ranges)
+        for i, pieces in zip(batch, heads):
             tables[i] = template.match(pieces, urls[i]) if pieces is not None else None
+        if all(tables[i] is None for i in batch):
+            template = None
     rest = [url for url, table in zip(urls, tables) if table is None]
     depth = read_ahead_depth(rest, registry)
     if dask.config.get("vzdask.read-ahead", "auto") == "auto":
