@@ -134,7 +134,8 @@ def _stacked(first: VirtualParts, dim: str, stack) -> xr.Dataset | None:
 SCENE_READ_AHEAD, LOCAL_SCENE_READ_AHEAD = 16, 4
 
 
-def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict) -> xr.Dataset | None:
+def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: dict,
+                      analysis: bool = False) -> xr.Dataset | None:
     """Many TIFF scenes of one layout and grid stacked along a new ``concat_dim``, reading only their chunk tables.
 
     ``open_virtual_mfdataset(files, combine="nested", concat_dim=<new>)`` of
@@ -145,13 +146,18 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
     Dataset (``_stack_parts``' result), for a fraction of the work per file.
     None when anything differs or is not a plain serial open of TIFF files:
     the caller then opens the files one by one, and its checks name them.
+    Except (unless for ``analysis``, where each file is decoded on its own) a
+    virtual ``image``/``mask`` whose shape, chunks, dtype or codecs differ
+    from the first file's: one virtual array cannot hold both, so a
+    ``CombineError`` names both files and the difference.
     """
     from contextlib import closing
 
     import dask
 
+    from vzdask.manifests.metadata import replace_metadata
     from vzdask.parsers.read_ahead import read_ahead, read_ahead_depth
-    from vzdask.parsers.tiff import TIFFParser
+    from vzdask.parsers.tiff import SceneTable, TIFFParser
     from vzdask.registry import ObjectStoreRegistry
     from vzdask.xarray import DecodedCache, as_url, open_virtual_parts
 
@@ -167,40 +173,130 @@ def stack_tiff_scenes(files: Sequence[str], options: dict, concat_dim, kwargs: d
         return None  # (an extra request for any other collection: the suffix says whether to look)
     registry = options.get("registry") or ObjectStoreRegistry.default()
     scenes = parser if parser is not None else TIFFParser(drop_variables=options.get("drop_variables"))
-    tables = []
-    depth = read_ahead_depth(urls, registry)
+    first_table = scenes.scene_table(urls[0], registry, template=True)
+
+    def open_first():
+        """The first file opened as every file is in a serial open (mfdataset._open_batch)."""
+        return open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),
+                                  **{**{k: v for k, v in options.items() if k != "preprocess"}, "registry": registry})
+
+    if first_table is None:
+        return None
+    tables: list[SceneTable | None] = [first_table] + [None] * (len(urls) - 1)
+    template = first_table.template
+    # the files laid out as the first byte for byte: one small read each, no parse; a batch without any
+    # such file ends it (a collection laid out otherwise pays one batch of reads more, not one per file)
+    for start in range(1, len(urls), SCENE_READ_AHEAD):
+        if template is None:
+            break
+        batch = range(start, min(start + SCENE_READ_AHEAD, len(urls)))
+        heads = _scene_heads([urls[i] for i in batch], registry, template.ranges)
+        for i, pieces in zip(batch, heads):
+            tables[i] = template.match(pieces, urls[i]) if pieces is not None else None
+        if all(tables[i] is None for i in batch):
+            template = None
+    rest = [url for url, table in zip(urls, tables) if table is None]
+    depth = read_ahead_depth(rest, registry)
     if dask.config.get("vzdask.read-ahead", "auto") == "auto":
         # a header each is all that is read: remote, many in flight at once; local, a few read while
         # tifffile parses (on a loaded machine each read otherwise waits for obstore's threads to run)
         depth = SCENE_READ_AHEAD if depth else LOCAL_SCENE_READ_AHEAD
-    with closing(read_ahead(urls, registry, depth=depth)) as ahead:
+    parsed = iter(range(len(urls)))
+    with closing(read_ahead(rest, registry, depth=depth)) as ahead:
         for url, opened in ahead:
+            i = next(i for i in parsed if tables[i] is None)
             if opened is None or not TIFFParser.guess_can_open(opened.read_range(0, 4), url):
                 return None
-            table = scenes.continue_from(opened).scene_table(url, registry)
-            if table is None or tables and table.key != tables[0].key:
+            table = tables[i] = scenes.continue_from(opened).scene_table(url, registry)
+            if table is None:
                 return None
-            tables.append(table)
-    # the first file opened as every file is in a serial open (mfdataset._open_batch)
-    first = open_virtual_parts(urls[0], cache=DecodedCache(defer_times=True),
-                               **{**{k: v for k, v in options.items() if k != "preprocess"}, "registry": registry})
+            if table.key != first_table.key:
+                difference = first_table.layout_difference(table)
+                if difference is not None and not analysis:
+                    _refuse_layouts(files[0], files[i], difference, concat_dim, open_first())
+                return None
+    first = open_first()
     if concat_dim in first.variables or any(concat_dim in var.dims for var in first.variables.values()):
         return None
+    others = np.array(urls[1:], dtype=object)
 
     def stack(name: str) -> xr.Variable | None:
         var = first.variables[name]
         array = variable_data(var)
-        if name not in tables[0].tables or not isinstance(array, ManifestArray):
+        if name not in first_table.tables or not isinstance(array, ManifestArray):
             return None
-        arrays = [array] + [
-            ManifestArray(array.metadata, ChunkManifest.from_file_table(url, lengths > 0, offsets, lengths),
-                          registry=array.registry)
-            for url, (offsets, lengths) in ((url, t.tables[name]) for url, t in zip(urls[1:], tables[1:]))
-        ]
-        return xr.Variable((concat_dim, *var.dims), np.stack(arrays, axis=0), attrs=dict(var.attrs),
-                           encoding=dict(var.encoding))
+        # the first file's array as its parse made it, then every other file's table in one manifest
+        head = np.stack([array], axis=0)
+        offsets = np.stack([t.tables[name][0] for t in tables[1:]])  # type: ignore[union-attr]
+        lengths = np.stack([t.tables[name][1] for t in tables[1:]])  # type: ignore[union-attr]
+        paths = np.where(lengths > 0, others.reshape((-1,) + (1,) * (lengths.ndim - 1)), "")
+        tail = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
+        stacked = ManifestArray(replace_metadata(head.metadata, shape=(len(urls), *array.shape)),
+                                ChunkManifest.concatenate([head.manifest, tail]), registry=head.registry)
+        return xr.Variable((concat_dim, *var.dims), stacked, attrs=dict(var.attrs), encoding=dict(var.encoding))
 
     return _stacked(first, concat_dim, stack)
+
+
+def _refuse_layouts(first: str, other: str, difference: tuple, concat_dim: str, parts: VirtualParts) -> None:
+    """Raise the CombineError of two scenes whose virtual array ``difference[0]`` cannot be one (if it is virtual)."""
+    from vzdask.errors import CombineError
+
+    name, what, a, b = difference
+    if name not in parts.variables or not isinstance(variable_data(parts.variables[name]), ManifestArray):
+        return  # loaded or dropped: xarray stacks it
+    raise CombineError(
+        f"cannot stack {first} and {other} along a new dimension {concat_dim!r}: the {what} of their {name!r} differs "
+        f"({a} in {first} vs {b} in {other}), and one virtual array has one chunk layout, dtype and codec chain. "
+        f"Open them with vzdask.open_mfdataset(...) (each file decoded on its own), or load {name!r} "
+        f"(loadable_variables=[..., {name!r}])"
+    )
+
+
+def _scene_heads(urls: Sequence[str], registry, ranges: Sequence[tuple[int, int]]) -> list[list | None]:
+    """The byte ``ranges`` (start, length) of each file, one request per file; None for a file that cannot give them.
+
+    Local files are read in turn; remote ones ``SCENE_READ_AHEAD`` at a time, concurrently.
+    """
+    import asyncio
+
+    import dask
+
+    from vzdask.object_io import is_in_process, read_ranges, read_ranges_async, run_sync
+
+    starts, lengths = [int(s) for s, _ in ranges], [int(n) for _, n in ranges]
+    resolved = []
+    for url in urls:
+        try:
+            resolved.append(registry.resolve(url))
+        except Exception:  # the parse reports it
+            resolved.append(None)
+    if all(r is None or is_in_process(r[0]) for r in resolved):
+        out: list[list | None] = []
+        for url, where in zip(urls, resolved):
+            try:
+                out.append(None if where is None else read_ranges(*where, starts, lengths, url=url, coalesce=0))
+            except Exception:  # shorter than the first file, missing...: parsed, which reports it
+                out.append(None)
+        return out
+    value = dask.config.get("vzdask.read-ahead", "auto")
+    limit = SCENE_READ_AHEAD if value == "auto" else max(1, int(value))
+
+    async def gather() -> list[list | None]:
+        gate = asyncio.Semaphore(limit)
+
+        async def one(url: str, where) -> list | None:
+            if where is None:
+                return None
+            async with gate:
+                try:
+                    return await read_ranges_async(*where, starts, lengths, url=url, coalesce=0)
+                except Exception:
+                    return None
+
+        return list(await asyncio.gather(*(one(url, where) for url, where in zip(urls, resolved))))
+
+    return run_sync(gather())
 
 
 def _same_raw_times(parts: Sequence[VirtualParts]) -> list[VirtualParts]:

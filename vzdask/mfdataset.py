@@ -400,7 +400,7 @@ def _open_and_combine_virtual(arguments: dict[str, Any], analysis: bool):
     grid = any(isinstance(p, list) for p in nested)
     objects = any(is_icechunk_source(f) for f in files)
     if combine == "nested" and not grid and parallel in (None, False, "serial") and not progress and not objects:
-        scenes = stack_tiff_scenes(files, options, concat_dim, kwargs)  # many TIFF scenes of one grid: tables only
+        scenes = stack_tiff_scenes(files, options, concat_dim, kwargs, analysis)  # many TIFF scenes of one grid: tables only
         if scenes is not None:
             return scenes
     if parallel in (True, "processes") and not progress and not grid:

@@ -44,7 +44,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,8 +364,12 @@ def _nodata(page, dtype: np.dtype) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
-    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``)."""
+def _walk(tif, url: str, geo: bool = True, pages: list | None = None
+          ) -> tuple[list[_Level | ParseError], list[_Level | ParseError], list, dict]:
+    """The file's IFDs as (main levels, overview levels, other pages, first page's GeoTIFF tags if ``geo``).
+
+    ``pages``: a list to append every IFD walked to, as ``(label, tifffile page)``.
+    """
     tifffile = _tifffile()
     byteorder = tif.byteorder
     entries: list[tuple[str, Any, int]] = []  # (ifd label, page, role flags)
@@ -373,6 +379,8 @@ def _walk(tif, url: str, geo: bool = True) -> tuple[list[_Level | ParseError], l
         if page.subifds:
             for j, sub in enumerate(tifffile.TiffPages(page)):
                 entries.append((f"{i}.{j}", sub, int(sub.subfiletype) | _SUBFILE_REDUCED))
+    if pages is not None:
+        pages.extend((label, page) for label, page, _ in entries)
 
     def image(label, page):
         try:
@@ -834,7 +842,7 @@ class TIFFParser(IsolatingParser):
         report_unsupported(url, problems, self.on_unsupported, "/" + wanted)
         return group
 
-    def scene_table(self, url: str, registry: ObjectStoreRegistry) -> SceneTable | None:
+    def scene_table(self, url: str, registry: ObjectStoreRegistry, *, template: bool = False) -> SceneTable | None:
         """The chunk tables of this file's root ``image`` (and ``mask``), and the key of everything else it is made of.
 
         For stacking many scenes of one layout and grid (``vzdask.fast_combine.stack_tiff_scenes``):
@@ -843,42 +851,65 @@ class TIFFParser(IsolatingParser):
         codecs, fill value and attributes, the IFDs' labels and the raw GeoTIFF tags (the grid).
         None when this file needs the whole parse: not readable, an IFD that does not parse
         (``on_unsupported``), a multi-page stack, a short last strip (inlined when padded).
+        ``template``: also record what tifffile read, so files laid out byte for byte alike are
+        recognised without parsing them (``SceneTable.template``, None where that cannot be exact).
         """
+        tifffile_log = logging.getLogger("tifffile")
+        if not template or not tifffile_log.isEnabledFor(logging.WARNING):  # (its warnings unheard: no template)
+            return self._scene_table(url, registry, None)
+        warned = _Warned(logging.WARNING)
+        tifffile_log.addHandler(warned)
+        try:
+            return self._scene_table(url, registry, warned)
+        finally:
+            tifffile_log.removeHandler(warned)
+
+    def _scene_table(self, url: str, registry: ObjectStoreRegistry, warned: _Warned | None) -> SceneTable | None:
+        """``scene_table``; with a template if ``warned`` (what tifffile logs meanwhile) is given."""
         tifffile = _tifffile()
         try:
             file = self._open(url, registry)
-            tif = tifffile.TiffFile(_Unclosable(file), name=url.rsplit("/", 1)[-1])
+            handle = _Recording(file) if warned is not None else _Unclosable(file)
+            tif = tifffile.TiffFile(handle, name=url.rsplit("/", 1)[-1])
         except Exception:  # the whole parse reports it
             return None
+        pages: list[tuple[str, Any]] = []
         with tif:
             try:
-                stacked, overviews, others, _ = _walk(tif, url, geo=False)
+                stacked, overviews, others, _ = _walk(tif, url, geo=False, pages=pages)
                 first = tif.pages.first
                 geo = tuple((code, first.tags[code].value) for code in _GEO_TAGS if code in first.tags)
             except Exception:
                 return None
-        levels = [*stacked, *overviews, *(img for _, img in others)]
-        if not stacked or any(isinstance(lv, ParseError) for lv in levels):
-            return None
-        if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
-            return None
-        root = stacked[0]
-        if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
-            return None
-        parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
-        key: list[Any] = [geo]
-        for name, img in parts.items():
-            if not isinstance(img, _Image):
+            levels = [*stacked, *overviews, *(img for _, img in others)]
+            if not stacked or any(isinstance(lv, ParseError) for lv in levels):
                 return None
-            rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
-            if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+            if any(isinstance(m, ParseError) for lv in levels if isinstance(lv, _Level) for m in lv.masks):
                 return None
-            key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
-        try:
-            hash(tuple(key))
-        except TypeError:
-            return None
-        return SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+            root = stacked[0]
+            if not isinstance(root, _Level) or len(root.images) != 1 or len(root.masks) > 1:
+                return None
+            parts = {"image": root.images[0], **({"mask": root.masks[0]} if root.masks else {})}
+            key: list[Any] = [geo]
+            for name, img in parts.items():
+                if not isinstance(img, _Image):
+                    return None
+                rows, cols = img.chunks[img.dims.index("y")], img.chunks[img.dims.index("x")]
+                if img.height % rows and cols == img.width:  # a short last strip: padded and inlined by the parse
+                    return None
+                key.append((name, img.ifd, img.height, img.width, img.signature(), repr(img.attributes)))
+            try:
+                hash(tuple(key))
+            except TypeError:
+                return None
+            table = SceneTable(tuple(key), {name: (img.offsets, img.lengths) for name, img in parts.items()})
+            if isinstance(handle, _Recording) and warned is not None:
+                try:  # tifffile warns of what it repaired or skipped, which may depend on more than the bytes read
+                    found = None if warned.count else SceneTemplate.of(tif, pages, handle, parts, table)
+                except Exception:  # anything unexpected: no template, each file is parsed
+                    found = None
+                table = SceneTable(table.key, table.tables, found)
+        return table
 
     def __repr__(self) -> str:
         return f"TIFFParser(inline={self.inline!r}, group={self.group!r})"
@@ -890,10 +921,180 @@ _GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 
 @dataclass(frozen=True)
 class SceneTable:
-    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``."""
+    """What ``TIFFParser.scene_table`` reads of one file: a key and its root arrays' ``(offsets, lengths)``.
+
+    ``template``: asked for with ``scene_table(..., template=True)``, what recognises files laid out like this one.
+    """
 
     key: tuple
     tables: dict[str, tuple[np.ndarray, np.ndarray]]
+    template: SceneTemplate | None = field(default=None, compare=False)
+
+    def layout_difference(self, other: SceneTable) -> tuple[str, str, Any, Any] | None:
+        """``(array, what, this file's, other's)`` for the first root array both have whose layout differs, else None.
+
+        Layout: shape, chunk shape, dimensions, dtype and codecs, what one
+        virtual array of both files' chunks needs to be the same (fill values,
+        attributes and grids are the CF checks' to compare).
+        """
+        mine = {entry[0]: entry[4] for entry in self.key[1:]}
+        for name, *_, signature, _ in other.key[1:]:
+            if name not in mine:
+                continue
+            for what, a, b in zip(("shape", "chunk shape", "dimensions", "dtype", "codecs"), mine[name], signature):
+                if a != b:
+                    return name, what, a, b
+        return None
+
+
+#: Tags whose values are tile/strip offsets and byte counts (the values that differ between scenes alike).
+_DATA_TAGS = frozenset({273, 279, 324, 325})
+#: Compressions whose IFDs tifffile parses by reading tile bytes too (JPEG: whether the first tile is JFIF).
+_READS_TILES = frozenset({6, 7, 33007, 34892})
+
+
+@dataclass(frozen=True)
+class SceneTemplate:
+    """Every byte tifffile read of one file, but the tile/strip offsets and byte counts: files alike match it.
+
+    tifffile's parse of a file is a function of the bytes it reads (and of
+    the file's size, where it checks a tag value's extent against it). A
+    file whose bytes are equal at every position tifffile read of this one,
+    except the values of the offset and byte count tags, makes tifffile read
+    the very same positions and find the same tags; only those values
+    differ. So its ``scene_table`` is this one's key with its own tables,
+    which are read here where tifffile found them (the decoding checked equal
+    to tifffile's on this file). A file that differs in any such byte, or is
+    shorter than this file's tag values reach, does not match (and is parsed).
+    Not made (``of`` returns None) where tifffile's parse depends on more:
+    anything it warned of (a tag it dropped, an IFD offset past the end...),
+    a read inside tile data, JPEG (a tile read), LSM, ScanImage and NDPI
+    files (and no ``.ndpi`` name matches).
+
+    Use: fetch ``ranges`` of a file (one request), hand the pieces to ``match``.
+    """
+
+    key: tuple
+    ranges: tuple[tuple[int, int], ...]  # (start, length) of the pieces to fetch of each file
+    compare: tuple[tuple[int, int, bytes], ...]  # (piece, start in it, bytes) to be equal
+    specs: dict[str, tuple]  # name: (grid, (piece, start, dtype, count) of the offsets, of the byte counts)
+
+    #: Gaps between the byte ranges needed up to which they are fetched as one piece.
+    GAP = 2**16
+
+    @classmethod
+    def of(cls, tif, pages: list[tuple[str, Any]], handle: _Recording, parts: dict[str, _Image],
+           table: SceneTable) -> SceneTemplate | None:
+        """The template of a file tifffile parsed through ``handle`` (its ``pages`` walked), or None."""
+        import struct
+
+        file = handle._file
+        if tif.tiff.is_ndpi or tif.is_lsm or tif.is_scanimage:
+            return None
+        fmt, size = tif.tiff.tagnoformat, tif.tiff.tagnosize
+        holes, starts, stops, reach = [], [], [], 0
+        for _, page in pages:
+            if int(page.compression) in _READS_TILES:
+                return None
+            if len(page.tags) != struct.unpack(fmt, file.read_range(page.offset, size))[0]:
+                return None  # tifffile dropped a tag (e.g. a value past the end): the file size would matter
+            for tag in page.tags.values():
+                end = tag.valueoffset + tag.valuebytecount
+                reach = max(reach, end)
+                if tag.code in _DATA_TAGS:
+                    holes.append((tag.valueoffset, end))
+            offsets = np.asarray(page.dataoffsets, dtype=np.uint64).ravel()
+            lengths = np.asarray(page.databytecounts, dtype=np.uint64).ravel()
+            if offsets.size != lengths.size:
+                return None
+            starts.append(offsets[lengths > 0])
+            stops.append((offsets + lengths)[lengths > 0])
+        reads = _merged(handle.reads)
+        if not reads or reach > file.size:
+            return None
+        if _overlaps(reads, np.concatenate(starts), np.concatenate(stops)):
+            return None  # tifffile read tile bytes: where depends on the offsets
+        by_label = dict(pages)
+        arrays: dict[str, list] = {}
+        for name, img in parts.items():
+            page = by_label[img.ifd]
+            arrays[name] = []
+            for codes, want in (((324, 273), img.offsets), ((325, 279), img.lengths)):
+                tag = next((page.tags[c] for c in codes if c in page.tags), None)
+                if tag is None:
+                    return None
+                dtype = np.dtype(tif.byteorder + tag.dataformat[-1])
+                if dtype.kind != "u" or tag.count != want.size:
+                    return None
+                got = np.frombuffer(file.read_range(tag.valueoffset, tag.valuebytecount), dtype=dtype)
+                if not np.array_equal(got.astype(np.uint64).reshape(want.shape), want):
+                    return None  # tifffile made these values otherwise: not read here
+                arrays[name].append((tag.valueoffset, tag.valuebytecount, dtype, want.size))
+        compared = _without(reads, _merged(holes))
+        needed = compared + [(start, start + n) for specs in arrays.values() for start, n, _, _ in specs]
+        pieces = _merged([*needed, (reach - 1, reach)] if reach else needed, gap=cls.GAP)
+
+        def locate(start: int) -> tuple[int, int]:
+            i = next(i for i, (a, b) in enumerate(pieces) if a <= start < b)
+            return i, start - pieces[i][0]
+
+        compare = tuple((*locate(a), file.read_range(a, b - a)) for a, b in compared)
+        specs = {name: (parts[name].offsets.shape, *((*locate(a), dtype, count) for a, _, dtype, count in spec))
+                 for name, spec in arrays.items()}
+        return cls(table.key, tuple((a, b - a) for a, b in pieces), compare, specs)
+
+    def match(self, pieces: Sequence[Any], url: str) -> SceneTable | None:
+        """The ``SceneTable`` of the file at ``url`` whose ``ranges`` are ``pieces``, if laid out as the template's file, else None."""
+        if url.lower().endswith(".ndpi"):
+            return None  # tifffile reads a classic TIFF named so as NDPI
+        views = [memoryview(p) for p in pieces]
+        if [len(v) for v in views] != [n for _, n in self.ranges]:
+            return None
+        for i, start, data in self.compare:
+            if views[i][start : start + len(data)] != data:
+                return None
+        tables = {}
+        for name, (grid, *columns) in self.specs.items():
+            tables[name] = tuple(np.frombuffer(views[i], dtype=dtype, count=count, offset=start)
+                                 .astype(np.uint64).reshape(grid) for i, start, dtype, count in columns)
+        return SceneTable(self.key, tables)  # type: ignore[arg-type]
+
+
+def _overlaps(ranges: list[tuple[int, int]], begin: np.ndarray, end: np.ndarray) -> bool:
+    """Whether any byte range ``[start, stop)`` overlaps any segment ``[begin, end)`` (many tiles, few ranges)."""
+    if not begin.size:
+        return False
+    order = np.argsort(begin, kind="stable")
+    furthest = np.maximum.accumulate(end[order])  # the furthest end of the segments beginning up to here
+    starts, stops = (np.array(column, dtype=np.uint64) for column in zip(*ranges))
+    before = np.searchsorted(begin[order], stops, side="left")  # the segments beginning before each range ends
+    return bool(np.any((before > 0) & (furthest[np.maximum(before, 1) - 1] > starts)))
+
+
+def _merged(ranges: list[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
+    """Byte ranges ``[start, stop)`` sorted, overlapping ones and those at most ``gap`` apart joined, empty ones left out."""
+    out: list[list[int]] = []
+    for start, stop in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1] + gap:
+            out[-1][1] = max(out[-1][1], stop)
+        else:
+            out.append([start, stop])
+    return [(a, b) for a, b in out]
+
+
+def _without(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merged ``ranges`` minus merged ``holes``."""
+    out = []
+    for start, stop in ranges:
+        for h_start, h_stop in holes:
+            if h_stop <= start or h_start >= stop:
+                continue
+            if h_start > start:
+                out.append((start, h_start))
+            start = max(start, h_stop)
+        if start < stop:
+            out.append((start, stop))
+    return out
 
 
 class _Unclosable:
@@ -918,4 +1119,36 @@ class _Unclosable:
         pass
 
 
-__all__ = ["TIFF_SIGNATURES", "SceneTable", "TIFFParser", "geotransform"]
+class _Warned(logging.Handler):
+    """A logging handler counting the records it is handed (tifffile's warnings and errors while it parses)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+class _Recording(_Unclosable):
+    """``_Unclosable`` keeping the byte range of every read tifffile makes (for ``SceneTemplate``)."""
+
+    def __init__(self, file: ObstoreFile) -> None:
+        super().__init__(file)
+        self.reads: list[tuple[int, int]] = []
+        self.readinto = self._readinto  # type: ignore[method-assign]
+
+    def _readinto(self, buffer) -> int:
+        start = self._file.tell()
+        n = self._file.readinto(buffer)
+        self.reads.append((start, start + n))
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self._file.tell()
+        data = super().read(size)
+        self.reads.append((start, start + len(data)))
+        return data
+
+
+__all__ = ["TIFF_SIGNATURES", "SceneTable", "SceneTemplate", "TIFFParser", "geotransform"]
