@@ -375,40 +375,38 @@ class _Walk:
         else:
             metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=native, codecs=codecs,
                                              fill_value=fill, dimension_names=dims, attributes=attrs)
+        return ManifestArray(metadata, self._manifest(columns, count, chunk_shape, grid, shape, where),
+                             registry=self.registry)
+
+    def _manifest(self, columns: dict[str, Any], count: int, chunk_shape, grid, shape, where: str) -> ChunkManifest:
+        """The chunk references of one ``dmrpp:chunks``."""
+        if not count:
+            return ChunkManifest.empty(grid)
+        if "href" not in columns and count == _size(grid) and _in_grid_order(columns.get("chunkPositionInArray"),
+                                                                             chunk_shape, grid):
+            try:  # every chunk, in the grid's order (what get_dmrpp writes): the columns are the grid
+                offsets, lengths = (_integers(columns[key], count).reshape(grid) for key in ("offset", "nBytes"))
+            except (KeyError, ValueError, TypeError, OverflowError) as err:
+                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+            return ChunkManifest.from_file_table(self.data_url, np.ones(grid, bool), offsets, lengths)
         present = np.zeros(grid, bool)
         offsets = np.zeros(grid, np.uint64)
         lengths = np.zeros(grid, np.uint64)
-        paths = None
-        if count == 1 and "href" not in columns and all(n == 1 for n in grid):  # the usual small variable
-            try:
-                offsets[...], lengths[...] = int(columns["offset"][0]), int(columns["nBytes"][0])
-            except (KeyError, ValueError, TypeError) as err:
-                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            position = columns.get("chunkPositionInArray", [None])[0]
-            if position is not None and any(_starts(position)):
-                raise ParseError(f"{where}: chunk position {_text(position)} lies outside the chunk grid {grid}")
-            present[...] = True
-        elif count:
-            flat = self._chunk_indices(columns.get("chunkPositionInArray"), count, chunk_shape, grid, shape, where)
-            try:  # every chunk's numbers at once: documents list thousands of chunks
-                offsets.flat[flat] = _integers(columns["offset"], count)
-                lengths.flat[flat] = _integers(columns["nBytes"], count)
-            except (KeyError, ValueError, TypeError, OverflowError) as err:
-                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            present.flat[flat] = True
-            if "href" in columns:
-                paths = np.full(grid, self.data_url, dtype=object)
-                for index, href in zip(flat.tolist(), columns["href"]):
-                    if href:
-                        paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
-        if not present.any():
-            manifest = ChunkManifest.empty(grid)
-        elif paths is None:
-            manifest = ChunkManifest.from_file_table(self.data_url, present, offsets, lengths)
-        else:
-            paths[~present] = ""
-            manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
-        return ManifestArray(metadata, manifest, registry=self.registry)
+        flat = self._chunk_indices(columns.get("chunkPositionInArray"), count, chunk_shape, grid, shape, where)
+        try:  # every chunk's numbers at once: documents list thousands of chunks
+            offsets.flat[flat] = _integers(columns["offset"], count)
+            lengths.flat[flat] = _integers(columns["nBytes"], count)
+        except (KeyError, ValueError, TypeError, OverflowError) as err:
+            raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+        present.flat[flat] = True
+        if "href" not in columns:
+            return ChunkManifest.from_file_table(self.data_url, present, offsets, lengths)
+        paths = np.full(grid, self.data_url, dtype=object)
+        for index, href in zip(flat.tolist(), columns["href"]):
+            if href:
+                paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
+        paths[~present] = ""
+        return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
 
 
     def _pieces(self, chunks) -> _Pieces:
@@ -499,6 +497,42 @@ def _integers(column, count: int) -> np.ndarray:
     return np.fromiter(map(int, column), np.uint64, count)
 
 
+def _size(grid) -> int:
+    size = 1
+    for n in grid:
+        size *= n
+    return size
+
+
+def _in_grid_order(positions, chunk_shape, grid) -> bool:
+    """True if a list of every chunk of the grid gives their positions in the grid's (C) order.
+
+    ``positions``: the ``chunkPositionInArray`` column (None when not given:
+    then only a single chunk is in order).
+    """
+    if positions is None:
+        return _size(grid) == 1
+    if isinstance(positions, np.ndarray):  # read by _parse
+        key = (tuple(chunk_shape), tuple(grid))
+        expected = _GRID_ORDER.get(key)
+        if expected is None:
+            if len(_GRID_ORDER) >= 256:
+                _GRID_ORDER.clear()
+            starts = np.indices(grid, np.int64).reshape(len(grid), -1).T * np.asarray(chunk_shape, np.int64)
+            expected = _GRID_ORDER[key] = np.ascontiguousarray(starts).tobytes()
+        return positions.dtype == np.int64 and positions.tobytes() == expected
+    if len(positions) != 1:  # a few, as text: _chunk_indices reads them
+        return False
+    try:
+        return positions[0] is None or not any(_starts(positions[0]))
+    except ValueError:
+        return False
+
+
+#: Per chunk shape and grid, every chunk's first element in the grid's order, as ``_parse`` reads positions.
+_GRID_ORDER: dict[tuple, bytes] = {}
+
+
 _PREFIX = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']" + re.escape(DMRPP_NS.encode()) + rb"[\"']")
 #: Deleting digits leaves the form of a chunk element; all digits, the rest spaces: its numbers.
 _DIGITS = b"0123456789"
@@ -582,27 +616,63 @@ def _plain_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern) -> tuple[_P
     """
     if b"<!--" in body or b"<![CDATA[" in body:
         return None
-    split = chunk.split(body)  # the rest, a chunk's attributes, the rest, ...
-    tags, rest = split[1::2], b"".join(split[0::2])
-    if not tags or other.search(rest):
+    first = chunk.search(body)
+    if first is None:
         return None
-    form = tags[0].translate(None, _DIGITS)
-    count = len(tags)
-    if b"\n".join(tags).translate(None, _DIGITS) != b"\n".join([form] * count):
-        return None
+    form = first.group(1).translate(None, _DIGITS)
     fields = _FIELD.findall(form)
     names = [name.decode() for name, _ in fields]
     if _FIELD.sub(b"", form).strip() or len(set(names)) != len(names) or not {"offset", "nBytes"} <= set(names):
         return None
     widths = [1 if value == b"" else 0 if value == b"[]" else value.count(b",") + 1 for _, value in fields]
-    numbers = np.fromstring(b" ".join(tags).translate(_NUMBERS), dtype=np.int64, sep=" ")
+    found = _uniform_chunks(body, first, other, form) or _split_chunks(body, chunk, other, form)
+    if found is None:
+        return None
+    count, numbers, rest = found
     if numbers.size != count * sum(widths):
         return None
     table = numbers.reshape(count, sum(widths))
     columns: dict[str, Any] = {}
-    for name, width, start in zip(names, widths, np.cumsum([0, *widths]).tolist()):
+    start = 0
+    for name, width in zip(names, widths):
         columns[name] = table[:, start] if name != "chunkPositionInArray" else table[:, start : start + width]
+        start += width
     return _Pieces(count, columns), rest
+
+
+def _uniform_chunks(body: bytes, first: re.Match, other: re.Pattern, form: bytes) -> tuple[int, np.ndarray, bytes] | None:
+    """``_plain_chunks``' usual case: the list ends in plain elements of one form, one separator apart.
+
+    Then the list from its first chunk on, digits deleted, is that element
+    repeated, and all its digits are the chunks' numbers: two passes over the
+    text instead of a regular expression's split. None for any other layout.
+    """
+    start, end = first.span()
+    tag = body[start : first.start(1)]  # "<dmrpp:chunk"
+    following = body.find(tag, end)
+    if following < 0 or tag.translate(None, _DIGITS) != tag or other.search(body, 0, start):
+        return None
+    separator = body[end:following]
+    if separator.strip():
+        return None
+    region = body[start:].rstrip()
+    count = region.count(tag)
+    if region.translate(None, _DIGITS) != separator.join([tag + form + b"/>"] * count):
+        return None
+    return count, np.fromstring(region.translate(_NUMBERS), dtype=np.int64, sep=" "), body[:start]
+
+
+def _split_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern,
+                  form: bytes) -> tuple[int, np.ndarray, bytes] | None:
+    """``_plain_chunks`` for any layout: the plain elements cut out one by one; None if any other is left."""
+    split = chunk.split(body)  # the rest, a chunk's attributes, the rest, ...
+    tags, rest = split[1::2], b"".join(split[0::2])
+    if not tags or other.search(rest):
+        return None
+    count = len(tags)
+    if b"\n".join(tags).translate(None, _DIGITS) != b"\n".join([form] * count):
+        return None
+    return count, np.fromstring(b" ".join(tags).translate(_NUMBERS), dtype=np.int64, sep=" "), rest
 
 
 def _chunk_href(href: str, data_url: str) -> str:
