@@ -35,9 +35,12 @@ import argparse
 import json
 import shutil
 import statistics
-import time
+import sys
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_rounds, ratio, working  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "dmrpp"
 DATA = Path(__file__).resolve().parent / "_data" / "dmrpp"
@@ -116,23 +119,8 @@ METHODS = {
 
 def run(label: str, granules: list[Path], repeats: int) -> dict[str, float]:
     """Time every method; print the table; the ratios (peer time / ours) and our ms per file."""
-    methods = dict(METHODS)
-    for name, func in list(methods.items()):
-        try:
-            func(granules[:2])  # warm imports and caches
-        except ImportError as err:
-            print(f"{name}: skipped ({err})")
-            del methods[name]
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        totals = dict.fromkeys(methods, 0.0)
-        for start in range(0, len(granules), BATCH):
-            for name, func in methods.items():
-                begin = time.perf_counter()
-                func(granules[start : start + BATCH])
-                totals[name] += time.perf_counter() - begin
-        for name in methods:
-            times[name].append(totals[name])
+    methods = working(METHODS, granules[:2])  # warm imports and caches
+    times = interleaved_rounds(methods, granules, repeats, BATCH)
     print(f"\n{label}: {len(granules)} granules, median of {repeats} rounds")
     print(f"{'method':40s} {'seconds':>9s} {'ms/file':>8s}")
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -143,9 +131,9 @@ def run(label: str, granules: list[Path], repeats: int) -> dict[str, float]:
     for name, key in (("VirtualiZarr DMRPPParser (sidecar)", "vs_virtualizarr"), ("vzdask HDFParser (granule)",
                                                                                    "vs_hdfparser")):
         if name in times:
-            ratio = statistics.median(b / a for a, b in zip(ours, times[name]))
-            print(f"vzdask DMRPPParser is {ratio:.1f}x faster than {name}")
-            figures[key] = round(ratio, 2)
+            faster = ratio(ours, times[name])
+            print(f"vzdask DMRPPParser is {faster:.1f}x faster than {name}")
+            figures[key] = round(faster, 2)
     return figures
 
 
