@@ -310,6 +310,8 @@ def test_bad_documents(tmp_path):
     bad.write_text("")
     with pytest.raises(ParseError, match="empty file"):
         DMRPPParser()(bad.as_uri(), REGISTRY)
+    with pytest.raises(FileNotFoundError, match=r"cannot open .*/missing.h5.dmrpp: not found"):
+        DMRPPParser()((tmp_path / "missing.h5.dmrpp").as_uri(), REGISTRY)
     with pytest.raises(ParseError, match="no group 'nope'"):
         DMRPPParser(group="nope")(url("chunked_twoD.h5.dmrpp"), REGISTRY)
     with pytest.raises(ValueError, match="on_unsupported must be one of"):
@@ -369,22 +371,24 @@ def test_relative_and_hidden_dimension_names(tmp_path):
 
 
 def test_one_request_for_the_document(tmp_path, monkeypatch):
-    """A document is read in one request (two past 64 KiB) and its data file not at all."""
+    """A document is read in one plain ranged request (past 1 MiB: a head and the rest), its data file not at all."""
     import obstore
 
-    big = tmp_path / "big.h5.dmrpp"  # the 3-D document with its chunk list repeated past 64 KiB
+    big = tmp_path / "big.h5.dmrpp"  # the 3-D document with a comment making it larger than its first read
     text = (FIXTURES / "chunked_shufzip_threeD.h5.dmrpp").read_text("latin-1")
-    big.write_text(text.replace("</Dataset>", "<!--" + "x" * 70000 + "--></Dataset>"), encoding="latin-1")
+    big.write_text(text.replace("</Dataset>", "<!--" + "x" * 2**20 + "--></Dataset>"), encoding="latin-1")
     calls: list = []
     for name in ("get", "get_range", "get_ranges", "head"):
         real = getattr(obstore, name)
         monkeypatch.setattr(obstore, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[1])) or
                             _real(*a, **k))
     DMRPPParser()(url("chunked_shufzip_threeD.h5.dmrpp"), REGISTRY)
-    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["chunked_shufzip_threeD.h5.dmrpp"]
+    assert [(name, path.rsplit("/", 1)[-1]) for name, path in calls] == [("get_range",
+                                                                        "chunked_shufzip_threeD.h5.dmrpp")]
     calls.clear()
     store = DMRPPParser(data_url=url("chunked_shufzip_threeD.h5"))(big.as_uri(), REGISTRY)
-    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["big.h5.dmrpp", "big.h5.dmrpp"]
+    assert [(name, path.rsplit("/", 1)[-1]) for name, path in calls] == [
+        ("get_range", "big.h5.dmrpp"), ("head", "big.h5.dmrpp"), ("get_range", "big.h5.dmrpp")]
     assert store.group["d_8_shufzip_chunks"].manifest.count()["virtual"] == 128
 
 

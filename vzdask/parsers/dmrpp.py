@@ -4,8 +4,9 @@ A DMR++ document (``granule.h5.dmrpp``) is the DAP4 DMR of an HDF5/netCDF-4
 file plus, per variable, where its chunks are (``dmrpp:chunks``: offset,
 size and grid position of each chunk, the filters as ``compressionType``,
 the byte order and fill value) or its values themselves (``dmrpp:compact``,
-``dmrpp:missingdata``). One request reads the document (two if it is larger
-than 64 KiB); the data file is not read: references point at it.
+``dmrpp:missingdata``). One request reads the document (and a ``head`` its
+size if it is larger than 1 MiB); the data file is not read: references
+point at it.
 
 The result is built to equal ``HDFParser`` on the data file (same arrays,
 chunk grids, byte ranges, codecs, dimension names, attributes) except where
@@ -84,6 +85,8 @@ SKIPPED_ATTRIBUTES = frozenset(
      "DODS_EXTRA"}
 )
 _NO_NAME_ENUM = re.compile(r"NoNameE\w*\d+$")  # "NoNameEum0" in some documents
+#: The first read of a document: most are smaller, and read whole by it.
+_DOCUMENT_BLOCK = 2**20
 
 
 class DMRPPParser(IsolatingParser):
@@ -116,7 +119,7 @@ class DMRPPParser(IsolatingParser):
         return url.rstrip("/").endswith(".dmrpp") or DMRPP_NS.encode() in head
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        handle = self._open(url, registry)
+        handle = self._open(url, registry, block_size=_DOCUMENT_BLOCK, small=True)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         text = handle.read_range(0, handle.size)
