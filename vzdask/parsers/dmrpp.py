@@ -330,8 +330,6 @@ class _Walk:
                          "(variable-length strings live in the HDF5 heap)")
 
     def _array(self, var, chunks, where, dtype: np.dtype, shape, dims, attrs, fill: Any = None) -> ManifestArray:
-        import warnings
-
         native = dtype if dtype.names is not None or dtype.byteorder in "=|" else dtype.newbyteorder("=")
         if fill is None:
             fill = _fill_value(chunks, dtype, attrs, where)
@@ -369,15 +367,7 @@ class _Walk:
                 raise ParseError(f"{where}: a contiguous variable given as {count} pieces is not supported")
             chunk_shape = tuple(max(int(s), 1) for s in shape)
         grid = tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
-        codecs = _codecs(chunks, dtype, where)
-        if dtype.kind == "S" or dtype.names is not None:
-            with warnings.catch_warnings():  # zarr-python's fixed-size bytes type has no zarr v3 spec yet
-                warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-                metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=native, codecs=codecs,
-                                                 fill_value=fill, dimension_names=dims, attributes=attrs)
-        else:
-            metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=native, codecs=codecs,
-                                             fill_value=fill, dimension_names=dims, attributes=attrs)
+        metadata = _metadata(shape, chunk_shape, native, _codecs(chunks, dtype, where), fill, dims, attrs)
         return ManifestArray(metadata, self._manifest(columns, count, chunk_shape, grid, shape, where),
                              registry=self.registry)
 
@@ -707,7 +697,7 @@ def _bad_fill(where: str, text: str):
     raise ParseError(f"{where}: fill value {text!r} cannot be read")
 
 
-def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
+def _codecs(chunks, dtype: np.dtype, where: str) -> tuple[Any, ...]:
     """The zarr codecs of ``compressionType`` (in the document's order, which is HDF5's filter order)."""
     key = (chunks.get("compressionType"), chunks.get("deflateLevel") or chunks.get("deflate_level"), dtype.str)
     codecs = _CODECS.get(key)
@@ -716,7 +706,42 @@ def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
         if len(_CODECS) >= 256:
             _CODECS.clear()
         _CODECS[key] = codecs
-    return list(codecs)
+    return codecs
+
+
+def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...], fill, dims, attrs) -> Any:
+    """The zarr metadata of a chunked variable: one per distinct spec, shared (it is frozen).
+
+    The granules of a collection repeat their variables' specs (shape,
+    chunks, dtype, codecs, fill value, dimensions, attributes): the second
+    file on takes the first one's metadata instead of building it again.
+    The key holds the fill value and attributes by type and ``repr``, so
+    ``1``/``1.0``/``True`` and ``0.0``/``-0.0`` stay apart.
+    """
+    import warnings
+
+    try:
+        key = (tuple(shape), tuple(chunk_shape), dtype, id(codecs), type(fill).__name__, repr(fill), tuple(dims),
+               repr(attrs))
+        found = _METADATA.get(key)
+    except TypeError:  # unhashable: build it
+        key, found = None, None
+    if found is not None:
+        return found[0]
+    with warnings.catch_warnings():  # zarr-python's fixed-size bytes and struct types have no zarr v3 spec yet
+        if dtype.kind == "S" or dtype.names is not None:
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=dtype, codecs=list(codecs),
+                                         fill_value=fill, dimension_names=dims, attributes=attrs)
+    if key is not None:
+        if len(_METADATA) >= 1024:
+            _METADATA.clear()
+        _METADATA[key] = (metadata, codecs)  # the codecs kept alive: their id is in the key
+    return metadata
+
+
+#: Metadata per spec (see ``_metadata``).
+_METADATA: dict[tuple, tuple[Any, tuple[Any, ...]]] = {}
 
 
 #: Codecs per (filters, levels, dtype): a document's variables share a few pipelines, and shared (immutable)
