@@ -375,23 +375,24 @@ class _Walk:
         """The chunk references of one ``dmrpp:chunks``."""
         if not count:
             return ChunkManifest.empty(grid)
-        if "href" not in columns and count == _size(grid) and _in_grid_order(columns.get("chunkPositionInArray"),
-                                                                             chunk_shape, grid):
-            try:  # every chunk, in the grid's order (what get_dmrpp writes): the columns are the grid
-                offsets, lengths = (_integers(columns[key], count).reshape(grid) for key in ("offset", "nBytes"))
-            except (KeyError, ValueError, TypeError, OverflowError) as err:
-                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            return ChunkManifest.from_file_table(self.data_url, np.ones(grid, bool), offsets, lengths)
-        present = np.zeros(grid, bool)
-        offsets = np.zeros(grid, np.uint64)
-        lengths = np.zeros(grid, np.uint64)
-        flat = self._chunk_indices(columns.get("chunkPositionInArray"), count, chunk_shape, grid, shape, where)
+        positions = columns.get("chunkPositionInArray")
+        every = "href" not in columns and count == _size(grid)
+        if every and _in_grid_order(positions, chunk_shape, grid):
+            flat = None
+        else:
+            flat = self._chunk_indices(positions, count, chunk_shape, grid, shape, where)
+            if every and flat.tolist() == list(range(count)):
+                flat = None
         try:  # every chunk's numbers at once: documents list thousands of chunks
-            offsets.flat[flat] = _integers(columns["offset"], count)
-            lengths.flat[flat] = _integers(columns["nBytes"], count)
+            offsets, lengths = _integers(columns["offset"], count), _integers(columns["nBytes"], count)
         except (KeyError, ValueError, TypeError, OverflowError) as err:
             raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+        if flat is None:  # every chunk, in the grid's order (what get_dmrpp writes): the columns are the grid
+            return ChunkManifest.from_file_table(self.data_url, np.ones(grid, bool), offsets.reshape(grid),
+                                                 lengths.reshape(grid))
+        present = np.zeros(grid, bool)
         present.flat[flat] = True
+        offsets, lengths = _scatter(offsets, flat, grid), _scatter(lengths, flat, grid)
         if "href" not in columns:
             return ChunkManifest.from_file_table(self.data_url, present, offsets, lengths)
         paths = np.full(grid, self.data_url, dtype=object)
@@ -400,7 +401,6 @@ class _Walk:
                 paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
         paths[~present] = ""
         return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
-
 
     def _pieces(self, chunks) -> _Pieces:
         """The ``dmrpp:chunk`` elements of ``chunks``: read ahead of ElementTree (``_parse``), else from its elements."""
@@ -490,6 +490,13 @@ def _integers(column, count: int) -> np.ndarray:
     return np.fromiter(map(int, column), np.uint64, count)
 
 
+def _scatter(values: np.ndarray, flat: np.ndarray, grid) -> np.ndarray:
+    """``values`` placed at the flat grid indices ``flat`` of a grid of zeros."""
+    out = np.zeros(grid, np.uint64)
+    out.flat[flat] = values
+    return out
+
+
 def _size(grid) -> int:
     size = 1
     for n in grid:
@@ -514,12 +521,7 @@ def _in_grid_order(positions, chunk_shape, grid) -> bool:
             starts = np.indices(grid, np.int64).reshape(len(grid), -1).T * np.asarray(chunk_shape, np.int64)
             expected = _GRID_ORDER[key] = np.ascontiguousarray(starts).tobytes()
         return positions.dtype == np.int64 and positions.tobytes() == expected
-    if len(positions) != 1:  # a few, as text: _chunk_indices reads them
-        return False
-    try:
-        return positions[0] is None or not any(_starts(positions[0]))
-    except ValueError:
-        return False
+    return False  # text: _chunk_indices reads it
 
 
 #: Per chunk shape and grid, every chunk's first element in the grid's order, as ``_parse`` reads positions.
