@@ -556,7 +556,7 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
     tables: list[_Pieces | None] = []
     kept: list[bytes] = []
     found = _PREFIX.search(text, 0, 4096)
-    if found is not None:
+    if found is not None and text.count(b":chunk ") >= _MANY:  # else no list is long enough to read here
         prefix = found.group(1)
         patterns = _PATTERNS.get(prefix)
         if patterns is None:
