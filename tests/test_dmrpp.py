@@ -435,6 +435,59 @@ def test_chunk_lists_not_plain_go_to_elementtree(tmp_path):
                     f'chunkPositionInArray="[{4 * i + 4}]"/>')
 
 
+def test_chunk_list_layouts_read_ahead_equal_elementtree(tmp_path, monkeypatch):
+    """Each way a long plain list is read ahead (one form and separator: two passes; any other layout: split) and
+    placed (every chunk in grid order: as the grid; out of order or some missing: by position) equals ElementTree's."""
+    from vzdask.parsers import dmrpp
+
+    def chunk(i, position=None):
+        return (f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
+                f'chunkPositionInArray="[{2 * i if position is None else position}]"/>')
+
+    readers: list[str] = []
+    for name in ("_uniform_chunks", "_split_chunks"):
+        real = getattr(dmrpp, name)
+        monkeypatch.setattr(dmrpp, name, lambda *a, _real=real, _name=name: readers.append(_name) or _real(*a))
+    layouts = {  # name: (the chunk elements, the reader whose result is used)
+        "one separator": ("\n      ".join(chunk(i) for i in range(10)), "_uniform_chunks"),
+        "uneven separators": ("".join(chunk(i) + " " * (i % 3) for i in range(10)), "_split_chunks"),
+        "out of order": ("\n".join(chunk(i, 2 * (9 - i)) for i in range(10)), "_uniform_chunks"),
+        "some missing": ("\n".join(chunk(i) for i in range(0, 10, 2)) + "\n" + "\n".join(
+            chunk(i) for i in range(10, 14)), "_uniform_chunks"),
+    }
+    for label, (pieces, reader) in layouts.items():
+        body = (f'<Int32 name="v"><Dim size="{20 if label != "some missing" else 28}"/><dmrpp:chunks>'
+                f'<dmrpp:chunkDimensionSizes>2</dmrpp:chunkDimensionSizes>\n{pieces}\n</dmrpp:chunks></Int32>')
+        document = write_document(tmp_path, body)
+        readers.clear()
+        fast = DMRPPParser()(document, REGISTRY).group["v"]
+        assert readers[-1] == reader, label
+        monkeypatch.setattr(dmrpp, "_MANY", 10**9)  # every list to ElementTree
+        slow = DMRPPParser()(document, REGISTRY).group["v"]
+        monkeypatch.setattr(dmrpp, "_MANY", 8)
+        assert fast.manifest == slow.manifest and fast.metadata == slow.metadata, label
+    assert fast.manifest.count() == {"virtual": 9, "inlined": 0, "missing": 5}
+    assert fast.manifest.dict()["12"] == {"path": fast.manifest.dict()["0"]["path"], "offset": 196, "length": 8}
+
+
+def test_metadata_shared_by_files_of_one_spec(tmp_path):
+    """Files whose variable has the same spec share its (frozen) metadata; any difference gives its own."""
+    def variable(tmp, attribute: str, fill: str = "0"):
+        tmp.mkdir()
+        body = (f'<Float32 name="v"><Dim size="4"/><Attribute name="a" type="Float32"><Value>{attribute}</Value>'
+                f'</Attribute><dmrpp:chunks fillValue="{fill}"><dmrpp:chunk offset="10" nBytes="16"/></dmrpp:chunks>'
+                "</Float32>")
+        return DMRPPParser()(write_document(tmp, body), REGISTRY).group["v"]
+
+    first, second = variable(tmp_path / "1", "1.5"), variable(tmp_path / "2", "1.5")
+    assert first.metadata is second.metadata and first.manifest != second.manifest  # each file's own data url
+    other = variable(tmp_path / "3", "2.5")
+    assert other.metadata is not first.metadata and other.metadata.attributes == {"a": 2.5}
+    negative = variable(tmp_path / "4", "1.5", fill="-0.0")  # equal to 0.0 in Python, but not the same fill value
+    assert negative.metadata is not first.metadata and np.signbit(negative.metadata.fill_value)
+    assert not np.signbit(first.metadata.fill_value)
+
+
 def test_chunk_lists_read_ahead_under_another_prefix(tmp_path):
     """The read-ahead finds the DMR++ namespace by its prefix, whatever the document calls it."""
     name = "chunked_shufzip_threeD.h5.dmrpp"
