@@ -556,7 +556,7 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
     tables: list[_Pieces | None] = []
     kept: list[bytes] = []
     found = _PREFIX.search(text, 0, 4096)
-    if found is not None and text.count(b":chunk ") >= _MANY:  # else no list is long enough to read here
+    if found is not None and _at_least(text, b":chunk ", _MANY):  # else no list is long enough to read here
         prefix = found.group(1)
         patterns = _PATTERNS.get(prefix)
         if patterns is None:
@@ -577,9 +577,9 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
             stop = text.find(closing, tag_end)
             if stop < 0:
                 break
-            body = text[tag_end + 1 : stop]
             # a few chunks cost ElementTree little, and reading them here more
-            read = _plain_chunks(body, *patterns) if body.count(b":chunk ") >= _MANY else None
+            many = _at_least(text, b":chunk ", _MANY, tag_end, stop)
+            read = _plain_chunks(text[tag_end + 1 : stop], *patterns) if many else None
             tables.append(read and read[0])
             if read is not None:
                 kept += [text[end : tag_end + 1], read[1]]
@@ -600,6 +600,16 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
     except ElementTree.ParseError as err:
         raise ParseError(f"{url}: not a DMR++ document (XML error: {err})") from err
     return root, {e: t for e, t in zip(elements, tables) if t is not None}
+
+
+def _at_least(text: bytes, part: bytes, count: int, start: int = 0, end: int | None = None) -> bool:
+    """True if ``part`` occurs ``count`` times in ``text[start:end]`` (a search that stops there, not a count)."""
+    for _ in range(count):
+        start = text.find(part, start, end)
+        if start < 0:
+            return False
+        start += len(part)
+    return True
 
 
 def _plain_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern) -> tuple[_Pieces, bytes] | None:
