@@ -85,8 +85,8 @@ SKIPPED_ATTRIBUTES = frozenset(
      "DODS_EXTRA"}
 )
 _NO_NAME_ENUM = re.compile(r"NoNameE\w*\d+$")  # "NoNameEum0" in some documents
-#: The first read of a document: most are smaller, and read whole by it.
-_DOCUMENT_BLOCK = 2**20
+#: The first read of a document (``ObstoreFile(small=True)``): most are smaller, and read whole by it.
+DOCUMENT_BLOCK = 2**20
 
 
 class DMRPPParser(IsolatingParser):
@@ -119,7 +119,7 @@ class DMRPPParser(IsolatingParser):
         return url.rstrip("/").endswith(".dmrpp") or DMRPP_NS.encode() in head
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        handle = self._open(url, registry, block_size=_DOCUMENT_BLOCK, small=True)
+        handle = self._open(url, registry, block_size=DOCUMENT_BLOCK, small=True)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         text = handle.read_range(0, handle.size)
