@@ -721,14 +721,15 @@ def _codecs(chunks, dtype: np.dtype, where: str) -> tuple[Any, ...]:
     return codecs
 
 
-def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...], fill, dims, attrs) -> Any:
+def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...] | None, fill, dims, attrs) -> Any:
     """The zarr metadata of a chunked variable: one per distinct spec, shared (it is frozen).
 
     The granules of a collection repeat their variables' specs (shape,
     chunks, dtype, codecs, fill value, dimensions, attributes): the second
     file on takes the first one's metadata instead of building it again.
     The key holds the fill value and attributes by type and ``repr``, so
-    ``1``/``1.0``/``True`` and ``0.0``/``-0.0`` stay apart.
+    ``1``/``1.0``/``True`` and ``0.0``/``-0.0`` stay apart. ``codecs`` None:
+    the plain bytes codec (values the document holds, inlined).
     """
     import warnings
 
@@ -740,11 +741,11 @@ def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...], fill
         key, found = None, None
     if found is not None:
         return found[0]
-    with warnings.catch_warnings():  # zarr-python's fixed-size bytes and struct types have no zarr v3 spec yet
-        if dtype.kind == "S" or dtype.names is not None:
-            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=dtype, codecs=list(codecs),
-                                         fill_value=fill, dimension_names=dims, attributes=attrs)
+    with warnings.catch_warnings():  # zarr-python's fixed-size bytes, text and struct types have no zarr v3 spec yet
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=dtype,
+                                         codecs=None if codecs is None else list(codecs), fill_value=fill,
+                                         dimension_names=dims, attributes=attrs)
     if key is not None:
         if len(_METADATA) >= 1024:
             _METADATA.clear()
@@ -753,7 +754,7 @@ def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...], fill
 
 
 #: Metadata per spec (see ``_metadata``).
-_METADATA: dict[tuple, tuple[Any, tuple[Any, ...]]] = {}
+_METADATA: dict[tuple, tuple[Any, tuple[Any, ...] | None]] = {}
 
 
 #: Codecs per (filters, levels, dtype): a document's variables share a few pipelines, and shared (immutable)
@@ -784,7 +785,7 @@ def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, a
     """Values the document holds, inlined as one chunk encoded with the plain bytes codec (as ``HDFParser``)."""
     import warnings
 
-    from vzdask.codecs import codec_for
+    from vzdask.codecs import cached_codec_for
 
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != count * dtype.itemsize:
@@ -792,13 +793,12 @@ def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, a
     values = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(native)
     chunk = tuple(max(int(s), 1) for s in shape)
     grid = tuple(1 if s else 0 for s in shape)
+    metadata = _metadata(shape, chunk, native, None, fill, dims, attrs)
+    if not count:
+        return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        metadata = create_array_metadata(shape=shape, chunk_shape=chunk, dtype=native, fill_value=fill,
-                                         dimension_names=dims, attributes=attrs)
-        if not count:
-            return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
-        data = codec_for(metadata).encode(values)
+        data = cached_codec_for(metadata).encode(values)
     return _one_inlined(metadata, data, grid, registry)
 
 
@@ -830,7 +830,7 @@ def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> 
     """Strings the document holds, as ``<U{n}`` (``n`` the longest), inlined: what ``HDFParser`` makes of text."""
     import warnings
 
-    from vzdask.codecs import codec_for
+    from vzdask.codecs import cached_codec_for
 
     count = int(np.prod(shape, dtype=np.int64))
     if len(texts) != count:
@@ -840,13 +840,12 @@ def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> 
     values = np.array(texts, dtype=dtype).reshape(shape)
     chunk = tuple(max(int(s), 1) for s in shape)
     grid = tuple(1 if s else 0 for s in shape)
+    metadata = _metadata(shape, chunk, dtype, None, "", dims, attrs)
+    if not count:
+        return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        metadata = create_array_metadata(shape=shape, chunk_shape=chunk, dtype=dtype, fill_value="",
-                                         dimension_names=dims, attributes=attrs)
-        if not count:
-            return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
-        data = codec_for(metadata).encode(values)
+        data = cached_codec_for(metadata).encode(values)
     return _one_inlined(metadata, data, grid, registry)
 
 
