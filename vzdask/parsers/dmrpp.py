@@ -516,10 +516,12 @@ def _in_grid_order(positions, chunk_shape, grid) -> bool:
         key = (tuple(chunk_shape), tuple(grid))
         expected = _GRID_ORDER.get(key)
         if expected is None:
-            if len(_GRID_ORDER) >= 256:
-                _GRID_ORDER.clear()
             starts = np.indices(grid, np.int64).reshape(len(grid), -1).T * np.asarray(chunk_shape, np.int64)
-            expected = _GRID_ORDER[key] = np.ascontiguousarray(starts).tobytes()
+            expected = np.ascontiguousarray(starts).tobytes()
+            if len(expected) <= 2**20:  # kept for the next file unless large (then making it is cheap beside reading)
+                if len(_GRID_ORDER) >= 64:
+                    _GRID_ORDER.clear()
+                _GRID_ORDER[key] = expected
         return positions.dtype == np.int64 and positions.tobytes() == expected
     return False  # text: _chunk_indices reads it
 
