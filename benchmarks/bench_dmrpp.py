@@ -21,12 +21,29 @@ The last line is a JSON summary (for ``bench_formats.py``).
 Targets (issue 21): DMR++ >= 5x faster than VirtualiZarr's DMRPPParser and
 faster than HDFParser on the same granules.
 
-Where our time goes (measured on the shared 2-core machine): for a small
-document the one obstore read is most of it when the machine is loaded: its
-median is ~0.02-0.09 ms (ranged or whole, ``get`` or ``get_range`` alike), but
-on busy cores a quarter of reads wait ~0.5-1 ms for obstore's I/O thread and
-the parser's thread to be scheduled again; parsing is ~0.1-0.3 ms of CPU.
-VirtualiZarr waits on the same read, which bounds the ratio on small documents.
+Where our time goes (issue 21 profile, shared 2-core machine, load ~4; per file,
+thread CPU / wall in microseconds, medians of 7 passes over 270 files in memory
+or on disk; before -> after this issue's changes):
+
+* one granule (11.8 KB, 128 chunks): XML 117 -> 87 (the chunk list read ahead
+  of ElementTree as numbers: a regular expression's split -> two passes over
+  the text when every element has one form and separator; ``np.fromstring``
+  of the ~640 numbers is ~30 of it, ElementTree on the rest ~12); building
+  the store 63 -> 35 (zarr metadata once per distinct spec, not per file; a
+  list of every chunk in grid order reshaped into the grid, no index
+  arithmetic); the read 24 -> 19 wall (one plain ranged read: one hand-off
+  to obstore's I/O thread instead of ``get`` + ``bytes``' two); whole parse
+  296 -> 202 wall.
+* published small documents (0.5-3 KB, 1-3 variables): XML ~33 (ElementTree
+  alone; the chunk-list scan is skipped when the document has fewer than 8
+  chunks), building the store 115 -> 90, the read 58 -> 50 wall; whole
+  parse 373 -> 258 wall.
+
+Under load the wall time is not the CPU time: each read hands the thread
+to the scheduler (0.02 ms on quiet cores, 0.1-0.2 ms when others run), and
+the code after it runs with cold caches (2-3x a tight loop's CPU time). Both
+peers wait on the same reads (VirtualiZarr's reader asks a ``head`` first),
+which bounds the ratio on small documents.
 """
 
 from __future__ import annotations
@@ -35,9 +52,12 @@ import argparse
 import json
 import shutil
 import statistics
-import time
+import sys
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_rounds, ratio, working  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "dmrpp"
 DATA = Path(__file__).resolve().parent / "_data" / "dmrpp"
@@ -116,23 +136,8 @@ METHODS = {
 
 def run(label: str, granules: list[Path], repeats: int) -> dict[str, float]:
     """Time every method; print the table; the ratios (peer time / ours) and our ms per file."""
-    methods = dict(METHODS)
-    for name, func in list(methods.items()):
-        try:
-            func(granules[:2])  # warm imports and caches
-        except ImportError as err:
-            print(f"{name}: skipped ({err})")
-            del methods[name]
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        totals = dict.fromkeys(methods, 0.0)
-        for start in range(0, len(granules), BATCH):
-            for name, func in methods.items():
-                begin = time.perf_counter()
-                func(granules[start : start + BATCH])
-                totals[name] += time.perf_counter() - begin
-        for name in methods:
-            times[name].append(totals[name])
+    methods = working(METHODS, granules[:2])  # warm imports and caches
+    times = interleaved_rounds(methods, granules, repeats, BATCH)
     print(f"\n{label}: {len(granules)} granules, median of {repeats} rounds")
     print(f"{'method':40s} {'seconds':>9s} {'ms/file':>8s}")
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -143,9 +148,9 @@ def run(label: str, granules: list[Path], repeats: int) -> dict[str, float]:
     for name, key in (("VirtualiZarr DMRPPParser (sidecar)", "vs_virtualizarr"), ("vzdask HDFParser (granule)",
                                                                                    "vs_hdfparser")):
         if name in times:
-            ratio = statistics.median(b / a for a, b in zip(ours, times[name]))
-            print(f"vzdask DMRPPParser is {ratio:.1f}x faster than {name}")
-            figures[key] = round(ratio, 2)
+            faster = ratio(ours, times[name])
+            print(f"vzdask DMRPPParser is {faster:.1f}x faster than {name}")
+            figures[key] = round(faster, 2)
     return figures
 
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_rounds, ratio, working  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "_data" / "fits"
 BATCH = 10
@@ -70,23 +73,8 @@ METHODS = {"vzdask FITSParser": vzdask_fits, "kerchunk fits.process_file (every 
 
 def run(paths: list[Path], size: int, repeats: int) -> dict[str, float]:
     """Time every method on ``paths``; print the table; our ms per file and the ratio to kerchunk."""
-    methods = dict(METHODS)
-    for name, func in list(methods.items()):
-        try:
-            func(paths[:2])
-        except ImportError as err:
-            print(f"{name}: skipped ({err})")
-            del methods[name]
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        totals = dict.fromkeys(methods, 0.0)
-        for start in range(0, len(paths), BATCH):
-            for name, func in methods.items():
-                begin = time.perf_counter()
-                func(paths[start : start + BATCH])
-                totals[name] += time.perf_counter() - begin
-        for name in methods:
-            times[name].append(totals[name])
+    methods = working(METHODS, paths[:2])
+    times = interleaved_rounds(methods, paths, repeats, BATCH)
     print(f"\n{len(paths)} files of {HDUS} HDUs ({size}^2 detectors), median of {repeats} rounds")
     print(f"{'method':42s} {'seconds':>9s} {'ms/file':>8s}")
     for name, t in times.items():
@@ -96,9 +84,9 @@ def run(paths: list[Path], size: int, repeats: int) -> dict[str, float]:
     figures = {f"ms_per_file_{size}": round(1000 * statistics.median(ours) / len(paths), 3)}
     for name in methods:
         if name != OURS:
-            ratio = statistics.median(b / a for a, b in zip(ours, times[name]))
-            print(f"vzdask FITSParser is {ratio:.1f}x faster than {name}")
-            figures[f"vs_kerchunk_{size}"] = round(ratio, 2)
+            faster = ratio(ours, times[name])
+            print(f"vzdask FITSParser is {faster:.1f}x faster than {name}")
+            figures[f"vs_kerchunk_{size}"] = round(faster, 2)
     return figures
 
 

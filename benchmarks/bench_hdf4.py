@@ -16,10 +16,13 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_rounds, ratio, working  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hdf4"
 #: The fixtures kerchunk 0.2.10 parses: chunked (plain and deflate), contiguous deflate, unwritten SDSs
@@ -66,12 +69,6 @@ def virtualizarr_open(paths):
     return [open_virtual_dataset(p.as_uri(), registry=registry, parser=HDF4Parser()) for p in paths]
 
 
-def timed(func, paths) -> float:
-    start = time.perf_counter()
-    func(paths)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100)
@@ -88,21 +85,10 @@ def main() -> None:
             "kerchunk HDF4ToZarr.translate": kerchunk_parse,
             "VirtualiZarr 2.x HDF4Parser": virtualizarr_open,
         }
-        for label, func in list(candidates.items()):
-            try:
-                func(paths[:len(KERCHUNK_CAN)])  # warm imports and caches; every file once
-            except Exception as err:  # not installed, or fails on these files
-                print(f"{label}: skipped ({type(err).__name__}: {err})")
-                del candidates[label]
+        # warm imports and caches on every file once; a peer not installed, or failing on these files, is left out
+        candidates = working(candidates, paths[:len(KERCHUNK_CAN)], errors=(Exception,))
         pair = ["vzdask HDF4Parser -> ManifestStore", "kerchunk HDF4ToZarr.translate"]
-        times: dict[str, list[float]] = {label: [] for label in candidates}
-        for _ in range(args.repeats):
-            totals = dict.fromkeys(pair, 0.0)
-            for start in range(0, len(paths), BATCH):
-                for label in pair:
-                    totals[label] += timed(candidates[label], paths[start : start + BATCH])
-            for label, func in candidates.items():
-                times[label].append(totals[label] if label in pair else timed(func, paths))
+        times = interleaved_rounds(candidates, paths, args.repeats, BATCH, alone=set(candidates) - set(pair))
     ours = times[pair[0]]
     print(f"\n{args.files} files, median of {args.repeats} rounds")
     print(f"{'method':40s} {'seconds':>9s} {'ms/file':>8s} {'x vzdask':>9s}")
@@ -111,10 +97,10 @@ def main() -> None:
                                   "ms_per_file": round(statistics.median(ours) / args.files * 1e3, 3)}
     for label, t in times.items():
         seconds = statistics.median(t)
-        ratio = statistics.median(a / b for a, b in zip(t, ours))
-        print(f"{label:40s} {seconds:9.3f} {seconds / args.files * 1e3:8.2f} {ratio:9.1f}")
+        slower = ratio(ours, t)
+        print(f"{label:40s} {seconds:9.3f} {seconds / args.files * 1e3:8.2f} {slower:9.1f}")
         if label in keys:
-            summary[keys[label]] = round(ratio, 2)
+            summary[keys[label]] = round(slower, 2)
     print(json.dumps(summary))
 
 

@@ -310,6 +310,8 @@ def test_bad_documents(tmp_path):
     bad.write_text("")
     with pytest.raises(ParseError, match="empty file"):
         DMRPPParser()(bad.as_uri(), REGISTRY)
+    with pytest.raises(FileNotFoundError, match=r"cannot open .*/missing.h5.dmrpp: not found"):
+        DMRPPParser()((tmp_path / "missing.h5.dmrpp").as_uri(), REGISTRY)
     with pytest.raises(ParseError, match="no group 'nope'"):
         DMRPPParser(group="nope")(url("chunked_twoD.h5.dmrpp"), REGISTRY)
     with pytest.raises(ValueError, match="on_unsupported must be one of"):
@@ -369,22 +371,24 @@ def test_relative_and_hidden_dimension_names(tmp_path):
 
 
 def test_one_request_for_the_document(tmp_path, monkeypatch):
-    """A document is read in one request (two past 64 KiB) and its data file not at all."""
+    """A document is read in one plain ranged request (past 1 MiB: a head and the rest), its data file not at all."""
     import obstore
 
-    big = tmp_path / "big.h5.dmrpp"  # the 3-D document with its chunk list repeated past 64 KiB
+    big = tmp_path / "big.h5.dmrpp"  # the 3-D document with a comment making it larger than its first read
     text = (FIXTURES / "chunked_shufzip_threeD.h5.dmrpp").read_text("latin-1")
-    big.write_text(text.replace("</Dataset>", "<!--" + "x" * 70000 + "--></Dataset>"), encoding="latin-1")
+    big.write_text(text.replace("</Dataset>", "<!--" + "x" * 2**20 + "--></Dataset>"), encoding="latin-1")
     calls: list = []
     for name in ("get", "get_range", "get_ranges", "head"):
         real = getattr(obstore, name)
         monkeypatch.setattr(obstore, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[1])) or
                             _real(*a, **k))
     DMRPPParser()(url("chunked_shufzip_threeD.h5.dmrpp"), REGISTRY)
-    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["chunked_shufzip_threeD.h5.dmrpp"]
+    assert [(name, path.rsplit("/", 1)[-1]) for name, path in calls] == [("get_range",
+                                                                        "chunked_shufzip_threeD.h5.dmrpp")]
     calls.clear()
     store = DMRPPParser(data_url=url("chunked_shufzip_threeD.h5"))(big.as_uri(), REGISTRY)
-    assert [path.rsplit("/", 1)[-1] for _, path in calls] == ["big.h5.dmrpp", "big.h5.dmrpp"]
+    assert [(name, path.rsplit("/", 1)[-1]) for name, path in calls] == [
+        ("get_range", "big.h5.dmrpp"), ("head", "big.h5.dmrpp"), ("get_range", "big.h5.dmrpp")]
     assert store.group["d_8_shufzip_chunks"].manifest.count()["virtual"] == 128
 
 
@@ -429,6 +433,59 @@ def test_chunk_lists_not_plain_go_to_elementtree(tmp_path):
     with pytest.raises(ParseError, match=r"'/v': chunk position \[20\] lies outside the chunk grid \(10,\)"):
         _ten_chunks(tmp_path, chunk=lambda i: f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
                     f'chunkPositionInArray="[{4 * i + 4}]"/>')
+
+
+def test_chunk_list_layouts_read_ahead_equal_elementtree(tmp_path, monkeypatch):
+    """Each way a long plain list is read ahead (one form and separator: two passes; any other layout: split) and
+    placed (every chunk in grid order: as the grid; out of order or some missing: by position) equals ElementTree's."""
+    from vzdask.parsers import dmrpp
+
+    def chunk(i, position=None):
+        return (f'<dmrpp:chunk offset="{100 + 8 * i}" nBytes="8" '
+                f'chunkPositionInArray="[{2 * i if position is None else position}]"/>')
+
+    readers: list[str] = []
+    for name in ("_uniform_chunks", "_split_chunks"):
+        real = getattr(dmrpp, name)
+        monkeypatch.setattr(dmrpp, name, lambda *a, _real=real, _name=name: readers.append(_name) or _real(*a))
+    layouts = {  # name: (the chunk elements, the reader whose result is used)
+        "one separator": ("\n      ".join(chunk(i) for i in range(10)), "_uniform_chunks"),
+        "uneven separators": ("".join(chunk(i) + " " * (i % 3) for i in range(10)), "_split_chunks"),
+        "out of order": ("\n".join(chunk(i, 2 * (9 - i)) for i in range(10)), "_uniform_chunks"),
+        "some missing": ("\n".join(chunk(i) for i in range(0, 10, 2)) + "\n" + "\n".join(
+            chunk(i) for i in range(10, 14)), "_uniform_chunks"),
+    }
+    for label, (pieces, reader) in layouts.items():
+        body = (f'<Int32 name="v"><Dim size="{20 if label != "some missing" else 28}"/><dmrpp:chunks>'
+                f'<dmrpp:chunkDimensionSizes>2</dmrpp:chunkDimensionSizes>\n{pieces}\n</dmrpp:chunks></Int32>')
+        document = write_document(tmp_path, body)
+        readers.clear()
+        fast = DMRPPParser()(document, REGISTRY).group["v"]
+        assert readers[-1] == reader, label
+        monkeypatch.setattr(dmrpp, "_MANY", 10**9)  # every list to ElementTree
+        slow = DMRPPParser()(document, REGISTRY).group["v"]
+        monkeypatch.setattr(dmrpp, "_MANY", 8)
+        assert fast.manifest == slow.manifest and fast.metadata == slow.metadata, label
+    assert fast.manifest.count() == {"virtual": 9, "inlined": 0, "missing": 5}
+    assert fast.manifest.dict()["12"] == {"path": fast.manifest.dict()["0"]["path"], "offset": 196, "length": 8}
+
+
+def test_metadata_shared_by_files_of_one_spec(tmp_path):
+    """Files whose variable has the same spec share its (frozen) metadata; any difference gives its own."""
+    def variable(tmp, attribute: str, fill: str = "0"):
+        tmp.mkdir()
+        body = (f'<Float32 name="v"><Dim size="4"/><Attribute name="a" type="Float32"><Value>{attribute}</Value>'
+                f'</Attribute><dmrpp:chunks fillValue="{fill}"><dmrpp:chunk offset="10" nBytes="16"/></dmrpp:chunks>'
+                "</Float32>")
+        return DMRPPParser()(write_document(tmp, body), REGISTRY).group["v"]
+
+    first, second = variable(tmp_path / "1", "1.5"), variable(tmp_path / "2", "1.5")
+    assert first.metadata is second.metadata and first.manifest != second.manifest  # each file's own data url
+    other = variable(tmp_path / "3", "2.5")
+    assert other.metadata is not first.metadata and other.metadata.attributes == {"a": 2.5}
+    negative = variable(tmp_path / "4", "1.5", fill="-0.0")  # equal to 0.0 in Python, but not the same fill value
+    assert negative.metadata is not first.metadata and np.signbit(negative.metadata.fill_value)
+    assert not np.signbit(first.metadata.fill_value)
 
 
 def test_chunk_lists_read_ahead_under_another_prefix(tmp_path):

@@ -30,6 +30,7 @@ from vzdask.object_io import (
     list_prefixes_async,
     list_sizes_async,
     read_ranges,
+    read_head,
     read_ranges_async,
     read_start,
     run_sync,
@@ -110,6 +111,19 @@ def test_read_start_gives_the_first_bytes_and_the_size_in_one_request(objects):
     assert (bytes(data), size) == (DATA, len(DATA))
     empty = objects.put("empty.bin", b"")  # stores refuse any range of an empty object
     assert read_start(objects.store, "empty.bin", 256, url=empty) == (b"", 0)
+
+
+def test_read_head_gives_a_shorter_object_whole_with_its_size(objects):
+    """One plain ranged read: the size is known when the object is shorter than asked for, else None."""
+    url = objects.put("blob.bin", DATA)
+    data, size = read_head(objects.store, "blob.bin", 256, url=url)
+    assert (bytes(data), size) == (DATA[:256], None)
+    data, size = read_head(objects.store, "blob.bin", 4096, url=url)  # stores clip a range past the end
+    assert (bytes(data), size) == (DATA, len(DATA))
+    data, size = read_head(objects.store, "blob.bin", len(DATA), url=url)  # exactly its length: not known
+    assert (bytes(data), size) == (DATA, None)
+    empty = objects.put("empty.bin", b"")
+    assert read_head(objects.store, "empty.bin", 256, url=empty) == (b"", 0)
 
 
 def test_listings(objects):
@@ -194,6 +208,7 @@ def test_a_missing_object(objects):
         lambda: head_size(store, "gone/missing.bin", url=url),
         lambda: run_sync(head_size_async(store, "gone/missing.bin", url=url)),
         lambda: read_start(store, "gone/missing.bin", 256, url=url),
+        lambda: read_head(store, "gone/missing.bin", 256, url=url),
     ):
         with pytest.raises(FileNotFoundError) as info:
             call()

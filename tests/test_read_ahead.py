@@ -224,3 +224,25 @@ def test_auto_reads_ahead_from_remote_stores_only(paths, s3_bucket, s3_env):
     for name in ("tas", "pr"):  # the same chunks, at the same offsets, in the uploaded copies
         np.testing.assert_array_equal(ds[name].data.manifest.offsets, local[name].data.manifest.offsets)
     xr.testing.assert_equal(ds.vz.compute(), local.vz.compute())
+
+
+def test_dmrpp_sidecars_are_opened_whole_in_one_plain_ranged_read(monkeypatch):
+    """A ``.dmrpp`` document is opened as DMRPPParser opens it (one get_range), and the parser goes on from it."""
+    from pathlib import Path
+
+    from vzdask.parsers.dmrpp import DMRPPParser
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "dmrpp"
+    names = ["chunked_twoD.h5.dmrpp", "chunked_shufzip_threeD.h5.dmrpp"]
+    registry = ObjectStoreRegistry()
+    calls: list = []
+    for name in ("get", "get_range", "get_ranges", "head"):
+        real = getattr(obstore, name)
+        monkeypatch.setattr(obstore, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or
+                            _real(*a, **k))
+    for (url, opened), name in zip(read_ahead([(fixtures / n).as_uri() for n in names], registry, depth=0), names):
+        assert calls == ["get_range"] and opened is not None and opened.size == (fixtures / name).stat().st_size
+        store = DMRPPParser().continue_from(opened)(url, registry)
+        assert calls == ["get_range"] and opened.taken  # the document was not read again
+        assert store.group.arrays.keys() == DMRPPParser()(url, registry).group.arrays.keys()
+        calls.clear()

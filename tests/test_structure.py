@@ -242,3 +242,13 @@ def test_modules_import_only_downward():
         for target in targets if _layer(target) > _layer(module)
     ]
     assert upward == []
+
+
+def test_every_benchmark_is_in_the_readme_layout():
+    """The README's layout names every script and helper module in benchmarks/ (bench_*.py, _timing.py)."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("\nbenchmarks/")
+    layout = readme[start : readme.index("\nnotebooks/", start)]
+    scripts = sorted(path.stem for path in (PACKAGE.parent / "benchmarks").glob("*.py"))
+    assert "_timing" in scripts
+    assert [name for name in scripts if name not in layout.replace(",", " ").replace(":", " ").split()] == []

@@ -235,6 +235,30 @@ def read_start(store: Any, path: str, length: int, *, url: str) -> tuple[Any, in
     return _read_sized(store, path, (0, length), length, lambda size: 0, url=url)
 
 
+def read_head(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int | None]:
+    """``(first bytes, size or None)``: the first ``length`` bytes of an object in one plain ``get_range``.
+
+    Stores clip a range that runs past the end, so an object shorter than
+    ``length`` comes back whole and its size is known (a full ``length``
+    leaves it unknown: None). Locally this is one hand-off to obstore's I/O
+    thread where ``read_start``'s ``get`` is two (the request, then its body):
+    what a parser of small documents waits on most when the cores are busy.
+    An empty object is refused any range; a ``head`` then tells it
+    (``(b"", 0)``) from a missing one. Raises as ``read_start``.
+    """
+    try:
+        data = obstore.get_range(store, path, start=0, length=length)
+    except BaseException as err:
+        if not is_read_error(err):
+            raise
+        if _is_not_found(err):
+            raise _object_error(err, url) from err
+        if head_size(store, path, url=url):
+            raise _request_error(err, url, None, [0], [length]) from err
+        return b"", 0
+    return data, (len(data) if len(data) < length else None)
+
+
 def read_end(store: Any, path: str, length: int, *, url: str) -> tuple[Any, int]:
     """``(last bytes, size)``: the last ``length`` bytes of an object (all of it if shorter) and its size.
 
@@ -391,6 +415,7 @@ __all__ = [
     "read_ranges",
     "read_end",
     "read_ranges_async",
+    "read_head",
     "read_start",
     "run_sync",
 ]

@@ -10,7 +10,7 @@ from vzdask.errors import ParseError
 from vzdask.manifests.group import ManifestGroup, coordinate_names
 from vzdask.manifests.manifest import normalize_url
 from vzdask.manifests.store import ManifestStore
-from vzdask.object_io import read_ranges, read_start
+from vzdask.object_io import head_size, read_head, read_ranges, read_start
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 
@@ -120,8 +120,14 @@ class ObstoreFile(io.RawIOBase):
     """
 
     def __init__(self, url: str, registry: ObjectStoreRegistry, block_size: int = 2**16,
-                 prefetch: Sequence[int] = ()) -> None:
-        """``prefetch``: block numbers to fetch now too, a guess (blocks past the end are skipped)."""
+                 prefetch: Sequence[int] = (), small: bool = False) -> None:
+        """``prefetch``: block numbers to fetch now too, a guess (blocks past the end are skipped).
+
+        ``small``: the object is likely shorter than a block (a document):
+        read the first block with a plain ranged read (``read_head``), which
+        gives the size of a shorter object, and ask a larger one's with a
+        ``head``.
+        """
         super().__init__()
         self.url = url
         self.registry = registry
@@ -130,7 +136,11 @@ class ObstoreFile(io.RawIOBase):
         self._block_size = block_size
         self._blocks: dict[int, memoryview] = {}
         self.taken = False  # set when a parser goes on from this file (``Parser.continue_from``)
-        first, self.size = read_start(self._store, self._path, block_size, url=url)
+        if small:
+            first, size = read_head(self._store, self._path, block_size, url=url)
+            self.size = size if size is not None else head_size(self._store, self._path, url=url)
+        else:
+            first, self.size = read_start(self._store, self._path, block_size, url=url)
         if not self.size:
             return
         self._blocks[0] = memoryview(first)

@@ -4,8 +4,9 @@ A DMR++ document (``granule.h5.dmrpp``) is the DAP4 DMR of an HDF5/netCDF-4
 file plus, per variable, where its chunks are (``dmrpp:chunks``: offset,
 size and grid position of each chunk, the filters as ``compressionType``,
 the byte order and fill value) or its values themselves (``dmrpp:compact``,
-``dmrpp:missingdata``). One request reads the document (two if it is larger
-than 64 KiB); the data file is not read: references point at it.
+``dmrpp:missingdata``). One request reads the document (and a ``head`` its
+size if it is larger than 1 MiB); the data file is not read: references
+point at it.
 
 The result is built to equal ``HDFParser`` on the data file (same arrays,
 chunk grids, byte ranges, codecs, dimension names, attributes) except where
@@ -84,6 +85,8 @@ SKIPPED_ATTRIBUTES = frozenset(
      "DODS_EXTRA"}
 )
 _NO_NAME_ENUM = re.compile(r"NoNameE\w*\d+$")  # "NoNameEum0" in some documents
+#: The first read of a document (``ObstoreFile(small=True)``): most are smaller, and read whole by it.
+DOCUMENT_BLOCK = 2**20
 
 
 class DMRPPParser(IsolatingParser):
@@ -116,7 +119,7 @@ class DMRPPParser(IsolatingParser):
         return url.rstrip("/").endswith(".dmrpp") or DMRPP_NS.encode() in head
 
     def __call__(self, url: str, registry: ObjectStoreRegistry) -> ManifestStore:
-        handle = self._open(url, registry)
+        handle = self._open(url, registry, block_size=DOCUMENT_BLOCK, small=True)
         if handle.size == 0:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         text = handle.read_range(0, handle.size)
@@ -327,8 +330,6 @@ class _Walk:
                          "(variable-length strings live in the HDF5 heap)")
 
     def _array(self, var, chunks, where, dtype: np.dtype, shape, dims, attrs, fill: Any = None) -> ManifestArray:
-        import warnings
-
         native = dtype if dtype.names is not None or dtype.byteorder in "=|" else dtype.newbyteorder("=")
         if fill is None:
             fill = _fill_value(chunks, dtype, attrs, where)
@@ -366,50 +367,40 @@ class _Walk:
                 raise ParseError(f"{where}: a contiguous variable given as {count} pieces is not supported")
             chunk_shape = tuple(max(int(s), 1) for s in shape)
         grid = tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
-        codecs = _codecs(chunks, dtype, where)
-        if dtype.kind == "S" or dtype.names is not None:
-            with warnings.catch_warnings():  # zarr-python's fixed-size bytes type has no zarr v3 spec yet
-                warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-                metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=native, codecs=codecs,
-                                                 fill_value=fill, dimension_names=dims, attributes=attrs)
-        else:
-            metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=native, codecs=codecs,
-                                             fill_value=fill, dimension_names=dims, attributes=attrs)
-        present = np.zeros(grid, bool)
-        offsets = np.zeros(grid, np.uint64)
-        lengths = np.zeros(grid, np.uint64)
-        paths = None
-        if count == 1 and "href" not in columns and all(n == 1 for n in grid):  # the usual small variable
-            try:
-                offsets[...], lengths[...] = int(columns["offset"][0]), int(columns["nBytes"][0])
-            except (KeyError, ValueError, TypeError) as err:
-                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            position = columns.get("chunkPositionInArray", [None])[0]
-            if position is not None and any(_starts(position)):
-                raise ParseError(f"{where}: chunk position {_text(position)} lies outside the chunk grid {grid}")
-            present[...] = True
-        elif count:
-            flat = self._chunk_indices(columns.get("chunkPositionInArray"), count, chunk_shape, grid, shape, where)
-            try:  # every chunk's numbers at once: documents list thousands of chunks
-                offsets.flat[flat] = _integers(columns["offset"], count)
-                lengths.flat[flat] = _integers(columns["nBytes"], count)
-            except (KeyError, ValueError, TypeError, OverflowError) as err:
-                raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
-            present.flat[flat] = True
-            if "href" in columns:
-                paths = np.full(grid, self.data_url, dtype=object)
-                for index, href in zip(flat.tolist(), columns["href"]):
-                    if href:
-                        paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
-        if not present.any():
-            manifest = ChunkManifest.empty(grid)
-        elif paths is None:
-            manifest = ChunkManifest.from_file_table(self.data_url, present, offsets, lengths)
-        else:
-            paths[~present] = ""
-            manifest = ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
-        return ManifestArray(metadata, manifest, registry=self.registry)
+        metadata = _metadata(shape, chunk_shape, native, _codecs(chunks, dtype, where), fill, dims, attrs)
+        return ManifestArray(metadata, self._manifest(columns, count, chunk_shape, grid, shape, where),
+                             registry=self.registry)
 
+    def _manifest(self, columns: dict[str, Any], count: int, chunk_shape, grid, shape, where: str) -> ChunkManifest:
+        """The chunk references of one ``dmrpp:chunks``."""
+        if not count:
+            return ChunkManifest.empty(grid)
+        positions = columns.get("chunkPositionInArray")
+        every = "href" not in columns and count == _size(grid)
+        if every and _in_grid_order(positions, chunk_shape, grid):
+            flat = None
+        else:
+            flat = self._chunk_indices(positions, count, chunk_shape, grid, shape, where)
+            if every and flat.tolist() == list(range(count)):
+                flat = None
+        try:  # every chunk's numbers at once: documents list thousands of chunks
+            offsets, lengths = _integers(columns["offset"], count), _integers(columns["nBytes"], count)
+        except (KeyError, ValueError, TypeError, OverflowError) as err:
+            raise ParseError(f"{where}: a dmrpp:chunk without a readable offset and nBytes ({err})") from err
+        if flat is None:  # every chunk, in the grid's order (what get_dmrpp writes): the columns are the grid
+            return ChunkManifest.from_file_table(self.data_url, np.ones(grid, bool), offsets.reshape(grid),
+                                                 lengths.reshape(grid))
+        present = np.zeros(grid, bool)
+        present.flat[flat] = True
+        offsets, lengths = _scatter(offsets, flat, grid), _scatter(lengths, flat, grid)
+        if "href" not in columns:
+            return ChunkManifest.from_file_table(self.data_url, present, offsets, lengths)
+        paths = np.full(grid, self.data_url, dtype=object)
+        for index, href in zip(flat.tolist(), columns["href"]):
+            if href:
+                paths.flat[index] = normalize_url(_chunk_href(href, self.data_url))
+        paths[~present] = ""
+        return ChunkManifest.from_arrays(paths=paths, offsets=offsets, lengths=lengths)
 
     def _pieces(self, chunks) -> _Pieces:
         """The ``dmrpp:chunk`` elements of ``chunks``: read ahead of ElementTree (``_parse``), else from its elements."""
@@ -499,6 +490,46 @@ def _integers(column, count: int) -> np.ndarray:
     return np.fromiter(map(int, column), np.uint64, count)
 
 
+def _scatter(values: np.ndarray, flat: np.ndarray, grid) -> np.ndarray:
+    """``values`` placed at the flat grid indices ``flat`` of a grid of zeros."""
+    out = np.zeros(grid, np.uint64)
+    out.flat[flat] = values
+    return out
+
+
+def _size(grid) -> int:
+    size = 1
+    for n in grid:
+        size *= n
+    return size
+
+
+def _in_grid_order(positions, chunk_shape, grid) -> bool:
+    """True if a list of every chunk of the grid gives their positions in the grid's (C) order.
+
+    ``positions``: the ``chunkPositionInArray`` column (None when not given:
+    then only a single chunk is in order).
+    """
+    if positions is None:
+        return _size(grid) == 1
+    if isinstance(positions, np.ndarray):  # read by _parse
+        key = (tuple(chunk_shape), tuple(grid))
+        expected = _GRID_ORDER.get(key)
+        if expected is None:
+            starts = np.indices(grid, np.int64).reshape(len(grid), -1).T * np.asarray(chunk_shape, np.int64)
+            expected = np.ascontiguousarray(starts).tobytes()
+            if len(expected) <= 2**20:  # kept for the next file unless large (then making it is cheap beside reading)
+                if len(_GRID_ORDER) >= 64:
+                    _GRID_ORDER.clear()
+                _GRID_ORDER[key] = expected
+        return positions.dtype == np.int64 and positions.tobytes() == expected
+    return False  # text: _chunk_indices reads it
+
+
+#: Per chunk shape and grid, every chunk's first element in the grid's order, as ``_parse`` reads positions.
+_GRID_ORDER: dict[tuple, bytes] = {}
+
+
 _PREFIX = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']" + re.escape(DMRPP_NS.encode()) + rb"[\"']")
 #: Deleting digits leaves the form of a chunk element; all digits, the rest spaces: its numbers.
 _DIGITS = b"0123456789"
@@ -527,7 +558,7 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
     tables: list[_Pieces | None] = []
     kept: list[bytes] = []
     found = _PREFIX.search(text, 0, 4096)
-    if found is not None:
+    if found is not None and _at_least(text, b":chunk ", _MANY):  # else no list is long enough to read here
         prefix = found.group(1)
         patterns = _PATTERNS.get(prefix)
         if patterns is None:
@@ -548,9 +579,9 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
             stop = text.find(closing, tag_end)
             if stop < 0:
                 break
-            body = text[tag_end + 1 : stop]
             # a few chunks cost ElementTree little, and reading them here more
-            read = _plain_chunks(body, *patterns) if body.count(b":chunk ") >= _MANY else None
+            many = _at_least(text, b":chunk ", _MANY, tag_end, stop)
+            read = _plain_chunks(text[tag_end + 1 : stop], *patterns) if many else None
             tables.append(read and read[0])
             if read is not None:
                 kept += [text[end : tag_end + 1], read[1]]
@@ -573,6 +604,16 @@ def _parse(text: bytes, url: str) -> tuple[Any, dict[Any, _Pieces]]:
     return root, {e: t for e, t in zip(elements, tables) if t is not None}
 
 
+def _at_least(text: bytes, part: bytes, count: int, start: int = 0, end: int | None = None) -> bool:
+    """True if ``part`` occurs ``count`` times in ``text[start:end]`` (a search that stops there, not a count)."""
+    for _ in range(count):
+        start = text.find(part, start, end)
+        if start < 0:
+            return False
+        start += len(part)
+    return True
+
+
 def _plain_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern) -> tuple[_Pieces, bytes] | None:
     """The plain ``dmrpp:chunk`` elements of one list as columns and the list without them; None if it has others.
 
@@ -582,27 +623,63 @@ def _plain_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern) -> tuple[_P
     """
     if b"<!--" in body or b"<![CDATA[" in body:
         return None
-    split = chunk.split(body)  # the rest, a chunk's attributes, the rest, ...
-    tags, rest = split[1::2], b"".join(split[0::2])
-    if not tags or other.search(rest):
+    first = chunk.search(body)
+    if first is None:
         return None
-    form = tags[0].translate(None, _DIGITS)
-    count = len(tags)
-    if b"\n".join(tags).translate(None, _DIGITS) != b"\n".join([form] * count):
-        return None
+    form = first.group(1).translate(None, _DIGITS)
     fields = _FIELD.findall(form)
     names = [name.decode() for name, _ in fields]
     if _FIELD.sub(b"", form).strip() or len(set(names)) != len(names) or not {"offset", "nBytes"} <= set(names):
         return None
     widths = [1 if value == b"" else 0 if value == b"[]" else value.count(b",") + 1 for _, value in fields]
-    numbers = np.fromstring(b" ".join(tags).translate(_NUMBERS), dtype=np.int64, sep=" ")
+    found = _uniform_chunks(body, first, other, form) or _split_chunks(body, chunk, other, form)
+    if found is None:
+        return None
+    count, numbers, rest = found
     if numbers.size != count * sum(widths):
         return None
     table = numbers.reshape(count, sum(widths))
     columns: dict[str, Any] = {}
-    for name, width, start in zip(names, widths, np.cumsum([0, *widths]).tolist()):
+    start = 0
+    for name, width in zip(names, widths):
         columns[name] = table[:, start] if name != "chunkPositionInArray" else table[:, start : start + width]
+        start += width
     return _Pieces(count, columns), rest
+
+
+def _uniform_chunks(body: bytes, first: re.Match, other: re.Pattern, form: bytes) -> tuple[int, np.ndarray, bytes] | None:
+    """``_plain_chunks``' usual case: the list ends in plain elements of one form, one separator apart.
+
+    Then the list from its first chunk on, digits deleted, is that element
+    repeated, and all its digits are the chunks' numbers: two passes over the
+    text instead of a regular expression's split. None for any other layout.
+    """
+    start, end = first.span()
+    tag = body[start : first.start(1)]  # "<dmrpp:chunk"
+    following = body.find(tag, end)
+    if following < 0 or tag.translate(None, _DIGITS) != tag or other.search(body, 0, start):
+        return None
+    separator = body[end:following]
+    if separator.strip():
+        return None
+    region = body[start:].rstrip()
+    count = region.count(tag)
+    if region.translate(None, _DIGITS) != separator.join([tag + form + b"/>"] * count):
+        return None
+    return count, np.fromstring(region.translate(_NUMBERS), dtype=np.int64, sep=" "), body[:start]
+
+
+def _split_chunks(body: bytes, chunk: re.Pattern, other: re.Pattern,
+                  form: bytes) -> tuple[int, np.ndarray, bytes] | None:
+    """``_plain_chunks`` for any layout: the plain elements cut out one by one; None if any other is left."""
+    split = chunk.split(body)  # the rest, a chunk's attributes, the rest, ...
+    tags, rest = split[1::2], b"".join(split[0::2])
+    if not tags or other.search(rest):
+        return None
+    count = len(tags)
+    if b"\n".join(tags).translate(None, _DIGITS) != b"\n".join([form] * count):
+        return None
+    return count, np.fromstring(b" ".join(tags).translate(_NUMBERS), dtype=np.int64, sep=" "), rest
 
 
 def _chunk_href(href: str, data_url: str) -> str:
@@ -634,7 +711,7 @@ def _bad_fill(where: str, text: str):
     raise ParseError(f"{where}: fill value {text!r} cannot be read")
 
 
-def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
+def _codecs(chunks, dtype: np.dtype, where: str) -> tuple[Any, ...]:
     """The zarr codecs of ``compressionType`` (in the document's order, which is HDF5's filter order)."""
     key = (chunks.get("compressionType"), chunks.get("deflateLevel") or chunks.get("deflate_level"), dtype.str)
     codecs = _CODECS.get(key)
@@ -643,7 +720,43 @@ def _codecs(chunks, dtype: np.dtype, where: str) -> list[Any]:
         if len(_CODECS) >= 256:
             _CODECS.clear()
         _CODECS[key] = codecs
-    return list(codecs)
+    return codecs
+
+
+def _metadata(shape, chunk_shape, dtype: np.dtype, codecs: tuple[Any, ...] | None, fill, dims, attrs) -> Any:
+    """The zarr metadata of a chunked variable: one per distinct spec, shared (it is frozen).
+
+    The granules of a collection repeat their variables' specs (shape,
+    chunks, dtype, codecs, fill value, dimensions, attributes): the second
+    file on takes the first one's metadata instead of building it again.
+    The key holds the fill value and attributes by type and ``repr``, so
+    ``1``/``1.0``/``True`` and ``0.0``/``-0.0`` stay apart. ``codecs`` None:
+    the plain bytes codec (values the document holds, inlined).
+    """
+    import warnings
+
+    try:
+        key = (tuple(shape), tuple(chunk_shape), dtype, id(codecs), type(fill).__name__, repr(fill), tuple(dims),
+               repr(attrs))
+        found = _METADATA.get(key)
+    except TypeError:  # unhashable: build it
+        key, found = None, None
+    if found is not None:
+        return found[0]
+    with warnings.catch_warnings():  # zarr-python's fixed-size bytes, text and struct types have no zarr v3 spec yet
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        metadata = create_array_metadata(shape=shape, chunk_shape=chunk_shape, dtype=dtype,
+                                         codecs=None if codecs is None else list(codecs), fill_value=fill,
+                                         dimension_names=dims, attributes=attrs)
+    if key is not None:
+        if len(_METADATA) >= 1024:
+            _METADATA.clear()
+        _METADATA[key] = (metadata, codecs)  # the codecs kept alive: their id is in the key
+    return metadata
+
+
+#: Metadata per spec (see ``_metadata``).
+_METADATA: dict[tuple, tuple[Any, tuple[Any, ...] | None]] = {}
 
 
 #: Codecs per (filters, levels, dtype): a document's variables share a few pipelines, and shared (immutable)
@@ -674,7 +787,7 @@ def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, a
     """Values the document holds, inlined as one chunk encoded with the plain bytes codec (as ``HDFParser``)."""
     import warnings
 
-    from vzdask.codecs import codec_for
+    from vzdask.codecs import cached_codec_for
 
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != count * dtype.itemsize:
@@ -682,13 +795,12 @@ def _inline_values(raw: bytes, dtype: np.dtype, native: np.dtype, shape, dims, a
     values = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(native)
     chunk = tuple(max(int(s), 1) for s in shape)
     grid = tuple(1 if s else 0 for s in shape)
+    metadata = _metadata(shape, chunk, native, None, fill, dims, attrs)
+    if not count:
+        return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        metadata = create_array_metadata(shape=shape, chunk_shape=chunk, dtype=native, fill_value=fill,
-                                         dimension_names=dims, attributes=attrs)
-        if not count:
-            return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
-        data = codec_for(metadata).encode(values)
+        data = cached_codec_for(metadata).encode(values)
     return _one_inlined(metadata, data, grid, registry)
 
 
@@ -720,7 +832,7 @@ def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> 
     """Strings the document holds, as ``<U{n}`` (``n`` the longest), inlined: what ``HDFParser`` makes of text."""
     import warnings
 
-    from vzdask.codecs import codec_for
+    from vzdask.codecs import cached_codec_for
 
     count = int(np.prod(shape, dtype=np.int64))
     if len(texts) != count:
@@ -730,13 +842,12 @@ def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> 
     values = np.array(texts, dtype=dtype).reshape(shape)
     chunk = tuple(max(int(s), 1) for s in shape)
     grid = tuple(1 if s else 0 for s in shape)
+    metadata = _metadata(shape, chunk, dtype, None, "", dims, attrs)
+    if not count:
+        return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        metadata = create_array_metadata(shape=shape, chunk_shape=chunk, dtype=dtype, fill_value="",
-                                         dimension_names=dims, attributes=attrs)
-        if not count:
-            return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
-        data = codec_for(metadata).encode(values)
+        data = cached_codec_for(metadata).encode(values)
     return _one_inlined(metadata, data, grid, registry)
 
 

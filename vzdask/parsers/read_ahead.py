@@ -24,6 +24,7 @@ import dask
 
 from vzdask.object_io import is_in_process
 from vzdask.parsers.common import ObstoreFile
+from vzdask.parsers.dmrpp import DOCUMENT_BLOCK
 from vzdask.registry import ObjectStoreRegistry
 
 dask.config.update_defaults({"vzdask": {"read-ahead": "auto"}})
@@ -90,6 +91,8 @@ def read_ahead(urls: Sequence[str], registry: ObjectStoreRegistry, depth: int | 
 
 def _open_quietly(url: str, registry: ObjectStoreRegistry, guess: tuple[int, ...]) -> ObstoreFile | None:
     try:
+        if url.endswith(".dmrpp"):  # a document, opened as DMRPPParser opens it: whole, in one plain ranged read
+            return ObstoreFile(url, registry, block_size=DOCUMENT_BLOCK, prefetch=guess, small=True)
         return ObstoreFile(url, registry, prefetch=guess)
     except Exception:  # the parser opens it again and raises its error where it belongs
         return None
