@@ -547,3 +547,63 @@ def test_ensemble_members_are_the_number_dimension(tmp_path):
     ours = decoded(vzdask.open_virtual_dataset(str(path)))
     assert ours["t"].dims[:2] == ("number", "step")
     assert_like_cfgrib(ours, open_cfgrib(path))
+
+
+def write_layout_file(path, *, date, time, missing_every, steps=(0, 6)):
+    """t and u on two levels, 2 m temperature with a bitmap (``missing_every``: message lengths differ), tp."""
+    with open(path, "wb") as f:
+        for step in steps:
+            for level in (850, 500):
+                write_message(f, "t", "isobaricInhPa", level, step, date=date, time=time, seed=date + level + step)
+                write_message(f, "u", "isobaricInhPa", level, step, date=date, time=time, seed=date + level + 1)
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            for key, value in (("Ni", NI), ("Nj", NJ), ("dataDate", date), ("dataTime", time),
+                               ("typeOfLevel", "heightAboveGround"), ("level", 2), ("shortName", "2t"),
+                               ("stepRange", str(step)), ("bitmapPresent", 1), ("missingValue", 9999)):
+                eccodes.codes_set(h, key, value)
+            values = 250 + np.arange(NI * NJ, dtype=float)
+            values[::missing_every] = 9999
+            eccodes.codes_set_values(h, values)
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+            write_message(f, "tp", "surface", 0, step + 3, step_type="accum", date=date, time=time, seed=step)
+    return path
+
+
+def test_files_of_one_layout_reuse_it_and_equal_a_fresh_parse(tmp_path):
+    """A second file of the first's layout (other reference time, other message lengths) takes the layout
+    worked out for the first: its store equals the one a parse with every cache forgotten gives, its values
+    cfgrib's. Another layout (other steps) is worked out anew."""
+    from vzdask.parsers import grib
+
+    first = write_layout_file(tmp_path / "a.grib2", date=20240101, time=0, missing_every=3)
+    second = write_layout_file(tmp_path / "b.grib2", date=20240315, time=1200, missing_every=2)
+    other = write_layout_file(tmp_path / "c.grib2", date=20240101, time=0, missing_every=3, steps=(0, 12))
+    assert first.stat().st_size != second.stat().st_size
+    for path in (first, second, other):
+        write_idx(path)
+    registry = ObjectStoreRegistry.default()
+    for idx in (False, True):
+        grib.clear_caches()
+        fresh = {}
+        for path in (second, other):
+            fresh[path] = GRIBParser(idx=idx)(f"file://{path}", registry)
+            grib.clear_caches()
+        GRIBParser(idx=idx)(f"file://{first}", registry)
+        assert len(grib._LAYOUTS) == 1
+        for path, layouts in ((second, 1), (other, 2)):
+            store = GRIBParser(idx=idx)(f"file://{path}", registry)
+            assert len(grib._LAYOUTS) == layouts, path
+            for name in store.group.attributes["GRIB_groups"]:
+                ours, theirs = store.group.groups[name], fresh[path].group.groups[name]
+                assert list(ours.arrays) == list(theirs.arrays) and ours.attributes == theirs.attributes
+                for key, array in ours.arrays.items():
+                    assert array.metadata == theirs.arrays[key].metadata, (name, key)
+                    assert array.manifest == theirs.arrays[key].manifest, (name, key)
+    for path in (second, other):  # (the layouts are known now: these parses take them)
+        theirs = cfgrib_datasets(path)
+        for name in GRIBParser()(f"file://{path}", registry).group.attributes["GRIB_groups"]:
+            for idx in (False, True):
+                ours = decoded(vzdask.open_virtual_dataset(str(path), parser=GRIBParser(idx=idx, group=name)))
+                (match,) = [ds for ds in theirs if sorted(ds.data_vars) == sorted(ours.data_vars)]
+                assert_like_cfgrib(ours, match)
