@@ -607,3 +607,58 @@ def test_files_of_one_layout_reuse_it_and_equal_a_fresh_parse(tmp_path):
                 ours = decoded(vzdask.open_virtual_dataset(str(path), parser=GRIBParser(idx=idx, group=name)))
                 (match,) = [ds for ds in theirs if sorted(ds.data_vars) == sorted(ours.data_vars)]
                 assert_like_cfgrib(ours, match)
+
+
+def test_messages_decode_into_the_array_as_decode_message_does(tmp_path):
+    """The codec writes a message's values straight into the array (ecCodes' C API): the same values as
+    ``decode_message`` and cfgrib (packings, bitmaps, rows in alternating directions), the same errors."""
+    import gc
+
+    from vzdask.grib_codec import decode_message, decode_message_into
+
+    path = tmp_path / "rows.grib2"
+    with open(path, "wb") as f:
+        for step, packing in enumerate(("grid_simple", "grid_complex_spatial_differencing", "grid_ccsds")):
+            write_message(f, "t", "isobaricInhPa", 500, step, packing=packing, bitmap=step == 1, seed=step)
+    with open(path, "ab") as f:
+        write_message(f, "t", "isobaricInhPa", 500, 9)
+    with open(path, "rb") as f:  # the same message, every other row running east to west
+        h = eccodes.codes_grib_new_from_file(f)
+        while (following := eccodes.codes_grib_new_from_file(f)) is not None:
+            eccodes.codes_release(h)
+            h = following
+    eccodes.codes_set(h, "alternativeRowScanning", 1)
+    eccodes.codes_set_values(h, np.arange(NI * NJ, dtype=float))
+    with open(path, "ab") as f:
+        eccodes.codes_set(h, "stepRange", "12")
+        eccodes.codes_write(h, f)
+    eccodes.codes_release(h)
+    data = path.read_bytes()
+    messages, position = [], 0
+    while position < len(data):
+        length = int.from_bytes(data[position + 8 : position + 16], "big")
+        messages.append(memoryview(data)[position : position + length])
+        position += length
+    for message in messages:
+        expected = decode_message(message)
+        for out in (np.empty((NJ, NI), np.float32), np.empty((NJ, NI), np.float64)):
+            decode_message_into(message, out)
+            np.testing.assert_array_equal(out.ravel(), expected.astype(out.dtype))
+    rows = np.empty((NJ, NI), np.float32)
+    decode_message_into(messages[-1], rows)
+    assert rows[0, -1] == NI - 1
+    assert rows[1, 0] == 2 * NI - 1  # the second row, put back west to east
+    ours = decoded(vzdask.open_virtual_dataset(str(path)))["t"].values
+    np.testing.assert_array_equal(ours, open_cfgrib(path)["t"].values)
+    with pytest.raises(ValueError, match=rf"GRIB message holds {NI * NJ} values, the chunk has shape \(3,\)"):
+        decode_message_into(messages[0], np.empty(3, np.float32))
+    body = bytearray(messages[1])
+    body[_head_length(body, 0) :] = bytes(len(body) - _head_length(body, 0))  # a damaged message
+    for bad in (memoryview(bytes(body)), b"GRIBxxxx", b"nope"):
+        with pytest.raises(ValueError, match="ecCodes cannot") as theirs:
+            decode_message(bad)
+        for _ in range(3):  # the same error, and nothing left behind that breaks later
+            with pytest.raises(ValueError) as ours:
+                decode_message_into(bad, np.empty((NJ, NI), np.float32))
+            assert str(ours.value) == str(theirs.value)
+            gc.collect()
