@@ -356,6 +356,11 @@ def message_keys(data: Any, where: str) -> MessageKeys:
 FAST_TEMPLATES: dict[int, int | None] = {0: None, 1: None, 2: None, 8: 34, 11: 37, 12: 36}
 #: How many bytes of each message the index path reads to find its section headers (more when they are longer).
 HEAD_BYTES = 1024
+#: Hopping through a local file, messages longer than this are skipped (their end and the next head read), shorter
+#: ones read in windows of ``HOP_WINDOW`` bytes: a request costs 15-50 us (obstore hands it to a thread and back),
+#: copying a MiB about 150 us, so a 100 KiB message costs less read with its neighbours than on its own.
+HOP_LENGTH = 256 * 2**10
+HOP_WINDOW = 2 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -841,11 +846,12 @@ def file_messages(found: Sequence[tuple[int, int, int, Any]], fast: Sequence[Hea
 def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
     """Messages found by reading only their heads and ends, hopping from one to the next by their lengths.
 
-    For files in this process (local disk, memory), where a request costs
-    microseconds: one read per message (its ``7777`` and the next message's
-    head) instead of every byte. None when anything is not plainly
-    message after message (padding, damage, truncation): the window scan
-    then reads the file and says what is wrong.
+    For files in this process (local disk, memory): a message longer than
+    ``HOP_LENGTH`` costs one read (its ``7777`` and the next message's
+    head), its body is never read; shorter ones are read in windows of
+    ``HOP_WINDOW`` bytes, several messages a read. None when anything is
+    not plainly message after message (padding, damage, truncation): the
+    window scan then reads the file and says what is wrong.
     """
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
@@ -863,7 +869,7 @@ def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
         if window_start <= start and stop <= window_start + len(window):
             piece = window[start - window_start : stop - window_start]
         else:  # small messages: a window of several; large ones: only the end and the next head
-            want = min(size - start, stop - start if length > 2**15 else max(stop - start, 2**16))
+            want = min(size - start, stop - start if length > HOP_LENGTH else max(stop - start, HOP_WINDOW))
             window_start = start
             window = memoryview(get_range(store, path, start, want, url=url, what="GRIB message heads"))
             piece = window[: stop - start]
