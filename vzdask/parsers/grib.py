@@ -1011,13 +1011,21 @@ class CubeLayout:
     time: np.ndarray | None  # the reference times, minus the layout's
     step: np.ndarray | None
 
+    def __post_init__(self) -> None:
+        self.timed = any(kind == "time" for kind, _, _ in self.arrays)
+
     def group(self, url: str, registry: ObjectStoreRegistry, offsets: np.ndarray, lengths: np.ndarray, t0: int,
               drop_variables: frozenset[str], shared: dict) -> ManifestGroup:
         """The hypercube's group for one file: its message table (``offsets``, ``lengths``) and reference time."""
-        times = {}
-        if any(kind == "time" for kind, _, _ in self.arrays):
-            shifted = None if self.time is None else self.time + t0
-            times = {name: (values, dims) for name, values, dims in _time_coordinates(shifted, self.step)}
+        times: dict[str, tuple[np.ndarray, tuple]] = {}
+        if self.timed:
+            key = ("times", *((None,) if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in (self.time, self.step)))
+            known = shared.get(key)  # the file's hypercubes mostly share their times and steps
+            if known is None:
+                shifted = None if self.time is None else self.time + t0
+                known = shared[key] = {name: (values, dims) for name, values, dims in
+                                       _time_coordinates(shifted, self.step)}
+            times = known
         arrays: dict[str, ManifestArray] = {}
         for kind, name, made in self.arrays:
             if name in drop_variables:
