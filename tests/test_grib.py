@@ -365,10 +365,22 @@ def test_hopping_from_head_to_head_finds_what_the_window_scan_finds(mixed, one_c
     assert many.stat().st_size > 2**16
     from vzdask.object_io import read_ranges
     from vzdask.parsers.common import ObstoreFile
-    from vzdask.parsers.grib import Catalogue, file_heads, head_size, hop_messages, read_head, scan_messages
+    from vzdask.parsers.grib import (HOP_LENGTH, Catalogue, file_heads, head_size, hop_messages, read_head,
+                                     scan_messages)
 
+    large = tmp_path / "large.grib2"  # messages longer than HOP_LENGTH: hopped over, their bodies not read
+    with open(large, "wb") as f:
+        for step in (0, 6, 12):
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            for key, value in (("Ni", 400), ("Nj", 200), ("bitsPerValue", 32), ("stepRange", str(step))):
+                eccodes.codes_set(h, key, value)
+            eccodes.codes_set_values(h, np.random.default_rng(step).random(400 * 200))
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+            write_message(f, "t", "isobaricInhPa", 500, step, seed=step)  # and a small one between them
+    assert large.stat().st_size > 3 * HOP_LENGTH
     registry = ObjectStoreRegistry.default()
-    for path in (mixed, one_cube, many):
+    for path in (mixed, one_cube, many, large):
         url = f"file://{path}"
         opened = ObstoreFile(url, registry)
         windows, hops = Catalogue(url), Catalogue(url)
