@@ -365,10 +365,22 @@ def test_hopping_from_head_to_head_finds_what_the_window_scan_finds(mixed, one_c
     assert many.stat().st_size > 2**16
     from vzdask.object_io import read_ranges
     from vzdask.parsers.common import ObstoreFile
-    from vzdask.parsers.grib import Catalogue, file_heads, head_size, hop_messages, read_head, scan_messages
+    from vzdask.parsers.grib import (HOP_LENGTH, Catalogue, file_heads, head_size, hop_messages, read_head,
+                                     scan_messages)
 
+    large = tmp_path / "large.grib2"  # messages longer than HOP_LENGTH: hopped over, their bodies not read
+    with open(large, "wb") as f:
+        for step in (0, 6, 12):
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            for key, value in (("Ni", 400), ("Nj", 200), ("bitsPerValue", 32), ("stepRange", str(step))):
+                eccodes.codes_set(h, key, value)
+            eccodes.codes_set_values(h, np.random.default_rng(step).random(400 * 200))
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+            write_message(f, "t", "isobaricInhPa", 500, step, seed=step)  # and a small one between them
+    assert large.stat().st_size > 3 * HOP_LENGTH
     registry = ObjectStoreRegistry.default()
-    for path in (mixed, one_cube, many):
+    for path in (mixed, one_cube, many, large):
         url = f"file://{path}"
         opened = ObstoreFile(url, registry)
         windows, hops = Catalogue(url), Catalogue(url)
@@ -547,3 +559,118 @@ def test_ensemble_members_are_the_number_dimension(tmp_path):
     ours = decoded(vzdask.open_virtual_dataset(str(path)))
     assert ours["t"].dims[:2] == ("number", "step")
     assert_like_cfgrib(ours, open_cfgrib(path))
+
+
+def write_layout_file(path, *, date, time, missing_every, steps=(0, 6)):
+    """t and u on two levels, 2 m temperature with a bitmap (``missing_every``: message lengths differ), tp."""
+    with open(path, "wb") as f:
+        for step in steps:
+            for level in (850, 500):
+                write_message(f, "t", "isobaricInhPa", level, step, date=date, time=time, seed=date + level + step)
+                write_message(f, "u", "isobaricInhPa", level, step, date=date, time=time, seed=date + level + 1)
+            h = eccodes.codes_grib_new_from_samples("GRIB2")
+            for key, value in (("Ni", NI), ("Nj", NJ), ("dataDate", date), ("dataTime", time),
+                               ("typeOfLevel", "heightAboveGround"), ("level", 2), ("shortName", "2t"),
+                               ("stepRange", str(step)), ("bitmapPresent", 1), ("missingValue", 9999)):
+                eccodes.codes_set(h, key, value)
+            values = 250 + np.arange(NI * NJ, dtype=float)
+            values[::missing_every] = 9999
+            eccodes.codes_set_values(h, values)
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+            write_message(f, "tp", "surface", 0, step + 3, step_type="accum", date=date, time=time, seed=step)
+    return path
+
+
+def test_files_of_one_layout_reuse_it_and_equal_a_fresh_parse(tmp_path):
+    """A second file of the first's layout (other reference time, other message lengths) takes the layout
+    worked out for the first: its store equals the one a parse with every cache forgotten gives, its values
+    cfgrib's. Another layout (other steps) is worked out anew."""
+    from vzdask.parsers import grib
+
+    first = write_layout_file(tmp_path / "a.grib2", date=20240101, time=0, missing_every=3)
+    second = write_layout_file(tmp_path / "b.grib2", date=20240315, time=1200, missing_every=2)
+    other = write_layout_file(tmp_path / "c.grib2", date=20240101, time=0, missing_every=3, steps=(0, 12))
+    assert first.stat().st_size != second.stat().st_size
+    for path in (first, second, other):
+        write_idx(path)
+    registry = ObjectStoreRegistry.default()
+    for idx in (False, True):
+        grib.clear_caches()
+        fresh = {}
+        for path in (second, other):
+            fresh[path] = GRIBParser(idx=idx)(f"file://{path}", registry)
+            grib.clear_caches()
+        GRIBParser(idx=idx)(f"file://{first}", registry)
+        assert len(grib._LAYOUTS) == 1
+        for path, layouts in ((second, 1), (other, 2)):
+            store = GRIBParser(idx=idx)(f"file://{path}", registry)
+            assert len(grib._LAYOUTS) == layouts, path
+            for name in store.group.attributes["GRIB_groups"]:
+                ours, theirs = store.group.groups[name], fresh[path].group.groups[name]
+                assert list(ours.arrays) == list(theirs.arrays) and ours.attributes == theirs.attributes
+                for key, array in ours.arrays.items():
+                    assert array.metadata == theirs.arrays[key].metadata, (name, key)
+                    assert array.manifest == theirs.arrays[key].manifest, (name, key)
+    for path in (second, other):  # (the layouts are known now: these parses take them)
+        theirs = cfgrib_datasets(path)
+        for name in GRIBParser()(f"file://{path}", registry).group.attributes["GRIB_groups"]:
+            for idx in (False, True):
+                ours = decoded(vzdask.open_virtual_dataset(str(path), parser=GRIBParser(idx=idx, group=name)))
+                (match,) = [ds for ds in theirs if sorted(ds.data_vars) == sorted(ours.data_vars)]
+                assert_like_cfgrib(ours, match)
+
+
+def test_messages_decode_into_the_array_as_decode_message_does(tmp_path):
+    """The codec writes a message's values straight into the array (ecCodes' C API): the same values as
+    ``decode_message`` and cfgrib (packings, bitmaps, rows in alternating directions), the same errors."""
+    import gc
+
+    from vzdask.grib_codec import decode_message, decode_message_into
+
+    path = tmp_path / "rows.grib2"
+    with open(path, "wb") as f:
+        for step, packing in enumerate(("grid_simple", "grid_complex_spatial_differencing", "grid_ccsds")):
+            write_message(f, "t", "isobaricInhPa", 500, step, packing=packing, bitmap=step == 1, seed=step)
+    with open(path, "ab") as f:
+        write_message(f, "t", "isobaricInhPa", 500, 9)
+    with open(path, "rb") as f:  # the same message, every other row running east to west
+        h = eccodes.codes_grib_new_from_file(f)
+        while (following := eccodes.codes_grib_new_from_file(f)) is not None:
+            eccodes.codes_release(h)
+            h = following
+    eccodes.codes_set(h, "alternativeRowScanning", 1)
+    eccodes.codes_set_values(h, np.arange(NI * NJ, dtype=float))
+    with open(path, "ab") as f:
+        eccodes.codes_set(h, "stepRange", "12")
+        eccodes.codes_write(h, f)
+    eccodes.codes_release(h)
+    data = path.read_bytes()
+    messages, position = [], 0
+    while position < len(data):
+        length = int.from_bytes(data[position + 8 : position + 16], "big")
+        messages.append(memoryview(data)[position : position + length])
+        position += length
+    for message in messages:
+        expected = decode_message(message)
+        for out in (np.empty((NJ, NI), np.float32), np.empty((NJ, NI), np.float64)):
+            decode_message_into(message, out)
+            np.testing.assert_array_equal(out.ravel(), expected.astype(out.dtype))
+    rows = np.empty((NJ, NI), np.float32)
+    decode_message_into(messages[-1], rows)
+    assert rows[0, -1] == NI - 1
+    assert rows[1, 0] == 2 * NI - 1  # the second row, put back west to east
+    ours = decoded(vzdask.open_virtual_dataset(str(path)))["t"].values
+    np.testing.assert_array_equal(ours, open_cfgrib(path)["t"].values)
+    with pytest.raises(ValueError, match=rf"GRIB message holds {NI * NJ} values, the chunk has shape \(3,\)"):
+        decode_message_into(messages[0], np.empty(3, np.float32))
+    body = bytearray(messages[1])
+    body[_head_length(body, 0) :] = bytes(len(body) - _head_length(body, 0))  # a damaged message
+    for bad in (memoryview(bytes(body)), b"GRIBxxxx", b"nope"):
+        with pytest.raises(ValueError, match="ecCodes cannot") as theirs:
+            decode_message(bad)
+        for _ in range(3):  # the same error, and nothing left behind that breaks later
+            with pytest.raises(ValueError) as ours:
+                decode_message_into(bad, np.empty((NJ, NI), np.float32))
+            assert str(ours.value) == str(theirs.value)
+            gc.collect()

@@ -21,6 +21,7 @@ import threading
 
 import dask.config
 import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
 from zarr.buffer import default_buffer_prototype
 
 from vzdask._compat import ArrayConfig, ArraySpec, ArrayV3Metadata, BatchedCodecPipeline
@@ -103,6 +104,10 @@ class ChunkCodec:
         # decode_into copies each chunk out before its thread decodes another, so its chain may inflate and
         # unshuffle into buffers the thread keeps (``_scratch``): a fresh 2 MB buffer costs ~500 page faults
         self._into_transform = self._decode_transform
+        # an array-to-bytes codec that is the whole chain and writes a chunk into a given array (vzdask's GRIB
+        # codec): decode_into hands it the destination, saving a decoded chunk and its copy
+        only = self.decoders[0] if len(self.decoders) == 1 else None
+        self._direct = getattr(only, "decode_chunk_into", None) if isinstance(only, ArrayBytesCodec) else None
         scratch = _scratch_decoders(self.decoders) if self._decode_transform is not None else None
         if scratch is not None:
             transform, _ = _chain(scratch)
@@ -143,6 +148,9 @@ class ChunkCodec:
         ``shape``: the chunk's shape where it is not ``chunk_shape`` (rectilinear grids).
         """
         codec = self if shape is None else self.for_shape(shape)
+        if codec._direct is not None and inner is None and dest.shape == codec.chunk_shape:
+            codec._direct(data, dest)
+            return
         chunk = codec._decoded(data, codec._into_transform)  # may be this thread's scratch: copied out now
         dest[...] = chunk if inner is None else chunk[inner]
 

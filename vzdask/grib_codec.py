@@ -28,6 +28,8 @@ encoding raises.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,104 @@ def decode_message(data: Any) -> np.ndarray:
     return out
 
 
+def decode_message_into(data: Any, out: np.ndarray) -> None:
+    """``decode_message`` written straight into ``out`` (float32, C-contiguous, the message's size).
+
+    The same values and errors as ``decode_message``, without its copies:
+    ecCodes' C API (through eccodes-python's cffi bindings, which release
+    the GIL in each call) decodes into a buffer this thread keeps, and the
+    cast to float32 writes ``out``. Without those bindings (or for another
+    ``out``), ``decode_message`` and a copy.
+    """
+    calls = _c_api()
+    if calls is None or out.dtype != np.float32 or not out.flags.c_contiguous:
+        values = decode_message(data)
+        if values.size != out.size:
+            raise ValueError(f"GRIB message holds {values.size} values, the chunk has shape {out.shape} "
+                             f"({out.size} values)")
+        out[...] = values.reshape(out.shape)
+        return
+    ffi, lib = calls
+    handle, size = _new_handle(ffi, lib, data)
+    try:
+        scratch = _SCRATCH.__dict__
+        count = scratch.get("count")
+        if count is None:
+            count = scratch["count"] = ffi.new("size_t*")
+            scratch["long"] = ffi.new("long*")
+        error = lib.grib_set_double(handle, b"missingValue", MISSING_VALUE)
+        doubles = scratch.get("values")
+        if doubles is None or doubles.size < out.size:
+            doubles = scratch["values"] = np.empty(out.size, dtype=np.float64)
+        if not error:  # (each call lets the GIL go and take it back: as few calls as can be)
+            count[0] = out.size
+            error = lib.grib_get_double_array(handle, b"values", ffi.cast("double *", doubles.ctypes.data), count)
+            if error == _ARRAY_TOO_SMALL or (not error and count[0] != out.size):
+                if error:
+                    lib.grib_get_size(handle, b"values", count)
+                raise ValueError(f"GRIB message holds {count[0]} values, the chunk has shape {out.shape} "
+                                 f"({out.size} values)")
+        if error:
+            from gribapi.errors import ERROR_MAP, GribInternalError
+
+            packing = _c_string(ffi, lib, handle, b"packingType")
+            reported = ERROR_MAP.get(error, GribInternalError)(error)  # what eccodes-python would raise
+            raise ValueError(f"ecCodes cannot decode the values of this GRIB message ({size} bytes, packingType "
+                             f"{packing!r}): {_text(reported)}") from reported
+        row_scanning = scratch["long"]
+        alternating = not lib.grib_get_long(handle, b"alternativeRowScanning", row_scanning) and row_scanning[0] == 1
+        nx = scratch["long"]
+        alternating = alternating and not lib.grib_get_long(handle, b"Nx", nx) and nx[0] > 0 and out.size % nx[0] == 0
+        columns = int(nx[0]) if alternating else 0
+    finally:
+        lib.grib_handle_delete(handle)
+    flat = out.reshape(-1)
+    np.copyto(flat, doubles[: out.size], casting="same_kind")  # the cast to float32, as decode_message's
+    if columns:
+        rows = flat.reshape(-1, columns)
+        rows[1::2] = rows[1::2, ::-1].copy()
+    flat[flat == MISSING_VALUE] = np.nan
+
+
+def _new_handle(ffi: Any, lib: Any, data: Any) -> tuple[Any, int]:
+    """An ecCodes handle on a copy of the message ``data`` (any buffer), and the message's size."""
+    try:
+        buffer = ffi.from_buffer(data)
+    except TypeError:  # not a contiguous buffer
+        buffer = ffi.from_buffer(bytes(data))
+    try:  # ecCodes copies the message itself: hand it the buffer, not a copy
+        size = len(buffer)
+        handle = lib.grib_handle_new_from_message_copy(ffi.NULL, buffer, size)
+    finally:
+        ffi.release(buffer)  # let go of the caller's buffer now, not when a traceback holding it is collected
+    if handle == ffi.NULL:
+        raise ValueError(f"ecCodes cannot read this GRIB message ({size} bytes): MessageInvalidError: "
+                         "new_from_message failed")
+    return handle, size
+
+
+_SCRATCH = threading.local()
+#: ecCodes' GRIB_ARRAY_TOO_SMALL: the message holds more values than were room for.
+_ARRAY_TOO_SMALL = -6
+
+
+@functools.cache
+def _c_api() -> tuple[Any, Any] | None:
+    """eccodes-python's cffi ``(ffi, lib)`` for ecCodes' C API, None without them."""
+    try:
+        from gribapi.bindings import ffi, lib
+    except ImportError:
+        return None
+    names = ("grib_handle_new_from_message_copy", "grib_set_double", "grib_get_size", "grib_get_double_array",
+             "grib_get_long", "grib_get_string", "grib_handle_delete", "grib_get_error_message")
+    return (ffi, lib) if all(hasattr(lib, name) for name in names) else None
+
+
+def _c_string(ffi: Any, lib: Any, handle: Any, key: bytes) -> str | None:
+    text, length = ffi.new("char[]", 256), ffi.new("size_t*", 256)
+    return None if lib.grib_get_string(handle, key, text, length) else ffi.string(text).decode(errors="replace")
+
+
 def _get(handle: Any, key: str) -> Any:
     import eccodes
 
@@ -142,6 +242,15 @@ class GribCodec(ArrayBytesCodec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def decode_chunk_into(self, data: Any, out: np.ndarray) -> None:
+        """Decode one message (any buffer) straight into ``out``, an array of the chunk's shape (``decode_message_into``).
+
+        ``vzdask.codecs.ChunkCodec.decode_into`` calls this where this codec
+        is the array's only one: the values land where the array holds them,
+        not in a chunk then copied.
+        """
+        decode_message_into(data, out)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         raise NotImplementedError(f"codec {GRIB_CODEC_NAME!r} only decodes: GRIB messages cannot be written")

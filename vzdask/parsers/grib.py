@@ -50,10 +50,11 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -280,7 +281,7 @@ _CACHE_SIZE = 1024
 
 def clear_caches() -> None:
     """Forget what ecCodes said about grids, variables, packings and section headers (they are kept per process)."""
-    for cache in (_GRIDS, _ATTRIBUTES, _DECODABLE, _COORDINATES, _METADATA, _SIGNATURES):
+    for cache in (_GRIDS, _ATTRIBUTES, _DECODABLE, _COORDINATES, _METADATA, _SIGNATURES, _LAYOUTS):
         cache.clear()
 
 
@@ -355,6 +356,11 @@ def message_keys(data: Any, where: str) -> MessageKeys:
 FAST_TEMPLATES: dict[int, int | None] = {0: None, 1: None, 2: None, 8: 34, 11: 37, 12: 36}
 #: How many bytes of each message the index path reads to find its section headers (more when they are longer).
 HEAD_BYTES = 1024
+#: Hopping through a local file, messages longer than this are skipped (their end and the next head read), shorter
+#: ones read in windows of ``HOP_WINDOW`` bytes: a request costs 15-50 us (obstore hands it to a thread and back),
+#: reading a MiB 150-250 us, so a 100 KiB message costs less read with its neighbours than on its own.
+HOP_LENGTH = 256 * 2**10
+HOP_WINDOW = 8 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +387,26 @@ def _u(data: Any, start: int, size: int) -> int:
     return int.from_bytes(data[start : start + size], "big")
 
 
+_U32 = struct.Struct(">I").unpack_from
+#: Seconds since 1970 of the date-times section headers hold (year as 2 bytes, then month, day, hour, minute
+#: [, second]), by their bytes: a collection's messages hold a few (None for a date that is none).
+_STAMPS: dict[bytes, int | None] = {}
+
+
+def _stamp(raw: bytes) -> int | None:
+    seconds = _STAMPS.get(raw, -1)
+    if seconds == -1:
+        try:
+            stamp = datetime.datetime((raw[0] << 8) | raw[1], *raw[2:])
+            seconds = int((stamp - _EPOCH).total_seconds())
+        except (ValueError, OverflowError):
+            seconds = None
+        if len(_STAMPS) >= 4096:
+            _STAMPS.clear()
+        _STAMPS[raw] = seconds
+    return seconds
+
+
 def read_head(data: Any) -> Head | None:
     """The section headers of a GRIB2 message (its first bytes suffice), None if the fast path does not know them.
 
@@ -394,44 +420,49 @@ def read_head(data: Any) -> Head | None:
         size = len(data)
         if size < 16 or data[7] != 2:
             return None
-        position, parts = 16, [bytes(data[6:7])]
-        sections: dict[int, Any] = {}
-        while position + 5 <= size:
-            length, number = _u(data, position, 4), data[position + 4]
+        position, starts, last = 16, [0, 0, 0, 0, 0], 0  # where sections 1-4 start (0: absent)
+        while True:  # walk the section lengths to section 5
+            if position + 5 > size:
+                return None
+            number = data[position + 4]
             if number == 5:
                 if position + 11 > size:
                     return None
-                parts.append(bytes(data[position + 9 : position + 11]))  # data representation template
                 break
-            if number not in (1, 2, 3, 4) or number in sections or length < 5 or position + length > size:
+            length = _U32(data, position)[0]
+            if not last < number <= 4 or length < 5 or position + length > size:  # (sections come in order)
                 return None
-            sections[number] = data[position : position + length]
+            starts[number], last = position, number
             position += length
-        else:
+        raw = bytes(data[: position + 11])  # the headers, as bytes (slicing them is cheap)
+        s1, s2, s3, s4 = starts[1:]
+        if not s1 or not s3 or not s4:
             return None
-        s1, s4 = sections.get(1), sections.get(4)
-        if s1 is None or 3 not in sections or s4 is None or len(s1) < 21 or len(s4) < 34:
+        s1_end = s3 if not s2 else s2
+        s4_end = position
+        if s1_end - s1 < 21 or s4_end - s4 < 34:
             return None
-        end_at = FAST_TEMPLATES.get(_u(s4, 7, 2), -1)
-        if end_at == -1 or s4[17] != 1 or s4[18] & 0x80:  # forecast time in hours, not negative
+        end_at = FAST_TEMPLATES.get((raw[s4 + 7] << 8) | raw[s4 + 8], -1)
+        if end_at == -1 or raw[s4 + 17] != 1 or raw[s4 + 18] & 0x80:  # forecast time in hours, not negative
             return None
-        reference = datetime.datetime(_u(s1, 12, 2), s1[14], s1[15], s1[16], s1[17])
-        forecast_time = _u(s4, 18, 4)
-        parts.append(bytes(s1[:12]) + bytes(s1[19:]))
-        parts.append(bytes(sections.get(2, b"")))
-        parts.append(bytes(sections[3]))
+        reference = _stamp(raw[s1 + 12 : s1 + 18])
+        if reference is None:
+            return None
+        forecast_time = _U32(raw, s4 + 18)[0]
         if end_at is None:
-            parts.append(bytes(s4[:18]) + bytes(s4[22:]))
+            statistics = raw[s4 : s4 + 18] + raw[s4 + 22 : s4_end]
         else:
-            if len(s4) < end_at + 19 or s4[end_at + 7] != 1 or s4[end_at + 14] != 1:  # one time range, in hours
+            e = s4 + end_at
+            if s4_end - s4 < end_at + 19 or raw[e + 7] != 1 or raw[e + 14] != 1:  # one time range, in hours
                 return None
-            end = datetime.datetime(_u(s4, end_at, 2), *s4[end_at + 2 : end_at + 7])
-            length_of_range = _u(s4, end_at + 15, 4)
-            if end != reference + datetime.timedelta(seconds=s1[18], hours=forecast_time + length_of_range):
+            end = _stamp(raw[e : e + 7])
+            if end is None or end != reference + raw[s1 + 18] + 3600 * (forecast_time + _U32(raw, e + 15)[0]):
                 return None
-            parts.append(bytes(s4[:18]) + bytes(s4[22:end_at]) + bytes(s4[end_at + 7 :]))
-        return Head(b"".join(parts), int((reference - _EPOCH).total_seconds()), forecast_time)
-    except (ValueError, IndexError, OverflowError):  # a date that is none, a short field
+            statistics = raw[s4 : s4 + 18] + raw[s4 + 22 : e] + raw[e + 7 : s4_end]
+        signature = b"".join((raw[6:7], raw[position + 9 : position + 11], raw[s1 : s1 + 12], raw[s1 + 19 : s1_end],
+                              raw[s2:s3] if s2 else b"", raw[s3:s4], statistics))
+        return Head(signature, reference, forecast_time)
+    except (ValueError, IndexError, TypeError):  # a short field
         return None
 
 
@@ -679,8 +710,7 @@ def _find_next(read, start: int, size: int) -> int | None:
 # --------------------------------------------------------------------------- #
 # index files (.idx)
 # --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     """One line of an index file, as given: ``number:offset:d=YYYYMMDDHH:NAME:level:forecast:``."""
 
     number: int
@@ -722,6 +752,16 @@ def index_messages(opened: ObstoreFile, entries: Sequence[IndexEntry], catalogue
     a head whose signature ecCodes has read before gives the keys (as in the
     scan), and only the other messages are read whole, for ecCodes.
     """
+    found, read = index_heads(opened, entries, where)
+    file_heads(found, catalogue, read)
+
+
+Found = list[tuple[int, int, int, Any]]  # (message number, offset, length, its first bytes), in file order
+Reader = Callable[[list[int], list[int]], list]
+
+
+def index_heads(opened: ObstoreFile, entries: Sequence[IndexEntry], where: str) -> tuple[Found, Reader]:
+    """The messages an index lists (in file order) with their first ``HEAD_BYTES`` (one request), and a reader."""
     url, size = opened.url, opened.size
     offsets = sorted({e.offset for e in entries})
     ends = dict(zip(offsets, offsets[1:] + [size]))
@@ -739,11 +779,12 @@ def index_messages(opened: ObstoreFile, entries: Sequence[IndexEntry], catalogue
     def read(starts: list[int], lengths: list[int]) -> list:
         return read_ranges(store, path, starts, lengths, url=url, what="GRIB messages", coalesce=2**16)
 
+    entries = sorted(entries, key=lambda e: e.offset)
     heads = read([e.offset for e in entries], [min(HEAD_BYTES, ends[e.offset] - e.offset) for e in entries])
     found = []
     for entry, head in zip(entries, heads):
         head = memoryview(head)  # (obstore's Bytes index and slice slowly)
-        at = catalogue.where(entry.number, entry.offset)
+        at = f"{url}: GRIB message {entry.number} at byte {entry.offset}"
         if bytes(head[:4]) != GRIB_SIGNATURE or len(head) < 16:
             raise ParseError(f"{at} (from {where}): no GRIB message there (bytes {bytes(head[:8])!r})")
         if head[7] != 2:
@@ -754,11 +795,10 @@ def index_messages(opened: ObstoreFile, entries: Sequence[IndexEntry], catalogue
                              f"or the end of the file comes {ends[entry.offset] - entry.offset} bytes after it "
                              f"(file size {size})")
         found.append((entry.number, entry.offset, length, head))
-    file_heads(found, catalogue, read)
+    return found, read
 
 
-def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
-               read: Callable[[list[int], list[int]], list]) -> None:
+def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue, read: Reader) -> None:
     """File messages known by their heads (``(number, offset, length, head)``) into ``catalogue``.
 
     A head of a known signature gives the keys; the other messages are read
@@ -766,30 +806,38 @@ def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
     read later only where ecCodes must look at one (a packing or a variable
     not seen before in this process).
     """
-    heads = {offset: head for _, offset, _, head in found}
-    lengths = {offset: length for _, offset, length, _ in found}
-    fast_heads = {offset: read_head(head) for offset, head in heads.items()}
+    file_messages(found, message_heads(found, read), catalogue, read)
+
+
+def message_heads(found: Sequence[tuple[int, int, int, Any]], read: Reader) -> list[Head | None]:
+    """``read_head`` of every message of ``found``; heads shorter than their section headers are read again."""
+    heads = [head for _, _, _, head in found]
+    fast = [read_head(head) for head in heads]
     for _ in range(4):  # heads longer than was read (a reduced grid's list of points): read up to section 5
         short = {}
-        for offset, head in heads.items():
-            if fast_heads[offset] is None:
+        for i, (head, message) in enumerate(zip(heads, found)):
+            if fast[i] is None:
                 need = head_size(head)
-                if need is not None and len(head) < need <= lengths[offset]:
-                    short[offset] = need
+                if need is not None and len(head) < need <= message[2]:
+                    short[i] = need
         if not short:
             break
-        for offset, head in zip(short, read(list(short), list(short.values()))):
-            heads[offset], fast_heads[offset] = head, read_head(head)
-    messages = []
-    for number, offset, length, _ in found:
-        fast = fast_heads[offset]
-        messages.append((number, offset, length, fast, known_keys(fast)))
+        for i, head in zip(short, read([found[i][1] for i in short], list(short.values()))):
+            heads[i], fast[i] = head, read_head(head)
+    return fast
+
+
+def file_messages(found: Sequence[tuple[int, int, int, Any]], fast: Sequence[Head | None], catalogue: Catalogue,
+                  read: Reader) -> None:
+    """``file_heads`` once the heads are read (``message_heads``)."""
+    messages = [(number, offset, length, head, known_keys(head))
+                for (number, offset, length, _), head in zip(found, fast)]
     unknown = [(o, n) for _, o, n, _, keys in messages if keys is None]
     whole = dict(zip((o for o, _ in unknown), read([o for o, _ in unknown], [n for _, n in unknown])))
-    for number, offset, length, fast, keys in messages:
+    for number, offset, length, head, keys in messages:
         if keys is None:
             keys = message_keys(whole[offset], catalogue.where(number, offset))
-            learn(fast, keys)
+            learn(head, keys)
         data = whole.get(offset)
         catalogue.add_message(data if data is not None else functools.partial(_one, read, offset, length),
                               number, offset, keys, length)
@@ -798,11 +846,12 @@ def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue,
 def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
     """Messages found by reading only their heads and ends, hopping from one to the next by their lengths.
 
-    For files in this process (local disk, memory), where a request costs
-    microseconds: one read per message (its ``7777`` and the next message's
-    head) instead of every byte. None when anything is not plainly
-    message after message (padding, damage, truncation): the window scan
-    then reads the file and says what is wrong.
+    For files in this process (local disk, memory): a message longer than
+    ``HOP_LENGTH`` costs one read (its ``7777`` and the next message's
+    head), its body is never read; shorter ones are read in windows of
+    ``HOP_WINDOW`` bytes, several messages a read. None when anything is
+    not plainly message after message (padding, damage, truncation): the
+    window scan then reads the file and says what is wrong.
     """
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
@@ -820,7 +869,7 @@ def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
         if window_start <= start and stop <= window_start + len(window):
             piece = window[start - window_start : stop - window_start]
         else:  # small messages: a window of several; large ones: only the end and the next head
-            want = min(size - start, stop - start if length > 2**15 else max(stop - start, 2**16))
+            want = min(size - start, stop - start if length > HOP_LENGTH else max(stop - start, HOP_WINDOW))
             window_start = start
             window = memoryview(get_range(store, path, start, want, url=url, what="GRIB message heads"))
             piece = window[: stop - start]
@@ -905,86 +954,209 @@ def _number_text(value: Any) -> str:
     return str(int(value)) if value.is_integer() else str(value)
 
 
-def _inlined(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, Any],
-             registry: ObjectStoreRegistry) -> ManifestArray:
-    """A coordinate held in the manifest (little-endian bytes, one chunk)."""
+def _inlined_parts(values: np.ndarray, dims: tuple[str, ...], attributes: dict[str, Any]) -> tuple[Any, ChunkManifest]:
+    """The metadata and manifest of a coordinate held in the manifest (little-endian bytes, one chunk)."""
     values = np.asarray(values, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
     dtype = values.dtype.newbyteorder("<") if values.dtype.itemsize > 1 else values.dtype
     data = values.astype(dtype).tobytes()
     key = (dtype.str, values.shape, data, dims, repr(sorted(attributes.items())))
     made = _COORDINATES.get(key)  # a collection's files mostly share their coordinates: built once
     if made is None:
-        grid = (1,) * values.ndim
-        manifest = ChunkManifest.from_arrays(
-            paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
-            lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * values.ndim: data},
-        )
         metadata = create_array_metadata(shape=values.shape, chunk_shape=values.shape,
                                          dtype=values.dtype.newbyteorder("="), dimension_names=dims,
                                          attributes=attributes)
-        made = _remember(_COORDINATES, key, (metadata, manifest))
-    return ManifestArray(made[0], made[1], registry=registry)
+        made = _remember(_COORDINATES, key, (metadata, _inlined_manifest(values.ndim, data)))
+    return made
+
+
+def _inlined_manifest(ndim: int, data: bytes) -> ChunkManifest:
+    grid = (1,) * ndim
+    return ChunkManifest.from_arrays(paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
+                                     lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * ndim: data})
 
 
 def _seconds_array(values: np.ndarray) -> np.ndarray:
     return values.astype("i8") if np.all(np.mod(values, 1) == 0) else values.astype("f8")
 
 
-def cube_group(cube: Hypercube, url: str, registry: ObjectStoreRegistry,
-               drop_variables: frozenset[str] = frozenset(), made: dict | None = None) -> ManifestGroup:
-    """One hypercube as a ManifestGroup: its variables (one message per chunk) and its coordinates.
-
-    ``made``: grid coordinates already built for other hypercubes of the file, by grid (shared, not rebuilt).
-    """
-    dims = [name for name, values in cube.coords.items() if values.size > 1]  # length 1: squeezed
-    arrays: dict[str, ManifestArray] = {}
-    for name, values in cube.coords.items():
-        attributes = {"long_name": f"original GRIB coordinate for key: {_key_of(name, cube)}({name})", "units": "1"}
-        attributes.update(COORDINATE_ATTRIBUTES.get(name, {}))
-        if name == "time":
-            values = _seconds_array(values)
-        elif name in ("number", "directionNumber", "frequencyNumber"):
-            values = values.astype("i8")
-        else:
-            values = values.astype("f8")
-        if values.size > 1:
-            arrays[name] = _inlined(values, (name,), attributes, registry)
-        else:
-            arrays[name] = _inlined(values.reshape(()), (), attributes, registry)
-    if "time" in cube.coords and "step" in cube.coords:
-        time, step = cube.coords["time"], cube.coords["step"]
+def _time_coordinates(time: np.ndarray | None, step: np.ndarray | None) -> list[tuple[str, np.ndarray, tuple]]:
+    """``time`` (seconds) and ``valid_time`` (``time`` + ``step``) as stored: ``(name, values, dims)``."""
+    out = []
+    if time is not None:
+        out.append(("time", _seconds_array(time if time.size > 1 else time.reshape(())), ("time",) * (time.size > 1)))
+    if time is not None and step is not None:
         time = time if time.size > 1 else time.reshape(())
         step = step if step.size > 1 else step.reshape(())
         valid = np.add.outer(time, step * 3600) if time.ndim and step.ndim else time + step * 3600
         valid_dims = tuple(d for d, a in (("time", time), ("step", step)) if a.ndim)
-        arrays["valid_time"] = _inlined(_seconds_array(np.asarray(valid)), valid_dims,
-                                        dict(COORDINATE_ATTRIBUTES["valid_time"]), registry)
-    made = {} if made is None else made
-    grid_arrays = made.get(id(cube.grid))
-    if grid_arrays is None:
-        grid_arrays = made[id(cube.grid)] = {name: _inlined(values, coord_dims, dict(attributes), registry)
-                                             for name, (coord_dims, values, attributes) in cube.grid.coords.items()}
-    arrays.update(grid_arrays)
-    coordinate_list = list(arrays)
-    for variable in cube.variables:
-        if variable.name in drop_variables:
+        out.append(("valid_time", _seconds_array(np.asarray(valid)), valid_dims))
+    return out
+
+
+@dataclass
+class CubeLayout:
+    """One hypercube as every file of its layout has it: all but where its messages are and the reference time.
+
+    ``arrays`` in the group's order: ``("fixed", name, (metadata, manifest))``
+    for coordinates that are the same in every such file, ``("time", name,
+    metadata)`` for ``time`` and ``valid_time`` (built from ``time`` and
+    ``step`` below, shifted by the file's reference time), ``("variable",
+    name, (metadata, present, chunks, messages))``: the variable's chunk
+    ``chunks[k]`` (flat index into the chunk grid ``present``) is message
+    ``messages[k]`` of the file (in file order).
+    """
+
+    arrays: list[tuple[str, str, Any]]
+    attributes: dict[str, Any]
+    time: np.ndarray | None  # the reference times, minus the layout's
+    step: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        self.timed = any(kind == "time" for kind, _, _ in self.arrays)
+
+    def group(self, url: str, registry: ObjectStoreRegistry, offsets: np.ndarray, lengths: np.ndarray, t0: int,
+              drop_variables: frozenset[str], shared: dict) -> ManifestGroup:
+        """The hypercube's group for one file: its message table (``offsets``, ``lengths``) and reference time."""
+        times: dict[str, tuple[np.ndarray, tuple]] = {}
+        if self.timed:
+            key = ("times", *((None,) if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in (self.time, self.step)))
+            known = shared.get(key)  # the file's hypercubes mostly share their times and steps
+            if known is None:
+                shifted = None if self.time is None else self.time + t0
+                known = shared[key] = {name: (values, dims) for name, values, dims in
+                                       _time_coordinates(shifted, self.step)}
+            times = known
+        arrays: dict[str, ManifestArray] = {}
+        for kind, name, made in self.arrays:
+            if name in drop_variables:
+                continue
+            if kind == "fixed":
+                array = shared.get(id(made))  # hypercubes of one grid share its coordinates' arrays
+                if array is None:
+                    array = shared[id(made)] = ManifestArray(made[0], made[1], registry=registry)
+                arrays[name] = array
+            elif kind == "time":
+                values, dims = times[name]
+                data = values.astype(values.dtype.newbyteorder("<")).tobytes()
+                array = shared.get((id(made), data))  # the file's hypercubes mostly share their times
+                if array is None:
+                    if values.dtype == made.data_type.to_native_dtype():
+                        array = ManifestArray(made, _inlined_manifest(values.ndim, data), registry=registry)
+                    else:  # (not met: whole seconds stay whole when shifted)
+                        array = ManifestArray(*_inlined_parts(values, dims, dict(made.attributes)), registry=registry)
+                    shared[(id(made), data)] = array
+                arrays[name] = array
+            else:
+                metadata, present, chunks, messages = made
+                chunk_offsets = np.zeros(present.shape, dtype=np.uint64)
+                chunk_lengths = np.zeros(present.shape, dtype=np.uint64)
+                chunk_offsets.reshape(-1)[chunks] = offsets[messages]
+                chunk_lengths.reshape(-1)[chunks] = lengths[messages]
+                manifest = ChunkManifest.from_file_table(url, present, chunk_offsets, chunk_lengths)
+                arrays[name] = ManifestArray(metadata, manifest, registry=registry)
+        return ManifestGroup(arrays=arrays, attributes=dict(self.attributes))
+
+
+@dataclass
+class Layout:
+    """What a file's messages make, as groups to be filled with each file's message table and reference time.
+
+    Files of one collection have one layout: the same kinds of message
+    (``Head.signature``) in the same order, at the same reference times and
+    forecast times relative to the file's first message. Their datasets
+    differ only in where the messages are and in ``time``/``valid_time``
+    (shifted): a layout met before is not worked out again.
+    """
+
+    names: list[str]
+    cubes: list[CubeLayout]
+
+    def root(self, url: str, registry: ObjectStoreRegistry, offsets: np.ndarray, lengths: np.ndarray, t0: int,
+             group: str | None, drop_variables: frozenset[str]) -> ManifestGroup:
+        shared: dict = {}
+        if group not in (None, "", "/"):
+            wanted = str(group).strip("/")
+            if wanted not in self.names:
+                raise ParseError(f"{url}: no group {wanted!r}; the file's hypercubes are {self.names}")
+            cube = self.cubes[self.names.index(wanted)]
+            return cube.group(url, registry, offsets, lengths, t0, drop_variables, shared)
+        if len(self.cubes) == 1:
+            return self.cubes[0].group(url, registry, offsets, lengths, t0, drop_variables, shared)
+        groups = {name: cube.group(url, registry, offsets, lengths, t0, drop_variables, shared)
+                  for name, cube in zip(self.names, self.cubes)}
+        return ManifestGroup(groups=groups, attributes={"GRIB_groups": list(self.names)})
+
+
+#: Layouts worked out in this process, by ``layout_key``.
+_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def layout_key(heads: Sequence[Head | None]) -> tuple | None:
+    """What proves two files have one layout: each message's signature, time (relative) and forecast time in order.
+
+    None if a head is not known to the fast path (``read_head`` gave None) or
+    ecCodes has not (yet) vouched for its signature (``learn``).
+    """
+    if not heads or any(head is None or head.signature not in _SIGNATURES for head in heads):
+        return None
+    t0 = heads[0].time  # type: ignore[union-attr]
+    return tuple((head.signature, head.time - t0, head.forecast_time) for head in heads)  # type: ignore[union-attr]
+
+
+def make_layout(variables: Sequence[Variable], messages: Sequence[int], t0: int, url: str) -> Layout:
+    """The layout of a file whose messages (their offsets, in file order: ``messages``) file into ``variables``."""
+    try:
+        cubes = hypercubes(variables)
+    except ParseError as err:
+        raise ParseError(f"{url}: {err}") from None
+    position = {offset: i for i, offset in enumerate(messages)}
+    return Layout(cube_names(cubes), [cube_layout(cube, position, t0) for cube in cubes])
+
+
+def cube_layout(cube: Hypercube, position: dict[int, int], t0: int) -> CubeLayout:
+    """One hypercube's ``CubeLayout``: its coordinates, then its variables (one message per chunk)."""
+    dims = [name for name, values in cube.coords.items() if values.size > 1]  # length 1: squeezed
+    time = cube.coords.get("time")
+    time = None if time is None else time - t0
+    step = cube.coords.get("step")
+    timed = {name: (values, dims) for name, values, dims in _time_coordinates(cube.coords.get("time"), step)}
+    arrays: list[tuple[str, str, Any]] = []
+    for name, values in cube.coords.items():
+        attributes = {"long_name": f"original GRIB coordinate for key: {_key_of(name, cube)}({name})", "units": "1"}
+        attributes.update(COORDINATE_ATTRIBUTES.get(name, {}))
+        if name == "time":
+            values, coord_dims = timed["time"]
+            arrays.append(("time", name, _inlined_parts(values, coord_dims, attributes)[0]))
             continue
-        arrays[variable.name] = _variable_array(variable, cube, dims, coordinate_list, url, registry)
+        if name in ("number", "directionNumber", "frequencyNumber"):
+            values = values.astype("i8")
+        else:
+            values = values.astype("f8")
+        arrays.append(("fixed", name, _inlined_parts(values if values.size > 1 else values.reshape(()),
+                                                     (name,) if values.size > 1 else (), attributes)))
+    if "valid_time" in timed:
+        values, coord_dims = timed["valid_time"]
+        arrays.append(("time", "valid_time", _inlined_parts(values, coord_dims,
+                                                            dict(COORDINATE_ATTRIBUTES["valid_time"]))[0]))
+    for name, (coord_dims, values, attributes) in cube.grid.coords.items():
+        arrays.append(("fixed", name, _inlined_parts(values, coord_dims, dict(attributes))))
+    coordinates = [name for _, name, _ in arrays]
+    for variable in cube.variables:
+        arrays.append(("variable", variable.name, _variable_layout(variable, cube, dims, coordinates, position)))
     attributes = dict(cube.file_attributes)
     attributes["Conventions"] = "CF-1.7"
     if "GRIB_centreDescription" in attributes:
         attributes["institution"] = attributes["GRIB_centreDescription"]
-    for name in drop_variables & set(arrays):
-        del arrays[name]
-    return ManifestGroup(arrays=arrays, attributes=attributes)
+    return CubeLayout(arrays, attributes, time, step)
 
 
 def _key_of(name: str, cube: Hypercube) -> str:
     return "level" if name == cube.type_of_level else name
 
 
-def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordinates: list[str], url: str,
-                    registry: ObjectStoreRegistry) -> ManifestArray:
+def _variable_layout(variable: Variable, cube: Hypercube, dims: list[str], coordinates: list[str],
+                     position: dict[int, int]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """A variable's metadata, its chunk grid's present chunks, and which message each present chunk is."""
     positions = []  # per header dimension of the cube: (index into Field.header, value -> position)
     for name in dims:
         key = HEADER_DIMS.index(_key_of(name, cube))
@@ -992,14 +1164,14 @@ def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordi
     grid = tuple(len(cube.coords[name]) for name in dims)
     chunk_grid = grid + (1,) * len(cube.grid.dims)
     present = np.zeros(chunk_grid, dtype=bool)
-    offsets = np.zeros(chunk_grid, dtype=np.uint64)
-    lengths = np.zeros(chunk_grid, dtype=np.uint64)
+    chunks, messages = [], []
     tail = (0,) * len(cube.grid.dims)
     for f in variable.fields:
         index = tuple(lookup[f.header[key]] for key, lookup in positions) + tail
         if not present[index]:  # the first of duplicate messages, as cfgrib
-            present[index], offsets[index], lengths[index] = True, f.offset, f.length
-    manifest = ChunkManifest.from_file_table(url, present, offsets, lengths)
+            present[index] = True
+            chunks.append(int(np.ravel_multi_index(index, chunk_grid)) if index else 0)
+            messages.append(position[f.offset])
     attributes = dict(variable.attributes)
     attributes["coordinates"] = " ".join(c for c in coordinates if c not in dims and c not in cube.grid.dims)
     described = variable.attributes_key if variable.attributes_key is not None else repr(attributes)
@@ -1011,7 +1183,7 @@ def _variable_array(variable: Variable, cube: Hypercube, dims: list[str], coordi
             codecs=[GribCodec()], fill_value=float("nan"), dimension_names=(*dims, *cube.grid.dims),
             attributes=attributes,
         ))
-    return ManifestArray(metadata, manifest, registry=registry)
+    return metadata, present, np.array(chunks, dtype=np.intp), np.array(messages, dtype=np.intp)
 
 
 # --------------------------------------------------------------------------- #
@@ -1065,47 +1237,51 @@ class GRIBParser(Parser):
         opened = self._open(url, registry)
         if not opened.size:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
+        found: Found | None = None
         if self.idx:
-            variables = self._from_index(opened, url, registry)
+            index_url = self.idx if isinstance(self.idx, str) else url + ".idx"
+            found, read = self._index(opened, index_url, registry)
+        elif is_in_process(registry.resolve(url)[0]):
+            found = hop_messages(opened)
+            store, path = registry.resolve(url)
+
+            def read(starts: list[int], lengths: list[int]) -> list:
+                return read_ranges(store, path, starts, lengths, url=url, what="GRIB messages", coalesce=0)
+        catalogue = Catalogue(url)
+        if found is None:  # other stores (or anything but message after message): read in windows
+            scan_messages(opened, catalogue)
+            table = {f.offset: f.length for v in catalogue.variables.values() for f in v.fields}
+            offsets = sorted(table)
+            lengths = [table[offset] for offset in offsets]
+            layout: Layout | None = make_layout(list(catalogue.variables.values()), offsets, 0, url)
+            t0 = 0
         else:
-            catalogue = Catalogue(url)
-            found = hop_messages(opened) if is_in_process(registry.resolve(url)[0]) else None
-            if found is not None:
-                store, path = registry.resolve(url)
-                file_heads(found, catalogue, lambda starts, lengths: read_ranges(
-                    store, path, starts, lengths, url=url, what="GRIB messages", coalesce=0))
-            else:
-                scan_messages(opened, catalogue)
-            variables = list(catalogue.variables.values())
-        try:
-            cubes = hypercubes(variables)
-        except ParseError as err:
-            raise ParseError(f"{url}: {err}") from None
-        names = cube_names(cubes)
-        if self.group not in (None, "", "/"):
-            wanted = str(self.group).strip("/")
-            if wanted not in names:
-                raise ParseError(f"{url}: no group {wanted!r}; the file's hypercubes are {names}")
-            root = cube_group(cubes[names.index(wanted)], url, registry, self.drop_variables)
-        elif len(cubes) == 1:
-            root = cube_group(cubes[0], url, registry, self.drop_variables)
-        else:
-            made: dict = {}
-            groups = {name: cube_group(cube, url, registry, self.drop_variables, made)
-                      for name, cube in zip(names, cubes)}
-            root = ManifestGroup(groups=groups, attributes={"GRIB_groups": names})
+            offsets = [offset for _, offset, _, _ in found]
+            lengths = [length for _, _, length, _ in found]
+            heads = message_heads(found, read)
+            t0 = heads[0].time if heads and heads[0] is not None else 0
+            key = layout_key(heads)
+            layout = _LAYOUTS.get(key) if key is not None else None
+            if layout is None:
+                file_messages(found, heads, catalogue, read)
+                layout = make_layout(list(catalogue.variables.values()), offsets, t0, url)
+                key = layout_key(heads)  # ecCodes has vouched for the signatures it read since
+                if key is not None:
+                    _remember(_LAYOUTS, key, layout)
+        assert layout is not None
+        offsets_array = np.array(offsets, dtype=np.uint64)
+        lengths_array = np.array(lengths, dtype=np.uint64)
+        root = layout.root(url, registry, offsets_array, lengths_array, t0, self.group, self.drop_variables)
         return finish(root, registry, self.inline)
 
-    def _from_index(self, opened: ObstoreFile, url: str, registry: ObjectStoreRegistry) -> list[Variable]:
+    def _index(self, opened: ObstoreFile, index_url: str, registry: ObjectStoreRegistry) -> tuple[Found, Reader]:
         from vzdask.object_io import get
 
-        index_url = self.idx if isinstance(self.idx, str) else url + ".idx"
         store, path = registry.resolve(index_url)
         text = bytes(get(store, path, url=index_url)).decode("ascii", errors="replace")
-        catalogue = Catalogue(url)
-        index_messages(opened, parse_index(text, index_url), catalogue, index_url)
-        return list(catalogue.variables.values())
+        return index_heads(opened, parse_index(text, index_url), index_url)
 
 
-__all__ = ["GRIB_SIGNATURE", "GRIBParser", "clear_caches", "file_heads", "head_size", "hop_messages", "index_messages", "known_keys", "learn", "message_keys", "parse_index",
-           "read_head", "scan_messages"]
+__all__ = ["GRIB_SIGNATURE", "GRIBParser", "Layout", "clear_caches", "file_heads", "file_messages", "head_size",
+           "hop_messages", "index_heads", "index_messages", "known_keys", "layout_key", "learn", "make_layout",
+           "message_heads", "message_keys", "parse_index", "read_head", "scan_messages"]
