@@ -17,8 +17,11 @@ zarr's codec pipeline to decode), never through fsspec or a file handle, so
 it runs on workers that have nothing but obstore. The engine's preferred
 chunks (``chunks={}``) are vzdask's task blocks: whole native chunks grouped
 to about ``vzdask.task-bytes`` of decoded values, not one task per native
-chunk. Dimension coordinates are read when the file is opened, all of a
-file's in one request (or from the blocks the parser already read).
+chunk. Chunked, a variable is not dask's ``from_array`` over the lazily
+indexed array but vzdask's own load tasks in xarray's chunks, CF masking and
+unpacking inside them (``VzdaskVariable.chunk``). Dimension coordinates are
+read when the file is opened, all of a file's in one request (or from the
+blocks the parser already read).
 
 Format guessing (``xr.open_dataset(path)`` without ``engine=``) claims only
 what no built-in xarray engine reads: kerchunk references (JSON, Parquet
