@@ -8,8 +8,8 @@ repository (``.vz.to_icechunk``, a virtual chunk container for the data director
 opens them and computes everything (``.compute()`` of the whole Dataset), rounds of
 every reader in turn, medians of ``--repeats`` rounds:
 
-  vzdask engine     xr.open_dataset(refs, engine="vzdask", chunks={})     (dask: task blocks of whole chunks)
-                    and chunks=None (no dask: each variable read in one go by the load tasks)
+  vzdask engine     xr.open_dataset(refs, engine="vzdask", chunks={})     (dask: task blocks of whole chunks,
+                    vzdask's load tasks) and chunks=None (no dask: each variable read in one go by the load tasks)
   vzdask API        vzdask.open_mfdataset(refs)                             (the same reads, no xarray backend)
   fsspec + zarr     xr.open_dataset("reference://", engine="zarr", ...)   chunks=None (zarr reads each variable
                     concurrently) and chunks={} (dask, a task per native chunk)
@@ -178,7 +178,8 @@ def read_all(paths, refs: dict[str, Path], ice: IcechunkRefs, repeats: int, skip
         seconds, used = statistics.median(times[label]), statistics.median(cpu[label])
         print(f"  {label:40s} {seconds:8.2f} {seconds / floor:8.2f} {statistics.median(busy[label]):9.1f} cores "
               f"{used:7.2f} {used / floor_cpu:11.2f}")
-    pairs = [(f"vzdask engine, {fmt}", peer) for fmt in refs
+    pairs = [(ours, peer) for fmt in refs
+             for ours in (f"vzdask engine, {fmt}", f"vzdask engine chunks=None, {fmt}")
              for peer in (f"fsspec + zarr, {fmt}", f"fsspec + zarr chunks={{}}, {fmt}", f"kerchunk engine, {fmt}")]
     pairs += [(ours, peer) for ours in ("vzdask engine, icechunk", "vzdask engine chunks=None, icechunk")
               for peer in ("icechunk + xr.open_zarr", "icechunk + xr.open_zarr chunks=None")]

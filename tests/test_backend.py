@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import dask
+import dask.array as da
 import h5netcdf
 import netCDF4
 import numpy as np
@@ -224,6 +225,79 @@ def test_preferred_chunks_are_task_blocks_of_whole_native_chunks(rich):
     with dask.config.set({"vzdask.task-bytes": 64 * 2**20}):
         ds = xr.open_dataset(rich, engine="vzdask", chunks={})
     assert ds["packed"].chunks == ((6,), (4,), (5,))  # the whole (small) variable is one task
+
+
+#: The rich file's variables whose decoding is elementwise on the stored values: chunked, they are load tasks.
+READ_IN_TASKS = ("area", "packed", "never_written", "miss", "unsigned")
+#: CF encoding keys xarray's decoding leaves in ``encoding``: the same as engine="netcdf4" gives.
+CF_ENCODING = ("dtype", "_FillValue", "missing_value", "scale_factor", "add_offset", "units", "calendar",
+               "coordinates", "_Unsigned")
+
+
+def _layer_kinds(var: xr.Variable) -> set[str]:
+    return {name.split("-")[0] for name in var.data.dask.layers}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"mask_and_scale": False}, {"decode_cf": False}, {"decode_times": False}],
+                         ids=repr)
+@pytest.mark.parametrize("chunks", [{}, {"time": 4}, {"time": 1, "lon": 2}], ids=repr)
+def test_chunks_read_through_the_load_tasks(rich, chunks, kwargs):
+    """Chunked variables are vzdask's load tasks (decoding in them), in xarray's chunks, with netcdf4's values."""
+    with xr.open_dataset(rich, engine="netcdf4", chunks=chunks, **kwargs) as reference:
+        want = reference.load()
+        want_encoding = {name: var.encoding for name, var in reference.variables.items()}
+    with dask.config.set({"vzdask.task-bytes": 64}):  # chunks={}: task blocks of a few native chunks
+        lazy = xr.open_dataset(rich, engine="vzdask", chunks=chunks, **kwargs)
+        unchunked = xr.open_dataset(rich, engine="vzdask", **kwargs)
+    for name in READ_IN_TASKS:
+        var = lazy.variables[name]
+        assert type(var) is xr.Variable and _layer_kinds(var) == {"load"}, (name, list(var.data.dask.layers))
+        # open_dataset's rule: the chunks given, the engine's preferred chunks (task blocks) elsewhere
+        preferred = var.encoding["preferred_chunks"]
+        expected = da.core.normalize_chunks(tuple(chunks.get(d, preferred[d]) for d in var.dims), var.shape)
+        assert var.chunks == expected, name
+    times_decoded = kwargs.get("decode_cf", True) and kwargs.get("decode_times", True)
+    # text, and times when decoded: xarray's from_array over the lazily indexed array, decoded by xarray
+    for name in ("names", "time_bnds", "duration") if times_decoded else ("names",):
+        assert "load" not in _layer_kinds(lazy.variables[name]) and lazy[name].chunks is not None, name
+    got = lazy.compute()
+    xr.testing.assert_identical(got, want)
+    assert_same_dtypes(got, want)
+    for name, var in got.variables.items():  # chunking changes no encoding; the CF part is netcdf4's
+        assert var.encoding == unchunked[name].encoding, name
+        assert {k: v for k, v in var.encoding.items() if k in CF_ENCODING} == \
+            {k: v for k, v in want_encoding[name].items() if k in CF_ENCODING}, name
+
+
+def test_chunking_later_and_selections(rich):
+    """``Dataset.chunk`` of an opened dataset takes the load tasks too; a selection or a write is xarray's."""
+    want = netcdf4(rich)
+    ds = xr.open_dataset(rich, engine="vzdask")
+    chunked = ds.chunk({"time": 3})
+    assert _layer_kinds(chunked["packed"].variable) == {"load"} and chunked["packed"].chunks == ((3, 3), (4,), (5,))
+    xr.testing.assert_identical(chunked.compute(), want)
+    part = ds.isel(time=slice(1, 5)).chunk({"time": 2})  # a selection reads through xarray's from_array
+    assert "load" not in _layer_kinds(part["packed"].variable)
+    xr.testing.assert_identical(part.compute(), want.isel(time=slice(1, 5)))
+    renamed = ds.rename({"lat": "y"}).chunk()
+    xr.testing.assert_identical(renamed.compute(), want.rename({"lat": "y"}))
+    loaded = xr.open_dataset(rich, engine="vzdask")
+    loaded["packed"].load()  # cached values: chunking them reads nothing again
+    assert "load" not in _layer_kinds(loaded.chunk()["packed"].variable)
+    written = xr.open_dataset(rich, engine="vzdask", cache=False)
+    written["area"][0, 0] = -1.0  # copy on write: the chunked values are the written ones
+    assert float(written.chunk()["area"][0, 0].compute()) == -1.0
+
+
+def test_a_dataset_mixing_load_tasks_and_other_dask_arrays_computes_each_its_own(rich):
+    """dask computes arrays of different optimisers in groups: each variable must still get its own values."""
+    def mix(ds):
+        return xr.Dataset({"a": ds["packed"] * 2, "b": ds["area"], "c": ds["miss"] + 1, "d": ds["packed"],
+                           "e": ds["names"], "f": ds["unsigned"]})
+
+    lazy = mix(xr.open_dataset(rich, engine="vzdask", chunks={}))
+    assert [_layer_kinds(lazy[v].variable) >= {"load"} for v in "bdf"] == [True] * 3
+    xr.testing.assert_identical(lazy.compute(), mix(netcdf4(rich)))
 
 
 def test_opening_is_lazy_and_reads_name_the_file(rich, tmp_path):

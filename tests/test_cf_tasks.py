@@ -67,7 +67,7 @@ def test_open_mfdataset_decodes_in_the_load_tasks_like_xarray(paths):
     for name in DECODED_IN_TASKS:
         data = ds[name].data
         assert len(data.dask.layers) == 1, (name, list(data.dask.layers))  # no map_blocks layer on top
-        assert "__dask_optimize__" in vars(data), name  # computing it as it is decodes into one result
+        assert "__dask_postcompute__" in vars(data), name  # computing it as it is decodes into one result
     # xarray's decode_cf of the same virtual variables, loaded whole: what open_mfdataset gave before
     ref = xr.decode_cf(open_virtual_mfdataset(paths).vz.compute())
     assert ref["unsigned"].dtype == np.uint8 and ref["packed"].dtype.kind == "f"

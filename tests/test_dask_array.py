@@ -131,6 +131,20 @@ def test_derived_arrays_and_mixed_computes(case, copies):
     assert type(view) is da.Array
 
 
+def test_computes_interleaving_load_arrays_with_others_keep_their_order(case, copies):
+    """dask computes the arrays of one compute in groups by optimiser: each result must still be its array's."""
+    view = case.array.to_dask_array()
+    other = case.array.to_dask_array(chunks=(3, 3))
+    expected = case.expected
+    total, whole, part, again, shifted = dask.compute(view.sum(), view, view[:3], other, da.ones(2) + 1)
+    np.testing.assert_allclose(total, expected.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(whole, expected, strict=True)
+    np.testing.assert_array_equal(part, expected[:3])
+    np.testing.assert_array_equal(again, expected, strict=True)
+    np.testing.assert_array_equal(shifted, [2.0, 2.0])
+    assert copies == [False, False]  # both load arrays computed as they are handed over their results
+
+
 def test_persisted_blocks_stay_apart_from_results(case, copies):
     persisted = case.array.to_dask_array().persist()
     assert type(persisted) is da.Array and "__dask_postcompute__" not in vars(persisted)  # a plain dask array

@@ -109,6 +109,25 @@ from xarray.backends.zarr import encode_zarr_attr_value
 # BackendArray.__getitem__ hands its key to explicit_indexing_adapter; variables wrap LazilyIndexedArray)
 from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
 
+# the base of xarray's lazy array wrappers (CopyOnWriteArray, MemoryCachedArray are built on it, alike in 2025.8
+# and 2026.9): the engine's opened data is one more such wrapper, so xarray indexes and loads it as theirs
+from xarray.core.indexing import ExplicitlyIndexedNDArrayMixin
+
+
+def opened_data(var: Any) -> Any:
+    """``var``'s data under the wrappers ``xr.open_dataset`` adds to a backend's variables.
+
+    ``_protect_dataset_variables_inplace`` wraps each in ``CopyOnWriteArray`` (and ``MemoryCachedArray``
+    when caching); a write or a cached load replaces their ``array`` with numpy values, so what is
+    under them is the backend's data only while nothing has been written or loaded.
+    """
+    from xarray.core.indexing import CopyOnWriteArray, MemoryCachedArray
+
+    data = var._data
+    while isinstance(data, (CopyOnWriteArray, MemoryCachedArray)):
+        data = data.array
+    return data
+
 
 def variable_data(var: Any) -> Any:
     """The array a Variable wraps, as it is: ``Variable.data`` would load a lazily indexed backend array."""
@@ -254,6 +273,7 @@ __all__ = [
     "BatchedCodecPipeline",
     "ChunkTransform",
     "DefaultChunkKeyEncoding",
+    "ExplicitlyIndexedNDArrayMixin",
     "FillValueCoder",
     "GroupMetadata",
     "HighLevelGraph",
@@ -279,6 +299,7 @@ __all__ = [
     "get_data_type_from_json",
     "get_data_type_from_native_dtype",
     "install_xarray_write_hook",
+    "opened_data",
     "parse_attributes",
     "parse_dimension_names",
     "parse_shapelike",

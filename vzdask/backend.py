@@ -17,8 +17,11 @@ zarr's codec pipeline to decode), never through fsspec or a file handle, so
 it runs on workers that have nothing but obstore. The engine's preferred
 chunks (``chunks={}``) are vzdask's task blocks: whole native chunks grouped
 to about ``vzdask.task-bytes`` of decoded values, not one task per native
-chunk. Dimension coordinates are read when the file is opened, all of a
-file's in one request (or from the blocks the parser already read).
+chunk. Chunked, a variable is not dask's ``from_array`` over the lazily
+indexed array but vzdask's own load tasks in xarray's chunks, CF masking and
+unpacking inside them (``VzdaskVariable.chunk``). Dimension coordinates are
+read when the file is opened, all of a file's in one request (or from the
+blocks the parser already read).
 
 Format guessing (``xr.open_dataset(path)`` without ``engine=``) claims only
 what no built-in xarray engine reads: kerchunk references (JSON, Parquet
@@ -33,13 +36,18 @@ import itertools
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 
-from vzdask._compat import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
+from dask.base import is_dask_collection
+
+from vzdask._compat import (ExplicitlyIndexedNDArrayMixin, IndexingSupport, LazilyIndexedArray, dataset_replace,
+                            explicit_indexing_adapter, opened_data, variable_data, variable_fastpath)
+from vzdask.cf_tasks import read_in_tasks
 from vzdask.chunk_tasks import load_region, read_arrays, task_target
 from vzdask.codecs import codec_key
 from vzdask.graph import LoadTasks
@@ -159,21 +167,141 @@ def _raw_variable(name: str, array: ManifestArray, data: Any = None) -> xr.Varia
     return xr.Variable(dims, data, attrs=attrs, encoding=encoding)
 
 
-def _raw_dataset(node: ManifestGroup, drop: frozenset[str], parsed_bytes=None) -> xr.Dataset:
-    """The group's arrays as stored; small dimension coordinates read now, all in one request per file."""
+def _raw_dataset(node: ManifestGroup, drop: frozenset[str], parsed_bytes=None) -> tuple[xr.Dataset, dict]:
+    """The group's arrays as stored, and the lazily read ones' ManifestArrays by name.
+
+    Small dimension coordinates are read now, all in one request per file.
+    """
     names = [name for name in node.arrays if name not in drop]
     eager = [name for name in names
              if tuple(node.arrays[name].dimension_names or ()) == (name,)
              and node.arrays[name].nbytes <= EAGER_COORDINATE_BYTES]
     values = dict(zip(eager, read_arrays([node.arrays[n] for n in eager], parsed_bytes))) if eager else {}
     variables = {name: _raw_variable(name, node.arrays[name], values.get(name)) for name in names}
-    return xr.Dataset(variables, attrs=numpy_attributes(dict(node.attributes)))
+    lazy = {name: node.arrays[name] for name in names if name not in values}
+    return xr.Dataset(variables, attrs=numpy_attributes(dict(node.attributes))), lazy
 
 
-def _decode(raw: xr.Dataset, decoders: dict[str, Any], drop_variables) -> xr.Dataset:
+def _decode(raw: xr.Dataset, lazy: dict[str, ManifestArray], decoders: dict[str, Any],
+            drop_variables) -> xr.Dataset:
+    """``xr.decode_cf`` of the stored variables; the lazily read ones become ``VzdaskVariable``s.
+
+    Their data stays what decoding made of it (xarray's lazy decoding over the backend array), in an
+    ``OpenedArray`` that also says how to read the same values as vzdask's load tasks when chunked.
+    """
     ds = xr.decode_cf(raw, drop_variables=drop_variables, **decoders)
+    variables = dict(ds.variables)
+    for name, var in ds.variables.items():
+        data = variable_data(var)
+        if name not in lazy or name in ds.xindexes or not isinstance(data, ExplicitlyIndexedNDArrayMixin):
+            continue
+        stored = raw.variables[name]
+        read = TaskRead(str(name), lazy[name], dict(stored.attrs), dict(stored.encoding),
+                        bool(_for_variable(decoders["mask_and_scale"], name, True)))
+        variables[name] = VzdaskVariable(var.dims, OpenedArray(data, read), var.attrs, var.encoding, fastpath=True)
+    ds = dataset_replace(ds, variables, set(ds.coords))
     ds.set_close(_nothing_to_close)  # xr.open_mfdataset calls every dataset's closer
     return ds
+
+
+def _for_variable(option: Any, name: Any, default: Any) -> Any:
+    """A decoder option as ``xr.decode_cf`` applies it to one variable (a dict holds one per variable)."""
+    return option.get(name, default) if isinstance(option, dict) else option
+
+
+@dataclass(frozen=True)
+class TaskRead:
+    """How to read one opened variable, decoded as ``decode_cf`` left it, through vzdask's load tasks."""
+
+    name: str
+    array: ManifestArray
+    attrs: dict
+    encoding: dict
+    mask_and_scale: bool
+
+    def dask_array(self, dims: tuple, chunks: tuple[tuple[int, ...], ...]) -> Any:
+        """The decoded values in dask ``chunks``: load tasks that CF-mask and unpack their blocks.
+
+        None where the decoding is not elementwise on the stored values alone (times, text): xarray's
+        ``from_array`` over the lazily indexed array then stays.
+        """
+        if tuple(sum(c) for c in chunks) != tuple(self.array.shape):  # joined characters, say
+            return None
+        stored = variable_fastpath(dims, self.array, dict(self.attrs), dict(self.encoding))
+        var = read_in_tasks(self.name, stored, chunks, mask_and_scale=self.mask_and_scale)
+        return None if var is None else variable_data(var)
+
+
+class OpenedArray(ExplicitlyIndexedNDArrayMixin):
+    """A variable's lazily decoded data as the engine opened it, with the ``TaskRead`` of the same values.
+
+    It only passes indexing and loading on to the array it wraps: a selection of it is that array's
+    (so only the whole, unselected variable is read by ``TaskRead`` when chunked).
+    """
+
+    __slots__ = ("array", "read")
+
+    def __init__(self, array: Any, read: TaskRead) -> None:
+        self.array = array
+        self.read = read
+
+    def get_duck_array(self):
+        return self.array.get_duck_array()
+
+    async def async_get_duck_array(self):
+        return await self.array.async_get_duck_array()
+
+    def _oindex_get(self, indexer):
+        return self.array.oindex[indexer]
+
+    def _vindex_get(self, indexer):
+        return self.array.vindex[indexer]
+
+    def __getitem__(self, indexer):
+        return self.array[indexer]
+
+    def transpose(self, order):
+        return self.array.transpose(order)
+
+    def __deepcopy__(self, memo):
+        return type(self)(self.array, self.read)  # backend arrays are not copied (as xarray's CopyOnWriteArray)
+
+
+class VzdaskVariable(xr.Variable):
+    """A variable ``engine="vzdask"`` opened: chunking it gives a dask array of vzdask's load tasks.
+
+    ``xr.open_dataset(..., chunks=...)``, ``xr.open_mfdataset`` and ``Dataset.chunk`` chunk a backend's
+    variables with ``Variable.chunk``, whose dask array is ``from_array`` over the lazily indexed array:
+    a getter task per block, xarray's lazy decoding on top, blocks copied into one array at the end.
+    Here the chunks are xarray's (its own ``chunk`` decides them) and the data, while the variable is
+    still the whole one the engine opened (``OpenedArray`` under xarray's wrappers), are load tasks that
+    fetch, decode and CF-mask/unpack their block (``vzdask.cf_tasks``), and a compute of the whole array
+    decodes into one result (``vzdask.dask_array``). Anything else is xarray's ``chunk`` as it is.
+    The chunked variable is a plain ``xr.Variable``.
+    """
+
+    __slots__ = ()
+
+    def chunk(  # type: ignore[override]
+        self,
+        chunks: Any = {},  # noqa: B006 - xarray's default, passed on as given
+        name: str | None = None,
+        lock: bool | None = None,
+        inline_array: bool | None = None,
+        chunked_array_type: Any = None,
+        from_array_kwargs: Any = None,
+        **chunks_kwargs: Any,
+    ) -> xr.Variable:
+        chunked = super().chunk(chunks, name=name, lock=lock, inline_array=inline_array,
+                                chunked_array_type=chunked_array_type, from_array_kwargs=from_array_kwargs,
+                                **chunks_kwargs)
+        data = variable_data(chunked)
+        opened = opened_data(self)
+        if isinstance(opened, OpenedArray) and is_dask_collection(data) and chunked.chunks is not None:
+            loaded = opened.read.dask_array(self.dims, chunked.chunks)
+            if loaded is not None and loaded.dtype == data.dtype and loaded.shape == data.shape:
+                data = loaded
+        return variable_fastpath(chunked.dims, data, chunked.attrs, chunked.encoding)
 
 
 def _nothing_to_close() -> None:
@@ -284,7 +412,7 @@ class VzdaskBackendEntrypoint(BackendEntrypoint):
                                    registry=registry, on_unsupported=on_unsupported)
         decoders = _decoders(mask_and_scale, decode_times, concat_characters, decode_coords, use_cftime,
                              decode_timedelta)
-        return _decode(_raw_dataset(node, drop, parsed_bytes), decoders, sorted(drop))
+        return _decode(*_raw_dataset(node, drop, parsed_bytes), decoders, sorted(drop))
 
     def open_groups_as_dict(  # type: ignore[override]
         self,
@@ -311,7 +439,7 @@ class VzdaskBackendEntrypoint(BackendEntrypoint):
                                    registry=registry, on_unsupported=on_unsupported)
         decoders = _decoders(mask_and_scale, decode_times, concat_characters, decode_coords, use_cftime,
                              decode_timedelta)
-        return {"/" + path: _decode(_raw_dataset(sub, drop, parsed_bytes), decoders, sorted(drop))
+        return {"/" + path: _decode(*_raw_dataset(sub, drop, parsed_bytes), decoders, sorted(drop))
                 for path, sub in node.walk_groups()}
 
     def open_datatree(  # type: ignore[override]
@@ -365,4 +493,5 @@ def _claims(url: str) -> bool:
     return local and not head and os.path.isdir(url[len("file://"):]) and is_kerchunk_parquet(url, registry)
 
 
-__all__ = ["VzdaskBackendArray", "VzdaskBackendEntrypoint", "covering_region", "parse", "read_region"]
+__all__ = ["OpenedArray", "TaskRead", "VzdaskBackendArray", "VzdaskBackendEntrypoint", "VzdaskVariable",
+           "covering_region", "parse", "read_region"]

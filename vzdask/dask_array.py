@@ -23,6 +23,7 @@ import sys
 import threading
 import uuid
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -133,18 +134,54 @@ class SharedLoadTasks(LoadTasks):
 
 
 def optimize(dsk, keys, **kwargs):
-    """dask's array optimisation, after giving this graph's load layers a shared result each."""
+    """dask's array optimisation, after giving the load layers computed as they are a shared result each.
+
+    It is dask's array optimiser for every array (``array_optimize`` in dask's config, see below): a layer
+    of load tasks gets its ``SharedResult`` only when it is computed as it is (``_computed_as_is``), so an
+    array derived from it (``x + 1``, ``x[:10]``, ``x.sum()``) keeps dask's own blocks, freed as used.
+    """
     if isinstance(dsk, HighLevelGraph):
+        wanted = _computed_as_is(dsk, keys)
         token = uuid.uuid4().hex
         layers = {}
         for name, layer in dsk.layers.items():
             tasks = getattr(layer, "mapping", None)
-            if type(tasks) is LoadTasks:
+            if type(tasks) is LoadTasks and name in wanted:
                 tasks = SharedLoadTasks(tasks, f"shared-result-{token}-{name}")
                 layer = MaterializedLayer(tasks, annotations=layer.annotations)
             layers[name] = layer
         dsk = HighLevelGraph(layers, dsk.dependencies, dsk.key_dependencies)
     return dask_optimize(dsk, keys, **kwargs)
+
+
+def _computed_as_is(dsk: HighLevelGraph, keys) -> set[str]:
+    """The load layers whose own blocks are asked for: their keys requested, or handed to our ``finalize``.
+
+    ``dask.compute`` asks for its final step's key (a task calling the collection's post-compute
+    function on the blocks); ``persist`` and ``dask.optimize`` ask for the blocks' keys.
+    """
+    names: set[str] = set()
+    for key in flatten(keys):
+        name = key[0] if isinstance(key, tuple) else key
+        layer = dsk.layers.get(name)
+        if layer is None:
+            continue
+        mapping = getattr(layer, "mapping", None)
+        if type(mapping) is LoadTasks:
+            names.add(name)
+        elif isinstance(layer, MaterializedLayer) and isinstance(mapping, dict):
+            task = mapping.get(key)
+            if getattr(task, "func", None) is finalize:  # looked up now: tests may wrap it
+                names.update(dep[0] if isinstance(dep, tuple) else dep for dep in task.dependencies)
+    return names
+
+
+# One optimiser for all dask arrays, set where dask looks it up (``dask.config.set(array_optimize=...)``,
+# dask's documented way to customise array optimisation; a value the user sets wins). An optimiser set
+# on single arrays would be wrong: dask (2025.4 to 2026.8 at least) computes the arrays of one
+# ``dask.compute`` in groups by optimiser and hands the results back in group order, so the arrays of an
+# xarray Dataset that mixes them would receive each other's values.
+dask.config.update_defaults({"array_optimize": optimize})
 
 
 def finalize(results, chunks):
@@ -177,11 +214,11 @@ def _is_tiled_by(base: np.ndarray, blocks: list, chunks) -> bool:
 def with_direct_compute(array: da.Array) -> da.Array:
     """Give a fresh load-task array (``to_dask_array``'s) the one-result-array compute; returns it.
 
-    Set on the instance, not by subclassing: xarray refuses to mix two chunked
-    array types in one operation, so the array stays a plain ``dask.array.Array``.
-    Arrays derived from it (``x + 1``, ``x[:10]``) and copies are ordinary dask arrays.
+    Its final step (``finalize``) is set on the instance, not by subclassing: xarray refuses to mix two
+    chunked array types in one operation, so the array stays a plain ``dask.array.Array``; the shared
+    result comes from ``optimize``. Arrays derived from it (``x + 1``, ``x[:10]``) and copies are
+    ordinary dask arrays.
     """
-    array.__dask_optimize__ = optimize
     array.__dask_postcompute__ = functools.partial(_postcompute, array.chunks)
     return array
 

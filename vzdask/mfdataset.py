@@ -38,7 +38,7 @@ from vzdask.errors import (
 )
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.metadata import AxisChunks
-from vzdask.parsers.icechunk import icechunk_source_url, is_icechunk_source
+from vzdask.parsers.icechunk import copy_finds_its_data, icechunk_source_url, is_icechunk_source
 from vzdask.policy import InlinePolicy
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.xarray import MANIFEST_ENCODING_KEY, DecodedCache, VirtualParts
@@ -102,21 +102,27 @@ def check_shippable(files: Sequence, parallel) -> None:
     for source in files:
         if not is_icechunk_source(source):
             continue
-        why = None
+        why, in_memory = None, False
         storage = getattr(source, "storage", None)  # a Repository's (sessions and stores do not say)
         if storage is not None and "type: in-memory" in repr(storage):
-            why = "an in-memory repository's data stays in this process"
+            why, in_memory = "an in-memory repository's data stays in this process", True
         else:
             try:
-                pickle.dumps(source)
+                if storage is not None:
+                    pickle.dumps(source)
+                elif not copy_finds_its_data(source):  # a session or store of an in-memory repository
+                    why, in_memory = "its repository is in memory: a copy in another process finds none of its data", True
             except Exception as err:  # noqa: BLE001 - icechunk's reason, quoted
                 why = f"it cannot be pickled: {(str(err).splitlines() or [''])[0]}"
         if why is not None:
+            advice = ("Use parallel=None or 'threads' (this process reads it), or write it to a stored repository "
+                      "(a local path, s3://...) and pass that repository's path or url." if in_memory else
+                      "Pass the repository's path or url instead (with parser=IcechunkParser(branch=..., tag=... or "
+                      "snapshot_id=...) for another snapshot than main's), a readonly session, or parallel=None or "
+                      "'threads'.")
             raise FileOpenError(
                 f"{source_name(source)}: parallel={parallel!r} parses files in other processes, and this icechunk "
-                f"{type(source).__name__} cannot be sent there ({why}). Pass the repository's path or url instead "
-                "(with parser=IcechunkParser(branch=..., tag=... or snapshot_id=...) for another snapshot than "
-                "main's), a readonly session, or parallel=None or 'threads'."
+                f"{type(source).__name__} cannot be sent there ({why}). {advice}"
             )
 
 

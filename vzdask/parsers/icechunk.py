@@ -90,6 +90,28 @@ def icechunk_source_url(obj: Any) -> str:
     return f"icechunk {type(obj).__name__} (snapshot {session.snapshot_id})"
 
 
+def copy_finds_its_data(obj: Any) -> bool:
+    """Whether a pickled copy of an icechunk Session or IcechunkStore reads the repository ``obj`` reads.
+
+    A session pickles with its storage's configuration, not the storage's contents: one of an
+    in-memory repository opens, in another process (or here), an empty repository of its own, where
+    not even the root group it was made with is found. Asked of the copy and of ``obj``: one metadata
+    request each for a stored repository. A copy that cannot be made is icechunk's own refusal (raised).
+    """
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(obj))
+
+    def finds_root(source: Any) -> bool:
+        store = getattr(source, "store", source)  # a Session's store; an IcechunkStore itself
+        try:
+            return bool(run_sync(store.exists("zarr.json")))
+        except Exception:  # noqa: BLE001 - icechunk's StorageError for what its storage does not hold
+            return False
+
+    return finds_root(copy) or not finds_root(obj)
+
+
 class IcechunkParser(Parser):
     """Parse one snapshot of an Icechunk repository into a ManifestStore.
 
