@@ -5,6 +5,9 @@ from __future__ import annotations
 import icechunk
 import xarray as xr
 
+#: The Icechunk objects vzdask takes as a source, for ``Repo.as_object``.
+KINDS = ["repository", "session", "store"]
+
 
 class Repo:
     """A local-filesystem repository whose config has a virtual chunk container per data directory."""
@@ -36,3 +39,12 @@ class Repo:
 
     def snapshots(self) -> list[str]:
         return [s.id for s in self.open().ancestry(branch="main")]
+
+    def as_object(self, kind: str):
+        """The repository as an object of ``kind`` (one of ``KINDS``): its ``Repository``, a read-only
+        ``Session`` of ``main``, or that session's ``IcechunkStore``."""
+        repository = self.open()
+        if kind == "repository":
+            return repository
+        session = repository.readonly_session("main")
+        return session if kind == "session" else session.store

@@ -15,14 +15,11 @@ import icechunk
 import pytest
 import xarray as xr
 
-from icechunk_repos import Repo
+from icechunk_repos import KINDS, Repo
 from test_icechunk_input import add_native_group, write_nc
 
 import vzdask
 from vzdask.errors import FileOpenError
-
-KINDS = ["repository", "session", "store"]
-
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory):
@@ -39,14 +36,6 @@ def trio(tmp_path_factory):
     return repos, files
 
 
-def as_object(repo: Repo, kind: str):
-    repository = repo.open()
-    if kind == "repository":
-        return repository
-    session = repository.readonly_session("main")
-    return session if kind == "session" else session.store
-
-
 def icechunk_read(repos) -> xr.Dataset:
     """icechunk + xr.open_zarr of each repository, combined by coordinates as xr.open_mfdataset combines."""
     parts = []
@@ -60,7 +49,7 @@ def icechunk_read(repos) -> xr.Dataset:
 def test_xr_open_mfdataset_of_icechunk_objects(trio, kind):
     repos, files = trio
     want = icechunk_read(repos)
-    objects = [as_object(r, kind) for r in repos]
+    objects = [r.as_object(kind) for r in repos]
     with xr.open_mfdataset(objects[::-1], engine="vzdask") as ds:  # ordered by their times
         assert ds.sizes["time"] == 9
         layers = set(ds["tas"].data.dask.layers)

@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from icechunk_repos import Repo
+from icechunk_repos import KINDS, Repo
 from test_icechunk_input import add_native_group, write_nc
 
 import vzdask
@@ -24,9 +24,6 @@ from vzdask.errors import CombineError, FileOpenError, ParseError
 from vzdask.manifests.manifest import VIRTUAL
 from vzdask.parsers import IcechunkParser, detect_parser
 from vzdask.registry import ObjectStoreRegistry
-
-KINDS = ["repository", "session", "store"]
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
@@ -42,14 +39,6 @@ def repo(tmp_path_factory):
     return repo
 
 
-def as_object(repo: Repo, kind: str):
-    repository = repo.open()
-    if kind == "repository":
-        return repository
-    session = repository.readonly_session("main")
-    return session if kind == "session" else session.store
-
-
 def icechunk_read(repo: Repo, group=None, **kwargs) -> xr.Dataset:
     session = repo.open().readonly_session("main")
     return xr.open_zarr(session.store, consolidated=False, group=group, **kwargs).load()
@@ -57,7 +46,7 @@ def icechunk_read(repo: Repo, group=None, **kwargs) -> xr.Dataset:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_dataset_with_the_engine(repo, kind):
-    obj = as_object(repo, kind)
+    obj = repo.as_object(kind)
     for group in (None, "native", "native/deeper"):
         got = xr.open_dataset(obj, engine="vzdask", group=group)
         xr.testing.assert_identical(got.load(), icechunk_read(repo, group))
@@ -70,7 +59,7 @@ def test_open_dataset_with_the_engine(repo, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_guessed_without_engine_and_as_a_datatree(repo, kind):
-    obj = as_object(repo, kind)
+    obj = repo.as_object(kind)
     xr.testing.assert_identical(xr.open_dataset(obj).load(), icechunk_read(repo))  # no other engine claims it
     tree = xr.open_datatree(obj, engine="vzdask")
     session = repo.open().readonly_session("main")
@@ -81,7 +70,7 @@ def test_guessed_without_engine_and_as_a_datatree(repo, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_virtual_dataset(repo, kind):
-    obj = as_object(repo, kind)
+    obj = repo.as_object(kind)
     vds = vzdask.open_virtual_dataset(obj)
     assert set(vds.vz.virtual_variables) == {"tas", "p"}
     assert set(vds["tas"].data.manifest.urls) == {f"file://{repo.path.rsplit('/', 1)[0]}/data/a.nc"}
@@ -171,7 +160,7 @@ def both_read(repos, **kwargs) -> xr.Dataset:
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_virtual_mfdataset_of_objects(pair, kind):
     repos, _ = pair
-    objects = [as_object(r, kind) for r in repos]
+    objects = [r.as_object(kind) for r in repos]
     want = both_read(repos)
     for order, parallel in ((objects, None), (objects[::-1], "threads")):  # ordered by their times either way
         vds = vzdask.open_virtual_mfdataset(order, parallel=parallel)
@@ -195,7 +184,7 @@ def test_objects_mixed_with_paths_and_nested(pair):
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_mfdataset_of_objects(pair, kind):
     repos, _ = pair
-    objects = [as_object(r, kind) for r in repos]
+    objects = [r.as_object(kind) for r in repos]
     want = both_read(repos)
     ds = vzdask.open_mfdataset(objects, chunks={})
     assert ds["tas"].chunks is not None and ds["time"].dtype.kind == "M"
@@ -220,7 +209,7 @@ def test_file_by_file_when_no_one_manifest(pair):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_datatrees_of_an_object(repo, kind):
-    obj = as_object(repo, kind)
+    obj = repo.as_object(kind)
     session = repo.open().readonly_session("main")
     want = xr.open_datatree(session.store, engine="zarr", consolidated=False, zarr_format=3).load()
     tree = vzdask.open_datatree(obj)
