@@ -666,3 +666,27 @@ def test_corrupt_chunk_names_the_chunk(make_virtual, tmp_path, state, task_bytes
         # every other chunk is intact
         assert_values(array[:2].compute(), case.expected[:2])
     assert_values(array[:, :8].compute(), case.expected[:, :8])
+
+
+def test_compute_beside_dask_arrays_gives_each_collection_its_own_values(tmp_path):
+    """dask groups one compute's collections by optimiser and returns the groups in order: a ManifestArray
+    with an optimiser of its own got a dask array's values (``dask.compute(y, x, y + 1)``)."""
+    import netCDF4
+
+    import vzdask
+
+    path = tmp_path / "two.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("x", 8)
+        nc.createVariable("a", "f4", ("x",), chunksizes=(4,))[:] = np.arange(8)
+        nc.createVariable("b", "f4", ("x",), chunksizes=(4,))[:] = np.arange(8) + 100
+    ds = vzdask.open_virtual_dataset(str(path))
+    with netCDF4.Dataset(path) as nc:
+        a, b = nc["a"][:].data, nc["b"][:].data
+    other = da.arange(8, chunks=4) * 1000
+    got = dask.compute(other, ds["a"].data, other + 1, ds["b"].data, dask.delayed(sum)([1, 2]))
+    np.testing.assert_array_equal(got[0], np.arange(8) * 1000)
+    np.testing.assert_array_equal(got[1], a)
+    np.testing.assert_array_equal(got[2], np.arange(8) * 1000 + 1)
+    np.testing.assert_array_equal(got[3], b)
+    assert got[4] == 3

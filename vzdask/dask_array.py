@@ -33,7 +33,7 @@ from vzdask._compat import dask_array_optimize as dask_optimize
 from vzdask.chunk_tasks import BlockLayout, ChunkGeometry, Geometry, decode_into, decode_region, fetch_part
 from vzdask.chunk_tasks import load_converted, load_region
 from vzdask.codecs import codec_key as make_codec_key
-from vzdask.graph import LoadTasks, axis_starts
+from vzdask.graph import FetchTasks, LoadTasks, axis_starts
 
 
 class SharedResult:
@@ -151,7 +151,16 @@ def optimize(dsk, keys, **kwargs):
                 layer = MaterializedLayer(tasks, annotations=layer.annotations)
             layers[name] = layer
         dsk = HighLevelGraph(layers, dsk.dependencies, dsk.key_dependencies)
+        if any(_is_manifest_layer(name, layer) for name, layer in layers.items()):
+            # a ManifestArray's blocks (it shares this optimiser, see ManifestArray.__dask_optimize__):
+            # left as they are, as its own optimiser left them (dask's fusion breaks clone/bind of them)
+            return dsk
     return dask_optimize(dsk, keys, **kwargs)
+
+
+def _is_manifest_layer(name: str, layer) -> bool:
+    """A ManifestArray's layer: its fetch tasks, or its persisted blocks."""
+    return type(getattr(layer, "mapping", None)) is FetchTasks or str(name).startswith("manifestarray-")
 
 
 def _computed_as_is(dsk: HighLevelGraph, keys) -> set[str]:

@@ -37,6 +37,23 @@ from vzdask.manifests.metadata import (
 
 _threaded_get = dask.threaded.get
 
+
+class _SharedArrayOptimizer:
+    """``ManifestArray.__dask_optimize__``: the very optimiser dask arrays have (``array_optimize``).
+
+    dask (2025.4 to 2026.8 at least) computes the collections of one ``dask.compute`` in groups
+    by optimiser and hands the results back in group order: with an optimiser of its own, a
+    ManifestArray computed beside dask arrays (``dask.compute(x, manifest_array, y)``) received
+    another collection's values. Sharing dask arrays' optimiser keeps them in one group. Its
+    blocks are independent fetch tasks, which that optimiser leaves as they are (it culls the
+    keys not asked for).
+    """
+
+    def __get__(self, instance: object, owner: type | None = None):
+        import dask.array as da
+
+        return da.Array.__dask_optimize__
+
 #: numpy functions ManifestArray implements itself (``numpy_function -> implementation``), without
 #: reading values; ``vzdask.manifests.array_api`` fills it (``vzdask/__init__.py`` imports it, so
 #: it is filled whichever vzdask module is imported first).
@@ -356,9 +373,7 @@ class ManifestArray(DaskMethodsMixin):
     def __dask_tokenize__(self) -> str:
         return self.name
 
-    @staticmethod
-    def __dask_optimize__(dsk, keys, **kwargs):
-        return dsk  # one independent task per block: nothing to fuse or cull
+    __dask_optimize__ = _SharedArrayOptimizer()
 
     __dask_scheduler__ = staticmethod(_threaded_get)
 
