@@ -33,7 +33,7 @@ from vzdask._compat import dask_array_optimize as dask_optimize
 from vzdask.chunk_tasks import BlockLayout, ChunkGeometry, Geometry, decode_into, decode_region, fetch_part
 from vzdask.chunk_tasks import load_converted, load_region
 from vzdask.codecs import codec_key as make_codec_key
-from vzdask.graph import FetchTasks, LoadTasks, axis_starts
+from vzdask.graph import MANIFEST_LAYER_PREFIX, FetchTasks, LoadTasks, axis_starts
 
 
 class SharedResult:
@@ -160,7 +160,7 @@ def optimize(dsk, keys, **kwargs):
 
 def _is_manifest_layer(name: str, layer) -> bool:
     """A ManifestArray's layer: its fetch tasks, or its persisted blocks."""
-    return type(getattr(layer, "mapping", None)) is FetchTasks or str(name).startswith("manifestarray-")
+    return type(getattr(layer, "mapping", None)) is FetchTasks or str(name).startswith(MANIFEST_LAYER_PREFIX)
 
 
 def _computed_as_is(dsk: HighLevelGraph, keys) -> set[str]:

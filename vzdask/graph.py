@@ -24,6 +24,9 @@ from vzdask.codecs import codec_for_key
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
 
+#: How a ManifestArray's dask name (its layer's) starts, fetch tasks or persisted blocks alike.
+MANIFEST_LAYER_PREFIX = "manifestarray-"
+
 
 @dataclass(frozen=True)
 class PersistedBlocks:

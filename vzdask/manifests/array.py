@@ -18,7 +18,7 @@ from dask.base import DaskMethodsMixin
 from vzdask._compat import ArrayV3Metadata, HighLevelGraph
 from vzdask.errors import RawValuesWarning
 from vzdask.chunk_tasks import BlockLayout, EncodedBlock, assemble, blocks_to_manifest
-from vzdask.graph import FetchTasks, PersistedBlocks
+from vzdask.graph import MANIFEST_LAYER_PREFIX, FetchTasks, PersistedBlocks
 from vzdask.manifests.manifest import ChunkManifest
 from vzdask.registry import ObjectStoreRegistry
 from vzdask.manifests.metadata import (
@@ -343,7 +343,7 @@ class ManifestArray(DaskMethodsMixin):
             from dask.base import tokenize
 
             token = tokenize(metadata_json(self._metadata), self._manifest, self._registry, block)
-            self._name = (block, f"manifestarray-{token}")
+            self._name = (block, f"{MANIFEST_LAYER_PREFIX}{token}")
         return self._name[1]
 
     @property
