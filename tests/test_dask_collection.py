@@ -690,3 +690,41 @@ def test_compute_beside_dask_arrays_gives_each_collection_its_own_values(tmp_pat
     np.testing.assert_array_equal(got[2], np.arange(8) * 1000 + 1)
     np.testing.assert_array_equal(got[3], b)
     assert got[4] == 3
+
+
+@pytest.mark.parametrize("how", ["whole", "blocks", "to_dask_array", "processes"])
+def test_large_results_are_mapped_without_huge_page_advice(make_virtual, how):
+    """Results of 4 MiB or more are anonymous maps (numpy's huge-page advice stalls first touches), values exact."""
+    import mmap
+
+    from vzdask.chunk_tasks import MAPPED_RESULT_BYTES
+
+    data = (np.arange(1200 * 1000, dtype="float64").reshape(1200, 1000) % 977) * 0.25
+    assert data.nbytes >= MAPPED_RESULT_BYTES
+    case = make_virtual(data, (300, 1000), codec="zstd", fill_value=np.nan, state_of=lambda index: "virtual")
+    array = case.array
+    if how == "whole":  # one task's assemble, or one shared result the load tasks decode into
+        got = array.compute(scheduler="threads")
+    elif how == "blocks":
+        with dask.config.set({"vzdask.task-bytes": MAPPED_RESULT_BYTES}):
+            got = array.compute(scheduler="threads")
+    elif how == "to_dask_array":
+        got = array.to_dask_array().compute(scheduler="threads")
+    else:  # pickled back from worker processes
+        got = array.compute(scheduler="processes")
+    assert_values(got, data)
+    got[0, 0] = -1.0  # a result is the caller's own, writable memory
+    assert got[0, 0] == -1.0 and array.compute(scheduler="sync")[0, 0] == data[0, 0]
+    if how != "processes":
+        assert isinstance(got.base, mmap.mmap)  # the result itself, not a copy of blocks joined
+
+
+def test_small_and_object_results_stay_numpy_arrays():
+    from vzdask.chunk_tasks import MAPPED_RESULT_BYTES, result_array
+
+    small = result_array((10, 10), "float32")
+    assert small.flags.owndata and small.shape == (10, 10) and small.dtype == np.float32
+    objects = result_array((MAPPED_RESULT_BYTES,), object)
+    assert objects.flags.owndata and objects.dtype == object
+    large = result_array((MAPPED_RESULT_BYTES // 2, 1), ">i2")
+    assert large.shape == (MAPPED_RESULT_BYTES // 2, 1) and large.dtype == np.dtype(">i2") and large.flags.writeable

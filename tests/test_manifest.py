@@ -17,6 +17,8 @@ from vzdask.manifests.manifest import (
     MISSING,
     VIRTUAL,
     ChunkManifest,
+    FileChunks,
+    FileTable,
     chunk_key,
     parse_chunk_key,
 )
@@ -780,3 +782,57 @@ def test_from_file_table_ignores_ranges_of_missing_chunks():
     assert table.dict() == {"0": {"path": "s3://b/a.nc", "offset": 0, "length": 4}}
     with pytest.raises(ValueError, match="grid shape"):
         ChunkManifest.from_file_table("s3://b/a.nc", present, np.zeros(3, np.uint64), np.zeros(2, np.uint64))
+
+
+# --------------------------------------------------------------------------- #
+# FileTable + FileChunks: many files laid out alike, each file's manifests from its checked table
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("pattern", ["all", "some", "scalar"])
+def test_file_chunks_manifest_equals_from_file_table(pattern):
+    rng = np.random.default_rng(5)
+    shape = () if pattern == "scalar" else (3, 4)
+    present = np.ones(shape, bool) if pattern != "some" else rng.random(shape) < 0.5
+    n = int(present.sum())
+    table = FileTable("/data/a.grib2", rng.integers(0, 10**9, size=20), rng.integers(1, 10**6, size=20))
+    rows = rng.permutation(20)[:n]
+    chunks = FileChunks(present)
+    manifest = chunks.manifest(table, rows)
+    offsets = np.zeros(shape, np.uint64)
+    lengths = np.zeros(shape, np.uint64)
+    offsets[present], lengths[present] = table.offsets[rows], table.lengths[rows]  # C order, as documented
+    assert manifest == ChunkManifest.from_file_table("/data/a.grib2", present, offsets, lengths)
+    assert manifest.urls == ("file:///data/a.grib2",)
+    # a second file of the same layout shares the chunk states, not the byte ranges
+    other = chunks.manifest(FileTable("/data/b.grib2", table.offsets + 7, table.lengths), rows)
+    np.testing.assert_array_equal(other.offsets[present], table.offsets[rows] + 7)
+    assert other.urls == ("file:///data/b.grib2",) and manifest.urls == ("file:///data/a.grib2",)
+    assert not other.states.flags.writeable
+
+
+@pytest.mark.parametrize(("offsets", "lengths", "message"), [
+    ([0, 8], [4, 0], r"a.grib2: range 1 \(offset 8, length 0\) is empty"),
+    ([0, 2**53 - 2], [4, 4], r"range 1 \(offset 9007199254740990, length 4\) is empty or reaches beyond"),
+])
+def test_file_table_rejects_empty_and_too_far_ranges_naming_the_row(offsets, lengths, message):
+    with pytest.raises(ValueError, match=message):
+        FileTable("s3://b/a.grib2", np.array(offsets), np.array(lengths))
+
+
+def test_file_table_and_chunks_reject_bad_shapes_and_urls():
+    with pytest.raises(ValueError, match="unknown url scheme"):
+        FileTable("nope://a.grib2", np.zeros(1), np.ones(1))
+    with pytest.raises(ValueError, match="one row per range"):
+        FileTable("s3://b/a.grib2", np.zeros(2), np.ones(3))
+    with pytest.raises(ValueError, match="2 ranges for 3 present chunks"):
+        FileChunks(np.ones(3, bool)).manifest(FileTable("s3://b/a", np.zeros(4), np.ones(4)), np.arange(2))
+
+
+@pytest.mark.parametrize("ndim", [0, 1, 3])
+def test_inlined_chunk_equals_from_arrays(ndim):
+    grid = (1,) * ndim
+    data = b"\x01\x02\x03"
+    expected = ChunkManifest.from_arrays(paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64),
+                                         lengths=np.zeros(grid, np.uint64), inlined={(0,) * ndim: data})
+    made = ChunkManifest.inlined_chunk(data, ndim)
+    assert made == expected and made.shape == grid
+    assert made.entry((0,) * ndim) == ("inlined", data)

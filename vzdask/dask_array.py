@@ -30,7 +30,8 @@ import numpy as np
 from vzdask._compat import HighLevelGraph, MaterializedLayer, Task, TaskRef, flatten, slices_from_chunks
 from vzdask._compat import dask_array_finalize as dask_finalize
 from vzdask._compat import dask_array_optimize as dask_optimize
-from vzdask.chunk_tasks import BlockLayout, ChunkGeometry, Geometry, decode_into, decode_region, fetch_part
+from vzdask.chunk_tasks import (BlockLayout, ChunkGeometry, Geometry, decode_into, decode_region, fetch_part,
+                                result_array)
 from vzdask.chunk_tasks import load_converted, load_region
 from vzdask.codecs import codec_key as make_codec_key
 from vzdask.graph import MANIFEST_LAYER_PREFIX, FetchTasks, LoadTasks, axis_starts
@@ -57,7 +58,7 @@ class SharedResult:
             return None
         with self._lock:
             if self._array is None:
-                self._array = np.empty(self.shape, self.dtype)
+                self._array = result_array(self.shape, self.dtype)
             return self._array
 
     def __reduce__(self):

@@ -284,6 +284,13 @@ class ChunkManifest:
         return cls._from_parts(state, path_index, offsets_u, lengths_u, urls, b"")
 
     @classmethod
+    def inlined_chunk(cls, data: bytes, ndim: int) -> ChunkManifest:
+        """A grid of one chunk (``ndim`` axes), held inline: ``data``, its encoded bytes."""
+        grid = (1,) * ndim
+        return cls._from_parts(np.full(grid, INLINED, np.uint8), np.full(grid, -1, np.int32),
+                               np.zeros(grid, np.uint64), np.full(grid, len(data), np.uint64), (), bytes(data))
+
+    @classmethod
     def empty(cls, shape: Sequence[int]) -> ChunkManifest:
         """A manifest in which every chunk is missing."""
         shape = tuple(int(s) for s in shape)
@@ -558,6 +565,66 @@ class ChunkManifest:
             offsets = self._offsets.copy()
             offsets[mask] = np.cumsum([0] + sizes[:-1], dtype=np.uint64) if sizes else []
         return ChunkManifest._from_parts(self._state, path_index, offsets, self._lengths, urls, inline)
+
+
+class FileTable:
+    """One file's byte ranges (``offsets``, ``lengths``, uint64), checked once for every array the file fills.
+
+    Parsers of formats whose files are laid out alike (GRIB: one collection's
+    files hold the same messages in the same order) build each file's
+    manifests from its table with ``FileChunks.manifest``, without checking
+    the url and ranges again per array.
+    """
+
+    __slots__ = ("urls", "offsets", "lengths")
+
+    def __init__(self, url: str, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        offsets = np.asarray(offsets).astype(np.uint64, copy=False)
+        lengths = np.asarray(lengths).astype(np.uint64, copy=False)
+        if offsets.shape != lengths.shape or offsets.ndim != 1:
+            raise ValueError(f"offsets {offsets.shape} and lengths {lengths.shape} must be one row per range")
+        self.urls = (_normalized_url(url),)
+        if offsets.size:
+            bad = lengths == 0
+            if int(offsets.max()) + int(lengths.max()) > MAX_BYTE_POSITION:
+                bad |= (offsets > MAX_BYTE_POSITION) | (lengths > MAX_BYTE_POSITION - np.minimum(offsets, MAX_BYTE_POSITION))
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(f"{url}: range {row} (offset {int(offsets[row])}, length {int(lengths[row])}) is "
+                                 f"empty or reaches beyond {MAX_BYTE_POSITION} bytes")
+        self.offsets, self.lengths = offsets, lengths
+
+
+class FileChunks:
+    """Which chunks of a grid a file fills (``present``), worked out once for all the files laid out alike.
+
+    ``manifest(table, rows)`` is one file's manifest: its present chunks, in
+    C order, are the ranges ``rows`` of its ``FileTable``; the rest are
+    missing. The chunk states are shared (read-only) by every such manifest.
+    """
+
+    __slots__ = ("shape", "_flat", "_everywhere", "_state", "_path_index")
+
+    def __init__(self, present: np.ndarray) -> None:
+        present = np.asarray(present, dtype=bool)
+        self.shape = present.shape
+        self._flat = np.flatnonzero(present)
+        self._everywhere = bool(present.all())
+        self._state = _readonly(np.where(present, np.uint8(VIRTUAL), np.uint8(MISSING)))
+        self._path_index = _readonly(np.where(present, np.int32(0), np.int32(-1)))
+
+    def manifest(self, table: FileTable, rows: np.ndarray) -> ChunkManifest:
+        if len(rows) != len(self._flat):
+            raise ValueError(f"{len(rows)} ranges for {len(self._flat)} present chunks")
+        if self._everywhere:
+            offsets = table.offsets[rows].reshape(self.shape)
+            lengths = table.lengths[rows].reshape(self.shape)
+        else:
+            offsets = np.zeros(self.shape, np.uint64)
+            lengths = np.zeros(self.shape, np.uint64)
+            offsets.reshape(-1)[self._flat] = table.offsets[rows]
+            lengths.reshape(-1)[self._flat] = table.lengths[rows]
+        return ChunkManifest._from_parts(self._state, self._path_index, offsets, lengths, table.urls, b"")
 
 
 # -- module helpers ----------------------------------------------------------

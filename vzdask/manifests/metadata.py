@@ -300,9 +300,21 @@ def chunk_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
     return largest_chunk(chunk_sizes(metadata))
 
 
+#: ``chunk_grid_shape`` of recently seen metadata, by identity (metadata is immutable; each entry holds its object,
+#: so its id is not reused while cached). Parsers of files laid out alike make many arrays of one metadata.
+_GRID_SHAPES: dict[int, tuple[ArrayV3Metadata, tuple[int, ...]]] = {}
+
+
 def chunk_grid_shape(metadata: ArrayV3Metadata) -> tuple[int, ...]:
     """Number of chunks along each axis."""
-    return tuple(len(axis_edges(c, n)) for c, n in zip(chunk_sizes(metadata), metadata.shape))
+    known = _GRID_SHAPES.get(id(metadata))
+    if known is not None and known[0] is metadata:
+        return known[1]
+    shape = tuple(len(axis_edges(c, n)) for c, n in zip(chunk_sizes(metadata), metadata.shape))
+    if len(_GRID_SHAPES) >= 1024:
+        _GRID_SHAPES.clear()
+    _GRID_SHAPES[id(metadata)] = (metadata, shape)
+    return shape
 
 
 def show_chunk_sizes(sizes: Sequence[AxisChunks]) -> str:

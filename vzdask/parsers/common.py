@@ -152,6 +152,11 @@ class ObstoreFile(io.RawIOBase):
                 pass
 
     @property
+    def block_size(self) -> int:
+        """The bytes a block holds; the first block is read when the file is opened."""
+        return self._block_size
+
+    @property
     def fetched_blocks(self) -> list[int]:
         """The numbers of the blocks read so far (what ``prefetch`` takes for a file laid out alike)."""
         return sorted(self._blocks)

@@ -61,7 +61,7 @@ import numpy as np
 from vzdask.grib_codec import GribCodec, decode_message
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
-from vzdask.manifests.manifest import ChunkManifest
+from vzdask.manifests.manifest import ChunkManifest, FileChunks, FileTable
 from vzdask.manifests.metadata import create_array_metadata
 from vzdask.manifests.store import ManifestStore
 from vzdask.object_io import get_range, is_in_process, read_ranges
@@ -617,7 +617,7 @@ def scan_messages(opened: ObstoreFile, catalogue: Catalogue) -> int:
     """
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
-    window_start, window = 0, memoryview(opened.view(0, min(size, 2**16)))  # read when the file was opened
+    window_start, window = 0, memoryview(opened.view(0, min(size, opened.block_size)))  # read when it was opened
 
     def read(start: int, length: int) -> memoryview:
         nonlocal window_start, window
@@ -784,18 +784,21 @@ def index_heads(opened: ObstoreFile, entries: Sequence[IndexEntry], where: str) 
     found = []
     for entry, head in zip(entries, heads):
         head = memoryview(head)  # (obstore's Bytes index and slice slowly)
-        at = f"{url}: GRIB message {entry.number} at byte {entry.offset}"
         if bytes(head[:4]) != GRIB_SIGNATURE or len(head) < 16:
-            raise ParseError(f"{at} (from {where}): no GRIB message there (bytes {bytes(head[:8])!r})")
+            raise ParseError(f"{_at(url, entry)} (from {where}): no GRIB message there (bytes {bytes(head[:8])!r})")
         if head[7] != 2:
-            raise ParseError(f"{at}: GRIB edition {head[7]} is not supported (only GRIB2)")
+            raise ParseError(f"{_at(url, entry)}: GRIB edition {head[7]} is not supported (only GRIB2)")
         length = int.from_bytes(head[8:16], "big")
         if length > ends[entry.offset] - entry.offset:
-            raise ParseError(f"{at}: truncated: the message says it is {length} bytes long, the next message "
+            raise ParseError(f"{_at(url, entry)}: truncated: the message says it is {length} bytes long, the next message "
                              f"or the end of the file comes {ends[entry.offset] - entry.offset} bytes after it "
                              f"(file size {size})")
         found.append((entry.number, entry.offset, length, head))
     return found, read
+
+
+def _at(url: str, entry: IndexEntry) -> str:
+    return f"{url}: GRIB message {entry.number} at byte {entry.offset}"
 
 
 def file_heads(found: Sequence[tuple[int, int, int, Any]], catalogue: Catalogue, read: Reader) -> None:
@@ -856,7 +859,7 @@ def hop_messages(opened: ObstoreFile) -> list[tuple[int, int, int, Any]] | None:
     url, size = opened.url, opened.size
     store, path = opened.registry.resolve(url)
     found: list[tuple[int, int, int, Any]] = []
-    window_start, window = 0, memoryview(opened.view(0, min(size, 2**16)))  # read when the file was opened
+    window_start, window = 0, memoryview(opened.view(0, min(size, opened.block_size)))  # read when it was opened
     position, head = 0, window[:HEAD_BYTES]
     while True:
         if len(head) < 16 or bytes(head[:4]) != GRIB_SIGNATURE or head[7] != 2:
@@ -965,14 +968,8 @@ def _inlined_parts(values: np.ndarray, dims: tuple[str, ...], attributes: dict[s
         metadata = create_array_metadata(shape=values.shape, chunk_shape=values.shape,
                                          dtype=values.dtype.newbyteorder("="), dimension_names=dims,
                                          attributes=attributes)
-        made = _remember(_COORDINATES, key, (metadata, _inlined_manifest(values.ndim, data)))
+        made = _remember(_COORDINATES, key, (metadata, ChunkManifest.inlined_chunk(data, values.ndim)))
     return made
-
-
-def _inlined_manifest(ndim: int, data: bytes) -> ChunkManifest:
-    grid = (1,) * ndim
-    return ChunkManifest.from_arrays(paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, dtype=np.uint64),
-                                     lengths=np.zeros(grid, dtype=np.uint64), inlined={(0,) * ndim: data})
 
 
 def _seconds_array(values: np.ndarray) -> np.ndarray:
@@ -1001,9 +998,9 @@ class CubeLayout:
     for coordinates that are the same in every such file, ``("time", name,
     metadata)`` for ``time`` and ``valid_time`` (built from ``time`` and
     ``step`` below, shifted by the file's reference time), ``("variable",
-    name, (metadata, present, chunks, messages))``: the variable's chunk
-    ``chunks[k]`` (flat index into the chunk grid ``present``) is message
-    ``messages[k]`` of the file (in file order).
+    name, (metadata, chunks, messages))``: the variable's ``k``-th present
+    chunk (C order, ``FileChunks``) is message ``messages[k]`` of the file
+    (in file order).
     """
 
     arrays: list[tuple[str, str, Any]]
@@ -1014,9 +1011,9 @@ class CubeLayout:
     def __post_init__(self) -> None:
         self.timed = any(kind == "time" for kind, _, _ in self.arrays)
 
-    def group(self, url: str, registry: ObjectStoreRegistry, offsets: np.ndarray, lengths: np.ndarray, t0: int,
-              drop_variables: frozenset[str], shared: dict) -> ManifestGroup:
-        """The hypercube's group for one file: its message table (``offsets``, ``lengths``) and reference time."""
+    def group(self, registry: ObjectStoreRegistry, table: FileTable, t0: int, drop_variables: frozenset[str],
+              shared: dict) -> ManifestGroup:
+        """The hypercube's group for one file: its message table (in file order) and reference time."""
         times: dict[str, tuple[np.ndarray, tuple]] = {}
         if self.timed:
             key = ("times", *((None,) if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in (self.time, self.step)))
@@ -1041,19 +1038,14 @@ class CubeLayout:
                 array = shared.get((id(made), data))  # the file's hypercubes mostly share their times
                 if array is None:
                     if values.dtype == made.data_type.to_native_dtype():
-                        array = ManifestArray(made, _inlined_manifest(values.ndim, data), registry=registry)
+                        array = ManifestArray(made, ChunkManifest.inlined_chunk(data, values.ndim), registry=registry)
                     else:  # (not met: whole seconds stay whole when shifted)
                         array = ManifestArray(*_inlined_parts(values, dims, dict(made.attributes)), registry=registry)
                     shared[(id(made), data)] = array
                 arrays[name] = array
             else:
-                metadata, present, chunks, messages = made
-                chunk_offsets = np.zeros(present.shape, dtype=np.uint64)
-                chunk_lengths = np.zeros(present.shape, dtype=np.uint64)
-                chunk_offsets.reshape(-1)[chunks] = offsets[messages]
-                chunk_lengths.reshape(-1)[chunks] = lengths[messages]
-                manifest = ChunkManifest.from_file_table(url, present, chunk_offsets, chunk_lengths)
-                arrays[name] = ManifestArray(metadata, manifest, registry=registry)
+                metadata, chunks, messages = made
+                arrays[name] = ManifestArray(metadata, chunks.manifest(table, messages), registry=registry)
         return ManifestGroup(arrays=arrays, attributes=dict(self.attributes))
 
 
@@ -1071,18 +1063,19 @@ class Layout:
     names: list[str]
     cubes: list[CubeLayout]
 
-    def root(self, url: str, registry: ObjectStoreRegistry, offsets: np.ndarray, lengths: np.ndarray, t0: int,
+    def root(self, url: str, registry: ObjectStoreRegistry, offsets: Sequence[int], lengths: Sequence[int], t0: int,
              group: str | None, drop_variables: frozenset[str]) -> ManifestGroup:
         shared: dict = {}
+        table = FileTable(url, np.array(offsets, dtype=np.uint64), np.array(lengths, dtype=np.uint64))
         if group not in (None, "", "/"):
             wanted = str(group).strip("/")
             if wanted not in self.names:
                 raise ParseError(f"{url}: no group {wanted!r}; the file's hypercubes are {self.names}")
             cube = self.cubes[self.names.index(wanted)]
-            return cube.group(url, registry, offsets, lengths, t0, drop_variables, shared)
+            return cube.group(registry, table, t0, drop_variables, shared)
         if len(self.cubes) == 1:
-            return self.cubes[0].group(url, registry, offsets, lengths, t0, drop_variables, shared)
-        groups = {name: cube.group(url, registry, offsets, lengths, t0, drop_variables, shared)
+            return self.cubes[0].group(registry, table, t0, drop_variables, shared)
+        groups = {name: cube.group(registry, table, t0, drop_variables, shared)
                   for name, cube in zip(self.names, self.cubes)}
         return ManifestGroup(groups=groups, attributes={"GRIB_groups": list(self.names)})
 
@@ -1155,8 +1148,8 @@ def _key_of(name: str, cube: Hypercube) -> str:
 
 
 def _variable_layout(variable: Variable, cube: Hypercube, dims: list[str], coordinates: list[str],
-                     position: dict[int, int]) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-    """A variable's metadata, its chunk grid's present chunks, and which message each present chunk is."""
+                     position: dict[int, int]) -> tuple[Any, FileChunks, np.ndarray]:
+    """A variable's metadata, its chunk grid's present chunks, and which message each present chunk is (C order)."""
     positions = []  # per header dimension of the cube: (index into Field.header, value -> position)
     for name in dims:
         key = HEADER_DIMS.index(_key_of(name, cube))
@@ -1183,7 +1176,8 @@ def _variable_layout(variable: Variable, cube: Hypercube, dims: list[str], coord
             codecs=[GribCodec()], fill_value=float("nan"), dimension_names=(*dims, *cube.grid.dims),
             attributes=attributes,
         ))
-    return metadata, present, np.array(chunks, dtype=np.intp), np.array(messages, dtype=np.intp)
+    in_c_order = np.argsort(np.array(chunks, dtype=np.intp), kind="stable")
+    return metadata, FileChunks(present), np.array(messages, dtype=np.intp)[in_c_order]
 
 
 # --------------------------------------------------------------------------- #
@@ -1234,14 +1228,16 @@ class GRIBParser(Parser):
             import eccodes  # noqa: F401
         except ImportError as err:
             raise ImportError("reading GRIB files needs eccodes: pip install 'vzdask[grib]'") from err
-        opened = self._open(url, registry)
+        in_process = not self.idx and is_in_process(registry.resolve(url)[0])
+        # a scan of a local file reads it in windows: the first one comes with opening it (one request less)
+        opened = self._open(url, registry, **({"block_size": HOP_WINDOW} if in_process else {}))
         if not opened.size:
             raise ParseError(f"{url}: empty file; nothing to virtualize")
         found: Found | None = None
         if self.idx:
             index_url = self.idx if isinstance(self.idx, str) else url + ".idx"
             found, read = self._index(opened, index_url, registry)
-        elif is_in_process(registry.resolve(url)[0]):
+        elif in_process:
             found = hop_messages(opened)
             store, path = registry.resolve(url)
 
@@ -1269,9 +1265,7 @@ class GRIBParser(Parser):
                 if key is not None:
                     _remember(_LAYOUTS, key, layout)
         assert layout is not None
-        offsets_array = np.array(offsets, dtype=np.uint64)
-        lengths_array = np.array(lengths, dtype=np.uint64)
-        root = layout.root(url, registry, offsets_array, lengths_array, t0, self.group, self.drop_variables)
+        root = layout.root(url, registry, offsets, lengths, t0, self.group, self.drop_variables)
         return finish(root, registry, self.inline)
 
     def _index(self, opened: ObstoreFile, index_url: str, registry: ObjectStoreRegistry) -> tuple[Found, Reader]:
