@@ -14,7 +14,8 @@ reference time per file, 6 hours apart, each with its wgrib2-style
 ``.idx``.
 
 Virtualize (parse every message's references; ms per file, median of the
-rounds, every tool's rounds interleaved): vzdask ``GRIBParser`` scanning the
+rounds, every tool's rounds interleaved, each round of each tool in a new
+Python process unless ``--same-process``): vzdask ``GRIBParser`` scanning the
 messages and reading the ``.idx`` (warm: ecCodes' answers for the
 collection's kinds of message known, as for every file after a collection's
 first; cold: forgotten before each round, so every round pays ecCodes once
@@ -38,6 +39,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -217,6 +219,37 @@ def timed(func, *args) -> float:
     return time.perf_counter() - start
 
 
+VIRTUALIZERS = {
+    "vzdask GRIBParser (scan)": (vzdask_scan, False),
+    "vzdask GRIBParser(idx=True)": (vzdask_idx, False),
+    "vzdask GRIBParser (scan, cold)": (vzdask_scan_cold, False),
+    "vzdask GRIBParser(idx=True, cold)": (vzdask_idx_cold, False),
+    "kerchunk scan_grib": (kerchunk_scan, True),
+    "gribberish VirtualiZarr parser (scan)": (gribberish_parse, True),
+    "gribberish VirtualiZarr parser (.idx)": (gribberish_idx, True),
+}  # label: (function, a peer: runs on the first --peer-files files only)
+
+
+def time_one(label: str, paths: list[Path]) -> float:
+    """Seconds per file of one virtualizer, warmed (imports; for vzdask, ecCodes' answers for the collection known)."""
+    func, _ = VIRTUALIZERS[label]
+    func(paths[:1])
+    if "cold" not in label:
+        vzdask_scan(paths[:1])  # the warm rounds: as for every file after a collection's first
+    return timed(func, paths) / len(paths)
+
+
+def isolated_round(label: str, n_files: int) -> float | None:
+    """``time_one`` in a new Python process (no tool's threads, caches or allocations slow another's); None if skipped."""
+    out = subprocess.run([sys.executable, __file__, "--time-one", label, "--files", str(n_files)],
+                         capture_output=True, text=True)
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if out.returncode or not last.startswith("{"):
+        print(f"{label}: skipped ({(out.stderr.strip().splitlines() or ['no output'])[-1]})")
+        return None
+    return json.loads(last)["seconds_per_file"]
+
+
 def main() -> None:
     import vzdask
 
@@ -227,7 +260,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run: 8 files, 2 for the peers")
     parser.add_argument("--no-cfgrib-read", action="store_true", help="skip reading everything with cfgrib")
     parser.add_argument("--no-distributed", action="store_true", help="skip reading on a distributed cluster")
+    parser.add_argument("--same-process", action="store_true",
+                        help="virtualize with every tool in this process (by default each round of each tool runs in "
+                             "a new process: gribberish's VirtualiZarr parser leaves 36 threads behind, after which "
+                             "every obstore read here took 0.2-0.3 ms longer)")
+    parser.add_argument("--time-one", metavar="LABEL", help=argparse.SUPPRESS)  # one isolated round (internal)
     args = parser.parse_args()
+    if args.time_one:
+        warnings.simplefilter("ignore")
+        print(json.dumps({"seconds_per_file": time_one(args.time_one, make_collection(args.files))}))
+        return
     if args.quick:
         args.files, args.peer_files = 8, 2
     args.repeats = max(args.repeats, 3)  # medians of at least 3
@@ -240,37 +282,35 @@ def main() -> None:
           f"load average {load_before:.1f} on {os.cpu_count()} cores")
 
     scan, idx = "vzdask GRIBParser (scan)", "vzdask GRIBParser(idx=True)"
-    virtualizers = {
-        scan: (vzdask_scan, paths),
-        idx: (vzdask_idx, paths),
-        "vzdask GRIBParser (scan, cold)": (vzdask_scan_cold, paths),
-        "vzdask GRIBParser(idx=True, cold)": (vzdask_idx_cold, paths),
-        "kerchunk scan_grib": (kerchunk_scan, peer_paths),
-        "gribberish VirtualiZarr parser (scan)": (gribberish_parse, peer_paths),
-        "gribberish VirtualiZarr parser (.idx)": (gribberish_idx, peer_paths),
-    }
-    for label, (func, files) in list(virtualizers.items()):
-        try:
-            func(files[:1])  # imports
-        except ImportError as err:
-            print(f"{label}: skipped ({err})")
-            del virtualizers[label]
-    vzdask_scan(paths[:1])  # the warm rounds: ecCodes' answers known (as after a collection's first file)
-    per_file: dict[str, list[float]] = {label: [] for label in virtualizers}
-    order = list(virtualizers)
-    for round_number in range(args.repeats):  # each round starts with another tool (the peers' threads linger)
+    order = list(VIRTUALIZERS)
+    per_file: dict[str, list[float]] = {label: [] for label in order}
+    if args.same_process:
+        for label, (func, peer) in VIRTUALIZERS.items():
+            try:
+                func(paths[:1])  # imports
+            except ImportError as err:
+                print(f"{label}: skipped ({err})")
+                order.remove(label)
+    for round_number in range(args.repeats):  # each round starts with another tool
         shift = round_number % len(order)
         for label in order[shift:] + order[:shift]:
-            func, files = virtualizers[label]
-            if "cold" not in label:
-                vzdask_scan(paths[:1])  # warm again after a cold round
-            per_file[label].append(timed(func, files) / len(files))
-    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds; the rounds)")
+            files = peer_paths if VIRTUALIZERS[label][1] else paths
+            if args.same_process:
+                seconds: float | None = time_one(label, files)
+            else:
+                seconds = isolated_round(label, len(files))
+                if seconds is None:
+                    order.remove(label)
+                    continue
+            per_file[label].append(seconds)
+    per_file = {label: times for label, times in per_file.items() if label in order}
+    where = "all in this process" if args.same_process else "each tool's round in a new process"
+    print(f"\nvirtualize, ms per file (median of {args.repeats} rounds, {where}; the rounds)")
     medians = {label: statistics.median(t) * 1e3 for label, t in per_file.items()}
     for label, ms in medians.items():
         print(f"  {label:42s} {ms:9.2f}   ({' '.join(f'{t * 1e3:.1f}' for t in per_file[label])})")
     summary: dict[str, object] = {"format": "grib", "files": len(paths), "peer_files": len(peer_paths),
-                                  "repeats": args.repeats}
+                                  "repeats": args.repeats, "virtualize_isolated": not args.same_process}
     peers = {k: v for k, v in medians.items() if not k.startswith("vzdask")}
     if peers:
         fastest = min(peers, key=peers.__getitem__)
