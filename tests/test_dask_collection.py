@@ -715,7 +715,7 @@ def test_large_results_are_mapped_without_huge_page_advice(make_virtual, how):
     assert_values(got, data)
     got[0, 0] = -1.0  # a result is the caller's own, writable memory
     assert got[0, 0] == -1.0 and array.compute(scheduler="sync")[0, 0] == data[0, 0]
-    if how != "processes":
+    if how != "processes" and sys.platform == "linux":  # (elsewhere numpy gives no huge-page advice: np.empty)
         assert isinstance(got.base, mmap.mmap)  # the result itself, not a copy of blocks joined
 
 

@@ -532,14 +532,16 @@ def result_array(shape: Sequence[int], dtype: Any) -> np.ndarray:
     more than the decoding: one compute of 1.3 GB of GRIB values took 0.90x
     the single-thread decode floor, 0.66x without the advice. A large result
     is therefore a private anonymous mapping (4 KiB pages, no advice, freed
-    with the array). Object arrays cannot live in a buffer and stay ``np.empty``.
+    with the array); on other systems, or for object arrays (which cannot
+    live in a buffer), it is ``np.empty``.
     """
     dtype = np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MAPPED_RESULT_BYTES or dtype.hasobject:
+    if nbytes < MAPPED_RESULT_BYTES or dtype.hasobject or sys.platform != "linux":  # (numpy advises on Linux only)
         return np.empty(shape, dtype)
-    return np.ndarray(shape, dtype, buffer=mmap.mmap(-1, nbytes))  # views of it have it as their base
+    mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (the default is shared memory)
+    return np.ndarray(shape, dtype, buffer=mapped)  # views of it have it as their base
 
 
 def decode_region(
