@@ -285,7 +285,7 @@ def main() -> None:
     order = list(VIRTUALIZERS)
     per_file: dict[str, list[float]] = {label: [] for label in order}
     if args.same_process:
-        for label, (func, peer) in VIRTUALIZERS.items():
+        for label, (func, _) in VIRTUALIZERS.items():
             try:
                 func(paths[:1])  # imports
             except ImportError as err:
