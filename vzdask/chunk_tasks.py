@@ -23,9 +23,9 @@ import mmap
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import dask.config
 import numpy as np
@@ -530,11 +530,11 @@ def result_array(shape: Sequence[int], dtype: Any) -> np.ndarray:
     of such an array then waits while the kernel compacts memory into a
     2 MiB page, which on a machine whose memory is mostly page cache costs
     more than the decoding: one compute of 1.3 GB of GRIB values took 0.90x
-    the single-thread decode floor, 0.69x without the advice, and a netCDF
-    compute of 593 MB whose results are kept 1.75 s against 1.20 s. Huge
-    pages win only where freed ones are reused at once (1.17 s, the same
-    netCDF compute with its results dropped). A large result is therefore a
-    private anonymous mapping of 4 KiB pages, made present when mapped
+    the single-thread decode floor, 0.69x without the advice; a netCDF
+    compute of 593 MB whose results are kept 1.75 s, against 1.17 s. Huge
+    pages win only where freed ones are reused at once (computes whose
+    results are dropped: 1.08 s against 1.20 s). A large result is therefore
+    a private anonymous mapping of 4 KiB pages, made present when mapped
     (``MAP_POPULATE``: one pass in the kernel instead of a fault per page)
     and freed with the array. On other systems, or for object arrays (which
     cannot live in a buffer), it is ``np.empty``.
