@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vzdask.grib_codec import GribCodec, decode_message
+from vzdask.grib_codec import GribCodec, check_complete, decode_message, read_scalar_keys
 from vzdask.manifests.array import ManifestArray
 from vzdask.manifests.group import ManifestGroup
 from vzdask.manifests.manifest import ChunkManifest, FileChunks, FileTable
@@ -314,34 +314,54 @@ def _scalar(handle: Any, key: str, ktype: type | None = None) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+#: The keys ``message_keys`` reads, with the type each is read as (None: its own).
+_MESSAGE_KEYS: tuple[tuple[str, type | None], ...] = (
+    ("stepUnits", int), ("endStep", int), ("number", None), ("dataDate", None), ("dataTime", None),
+    ("level", float), ("directionNumber", None), ("frequencyNumber", None),
+    *((key, None) for key in VARIABLE_KEYS), *((key, None) for key in FILE_KEYS),
+    ("md5GridSection", None), ("packingType", None), ("dataRepresentationTemplateNumber", None),
+)
+
+
 def message_keys(data: Any, where: str) -> MessageKeys:
     """One message's keys, read by ecCodes from its bytes (ParseError naming ``where`` if it cannot)."""
-    import eccodes
-
     try:
-        handle = eccodes.codes_new_from_message(bytes(data))
+        values = read_scalar_keys(data, _MESSAGE_KEYS, UNDEF)  # (None without eccodes-python's C bindings)
+    except ValueError as err:
+        raise ParseError(f"{where}: {err}") from err
     except Exception as err:
-        raise ParseError(f"{where}: ecCodes cannot read it: {type(err).__name__}: {err}") from err
+        raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
+    if values is None:
+        values = _public_api_keys(data, where)
+    got = dict(zip((key for key, _ in _MESSAGE_KEYS), values))
     try:
-        unit, end = _scalar(handle, "stepUnits", int), _scalar(handle, "endStep", int)
+        unit, end = got["stepUnits"], got["endStep"]
         seconds = STEP_UNIT_SECONDS.get(int(unit)) if unit is not UNDEF else None
         if unit is not UNDEF and seconds is None:
             raise ValueError(f"unsupported stepUnits {unit!r}")
         header = (
-            _scalar(handle, "number"),
-            _seconds(_scalar(handle, "dataDate"), _scalar(handle, "dataTime")),
+            got["number"],
+            _seconds(got["dataDate"], got["dataTime"]),
             int(end) * seconds / 3600.0 if end is not UNDEF and seconds is not None else None,
-            _scalar(handle, "level", float),
-            _scalar(handle, "directionNumber"),
-            _scalar(handle, "frequencyNumber"),
+            got["level"], got["directionNumber"], got["frequencyNumber"],
         )
-        return MessageKeys(
-            tuple(_scalar(handle, k) for k in VARIABLE_KEYS), tuple(_scalar(handle, k) for k in FILE_KEYS), header,
-            _scalar(handle, "md5GridSection"),
-            (_scalar(handle, "packingType"), _scalar(handle, "dataRepresentationTemplateNumber")),
-        )
-    except ParseError:
-        raise
+    except Exception as err:
+        raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
+    return MessageKeys(tuple(got[k] for k in VARIABLE_KEYS), tuple(got[k] for k in FILE_KEYS), header,
+                       got["md5GridSection"], (got["packingType"], got["dataRepresentationTemplateNumber"]))
+
+
+def _public_api_keys(data: Any, where: str) -> list:
+    """``_MESSAGE_KEYS`` read through eccodes-python's public functions."""
+    import eccodes
+
+    try:
+        check_complete(data)
+        handle = eccodes.codes_new_from_message(bytes(data))
+    except Exception as err:
+        raise ParseError(f"{where}: ecCodes cannot read it: {type(err).__name__}: {err}") from err
+    try:
+        return [_scalar(handle, key, ktype) for key, ktype in _MESSAGE_KEYS]
     except Exception as err:
         raise ParseError(f"{where}: cannot read its keys: {type(err).__name__}: {err}") from err
     finally:
