@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -215,87 +214,6 @@ def _c_api() -> tuple[Any, Any] | None:
     names = ("grib_handle_new_from_message_copy", "grib_set_double", "grib_get_size", "grib_get_double_array",
              "grib_get_long", "grib_get_string", "grib_handle_delete", "grib_get_error_message")
     return (ffi, lib) if all(hasattr(lib, name) for name in names) else None
-
-
-#: ecCodes' GRIB_NOT_FOUND (the message does not define the key), and its native types as ``codes_get`` reads them.
-_NOT_FOUND = -10
-_NATIVE_TYPES = {1: int, 2: float, 3: str, 4: str}
-
-
-def read_scalar_keys(data: Any, keys: Sequence[tuple[str, type | None]], missing: Any = None) -> list | None:
-    """Scalar keys of one message, as ``eccodes.codes_get`` reads them, in one pass of ecCodes' C API calls.
-
-    ``keys``: ``(name, int, float, str or None for the key's own type)``.
-    The values are those of ``codes_get(handle, name, type)``, ``missing``
-    where the message does not define the key. eccodes-python makes two or
-    three wrapped calls for each key (about 35 us); a collection's first
-    file has each message's 23 keys read, so this reads them straight from
-    the C API. None without eccodes-python's cffi bindings (then use
-    ``codes_get``).
-
-    Raises
-    ------
-    ValueError
-        ecCodes cannot read the message.
-    eccodes' GribInternalError
-        Any other ecCodes error for a key (what ``codes_get`` raises).
-    """
-    calls = _c_api()
-    if calls is None or not hasattr(calls[1], "grib_get_native_type") or not hasattr(calls[1], "grib_get_double"):
-        return None
-    ffi, lib = calls
-    handle, _ = _new_handle(ffi, lib, data)
-    try:
-        kind, number, real, length = ffi.new("int*"), ffi.new("long*"), ffi.new("double*"), ffi.new("size_t*")
-        text = ffi.new("char[]", 1024)
-        values: list[Any] = []
-        for name, wanted in keys:
-            key = name.encode("ascii")
-            if wanted is None:
-                error = lib.grib_get_native_type(handle, key, kind)
-                wanted = _NATIVE_TYPES.get(kind[0]) if not error else None
-                if error or wanted is None:  # (codes_get gives None for a type it does not know)
-                    if error and error != _NOT_FOUND:
-                        _raise_ecc(error)
-                    values.append(missing if error else None)
-                    continue
-            if wanted is int:
-                error = lib.grib_get_long(handle, key, number)
-                value: Any = number[0]
-            elif wanted is float:
-                error = lib.grib_get_double(handle, key, real)
-                value = real[0]
-            else:
-                length[0] = 1024
-                error = lib.grib_get_string(handle, key, text, length)
-                if error == _BUFFER_TOO_SMALL:
-                    lib.grib_get_string_length(handle, key, length)
-                    text = ffi.new("char[]", length[0])
-                    error = lib.grib_get_string(handle, key, text, length)
-                value = _c_text(ffi.string(text, length[0])) if not error else None
-            if error == _NOT_FOUND:
-                value = missing
-            elif error:
-                _raise_ecc(error)
-            values.append(value)
-        return values
-    finally:
-        lib.grib_handle_delete(handle)
-
-
-#: ecCodes' GRIB_BUFFER_TOO_SMALL.
-_BUFFER_TOO_SMALL = -3
-
-
-def _c_text(raw: bytes) -> str:
-    """ecCodes' string as eccodes-python decodes it: all bits set means missing (""), ASCII otherwise."""
-    return "" if all(byte == 255 for byte in raw) else raw.decode("ascii", "replace")
-
-
-def _raise_ecc(error: int) -> None:
-    from gribapi.errors import ERROR_MAP, GribInternalError
-
-    raise ERROR_MAP.get(error, GribInternalError)(error)
 
 
 def _c_string(ffi: Any, lib: Any, handle: Any, key: bytes) -> str | None:
