@@ -314,6 +314,18 @@ def _scalar(handle: Any, key: str, ktype: type | None = None) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def read_keys(messages: Sequence[tuple[Any, str]]) -> list[MessageKeys]:
+    """``message_keys`` of each ``(data, where)``; several on ``SCAN_THREADS`` threads (ecCodes lets the GIL go).
+
+    The first error in the messages' order is raised, as one after another would.
+    """
+    threads = min(SCAN_THREADS, os.cpu_count() or 1, len(messages))
+    if threads < 2:
+        return [message_keys(data, where) for data, where in messages]
+    with ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib") as pool:
+        return list(pool.map(lambda message: message_keys(*message), messages))
+
+
 #: The keys ``message_keys`` reads, with the type each is read as (None: its own).
 _MESSAGE_KEYS: tuple[tuple[str, type | None], ...] = (
     ("stepUnits", int), ("endStep", int), ("number", None), ("dataDate", None), ("dataTime", None),
@@ -639,18 +651,11 @@ def scan_messages(opened: ObstoreFile, catalogue: Catalogue) -> int:
         return memoryview(window)[start - window_start : start - window_start + length]
 
     batch: list[tuple[Any, int, int, Head | None, MessageKeys | None]] = []
-    threads = min(SCAN_THREADS, os.cpu_count() or 1)
-    pools: list[ThreadPoolExecutor] = []
 
     def flush() -> None:
         unknown = [m for m in batch if m[4] is None]
-        if len(unknown) > 1 and threads > 1:
-            if not pools:
-                pools.append(ThreadPoolExecutor(threads, thread_name_prefix="vzdask-grib"))
-            read = dict(zip((m[1] for m in unknown),
-                            pools[0].map(lambda m: message_keys(m[0], catalogue.where(m[1], m[2])), unknown)))
-        else:
-            read = {n: message_keys(data, catalogue.where(n, o)) for data, n, o, _, _ in unknown}
+        read = dict(zip((m[1] for m in unknown),
+                        read_keys([(data, catalogue.where(n, o)) for data, n, o, _, _ in unknown])))
         for data, number, offset, head, keys in batch:
             if keys is None:
                 keys = read[number]
@@ -659,45 +664,41 @@ def scan_messages(opened: ObstoreFile, catalogue: Catalogue) -> int:
         batch.clear()
 
     position, number = 0, 0
-    try:
-        while position < size:
-            head = bytes(read(position, min(16, size - position)))
-            if not head.startswith(GRIB_SIGNATURE):
-                if not head.strip(b"\x00"):  # zero padding between or after messages
-                    position += len(head)
-                    continue
-                found = _find_next(read, position, size)
-                if found is None:
-                    if number == 0:
-                        raise ParseError(f"{url}: no GRIB message found (first bytes {head[:8]!r})")
-                    break  # trailing bytes that are no message
-                position = found
+    while position < size:
+        head = bytes(read(position, min(16, size - position)))
+        if not head.startswith(GRIB_SIGNATURE):
+            if not head.strip(b"\x00"):  # zero padding between or after messages
+                position += len(head)
                 continue
-            number += 1
-            where = catalogue.where(number, position)
-            if len(head) < 16:
-                raise ParseError(f"{where}: truncated: the file ends {size - position} bytes into the message")
-            edition = head[7]
-            if edition != 2:
-                raise ParseError(f"{where}: GRIB edition {edition} is not supported (only GRIB2)")
-            length = int.from_bytes(head[8:16], "big")
-            if position + length > size:
-                flush()  # the messages before it first: their errors come first
-                raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
-                                 f"{size - position} bytes into it (file size {size})")
-            data = read(position, length)
-            if bytes(data[-4:]) != b"7777":
-                flush()
-                raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
-            message_head = read_head(data)
-            batch.append((data, number, position, message_head, known_keys(message_head)))
-            if len(batch) >= SCAN_BATCH:
-                flush()
-            position += length
-        flush()
-    finally:
-        for pool in pools:
-            pool.shutdown(wait=True)
+            found = _find_next(read, position, size)
+            if found is None:
+                if number == 0:
+                    raise ParseError(f"{url}: no GRIB message found (first bytes {head[:8]!r})")
+                break  # trailing bytes that are no message
+            position = found
+            continue
+        number += 1
+        where = catalogue.where(number, position)
+        if len(head) < 16:
+            raise ParseError(f"{where}: truncated: the file ends {size - position} bytes into the message")
+        edition = head[7]
+        if edition != 2:
+            raise ParseError(f"{where}: GRIB edition {edition} is not supported (only GRIB2)")
+        length = int.from_bytes(head[8:16], "big")
+        if position + length > size:
+            flush()  # the messages before it first: their errors come first
+            raise ParseError(f"{where}: truncated: the message says it is {length} bytes long, the file ends "
+                             f"{size - position} bytes into it (file size {size})")
+        data = read(position, length)
+        if bytes(data[-4:]) != b"7777":
+            flush()
+            raise ParseError(f"{where}: damaged: its {length} bytes do not end with '7777'")
+        message_head = read_head(data)
+        batch.append((data, number, position, message_head, known_keys(message_head)))
+        if len(batch) >= SCAN_BATCH:
+            flush()
+        position += length
+    flush()
     if number == 0:
         raise ParseError(f"{url}: no GRIB message found")
     return number
@@ -846,11 +847,13 @@ def file_messages(found: Sequence[tuple[int, int, int, Any]], fast: Sequence[Hea
     """``file_heads`` once the heads are read (``message_heads``)."""
     messages = [(number, offset, length, head, known_keys(head))
                 for (number, offset, length, _), head in zip(found, fast)]
-    unknown = [(o, n) for _, o, n, _, keys in messages if keys is None]
-    whole = dict(zip((o for o, _ in unknown), read([o for o, _ in unknown], [n for _, n in unknown])))
+    unknown = [(number, o, n) for number, o, n, _, keys in messages if keys is None]
+    whole = dict(zip((o for _, o, _ in unknown), read([o for _, o, _ in unknown], [n for _, _, n in unknown])))
+    asked = dict(zip((o for _, o, _ in unknown), read_keys([(whole[o], catalogue.where(number, o))
+                                                             for number, o, _ in unknown])))
     for number, offset, length, head, keys in messages:
         if keys is None:
-            keys = message_keys(whole[offset], catalogue.where(number, offset))
+            keys = asked[offset]
             learn(head, keys)
         data = whole.get(offset)
         catalogue.add_message(data if data is not None else functools.partial(_one, read, offset, length),
