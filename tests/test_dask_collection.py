@@ -728,3 +728,5 @@ def test_small_and_object_results_stay_numpy_arrays():
     assert objects.flags.owndata and objects.dtype == object
     large = result_array((MAPPED_RESULT_BYTES // 2, 1), ">i2")
     assert large.shape == (MAPPED_RESULT_BYTES // 2, 1) and large.dtype == np.dtype(">i2") and large.flags.writeable
+    with pytest.raises(MemoryError, match=r"Unable to allocate .* GiB for an array with shape \(10000000000000000,\)"):
+        result_array((10**16,), "float64")  # as np.empty: MemoryError, not the mapping's OSError

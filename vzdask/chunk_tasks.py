@@ -545,7 +545,11 @@ def result_array(shape: Sequence[int], dtype: Any) -> np.ndarray:
     if nbytes < MAPPED_RESULT_BYTES or dtype.hasobject or sys.platform != "linux":  # (numpy advises on Linux only)
         return np.empty(shape, dtype)
     # private (Python's default is shared memory, which a forked child would write into), its pages made now
-    mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    try:
+        mapped = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    except OSError as err:  # what np.empty raises, so callers that catch MemoryError still do
+        raise MemoryError(f"Unable to allocate {nbytes / 2**30:.3g} GiB for an array with shape {shape} and "
+                          f"data type {dtype} ({err.strerror})") from err
     return np.ndarray(shape, dtype, buffer=mapped)  # views of it have it as their base
 
 
