@@ -285,10 +285,11 @@ class ChunkManifest:
 
     @classmethod
     def inlined_chunk(cls, data: bytes, ndim: int) -> ChunkManifest:
-        """A grid of one chunk (``ndim`` axes), held inline: ``data``, its encoded bytes."""
+        """A grid of one chunk (``ndim`` axes), held inline: ``data``, its encoded bytes (as ``from_arrays`` checks them)."""
         grid = (1,) * ndim
+        data = _as_bytes(data, chunk_key(grid))
         return cls._from_parts(np.full(grid, INLINED, np.uint8), np.full(grid, -1, np.int32),
-                               np.zeros(grid, np.uint64), np.full(grid, len(data), np.uint64), (), bytes(data))
+                               np.zeros(grid, np.uint64), np.full(grid, len(data), np.uint64), (), data)
 
     @classmethod
     def empty(cls, shape: Sequence[int]) -> ChunkManifest:

@@ -852,11 +852,7 @@ def _inline_text(texts: list[str], shape, dims, attrs, registry, where: str) -> 
 
 
 def _one_inlined(metadata, data: bytes, grid, registry) -> ManifestArray:
-    manifest = ChunkManifest.from_arrays(
-        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64), lengths=np.zeros(grid, np.uint64),
-        inlined={tuple(0 for _ in grid): data},
-    )
-    return ManifestArray(metadata, manifest, registry=registry)
+    return ManifestArray(metadata, ChunkManifest.inlined_chunk(data, len(grid)), registry=registry)
 
 
 def _attributes(node, url: str, where: str) -> dict[str, Any]:

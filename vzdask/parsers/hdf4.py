@@ -1093,9 +1093,7 @@ def _inlined_coordinate(values: np.ndarray, dim: str, name: str, registry: Objec
     metadata = create_array_metadata(shape=data.shape, chunk_shape=data.shape, dtype=np.float64,
                                      codecs=[{"name": "bytes", "configuration": {"endian": "little"}}],
                                      fill_value=np.nan, dimension_names=(dim,), attributes=attrs)
-    manifest = ChunkManifest.from_arrays(paths=np.array([""], dtype=object), offsets=np.zeros(1, np.uint64),
-                                         lengths=np.zeros(1, np.uint64), inlined={(0,): data.tobytes()})
-    return ManifestArray(metadata, manifest, registry=registry)
+    return ManifestArray(metadata, ChunkManifest.inlined_chunk(data.tobytes(), 1), registry=registry)
 
 
 def _with_attributes(array: ManifestArray, extra: dict[str, Any]) -> ManifestArray:

@@ -815,11 +815,7 @@ def _inline_strings(dset, where, dims, shape, attrs, registry) -> ManifestArray:
         if not values.size:
             return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
         data = codec_for(metadata).encode(values)
-    manifest = ChunkManifest.from_arrays(
-        paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64), lengths=np.zeros(grid, np.uint64),
-        inlined={tuple(0 for _ in shape): data},
-    )
-    return ManifestArray(metadata, manifest, registry=registry)
+    return ManifestArray(metadata, ChunkManifest.inlined_chunk(data, len(shape)), registry=registry)
 
 
 def _read_written_chunks(dset, fill: Any) -> np.ndarray:
@@ -871,13 +867,7 @@ def _inline_whole(dset, name, where, dims, attrs, registry, dtype=None) -> Manif
         if not values.size:  # zero-length axes: nothing to store
             return ManifestArray(metadata, ChunkManifest.empty(grid), registry=registry)
         data = codec_for(metadata).encode(values)
-    manifest = ChunkManifest.from_arrays(
-        paths=np.full(grid, "", dtype=object),
-        offsets=np.zeros(grid, np.uint64),
-        lengths=np.zeros(grid, np.uint64),
-        inlined={tuple(0 for _ in shape): data},
-    )
-    return ManifestArray(metadata, manifest, registry=registry)
+    return ManifestArray(metadata, ChunkManifest.inlined_chunk(data, len(shape)), registry=registry)
 
 
 def _attributes(object_id, keys: list[str], url: str, where: str) -> dict[str, Any]:

@@ -560,9 +560,7 @@ def _inlined_array(values: np.ndarray, dims: tuple[str, ...], attributes: dict[s
 @functools.lru_cache(maxsize=256)
 def _inlined_parts(data: bytes, dtype: str, shape: tuple[int, ...], dims: tuple[str, ...], attributes: str):
     """Metadata and manifest of an inlined array, shared by the files of a collection on one grid (both immutable)."""
-    grid = (1,) * len(shape)
-    manifest = ChunkManifest.from_arrays(paths=np.full(grid, "", dtype=object), offsets=np.zeros(grid, np.uint64),
-                                         lengths=np.zeros(grid, np.uint64), inlined={(0,) * len(grid): data})
+    manifest = ChunkManifest.inlined_chunk(data, len(shape))
     metadata = create_array_metadata(shape=shape, chunk_shape=shape or (), dtype=np.dtype(dtype),
                                      dimension_names=dims or None, attributes=json.loads(attributes))
     return metadata, manifest
